@@ -1,0 +1,127 @@
+//! The command table, learned from the upstream's `COMMAND` reply at start (and again after
+//! every reconnect), so module commands are known too and nothing is hand-kept.
+//!
+//! cachet reads from it what decides routing: whether a command may block (it then runs on a
+//! dedicated connection so it cannot stall the shared pool), and whether it writes.
+
+use std::collections::HashMap;
+
+use fred::types::Value;
+
+/// What cachet knows of one command (or subcommand, named `container|sub`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandInfo {
+    pub name: String,
+    pub arity: i64,
+    pub write: bool,
+    pub readonly: bool,
+    /// Flagged `blocking` by Redis: may wait for other clients' writes.
+    pub blocking: bool,
+    pub pubsub: bool,
+    pub first_key: i64,
+    pub last_key: i64,
+    pub key_step: i64,
+}
+
+/// All commands the upstream accepts, by lowercase name.
+#[derive(Debug, Clone, Default)]
+pub struct CommandTable {
+    commands: HashMap<Box<[u8]>, CommandInfo>,
+}
+
+impl CommandTable {
+    pub fn len(&self) -> usize {
+        self.commands.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+    }
+
+    /// Looks a command up by its name as the client sent it (any case).
+    pub fn get(&self, name: &[u8]) -> Option<&CommandInfo> {
+        let mut scratch = [0u8; 64];
+        let lower = super::lowercase_name(name, &mut scratch)?;
+        self.commands.get(lower)
+    }
+
+    /// Parses the reply to `COMMAND` (RESP2 or RESP3 shape, as fred returns it).
+    pub fn from_command_reply(reply: &Value) -> Result<Self, String> {
+        let Value::Array(entries) = reply else {
+            return Err(format!("COMMAND replied {reply:?}, not an array"));
+        };
+        let mut commands = HashMap::with_capacity(entries.len() * 2);
+        for entry in entries {
+            let info = parse_entry(entry)?;
+            if let Value::Array(fields) = entry {
+                if let Some(Value::Array(subs)) = fields.get(9) {
+                    for sub in subs {
+                        let sub = parse_entry(sub)?;
+                        commands.insert(sub.name.clone().into_bytes().into(), sub);
+                    }
+                }
+            }
+            commands.insert(info.name.clone().into_bytes().into(), info);
+        }
+        if commands.is_empty() {
+            return Err("COMMAND replied an empty table".into());
+        }
+        Ok(CommandTable { commands })
+    }
+}
+
+fn parse_entry(entry: &Value) -> Result<CommandInfo, String> {
+    let Value::Array(fields) = entry else {
+        return Err(format!("COMMAND entry {entry:?} is not an array"));
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_string).unwrap_or_default();
+    let int = |v: Option<&Value>| v.and_then(Value::as_i64).unwrap_or_default();
+    let name = text(fields.first()).to_ascii_lowercase();
+    if name.is_empty() {
+        return Err(format!("COMMAND entry without a name: {entry:?}"));
+    }
+    let flags: Vec<String> = match fields.get(2) {
+        Some(Value::Array(flags)) => flags.iter().filter_map(Value::as_string).collect(),
+        _ => Vec::new(),
+    };
+    let has = |flag: &str| flags.iter().any(|f| f.eq_ignore_ascii_case(flag));
+    Ok(CommandInfo {
+        arity: int(fields.get(1)),
+        write: has("write"),
+        readonly: has("readonly"),
+        blocking: has("blocking"),
+        pubsub: has("pubsub"),
+        first_key: int(fields.get(3)),
+        last_key: int(fields.get(4)),
+        key_step: int(fields.get(5)),
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &str, flags: &[&str]) -> Value {
+        Value::Array(vec![
+            Value::from(name),
+            Value::Integer(-2),
+            Value::Array(flags.iter().map(|f| Value::from(*f)).collect()),
+            Value::Integer(1),
+            Value::Integer(1),
+            Value::Integer(1),
+        ])
+    }
+
+    #[test]
+    fn lookups_ignore_case_and_keep_flags() {
+        let table = CommandTable::from_command_reply(&Value::Array(vec![
+            entry("blpop", &["write", "blocking"]),
+            entry("get", &["readonly", "fast"]),
+        ]))
+        .unwrap();
+        assert!(table.get(b"BLPOP").unwrap().blocking);
+        assert!(table.get(b"Get").unwrap().readonly);
+        assert!(table.get(b"nope").is_none());
+    }
+}

@@ -1,0 +1,142 @@
+//! The accept loop: client limits, one task per client, graceful shutdown.
+//!
+//! Shutdown stops accepting at once; every session then stops reading, finishes the replies
+//! it owes, and closes. `run` returns when all sessions have ended, or when
+//! `shutdown_grace_ms` has passed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::config::Config;
+use crate::resp::Limits;
+use crate::session::{ClientHandle, Session};
+use crate::upstream::Upstream;
+
+/// cachet's client ids start here, far above any id Redis hands out, so a `CLIENT KILL ID`
+/// can tell cachet's clients from Redis's connections.
+const FIRST_CLIENT_ID: i64 = 1 << 32;
+
+/// What every session shares.
+pub struct Shared {
+    pub config: Config,
+    pub limits: Limits,
+    pub upstream: Arc<Upstream>,
+    pub clients: ClientRegistry,
+}
+
+/// Live clients by cachet client id.
+#[derive(Default)]
+pub struct ClientRegistry {
+    clients: Mutex<HashMap<i64, Arc<ClientHandle>>>,
+    next_id: AtomicI64,
+}
+
+impl ClientRegistry {
+    fn next_id(&self) -> i64 {
+        FIRST_CLIENT_ID + self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn insert(&self, id: i64, handle: Arc<ClientHandle>) {
+        self.clients
+            .lock()
+            .expect("registry lock")
+            .insert(id, handle);
+    }
+
+    fn remove(&self, id: i64) {
+        self.clients.lock().expect("registry lock").remove(&id);
+    }
+
+    pub fn get(&self, id: i64) -> Option<Arc<ClientHandle>> {
+        self.clients
+            .lock()
+            .expect("registry lock")
+            .get(&id)
+            .cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.lock().expect("registry lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Accepts clients on `listener` until `shutdown` is cancelled, then waits for them to finish.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(shared.config.proxy.max_clients));
+    let sessions = TaskTracker::new();
+    loop {
+        let (stream, addr) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse(stream));
+            continue;
+        };
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        sessions.spawn(async move {
+            let _permit = permit;
+            serve_client(shared, stream, addr, shutdown).await;
+        });
+    }
+    drop(listener);
+    sessions.close();
+    let grace = Duration::from_millis(shared.config.proxy.shutdown_grace_ms);
+    tracing::info!(
+        clients = sessions.len(),
+        "shutting down: finishing in-flight replies"
+    );
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        tracing::warn!(
+            clients = sessions.len(),
+            "shutdown grace period over; closing the rest"
+        );
+    }
+    shared.upstream.shutdown().await;
+}
+
+async fn serve_client(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let id = shared.clients.next_id();
+    let (session, handle) = Session::new(shared.clone(), stream, addr, id);
+    shared.clients.insert(id, handle);
+    let span = tracing::debug_span!("client", id, %addr);
+    session.run(shutdown).instrument(span).await;
+    shared.clients.remove(id);
+}
+
+/// Tells a client over the limit why, as Redis does, and closes.
+async fn refuse(mut stream: TcpStream) {
+    tracing::warn!("refusing a client: max number of clients reached");
+    let _ = stream
+        .write_all(b"-ERR max number of clients reached\r\n")
+        .await;
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,981 @@
+//! One client connection: its state, and the path each of its commands takes.
+//!
+//! A command goes through these phases, in order:
+//!
+//! 1. **parse** (`resp::request`): a whole frame, within the size limits, or a protocol error
+//!    that is answered and closes the connection, as Redis does.
+//! 2. **classify** (`dispatch`): does cachet answer it (CLIENT SETNAME/GETNAME/ID, AUTH with the
+//!    pool's credentials, RESET, QUIT), can it share the pool, or does it change connection
+//!    state so that this client needs a connection of its own (see `needs_dedicated`)?
+//! 3. **upstream**: pooled commands from one read are sent as one batch; on a dedicated
+//!    connection they are written as they come.
+//! 4. **reply**: `slots` keeps one entry per expected reply source in command order, so
+//!    replies cachet makes itself and replies from Redis reach the client in the order the
+//!    commands were sent.
+//!
+//! Switching between the pool and a dedicated connection (or between the RESP2 and RESP3
+//! pools) first waits until every earlier reply has arrived: commands never overtake each
+//! other on two connections.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use redis_protocol::resp3::types::BytesFrame;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::resp::reply::Reply;
+use crate::resp::{self, Protocol, Request, lowercase_name};
+use crate::server::Shared;
+use crate::upstream::pool::reserve;
+use crate::upstream::{Dedicated, PoolRequest, UpstreamError, UpstreamReply};
+
+/// Where the reply to a command (or batch) will come from.
+enum Slot {
+    /// A batch of `count` commands sent to the pool.
+    Pool,
+    /// One command on the dedicated connection.
+    Dedicated,
+    /// A reply cachet made, waiting for the replies before it.
+    Local(Bytes),
+}
+
+/// Why a client holds a dedicated connection. While any of these is set it keeps it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Divergence {
+    multi: bool,
+    watch: bool,
+    /// Subscribed to channels (normal + pattern) and shard channels.
+    subscriptions: (i64, i64),
+    /// MONITOR, SYNC/PSYNC: the connection became a stream of events.
+    stream: bool,
+    /// SELECT of a database other than the pool's.
+    database: bool,
+    /// AUTH or HELLO AUTH with credentials other than the pool's.
+    user: bool,
+    /// CLIENT TRACKING, CLIENT REPLY, CLIENT NO-EVICT/NO-TOUCH, CLIENT INFO.
+    client_mode: bool,
+    /// CLIENT REPLY OFF/SKIP: replies are not one per command any more.
+    reply_mode: bool,
+}
+
+impl Divergence {
+    fn pubsub(&self) -> bool {
+        self.subscriptions.0 > 0 || self.subscriptions.1 > 0
+    }
+
+    fn any(&self) -> bool {
+        self.multi
+            || self.watch
+            || self.pubsub()
+            || self.stream
+            || self.database
+            || self.user
+            || self.client_mode
+    }
+}
+
+struct DedicatedLink {
+    conn: Dedicated,
+    incoming: BytesMut,
+    outgoing: BytesMut,
+    /// Replies still expected, one per slot of kind `Dedicated`.
+    outstanding: usize,
+    /// RESET commands sent whose `+RESET` has not come back.
+    resets: usize,
+}
+
+type Acquire = Pin<Box<dyn Future<Output = Result<Dedicated, UpstreamError>> + Send>>;
+
+/// What the session waits for before it parses the next command.
+enum Wait {
+    Nothing,
+    /// All earlier replies, before `held` may go to another connection.
+    Drain,
+    /// A dedicated connection being opened for `held`.
+    Acquire(Acquire),
+    /// The `+RESET` reply, after which the dedicated connection is dropped.
+    Reset,
+}
+
+/// The handle other sessions use to reach this one (CLIENT KILL ID, CLIENT UNBLOCK).
+pub struct ClientHandle {
+    pub kill: Notify,
+    /// The `CLIENT ID` of this client's dedicated connection at Redis, 0 when it has none.
+    pub upstream_id: AtomicI64,
+    pub addr: SocketAddr,
+}
+
+pub struct Session {
+    id: i64,
+    shared: Arc<Shared>,
+    handle: Arc<ClientHandle>,
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    input: BytesMut,
+    output: BytesMut,
+    protocol: Protocol,
+    name: Option<Bytes>,
+    authenticated: bool,
+    /// The pooled connection this client's batches go to (sticky, so they stay in order).
+    pool_index: usize,
+    batch: BytesMut,
+    batch_count: usize,
+    slots: VecDeque<Slot>,
+    /// Commands whose replies are still expected (the pipeline depth).
+    in_flight: usize,
+    replies: mpsc::UnboundedReceiver<UpstreamReply>,
+    reply_tx: mpsc::UnboundedSender<UpstreamReply>,
+    dedicated: Option<DedicatedLink>,
+    divergence: Divergence,
+    held: Option<Request>,
+    wait: Wait,
+    /// Stop reading; close once every reply is written.
+    closing: bool,
+    last_activity: Instant,
+}
+
+enum Event {
+    Reply(Option<UpstreamReply>),
+    ClientRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    UpstreamRead(std::io::Result<usize>),
+    UpstreamWrote(std::io::Result<usize>),
+    Acquired(Result<Dedicated, UpstreamError>),
+    Idle,
+    Kill,
+    Shutdown,
+}
+
+impl Session {
+    pub fn new(
+        shared: Arc<Shared>,
+        stream: TcpStream,
+        addr: SocketAddr,
+        id: i64,
+    ) -> (Self, Arc<ClientHandle>) {
+        stream.set_nodelay(true).ok();
+        let (reader, writer) = stream.into_split();
+        let (reply_tx, replies) = mpsc::unbounded_channel();
+        let handle = Arc::new(ClientHandle {
+            kill: Notify::new(),
+            upstream_id: AtomicI64::new(0),
+            addr,
+        });
+        let pool_size = shared.upstream.config.pool_size.get();
+        let session = Session {
+            id,
+            authenticated: shared.upstream.config.credentials().is_none(),
+            shared,
+            handle: handle.clone(),
+            reader,
+            writer,
+            input: BytesMut::with_capacity(16 * 1024),
+            output: BytesMut::with_capacity(16 * 1024),
+            protocol: Protocol::Resp2,
+            name: None,
+            pool_index: id as usize % pool_size,
+            batch: BytesMut::new(),
+            batch_count: 0,
+            slots: VecDeque::new(),
+            in_flight: 0,
+            replies,
+            reply_tx,
+            dedicated: None,
+            divergence: Divergence::default(),
+            held: None,
+            wait: Wait::Nothing,
+            closing: false,
+            last_activity: Instant::now(),
+        };
+        (session, handle)
+    }
+
+    /// Serves the client until it leaves, is killed, or cachet shuts down.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let idle_limit = match self.shared.config.proxy.client_idle_timeout_secs {
+            0 => None,
+            secs => Some(Duration::from_secs(secs)),
+        };
+        let idle = tokio::time::sleep(idle_limit.unwrap_or(Duration::from_secs(86_400)));
+        tokio::pin!(idle);
+        let max_pipeline = self.shared.config.proxy.max_pipeline.get();
+        loop {
+            let closing = self.closing;
+            if self.closing && self.slots.is_empty() && self.output.is_empty() {
+                break;
+            }
+            let can_read = !self.closing
+                && self.held.is_none()
+                && matches!(self.wait, Wait::Nothing)
+                && self.in_flight < max_pipeline;
+            reserve(&mut self.input);
+            if let Some(link) = &mut self.dedicated {
+                reserve(&mut link.incoming);
+            }
+            let event = {
+                let Session {
+                    reader,
+                    writer,
+                    input,
+                    output,
+                    replies,
+                    dedicated,
+                    wait,
+                    handle,
+                    ..
+                } = &mut self;
+                tokio::select! {
+                    biased;
+                    reply = replies.recv() => Event::Reply(reply),
+                    event = dedicated_io(dedicated) => event,
+                    conn = acquire(wait) => Event::Acquired(conn),
+                    wrote = writer.write(output), if !output.is_empty() => Event::ClientWrote(wrote),
+                    read = tokio::io::AsyncReadExt::read_buf(reader, input), if can_read => Event::ClientRead(read),
+                    _ = &mut idle, if idle_limit.is_some() => Event::Idle,
+                    _ = handle.kill.notified() => Event::Kill,
+                    _ = shutdown.cancelled(), if !closing => Event::Shutdown,
+                }
+            };
+            match event {
+                Event::Reply(Some(reply)) => self.on_pool_reply(reply),
+                Event::Reply(None) => unreachable!("the session holds a sender"),
+                Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => {
+                    // The client is gone (or half-closed): answer what it already sent.
+                    self.closing = true;
+                }
+                Event::ClientRead(Ok(_)) => {
+                    self.last_activity = Instant::now();
+                    self.process_input();
+                }
+                Event::ClientWrote(Ok(n)) => self.output.advance(n),
+                Event::ClientWrote(Err(_)) => break,
+                Event::UpstreamRead(Ok(0)) => self.dedicated_lost("Redis closed the connection"),
+                Event::UpstreamRead(Err(e)) => self.dedicated_lost(&e.to_string()),
+                Event::UpstreamRead(Ok(_)) => self.on_dedicated_data(),
+                Event::UpstreamWrote(Ok(n)) => {
+                    if let Some(link) = &mut self.dedicated {
+                        link.outgoing.advance(n);
+                    }
+                }
+                Event::UpstreamWrote(Err(e)) => self.dedicated_lost(&e.to_string()),
+                Event::Acquired(result) => self.on_acquired(result),
+                Event::Idle => {
+                    let limit = idle_limit.expect("armed only with a limit");
+                    let blocked_or_subscribed = self.dedicated.as_ref().is_some_and(|l| {
+                        l.outstanding > 0 || self.divergence.pubsub() || self.divergence.stream
+                    });
+                    if self.last_activity.elapsed() >= limit && !blocked_or_subscribed {
+                        tracing::debug!(client = self.id, "closing idle client");
+                        break;
+                    }
+                    let from = if blocked_or_subscribed {
+                        Instant::now()
+                    } else {
+                        self.last_activity
+                    };
+                    idle.as_mut().reset(from + limit);
+                }
+                Event::Kill => break,
+                Event::Shutdown => {
+                    self.closing = true;
+                    if self.divergence.pubsub() || self.divergence.stream {
+                        self.slots.clear();
+                    }
+                }
+            }
+            self.flush_batch();
+            self.try_leave_dedicated();
+        }
+        let _ = self.writer.shutdown().await;
+        self.finish().await;
+    }
+
+    async fn finish(mut self) {
+        self.handle.upstream_id.store(0, Ordering::Relaxed);
+        if let Some(link) = self.dedicated.take() {
+            if self.is_clean(&link) {
+                self.shared.upstream.release(link.conn).await;
+            }
+        }
+    }
+
+    /// Parses and dispatches buffered commands until input runs out or the session must wait.
+    fn process_input(&mut self) {
+        let limits = self.shared.limits;
+        let max_pipeline = self.shared.config.proxy.max_pipeline.get();
+        while !self.closing && matches!(self.wait, Wait::Nothing) {
+            let request = match self.held.take() {
+                Some(request) => request,
+                None => {
+                    if self.in_flight >= max_pipeline {
+                        break;
+                    }
+                    match resp::request::parse(&mut self.input, &limits) {
+                        Ok(Some(request)) => request,
+                        Ok(None) => break,
+                        Err(error) => {
+                            tracing::debug!(client = self.id, %error, "closing client after protocol error");
+                            self.reply_local(Reply::error(format!("ERR {error}")));
+                            self.closing = true;
+                            break;
+                        }
+                    }
+                }
+            };
+            self.dispatch(request);
+        }
+        self.flush_batch();
+    }
+
+    // ---- phase 2: classify -------------------------------------------------------------
+
+    fn dispatch(&mut self, request: Request) {
+        let mut scratch = [0u8; 64];
+        let Some(name) = lowercase_name(request.name(), &mut scratch) else {
+            // Longer than any command: let Redis say it is unknown.
+            return self.forward(request);
+        };
+        let name: &[u8] = &name.to_vec();
+        if !self.authenticated && self.dedicated.is_none() {
+            if !matches!(name, b"auth" | b"hello" | b"quit" | b"reset") {
+                return self.reply_local(Reply::error("NOAUTH Authentication required."));
+            }
+        }
+        match name {
+            b"quit" => {
+                self.reply_local(Reply::ok());
+                self.closing = true;
+            }
+            b"client" => self.client_command(request),
+            b"reset" if self.dedicated.is_none() => self.reset_local(request),
+            b"auth" if self.dedicated.is_none() => self.auth(request),
+            b"hello" if self.dedicated.is_none() => self.hello(request),
+            // Not subscribed, so Redis confirms each channel named (or once for none).
+            b"unsubscribe" | b"punsubscribe" | b"sunsubscribe" if self.dedicated.is_none() => {
+                let frames = request.args.len().max(2) - 1;
+                self.forward_frames(request, frames)
+            }
+            _ if self.dedicated.is_some() => self.send_dedicated(request, name),
+            _ => match self.needs_dedicated(&request, name) {
+                true => self.switch_to_dedicated(request),
+                false => self.forward(request),
+            },
+        }
+    }
+
+    /// Commands that change this connection's state at Redis (or may block it) cannot share
+    /// a pooled connection.
+    fn needs_dedicated(&self, request: &Request, name: &[u8]) -> bool {
+        match name {
+            b"multi" | b"watch" | b"subscribe" | b"psubscribe" | b"ssubscribe" | b"monitor"
+            | b"sync" | b"psync" | b"wait" | b"waitaof" => true,
+            b"select" => request.arg(1) != Some(self.pool_db().as_bytes()),
+            b"xread" | b"xreadgroup" => request.args[1..]
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(b"block")),
+            _ => self
+                .shared
+                .upstream
+                .commands()
+                .get(name)
+                .is_some_and(|info| info.blocking),
+        }
+    }
+
+    fn pool_db(&self) -> String {
+        self.shared.upstream.config.url.db.to_string()
+    }
+
+    fn client_command(&mut self, request: Request) {
+        let sub = request
+            .arg(1)
+            .map(|s| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        let dedicated = self.dedicated.is_some();
+        match (sub.as_slice(), request.args.len()) {
+            (b"id", 2) => self.reply_local(Reply::Integer(self.id)),
+            (b"getname", 2) if !dedicated => self.reply_local(match &self.name {
+                Some(name) => Reply::Bulk(name.clone()),
+                None => Reply::Null,
+            }),
+            (b"setname", 3) => {
+                let name = request.args[2].clone();
+                if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+                    return self.reply_local(Reply::error(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    ));
+                }
+                self.name = (!name.is_empty()).then_some(name);
+                if dedicated {
+                    self.send_dedicated(request, b"client");
+                } else {
+                    self.reply_local(Reply::ok());
+                }
+            }
+            (b"kill", 4)
+                if request
+                    .arg(2)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"id")) =>
+            {
+                let target = std::str::from_utf8(&request.args[3])
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok());
+                match target.and_then(|id| self.shared.clients.get(id)) {
+                    Some(client) => {
+                        client.kill.notify_one();
+                        self.reply_local(Reply::Integer(1));
+                    }
+                    None => self.route(request, b"client"),
+                }
+            }
+            (b"unblock", 3 | 4) => {
+                let target = std::str::from_utf8(&request.args[2])
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .and_then(|id| self.shared.clients.get(id));
+                match target {
+                    // Unblock the client's dedicated connection, where it is blocked.
+                    Some(client) => {
+                        let real = client.upstream_id.load(Ordering::Relaxed);
+                        let mut args = request.args.clone();
+                        args[2] = Bytes::from(real.to_string());
+                        self.route(Request::from_args(args), b"client");
+                    }
+                    None => self.route(request, b"client"),
+                }
+            }
+            (b"tracking", _) => {
+                let on = request
+                    .arg(2)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
+                if on || dedicated {
+                    let request = self.translate_redirect(request);
+                    self.divergence.client_mode |= on;
+                    self.route_dedicated(request, b"client");
+                } else {
+                    self.forward(request);
+                }
+            }
+            (b"reply", 3) => {
+                let mode = request.args[2].to_ascii_lowercase();
+                if matches!(mode.as_slice(), b"off" | b"skip") {
+                    self.divergence.reply_mode = true;
+                    self.divergence.client_mode = true;
+                }
+                self.route_dedicated(request, b"client");
+            }
+            (b"no-evict" | b"no-touch" | b"info", _) => {
+                self.divergence.client_mode = true;
+                self.route_dedicated(request, b"client");
+            }
+            _ => self.route(request, b"client"),
+        }
+    }
+
+    /// CLIENT TRACKING ... REDIRECT <id>: cachet's client ids are its own; Redis needs the
+    /// id of the target client's dedicated connection.
+    fn translate_redirect(&self, request: Request) -> Request {
+        let Some(pos) = request
+            .args
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"redirect"))
+        else {
+            return request;
+        };
+        let Some(target) = request
+            .arg(pos + 1)
+            .and_then(|a| std::str::from_utf8(a).ok())
+            .and_then(|s| s.parse::<i64>().ok())
+            .and_then(|id| self.shared.clients.get(id))
+        else {
+            return request;
+        };
+        let real = target.upstream_id.load(Ordering::Relaxed);
+        let mut args = request.args;
+        args[pos + 1] = Bytes::from(real.to_string());
+        Request::from_args(args)
+    }
+
+    /// Sends to the dedicated connection if there is one, else to the pool.
+    fn route(&mut self, request: Request, name: &[u8]) {
+        if self.dedicated.is_some() {
+            self.send_dedicated(request, name);
+        } else {
+            self.forward(request);
+        }
+    }
+
+    fn route_dedicated(&mut self, request: Request, name: &[u8]) {
+        if self.dedicated.is_some() {
+            self.send_dedicated(request, name);
+        } else {
+            self.switch_to_dedicated(request);
+        }
+    }
+
+    fn credentials_match(&self, user: &[u8], password: &[u8]) -> bool {
+        self.shared
+            .upstream
+            .config
+            .credentials()
+            .is_some_and(|(u, p)| u.as_bytes() == user && p.expose().as_bytes() == password)
+    }
+
+    fn auth(&mut self, request: Request) {
+        let (user, password): (&[u8], Option<&[u8]>) = match request.args.len() {
+            2 => (b"default", request.arg(1)),
+            3 => (&request.args[1], request.arg(2)),
+            _ => (b"", None),
+        };
+        match password {
+            Some(password) if self.credentials_match(user, password) => {
+                self.authenticated = true;
+                self.reply_local(Reply::ok());
+            }
+            // Wrong arity goes to Redis for its own error; anything else is another user
+            // (or a wrong password): only Redis can say, on a connection of the client's own.
+            None if request.args.len() != 2 && request.args.len() != 3 => self.forward(request),
+            _ => {
+                self.divergence.user = true;
+                self.switch_to_dedicated(request);
+            }
+        }
+    }
+
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]: the protocol picks the pool, the
+    /// name is kept by cachet, credentials other than the pool's need a dedicated connection.
+    fn hello(&mut self, request: Request) {
+        let version = match request.arg(1) {
+            None => None,
+            Some(b"2") => Some(Protocol::Resp2),
+            Some(b"3") => Some(Protocol::Resp3),
+            // Redis answers NOPROTO (or a syntax error) without changing anything.
+            Some(_) => return self.forward(request),
+        };
+        let mut name = None;
+        let mut i = 2;
+        while i < request.args.len() {
+            let option = request.args[i].to_ascii_lowercase();
+            match (option.as_slice(), request.args.len() - i) {
+                (b"auth", 3..) => {
+                    if !self.credentials_match(&request.args[i + 1], &request.args[i + 2]) {
+                        self.divergence.user = true;
+                        return self.switch_to_dedicated(request);
+                    }
+                    i += 3;
+                }
+                (b"setname", 2..) => {
+                    name = Some(request.args[i + 1].clone());
+                    i += 2;
+                }
+                // Let Redis word the syntax error.
+                _ => return self.forward(request),
+            }
+        }
+        if !self.authenticated && !request.args.iter().any(|a| a.eq_ignore_ascii_case(b"auth")) {
+            return self.reply_local(Reply::error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+            ));
+        }
+        if let Some(name) = &name {
+            if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+                return self.reply_local(Reply::error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                ));
+            }
+        }
+        let version = version.unwrap_or(self.protocol);
+        if version != self.protocol && !self.slots.is_empty() {
+            self.held = Some(request);
+            self.wait = Wait::Drain;
+            return;
+        }
+        self.authenticated = true;
+        if let Some(name) = name {
+            self.name = (!name.is_empty()).then_some(name);
+        }
+        self.protocol = version;
+        let plain = if request.args.len() == 1 {
+            request
+        } else {
+            Request::from_args(vec![request.args[0].clone(), request.args[1].clone()])
+        };
+        self.forward(plain);
+    }
+
+    /// RESET on the pool: cachet's own state goes back to a new connection's.
+    fn reset_local(&mut self, request: Request) {
+        if !self.slots.is_empty() && self.protocol != Protocol::Resp2 {
+            self.held = Some(request);
+            self.wait = Wait::Drain;
+            return;
+        }
+        self.reset_state();
+        self.reply_local(Reply::Simple("RESET"));
+    }
+
+    fn reset_state(&mut self) {
+        self.protocol = Protocol::Resp2;
+        self.name = None;
+        self.authenticated = self.shared.upstream.config.credentials().is_none();
+        self.divergence = Divergence::default();
+    }
+
+    // ---- phase 3: upstream ------------------------------------------------------------
+
+    /// Adds a command to the batch for the pool.
+    fn forward(&mut self, request: Request) {
+        self.forward_frames(request, 1);
+    }
+
+    /// Adds a command that Redis answers with `frames` frames.
+    fn forward_frames(&mut self, request: Request, frames: usize) {
+        self.batch.extend_from_slice(&request.raw);
+        self.batch_count += frames;
+    }
+
+    /// Sends the batch gathered from this read to the pool.
+    fn flush_batch(&mut self) {
+        if self.batch_count == 0 {
+            return;
+        }
+        let pool = self.shared.upstream.pool(self.protocol);
+        let handle = &pool[self.pool_index % pool.len()];
+        handle.send(PoolRequest {
+            payload: self.batch.split().freeze(),
+            count: self.batch_count,
+            reply: self.reply_tx.clone(),
+        });
+        self.slots.push_back(Slot::Pool);
+        self.in_flight += self.batch_count;
+        self.batch_count = 0;
+    }
+
+    /// Holds `request` until earlier replies are in, then opens a dedicated connection.
+    fn switch_to_dedicated(&mut self, request: Request) {
+        self.flush_batch();
+        self.held = Some(request);
+        if !self.slots.is_empty() {
+            self.wait = Wait::Drain;
+            return;
+        }
+        let upstream = self.shared.upstream.clone();
+        let protocol = self.protocol;
+        let name = self.name.clone();
+        let authenticate = self.authenticated;
+        self.wait = Wait::Acquire(Box::pin(async move {
+            upstream.dedicated(protocol, name, authenticate).await
+        }));
+    }
+
+    fn on_acquired(&mut self, result: Result<Dedicated, UpstreamError>) {
+        self.wait = Wait::Nothing;
+        match result {
+            Ok(conn) => {
+                self.handle
+                    .upstream_id
+                    .store(conn.upstream_id, Ordering::Relaxed);
+                self.dedicated = Some(DedicatedLink {
+                    conn,
+                    incoming: BytesMut::with_capacity(16 * 1024),
+                    outgoing: BytesMut::new(),
+                    outstanding: 0,
+                    resets: 0,
+                });
+            }
+            Err(error) => {
+                self.held = None;
+                // The state the command would have entered was not entered.
+                self.divergence = Divergence {
+                    subscriptions: (0, 0),
+                    ..Divergence::default()
+                };
+                self.reply_local(Reply::Error(format!("ERR {error}")));
+            }
+        }
+        self.process_input();
+    }
+
+    /// Writes a command to the dedicated connection and notes how it changes the state.
+    fn send_dedicated(&mut self, request: Request, name: &[u8]) {
+        let d = &mut self.divergence;
+        let was_subscribed = d.pubsub();
+        match name {
+            b"multi" => d.multi = true,
+            b"exec" | b"discard" if d.multi => {
+                d.multi = false;
+                d.watch = false;
+            }
+            b"watch" if !d.multi => d.watch = true,
+            b"unwatch" if !d.multi => d.watch = false,
+            b"monitor" | b"sync" | b"psync" => d.stream = true,
+            b"select" if !d.multi => {
+                d.database = request.arg(1)
+                    != Some(self.shared.upstream.config.url.db.to_string().as_bytes())
+            }
+            b"auth" => d.user = true,
+            b"hello" => {
+                match request.arg(1) {
+                    Some(b"2") => self.protocol = Protocol::Resp2,
+                    Some(b"3") => self.protocol = Protocol::Resp3,
+                    _ => {}
+                }
+                if request.args.iter().any(|a| a.eq_ignore_ascii_case(b"auth")) {
+                    d.user = true;
+                }
+            }
+            // Marked at once so the confirmations route as pub/sub traffic; the real counts
+            // come from Redis's confirmations (`track_subscriptions`).
+            b"subscribe" | b"psubscribe" => d.subscriptions.0 = d.subscriptions.0.max(1),
+            b"ssubscribe" => d.subscriptions.1 = d.subscriptions.1.max(1),
+            _ => {}
+        }
+        let is_reset = name == b"reset";
+        let frames = match name {
+            _ if self.raw_replies() => 0,
+            // Confirmations are pushes in RESP3, and subscribing in RESP2 makes the stream raw.
+            b"subscribe" | b"psubscribe" | b"ssubscribe" => 0,
+            b"unsubscribe" | b"punsubscribe" | b"sunsubscribe"
+                if self.protocol == Protocol::Resp3 || was_subscribed =>
+            {
+                0
+            }
+            b"unsubscribe" | b"punsubscribe" | b"sunsubscribe" => request.args.len().max(2) - 1,
+            _ => 1,
+        };
+        let link = self.dedicated.as_mut().expect("dedicated connection");
+        link.outgoing.extend_from_slice(&request.raw);
+        if is_reset {
+            link.resets += 1;
+            self.wait = Wait::Reset;
+        }
+        link.outstanding += frames;
+        self.in_flight += frames;
+        for _ in 0..frames {
+            self.slots.push_back(Slot::Dedicated);
+        }
+    }
+
+    /// Replies on the dedicated connection are not one per command: forward them as they come.
+    fn raw_replies(&self) -> bool {
+        let d = &self.divergence;
+        d.stream || d.reply_mode || (d.pubsub() && self.protocol == Protocol::Resp2)
+    }
+
+    fn is_clean(&self, link: &DedicatedLink) -> bool {
+        !self.divergence.any()
+            && link.outstanding == 0
+            && link.outgoing.is_empty()
+            && link.incoming.is_empty()
+            && link.conn.protocol == self.protocol
+    }
+
+    /// Gives the dedicated connection back once the client's state is the pool's again.
+    fn try_leave_dedicated(&mut self) {
+        let Some(link) = &self.dedicated else { return };
+        if !self.is_clean(link) || !matches!(self.wait, Wait::Nothing) || self.closing {
+            return;
+        }
+        let link = self.dedicated.take().expect("checked");
+        self.handle.upstream_id.store(0, Ordering::Relaxed);
+        let upstream = self.shared.upstream.clone();
+        tokio::spawn(async move { upstream.release(link.conn).await });
+    }
+
+    // ---- phase 4: replies --------------------------------------------------------------
+
+    fn on_pool_reply(&mut self, reply: UpstreamReply) {
+        match self.slots.pop_front() {
+            Some(Slot::Pool) => {}
+            _ => unreachable!("a pool reply always answers the front slot"),
+        }
+        self.in_flight -= reply.count;
+        match reply.result {
+            Ok(bytes) => self.output.extend_from_slice(&bytes),
+            Err(error) => {
+                let frame = error.to_frame();
+                for _ in 0..reply.count {
+                    self.output.extend_from_slice(&frame);
+                }
+            }
+        }
+        self.after_reply();
+    }
+
+    /// Writes local replies that have reached the front, and resumes a held command once
+    /// nothing is outstanding.
+    fn after_reply(&mut self) {
+        while let Some(Slot::Local(_)) = self.slots.front() {
+            if let Some(Slot::Local(bytes)) = self.slots.pop_front() {
+                self.output.extend_from_slice(&bytes);
+            }
+        }
+        if matches!(self.wait, Wait::Drain) && self.slots.is_empty() {
+            self.wait = Wait::Nothing;
+            self.process_input();
+        } else if self.held.is_none()
+            && matches!(self.wait, Wait::Nothing)
+            && !self.input.is_empty()
+        {
+            // Parsing may have stopped at the pipeline limit.
+            self.process_input();
+        }
+    }
+
+    fn reply_local(&mut self, reply: Reply) {
+        self.flush_batch();
+        let bytes = reply.encode(self.protocol);
+        if self.slots.is_empty() {
+            self.output.extend_from_slice(&bytes);
+        } else {
+            self.slots.push_back(Slot::Local(bytes));
+        }
+    }
+
+    fn on_dedicated_data(&mut self) {
+        loop {
+            let Some(link) = &mut self.dedicated else {
+                return;
+            };
+            let info = match resp::reply_frame(&link.incoming) {
+                Ok(Some(info)) => info,
+                Ok(None) => return,
+                Err(e) => return self.dedicated_lost(&format!("bad frame from Redis: {e}")),
+            };
+            let frame = link.incoming.split_to(info.len).freeze();
+            if link.resets > 0 && &frame[..] == b"+RESET\r\n" {
+                link.resets -= 1;
+                self.output.extend_from_slice(&frame);
+                self.after_reset();
+                continue;
+            }
+            self.track_subscriptions(&frame);
+            // Replies expected before the stream turned raw (subscribed, MONITOR) still come
+            // first, in order; pushes never answer a command.
+            let link = self.dedicated.as_mut().expect("still there");
+            if !info.push && link.outstanding > 0 {
+                link.outstanding -= 1;
+                self.in_flight -= 1;
+                match self.slots.pop_front() {
+                    Some(Slot::Dedicated) => {}
+                    _ => unreachable!("dedicated replies answer the front slot"),
+                }
+                self.output.extend_from_slice(&frame);
+                self.after_reply();
+            } else {
+                self.output.extend_from_slice(&frame);
+            }
+        }
+    }
+
+    /// Follows subscription counts in (un)subscribe confirmations, so the client returns to
+    /// the pool once it has unsubscribed from everything.
+    fn track_subscriptions(&mut self, frame: &Bytes) {
+        if !self.divergence.pubsub() || !matches!(frame.first(), Some(b'*' | b'>')) {
+            return;
+        }
+        let Ok(Some((decoded, _))) = resp::decode_reply(frame) else {
+            return;
+        };
+        let items = match decoded {
+            BytesFrame::Array { data, .. } | BytesFrame::Push { data, .. } => data,
+            _ => return,
+        };
+        let (Some(kind), Some(count)) = (items.first(), items.get(2)) else {
+            return;
+        };
+        let kind = match kind {
+            BytesFrame::BlobString { data, .. } | BytesFrame::SimpleString { data, .. } => {
+                data.to_ascii_lowercase()
+            }
+            _ => return,
+        };
+        let BytesFrame::Number { data: count, .. } = count else {
+            return;
+        };
+        match kind.as_slice() {
+            b"subscribe" | b"psubscribe" | b"unsubscribe" | b"punsubscribe" => {
+                self.divergence.subscriptions.0 = *count
+            }
+            b"ssubscribe" | b"sunsubscribe" => self.divergence.subscriptions.1 = *count,
+            _ => {}
+        }
+    }
+
+    fn after_reset(&mut self) {
+        // Drop the connection: it is authenticated as Redis's default user now, which may
+        // not be the pool's user.
+        if let Some(link) = self.dedicated.take() {
+            self.in_flight -= link.outstanding;
+        }
+        self.slots.retain(|s| matches!(s, Slot::Local(_)));
+        self.handle.upstream_id.store(0, Ordering::Relaxed);
+        self.reset_state();
+        self.wait = Wait::Nothing;
+        self.after_reply();
+        self.process_input();
+    }
+
+    /// The dedicated connection broke: its state is gone, so the client's connection ends
+    /// too, after an error for each command still waiting. Nothing is retried.
+    fn dedicated_lost(&mut self, reason: &str) {
+        let Some(link) = self.dedicated.take() else {
+            return;
+        };
+        tracing::warn!(
+            client = self.id,
+            reason,
+            "dedicated upstream connection lost"
+        );
+        self.handle.upstream_id.store(0, Ordering::Relaxed);
+        let frame = UpstreamError::Lost(reason.to_owned()).to_frame();
+        for _ in 0..link.outstanding {
+            self.output.extend_from_slice(&frame);
+        }
+        self.in_flight -= link.outstanding;
+        self.slots.retain(|s| !matches!(s, Slot::Dedicated));
+        while let Some(Slot::Local(bytes)) = self.slots.pop_front() {
+            self.output.extend_from_slice(&bytes);
+        }
+        if matches!(self.wait, Wait::Reset) {
+            self.wait = Wait::Nothing;
+        }
+        self.held = None;
+        self.closing = true;
+    }
+}
+
+/// Reads from, or writes to, the dedicated connection if there is one.
+async fn dedicated_io(link: &mut Option<DedicatedLink>) -> Event {
+    let Some(DedicatedLink {
+        conn,
+        incoming,
+        outgoing,
+        ..
+    }) = link
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        read = tokio::io::AsyncReadExt::read_buf(&mut conn.reader, incoming) => Event::UpstreamRead(read),
+        wrote = conn.writer.write(outgoing), if !outgoing.is_empty() => Event::UpstreamWrote(wrote),
+    }
+}
+
+async fn acquire(wait: &mut Wait) -> Result<Dedicated, UpstreamError> {
+    match wait {
+        Wait::Acquire(future) => future.await,
+        _ => std::future::pending().await,
+    }
+}

@@ -1,0 +1,92 @@
+//! A connection to Redis owned by one client while its connection state differs from the
+//! pool's. The client's session drives it directly (see `session.rs`); this module opens it,
+//! replays the client's state onto it, and checks a spare is still usable.
+
+use bytes::Bytes;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::{Upstream, UpstreamError, args};
+use crate::resp::Protocol;
+
+pub struct Dedicated {
+    pub reader: OwnedReadHalf,
+    pub writer: OwnedWriteHalf,
+    pub protocol: Protocol,
+    /// The client name set on this connection, if any.
+    pub name: Option<Bytes>,
+    /// Authenticated with the pool's credentials (only such connections become spares).
+    pub authenticated: bool,
+    /// The connection's own `CLIENT ID` at Redis.
+    pub upstream_id: i64,
+}
+
+impl Dedicated {
+    pub(super) async fn open(
+        upstream: &Upstream,
+        protocol: Protocol,
+        name: Option<Bytes>,
+        authenticate: bool,
+    ) -> Result<Self, UpstreamError> {
+        let mut setup = upstream.setup_commands(protocol, authenticate);
+        if let Some(name) = &name {
+            setup.push(vec![
+                Bytes::from_static(b"CLIENT"),
+                Bytes::from_static(b"SETNAME"),
+                name.clone(),
+            ]);
+        }
+        setup.push(args(&["CLIENT", "ID"]));
+        let (stream, replies) = upstream.connect(&setup).await?;
+        let upstream_id = replies.last().and_then(|r| parse_integer(r)).unwrap_or(0);
+        let (reader, writer) = stream.into_split();
+        Ok(Dedicated {
+            reader,
+            writer,
+            protocol,
+            name,
+            authenticated: authenticate,
+            upstream_id,
+        })
+    }
+
+    /// True unless the peer closed the connection or sent something unasked while spare.
+    pub fn is_alive(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.reader.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Gives a spare connection the name the new owner has (or none).
+    pub(super) async fn rename(
+        self,
+        name: Option<Bytes>,
+        timeout: std::time::Duration,
+    ) -> Result<Self, UpstreamError> {
+        if self.name == name {
+            return Ok(self);
+        }
+        let mut stream = self
+            .reader
+            .reunite(self.writer)
+            .map_err(|e| UpstreamError::Lost(e.to_string()))?;
+        let command = vec![
+            Bytes::from_static(b"CLIENT"),
+            Bytes::from_static(b"SETNAME"),
+            name.clone().unwrap_or_default(),
+        ];
+        tokio::time::timeout(timeout, super::run_setup(&mut stream, &[command]))
+            .await
+            .map_err(|_| UpstreamError::Timeout(timeout.as_millis() as u64))??;
+        let (reader, writer) = stream.into_split();
+        Ok(Dedicated {
+            reader,
+            writer,
+            name,
+            ..self
+        })
+    }
+}
+
+fn parse_integer(frame: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(frame.strip_prefix(b":")?).ok()?;
+    text.trim_end().parse().ok()
+}

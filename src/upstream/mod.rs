@@ -1,0 +1,320 @@
+//! Connections to Redis.
+//!
+//! * [`pool`]: a few long-lived, pipelined connections per protocol version, shared by every
+//!   client whose connection state is the default one. Many clients' commands go out in one
+//!   write and come back in one read.
+//! * [`dedicated`]: a connection owned by one client for as long as its state differs from the
+//!   pool's (MULTI/WATCH, subscriptions, a blocking command, SELECT, AUTH as another user,
+//!   CLIENT TRACKING, ...). Clean ones are kept as spares so the next MULTI does not connect.
+//! * the control client (fred), for cachet's own work: loading the command table now, the tag
+//!   index and health checks later.
+
+pub mod dedicated;
+pub mod pool;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use fred::cmd;
+use fred::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, watch};
+
+use crate::config::UpstreamConfig;
+use crate::resp::commands::CommandTable;
+use crate::resp::{self, Protocol};
+
+pub use dedicated::Dedicated;
+pub use pool::{PoolHandle, PoolRequest, UpstreamReply};
+
+/// Why talking to Redis failed; its `Display` is what the client reads after `-ERR upstream`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("upstream unavailable: {0}")]
+    Unavailable(String),
+    #[error("upstream connection lost: {0}")]
+    Lost(String),
+    #[error("upstream timeout after {0} ms")]
+    Timeout(u64),
+    #[error("upstream refused the connection setup: {0}")]
+    Handshake(String),
+}
+
+impl UpstreamError {
+    /// The error as a RESP error frame (`-ERR upstream ...`).
+    pub fn to_frame(&self) -> Bytes {
+        resp::reply::error_bytes(&format!("ERR {self}"))
+    }
+}
+
+/// Everything cachet holds towards one Redis server.
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    pools: [std::sync::OnceLock<Vec<PoolHandle>>; 2],
+    spares: Mutex<Vec<Dedicated>>,
+    commands: ArcSwap<CommandTable>,
+    table_ready: watch::Sender<bool>,
+    control: Client,
+    shut: AtomicBool,
+}
+
+impl Upstream {
+    /// Creates the upstream side and starts the control client and the RESP2 pool.
+    pub fn start(config: UpstreamConfig) -> anyhow::Result<Arc<Self>> {
+        let control = control_client(&config)?;
+        let (table_ready, _) = watch::channel(false);
+        let upstream = Arc::new(Upstream {
+            config,
+            pools: Default::default(),
+            spares: Mutex::new(Vec::new()),
+            commands: ArcSwap::from_pointee(CommandTable::default()),
+            table_ready,
+            control,
+            shut: AtomicBool::new(false),
+        });
+        tokio::spawn(load_commands(upstream.clone()));
+        upstream.pool(Protocol::Resp2);
+        Ok(upstream)
+    }
+
+    /// The command table as last loaded from Redis (empty until the first load).
+    pub fn commands(&self) -> arc_swap::Guard<Arc<CommandTable>> {
+        self.commands.load()
+    }
+
+    /// The fred client for cachet's own commands.
+    pub fn control(&self) -> &Client {
+        &self.control
+    }
+
+    /// True once the command table is loaded and at least one pooled connection is up.
+    pub fn is_ready(&self) -> bool {
+        *self.table_ready.borrow()
+            && self.pools[0]
+                .get()
+                .is_some_and(|p| p.iter().any(PoolHandle::is_up))
+    }
+
+    /// The pooled connections for `protocol`, started on first use.
+    pub fn pool(self: &Arc<Self>, protocol: Protocol) -> &[PoolHandle] {
+        self.pools[protocol.index()].get_or_init(|| {
+            (0..self.config.pool_size.get())
+                .map(|index| pool::spawn(self.clone(), protocol, index))
+                .collect()
+        })
+    }
+
+    /// Waits until the command table has been loaded (pool connections wait for it, so that
+    /// no blocking command can reach the shared pool unrecognised).
+    pub async fn table_loaded(&self) {
+        let mut rx = self.table_ready.subscribe();
+        let _ = rx.wait_for(|ready| *ready).await;
+    }
+
+    /// A connection for one client alone, from the spares or newly opened, set up for
+    /// `protocol`, `name`, and authenticated as the pool is when `authenticate`.
+    pub async fn dedicated(
+        &self,
+        protocol: Protocol,
+        name: Option<Bytes>,
+        authenticate: bool,
+    ) -> Result<Dedicated, UpstreamError> {
+        if authenticate {
+            let mut spares = self.spares.lock().await;
+            while let Some(conn) = spares.pop() {
+                if conn.protocol == protocol && conn.is_alive() {
+                    drop(spares);
+                    return conn.rename(name, self.config.connect_timeout()).await;
+                }
+            }
+        }
+        Dedicated::open(self, protocol, name, authenticate).await
+    }
+
+    /// Takes back a dedicated connection whose state is the default one again.
+    pub async fn release(&self, conn: Dedicated) {
+        if self.shut.load(Ordering::Relaxed) || !conn.authenticated {
+            return;
+        }
+        let mut spares = self.spares.lock().await;
+        if spares.len() < self.config.spare_connections {
+            spares.push(conn);
+        }
+    }
+
+    /// Stops reconnecting and drops the spare connections.
+    pub async fn shutdown(&self) {
+        self.shut.store(true, Ordering::Relaxed);
+        self.spares.lock().await.clear();
+        let _ = self.control.quit().await;
+    }
+
+    pub(crate) fn is_shut(&self) -> bool {
+        self.shut.load(Ordering::Relaxed)
+    }
+
+    /// Opens a TCP connection and runs the setup commands every cachet connection needs
+    /// (AUTH, HELLO 3, SELECT, CLIENT SETNAME, ...), checking each reply. Returns the stream
+    /// and the replies, in order.
+    pub(crate) async fn connect(
+        &self,
+        setup: &[Vec<Bytes>],
+    ) -> Result<(TcpStream, Vec<Bytes>), UpstreamError> {
+        let timeout = self.config.connect_timeout();
+        let address = self.config.url.address();
+        let attempt = async {
+            let mut stream = TcpStream::connect(&address)
+                .await
+                .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?;
+            stream.set_nodelay(true).ok();
+            let replies = run_setup(&mut stream, setup).await?;
+            Ok((stream, replies))
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(UpstreamError::Unavailable(format!(
+                    "{address}: connect timed out after {} ms",
+                    timeout.as_millis()
+                )))
+            })
+    }
+
+    /// The setup commands that put a new connection in the pool's state.
+    pub(crate) fn setup_commands(&self, protocol: Protocol, authenticate: bool) -> Vec<Vec<Bytes>> {
+        let mut setup = Vec::new();
+        let credentials = self.config.credentials().filter(|_| authenticate);
+        match (protocol, credentials) {
+            (Protocol::Resp3, Some((user, password))) => {
+                setup.push(args(&["HELLO", "3", "AUTH", &user, password.expose()]))
+            }
+            (Protocol::Resp3, None) => setup.push(args(&["HELLO", "3"])),
+            (Protocol::Resp2, Some((user, password))) => {
+                setup.push(args(&["AUTH", &user, password.expose()]))
+            }
+            (Protocol::Resp2, None) => {}
+        }
+        if self.config.url.db != 0 {
+            setup.push(args(&["SELECT", &self.config.url.db.to_string()]));
+        }
+        setup
+    }
+}
+
+/// Builds an argument vector from string slices.
+pub(crate) fn args(parts: &[&str]) -> Vec<Bytes> {
+    parts
+        .iter()
+        .map(|p| Bytes::copy_from_slice(p.as_bytes()))
+        .collect()
+}
+
+async fn run_setup(
+    stream: &mut TcpStream,
+    setup: &[Vec<Bytes>],
+) -> Result<Vec<Bytes>, UpstreamError> {
+    if setup.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = BytesMut::new();
+    for command in setup {
+        out.extend_from_slice(&resp::encode_command(command));
+    }
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut replies = Vec::with_capacity(setup.len());
+    while replies.len() < setup.len() {
+        match resp::reply_frame(&buf) {
+            Ok(Some(info)) => {
+                let frame = buf.split_to(info.len).freeze();
+                if info.push {
+                    continue;
+                }
+                if matches!(frame.first(), Some(b'-' | b'!')) {
+                    let text = String::from_utf8_lossy(&frame[1..]).trim().to_owned();
+                    let command = String::from_utf8_lossy(&setup[replies.len()][0]).into_owned();
+                    return Err(UpstreamError::Handshake(format!("{command}: {text}")));
+                }
+                replies.push(frame);
+            }
+            Ok(None) => {
+                let n = stream
+                    .read_buf(&mut buf)
+                    .await
+                    .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+                if n == 0 {
+                    return Err(UpstreamError::Unavailable(
+                        "connection closed during setup".into(),
+                    ));
+                }
+            }
+            Err(e) => return Err(UpstreamError::Lost(format!("bad frame from Redis: {e}"))),
+        }
+    }
+    Ok(replies)
+}
+
+fn control_client(config: &UpstreamConfig) -> anyhow::Result<Client> {
+    let mut fred_config = Config {
+        server: ServerConfig::new_centralized(&config.url.host, config.url.port),
+        database: (config.url.db != 0).then_some(config.url.db as u8),
+        ..Config::default()
+    };
+    if let Some((user, password)) = config.credentials() {
+        fred_config.username = Some(user);
+        fred_config.password = Some(password.expose().to_owned());
+    }
+    let connect_timeout = config.connect_timeout();
+    let client = Builder::from_config(fred_config)
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = Duration::from_secs(5);
+            c.max_command_attempts = 1;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = Duration::from_secs(5);
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
+        .build()?;
+    Ok(client)
+}
+
+/// Loads the command table once the control client connects, and again after every
+/// reconnect (the server may have been upgraded or loaded a module).
+async fn load_commands(upstream: Arc<Upstream>) {
+    let control = upstream.control.clone();
+    let mut reconnects = control.reconnect_rx();
+    control.connect();
+    loop {
+        if upstream.is_shut() {
+            return;
+        }
+        if control.wait_for_connect().await.is_ok() {
+            let reply: Result<Value, _> =
+                control.custom(cmd!("COMMAND"), Vec::<Value>::new()).await;
+            match reply
+                .map_err(|e| e.to_string())
+                .and_then(|v| CommandTable::from_command_reply(&v))
+            {
+                Ok(table) => {
+                    tracing::info!(commands = table.len(), "command table loaded from upstream");
+                    upstream.commands.store(Arc::new(table));
+                    upstream.table_ready.send_replace(true);
+                    if reconnects.recv().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Err(error) => tracing::warn!(%error, "loading the command table failed"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

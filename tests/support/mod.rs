@@ -1,0 +1,330 @@
+//! The test harness: real `redis-server` processes on free ports, cachet started in-process on
+//! port 0, and a raw RESP client that reads replies frame by frame.
+//!
+//! Each fixture owns what it starts: a `RedisServer` kills and reaps its process on drop, a
+//! `Proxy` shuts cachet down on drop. Failure messages carry the server's log.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp3::decode::complete::decode_bytes_mut;
+use redis_protocol::resp3::types::BytesFrame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .expect("bind port 0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// A `redis-server` of our own: no persistence, log in a temp dir, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments, e.g. `["--requirepass", "pw"]`.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// The server's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_else(|e| format!("(no log: {e})"))
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(self.addr()) {
+                use std::io::{Read, Write};
+                s.set_read_timeout(Some(Duration::from_millis(500))).ok();
+                let mut buf = [0u8; 64];
+                if s.write_all(b"PING\r\n").is_ok() {
+                    if let Ok(n) = s.read(&mut buf) {
+                        // +PONG, or -NOAUTH when a password is required: up either way.
+                        if n > 0 {
+                            return;
+                        }
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on port {} did not come up; log:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (after `stop`).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// cachet running in this process in front of `upstream_url`, listening on a free port.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Proxy {
+    pub async fn start(upstream_url: &str) -> Self {
+        Self::start_with(upstream_url, |_| {}).await
+    }
+
+    /// Starts cachet with a config adjusted by `tweak`; waits until it answers PING.
+    pub async fn start_with(upstream_url: &str, tweak: impl FnOnce(&mut cachet::Config)) -> Self {
+        let mut config = cachet::Config::default();
+        config.upstream.url = cachet::config::RedisUrl::parse(upstream_url).expect("url");
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(cachet::run(config, listener, async move {
+            let _ = rx.await;
+        }));
+        let proxy = Proxy {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        proxy.wait_ready().await;
+        proxy
+    }
+
+    /// Waits until a PING through the proxy gets PONG (or NOAUTH): the pool is up.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(mut c) = RawClient::connect(self.addr).await {
+                if let Ok(reply) = c.command(&["PING"]).await {
+                    let text = String::from_utf8_lossy(&reply).to_string();
+                    if text.starts_with("+PONG") || text.starts_with("-NOAUTH") {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "cachet did not become ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Signals shutdown and waits for `run` to return; returns its result.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let task = self.task.take().expect("task");
+        tokio::time::timeout(Duration::from_secs(20), task)
+            .await
+            .expect("cachet did not shut down within 20 s")
+            .expect("cachet task panicked")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A minimal RESP client that writes raw bytes and reads whole reply frames, so tests can
+/// compare replies byte for byte and send malformed input.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(RawClient {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+        })
+    }
+
+    /// Encodes `args` as a RESP multibulk command.
+    pub fn encode(args: &[impl AsRef<[u8]>]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            let arg = arg.as_ref();
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    pub async fn send(&mut self, args: &[impl AsRef<[u8]>]) -> std::io::Result<()> {
+        self.send_raw(&Self::encode(args)).await
+    }
+
+    /// Reads one whole frame and returns its raw bytes (10 s timeout).
+    pub async fn read_frame(&mut self) -> std::io::Result<Bytes> {
+        self.read_frame_timeout(Duration::from_secs(10)).await
+    }
+
+    pub async fn read_frame_timeout(&mut self, timeout: Duration) -> std::io::Result<Bytes> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match decode_bytes_mut(&mut self.buf) {
+                Ok(Some((_frame, _len, raw))) => return Ok(raw),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("bad frame: {e:?}"),
+                    ));
+                }
+            }
+            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply"))??;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed",
+                ));
+            }
+        }
+    }
+
+    /// Reads one frame and decodes it.
+    pub async fn read_decoded(&mut self) -> std::io::Result<BytesFrame> {
+        let mut raw = BytesMut::from(&self.read_frame().await?[..]);
+        Ok(decode_bytes_mut(&mut raw)
+            .expect("valid frame")
+            .expect("complete frame")
+            .0)
+    }
+
+    /// Sends one command and returns its reply's raw bytes.
+    pub async fn command(&mut self, args: &[impl AsRef<[u8]>]) -> std::io::Result<Bytes> {
+        self.send(args).await?;
+        self.read_frame().await
+    }
+
+    /// Sends one command and returns its reply as text (handy in assertions).
+    pub async fn text(&mut self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.command(args).await.expect("reply")).into_owned()
+    }
+
+    /// True once the peer has closed the connection (reads EOF within `timeout`).
+    pub async fn closed_within(&mut self, timeout: Duration) -> bool {
+        let mut scratch = [0u8; 1024];
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// A fred client connected to `url`, RESP2 or RESP3.
+pub async fn fred_client(url: &str, resp3: bool) -> fred::clients::Client {
+    use fred::prelude::*;
+    let mut config = Config::from_url(url).expect("url");
+    if resp3 {
+        config.version = RespVersion::RESP3;
+    }
+    let client = Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+        })
+        .build()
+        .expect("build fred client");
+    client.init().await.expect("fred connects");
+    client
+}
