@@ -22,6 +22,9 @@ struct Cli {
     /// Redis to forward to, as redis://[user[:password]@]host[:port][/db].
     #[arg(long)]
     upstream: Option<String>,
+    /// Worker threads (0 = one per core; overrides the file).
+    #[arg(long)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -74,6 +77,9 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(listen) = cli.listen {
         config.proxy.listen = listen;
     }
+    if let Some(threads) = cli.threads {
+        config.proxy.threads = threads;
+    }
     if let Some(url) = &cli.upstream {
         config.upstream.url = RedisUrl::parse(url).map_err(anyhow::Error::msg)?;
     }
@@ -82,7 +88,16 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
 
 fn serve(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(&cli)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = match config.proxy.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;

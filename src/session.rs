@@ -42,8 +42,11 @@ use crate::upstream::{Dedicated, PoolRequest, UpstreamError, UpstreamReply};
 
 /// Where the reply to a command (or batch) will come from.
 enum Slot {
-    /// A batch of `count` commands sent to the pool.
+    /// A batch of commands sent to the pool.
     Pool,
+    /// A HELLO sent to the pool alone: its reply names the pooled connection's id, which
+    /// is replaced by this client's own.
+    Hello,
     /// One command on the dedicated connection.
     Dedicated,
     /// A reply cachet made, waiting for the replies before it.
@@ -611,7 +614,12 @@ impl Session {
         } else {
             Request::from_args(vec![request.args[0].clone(), request.args[1].clone()])
         };
+        self.flush_batch();
         self.forward(plain);
+        self.flush_batch();
+        if let Some(slot) = self.slots.back_mut() {
+            *slot = Slot::Hello;
+        }
     }
 
     /// RESET on the pool: cachet's own state goes back to a new connection's.
@@ -796,12 +804,17 @@ impl Session {
     // ---- phase 4: replies --------------------------------------------------------------
 
     fn on_pool_reply(&mut self, reply: UpstreamReply) {
-        match self.slots.pop_front() {
-            Some(Slot::Pool) => {}
+        let hello = match self.slots.pop_front() {
+            Some(Slot::Pool) => false,
+            Some(Slot::Hello) => true,
             _ => unreachable!("a pool reply always answers the front slot"),
-        }
+        };
         self.in_flight -= reply.count;
         match reply.result {
+            Ok(bytes) if hello => {
+                let bytes = resp::reply::replace_hello_id(&bytes, self.id).unwrap_or(bytes);
+                self.output.extend_from_slice(&bytes);
+            }
             Ok(bytes) => self.output.extend_from_slice(&bytes),
             Err(error) => {
                 let frame = error.to_frame();

@@ -88,6 +88,32 @@ pub fn error_bytes(message: &str) -> Bytes {
     Reply::error(message).encode(Protocol::Resp2)
 }
 
+/// Rewrites the `id` field of a HELLO reply (a RESP3 map, or a RESP2 flat array) to `id`,
+/// leaving every other byte as Redis sent it. `None` if the frame is not a HELLO reply (an
+/// error, say), which is then passed on as is.
+pub fn replace_hello_id(frame: &Bytes, id: i64) -> Option<Bytes> {
+    if !matches!(frame.first(), Some(b'%' | b'*')) {
+        return None;
+    }
+    let header_end = frame.windows(2).position(|w| w == b"\r\n")? + 2;
+    let mut pos = header_end;
+    let mut previous_was_id_key = false;
+    while pos < frame.len() {
+        let len = super::reply_frame(&frame[pos..]).ok()??.len;
+        let element = &frame[pos..pos + len];
+        if previous_was_id_key {
+            let mut out = BytesMut::with_capacity(frame.len() + 16);
+            out.extend_from_slice(&frame[..pos]);
+            out.extend_from_slice(&Reply::Integer(id).encode(super::Protocol::Resp3));
+            out.extend_from_slice(&frame[pos + len..]);
+            return Some(out.freeze());
+        }
+        previous_was_id_key = element == b"$2\r\nid\r\n" || element == b"+id\r\n";
+        pos += len;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +126,28 @@ mod tests {
         assert_eq!(
             &Reply::error("ERR a\r\nb").encode(Protocol::Resp2)[..],
             b"-ERR ab\r\n"
+        );
+    }
+}
+#[cfg(test)]
+mod hello_tests {
+    use super::*;
+
+    #[test]
+    fn hello_id_is_replaced_in_both_shapes() {
+        let resp3 = Bytes::from_static(
+            b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:427\r\n$5\r\nproto\r\n:3\r\n",
+        );
+        let out = replace_hello_id(&resp3, 99).expect("rewritten");
+        assert_eq!(
+            &out[..],
+            &b"%3\r\n$6\r\nserver\r\n$5\r\nredis\r\n$2\r\nid\r\n:99\r\n$5\r\nproto\r\n:3\r\n"[..]
+        );
+        let resp2 = Bytes::from_static(b"*4\r\n$2\r\nid\r\n:427\r\n$5\r\nproto\r\n:2\r\n");
+        let out = replace_hello_id(&resp2, 99).expect("rewritten");
+        assert_eq!(
+            &out[..],
+            &b"*4\r\n$2\r\nid\r\n:99\r\n$5\r\nproto\r\n:2\r\n"[..]
         );
     }
 }
