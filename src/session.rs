@@ -349,7 +349,7 @@ impl Session {
             // Longer than any command: let Redis say it is unknown.
             return self.forward(request);
         };
-        let name: &[u8] = &name.to_vec();
+        let name: &[u8] = name;
         if !self.authenticated && self.dedicated.is_none() {
             if !matches!(name, b"auth" | b"hello" | b"quit" | b"reset") {
                 return self.reply_local(Reply::error("NOAUTH Authentication required."));
@@ -864,7 +864,7 @@ impl Session {
             let info = match resp::reply_frame(&link.incoming) {
                 Ok(Some(info)) => info,
                 Ok(None) => return,
-                Err(e) => return self.dedicated_lost(&format!("bad frame from Redis: {e}")),
+                Err(e) => return self.dedicated_lost(&e.to_string()),
             };
             let frame = link.incoming.split_to(info.len).freeze();
             if link.resets > 0 && &frame[..] == b"+RESET\r\n" {

@@ -11,8 +11,6 @@ pub mod reply;
 pub mod request;
 
 use bytes::{Bytes, BytesMut};
-use redis_protocol::resp3::decode::complete::decode_range;
-use redis_protocol::resp3::types::RangeFrame;
 
 pub use request::{Limits, ProtocolError, Request};
 
@@ -51,16 +49,94 @@ pub struct FrameInfo {
     pub push: bool,
 }
 
-/// Measures the reply frame at the front of `buf`; `Ok(None)` if it is not complete yet.
+/// A reply from Redis that is not valid RESP.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid RESP from Redis at byte {at}: {reason}")]
+pub struct FrameError {
+    pub at: usize,
+    pub reason: &'static str,
+}
+
+/// Measures the reply frame at the front of `buf` (RESP2 or RESP3); `Ok(None)` if it is not
+/// complete yet.
 ///
-/// RESP3 is a superset of RESP2, so one decoder serves both protocol versions.
-pub fn reply_frame(
-    buf: &[u8],
-) -> Result<Option<FrameInfo>, redis_protocol::error::RedisProtocolError> {
-    Ok(decode_range(buf)?.map(|(frame, len)| FrameInfo {
-        len,
-        push: matches!(frame, RangeFrame::Push { .. }),
-    }))
+/// cachet forwards replies as Redis sent them, so it only needs to know where each one ends.
+/// This walks the type bytes and length headers without building anything. It does not use
+/// `redis-protocol`'s decoders for this because they build frames: the RESP3 one refuses
+/// RESP2's null bulk/array (`$-1`, `*-1`), and a RESP3 set containing maps (`COMMAND INFO`'s
+/// key specs) cannot be built at all, and building allocates for every array.
+pub fn reply_frame(buf: &[u8]) -> Result<Option<FrameInfo>, FrameError> {
+    let push = buf.first() == Some(&b'>');
+    let mut pos = 0;
+    // Elements still to read in each open aggregate.
+    let mut open: Vec<i64> = Vec::new();
+    loop {
+        let Some(&kind) = buf.get(pos) else {
+            return Ok(None);
+        };
+        let Some(line_end) = memchr_crlf(buf, pos + 1) else {
+            return Ok(None);
+        };
+        let line = &buf[pos + 1..line_end];
+        let start = pos;
+        let error = |reason| FrameError { at: start, reason };
+        pos = line_end + 2;
+        let children = match kind {
+            b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => 0,
+            b'$' | b'!' | b'=' => {
+                let len = parse_len(line).ok_or_else(|| error("bad length"))?;
+                if len >= 0 {
+                    pos += len as usize + 2;
+                    if pos > buf.len() {
+                        return Ok(None);
+                    }
+                } else if len != -1 {
+                    return Err(error("bad length"));
+                }
+                0
+            }
+            b'*' | b'~' | b'>' => parse_len(line).ok_or_else(|| error("bad length"))?,
+            b'%' | b'|' => parse_len(line).ok_or_else(|| error("bad length"))? * 2,
+            _ => return Err(error("unknown frame type")),
+        };
+        // An attribute (`|`) precedes the frame it describes: that frame is one more element.
+        let children = if kind == b'|' { children + 1 } else { children };
+        if children > 0 {
+            open.push(children);
+            continue;
+        }
+        loop {
+            match open.last_mut() {
+                None => return Ok(Some(FrameInfo { len: pos, push })),
+                Some(left) => {
+                    *left -= 1;
+                    if *left > 0 {
+                        break;
+                    }
+                    open.pop();
+                }
+            }
+        }
+    }
+}
+
+fn memchr_crlf(buf: &[u8], from: usize) -> Option<usize> {
+    let rest = buf.get(from..)?;
+    let mut offset = 0;
+    loop {
+        let cr = rest[offset..].iter().position(|&b| b == b'\r')? + offset;
+        if rest.get(cr + 1) == Some(&b'\n') {
+            return Some(from + cr);
+        }
+        if cr + 1 >= rest.len() {
+            return None;
+        }
+        offset = cr + 1;
+    }
+}
+
+fn parse_len(line: &[u8]) -> Option<i64> {
+    std::str::from_utf8(line).ok()?.parse().ok()
 }
 
 /// Decodes the reply frame at the front of `buf` fully, for the few replies cachet inspects
@@ -82,4 +158,52 @@ pub fn lowercase_name<'a>(name: &[u8], out: &'a mut [u8; 64]) -> Option<&'a [u8]
         *o = c.to_ascii_lowercase();
     }
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measure(input: &[u8]) -> Option<usize> {
+        reply_frame(input).expect("valid").map(|f| f.len)
+    }
+
+    #[test]
+    fn measures_every_frame_type_and_waits_for_the_rest() {
+        let frames: &[&[u8]] = &[
+            b"+OK\r\n",
+            b"-ERR x\r\n",
+            b":12\r\n",
+            b"$-1\r\n",
+            b"*-1\r\n",
+            b"$3\r\na\r\n\r\n",
+            b"*2\r\n$1\r\na\r\n*1\r\n:1\r\n",
+            b"_\r\n",
+            b"%1\r\n+k\r\n~2\r\n%1\r\n+a\r\n:1\r\n,1.5\r\n",
+            b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n",
+            b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n",
+            b"*0\r\n",
+            b"=7\r\ntxt:abc\r\n",
+        ];
+        for frame in frames {
+            let mut input = frame.to_vec();
+            input.extend_from_slice(b"+next\r\n");
+            assert_eq!(
+                measure(&input),
+                Some(frame.len()),
+                "{}",
+                String::from_utf8_lossy(frame)
+            );
+            for cut in 0..frame.len() {
+                assert_eq!(
+                    measure(&frame[..cut]),
+                    None,
+                    "prefix {cut} of {:?}",
+                    String::from_utf8_lossy(frame)
+                );
+            }
+        }
+        assert!(reply_frame(b">1\r\n+x\r\n").unwrap().unwrap().push);
+        assert!(reply_frame(b"?x\r\n").is_err());
+    }
 }

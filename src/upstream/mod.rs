@@ -255,7 +255,7 @@ async fn run_setup(
                     ));
                 }
             }
-            Err(e) => return Err(UpstreamError::Lost(format!("bad frame from Redis: {e}"))),
+            Err(e) => return Err(UpstreamError::Lost(e.to_string())),
         }
     }
     Ok(replies)

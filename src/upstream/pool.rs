@@ -90,16 +90,22 @@ async fn run(
     up: Arc<AtomicBool>,
 ) {
     let mut backoff = BACKOFF_MIN;
-    let mut last_error = UpstreamError::Unavailable("not connected yet".into());
     loop {
         if upstream.is_shut() {
             return;
         }
-        let ready = tokio::select! {
-            _ = upstream.table_loaded() => true,
-            _ = tokio::time::sleep(backoff) => false,
-        };
-        if ready {
+        // Batches queue (they are not failed) while the first attempt is under way.
+        let wait = upstream.config.connect_timeout();
+        let ready = tokio::time::timeout(wait, upstream.table_loaded())
+            .await
+            .is_ok();
+        let last_error;
+        if !ready {
+            last_error = UpstreamError::Unavailable(format!(
+                "command table not loaded from {} yet",
+                upstream.config.url.address()
+            ));
+        } else {
             let mut setup = upstream.setup_commands(protocol, true);
             setup.push(args(&["CLIENT", "SETNAME", "cachet:pool"]));
             match upstream.connect(&setup).await {
@@ -251,7 +257,7 @@ fn deliver(
                     *frames += 1;
                 }
                 Ok(None) => return Ok(()),
-                Err(e) => return Err(UpstreamError::Lost(format!("bad frame from Redis: {e}"))),
+                Err(e) => return Err(UpstreamError::Lost(e.to_string())),
             }
         }
         let payload = incoming.split_to(*end).freeze();

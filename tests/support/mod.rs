@@ -256,13 +256,13 @@ impl RawClient {
     pub async fn read_frame_timeout(&mut self, timeout: Duration) -> std::io::Result<Bytes> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match decode_bytes_mut(&mut self.buf) {
-                Ok(Some((_frame, _len, raw))) => return Ok(raw),
+            match cachet::resp::reply_frame(&self.buf) {
+                Ok(Some(info)) => return Ok(self.buf.split_to(info.len).freeze()),
                 Ok(None) => {}
                 Err(e) => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
-                        format!("bad frame: {e:?}"),
+                        format!("bad frame: {e}"),
                     ));
                 }
             }
@@ -278,7 +278,7 @@ impl RawClient {
         }
     }
 
-    /// Reads one frame and decodes it.
+    /// Reads one frame and decodes it (RESP3 decoder: not for RESP2 nulls).
     pub async fn read_decoded(&mut self) -> std::io::Result<BytesFrame> {
         let mut raw = BytesMut::from(&self.read_frame().await?[..]);
         Ok(decode_bytes_mut(&mut raw)
@@ -317,7 +317,7 @@ pub async fn fred_client(url: &str, resp3: bool) -> fred::clients::Client {
     use fred::prelude::*;
     let mut config = Config::from_url(url).expect("url");
     if resp3 {
-        config.version = RespVersion::RESP3;
+        config.version = fred::types::RespVersion::RESP3;
     }
     let client = Builder::from_config(config)
         .with_connection_config(|c| {
