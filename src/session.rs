@@ -299,6 +299,14 @@ impl Session {
             }
             self.flush_batch();
             self.try_leave_dedicated();
+            // Most replies fit the socket buffer: write them now rather than on the next turn.
+            if !self.output.is_empty() {
+                match self.writer.try_write(&self.output) {
+                    Ok(n) => self.output.advance(n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
+                }
+            }
         }
         let _ = self.writer.shutdown().await;
         self.finish().await;
