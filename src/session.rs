@@ -143,7 +143,11 @@ pub struct Session {
     divergence: Divergence,
     held: Option<Request>,
     wait: Wait,
-    /// Stop reading; close once every reply is written.
+    /// The client half-closed or cachet is shutting down: read no more, but answer every
+    /// command already received, then close.
+    draining: bool,
+    /// QUIT, a protocol error or a lost dedicated connection: run no more commands; close
+    /// once the replies owed are written.
     closing: bool,
     last_activity: Instant,
 }
@@ -198,6 +202,7 @@ impl Session {
             divergence: Divergence::default(),
             held: None,
             wait: Wait::Nothing,
+            draining: false,
             closing: false,
             last_activity: Instant::now(),
         };
@@ -214,11 +219,13 @@ impl Session {
         tokio::pin!(idle);
         let max_pipeline = self.shared.config.proxy.max_pipeline.get();
         loop {
-            let closing = self.closing;
-            if self.closing && self.slots.is_empty() && self.output.is_empty() {
+            let stopping = self.closing || self.draining;
+            let owes_nothing =
+                self.slots.is_empty() && self.held.is_none() && matches!(self.wait, Wait::Nothing);
+            if stopping && owes_nothing && self.output.is_empty() {
                 break;
             }
-            let can_read = !self.closing
+            let can_read = !stopping
                 && self.held.is_none()
                 && matches!(self.wait, Wait::Nothing)
                 && self.in_flight < max_pipeline;
@@ -247,7 +254,7 @@ impl Session {
                     read = tokio::io::AsyncReadExt::read_buf(reader, input), if can_read => Event::ClientRead(read),
                     _ = &mut idle, if idle_limit.is_some() => Event::Idle,
                     _ = handle.kill.notified() => Event::Kill,
-                    _ = shutdown.cancelled(), if !closing => Event::Shutdown,
+                    _ = shutdown.cancelled(), if !stopping => Event::Shutdown,
                 }
             };
             match event {
@@ -255,7 +262,7 @@ impl Session {
                 Event::Reply(None) => unreachable!("the session holds a sender"),
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => {
                     // The client is gone (or half-closed): answer what it already sent.
-                    self.closing = true;
+                    self.draining = true;
                 }
                 Event::ClientRead(Ok(_)) => {
                     self.last_activity = Instant::now();
@@ -291,8 +298,9 @@ impl Session {
                 }
                 Event::Kill => break,
                 Event::Shutdown => {
-                    self.closing = true;
+                    self.draining = true;
                     if self.divergence.pubsub() || self.divergence.stream {
+                        self.closing = true;
                         self.slots.clear();
                     }
                 }
@@ -800,7 +808,11 @@ impl Session {
     /// Gives the dedicated connection back once the client's state is the pool's again.
     fn try_leave_dedicated(&mut self) {
         let Some(link) = &self.dedicated else { return };
-        if !self.is_clean(link) || !matches!(self.wait, Wait::Nothing) || self.closing {
+        if !self.is_clean(link)
+            || !matches!(self.wait, Wait::Nothing)
+            || self.closing
+            || self.draining
+        {
             return;
         }
         let link = self.dedicated.take().expect("checked");

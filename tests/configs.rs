@@ -18,7 +18,10 @@ fn toml_files(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn example_configs_are_valid() {
     let files = toml_files(Path::new("examples"));
-    assert!(files.len() >= 2, "expected example configs, found {files:?}");
+    assert!(
+        files.len() >= 2,
+        "expected example configs, found {files:?}"
+    );
     for file in files {
         cachet::Config::from_file(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     }
@@ -27,7 +30,10 @@ fn example_configs_are_valid() {
 #[test]
 fn invalid_configs_are_refused_with_their_reason() {
     let files = toml_files(Path::new("examples/invalid"));
-    assert!(files.len() >= 4, "expected invalid configs, found {files:?}");
+    assert!(
+        files.len() >= 4,
+        "expected invalid configs, found {files:?}"
+    );
     for file in files {
         let text = std::fs::read_to_string(&file).expect("read");
         let expect = text
@@ -38,8 +44,16 @@ fn invalid_configs_are_refused_with_their_reason() {
             .err()
             .unwrap_or_else(|| panic!("{} was accepted", file.display()))
             .to_string();
-        assert!(err.contains(expect), "{}: {err:?} lacks {expect:?}", file.display());
-        assert!(err.contains("line "), "{}: no line number in {err:?}", file.display());
+        assert!(
+            err.contains(expect),
+            "{}: {err:?} lacks {expect:?}",
+            file.display()
+        );
+        assert!(
+            err.contains("line "),
+            "{}: no line number in {err:?}",
+            file.display()
+        );
     }
 }
 
@@ -57,5 +71,8 @@ fn check_config_command_exit_codes() {
         .expect("run cachet");
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(stderr.contains("line 3") && stderr.contains("listne"), "{stderr}");
+    assert!(
+        stderr.contains("line 3") && stderr.contains("listne"),
+        "{stderr}"
+    );
 }

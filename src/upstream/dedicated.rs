@@ -28,16 +28,24 @@ impl Dedicated {
         authenticate: bool,
     ) -> Result<Self, UpstreamError> {
         let mut setup = upstream.setup_commands(protocol, authenticate);
-        if let Some(name) = &name {
-            setup.push(vec![
-                Bytes::from_static(b"CLIENT"),
-                Bytes::from_static(b"SETNAME"),
-                name.clone(),
-            ]);
+        let required = setup.len();
+        // A client that has not authenticated yet gets a bare connection: its own AUTH (or
+        // HELLO AUTH) comes next, and Redis would refuse anything before it.
+        if authenticate {
+            if let Some(name) = &name {
+                setup.push(vec![
+                    Bytes::from_static(b"CLIENT"),
+                    Bytes::from_static(b"SETNAME"),
+                    name.clone(),
+                ]);
+            }
+            setup.push(args(&["CLIENT", "ID"]));
         }
-        setup.push(args(&["CLIENT", "ID"]));
-        let (stream, replies) = upstream.connect(&setup).await?;
-        let upstream_id = replies.last().and_then(|r| parse_integer(r)).unwrap_or(0);
+        let (stream, replies) = upstream.connect(&setup, required).await?;
+        let upstream_id = match authenticate {
+            true => replies.last().and_then(|r| parse_integer(r)).unwrap_or(0),
+            false => 0,
+        };
         let (reader, writer) = stream.into_split();
         Ok(Dedicated {
             reader,
@@ -73,7 +81,7 @@ impl Dedicated {
             Bytes::from_static(b"SETNAME"),
             name.clone().unwrap_or_default(),
         ];
-        tokio::time::timeout(timeout, super::run_setup(&mut stream, &[command]))
+        tokio::time::timeout(timeout, super::run_setup(&mut stream, &[command], 1))
             .await
             .map_err(|_| UpstreamError::Timeout(timeout.as_millis() as u64))??;
         let (reader, writer) = stream.into_split();

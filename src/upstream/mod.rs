@@ -158,11 +158,13 @@ impl Upstream {
     }
 
     /// Opens a TCP connection and runs the setup commands every cachet connection needs
-    /// (AUTH, HELLO 3, SELECT, CLIENT SETNAME, ...), checking each reply. Returns the stream
-    /// and the replies, in order.
+    /// (AUTH, HELLO 3, SELECT, CLIENT SETNAME, ...). An error reply to one of the first
+    /// `required` commands fails the connection; later ones (conveniences like CLIENT ID)
+    /// are returned like any reply. Returns the stream and the replies, in order.
     pub(crate) async fn connect(
         &self,
         setup: &[Vec<Bytes>],
+        required: usize,
     ) -> Result<(TcpStream, Vec<Bytes>), UpstreamError> {
         let timeout = self.config.connect_timeout();
         let address = self.config.url.address();
@@ -171,7 +173,7 @@ impl Upstream {
                 .await
                 .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?;
             stream.set_nodelay(true).ok();
-            let replies = run_setup(&mut stream, setup).await?;
+            let replies = run_setup(&mut stream, setup, required).await?;
             Ok((stream, replies))
         };
         tokio::time::timeout(timeout, attempt)
@@ -216,6 +218,7 @@ pub(crate) fn args(parts: &[&str]) -> Vec<Bytes> {
 async fn run_setup(
     stream: &mut TcpStream,
     setup: &[Vec<Bytes>],
+    required: usize,
 ) -> Result<Vec<Bytes>, UpstreamError> {
     if setup.is_empty() {
         return Ok(Vec::new());
@@ -237,7 +240,7 @@ async fn run_setup(
                 if info.push {
                     continue;
                 }
-                if matches!(frame.first(), Some(b'-' | b'!')) {
+                if replies.len() < required && matches!(frame.first(), Some(b'-' | b'!')) {
                     let text = String::from_utf8_lossy(&frame[1..]).trim().to_owned();
                     let command = String::from_utf8_lossy(&setup[replies.len()][0]).into_owned();
                     return Err(UpstreamError::Handshake(format!("{command}: {text}")));

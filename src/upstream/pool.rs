@@ -107,8 +107,9 @@ async fn run(
             ));
         } else {
             let mut setup = upstream.setup_commands(protocol, true);
+            let required = setup.len();
             setup.push(args(&["CLIENT", "SETNAME", "cachet:pool"]));
-            match upstream.connect(&setup).await {
+            match upstream.connect(&setup, required).await {
                 Ok((stream, _)) => {
                     tracing::info!("pooled connection up");
                     up.store(true, Ordering::Relaxed);

@@ -1,0 +1,372 @@
+#!/usr/bin/env bash
+# bench/run.sh — throughput/latency of cachet vs. direct Redis vs. twemproxy.
+#
+# Starts a private redis-server, a twemproxy (nutcracker) in front of it and
+# cachet in front of it, all on 127.0.0.1 and free ports, then runs
+# redis-benchmark against each target in alternating rounds
+# (direct, twemproxy, cachet, direct, twemproxy, cachet, ...):
+#
+#     redis-benchmark --csv -t set,get -c $CLIENTS -P {1,16} -r $KEYSPACE -n N
+#
+# and reports, per target/test/pipeline depth, the median over rounds of ops/s,
+# p50 and p99 latency, plus the ratios cachet/direct and cachet/twemproxy.
+# The table goes to stdout and to $RESULTS_DIR/latest.md; raw CSVs and process
+# logs go to $RESULTS_DIR/runs/<timestamp>/.
+#
+# It never touches an already running Redis (e.g. the one on :6379): all
+# servers are started here, and are stopped on exit.
+#
+# Environment (defaults in brackets):
+#   ROUNDS=3              alternating rounds; the median over rounds is reported
+#   N_P1=200000           requests per test at -P 1
+#   N_P16=1500000         requests per test at -P 16
+#   PIPELINES="1 16"      pipeline depths to run (N_P<d> must be set for others)
+#   CLIENTS=50            redis-benchmark -c
+#   KEYSPACE=100000       redis-benchmark -r (random keys key:000000xxxxxx)
+#   DATASIZE=3            redis-benchmark -d (value size in bytes)
+#   TESTS=set,get         redis-benchmark -t
+#   TARGETS="direct twemproxy cachet"   which targets, in per-round order
+#   SKIP_CACHET=1         same as dropping cachet from TARGETS (no build either)
+#   SKIP_BUILD=1          don't run `cargo build --release` (binary must exist)
+#   CACHET_BIN=...        cachet binary [target/release/cachet]
+#   CACHET_ARGS=...       extra arguments for cachet
+#   NC_SERVER_CONNECTIONS=1  twemproxy server_connections
+#   RUN_TIMEOUT=300       seconds before one redis-benchmark invocation is killed
+#   RESULTS_DIR=bench/results
+#   PREPOPULATE=1         SET all KEYSPACE keys in Redis before round 1 so every
+#                         GET is a hit (0: GETs of never-set keys return nil)
+#
+# Examples:
+#   bench/run.sh                                  # full run, builds cachet
+#   SKIP_CACHET=1 bench/run.sh                    # direct + twemproxy only
+#   ROUNDS=1 N_P1=20000 N_P16=200000 bench/run.sh # quick smoke run
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+
+ROUNDS=${ROUNDS:-3}
+N_P1=${N_P1:-200000}
+N_P16=${N_P16:-1500000}
+PIPELINES=${PIPELINES:-"1 16"}
+CLIENTS=${CLIENTS:-50}
+KEYSPACE=${KEYSPACE:-100000}
+DATASIZE=${DATASIZE:-3}
+TESTS=${TESTS:-set,get}
+TARGETS=${TARGETS:-"direct twemproxy cachet"}
+SKIP_CACHET=${SKIP_CACHET:-0}
+SKIP_BUILD=${SKIP_BUILD:-0}
+CACHET_BIN=${CACHET_BIN:-"${CARGO_TARGET_DIR:-$repo/target}/release/cachet"}
+CACHET_ARGS=${CACHET_ARGS:-}
+NC_SERVER_CONNECTIONS=${NC_SERVER_CONNECTIONS:-1}
+RUN_TIMEOUT=${RUN_TIMEOUT:-300}
+RESULTS_DIR=${RESULTS_DIR:-"$here/results"}
+PREPOPULATE=${PREPOPULATE:-1}
+
+if [[ $SKIP_CACHET == 1 ]]; then
+    TARGETS=$(tr ' ' '\n' <<<"$TARGETS" | grep -vx cachet | tr '\n' ' ')
+fi
+read -r -a targets <<<"$TARGETS"
+read -r -a pipelines <<<"$PIPELINES"
+has_target() { [[ " ${targets[*]} " == *" $1 "* ]]; }
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for tool in redis-server redis-cli redis-benchmark timeout ss awk sort; do
+    command -v "$tool" >/dev/null || die "$tool not found"
+done
+if has_target twemproxy; then
+    command -v nutcracker >/dev/null || die "nutcracker not found (apt-get install -y nutcracker)"
+fi
+for d in "${pipelines[@]}"; do
+    var="N_P$d"
+    [[ -n ${!var:-} ]] || die "PIPELINES contains $d but $var is not set"
+done
+
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+run_dir="$RESULTS_DIR/runs/$stamp"
+mkdir -p "$run_dir"
+
+# ---------------------------------------------------------------- processes --
+pids=()
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local pid
+    for pid in "${pids[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        # give each a moment, then insist
+        for _ in 1 2 3 4 5 6 7 8 9 10; do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+used_ports=" "
+free_port() {
+    local p
+    for _ in $(seq 1 200); do
+        p=$((20000 + RANDOM % 20000))
+        [[ $used_ports == *" $p "* ]] && continue
+        if [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]]; then
+            used_ports+="$p "
+            echo "$p"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+wait_ping() { # name port pid
+    local name=$1 port=$2 pid=$3
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) exited during startup; see $run_dir/$name.log"
+        if [[ $(redis-cli -h 127.0.0.1 -p "$port" PING 2>/dev/null) == PONG ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    die "$name on 127.0.0.1:$port did not answer PING within 10s; see $run_dir/$name.log"
+}
+
+smoke() { # name port: SET through the target, GET it back directly and via the target
+    local name=$1 port=$2 key="bench:smoke:$1:$$" v
+    redis-cli -h 127.0.0.1 -p "$port" SET "$key" "ok-$name" >/dev/null
+    v=$(redis-cli -h 127.0.0.1 -p "$redis_port" GET "$key")
+    [[ $v == "ok-$name" ]] || die "smoke: SET via $name not visible in Redis (got '$v')"
+    v=$(redis-cli -h 127.0.0.1 -p "$port" GET "$key")
+    [[ $v == "ok-$name" ]] || die "smoke: GET via $name returned '$v'"
+    redis-cli -h 127.0.0.1 -p "$redis_port" DEL "$key" >/dev/null
+}
+
+# -------------------------------------------------------------------- build --
+if has_target cachet; then
+    if [[ $SKIP_BUILD != 1 ]]; then
+        log "cargo build --release"
+        (cd "$repo" && cargo build --release) >"$run_dir/build.log" 2>&1 \
+            || { tail -20 "$run_dir/build.log" >&2; die "cargo build --release failed (SKIP_CACHET=1 to run without cachet)"; }
+    fi
+    [[ -x $CACHET_BIN ]] || die "cachet binary not found at $CACHET_BIN (SKIP_CACHET=1 to run without it)"
+fi
+
+# ------------------------------------------------------------------ machine --
+cpu_model=$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+cachet_rev=$(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo "no commit")
+if [[ -n $(cd "$repo" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+    cachet_rev+=" (dirty)"
+fi
+machine_info() {
+    echo "- date (UTC): $(date -u '+%Y-%m-%d %H:%M:%S')"
+    echo "- nproc: $(nproc)"
+    echo "- CPU: ${cpu_model:-unknown}"
+    echo "- kernel: $(uname -sr)"
+    echo "- OS: $( (. /etc/os-release && echo "$PRETTY_NAME") 2>/dev/null || echo unknown)"
+    echo "- load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- redis-server: $(redis-server --version | sed 's/^Redis server //')"
+    echo "- redis-benchmark: $(redis-benchmark --version 2>/dev/null || echo '?')"
+    if has_target twemproxy; then
+        echo "- twemproxy: $(nutcracker --version 2>&1 | head -1 | sed 's/^This is //') (server_connections: $NC_SERVER_CONNECTIONS)"
+    fi
+    if has_target cachet; then
+        echo "- cachet: $cachet_rev, $(rustc --version 2>/dev/null || echo 'rustc ?'), release profile, extra args: ${CACHET_ARGS:-none (defaults)}"
+    fi
+    echo "- parameters: rounds=$ROUNDS clients=$CLIENTS tests=$TESTS keyspace(-r)=$KEYSPACE value size(-d)=$DATASIZE" \
+         "$(for d in "${pipelines[@]}"; do v="N_P$d"; printf ' -P %s: -n %s;' "$d" "${!v}"; done)"
+    echo "- target order per round: ${targets[*]}"
+    echo "- keyspace pre-populated before round 1: $([[ $PREPOPULATE == 1 ]] && echo "yes, all $KEYSPACE keys (GETs are hits)" || echo no)"
+}
+machine=$(machine_info)
+printf '%s\n' "$machine" >&2
+
+# -------------------------------------------------------------------- start --
+declare -A port
+redis_port=$(free_port)
+log "starting redis-server on 127.0.0.1:$redis_port"
+redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
+    --daemonize no --protected-mode yes --dir "$run_dir" --logfile "" \
+    >"$run_dir/redis.log" 2>&1 &
+pids+=($!)
+wait_ping redis "$redis_port" "$!"
+port[direct]=$redis_port
+
+if has_target twemproxy; then
+    port[twemproxy]=$(free_port)
+    nc_stats_port=$(free_port)
+    sed -e "s/@LISTEN@/127.0.0.1:${port[twemproxy]}/" \
+        -e "s/@SERVER@/127.0.0.1:$redis_port/" \
+        -e "s/@SERVER_CONNECTIONS@/$NC_SERVER_CONNECTIONS/" \
+        "$here/nutcracker.yml.in" >"$run_dir/nutcracker.yml"
+    nutcracker -t -c "$run_dir/nutcracker.yml" >/dev/null 2>&1 \
+        || die "generated $run_dir/nutcracker.yml is invalid"
+    log "starting nutcracker on 127.0.0.1:${port[twemproxy]} -> :$redis_port"
+    nutcracker -c "$run_dir/nutcracker.yml" -o "$run_dir/twemproxy.log" \
+        -s "$nc_stats_port" -a 127.0.0.1 >>"$run_dir/twemproxy.log" 2>&1 &
+    pids+=($!)
+    wait_ping twemproxy "${port[twemproxy]}" "$!"
+fi
+
+if has_target cachet; then
+    port[cachet]=$(free_port)
+    log "starting cachet on 127.0.0.1:${port[cachet]} -> :$redis_port"
+    # shellcheck disable=SC2086 # CACHET_ARGS is deliberately word-split
+    # NO_COLOR: plain log lines in cachet.log (tracing's ANSI colours otherwise)
+    NO_COLOR=1 "$CACHET_BIN" --listen "127.0.0.1:${port[cachet]}" \
+        --upstream "redis://127.0.0.1:$redis_port" $CACHET_ARGS \
+        >"$run_dir/cachet.log" 2>&1 &
+    pids+=($!)
+    cachet_pid=$!
+    wait_ping cachet "${port[cachet]}" "$cachet_pid"
+fi
+
+for t in "${targets[@]}"; do
+    [[ -n ${port[$t]:-} ]] || die "unknown target '$t' (expected direct, twemproxy, cachet)"
+    smoke "$t" "${port[$t]}"
+done
+log "all targets up and passed a SET/GET smoke check"
+
+# Pre-populate every key redis-benchmark -r can pick (key:%012d), directly in
+# Redis, so GETs are hits from the first round on, for every target alike.
+if [[ $PREPOPULATE == 1 ]]; then
+    log "pre-populating $KEYSPACE keys of $DATASIZE bytes in Redis"
+    awk -v n="$KEYSPACE" -v size="$DATASIZE" 'BEGIN {
+            v = sprintf("%*s", size, ""); gsub(/ /, "x", v)
+            for (i = 0; i < n; i++)
+                printf "*3\r\n$3\r\nSET\r\n$16\r\nkey:%012d\r\n$%d\r\n%s\r\n", i, size, v
+        }' | redis-cli -h 127.0.0.1 -p "$redis_port" --pipe >"$run_dir/prepopulate.log" 2>&1 \
+        || die "pre-populating Redis failed; see $run_dir/prepopulate.log"
+    [[ $(redis-cli -h 127.0.0.1 -p "$redis_port" DBSIZE) == "$KEYSPACE" ]] \
+        || die "pre-populating Redis: DBSIZE is not $KEYSPACE"
+fi
+
+# -------------------------------------------------------------------- bench --
+# all.csv: round,target,pipeline,test,rps,avg,min,p50,p95,p99,max
+all="$run_dir/all.csv"
+: >"$all"
+problems=()
+for ((round = 1; round <= ROUNDS; round++)); do
+    for t in "${targets[@]}"; do
+        for d in "${pipelines[@]}"; do
+            nvar="N_P$d"
+            base="$run_dir/r${round}_${t}_P${d}"
+            log "round $round/$ROUNDS  $t  -P $d  -n ${!nvar}"
+            rc=0
+            timeout "$RUN_TIMEOUT" redis-benchmark -h 127.0.0.1 -p "${port[$t]}" --csv \
+                -t "$TESTS" -c "$CLIENTS" -P "$d" -r "$KEYSPACE" -d "$DATASIZE" -n "${!nvar}" \
+                >"$base.csv" 2>"$base.err" || rc=$?
+            # the CONFIG warning is expected through proxies that refuse CONFIG
+            errs=$(grep -v -e '^WARNING: Could not fetch server CONFIG' -e '^[[:space:]]*$' "$base.err" | head -3 || true)
+            [[ $rc == 0 ]] || problems+=("round $round $t -P $d: redis-benchmark exited $rc${errs:+: $errs}")
+            [[ $rc != 0 || -z $errs ]] || problems+=("round $round $t -P $d: stderr: $errs")
+            for tt in ${TESTS//,/ }; do
+                TT=${tt^^}
+                grep -q "^\"$TT\"," "$base.csv" || problems+=("round $round $t -P $d: no $TT result")
+            done
+            awk -F, -v r="$round" -v t="$t" -v d="$d" 'NR > 1 {
+                    gsub(/"/, ""); print r "," t "," d "," $1 "," $2 "," $3 "," $4 "," $5 "," $6 "," $7 "," $8
+                }' "$base.csv" >>"$all"
+            if [[ $t == cachet ]] && ! kill -0 "$cachet_pid" 2>/dev/null; then
+                problems+=("round $round: cachet exited; see $run_dir/cachet.log")
+                die "cachet exited during round $round; see $run_dir/cachet.log"
+            fi
+        done
+    done
+done
+dbsize=$(redis-cli -h 127.0.0.1 -p "$redis_port" DBSIZE)
+load_end=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ------------------------------------------------------------------- report --
+# stats.csv: target,test,pipeline,n,median rps,min rps,max rps,median p50,median p99
+median_of() { sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "nan"; exit }
+    if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+col() { cut -d, -f"$1" <<<"$sel" | awk 'NF'; }
+stats="$run_dir/stats.csv"
+: >"$stats"
+for t in "${targets[@]}"; do
+    for tt in ${TESTS//,/ }; do
+        TT=${tt^^}
+        for d in "${pipelines[@]}"; do
+            sel=$(awk -F, -v t="$t" -v T="$TT" -v d="$d" '$2 == t && $4 == T && $3 == d' "$all")
+            n=$(grep -c . <<<"$sel" || true)
+            rps=$(col 5 | median_of)
+            lo=$(col 5 | sort -g | head -1)
+            hi=$(col 5 | sort -g | tail -1)
+            p50=$(col 8 | median_of)
+            p99=$(col 10 | median_of)
+            echo "$t,$TT,$d,$n,$rps,${lo:-nan},${hi:-nan},$p50,$p99" >>"$stats"
+        done
+    done
+done
+
+report() {
+    echo "# cachet benchmark run $stamp"
+    echo
+    echo "## Machine and parameters"
+    echo
+    printf '%s\n' "$machine"
+    echo "- load average at end: $load_end"
+    echo "- keys in Redis after the run (DBSIZE): $dbsize"
+    echo
+    echo "## Results (median of $ROUNDS rounds)"
+    echo
+    echo "| target | test | pipeline | ops/s | p50 ms | p99 ms | ops/s min–max over rounds | rounds |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    awk -F, '
+        function f(x, fmt) { return x ~ /^[0-9]+(\.[0-9]*)?$/ ? sprintf(fmt, x) : "n/a" }
+        { printf "| %s | %s | %s | %s | %s | %s | %s–%s | %s |\n", $1, $2, $3,
+                 f($5, "%.0f"), f($8, "%.3f"), f($9, "%.3f"), f($6, "%.0f"), f($7, "%.0f"), $4 }' "$stats"
+    if has_target cachet && (has_target direct || has_target twemproxy); then
+        echo
+        echo "## Ratios (cachet / baseline, medians)"
+        echo
+        echo "ops/s ratio > 1 means cachet is faster; latency ratio > 1 means cachet is slower."
+        echo
+        local hdr="| test | pipeline |" sep="|---|---:|"
+        for b in direct twemproxy; do
+            has_target "$b" || continue
+            hdr+=" ops/s cachet/$b | p50 cachet/$b | p99 cachet/$b |"
+            sep+="---:|---:|---:|"
+        done
+        echo "$hdr"
+        echo "$sep"
+        for tt in ${TESTS//,/ }; do
+            TT=${tt^^}
+            for d in "${pipelines[@]}"; do
+                awk -F, -v T="$TT" -v d="$d" -v bs="$(has_target direct && echo direct) $(has_target twemproxy && echo twemproxy)" '
+                    function num(x) { return x ~ /^[0-9]+(\.[0-9]*)?$/ }
+                    function ratio(a, b) { return (num(a) && num(b) && b > 0) ? sprintf("%.2f", a / b) : "n/a" }
+                    $2 == T && $3 == d { rps[$1] = $5; p50[$1] = $8; p99[$1] = $9 }
+                    END {
+                        line = "| " T " | " d " |"
+                        n = split(bs, b, " ")
+                        for (i = 1; i <= n; i++)
+                            line = line " " ratio(rps["cachet"], rps[b[i]]) " | " ratio(p50["cachet"], p50[b[i]]) " | " ratio(p99["cachet"], p99[b[i]]) " |"
+                        print line
+                    }' "$stats"
+            done
+        done
+    fi
+    echo
+    echo "## Problems"
+    echo
+    if ((${#problems[@]} == 0)); then
+        echo "none (every redis-benchmark run exited 0 and produced all results)"
+    else
+        printf -- '- %s\n' "${problems[@]}"
+    fi
+    echo
+    echo "Raw CSVs and logs: ${run_dir#"$repo"/}"
+}
+report | tee "$run_dir/report.md"
+cp "$run_dir/report.md" "$RESULTS_DIR/latest.md"
+log "written $RESULTS_DIR/latest.md"
