@@ -7,6 +7,7 @@
 //! # Module map
 //!
 //! * [`config`]: the TOML configuration, environment overrides, validation.
+//! * [`net`]: socket reads without the extra `WouldBlock` syscall.
 //! * [`resp`]: frames on the wire (requests, replies, locally built replies) and the command
 //!   table learned from Redis.
 //! * [`server`]: the accept loop, client limits, graceful shutdown.
@@ -24,6 +25,7 @@
 //! ```
 
 pub mod config;
+pub mod net;
 pub mod resp;
 pub mod server;
 pub mod session;

@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::resp::Limits;
-use crate::session::{ClientHandle, Session};
+use crate::session::{ClientHandle, Inbox, Session};
 use crate::upstream::Upstream;
 
 /// cachet's client ids start here, far above any id Redis hands out, so a `CLIENT KILL ID`
@@ -55,6 +55,13 @@ impl ClientRegistry {
 
     fn remove(&self, id: i64) {
         self.clients.lock().expect("registry lock").remove(&id);
+    }
+
+    /// Sends every live client a message (shutdown, or kill once the grace period is over).
+    fn broadcast(&self, message: impl Fn() -> Inbox) {
+        for client in self.clients.lock().expect("registry lock").values() {
+            let _ = client.inbox.send(message());
+        }
     }
 
     pub fn get(&self, id: i64) -> Option<Arc<ClientHandle>> {
@@ -104,6 +111,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancell
     }
     drop(listener);
     sessions.close();
+    shared.clients.broadcast(|| Inbox::Shutdown);
     let grace = Duration::from_millis(shared.config.proxy.shutdown_grace_ms);
     tracing::info!(
         clients = sessions.len(),
@@ -114,6 +122,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancell
             clients = sessions.len(),
             "shutdown grace period over; closing the rest"
         );
+        shared.clients.broadcast(|| Inbox::Kill);
+        sessions.wait().await;
     }
     shared.upstream.shutdown().await;
 }
@@ -127,8 +137,11 @@ async fn serve_client(
     let id = shared.clients.next_id();
     let (session, handle) = Session::new(shared.clone(), stream, addr, id);
     shared.clients.insert(id, handle);
+    // Registered first, then checked: a client accepted as shutdown began either got the
+    // broadcast or sees the token cancelled here.
+    let shutting_down = shutdown.is_cancelled();
     let span = tracing::debug_span!("client", id, %addr);
-    session.run(shutdown).instrument(span).await;
+    session.run(shutting_down).instrument(span).await;
     shared.clients.remove(id);
 }
 

@@ -30,9 +30,8 @@ use redis_protocol::resp3::types::BytesFrame;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use crate::resp::reply::Reply;
 use crate::resp::{self, Protocol, Request, lowercase_name};
@@ -111,9 +110,21 @@ enum Wait {
     Reset,
 }
 
-/// The handle other sessions use to reach this one (CLIENT KILL ID, CLIENT UNBLOCK).
+/// What reaches a session from outside its own sockets, in one queue so the session waits
+/// on one thing only.
+#[derive(Debug)]
+pub enum Inbox {
+    /// Replies to a batch this client sent to the pool.
+    Reply(UpstreamReply),
+    /// Another client ran `CLIENT KILL ID` on this one.
+    Kill,
+    /// cachet is shutting down: answer what was received, then close.
+    Shutdown,
+}
+
+/// The handle the server and other sessions use to reach this one.
 pub struct ClientHandle {
-    pub kill: Notify,
+    pub inbox: mpsc::UnboundedSender<Inbox>,
     /// The `CLIENT ID` of this client's dedicated connection at Redis, 0 when it has none.
     pub upstream_id: AtomicI64,
     pub addr: SocketAddr,
@@ -137,8 +148,8 @@ pub struct Session {
     slots: VecDeque<Slot>,
     /// Commands whose replies are still expected (the pipeline depth).
     in_flight: usize,
-    replies: mpsc::UnboundedReceiver<UpstreamReply>,
-    reply_tx: mpsc::UnboundedSender<UpstreamReply>,
+    inbox: mpsc::UnboundedReceiver<Inbox>,
+    reply_tx: mpsc::UnboundedSender<Inbox>,
     dedicated: Option<DedicatedLink>,
     divergence: Divergence,
     held: Option<Request>,
@@ -153,15 +164,13 @@ pub struct Session {
 }
 
 enum Event {
-    Reply(Option<UpstreamReply>),
+    Inbox(Option<Inbox>),
     ClientRead(std::io::Result<usize>),
     ClientWrote(std::io::Result<usize>),
     UpstreamRead(std::io::Result<usize>),
     UpstreamWrote(std::io::Result<usize>),
     Acquired(Result<Dedicated, UpstreamError>),
     Idle,
-    Kill,
-    Shutdown,
 }
 
 impl Session {
@@ -173,9 +182,9 @@ impl Session {
     ) -> (Self, Arc<ClientHandle>) {
         stream.set_nodelay(true).ok();
         let (reader, writer) = stream.into_split();
-        let (reply_tx, replies) = mpsc::unbounded_channel();
+        let (reply_tx, inbox) = mpsc::unbounded_channel();
         let handle = Arc::new(ClientHandle {
-            kill: Notify::new(),
+            inbox: reply_tx.clone(),
             upstream_id: AtomicI64::new(0),
             addr,
         });
@@ -196,7 +205,7 @@ impl Session {
             batch_count: 0,
             slots: VecDeque::new(),
             in_flight: 0,
-            replies,
+            inbox,
             reply_tx,
             dedicated: None,
             divergence: Divergence::default(),
@@ -210,7 +219,10 @@ impl Session {
     }
 
     /// Serves the client until it leaves, is killed, or cachet shuts down.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(mut self, shutting_down: bool) {
+        if shutting_down {
+            self.draining = true;
+        }
         let idle_limit = match self.shared.config.proxy.client_idle_timeout_secs {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
@@ -239,27 +251,32 @@ impl Session {
                     writer,
                     input,
                     output,
-                    replies,
+                    inbox,
                     dedicated,
                     wait,
-                    handle,
                     ..
                 } = &mut self;
                 tokio::select! {
                     biased;
-                    reply = replies.recv() => Event::Reply(reply),
+                    message = inbox.recv() => Event::Inbox(message),
                     event = dedicated_io(dedicated) => event,
                     conn = acquire(wait) => Event::Acquired(conn),
                     wrote = writer.write(output), if !output.is_empty() => Event::ClientWrote(wrote),
-                    read = tokio::io::AsyncReadExt::read_buf(reader, input), if can_read => Event::ClientRead(read),
+                    read = crate::net::read_available(reader, input), if can_read => Event::ClientRead(read),
                     _ = &mut idle, if idle_limit.is_some() => Event::Idle,
-                    _ = handle.kill.notified() => Event::Kill,
-                    _ = shutdown.cancelled(), if !stopping => Event::Shutdown,
                 }
             };
             match event {
-                Event::Reply(Some(reply)) => self.on_pool_reply(reply),
-                Event::Reply(None) => unreachable!("the session holds a sender"),
+                Event::Inbox(Some(Inbox::Reply(reply))) => self.on_pool_reply(reply),
+                Event::Inbox(Some(Inbox::Kill)) => break,
+                Event::Inbox(Some(Inbox::Shutdown)) => {
+                    self.draining = true;
+                    if self.divergence.pubsub() || self.divergence.stream {
+                        self.closing = true;
+                        self.slots.clear();
+                    }
+                }
+                Event::Inbox(None) => unreachable!("the session holds a sender"),
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => {
                     // The client is gone (or half-closed): answer what it already sent.
                     self.draining = true;
@@ -296,14 +313,6 @@ impl Session {
                     };
                     idle.as_mut().reset(from + limit);
                 }
-                Event::Kill => break,
-                Event::Shutdown => {
-                    self.draining = true;
-                    if self.divergence.pubsub() || self.divergence.stream {
-                        self.closing = true;
-                        self.slots.clear();
-                    }
-                }
             }
             self.flush_batch();
             self.try_leave_dedicated();
@@ -322,10 +331,10 @@ impl Session {
 
     async fn finish(mut self) {
         self.handle.upstream_id.store(0, Ordering::Relaxed);
-        if let Some(link) = self.dedicated.take() {
-            if self.is_clean(&link) {
-                self.shared.upstream.release(link.conn).await;
-            }
+        if let Some(link) = self.dedicated.take()
+            && self.is_clean(&link)
+        {
+            self.shared.upstream.release(link.conn).await;
         }
     }
 
@@ -366,10 +375,11 @@ impl Session {
             return self.forward(request);
         };
         let name: &[u8] = name;
-        if !self.authenticated && self.dedicated.is_none() {
-            if !matches!(name, b"auth" | b"hello" | b"quit" | b"reset") {
-                return self.reply_local(Reply::error("NOAUTH Authentication required."));
-            }
+        if !self.authenticated
+            && self.dedicated.is_none()
+            && !matches!(name, b"auth" | b"hello" | b"quit" | b"reset")
+        {
+            return self.reply_local(Reply::error("NOAUTH Authentication required."));
         }
         match name {
             b"quit" => {
@@ -452,7 +462,7 @@ impl Session {
                     .and_then(|s| s.parse::<i64>().ok());
                 match target.and_then(|id| self.shared.clients.get(id)) {
                     Some(client) => {
-                        client.kill.notify_one();
+                        let _ = client.inbox.send(Inbox::Kill);
                         self.reply_local(Reply::Integer(1));
                     }
                     None => self.route(request, b"client"),
@@ -607,12 +617,12 @@ impl Session {
                 "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
             ));
         }
-        if let Some(name) = &name {
-            if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
-                return self.reply_local(Reply::error(
-                    "ERR Client names cannot contain spaces, newlines or special characters.",
-                ));
-            }
+        if let Some(name) = &name
+            && name.iter().any(|&c| !(b'!'..=b'~').contains(&c))
+        {
+            return self.reply_local(Reply::error(
+                "ERR Client names cannot contain spaces, newlines or special characters.",
+            ));
         }
         let version = version.unwrap_or(self.protocol);
         if version != self.protocol && !self.slots.is_empty() {
@@ -1001,7 +1011,7 @@ async fn dedicated_io(link: &mut Option<DedicatedLink>) -> Event {
         return std::future::pending().await;
     };
     tokio::select! {
-        read = tokio::io::AsyncReadExt::read_buf(&mut conn.reader, incoming) => Event::UpstreamRead(read),
+        read = crate::net::read_available(&conn.reader, incoming) => Event::UpstreamRead(read),
         wrote = conn.writer.write(outgoing), if !outgoing.is_empty() => Event::UpstreamWrote(wrote),
     }
 }

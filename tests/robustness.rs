@@ -130,13 +130,12 @@ async fn upstream_killed_mid_load_and_restarted() {
                             report.errors_down += 1;
                         }
                     }
-                    (RESTARTED, _) | (SETTLED, _) if set_ok && get_ok => {
-                        if report.recovered_after.is_none() {
+                    (RESTARTED, _) | (SETTLED, _) if set_ok && get_ok
+                        && report.recovered_after.is_none() => {
                             let at = restarted_at.lock().unwrap().expect("restart time");
                             report.recovered_after = Some(at.elapsed());
                             recovered.fetch_add(1, Ordering::SeqCst);
                         }
-                    }
                     _ => {}
                 }
                 if sent_in == SETTLED && !(set_ok && get_ok) {
@@ -477,10 +476,10 @@ async fn malformed_resp_is_refused_like_redis() {
             proxy_closed, direct_closed,
             "closed after {shown:?} (reply {direct_reply:?})"
         );
-        if let Some(r) = &direct_reply {
-            if r.starts_with("-ERR Protocol error") {
-                assert!(direct_closed, "Redis closes after a protocol error");
-            }
+        if let Some(r) = &direct_reply
+            && r.starts_with("-ERR Protocol error")
+        {
+            assert!(direct_closed, "Redis closes after a protocol error");
         }
         // Everybody else is unaffected.
         assert_eq!(

@@ -53,12 +53,12 @@ impl CommandTable {
         let mut commands = HashMap::with_capacity(entries.len() * 2);
         for entry in entries {
             let info = parse_entry(entry)?;
-            if let Value::Array(fields) = entry {
-                if let Some(Value::Array(subs)) = fields.get(9) {
-                    for sub in subs {
-                        let sub = parse_entry(sub)?;
-                        commands.insert(sub.name.clone().into_bytes().into(), sub);
-                    }
+            if let Value::Array(fields) = entry
+                && let Some(Value::Array(subs)) = fields.get(9)
+            {
+                for sub in subs {
+                    let sub = parse_entry(sub)?;
+                    commands.insert(sub.name.clone().into_bytes().into(), sub);
                 }
             }
             commands.insert(info.name.clone().into_bytes().into(), info);

@@ -15,14 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use super::{Upstream, UpstreamError, args};
 use crate::resp::{self, Protocol};
+use crate::session::Inbox;
 
 /// Stop taking new batches while this much is waiting to be written.
 const WRITE_HIGH_WATER: usize = 1 << 20;
@@ -33,7 +33,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub struct PoolRequest {
     pub payload: Bytes,
     pub count: usize,
-    pub reply: mpsc::UnboundedSender<UpstreamReply>,
+    pub reply: mpsc::UnboundedSender<Inbox>,
 }
 
 /// The replies to one batch: all of them, in order, or the reason there are none.
@@ -68,24 +68,24 @@ impl PoolHandle {
 }
 
 fn fail(request: PoolRequest, error: &UpstreamError) {
-    let _ = request.reply.send(UpstreamReply {
+    let _ = request.reply.send(Inbox::Reply(UpstreamReply {
         result: Err(error.clone()),
         count: request.count,
-    });
+    }));
 }
 
 /// Starts the task for pooled connection `index` of `protocol`.
 pub fn spawn(upstream: Arc<Upstream>, protocol: Protocol, index: usize) -> PoolHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let up = Arc::new(AtomicBool::new(false));
-    let span = tracing::info_span!("pool", ?protocol, index);
-    tokio::spawn(run(upstream, protocol, rx, up.clone()).instrument(span));
+    tokio::spawn(run(upstream, protocol, index, rx, up.clone()));
     PoolHandle { tx, up }
 }
 
 async fn run(
     upstream: Arc<Upstream>,
     protocol: Protocol,
+    index: usize,
     mut rx: mpsc::UnboundedReceiver<PoolRequest>,
     up: Arc<AtomicBool>,
 ) {
@@ -111,21 +111,21 @@ async fn run(
             setup.push(args(&["CLIENT", "SETNAME", "cachet:pool"]));
             match upstream.connect(&setup, required).await {
                 Ok((stream, _)) => {
-                    tracing::info!("pooled connection up");
+                    tracing::info!(?protocol, index, "pooled connection up");
                     up.store(true, Ordering::Relaxed);
                     backoff = BACKOFF_MIN;
                     let timeout = upstream.config.command_timeout();
                     match serve(stream, &mut rx, timeout).await {
                         Ok(()) => return,
                         Err(error) => {
-                            tracing::warn!(%error, "pooled connection lost");
+                            tracing::warn!(?protocol, index, %error, "pooled connection lost");
                             last_error = error;
                         }
                     }
                     up.store(false, Ordering::Relaxed);
                 }
                 Err(error) => {
-                    tracing::debug!(%error, "pooled connection failed");
+                    tracing::debug!(?protocol, index, %error, "pooled connection failed");
                     last_error = error;
                 }
             }
@@ -153,7 +153,7 @@ async fn run(
 
 struct Pending {
     count: usize,
-    reply: mpsc::UnboundedSender<UpstreamReply>,
+    reply: mpsc::UnboundedSender<Inbox>,
     sent: Instant,
 }
 
@@ -163,7 +163,7 @@ async fn serve(
     rx: &mut mpsc::UnboundedReceiver<PoolRequest>,
     timeout: Option<Duration>,
 ) -> Result<(), UpstreamError> {
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut outgoing = BytesMut::with_capacity(64 * 1024);
     let mut incoming = BytesMut::with_capacity(64 * 1024);
@@ -179,7 +179,7 @@ async fn serve(
         reserve(&mut incoming);
         tokio::select! {
             biased;
-            read = reader.read_buf(&mut incoming) => match read {
+            read = crate::net::read_available(&reader, &mut incoming) => match read {
                 Ok(0) => break Err(UpstreamError::Lost("Redis closed the connection".into())),
                 Ok(_) => {
                     if let Err(error) = deliver(&mut incoming, &mut pending, &mut scanned) {
@@ -218,10 +218,10 @@ async fn serve(
     };
     if let Err(error) = &result {
         for p in pending.drain(..) {
-            let _ = p.reply.send(UpstreamReply {
+            let _ = p.reply.send(Inbox::Reply(UpstreamReply {
                 result: Err(error.clone()),
                 count: p.count,
-            });
+            }));
         }
     }
     let _ = writer.shutdown().await;
@@ -264,9 +264,9 @@ fn deliver(
         let payload = incoming.split_to(*end).freeze();
         *scanned = (0, 0);
         let done = pending.pop_front().expect("front exists");
-        let _ = done.reply.send(UpstreamReply {
+        let _ = done.reply.send(Inbox::Reply(UpstreamReply {
             result: Ok(payload),
             count: done.count,
-        });
+        }));
     }
 }

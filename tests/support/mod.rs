@@ -95,12 +95,12 @@ impl RedisServer {
                 use std::io::{Read, Write};
                 s.set_read_timeout(Some(Duration::from_millis(500))).ok();
                 let mut buf = [0u8; 64];
-                if s.write_all(b"PING\r\n").is_ok() {
-                    if let Ok(n) = s.read(&mut buf) {
-                        // +PONG, or -NOAUTH when a password is required: up either way.
-                        if n > 0 {
-                            return;
-                        }
+                if s.write_all(b"PING\r\n").is_ok()
+                    && let Ok(n) = s.read(&mut buf)
+                {
+                    // +PONG, or -NOAUTH when a password is required: up either way.
+                    if n > 0 {
+                        return;
                     }
                 }
             }
@@ -173,12 +173,12 @@ impl Proxy {
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut c) = RawClient::connect(self.addr).await {
-                if let Ok(reply) = c.command(&["PING"]).await {
-                    let text = String::from_utf8_lossy(&reply).to_string();
-                    if text.starts_with("+PONG") || text.starts_with("-NOAUTH") {
-                        return;
-                    }
+            if let Ok(mut c) = RawClient::connect(self.addr).await
+                && let Ok(reply) = c.command(&["PING"]).await
+            {
+                let text = String::from_utf8_lossy(&reply).to_string();
+                if text.starts_with("+PONG") || text.starts_with("-NOAUTH") {
+                    return;
                 }
             }
             assert!(Instant::now() < deadline, "cachet did not become ready");
