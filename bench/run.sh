@@ -4,14 +4,25 @@
 # Starts a private redis-server, a twemproxy (nutcracker) in front of it and
 # cachet in front of it, all on 127.0.0.1 and free ports, then runs
 # redis-benchmark against each target in alternating rounds
-# (direct, twemproxy, cachet, direct, twemproxy, cachet, ...):
+# (direct, twemproxy, cachet, direct, twemproxy, cachet, ...), one invocation
+# per test and pipeline depth:
 #
-#     redis-benchmark --csv -t set,get -c $CLIENTS -P {1,16} -r $KEYSPACE -n N
+#     redis-benchmark --csv -t {set,get} -c $CLIENTS -P {1,16} -r $KEYSPACE -n N
 #
 # and reports, per target/test/pipeline depth, the median over rounds of ops/s,
 # p50 and p99 latency, plus the ratios cachet/direct and cachet/twemproxy.
-# The table goes to stdout and to $RESULTS_DIR/latest.md; raw CSVs and process
-# logs go to $RESULTS_DIR/runs/<timestamp>/.
+#
+# CPU accounting: around every redis-benchmark invocation it reads utime+stime
+# (fields 14 and 15 of /proc/PID/stat, all threads, in clock ticks) of the
+# redis-server process and of the proxy in the path (nutcracker or cachet;
+# none for direct), and reports the median over rounds of CPU microseconds per
+# request for the proxy, for Redis and for both together, plus the ratios
+# total cachet/direct, total cachet/twemproxy and proxy cachet/twemproxy. On a
+# shared machine these are much steadier than ops/s.
+#
+# The tables go to stdout and to $RESULTS_DIR/latest.md; raw CSVs (all.csv,
+# cpu.csv, per-invocation outputs) and process logs go to
+# $RESULTS_DIR/runs/<timestamp>/.
 #
 # It never touches an already running Redis (e.g. the one on :6379): all
 # servers are started here, and are stopped on exit.
@@ -24,7 +35,8 @@
 #   CLIENTS=50            redis-benchmark -c
 #   KEYSPACE=100000       redis-benchmark -r (random keys key:000000xxxxxx)
 #   DATASIZE=3            redis-benchmark -d (value size in bytes)
-#   TESTS=set,get         redis-benchmark -t
+#   TESTS=set,get         redis-benchmark tests; each one is a separate
+#                         redis-benchmark -t <test> invocation
 #   TARGETS="direct twemproxy cachet"   which targets, in per-round order
 #   SKIP_CACHET=1         same as dropping cachet from TARGETS (no build either)
 #   SKIP_BUILD=1          don't run `cargo build --release` (binary must exist)
@@ -68,12 +80,13 @@ if [[ $SKIP_CACHET == 1 ]]; then
 fi
 read -r -a targets <<<"$TARGETS"
 read -r -a pipelines <<<"$PIPELINES"
+read -r -a tests <<<"${TESTS//,/ }"
 has_target() { [[ " ${targets[*]} " == *" $1 "* ]]; }
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-for tool in redis-server redis-cli redis-benchmark timeout ss awk sort; do
+for tool in redis-server redis-cli redis-benchmark timeout ss awk sort getconf; do
     command -v "$tool" >/dev/null || die "$tool not found"
 done
 if has_target twemproxy; then
@@ -83,6 +96,10 @@ for d in "${pipelines[@]}"; do
     var="N_P$d"
     [[ -n ${!var:-} ]] || die "PIPELINES contains $d but $var is not set"
 done
+
+CLK_TCK=$(getconf CLK_TCK)
+[[ $CLK_TCK =~ ^[1-9][0-9]*$ ]] || die "getconf CLK_TCK returned '$CLK_TCK'"
+[[ -r /proc/self/stat ]] || die "/proc/PID/stat is not readable (needed for CPU accounting)"
 
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 run_dir="$RESULTS_DIR/runs/$stamp"
@@ -137,6 +154,32 @@ wait_ping() { # name port pid
         sleep 0.1
     done
     die "$name on 127.0.0.1:$port did not answer PING within 10s; see $run_dir/$name.log"
+}
+
+# The PID we account CPU to must be the server itself, not a wrapper or a
+# parent that forked it off: its comm must be the expected program and it must
+# own the listening socket on the port.
+check_pid() { # name port pid expected-comm
+    local name=$1 port=$2 pid=$3 want=${4:0:15} comm owners
+    comm=$(cat "/proc/$pid/comm" 2>/dev/null) || die "$name: pid $pid has no /proc entry"
+    [[ $comm == "$want" ]] \
+        || die "$name: pid $pid is '$comm', expected '$want'; CPU accounting would measure the wrong process"
+    owners=$(ss -Htlnp "( sport = :$port )" 2>/dev/null | grep -o 'pid=[0-9]*' | sort -u | tr '\n' ' ')
+    if [[ -n $owners && $owners != "pid=$pid " ]]; then
+        die "$name: 127.0.0.1:$port is listened on by ${owners% }, not by pid $pid"
+    fi
+    log "$name is pid $pid ($comm${owners:+, owns :$port})"
+}
+
+# utime+stime of a whole process (all its threads, live and exited), in clock
+# ticks: fields 14 and 15 of /proc/PID/stat. Everything up to the last ") " is
+# "pid (comm) " and is dropped first, as comm may contain spaces. Prints "nan"
+# if the process is gone.
+cpu_ticks() { # pid
+    local line f
+    { read -r line <"/proc/$1/stat"; } 2>/dev/null || { echo nan; return 0; }
+    read -r -a f <<<"${line##*) }" # f[0] is field 3 (state)
+    echo $((f[11] + f[12]))
 }
 
 smoke() { # name port: SET through the target, GET it back directly and via the target
@@ -196,8 +239,12 @@ redis-server --bind 127.0.0.1 --port "$redis_port" --save "" --appendonly no \
     --daemonize no --protected-mode yes --dir "$run_dir" --logfile "" \
     >"$run_dir/redis.log" 2>&1 &
 pids+=($!)
-wait_ping redis "$redis_port" "$!"
+redis_pid=$!
+wait_ping redis "$redis_port" "$redis_pid"
+check_pid redis "$redis_port" "$redis_pid" redis-server
 port[direct]=$redis_port
+# proxy_pid[target]: the process in the path besides Redis (none for direct)
+declare -A proxy_pid
 
 if has_target twemproxy; then
     port[twemproxy]=$(free_port)
@@ -209,10 +256,13 @@ if has_target twemproxy; then
     nutcracker -t -c "$run_dir/nutcracker.yml" >/dev/null 2>&1 \
         || die "generated $run_dir/nutcracker.yml is invalid"
     log "starting nutcracker on 127.0.0.1:${port[twemproxy]} -> :$redis_port"
+    # no -d: nutcracker stays in the foreground, so $! is nutcracker itself
     nutcracker -c "$run_dir/nutcracker.yml" -o "$run_dir/twemproxy.log" \
         -s "$nc_stats_port" -a 127.0.0.1 >>"$run_dir/twemproxy.log" 2>&1 &
     pids+=($!)
-    wait_ping twemproxy "${port[twemproxy]}" "$!"
+    proxy_pid[twemproxy]=$!
+    wait_ping twemproxy "${port[twemproxy]}" "${proxy_pid[twemproxy]}"
+    check_pid twemproxy "${port[twemproxy]}" "${proxy_pid[twemproxy]}" nutcracker
 fi
 
 if has_target cachet; then
@@ -225,7 +275,9 @@ if has_target cachet; then
         >"$run_dir/cachet.log" 2>&1 &
     pids+=($!)
     cachet_pid=$!
+    proxy_pid[cachet]=$cachet_pid
     wait_ping cachet "${port[cachet]}" "$cachet_pid"
+    check_pid cachet "${port[cachet]}" "$cachet_pid" "$(basename "$CACHET_BIN")"
 fi
 
 for t in "${targets[@]}"; do
@@ -250,34 +302,70 @@ fi
 
 # -------------------------------------------------------------------- bench --
 # all.csv: round,target,pipeline,test,rps,avg,min,p50,p95,p99,max
+# cpu.csv: round,target,pipeline,test,requests,wall s,redis ticks,proxy ticks,
+#          redis us/op,proxy us/op,total us/op  (proxy fields empty for direct)
 all="$run_dir/all.csv"
+cpu="$run_dir/cpu.csv"
 : >"$all"
+: >"$cpu"
 problems=()
 for ((round = 1; round <= ROUNDS; round++)); do
     for t in "${targets[@]}"; do
         for d in "${pipelines[@]}"; do
             nvar="N_P$d"
-            base="$run_dir/r${round}_${t}_P${d}"
-            log "round $round/$ROUNDS  $t  -P $d  -n ${!nvar}"
-            rc=0
-            timeout "$RUN_TIMEOUT" redis-benchmark -h 127.0.0.1 -p "${port[$t]}" --csv \
-                -t "$TESTS" -c "$CLIENTS" -P "$d" -r "$KEYSPACE" -d "$DATASIZE" -n "${!nvar}" \
-                >"$base.csv" 2>"$base.err" || rc=$?
-            # the CONFIG warning is expected through proxies that refuse CONFIG
-            errs=$(grep -v -e '^WARNING: Could not fetch server CONFIG' -e '^[[:space:]]*$' "$base.err" | head -3 || true)
-            [[ $rc == 0 ]] || problems+=("round $round $t -P $d: redis-benchmark exited $rc${errs:+: $errs}")
-            [[ $rc != 0 || -z $errs ]] || problems+=("round $round $t -P $d: stderr: $errs")
-            for tt in ${TESTS//,/ }; do
+            n=${!nvar}
+            for tt in "${tests[@]}"; do
                 TT=${tt^^}
-                grep -q "^\"$TT\"," "$base.csv" || problems+=("round $round $t -P $d: no $TT result")
+                what="round $round $t -P $d $TT"
+                base="$run_dir/r${round}_${t}_P${d}_${TT}"
+                ppid=${proxy_pid[$t]:-}
+                log "round $round/$ROUNDS  $t  -P $d  -t $tt  -n $n"
+                rc=0
+                r0=$(cpu_ticks "$redis_pid")
+                p0=$([[ -n $ppid ]] && cpu_ticks "$ppid" || echo "")
+                w0=$EPOCHREALTIME
+                timeout "$RUN_TIMEOUT" redis-benchmark -h 127.0.0.1 -p "${port[$t]}" --csv \
+                    -t "$tt" -c "$CLIENTS" -P "$d" -r "$KEYSPACE" -d "$DATASIZE" -n "$n" \
+                    >"$base.csv" 2>"$base.err" || rc=$?
+                w1=$EPOCHREALTIME
+                r1=$(cpu_ticks "$redis_pid")
+                p1=$([[ -n $ppid ]] && cpu_ticks "$ppid" || echo "")
+                # the CONFIG warning is expected through proxies that refuse CONFIG
+                errs=$(grep -v -e '^WARNING: Could not fetch server CONFIG' -e '^[[:space:]]*$' "$base.err" | head -3 || true)
+                [[ $rc == 0 ]] || problems+=("$what: redis-benchmark exited $rc${errs:+: $errs}")
+                [[ $rc != 0 || -z $errs ]] || problems+=("$what: stderr: $errs")
+                ok=1
+                grep -q "^\"$TT\"," "$base.csv" || { problems+=("$what: no $TT result"); ok=0; }
+                awk -F, -v r="$round" -v t="$t" -v d="$d" 'NR > 1 {
+                        gsub(/"/, ""); print r "," t "," d "," $1 "," $2 "," $3 "," $4 "," $5 "," $6 "," $7 "," $8
+                    }' "$base.csv" >>"$all"
+                # requests served: -n for every result row (some -t names, e.g.
+                # ping, run more than one test per invocation)
+                rows=$(awk 'NR > 1 && NF' "$base.csv" | wc -l)
+                if [[ $r0 == nan || $r1 == nan || $p0 == nan || $p1 == nan ]]; then
+                    problems+=("$what: a server process vanished; CPU not counted")
+                elif [[ $rc != 0 || $ok != 1 ]]; then
+                    problems+=("$what: run incomplete; CPU not counted")
+                else
+                    awk -v r="$round" -v t="$t" -v d="$d" -v T="$TT" -v req=$((n * rows)) \
+                        -v w0="$w0" -v w1="$w1" -v r0="$r0" -v r1="$r1" -v p0="$p0" -v p1="$p1" \
+                        -v hz="$CLK_TCK" 'BEGIN {
+                            us = 1e6 / hz / req
+                            rt = r1 - r0; ru = rt * us
+                            if (p0 == "") { pt = ""; pu = ""; tot = ru }
+                            else { pt = p1 - p0; pu = pt * us; tot = ru + pu }
+                            printf "%s,%s,%s,%s,%d,%.3f,%d,%s,%.4f,%s,%.4f\n", r, t, d, T, req, w1 - w0,
+                                   rt, pt, ru, (pu == "" ? "" : sprintf("%.4f", pu)), tot
+                        }' >>"$cpu"
+                fi
+                for tgt in "${!proxy_pid[@]}"; do
+                    if ! kill -0 "${proxy_pid[$tgt]}" 2>/dev/null; then
+                        problems+=("round $round: $tgt exited; see $run_dir/$tgt.log")
+                        die "$tgt exited during round $round; see $run_dir/$tgt.log"
+                    fi
+                done
+                kill -0 "$redis_pid" 2>/dev/null || die "redis-server exited during round $round; see $run_dir/redis.log"
             done
-            awk -F, -v r="$round" -v t="$t" -v d="$d" 'NR > 1 {
-                    gsub(/"/, ""); print r "," t "," d "," $1 "," $2 "," $3 "," $4 "," $5 "," $6 "," $7 "," $8
-                }' "$base.csv" >>"$all"
-            if [[ $t == cachet ]] && ! kill -0 "$cachet_pid" 2>/dev/null; then
-                problems+=("round $round: cachet exited; see $run_dir/cachet.log")
-                die "cachet exited during round $round; see $run_dir/cachet.log"
-            fi
         done
     done
 done
@@ -304,6 +392,27 @@ for t in "${targets[@]}"; do
             p50=$(col 8 | median_of)
             p99=$(col 10 | median_of)
             echo "$t,$TT,$d,$n,$rps,${lo:-nan},${hi:-nan},$p50,$p99" >>"$stats"
+        done
+    done
+done
+
+# cpu_stats.csv: target,test,pipeline,n,median proxy us/op,median redis us/op,
+#                median total us/op,min total,max total (medians are each taken
+#                over rounds; total is per round proxy+redis, then the median)
+cpu_stats="$run_dir/cpu_stats.csv"
+: >"$cpu_stats"
+for t in "${targets[@]}"; do
+    for tt in "${tests[@]}"; do
+        TT=${tt^^}
+        for d in "${pipelines[@]}"; do
+            sel=$(awk -F, -v t="$t" -v T="$TT" -v d="$d" '$2 == t && $4 == T && $3 == d' "$cpu")
+            n=$(grep -c . <<<"$sel" || true)
+            pu=$(col 10 | median_of)
+            ru=$(col 9 | median_of)
+            tu=$(col 11 | median_of)
+            lo=$(col 11 | sort -g | head -1)
+            hi=$(col 11 | sort -g | tail -1)
+            echo "$t,$TT,$d,$n,$pu,$ru,$tu,${lo:-nan},${hi:-nan}" >>"$cpu_stats"
         done
     done
 done
@@ -353,6 +462,52 @@ report() {
                             line = line " " ratio(rps["cachet"], rps[b[i]]) " | " ratio(p50["cachet"], p50[b[i]]) " | " ratio(p99["cachet"], p99[b[i]]) " |"
                         print line
                     }' "$stats"
+            done
+        done
+    fi
+    echo
+    echo "## CPU time per request (median of $ROUNDS rounds)"
+    echo
+    echo "utime+stime of the redis-server process and of the proxy process (all threads;" \
+         "from /proc/PID/stat) over each redis-benchmark invocation, divided by the" \
+         "requests it made. The benchmark client's own CPU is not included." \
+         "Resolution: one clock tick (1/$CLK_TCK s) =$(for d in "${pipelines[@]}"; do v="N_P$d"
+            awk -v hz="$CLK_TCK" -v n="${!v}" -v d="$d" 'BEGIN { printf " %.3f µs/op at -P %s;", 1e6 / hz / n, d }'
+         done)" \
+         "per process and run."
+    echo
+    echo "| target | test | pipeline | proxy µs/op | redis µs/op | total µs/op | total min–max over rounds | rounds |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|"
+    awk -F, '
+        function f(x) { return x ~ /^[0-9]+(\.[0-9]*)?$/ ? sprintf("%.2f", x) : "n/a" }
+        { printf "| %s | %s | %s | %s | %s | %s | %s–%s | %s |\n", $1, $2, $3,
+                 ($1 == "direct" ? "–" : f($5)), f($6), f($7), f($8), f($9), $4 }' "$cpu_stats"
+    if has_target cachet && (has_target direct || has_target twemproxy); then
+        echo
+        echo "CPU ratios (cachet / baseline, medians); above 1 means cachet costs more CPU per request."
+        echo
+        local chdr="| test | pipeline |" csep="|---|---:|"
+        if has_target direct; then
+            chdr+=" total CPU per op cachet/direct |"; csep+="---:|"
+        fi
+        if has_target twemproxy; then
+            chdr+=" total CPU per op cachet/twemproxy | proxy CPU per op cachet/twemproxy |"; csep+="---:|---:|"
+        fi
+        echo "$chdr"
+        echo "$csep"
+        for tt in "${tests[@]}"; do
+            TT=${tt^^}
+            for d in "${pipelines[@]}"; do
+                awk -F, -v T="$TT" -v d="$d" -v hd="$(has_target direct && echo 1)" -v ht="$(has_target twemproxy && echo 1)" '
+                    function num(x) { return x ~ /^[0-9]+(\.[0-9]*)?$/ }
+                    function ratio(a, b) { return (num(a) && num(b) && b > 0) ? sprintf("%.2f", a / b) : "n/a" }
+                    $2 == T && $3 == d { pu[$1] = $5; tu[$1] = $7 }
+                    END {
+                        line = "| " T " | " d " |"
+                        if (hd) line = line " " ratio(tu["cachet"], tu["direct"]) " |"
+                        if (ht) line = line " " ratio(tu["cachet"], tu["twemproxy"]) " | " ratio(pu["cachet"], pu["twemproxy"]) " |"
+                        print line
+                    }' "$cpu_stats"
             done
         done
     fi
