@@ -12,6 +12,7 @@
 //!   table learned from Redis.
 //! * [`server`]: the accept loop, client limits, graceful shutdown.
 //! * [`session`]: one client connection and the phases each command goes through.
+//! * [`tags`]: `[[rules]]` and TTL classes: which keys get which tags and TTL.
 //! * [`upstream`]: connections to Redis: the shared pipelined pool, dedicated connections for
 //!   clients with their own state, and the control client.
 //!
@@ -29,6 +30,7 @@ pub mod net;
 pub mod resp;
 pub mod server;
 pub mod session;
+pub mod tags;
 pub mod upstream;
 
 use std::future::Future;

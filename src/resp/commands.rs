@@ -23,6 +23,26 @@ pub struct CommandInfo {
     pub key_step: i64,
 }
 
+impl CommandInfo {
+    /// Positions of the key arguments in `args` (the command name is position 0), from the
+    /// first/last/step triple Redis reports. Commands whose keys depend on other arguments
+    /// (`movablekeys`, e.g. EVAL) report only their fixed keys, or none.
+    pub fn key_positions(&self, argc: usize) -> impl Iterator<Item = usize> {
+        let first = self.first_key.max(0) as usize;
+        let last = match self.last_key {
+            n if n < 0 => argc as i64 + n,
+            n => n,
+        };
+        let step = self.key_step.max(1) as usize;
+        let end = if first == 0 || last < first as i64 {
+            0
+        } else {
+            (last as usize).min(argc.saturating_sub(1)) + 1
+        };
+        (first..end.max(first)).step_by(step)
+    }
+}
+
 /// All commands the upstream accepts, by lowercase name.
 #[derive(Debug, Clone, Default)]
 pub struct CommandTable {
@@ -111,6 +131,27 @@ mod tests {
             Value::Integer(1),
             Value::Integer(1),
         ])
+    }
+
+    #[test]
+    fn key_positions_follow_first_last_step() {
+        let mset = CommandInfo {
+            first_key: 1,
+            last_key: -1,
+            key_step: 2,
+            ..CommandInfo::default()
+        };
+        assert_eq!(mset.key_positions(5).collect::<Vec<_>>(), vec![1, 3]);
+        let set = CommandInfo {
+            first_key: 1,
+            last_key: 1,
+            key_step: 1,
+            ..CommandInfo::default()
+        };
+        assert_eq!(set.key_positions(3).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(set.key_positions(1).count(), 0, "no key argument sent");
+        let eval = CommandInfo::default();
+        assert_eq!(eval.key_positions(4).count(), 0);
     }
 
     #[test]

@@ -1,0 +1,702 @@
+//! The rule set: which keys get which tags and which TTL, compiled once from `[ttl]` and
+//! `[[rules]]` and then consulted for every write (and rule-matched read) through the proxy.
+//!
+//! [`Rules::compile`] checks everything `check-config` reports about rules and returns every
+//! problem at once, each with its place in the file. [`Rules::match_key`] finds the first rule,
+//! in file order, whose pattern matches a key. It only tries the rules whose literal prefix
+//! starts with the key's first byte (plus those without a literal prefix), and each of those
+//! checks prefix, suffix and length before matching, so a key that no rule wants costs a table
+//! lookup and a few comparisons.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+
+use bytes::{Bytes, BytesMut};
+
+use super::pattern::{self, Pattern, Search, SyntaxError, Token};
+use crate::config::{RuleConfig, TtlConfig, TtlRef};
+
+/// The compiled rules, in file order.
+#[derive(Debug)]
+pub struct Rules {
+    rules: Vec<Rule>,
+    /// By first byte: the rules whose literal prefix starts with it, in file order.
+    by_first_byte: Vec<Vec<u32>>,
+    /// The rules without a literal prefix, in file order: candidates for every key.
+    unprefixed: Vec<u32>,
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    pattern: Pattern,
+    tags: Vec<Template>,
+    ttl_secs: u64,
+}
+
+/// What the first matching rule says about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Match<'r> {
+    /// The rule's position in `[[rules]]`, from 0.
+    pub rule: usize,
+    /// The rule's `name`, or its pattern when it has none (meant as a metrics label).
+    pub name: &'r str,
+    /// The rule's tag templates filled with the key's captured bytes, in the rule's order.
+    pub tags: Vec<Bytes>,
+    /// The rule's TTL, resolved from its class.
+    pub ttl_secs: u64,
+}
+
+/// A problem in `[[rules]]`. Spans are byte ranges of the configuration text, as
+/// [`toml::Spanned`] gives them; `config` turns them into lines and columns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    /// The value the problem is in.
+    pub span: Range<usize>,
+    /// The bytes of that string value (not of the file) the problem is about, when narrower.
+    pub within: Option<Range<usize>>,
+    pub message: String,
+    /// Other places that explain the problem, such as the earlier rule that shadows this one.
+    pub notes: Vec<(Range<usize>, String)>,
+}
+
+impl RuleError {
+    fn new(span: Range<usize>, message: impl Into<String>) -> Self {
+        RuleError {
+            span,
+            within: None,
+            message: message.into(),
+            notes: Vec::new(),
+        }
+    }
+
+    fn syntax(span: Range<usize>, error: SyntaxError) -> Self {
+        RuleError {
+            within: Some(error.at),
+            ..RuleError::new(span, error.message)
+        }
+    }
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for RuleError {}
+
+impl Rules {
+    /// Checks and compiles `rules` against the TTL classes in `ttl`. The errors are every
+    /// problem found, in file order.
+    pub fn compile(ttl: &TtlConfig, rules: &[RuleConfig]) -> Result<Rules, Vec<RuleError>> {
+        let mut errors = Vec::new();
+        let patterns: Vec<Option<Pattern>> = rules
+            .iter()
+            .map(|rule| {
+                let source = rule.pattern.get_ref();
+                let pattern = Pattern::parse(source)
+                    .map_err(|e| errors.push(RuleError::syntax(rule.pattern.span(), e)))
+                    .ok()?;
+                if let Search::Found(key) = pattern.ambiguity() {
+                    errors.push(RuleError::new(
+                        rule.pattern.span(),
+                        format!(
+                            "pattern `{source}` is ambiguous: the key {} matches it with \
+                             different captures; separate captures and `*` from each other \
+                             with `:`",
+                            show(&key)
+                        ),
+                    ));
+                }
+                Some(pattern)
+            })
+            .collect();
+        check_shadowing(rules, &patterns, &mut errors);
+        check_names(rules, &mut errors);
+
+        let mut compiled = Vec::with_capacity(rules.len());
+        for (rule, pattern) in rules.iter().zip(patterns) {
+            let tags: Vec<Option<Template>> = rule
+                .tags
+                .iter()
+                .map(|tag| {
+                    Template::parse(tag.get_ref(), pattern.as_ref(), rule.pattern.get_ref())
+                        .map_err(|e| errors.push(RuleError::syntax(tag.span(), e)))
+                        .ok()
+                })
+                .collect();
+            let ttl_secs = resolve_ttl(ttl, rule).map_err(|e| errors.push(e)).ok();
+            if let (Some(pattern), Some(tags), Some(ttl_secs)) =
+                (pattern, tags.into_iter().collect(), ttl_secs)
+            {
+                compiled.push(Rule {
+                    name: rule
+                        .name
+                        .as_ref()
+                        .unwrap_or(&rule.pattern)
+                        .get_ref()
+                        .clone(),
+                    pattern,
+                    tags,
+                    ttl_secs,
+                });
+            }
+        }
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| e.span.start);
+            return Err(errors);
+        }
+
+        let mut by_first_byte = vec![Vec::new(); 256];
+        let mut unprefixed = Vec::new();
+        for (i, rule) in compiled.iter().enumerate() {
+            let i = i as u32;
+            match rule.pattern.prefix().first() {
+                Some(&b) => by_first_byte[usize::from(b)].push(i),
+                None => unprefixed.push(i),
+            }
+        }
+        Ok(Rules {
+            rules: compiled,
+            by_first_byte,
+            unprefixed,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The first rule, in file order, that matches `key`, with its tags filled in.
+    pub fn match_key(&self, key: &[u8]) -> Option<Match<'_>> {
+        let prefixed: &[u32] = match key.first() {
+            Some(&b) => &self.by_first_byte[usize::from(b)],
+            None => &[],
+        };
+        // Both lists are in file order; merging them tries the candidates in file order, and
+        // `next` is `None` once both are used up.
+        let (mut a, mut b) = (
+            prefixed.iter().peekable(),
+            self.unprefixed.iter().peekable(),
+        );
+        let mut spans = Vec::new();
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x < y => a.next(),
+                (_, Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => None,
+            };
+            let i = *next? as usize;
+            let rule = &self.rules[i];
+            if rule.pattern.captures(key, &mut spans) {
+                return Some(Match {
+                    rule: i,
+                    name: &rule.name,
+                    tags: rule.tags.iter().map(|t| t.fill(key, &spans)).collect(),
+                    ttl_secs: rule.ttl_secs,
+                });
+            }
+        }
+    }
+}
+
+fn resolve_ttl(ttl: &TtlConfig, rule: &RuleConfig) -> Result<u64, RuleError> {
+    let Some(spanned) = &rule.ttl else {
+        return Ok(ttl.default_secs());
+    };
+    match spanned.get_ref() {
+        TtlRef::Seconds(secs) => Ok(*secs),
+        TtlRef::Class(class) => ttl.get(class).ok_or_else(|| {
+            let classes: Vec<&str> = ttl.names().collect();
+            let mut message = format!(
+                "unknown TTL class \"{class}\"; the classes are {}",
+                classes.join(", ")
+            );
+            if class.parse::<u64>().is_ok() {
+                message += &format!("; for a number of seconds write ttl = {class}, unquoted");
+            }
+            RuleError::new(spanned.span(), message)
+        }),
+    }
+}
+
+/// Reports each rule that can never match because the rules before it match every key it
+/// does: first against each earlier rule alone, then against all the earlier rules it overlaps
+/// together. Both checks are exact (see `pattern::uncovered`); a check that gives up reports
+/// nothing, so a reachable rule is never reported.
+fn check_shadowing(
+    rules: &[RuleConfig],
+    patterns: &[Option<Pattern>],
+    errors: &mut Vec<RuleError>,
+) {
+    let label = |i: usize| {
+        rules[i]
+            .name
+            .as_ref()
+            .unwrap_or(&rules[i].pattern)
+            .get_ref()
+    };
+    for (j, later) in patterns.iter().enumerate() {
+        let Some(later) = later else { continue };
+        let overlapping: Vec<usize> = (0..j)
+            .filter(|&i| {
+                patterns[i]
+                    .as_ref()
+                    .is_some_and(|p| pattern::overlaps(p, later))
+            })
+            .collect();
+        let pattern_of = |i: usize| patterns[i].as_ref().expect("overlapping rules parsed");
+        let alone = overlapping
+            .iter()
+            .find(|&&i| pattern::uncovered(&[pattern_of(i)], later) == Search::Exhausted);
+        let shadowing = match alone {
+            Some(&i) => vec![i],
+            None if overlapping.len() > 1 => {
+                let earlier: Vec<&Pattern> = overlapping.iter().map(|&i| pattern_of(i)).collect();
+                if pattern::uncovered(&earlier, later) != Search::Exhausted {
+                    continue;
+                }
+                overlapping
+            }
+            None => continue,
+        };
+        let by = shadowing
+            .iter()
+            .map(|&i| format!("`{}`", label(i)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rules_word = if shadowing.len() == 1 {
+            "rule"
+        } else {
+            "rules"
+        };
+        errors.push(RuleError {
+            notes: shadowing
+                .iter()
+                .map(|&i| {
+                    (
+                        rules[i].pattern.span(),
+                        format!("the earlier rule `{}`", label(i)),
+                    )
+                })
+                .collect(),
+            ..RuleError::new(
+                rules[j].pattern.span(),
+                format!(
+                    "rule `{}` can never match: every key it matches is matched first by the \
+                     earlier {rules_word} {by}; put the more specific rule first",
+                    label(j)
+                ),
+            )
+        });
+    }
+}
+
+/// Rule names label metrics, so they must be unique and non-empty. Two unnamed rules with the
+/// same pattern are left to the shadowing check.
+fn check_names(rules: &[RuleConfig], errors: &mut Vec<RuleError>) {
+    let mut first: HashMap<&str, usize> = HashMap::new();
+    for (i, rule) in rules.iter().enumerate() {
+        let name = rule.name.as_ref().unwrap_or(&rule.pattern);
+        if rule.name.is_some() && name.get_ref().is_empty() {
+            errors.push(RuleError::new(name.span(), "empty rule name"));
+            continue;
+        }
+        match first.get(name.get_ref().as_str()) {
+            None => {
+                first.insert(name.get_ref(), i);
+            }
+            Some(&earlier) if rule.name.is_some() || rules[earlier].name.is_some() => {
+                let other = rules[earlier]
+                    .name
+                    .as_ref()
+                    .unwrap_or(&rules[earlier].pattern);
+                errors.push(RuleError {
+                    notes: vec![(other.span(), "the other rule".into())],
+                    ..RuleError::new(
+                        name.span(),
+                        format!(
+                            "rule name `{}` is already used (names label metrics)",
+                            name.get_ref()
+                        ),
+                    )
+                });
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// A tag template: literal bytes and captures, filled per key.
+#[derive(Debug)]
+enum Template {
+    /// No captures: the same tag for every key, shared without copying.
+    Fixed(Bytes),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug)]
+enum Part {
+    Literal(Vec<u8>),
+    /// Index into the pattern's captures.
+    Capture(usize),
+}
+
+impl Template {
+    /// Parses a tag template. With `pattern` absent (it failed to parse) only the template's own
+    /// syntax is checked.
+    fn parse(src: &str, pattern: Option<&Pattern>, source: &str) -> Result<Self, SyntaxError> {
+        if src.is_empty() {
+            return Err(SyntaxError {
+                at: 0..0,
+                message: "empty tag".into(),
+            });
+        }
+        let mut parts = Vec::new();
+        for token in pattern::tokenize(src, false)? {
+            match token {
+                Token::Byte(b) => match parts.last_mut() {
+                    Some(Part::Literal(bytes)) => bytes.push(b),
+                    _ => parts.push(Part::Literal(vec![b])),
+                },
+                Token::Capture { name, at } => {
+                    let Some(pattern) = pattern else { continue };
+                    let Some(index) = pattern.names().iter().position(|n| *n == name) else {
+                        return Err(SyntaxError {
+                            at,
+                            message: format!(
+                                "tag `{src}` uses capture `{{{name}}}`, which pattern \
+                                 `{source}` does not have{}",
+                                captures_hint(pattern.names())
+                            ),
+                        });
+                    };
+                    parts.push(Part::Capture(index));
+                }
+                Token::Star => unreachable!("templates tokenize `*` as a byte"),
+            }
+        }
+        Ok(match parts.as_slice() {
+            [Part::Literal(bytes)] => Template::Fixed(Bytes::copy_from_slice(bytes)),
+            _ => Template::Parts(parts),
+        })
+    }
+
+    fn fill(&self, key: &[u8], spans: &[Range<usize>]) -> Bytes {
+        let parts = match self {
+            Template::Fixed(bytes) => return bytes.clone(),
+            Template::Parts(parts) => parts,
+        };
+        let mut tag =
+            BytesMut::with_capacity(parts.iter().map(|p| p.bytes(key, spans).len()).sum());
+        for part in parts {
+            tag.extend_from_slice(part.bytes(key, spans));
+        }
+        tag.freeze()
+    }
+}
+
+impl Part {
+    fn bytes<'a>(&'a self, key: &'a [u8], spans: &[Range<usize>]) -> &'a [u8] {
+        match self {
+            Part::Literal(bytes) => bytes,
+            Part::Capture(i) => &key[spans[*i].clone()],
+        }
+    }
+}
+
+fn captures_hint(names: &[String]) -> String {
+    if names.is_empty() {
+        return " (it captures nothing)".into();
+    }
+    let names: Vec<String> = names.iter().map(|n| format!("{{{n}}}")).collect();
+    format!(" (it has {})", names.join(", "))
+}
+
+/// A key for a message: printable ASCII as is, other bytes escaped.
+fn show(key: &[u8]) -> String {
+    format!("\"{}\"", key.escape_ascii())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn rules(toml: &str) -> Rules {
+        let config = Config::from_toml(toml, "test").unwrap_or_else(|e| panic!("{e}"));
+        Rules::compile(&config.ttl, &config.rules).expect("validated by from_toml")
+    }
+
+    /// Compiles without `Config`'s own validation, to see the raw errors.
+    fn errors(toml: &str) -> Vec<RuleError> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            ttl: TtlConfig,
+            rules: Vec<RuleConfig>,
+        }
+        let doc: Doc = toml::from_str(toml).unwrap();
+        Rules::compile(&doc.ttl, &doc.rules).unwrap_err()
+    }
+
+    fn tags<'m>(m: &'m Match<'_>) -> Vec<&'m [u8]> {
+        m.tags.iter().map(|t| t.as_ref()).collect()
+    }
+
+    #[test]
+    fn first_matching_rule_wins_with_its_tags_and_ttl() {
+        let rules = rules(
+            r#"
+            [ttl]
+            session-list = 300
+            session-detail = 900
+            [[rules]]
+            pattern = "sessions:teacher:{teacher}"
+            tags = ["teacher:{teacher}", "sessions"]
+            ttl = "session-list"
+            [[rules]]
+            name = "detail"
+            pattern = "session:{id}:*"
+            tags = ["session:{id}"]
+            ttl = "session-detail"
+            [[rules]]
+            pattern = "*:{last}"
+            tags = ["last:{last}"]
+            ttl = 42
+            [[rules]]
+            pattern = "plain"
+            "#,
+        );
+        assert_eq!(rules.len(), 4);
+        let m = rules.match_key(b"sessions:teacher:123").unwrap();
+        assert_eq!((m.rule, m.name), (0, "sessions:teacher:{teacher}"));
+        assert_eq!(tags(&m), [&b"teacher:123"[..], b"sessions"]);
+        assert_eq!(m.ttl_secs, 300);
+
+        let m = rules.match_key(b"session:9:detail").unwrap();
+        assert_eq!((m.rule, m.name, m.ttl_secs), (1, "detail", 900));
+        assert_eq!(tags(&m), [&b"session:9"[..]]);
+
+        let m = rules.match_key(b"x:y:z").unwrap();
+        assert_eq!((m.rule, m.ttl_secs), (2, 42));
+        assert_eq!(tags(&m), [&b"last:z"[..]]);
+        // An unprefixed rule after prefixed ones still loses to them.
+        assert_eq!(rules.match_key(b"session:9:x").unwrap().rule, 1);
+
+        let m = rules.match_key(b"plain").unwrap();
+        assert_eq!((m.rule, m.ttl_secs), (3, 300), "no ttl: the default class");
+        assert!(m.tags.is_empty());
+
+        assert_eq!(rules.match_key(b"session"), None);
+        assert_eq!(rules.match_key(b""), None);
+        assert_eq!(rules.match_key(b"unrelated"), None);
+    }
+
+    #[test]
+    fn tags_are_exactly_the_bytes_written() {
+        let rules = rules(
+            r#"
+            [[rules]]
+            pattern = 'k:{a}:{b}'
+            tags = ['{a}', '[{b}] ? * {a}{b}', '\{{a}\}', 'x\*\\', ' ', '{b}{a}{b}']
+            "#,
+        );
+        let key = b"k:\xff\x00 {?}*[]:b b";
+        let m = rules.match_key(key).unwrap();
+        assert_eq!(
+            tags(&m),
+            [
+                &b"\xff\x00 {?}*[]"[..],
+                b"[b b] ? * \xff\x00 {?}*[]b b",
+                b"{\xff\x00 {?}*[]}",
+                b"x*\\",
+                b" ",
+                b"b b\xff\x00 {?}*[]b b",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_index_tries_rules_in_file_order() {
+        // Every key matches the same rule as trying all rules in order would.
+        let rules = rules(
+            r#"
+            [[rules]]
+            pattern = "a:{x}"
+            [[rules]]
+            pattern = "*:b"
+            [[rules]]
+            pattern = "a:*"
+            [[rules]]
+            pattern = "{y}-x"
+            [[rules]]
+            pattern = "b*"
+            [[rules]]
+            pattern = "*"
+            "#,
+        );
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut spans = Vec::new();
+        for _ in 0..5_000 {
+            let key: Vec<u8> = (0..rng.usize(0..6))
+                .map(|_| *rng.choice(b"ab:-x\xff").unwrap())
+                .collect();
+            let expected = rules
+                .rules
+                .iter()
+                .position(|r| r.pattern.captures(&key, &mut spans));
+            assert_eq!(rules.match_key(&key).map(|m| m.rule), expected, "{key:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_ttl_class() {
+        let errs = errors("[ttl]\nshort = 5\n[[rules]]\npattern = \"a\"\nttl = \"long\"\n");
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].message.contains("unknown TTL class \"long\"")
+                && errs[0].message.contains("default, short"),
+            "{errs:?}"
+        );
+        let errs = errors("[[rules]]\npattern = \"a\"\nttl = \"60\"\n");
+        assert!(errs[0].message.contains("ttl = 60, unquoted"), "{errs:?}");
+    }
+
+    #[test]
+    fn tag_with_a_capture_the_pattern_lacks() {
+        let doc = "[[rules]]\npattern = \"t:{teacher}\"\ntags = [\"ok:{teacher}\", \"t:{id}\"]\n";
+        let errs = errors(doc);
+        assert_eq!(errs.len(), 1);
+        let e = &errs[0];
+        assert!(
+            e.message
+                .contains("uses capture `{id}`, which pattern `t:{teacher}` does not have")
+                && e.message.contains("(it has {teacher})"),
+            "{e:?}"
+        );
+        assert_eq!(&doc[e.span.clone()], "\"t:{id}\"");
+        assert_eq!(e.within, Some(2..6));
+    }
+
+    #[test]
+    fn bad_patterns_and_templates_are_all_reported() {
+        let errs = errors(
+            r#"
+            [[rules]]
+            pattern = "a:{x"
+            tags = ["{y}"]
+            [[rules]]
+            pattern = "b:{x}:{x}"
+            [[rules]]
+            pattern = "c:{}"
+            [[rules]]
+            pattern = "d:{x}"
+            tags = ["d}", ""]
+            [[rules]]
+            pattern = "e:{a}{b}"
+            "#,
+        );
+        let messages: Vec<&str> = errs.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(messages.len(), 6, "{messages:#?}");
+        assert!(messages[0].contains("unclosed `{`"));
+        assert!(messages[1].contains("duplicate capture name `{x}`"));
+        assert!(messages[2].contains("empty capture name"));
+        assert!(messages[3].contains("unmatched `}`"));
+        assert!(messages[4].contains("empty tag"));
+        assert!(
+            messages[5].contains("pattern `e:{a}{b}` is ambiguous: the key \"e:"),
+            "{messages:#?}"
+        );
+    }
+
+    #[test]
+    fn shadowed_rules() {
+        let doc = r#"
+            [[rules]]
+            pattern = "session:{id}:*"
+            [[rules]]
+            pattern = "session:{id}:analytics"
+            "#;
+        let errs = errors(doc);
+        assert_eq!(errs.len(), 1);
+        let e = &errs[0];
+        assert!(
+            e.message.contains(
+                "rule `session:{id}:analytics` can never match: every key it matches is \
+                 matched first by the earlier rule `session:{id}:*`"
+            ),
+            "{e:?}"
+        );
+        assert_eq!(&doc[e.span.clone()], "\"session:{id}:analytics\"");
+        assert_eq!(&doc[e.notes[0].0.clone()], "\"session:{id}:*\"");
+
+        let errs = errors(
+            r#"
+            [[rules]]
+            name = "one"
+            pattern = "k:{x}"
+            [[rules]]
+            name = "deeper"
+            pattern = "k:{x}:*"
+            [[rules]]
+            name = "empty"
+            pattern = "k::*"
+            [[rules]]
+            name = "any"
+            pattern = "k:*:*"
+            "#,
+        );
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0]
+                .message
+                .contains("`any` can never match: every key it matches is matched first by the earlier rules `deeper`, `empty`"),
+            "{errs:?}"
+        );
+        assert_eq!(errs[0].notes.len(), 2);
+    }
+
+    #[test]
+    fn overlapping_rules_in_a_sensible_order_are_fine() {
+        rules(
+            r#"
+            [[rules]]
+            pattern = "session:{id}:analytics"
+            [[rules]]
+            pattern = "session:{id}"
+            [[rules]]
+            pattern = "session:{id}:*"
+            [[rules]]
+            pattern = "session:*"
+            [[rules]]
+            pattern = "*:{last}"
+            [[rules]]
+            pattern = "*"
+            "#,
+        );
+    }
+
+    #[test]
+    fn rule_names_are_unique_and_not_empty() {
+        let doc = "[[rules]]\nname = \"x\"\npattern = \"a\"\n[[rules]]\nname = \"x\"\npattern = \"b\"\n[[rules]]\nname = \"\"\npattern = \"c\"\n";
+        let errs = errors(doc);
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs[0].message.contains("rule name `x` is already used"));
+        assert_eq!(
+            errs[0].span.start,
+            doc.find("name = \"x\"\npattern = \"b\"").unwrap() + 7
+        );
+        assert_eq!(errs[1].message, "empty rule name");
+        // An explicit name equal to another rule's pattern clashes too.
+        let errs = errors("[[rules]]\npattern = \"a\"\n[[rules]]\nname = \"a\"\npattern = \"b\"\n");
+        assert!(errs[0].message.contains("rule name `a`"), "{errs:?}");
+    }
+}
