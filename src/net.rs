@@ -2,9 +2,12 @@
 //!
 //! tokio learns that a socket is drained only when a read fails with `WouldBlock`, so a plain
 //! `read_buf` loop pays one extra `read` syscall per wake-up. When a read returns less than the
-//! room it was given, the kernel had nothing more at that moment; cachet then tells tokio the
-//! socket is drained itself. This is safe with edge-triggered readiness: tokio only clears the
-//! readiness it observed before the read, and data arriving later raises a new event.
+//! room it was given, the kernel had nothing more at that moment, and cachet tells tokio so
+//! itself.
+//!
+//! The read runs inside `try_io`, which notes the socket's readiness *before* the read and
+//! clears only that: if data arrived meanwhile (another thread's driver saw a new edge), the
+//! readiness has moved on and stays set, so no wake-up is lost.
 
 use std::io;
 
@@ -17,16 +20,24 @@ pub async fn read_available(half: &OwnedReadHalf, buf: &mut BytesMut) -> io::Res
     loop {
         half.readable().await?;
         let room = buf.capacity() - buf.len();
-        match half.try_read_buf(buf) {
-            Ok(n) => {
-                if n > 0 && n < room {
-                    let _ = half.as_ref().try_io(Interest::READABLE, || {
-                        Err::<(), _>(io::ErrorKind::WouldBlock.into())
-                    });
+        let mut short_read = None;
+        let result = half.as_ref().try_io(Interest::READABLE, || {
+            match half.try_read_buf(buf) {
+                // Report WouldBlock so that try_io clears the readiness it saw before the read.
+                Ok(n) if n > 0 && n < room => {
+                    short_read = Some(n);
+                    Err(io::ErrorKind::WouldBlock.into())
                 }
-                return Ok(n);
+                other => other,
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+        });
+        match result {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if let Some(n) = short_read {
+                    return Ok(n);
+                }
+            }
             Err(e) => return Err(e),
         }
     }
