@@ -41,6 +41,42 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+/// Walks the tag index now and then, removing entries of keys that vanished behind cachet's
+/// back (evicted, deleted by a client that bypassed cachet). One SCAN page per step keeps
+/// each step short; a full pass every `SWEEP_PAUSE`.
+async fn sweep(shared: Arc<server::Shared>, shutdown: CancellationToken) {
+    const SWEEP_PAGE: u64 = 200;
+    const SWEEP_STEP: std::time::Duration = std::time::Duration::from_millis(50);
+    const SWEEP_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
+    let mut cursor = 0;
+    loop {
+        let pause = if cursor == 0 { SWEEP_PAUSE } else { SWEEP_STEP };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        if !shared.upstream.is_ready() {
+            continue;
+        }
+        match shared
+            .index
+            .sweep_step(shared.upstream.control(), cursor, SWEEP_PAGE)
+            .await
+        {
+            Ok((next, stats)) => {
+                if stats.members_removed + stats.key_sets_removed + stats.drained > 0 {
+                    tracing::info!(?stats, "tag index sweep removed entries of vanished keys");
+                }
+                cursor = next;
+            }
+            Err(error) => {
+                tracing::debug!(%error, "tag index sweep step failed");
+                cursor = 0;
+            }
+        }
+    }
+}
+
 /// Runs cachet on `listener` until `shutdown` completes, then finishes in-flight replies and
 /// returns. Tests bind `127.0.0.1:0` and pass the listener in.
 pub async fn run(
@@ -53,7 +89,13 @@ pub async fn run(
         max_array_len: config.proxy.max_array_len,
         max_query_buffer: config.proxy.max_query_buffer,
     };
-    let upstream = upstream::Upstream::start(config.upstream.clone())?;
+    // Compiled again here (from_file compiled them to validate) because CACHE_DEFAULT_TTL
+    // may have changed the default class since.
+    let rules = tags::Rules::compile(&config.ttl, &config.rules).map_err(|errors| {
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("invalid rules: {}", messages.join("; "))
+    })?;
+    let upstream = upstream::Upstream::start(config.upstream.clone(), !rules.is_empty())?;
     tracing::info!(
         listen = %listener.local_addr()?,
         upstream = %config.upstream.url,
@@ -62,6 +104,8 @@ pub async fn run(
     let shared = Arc::new(server::Shared {
         config,
         limits,
+        rules: Arc::new(rules),
+        index: tags::index::TagIndex::new(tags::index::DEFAULT_PREFIX)?,
         upstream,
         clients: server::ClientRegistry::default(),
     });
@@ -71,6 +115,7 @@ pub async fn run(
         shutdown.await;
         trigger.cancel();
     });
+    tokio::spawn(sweep(shared.clone(), token.clone()));
     server::serve(shared, listener, token).await;
     Ok(())
 }

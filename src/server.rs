@@ -20,6 +20,8 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::resp::Limits;
 use crate::session::{ClientHandle, Inbox, Session};
+use crate::tags::Rules;
+use crate::tags::index::TagIndex;
 use crate::upstream::Upstream;
 
 /// cachet's client ids start here, far above any id Redis hands out, so a `CLIENT KILL ID`
@@ -30,6 +32,8 @@ const FIRST_CLIENT_ID: i64 = 1 << 32;
 pub struct Shared {
     pub config: Config,
     pub limits: Limits,
+    pub rules: Arc<Rules>,
+    pub index: TagIndex,
     pub upstream: Arc<Upstream>,
     pub clients: ClientRegistry,
 }
@@ -53,8 +57,9 @@ impl ClientRegistry {
             .insert(id, handle);
     }
 
-    fn remove(&self, id: i64) {
-        self.clients.lock().expect("registry lock").remove(&id);
+    /// Removes a client; its handle if it was still registered.
+    pub fn remove(&self, id: i64) -> Option<Arc<ClientHandle>> {
+        self.clients.lock().expect("registry lock").remove(&id)
     }
 
     /// Sends every live client a message (shutdown, or kill once the grace period is over).

@@ -17,6 +17,8 @@ pub struct CommandInfo {
     pub readonly: bool,
     /// Flagged `blocking` by Redis: may wait for other clients' writes.
     pub blocking: bool,
+    /// Flagged `denyoom`: refused when Redis is out of memory.
+    pub denyoom: bool,
     pub pubsub: bool,
     pub first_key: i64,
     pub last_key: i64,
@@ -110,6 +112,7 @@ fn parse_entry(entry: &Value) -> Result<CommandInfo, String> {
         write: has("write"),
         readonly: has("readonly"),
         blocking: has("blocking"),
+        denyoom: has("denyoom"),
         pubsub: has("pubsub"),
         first_key: int(fields.get(3)),
         last_key: int(fields.get(4)),

@@ -17,6 +17,8 @@
 //! pools) first waits until every earlier reply has arrived: commands never overtake each
 //! other on two connections.
 
+mod tagging;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,11 +40,14 @@ use crate::resp::{self, Protocol, Request, lowercase_name};
 use crate::server::Shared;
 use crate::upstream::pool::reserve;
 use crate::upstream::{Dedicated, PoolRequest, UpstreamError, UpstreamReply};
+use tagging::{Inspect, Snapshots};
 
 /// Where the reply to a command (or batch) will come from.
 enum Slot {
     /// A batch of commands sent to the pool.
     Pool,
+    /// A batch whose replies are walked with a plan before they are forwarded.
+    Inspect(Vec<Inspect>),
     /// A HELLO sent to the pool alone: its reply names the pooled connection's id, which
     /// is replaced by this client's own.
     Hello,
@@ -50,6 +55,8 @@ enum Slot {
     Dedicated,
     /// A reply cachet made, waiting for the replies before it.
     Local(Bytes),
+    /// A command cachet runs itself (TAGINVALIDATE, ...), answered by `Inbox::Done`.
+    Async(u64),
 }
 
 /// Why a client holds a dedicated connection. While any of these is set it keeps it.
@@ -120,6 +127,8 @@ pub enum Inbox {
     Kill,
     /// cachet is shutting down: answer what was received, then close.
     Shutdown,
+    /// The reply to the command cachet ran itself for slot `Slot::Async(id)`.
+    Done(u64, Bytes),
 }
 
 /// The handle the server and other sessions use to reach this one.
@@ -145,7 +154,13 @@ pub struct Session {
     pool_index: usize,
     batch: BytesMut,
     batch_count: usize,
+    /// The inspection plan of the batch being gathered, if it needs one.
+    batch_inspect: Option<Vec<Inspect>>,
+    /// Reply frames gathered since the plan's last entry.
+    batch_plain: usize,
+    snapshots: Snapshots,
     slots: VecDeque<Slot>,
+    next_async: u64,
     /// Commands whose replies are still expected (the pipeline depth).
     in_flight: usize,
     inbox: mpsc::UnboundedReceiver<Inbox>,
@@ -203,7 +218,11 @@ impl Session {
             pool_index: id as usize % pool_size,
             batch: BytesMut::new(),
             batch_count: 0,
+            batch_inspect: None,
+            batch_plain: 0,
+            snapshots: Snapshots::default(),
             slots: VecDeque::new(),
+            next_async: 0,
             in_flight: 0,
             inbox,
             reply_tx,
@@ -268,6 +287,7 @@ impl Session {
             };
             match event {
                 Event::Inbox(Some(Inbox::Reply(reply))) => self.on_pool_reply(reply),
+                Event::Inbox(Some(Inbox::Done(id, bytes))) => self.on_done(id, bytes),
                 Event::Inbox(Some(Inbox::Kill)) => break,
                 Event::Inbox(Some(Inbox::Shutdown)) => {
                     self.draining = true;
@@ -395,10 +415,19 @@ impl Session {
                 let frames = request.args.len().max(2) - 1;
                 self.forward_frames(request, frames)
             }
-            _ if self.dedicated.is_some() => self.send_dedicated(request, name),
+            b"taginvalidate" | b"tagset" | b"tag" | b"tags" | b"tagkeys" => {
+                if self.divergence.multi {
+                    self.reply_local(Reply::error(
+                        "ERR cachet's TAG commands cannot run inside MULTI",
+                    ));
+                } else {
+                    self.tag_command(request, name);
+                }
+            }
+            _ if self.dedicated.is_some() => self.send_dedicated_tracked(request, name),
             _ => match self.needs_dedicated(&request, name) {
                 true => self.switch_to_dedicated(request),
-                false => self.forward(request),
+                false => self.forward_tracked(request, name),
             },
         }
     }
@@ -460,7 +489,9 @@ impl Session {
                 let target = std::str::from_utf8(&request.args[3])
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok());
-                match target.and_then(|id| self.shared.clients.get(id)) {
+                // Unregistered at once, as Redis frees a killed client at once: a second KILL of
+                // the same id finds nothing.
+                match target.and_then(|id| self.shared.clients.remove(id)) {
                     Some(client) => {
                         let _ = client.inbox.send(Inbox::Kill);
                         self.reply_local(Reply::Integer(1));
@@ -677,6 +708,7 @@ impl Session {
     fn forward_frames(&mut self, request: Request, frames: usize) {
         self.batch.extend_from_slice(&request.raw);
         self.batch_count += frames;
+        self.batch_plain += frames;
     }
 
     /// Sends the batch gathered from this read to the pool.
@@ -691,7 +723,8 @@ impl Session {
             count: self.batch_count,
             reply: self.reply_tx.clone(),
         });
-        self.slots.push_back(Slot::Pool);
+        let slot = self.batch_slot();
+        self.slots.push_back(slot);
         self.in_flight += self.batch_count;
         self.batch_count = 0;
     }
@@ -834,13 +867,15 @@ impl Session {
     // ---- phase 4: replies --------------------------------------------------------------
 
     fn on_pool_reply(&mut self, reply: UpstreamReply) {
-        let hello = match self.slots.pop_front() {
-            Some(Slot::Pool) => false,
-            Some(Slot::Hello) => true,
+        let (hello, plan) = match self.slots.pop_front() {
+            Some(Slot::Pool) => (false, None),
+            Some(Slot::Hello) => (true, None),
+            Some(Slot::Inspect(plan)) => (false, Some(plan)),
             _ => unreachable!("a pool reply always answers the front slot"),
         };
         self.in_flight -= reply.count;
         match reply.result {
+            Ok(bytes) if plan.is_some() => self.inspect_reply(bytes, plan.expect("checked")),
             Ok(bytes) if hello => {
                 let bytes = resp::reply::replace_hello_id(&bytes, self.id).unwrap_or(bytes);
                 self.output.extend_from_slice(&bytes);
@@ -874,6 +909,45 @@ impl Session {
             // Parsing may have stopped at the pipeline limit.
             self.process_input();
         }
+    }
+
+    /// Runs a command of cachet's own (on the control client, off this task) and answers
+    /// it in order. Earlier commands finish first and later ones wait for it, so it acts on
+    /// the data as the client's pipeline left it.
+    pub(crate) fn reply_later<F>(&mut self, request: Request, work: impl FnOnce(Arc<Shared>) -> F)
+    where
+        F: Future<Output = Reply> + Send + 'static,
+    {
+        self.flush_batch();
+        if !self.slots.is_empty() {
+            self.held = Some(request);
+            self.wait = Wait::Drain;
+            return;
+        }
+        self.next_async += 1;
+        let id = self.next_async;
+        self.slots.push_back(Slot::Async(id));
+        self.in_flight += 1;
+        self.wait = Wait::Drain;
+        let inbox = self.reply_tx.clone();
+        let protocol = self.protocol;
+        let work = work(self.shared.clone());
+        tokio::spawn(async move {
+            let reply = work.await;
+            let _ = inbox.send(Inbox::Done(id, reply.encode(protocol)));
+        });
+    }
+
+    fn on_done(&mut self, id: u64, bytes: Bytes) {
+        if let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|s| matches!(s, Slot::Async(a) if *a == id))
+        {
+            *slot = Slot::Local(bytes);
+            self.in_flight -= 1;
+        }
+        self.after_reply();
     }
 
     fn reply_local(&mut self, reply: Reply) {
@@ -962,7 +1036,8 @@ impl Session {
         if let Some(link) = self.dedicated.take() {
             self.in_flight -= link.outstanding;
         }
-        self.slots.retain(|s| matches!(s, Slot::Local(_)));
+        self.slots
+            .retain(|s| matches!(s, Slot::Local(_) | Slot::Async(_)));
         self.handle.upstream_id.store(0, Ordering::Relaxed);
         self.reset_state();
         self.wait = Wait::Nothing;

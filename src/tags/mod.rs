@@ -19,3 +19,4 @@ mod pattern;
 pub mod rules;
 
 pub use rules::{Match, RuleError, Rules};
+pub mod index;

@@ -6,8 +6,8 @@
 //! * [`dedicated`]: a connection owned by one client for as long as its state differs from the
 //!   pool's (MULTI/WATCH, subscriptions, a blocking command, SELECT, AUTH as another user,
 //!   CLIENT TRACKING, ...). Clean ones are kept as spares so the next MULTI does not connect.
-//! * the control client (fred), for cachet's own work: loading the command table now, the tag
-//!   index and health checks later.
+//! * the control client (fred), for cachet's own work: loading the command table and the tag
+//!   index's function library (again after every reconnect), invalidations, the sweeper.
 
 pub mod dedicated;
 pub mod pool;
@@ -59,12 +59,16 @@ pub struct Upstream {
     commands: ArcSwap<CommandTable>,
     table_ready: watch::Sender<bool>,
     control: Client,
+    /// Load the tag index's function library on every (re)connect.
+    tag_index: AtomicBool,
     shut: AtomicBool,
 }
 
 impl Upstream {
     /// Creates the upstream side and starts the control client and the RESP2 pool.
-    pub fn start(config: UpstreamConfig) -> anyhow::Result<Arc<Self>> {
+    /// With `tag_index`, cachet's function library is loaded at every (re)connect, before the
+    /// pool serves: rules turn writes into calls of its functions.
+    pub fn start(config: UpstreamConfig, tag_index: bool) -> anyhow::Result<Arc<Self>> {
         let control = control_client(&config)?;
         let (table_ready, _) = watch::channel(false);
         let upstream = Arc::new(Upstream {
@@ -74,11 +78,28 @@ impl Upstream {
             commands: ArcSwap::from_pointee(CommandTable::default()),
             table_ready,
             control,
+            tag_index: AtomicBool::new(tag_index),
             shut: AtomicBool::new(false),
         });
         tokio::spawn(load_commands(upstream.clone()));
         upstream.pool(Protocol::Resp2);
         Ok(upstream)
+    }
+
+    /// Loads (or replaces) the tag index's function library, and keeps doing so after every
+    /// reconnect from now on.
+    pub async fn load_tag_index(&self) -> Result<(), fred::error::Error> {
+        let _: Value = self
+            .control
+            .function_load(true, crate::tags::index::LIBRARY)
+            .await?;
+        self.tag_index.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether this cachet has loaded the tag index's library (and reloads it on reconnect).
+    pub fn tag_index_loaded(&self) -> bool {
+        self.tag_index.load(Ordering::Relaxed)
     }
 
     /// The command table as last loaded from Redis (empty until the first load).
@@ -309,6 +330,13 @@ async fn load_commands(upstream: Arc<Upstream>) {
                 Ok(table) => {
                     tracing::info!(commands = table.len(), "command table loaded from upstream");
                     upstream.commands.store(Arc::new(table));
+                    // The tag index's functions: loaded before any pooled connection serves,
+                    // so no tagged write meets "Function not found".
+                    if upstream.tag_index.load(Ordering::Relaxed)
+                        && let Err(error) = upstream.load_tag_index().await
+                    {
+                        tracing::warn!(%error, "loading cachet's function library failed; tagged writes will fail");
+                    }
                     upstream.table_ready.send_replace(true);
                     if reconnects.recv().await.is_err() {
                         return;

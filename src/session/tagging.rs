@@ -1,0 +1,461 @@
+//! The index phase of a command: writes to keys that match a `[[rules]]` pattern become one
+//! call of the tag index's `cachet_write` function (the write, its tags and TTL in one atomic
+//! step), reads of such keys remember the tag epochs they saw when they miss, and the
+//! `TAG*` commands.
+//!
+//! Keys that match no rule go to Redis untouched; with no rules configured this module costs
+//! one `is_empty` check per command.
+//!
+//! **Stale sets.** A client that reads a key, misses, recomputes the value and writes it
+//! back can race a `TAGINVALIDATE` (on any cachet instance): the value it computed predates
+//! the invalidation. Before such a read cachet reads the epochs of the key's tags on the same
+//! connection (so they are no newer than the read), keeps them when the read misses, and
+//! hands them to the write; the index function then refuses to let the value survive if any
+//! tag was invalidated since. Like a memcache lease, this is per client connection.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::interfaces::ClientLike;
+
+use super::{Session, Slot};
+use crate::resp::Request;
+use crate::resp::commands::CommandInfo;
+use crate::resp::reply::Reply;
+use crate::server::Shared;
+use crate::tags::index::{self, WriteCall, WriteKey};
+
+/// How long a miss's epochs are kept for the write that usually follows.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
+/// Most remembered misses per client connection.
+const SNAPSHOT_CAP: usize = 4096;
+
+/// What to do with each frame of a pooled batch's replies, when the batch holds more than
+/// plain forwarded commands.
+#[derive(Debug)]
+pub(super) enum Inspect {
+    /// Frames to forward as they are.
+    Pass(usize),
+    /// The reply to cachet's own epoch read: keep, do not forward.
+    Epochs,
+    /// A read of a rule-matched key: forward, and remember the epochs if it missed.
+    Read(Bytes),
+}
+
+/// Tag epochs seen before reads that missed, by key.
+#[derive(Debug, Default)]
+pub(super) struct Snapshots {
+    by_key: HashMap<Bytes, (Vec<u64>, Instant)>,
+}
+
+impl Snapshots {
+    fn insert(&mut self, key: Bytes, epochs: Vec<u64>) {
+        if self.by_key.len() >= SNAPSHOT_CAP {
+            self.by_key.retain(|_, (_, at)| at.elapsed() < SNAPSHOT_TTL);
+            if self.by_key.len() >= SNAPSHOT_CAP {
+                return;
+            }
+        }
+        self.by_key.insert(key, (epochs, Instant::now()));
+    }
+
+    fn take(&mut self, key: &[u8]) -> Option<Vec<u64>> {
+        let (epochs, at) = self.by_key.remove(key)?;
+        (at.elapsed() < SNAPSHOT_TTL).then_some(epochs)
+    }
+}
+
+/// Commands that set or clear a TTL on purpose: the rule's TTL must not replace what they did.
+fn sets_ttl_explicitly(name: &[u8], request: &Request) -> bool {
+    match name {
+        b"persist" | b"expire" | b"pexpire" | b"expireat" | b"pexpireat" | b"getex" | b"setex"
+        | b"psetex" => true,
+        b"set" => request.args[3..].iter().any(|a| {
+            let a = a.to_ascii_lowercase();
+            matches!(a.as_slice(), b"ex" | b"px" | b"exat" | b"pxat" | b"keepttl")
+        }),
+        _ => false,
+    }
+}
+
+/// Runs an index operation on the control connection, loading cachet's function library
+/// first if this cachet has not yet, and again if Redis lost it (a restart without
+/// persistence, FUNCTION FLUSH). Errors come back as reply text.
+async fn index_op<T, Fut>(shared: &Shared, mut operation: impl FnMut() -> Fut) -> Result<T, String>
+where
+    Fut: Future<Output = Result<T, index::IndexError>>,
+{
+    let load = || async {
+        shared
+            .upstream
+            .load_tag_index()
+            .await
+            .map_err(|e| format!("ERR upstream: {e}"))
+    };
+    if !shared.upstream.tag_index_loaded() {
+        load().await?;
+    }
+    match operation().await {
+        Err(e) if e.to_string().contains("Function not found") => {
+            load().await?;
+            operation().await.map_err(|e| format!("ERR upstream: {e}"))
+        }
+        result => result.map_err(|e| format!("ERR upstream: {e}")),
+    }
+}
+
+/// Whether a write can run inside the index function with the same reply it would get from
+/// Redis directly. Arity errors would be worded by the script engine, blocking commands do
+/// not block in a function, Lua's `unpack` stops near 8000 values, and a few replies do not
+/// survive Lua's conversion (BITFIELD's nulls inside an array).
+fn wrappable(info: &CommandInfo, name: &[u8], request: &Request) -> bool {
+    let argc = request.args.len() as i64;
+    let arity_ok = if info.arity >= 0 {
+        argc == info.arity
+    } else {
+        argc >= -info.arity
+    };
+    info.write && !info.blocking && arity_ok && argc < 7000 && name != b"bitfield"
+}
+
+/// A reply that means "nothing there": nil, or an empty aggregate.
+fn is_miss(frame: &[u8]) -> bool {
+    matches!(
+        frame,
+        b"$-1\r\n" | b"*-1\r\n" | b"_\r\n" | b"*0\r\n" | b"%0\r\n" | b"~0\r\n"
+    )
+}
+
+impl Session {
+    /// Forwards a command to the pool, through the tag index when it touches a tagged key.
+    pub(super) fn forward_tracked(&mut self, request: Request, name: &[u8]) {
+        if self.shared.rules.is_empty() {
+            return self.forward(request);
+        }
+        let table = self.shared.upstream.commands();
+        let Some(info) = table.get(name) else {
+            return self.forward(request);
+        };
+        if wrappable(info, name, &request) {
+            if let Some(call) = self.tagged_write(&request, name, info) {
+                return self.forward(Request::from_args(call));
+            }
+        } else if info.readonly && info.first_key > 0 && info.first_key == info.last_key {
+            let key = request.args.get(info.first_key as usize).cloned();
+            if let Some(key) = key
+                && let Some(found) = self.shared.rules.match_key(&key)
+            {
+                let epochs = Request::from_args(self.shared.index.epoch_read(&found.tags));
+                self.forward_inspected(epochs, Inspect::Epochs);
+                return self.forward_inspected(request, Inspect::Read(key));
+            }
+        }
+        self.forward(request)
+    }
+
+    /// The `cachet_write` call for a write whose keys match rules, or `None` when none does.
+    fn tagged_write(
+        &mut self,
+        request: &Request,
+        name: &[u8],
+        info: &CommandInfo,
+    ) -> Option<Vec<Bytes>> {
+        let positions: Vec<usize> = info.key_positions(request.args.len()).collect();
+        let mut writes = Vec::new();
+        for &position in &positions {
+            let key = &request.args[position];
+            if let Some(found) = self.shared.rules.match_key(key) {
+                writes.push(WriteKey {
+                    key: key.clone(),
+                    ttl_secs: found.ttl_secs,
+                    snapshot: self.snapshots.take(key),
+                    tags: found.tags,
+                    inherit_from: None,
+                });
+            }
+        }
+        if writes.is_empty() {
+            return None;
+        }
+        // RENAME and COPY: the destination takes the source's tags (and its own rule's), and
+        // the source leaves the index once it is gone.
+        if matches!(name, b"rename" | b"renamenx" | b"copy") && positions.len() == 2 {
+            let source = &request.args[positions[0]];
+            let destination = &request.args[positions[1]];
+            if !writes.iter().any(|w| w.key == source) {
+                let source = WriteKey {
+                    key: source.clone(),
+                    ..WriteKey::default()
+                };
+                writes.insert(0, source);
+            }
+            let from = writes.iter().position(|w| w.key == source);
+            match writes.iter_mut().find(|w| w.key == destination) {
+                Some(write) => write.inherit_from = from,
+                None => writes.push(WriteKey {
+                    key: destination.clone(),
+                    inherit_from: from,
+                    ..WriteKey::default()
+                }),
+            }
+        }
+        Some(self.shared.index.write_call(&WriteCall {
+            command: &request.args,
+            keys: &writes,
+            protocol: self.protocol,
+            explicit_ttl: sets_ttl_explicitly(name, request),
+            allow_oom: !info.denyoom,
+        }))
+    }
+
+    /// Adds a command whose reply frames need a look before they are forwarded.
+    fn forward_inspected(&mut self, request: Request, inspect: Inspect) {
+        let plan = self.batch_inspect.get_or_insert_with(Vec::new);
+        if self.batch_plain > 0 {
+            plan.push(Inspect::Pass(self.batch_plain));
+            self.batch_plain = 0;
+        }
+        plan.push(inspect);
+        self.batch.extend_from_slice(&request.raw);
+        self.batch_count += 1;
+    }
+
+    /// Walks a batch's replies with its plan: forwards, keeps epochs, notes misses.
+    pub(super) fn inspect_reply(&mut self, bytes: Bytes, plan: Vec<Inspect>) {
+        let mut at = 0;
+        let mut epochs: Option<Vec<u64>> = None;
+        let frame_end = |at: usize| {
+            crate::resp::reply_frame(&bytes[at..])
+                .ok()
+                .flatten()
+                .map_or(bytes.len(), |f| at + f.len)
+        };
+        for step in plan {
+            match step {
+                Inspect::Pass(frames) => {
+                    let start = at;
+                    for _ in 0..frames {
+                        at = frame_end(at);
+                    }
+                    self.output.extend_from_slice(&bytes[start..at]);
+                }
+                Inspect::Epochs => {
+                    let end = frame_end(at);
+                    epochs = index::parse_epochs(&bytes[at..end]);
+                    at = end;
+                }
+                Inspect::Read(key) => {
+                    let end = frame_end(at);
+                    let frame = &bytes[at..end];
+                    if let Some(seen) = epochs.take().filter(|_| is_miss(frame)) {
+                        self.snapshots.insert(key, seen);
+                    }
+                    self.output.extend_from_slice(frame);
+                    at = end;
+                }
+            }
+        }
+        self.output.extend_from_slice(&bytes[at..]);
+    }
+
+    /// `TAGINVALIDATE`, `TAGSET`, `TAG`, `TAGS`, `TAGKEYS`. They run on cachet's control
+    /// connection, after this client's earlier commands and before its later ones.
+    pub(super) fn tag_command(&mut self, request: Request, name: &[u8]) {
+        let args = request.args.clone();
+        let arity = |min: usize, exact: bool| {
+            if (exact && args.len() != min) || args.len() < min {
+                Some(Reply::error(format!(
+                    "ERR wrong number of arguments for '{}' command",
+                    String::from_utf8_lossy(name).to_ascii_lowercase()
+                )))
+            } else {
+                None
+            }
+        };
+        match name {
+            b"taginvalidate" => match arity(2, false) {
+                Some(error) => self.reply_local(error),
+                None => self.reply_later(request, move |shared| async move {
+                    let tags = &args[1..];
+                    let control = shared.upstream.control();
+                    let deleted =
+                        index_op(&shared, || shared.index.invalidate(control, tags)).await;
+                    deleted.map_or_else(Reply::error, |n| Reply::Integer(n as i64))
+                }),
+            },
+            b"tag" => match arity(3, false) {
+                Some(error) => self.reply_local(error),
+                None => self.reply_later(request, move |shared| async move {
+                    let control = shared.upstream.control();
+                    let added =
+                        index_op(&shared, || shared.index.tag(control, &args[1], &args[2..])).await;
+                    added.map_or_else(Reply::error, |n| Reply::Integer(n as i64))
+                }),
+            },
+            b"tags" => match arity(2, true) {
+                Some(error) => self.reply_local(error),
+                None => self.reply_later(request, move |shared| async move {
+                    let control = shared.upstream.control();
+                    let tags = index_op(&shared, || shared.index.tags(control, &args[1])).await;
+                    tags.map_or_else(Reply::error, |tags| {
+                        Reply::Array(tags.into_iter().map(Reply::Bulk).collect())
+                    })
+                }),
+            },
+            b"tagkeys" => match arity(2, false) {
+                Some(error) => self.reply_local(error),
+                None => self.tagkeys(request),
+            },
+            _ => match arity(5, false) {
+                Some(error) => self.reply_local(error),
+                None => self.tagset(request),
+            },
+        }
+    }
+
+    /// `TAGKEYS tag [CURSOR c] [COUNT n]`: `[next-cursor, [keys...]]`, like SCAN.
+    fn tagkeys(&mut self, request: Request) {
+        let mut cursor = 0u64;
+        let mut count = 10u64;
+        let options = &request.args[2..];
+        if !options.len().is_multiple_of(2) {
+            return self.reply_local(Reply::error("ERR syntax error"));
+        }
+        for pair in options.chunks(2) {
+            let value = std::str::from_utf8(&pair[1])
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok());
+            match (pair[0].to_ascii_lowercase().as_slice(), value) {
+                (b"cursor", Some(v)) => cursor = v,
+                (b"count", Some(v)) if v > 0 => count = v,
+                (b"cursor" | b"count", _) => {
+                    return self
+                        .reply_local(Reply::error("ERR value is not an integer or out of range"));
+                }
+                _ => return self.reply_local(Reply::error("ERR syntax error")),
+            }
+        }
+        let tag = request.args[1].clone();
+        self.reply_later(request, move |shared| async move {
+            let control = shared.upstream.control();
+            let page = index_op(&shared, || {
+                shared.index.tagkeys(control, &tag, cursor, count)
+            })
+            .await;
+            page.map_or_else(Reply::error, |(next, keys)| {
+                Reply::Array(vec![
+                    Reply::Bulk(Bytes::from(next.to_string())),
+                    Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
+                ])
+            })
+        });
+    }
+
+    /// `TAGSET key value [EX s | PX ms | KEEPTTL] [TTLCLASS name] TAGS tag [tag ...]`: a SET
+    /// and its tags in one step, through the same index function as rule-tagged writes.
+    fn tagset(&mut self, request: Request) {
+        let args = &request.args;
+        let Some(tags_at) = args.iter().position(|a| a.eq_ignore_ascii_case(b"tags")) else {
+            return self.reply_local(Reply::error("ERR syntax error"));
+        };
+        if tags_at < 3 || tags_at + 1 >= args.len() {
+            return self.reply_local(Reply::error("ERR syntax error"));
+        }
+        let mut set = vec![Bytes::from_static(b"SET"), args[1].clone(), args[2].clone()];
+        let mut ttl_secs = self.shared.config.ttl.default_secs();
+        let mut explicit = false;
+        let mut i = 3;
+        while i < tags_at {
+            match args[i].to_ascii_lowercase().as_slice() {
+                b"ex" | b"px" if i + 1 < tags_at && !explicit => {
+                    set.extend([args[i].clone(), args[i + 1].clone()]);
+                    explicit = true;
+                    i += 2;
+                }
+                b"keepttl" if !explicit => {
+                    set.push(args[i].clone());
+                    explicit = true;
+                    i += 1;
+                }
+                b"ttlclass" if i + 1 < tags_at => {
+                    let class = String::from_utf8_lossy(&args[i + 1]).into_owned();
+                    match self.shared.config.ttl.get(&class) {
+                        Some(secs) => ttl_secs = secs,
+                        None => {
+                            return self.reply_local(Reply::error(format!(
+                                "ERR unknown TTL class '{class}'"
+                            )));
+                        }
+                    }
+                    i += 2;
+                }
+                _ => return self.reply_local(Reply::error("ERR syntax error")),
+            }
+        }
+        let write = WriteKey {
+            key: args[1].clone(),
+            ttl_secs,
+            snapshot: self.snapshots.take(&args[1]),
+            tags: args[tags_at + 1..].to_vec(),
+            inherit_from: None,
+        };
+        let call = self.shared.index.write_call(&WriteCall {
+            command: &set,
+            keys: &[write],
+            protocol: crate::resp::Protocol::Resp2,
+            explicit_ttl: explicit,
+            allow_oom: false,
+        });
+        self.reply_later(request, move |shared| async move {
+            let control = shared.upstream.control();
+            let fcall = || async {
+                let args: Vec<fred::types::Value> = call[1..]
+                    .iter()
+                    .cloned()
+                    .map(fred::types::Value::Bytes)
+                    .collect();
+                let reply: Result<fred::types::Value, _> =
+                    control.custom(fred::cmd!("FCALL"), args).await;
+                reply.map_err(index::IndexError::from)
+            };
+            index_op(&shared, fcall)
+                .await
+                .map_or_else(Reply::error, |_| Reply::ok())
+        });
+    }
+
+    /// Slot for a batch, with its inspection plan if it has one.
+    pub(super) fn batch_slot(&mut self) -> Slot {
+        match self.batch_inspect.take() {
+            None => {
+                self.batch_plain = 0;
+                Slot::Pool
+            }
+            Some(mut plan) => {
+                if self.batch_plain > 0 {
+                    plan.push(Inspect::Pass(self.batch_plain));
+                }
+                self.batch_plain = 0;
+                Slot::Inspect(plan)
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Sends a command on the dedicated connection, through the tag index when it writes a
+    /// tagged key (a tagged write inside MULTI is queued and runs at EXEC like any other).
+    pub(super) fn send_dedicated_tracked(&mut self, request: Request, name: &[u8]) {
+        if !self.shared.rules.is_empty() {
+            let table = self.shared.upstream.commands();
+            if let Some(info) = table.get(name).filter(|i| wrappable(i, name, &request))
+                && let Some(call) = self.tagged_write(&request, name, info)
+            {
+                return self.send_dedicated(Request::from_args(call), name);
+            }
+        }
+        self.send_dedicated(request, name)
+    }
+}

@@ -1,0 +1,399 @@
+#!lua name=cachet
+-- cachet's tag index, kept in Redis so every cachet instance shares it. Key names, the
+-- KEYS/ARGV layout of each function and their replies are documented in src/tags/index.rs;
+-- the naming below must stay byte-for-byte equal to `Names` there (a test checks it).
+--
+-- Names come from the prefix (ARGV[1]) and raw bytes. A function uses the names it is given
+-- in KEYS for the keys it is given, and builds names itself only for keys it discovers (the
+-- other tags of a key, the per-key set of a popped member, a drain set).
+
+-- Most members whose score says "expired" one write re-checks per tag set.
+local TRIM = 16
+
+-- `%` and `}` percent-encoded, so the result is `}`-free and the mapping injective. The
+-- empty string becomes a lone `%`, which no other input produces.
+local function esc(s)
+  if s == '' then
+    return '%'
+  end
+  return (string.gsub(s, '[%%}]', { ['%'] = '%25', ['}'] = '%7D' }))
+end
+
+-- What goes between the braces of a key's per-key name: the key's own hash tag when it has
+-- one (Redis's rule: first `{`, first `}` after it, non-empty between), else the key itself
+-- when it has no `}`, else the key escaped.
+local function slot_part(k)
+  local open = string.find(k, '{', 1, true)
+  if open then
+    local close = string.find(k, '}', open + 1, true)
+    if close and close > open + 1 then
+      return string.sub(k, open + 1, close - 1)
+    end
+  end
+  if k ~= '' and not string.find(k, '}', 1, true) then
+    return k
+  end
+  return esc(k)
+end
+
+local function tag_keys(p, tag)
+  return p .. ':t:{' .. esc(tag) .. '}'
+end
+
+local function epoch_key(p, tag)
+  return p .. ':e:{' .. esc(tag) .. '}'
+end
+
+local function drain_key(p, tag, epoch)
+  return p .. ':d:{' .. esc(tag) .. '}:' .. epoch
+end
+
+-- The tag whose set is `tk` (the inverse of tag_keys).
+local function tag_of(p, tk)
+  local inner = string.sub(tk, #p + 5, -2)
+  return (string.gsub(inner, '%%(%x?%x?)', function(hex)
+    if hex == '' then
+      return ''
+    end
+    return string.char(tonumber(hex, 16))
+  end))
+end
+
+local function key_tags(p, k)
+  return p .. ':k:{' .. slot_part(k) .. '}:' .. k
+end
+
+-- Integral numbers as plain digits (Lua would write 1e+15).
+local function digits(n)
+  return string.format('%.0f', n)
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- A tag set's score for a key: its expiry time in ms, or +inf when it has none.
+local function score(pexpiretime)
+  if pexpiretime == -1 then
+    return math.huge
+  end
+  return pexpiretime
+end
+
+local function score_arg(s)
+  if s == math.huge then
+    return '+inf'
+  end
+  return digits(s)
+end
+
+-- Removes `k` from the sets of the tags its per-key set names, and from those of `extra`,
+-- then deletes its per-key set.
+local function drop_index(p, k, extra)
+  local kt = key_tags(p, k)
+  for _, tag in ipairs(redis.call('SMEMBERS', kt)) do
+    redis.call('ZREM', tag_keys(p, tag), k)
+  end
+  if extra then
+    for _, tag in ipairs(extra) do
+      redis.call('ZREM', tag_keys(p, tag), k)
+    end
+  end
+  redis.call('DEL', kt)
+end
+
+-- A live key found in `tag`'s set with a stale score (its TTL changed behind cachet's back):
+-- the score becomes its real expiry and its per-key set, which may have expired at the old
+-- time, names `tag` again and expires with it.
+local function rescore(p, tk, tag, k, pt)
+  redis.call('ZADD', tk, score_arg(score(pt)), k)
+  local kt = key_tags(p, k)
+  redis.call('SADD', kt, tag)
+  if pt == -1 then
+    redis.call('PERSIST', kt)
+  else
+    redis.call('PEXPIREAT', kt, digits(pt))
+  end
+end
+
+-- Re-checks up to TRIM members of `tag`'s set `tk` whose score has passed: a member whose
+-- key is gone leaves the index, a live one is rescored. A live key is never dropped,
+-- whatever its score says.
+local function trim(p, tk, tag, now)
+  local due = redis.call('ZRANGE', tk, '-inf', '(' .. digits(now), 'BYSCORE', 'LIMIT', 0, TRIM)
+  for _, k in ipairs(due) do
+    local pt = redis.call('PEXPIRETIME', k)
+    if pt == -2 then
+      redis.call('ZREM', tk, k)
+      drop_index(p, k)
+    else
+      rescore(p, tk, tag, k, pt)
+    end
+  end
+end
+
+-- Brings `k`'s index up to date after a write: `tags` join the tags its per-key set already
+-- names, every one of those sets gets `k` with its expiry as score, and the per-key set
+-- expires with `k`. A key that no longer exists leaves the index. Returns whether `k` exists.
+local function index_key(p, k, tags, now)
+  local kt = key_tags(p, k)
+  local pt = redis.call('PEXPIRETIME', k)
+  if pt == -2 then
+    drop_index(p, k, tags)
+    return false
+  end
+  if #tags > 0 then
+    redis.call('SADD', kt, unpack(tags))
+  end
+  local all = redis.call('SMEMBERS', kt)
+  if #all == 0 then
+    return true
+  end
+  local s = score_arg(score(pt))
+  for _, tag in ipairs(all) do
+    local tk = tag_keys(p, tag)
+    redis.call('ZADD', tk, s, k)
+    trim(p, tk, tag, now)
+  end
+  if pt == -1 then
+    redis.call('PERSIST', kt)
+  else
+    redis.call('PEXPIREAT', kt, digits(pt))
+  end
+  return true
+end
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- Deletes the keys popped from a drain set, their per-key sets and their entries in every
+-- tag set, batched: one SMEMBERS per key, then one command per tag rather than per key.
+local function delete_popped(p, popped)
+  local keys, key_sets, by_tag, tags = {}, {}, {}, {}
+  for i = 1, #popped, 2 do
+    local k = popped[i]
+    local kt = key_tags(p, k)
+    keys[#keys + 1] = k
+    key_sets[#key_sets + 1] = kt
+    for _, tag in ipairs(redis.call('SMEMBERS', kt)) do
+      local members = by_tag[tag]
+      if not members then
+        members = {}
+        by_tag[tag] = members
+        tags[#tags + 1] = tag
+      end
+      members[#members + 1] = k
+    end
+  end
+  if #keys == 0 then
+    return 0
+  end
+  local deleted = redis.call('UNLINK', unpack(keys))
+  redis.call('DEL', unpack(key_sets))
+  for _, tag in ipairs(tags) do
+    redis.call('ZREM', tag_keys(p, tag), unpack(by_tag[tag]))
+  end
+  return deleted
+end
+
+-- Deletes the keys of drain set `set`, STEP at a time, until `chunk` keys are done, the set is
+-- empty, or `budget_us` has passed (so a slow machine or keys with many tags shorten the call
+-- rather than lengthen it). Returns {keys deleted, members left}.
+local STEP = 100
+local function drain(p, set, chunk, budget_us)
+  local started = now_us()
+  local deleted, done = 0, 0
+  while done < chunk do
+    local want = math.min(STEP, chunk - done)
+    local popped = redis.call('ZPOPMIN', set, want)
+    done = done + #popped / 2
+    deleted = deleted + delete_popped(p, popped)
+    if #popped / 2 < want or now_us() - started >= budget_us then
+      break
+    end
+  end
+  return { deleted, redis.call('ZCARD', set) }
+end
+
+local function is_zset(key)
+  return redis.call('TYPE', key)['ok'] == 'zset'
+end
+
+-- cachet_write / cachet_write_oom: run one command, then index its data keys.
+local function write(keys, args)
+  local p = args[1]
+  local resp3 = args[2] == '3'
+  local explicit_ttl = args[3] == '1'
+  local n_cmd = tonumber(args[4])
+  local a = 5 + n_cmd
+  local plan = {}
+  local ki = 1
+  while ki <= #keys do
+    local e = { key = keys[ki], ttl = tonumber(args[a]), inherit = tonumber(args[a + 1]) }
+    local n = tonumber(args[a + 2])
+    a = a + 3
+    e.tags, e.seen = {}, {}
+    for j = 1, n do
+      e.tags[j] = args[a]
+      e.seen[j] = tonumber(args[a + 1])
+      a = a + 2
+    end
+    plan[#plan + 1] = e
+    ki = ki + 2 + 2 * n
+  end
+  -- A key that takes another's value (RENAME, COPY) takes its tags: read them first.
+  for _, e in ipairs(plan) do
+    if e.inherit > 0 then
+      e.inherited = redis.call('SMEMBERS', key_tags(p, plan[e.inherit].key))
+    end
+  end
+
+  local reply = 0
+  if n_cmd > 0 then
+    if resp3 then
+      redis.setresp(3)
+    end
+    reply = redis.pcall(unpack(args, 5, 4 + n_cmd))
+    redis.setresp(2)
+    if type(reply) == 'table' and reply['err'] then
+      return reply
+    end
+  end
+
+  local now = now_ms()
+  local gone = 0
+  for _, e in ipairs(plan) do
+    local stale = false
+    for j, tag in ipairs(e.tags) do
+      if e.seen[j] >= 0 and (tonumber(redis.call('GET', epoch_key(p, tag))) or 0) > e.seen[j] then
+        stale = true
+        break
+      end
+    end
+    local tags = e.tags
+    if e.inherited then
+      for _, tag in ipairs(e.inherited) do
+        tags[#tags + 1] = tag
+      end
+    end
+    if stale then
+      redis.call('UNLINK', e.key)
+      drop_index(p, e.key, tags)
+      gone = gone + 1
+    else
+      if not explicit_ttl and e.ttl > 0 and redis.call('PTTL', e.key) == -1 then
+        redis.call('PEXPIRE', e.key, digits(e.ttl * 1000))
+      end
+      if not index_key(p, e.key, tags, now) then
+        gone = gone + 1
+      end
+    end
+  end
+  if n_cmd == 0 then
+    return gone
+  end
+  return reply
+end
+
+redis.register_function('cachet_write', write)
+redis.register_function({ function_name = 'cachet_write_oom', callback = write, flags = { 'allow-oom' } })
+
+-- cachet_invalidate: bump the tag's epoch, move its set aside as a drain set, delete a chunk.
+redis.register_function('cachet_invalidate', function(keys, args)
+  local p, tag = args[1], args[2]
+  local chunk, budget_us, epoch_ttl = tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
+  local te, tk = keys[2], keys[1]
+  local epoch = math.max(now_ms(), (tonumber(redis.call('GET', te)) or 0) + 1)
+  if epoch_ttl > 0 then
+    redis.call('SET', te, digits(epoch), 'PX', digits(epoch_ttl))
+  else
+    redis.call('SET', te, digits(epoch))
+  end
+  if not is_zset(tk) then
+    return { 0, 0, epoch }
+  end
+  local set = drain_key(p, tag, digits(epoch))
+  redis.call('RENAME', tk, set)
+  local r = drain(p, set, chunk, budget_us)
+  return { r[1], r[2], epoch }
+end)
+
+-- cachet_drain: the next chunk of a drain set.
+redis.register_function('cachet_drain', function(keys, args)
+  if not is_zset(keys[1]) then
+    return { 0, 0 }
+  end
+  return drain(args[1], keys[1], tonumber(args[2]), tonumber(args[3]))
+end)
+
+-- cachet_tag: attach tags to an existing key.
+redis.register_function('cachet_tag', function(keys, args)
+  local p, k = args[1], keys[1]
+  if #args < 2 then
+    return redis.error_reply("ERR wrong number of arguments for 'tag' command")
+  end
+  if redis.call('EXISTS', k) == 0 then
+    return redis.error_reply('ERR no such key')
+  end
+  local added = redis.call('SADD', key_tags(p, k), unpack(args, 2))
+  index_key(p, k, {}, now_ms())
+  return added
+end)
+
+-- cachet_tags: a key's tags.
+redis.register_function({
+  function_name = 'cachet_tags',
+  flags = { 'no-writes' },
+  callback = function(keys, args)
+    if redis.call('EXISTS', keys[1]) == 0 then
+      return {}
+    end
+    return redis.call('SMEMBERS', key_tags(args[1], keys[1]))
+  end,
+})
+
+-- cachet_tagkeys: one ZSCAN page of a tag set, live keys only.
+redis.register_function({
+  function_name = 'cachet_tagkeys',
+  flags = { 'no-writes' },
+  callback = function(keys, args)
+    if not is_zset(keys[1]) then
+      return { '0', {} }
+    end
+    local page = redis.call('ZSCAN', keys[1], args[1], 'COUNT', args[2])
+    local live = {}
+    for i = 1, #page[2], 2 do
+      if redis.call('EXISTS', page[2][i]) == 1 then
+        live[#live + 1] = page[2][i]
+      end
+    end
+    return { page[1], live }
+  end,
+})
+
+-- cachet_sweep: one ZSCAN page of a tag set: members whose key is gone (evicted, deleted
+-- behind cachet's back) leave the index, live ones with a stale score are rescored.
+redis.register_function('cachet_sweep', function(keys, args)
+  local p, tk = args[1], keys[1]
+  if not is_zset(tk) then
+    return { '0', 0 }
+  end
+  local tag = tag_of(p, tk)
+  local page = redis.call('ZSCAN', tk, args[2], 'COUNT', args[3])
+  local removed = 0
+  for i = 1, #page[2], 2 do
+    local k = page[2][i]
+    local pt = redis.call('PEXPIRETIME', k)
+    if pt == -2 then
+      redis.call('ZREM', tk, k)
+      drop_index(p, k)
+      removed = removed + 1
+    elseif tonumber(page[2][i + 1]) ~= score(pt) then
+      rescore(p, tk, tag, k, pt)
+    end
+  end
+  return { page[1], removed }
+end)

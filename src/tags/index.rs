@@ -1,0 +1,988 @@
+//! The tag index: which keys carry which tag, kept in Redis so that any number of cachet
+//! instances share it, and `TAGINVALIDATE` (deleting every key of a tag).
+//!
+//! The index is a Redis 7 function library, `cachet` (`index.lua`, loaded by
+//! [`TagIndex::install`]). Every change to it happens inside one function call, together with
+//! the data write it follows, so Redis never shows a tagged key without its index entries.
+//! Reading a key never touches the index: a read only needs the epochs of the tags its rule
+//! names ([`TagIndex::epoch_keys`]), and only when the proxy wants to fill the key after a miss.
+//!
+//! # Keys
+//!
+//! With prefix `P` (default `cachet`), tag `t` and data key `K`:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:t:{esc(t)}` | ZSET | the keys tagged `t`; score = the key's expiry in ms, `+inf` without one |
+//! | `P:e:{esc(t)}` | string | `t`'s epoch: when it was last invalidated (ms, strictly increasing) |
+//! | `P:d:{esc(t)}:E` | ZSET | a drain set: `t`'s keys as they were at the invalidation with epoch `E` |
+//! | `P:k:{S(K)}:K` | SET | `K`'s tags; expires with `K` |
+//!
+//! `esc` percent-encodes `%` and `}` and maps the empty tag to a lone `%`, so it is injective
+//! and its output never closes a hash tag early. `S(K)` is `K`'s own hash tag when it has a
+//! valid one (Redis's rule: the first `{`, the first `}` after it, something in between), else
+//! `K` itself when `K` has no `}`, else `esc(K)`. The text after `S(K)`'s closing brace is `K`
+//! verbatim, so every name is injective and [`Names::parse_key_tags`] inverts the per-key one.
+//! The prefix may contain neither `{` nor `}`, so the first `{` of every name is cachet's.
+//!
+//! # Slots (Redis Cluster)
+//!
+//! * Per-tag keys (`t`, `e`, `d`) hash `esc(t)`, so they share one slot: the slot of `t`
+//!   itself unless `t` contains `%` or `}`, and, when a tag equals the hash tag of the keys it
+//!   covers (`user:42` for `{user:42}:profile`), the slot of those keys too.
+//! * The per-key set hashes `S(K)`: `K`'s slot, except for the empty key and for keys that
+//!   contain `}` without a valid hash tag (those land in `esc(K)`'s slot).
+//!
+//! Standalone Redis is the target: `cachet_write` reaches a data key's slot and each of its
+//! tags' slots, and invalidation reaches every tagged key's slot, which is fine on one server.
+//! Cluster would need the tag sets split by slot (`P:t:{S(K)}:esc(t)` next to each key, plus
+//! a per-tag registry of the slots in use, kept in the tag's slot), an epoch copy per slot (or
+//! a two-step check), and invalidation fanned out per slot. The names above already put every
+//! per-key structure in its key's slot, so only the per-tag side would change.
+//!
+//! # Functions
+//!
+//! Every function takes the prefix as its first argument (`P` below).
+//!
+//! * `cachet_write` / `cachet_write_oom` (identical; the latter is flagged `allow-oom`, for
+//!   commands without Redis's `denyoom` flag such as DEL, EXPIRE, GETDEL, so that they still
+//!   work when Redis is out of memory). Built by [`TagIndex::write_call`].
+//!   - KEYS: per data key: `K`, `P:k:..K`, then per tag of that key `P:t:{t}`, `P:e:{t}`.
+//!   - ARGV: `P`, `resp` (`2`|`3`), `explicit_ttl` (`0`|`1`), `n_cmd`, the command's `n_cmd`
+//!     arguments, then per data key: `ttl_secs` (0: none), `inherit` (0, or the 1-based
+//!     position of the data key whose tags this one takes, for RENAME/COPY), `n_tags`, then
+//!     per tag: the tag's bytes and the epoch seen before the read that missed, or `-1`.
+//!   - Runs the command (`redis.pcall`, in RESP3 when `resp` is 3) and replies what Redis
+//!     replied. An error reply is returned unchanged and nothing is indexed. Otherwise, per
+//!     data key: if it no longer exists, it leaves the index. If any tag's epoch is now above
+//!     the seen one, the key and its index entries are deleted. Else, unless `explicit_ttl`,
+//!     the rule's TTL is set when the key has none; the key's tags (these plus those it already
+//!     had) all get it with its expiry as score, its per-key set expires with it, and each of
+//!     those tag sets re-checks up to 16 members whose score has passed.
+//!   - With `n_cmd` 0 no command runs; the function only reconciles the keys' index and replies
+//!     how many of them are gone (the sweeper uses this).
+//! * `cachet_invalidate`: KEYS `P:t:{t}`, `P:e:{t}`; ARGV `P`, `t`, `chunk`, `budget_us`,
+//!   `epoch_ttl_ms` (0: the epoch never expires). Sets the epoch to `max(now_ms, epoch + 1)`,
+//!   renames the tag set to the drain set `P:d:{t}:epoch`, and drains it (below). Replies
+//!   `[deleted, remaining, epoch]`.
+//! * `cachet_drain`: KEYS the drain set; ARGV `P`, `chunk`, `budget_us`. Replies
+//!   `[deleted, remaining]`. Draining pops 100 members at a time and deletes each key, its
+//!   per-key set and its entries in all its tags' sets (batched: one SMEMBERS per key, one
+//!   UNLINK, one DEL, one ZREM per tag); it stops after `chunk` keys, or at the first step
+//!   boundary after `budget_us`, so one call holds Redis for about the budget at most.
+//! * `cachet_tag`: KEYS `K`, `P:k:..K`, `P:t:{t}`...; ARGV `P`, tags... Attaches tags to an
+//!   existing key. Replies the number of tags it did not have yet (like SADD), or
+//!   `-ERR no such key`.
+//! * `cachet_tags` (read-only): KEYS `K`, `P:k:..K`; ARGV `P`. The key's tags (none when it
+//!   does not exist).
+//! * `cachet_tagkeys` (read-only): KEYS `P:t:{t}`; ARGV `cursor`, `count`. One ZSCAN page:
+//!   `[next cursor, [keys that exist]]`.
+//! * `cachet_sweep`: KEYS `P:t:{t}`; ARGV `P`, `cursor`, `count`. One ZSCAN page: members
+//!   whose key is gone leave the index, live ones with a stale score are rescored.
+//!   `[next cursor, removed]`.
+//!
+//! # Why it stays right
+//!
+//! * Epochs are times, not counters: a bump sets `max(now_ms, old + 1)`. An epoch can then
+//!   expire (bounding the keys of one-off tags) or vanish with `FLUSHDB`, and the next bump
+//!   still exceeds every epoch anyone saw before: those are at most the time of the last bump
+//!   (plus 1 per extra bump within the same millisecond), and a missing epoch reads as 0.
+//! * Invalidation renames the tag set away before deleting, so it deletes exactly the keys
+//!   tagged when it began, however fast writers add new ones (looping "until the set is empty"
+//!   could run forever on a hot tag). A fill that read before the bump fails the epoch check;
+//!   a write after it is fresh and goes to the new set.
+//! * A tag set entry is only removed once its key is gone: an expired score is re-checked
+//!   (`PEXPIRETIME`) before the member leaves, so a TTL extended behind cachet's back never
+//!   makes a key unreachable; the entry is rescored and the key's per-key set (which may have
+//!   expired at the old time) gets the tag back.
+//! * Entries of keys that vanish without cachet (eviction, DEL from another client) are
+//!   removed by the sweeper ([`TagIndex::sweep_step`]), which is maintenance: it SCANs
+//!   cachet's own keys. It also finishes drain sets left by a cachet that died mid
+//!   invalidation (and may share the work of a live one, which then reports fewer deletions).
+//!   Invalidation never scans.
+//!
+//! # Limits
+//!
+//! * Replies pass through Lua. Error replies from the command (`WRONGTYPE`, syntax, range) are
+//!   Redis's own, but arity and unknown-command errors are worded by the script engine, so the
+//!   proxy checks those against its command table before wrapping. In RESP2 a null array
+//!   (`*-1`, LMPOP on nothing) comes back as a null bulk (`$-1`); in RESP3 a null *inside* an
+//!   array ends it (BITFIELD ... OVERFLOW FAIL): such commands must not be wrapped.
+//! * Lua's `unpack` takes about 8000 values: commands with more arguments cannot be wrapped.
+//! * The library is not persisted by a Redis without RDB/AOF: re-install after reconnecting
+//!   (`FCALL` otherwise fails with `ERR Function not found`).
+//! * Under `allkeys-*` eviction Redis may evict a tag set, and that tag's keys then escape
+//!   invalidation; use a `volatile-*` policy (tag sets and drain sets never have a TTL;
+//!   epochs do, so `volatile-random` could in theory evict one between a bump and a fill).
+//! * Functions run on the primary only, and with Redis's default script flags
+//!   `cachet_write` is refused with Redis's own `-OOM` error when memory is full.
+//! * Commands that skip `cachet_write` (a key that matches no rule but got tags with TAG, or a
+//!   client talking to Redis directly) are safe for deletes and TTL changes: the re-checks
+//!   and the sweeper catch up. A RENAME or COPY that skips it leaves the new name untagged,
+//!   so the proxy should route those through `cachet_write` even for rule-less keys.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use fred::clients::Client;
+use fred::cmd;
+use fred::interfaces::{ClientLike, FunctionInterface};
+use fred::types::{Key, Value};
+
+use crate::resp::Protocol;
+
+/// The library, loaded with `FUNCTION LOAD REPLACE`.
+pub const LIBRARY: &str = include_str!("index.lua");
+pub const DEFAULT_PREFIX: &str = "cachet";
+/// Most keys one invalidation call deletes.
+pub const DEFAULT_CHUNK: usize = 1000;
+/// After this long an invalidation call stops at its next step of 100 keys, however few it
+/// has deleted: the bound on how long one call holds Redis, on any machine.
+pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_millis(2);
+/// How long an epoch outlives its tag's last invalidation.
+pub const DEFAULT_EPOCH_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Something went wrong talking to the index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("invalid tag index prefix {prefix:?}: {reason}")]
+    Prefix {
+        prefix: String,
+        reason: &'static str,
+    },
+    #[error(transparent)]
+    Redis(#[from] fred::error::Error),
+    #[error("unexpected reply from {function}: {reply}")]
+    Reply {
+        function: &'static str,
+        reply: String,
+    },
+}
+
+/// The names of the index's keys (see the module docs). Pure, and mirrored by `index.lua`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: Bytes,
+}
+
+impl Names {
+    /// Checks the prefix: not empty, no `{` or `}` (it would capture the hash tag).
+    pub fn new(prefix: &str) -> Result<Self, IndexError> {
+        let reason = if prefix.is_empty() {
+            Some("it is empty")
+        } else if prefix.contains(['{', '}']) {
+            Some("it contains `{` or `}`, which would change every index key's slot")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(IndexError::Prefix {
+                prefix: prefix.to_owned(),
+                reason,
+            }),
+            None => Ok(Names {
+                prefix: Bytes::copy_from_slice(prefix.as_bytes()),
+            }),
+        }
+    }
+
+    pub fn prefix(&self) -> &Bytes {
+        &self.prefix
+    }
+
+    /// `P:t:{esc(tag)}`: the ZSET of the tag's keys.
+    pub fn tag_keys(&self, tag: &[u8]) -> Bytes {
+        self.per_tag(b't', tag, None)
+    }
+
+    /// `P:e:{esc(tag)}`: the tag's epoch.
+    pub fn epoch(&self, tag: &[u8]) -> Bytes {
+        self.per_tag(b'e', tag, None)
+    }
+
+    /// `P:d:{esc(tag)}:epoch`: the drain set of the invalidation that set `epoch`.
+    pub fn drain(&self, tag: &[u8], epoch: u64) -> Bytes {
+        self.per_tag(b'd', tag, Some(epoch))
+    }
+
+    /// `P:k:{S(key)}:key`: the SET of the key's tags.
+    pub fn key_tags(&self, key: &[u8]) -> Bytes {
+        let slot = slot_part(key);
+        let mut out = BytesMut::with_capacity(self.prefix.len() + 6 + slot.len() + key.len());
+        out.put_slice(&self.prefix);
+        out.put_slice(b":k:{");
+        out.put_slice(&slot);
+        out.put_slice(b"}:");
+        out.put_slice(key);
+        out.freeze()
+    }
+
+    /// The data key a per-key set belongs to, if `name` is one.
+    pub fn parse_key_tags<'a>(&self, name: &'a [u8]) -> Option<&'a [u8]> {
+        let rest = name.strip_prefix(&self.prefix[..])?.strip_prefix(b":k:{")?;
+        let close = rest.iter().position(|&b| b == b'}')?;
+        let key = rest[close + 1..].strip_prefix(b":")?;
+        (slot_part(key)[..] == rest[..close]).then_some(key)
+    }
+
+    fn per_tag(&self, kind: u8, tag: &[u8], epoch: Option<u64>) -> Bytes {
+        let escaped = escape(tag);
+        let mut out = BytesMut::with_capacity(self.prefix.len() + escaped.len() + 26);
+        out.put_slice(&self.prefix);
+        out.put_slice(&[b':', kind, b':', b'{']);
+        out.put_slice(&escaped);
+        out.put_u8(b'}');
+        if let Some(epoch) = epoch {
+            out.put_u8(b':');
+            out.put_slice(epoch.to_string().as_bytes());
+        }
+        out.freeze()
+    }
+}
+
+/// `%` → `%25`, `}` → `%7D`, the empty string → `%`.
+fn escape(s: &[u8]) -> Vec<u8> {
+    if s.is_empty() {
+        return b"%".to_vec();
+    }
+    let mut out = Vec::with_capacity(s.len());
+    for &b in s {
+        match b {
+            b'%' => out.extend_from_slice(b"%25"),
+            b'}' => out.extend_from_slice(b"%7D"),
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+/// The key's own hash tag, else the key when it has no `}`, else the key escaped.
+fn slot_part(key: &[u8]) -> Vec<u8> {
+    if let Some(open) = key.iter().position(|&b| b == b'{')
+        && let Some(len) = key[open + 1..].iter().position(|&b| b == b'}')
+        && len > 0
+    {
+        return key[open + 1..open + 1 + len].to_vec();
+    }
+    if !key.is_empty() && !key.contains(&b'}') {
+        return key.to_vec();
+    }
+    escape(key)
+}
+
+/// One data key of a write: its tags, what cachet saw of their epochs, its rule's TTL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteKey {
+    pub key: Bytes,
+    /// The tags the key's rule gives it.
+    pub tags: Vec<Bytes>,
+    /// The epochs of `tags`, in the same order, read before the client's earlier read of this
+    /// key missed ([`TagIndex::epoch_read`], [`parse_epochs`]). If any is lower than the tag's
+    /// epoch at write time, the write's value is deleted. `None`: no such read, no check.
+    pub snapshot: Option<Vec<u64>>,
+    /// The rule's TTL (0: none), set when the key has no TTL after the command.
+    pub ttl_secs: u64,
+    /// The position (in [`WriteCall::keys`]) of the key whose tags this one takes when the
+    /// command succeeds: the source of a RENAME or COPY.
+    pub inherit_from: Option<usize>,
+}
+
+/// One command for `cachet_write`.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteCall<'a> {
+    /// The command as the client sent it.
+    pub command: &'a [Bytes],
+    /// Its data keys, in any order.
+    pub keys: &'a [WriteKey],
+    /// The client's protocol: the reply comes back in it.
+    pub protocol: Protocol,
+    /// The command sets or keeps the TTL itself (EXPIRE, PERSIST, GETEX with an option, SET
+    /// with EX/PX/EXAT/PXAT/KEEPTTL, ...): rule TTLs are then never applied.
+    pub explicit_ttl: bool,
+    /// The command may run when Redis is out of memory (it lacks the `denyoom` flag).
+    pub allow_oom: bool,
+}
+
+/// What one [`TagIndex::sweep_step`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    /// Index keys the SCAN page returned.
+    pub scanned: usize,
+    /// Tag set members removed because their key was gone.
+    pub members_removed: u64,
+    /// Per-key sets removed because their key was gone.
+    pub key_sets_removed: u64,
+    /// Keys deleted while finishing abandoned invalidations.
+    pub drained: u64,
+}
+
+/// The tag index, over any fred client connected to the Redis that holds the data.
+#[derive(Debug, Clone)]
+pub struct TagIndex {
+    names: Names,
+    chunk: usize,
+    call_budget: Duration,
+    epoch_ttl: Duration,
+}
+
+impl Default for TagIndex {
+    fn default() -> Self {
+        TagIndex::new(DEFAULT_PREFIX).expect("the default prefix is valid")
+    }
+}
+
+impl TagIndex {
+    pub fn new(prefix: &str) -> Result<Self, IndexError> {
+        Ok(TagIndex {
+            names: Names::new(prefix)?,
+            chunk: DEFAULT_CHUNK,
+            call_budget: DEFAULT_CALL_BUDGET,
+            epoch_ttl: DEFAULT_EPOCH_TTL,
+        })
+    }
+
+    /// Most keys one invalidation call deletes (at least 1).
+    pub fn with_chunk(mut self, chunk: usize) -> Self {
+        self.chunk = chunk.max(1);
+        self
+    }
+
+    /// How long one invalidation call may run before it stops at its next step of 100 keys.
+    pub fn with_call_budget(mut self, budget: Duration) -> Self {
+        self.call_budget = budget;
+        self
+    }
+
+    /// How long an epoch outlives its tag's last invalidation (zero: forever).
+    pub fn with_epoch_ttl(mut self, ttl: Duration) -> Self {
+        self.epoch_ttl = ttl;
+        self
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Loads (or replaces) the `cachet` function library.
+    pub async fn install(&self, client: &Client) -> Result<(), IndexError> {
+        let _: Value = client.function_load(true, LIBRARY).await?;
+        Ok(())
+    }
+
+    /// The full `FCALL cachet_write ...` command for one write, ready to encode and send.
+    pub fn write_call(&self, call: &WriteCall<'_>) -> Vec<Bytes> {
+        let function = if call.allow_oom {
+            "cachet_write_oom"
+        } else {
+            "cachet_write"
+        };
+        let mut keys = Vec::with_capacity(call.keys.len() * 2);
+        let mut per_key = Vec::with_capacity(call.keys.len() * 3);
+        for key in call.keys {
+            keys.push(key.key.clone());
+            keys.push(self.names.key_tags(&key.key));
+            let inherit = key
+                .inherit_from
+                .filter(|&i| i < call.keys.len())
+                .map_or(0, |i| i + 1);
+            per_key.extend([
+                number(key.ttl_secs),
+                number(inherit as u64),
+                number(key.tags.len() as u64),
+            ]);
+            for (j, tag) in key.tags.iter().enumerate() {
+                keys.push(self.names.tag_keys(tag));
+                keys.push(self.names.epoch(tag));
+                per_key.push(tag.clone());
+                let seen = key.snapshot.as_ref().and_then(|seen| seen.get(j));
+                per_key.push(seen.map_or(Bytes::from_static(b"-1"), |&e| number(e)));
+            }
+        }
+        let resp: &'static [u8] = match call.protocol {
+            Protocol::Resp2 => b"2",
+            Protocol::Resp3 => b"3",
+        };
+        let mut out = Vec::with_capacity(8 + keys.len() + call.command.len() + per_key.len());
+        out.extend([
+            Bytes::from_static(b"FCALL"),
+            Bytes::from_static(function.as_bytes()),
+            number(keys.len() as u64),
+        ]);
+        out.extend(keys);
+        out.extend([
+            self.names.prefix.clone(),
+            Bytes::from_static(resp),
+            Bytes::from_static(if call.explicit_ttl { b"1" } else { b"0" }),
+            number(call.command.len() as u64),
+        ]);
+        out.extend(call.command.iter().cloned());
+        out.extend(per_key);
+        out
+    }
+
+    /// The keys holding the tags' epochs, for an `MGET` before a read.
+    pub fn epoch_keys(&self, tags: &[Bytes]) -> Vec<Bytes> {
+        tags.iter().map(|t| self.names.epoch(t)).collect()
+    }
+
+    /// `MGET` of the tags' epochs, to send just before a read of a key with these tags; parse
+    /// its reply with [`parse_epochs`].
+    pub fn epoch_read(&self, tags: &[Bytes]) -> Vec<Bytes> {
+        let mut command = Vec::with_capacity(tags.len() + 1);
+        command.push(Bytes::from_static(b"MGET"));
+        command.extend(tags.iter().map(|t| self.names.epoch(t)));
+        command
+    }
+
+    /// The tags' epochs now (0 for a tag never invalidated).
+    pub async fn epochs(&self, client: &Client, tags: &[Bytes]) -> Result<Vec<u64>, IndexError> {
+        if tags.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Value> = self
+            .epoch_keys(tags)
+            .into_iter()
+            .map(Value::Bytes)
+            .collect();
+        let reply: Value = client.custom(cmd!("MGET"), keys).await?;
+        match reply {
+            Value::Array(values) => Ok(values
+                .iter()
+                .map(|v| epoch_from_reply(v.as_bytes()))
+                .collect()),
+            other => Err(unexpected("MGET", &other)),
+        }
+    }
+
+    /// Deletes every key tagged with any of `tags`, chunk by chunk. Returns how many it
+    /// deleted (keys that expired meanwhile do not count).
+    #[tracing::instrument(skip_all, fields(tags = tags.len()))]
+    pub async fn invalidate(&self, client: &Client, tags: &[Bytes]) -> Result<u64, IndexError> {
+        let mut deleted = 0;
+        for tag in tags {
+            deleted += self.invalidate_tag(client, tag).await?;
+        }
+        tracing::debug!(deleted, "invalidated");
+        Ok(deleted)
+    }
+
+    async fn invalidate_tag(&self, client: &Client, tag: &Bytes) -> Result<u64, IndexError> {
+        let reply: Value = client
+            .fcall(
+                "cachet_invalidate",
+                vec![
+                    Key::from(self.names.tag_keys(tag)),
+                    Key::from(self.names.epoch(tag)),
+                ],
+                vec![
+                    Value::Bytes(self.names.prefix.clone()),
+                    Value::Bytes(tag.clone()),
+                    Value::Bytes(number(self.chunk as u64)),
+                    Value::Bytes(number(self.call_budget.as_micros() as u64)),
+                    Value::Bytes(number(self.epoch_ttl.as_millis() as u64)),
+                ],
+            )
+            .await?;
+        let [mut deleted, remaining, epoch] = integers("cachet_invalidate", &reply)?;
+        if remaining > 0 {
+            deleted += self
+                .drain(client, self.names.drain(tag, epoch as u64))
+                .await? as i64;
+        }
+        Ok(deleted as u64)
+    }
+
+    async fn drain(&self, client: &Client, set: Bytes) -> Result<u64, IndexError> {
+        let mut deleted = 0;
+        loop {
+            let reply: Value = client
+                .fcall(
+                    "cachet_drain",
+                    vec![Key::from(set.clone())],
+                    vec![
+                        Value::Bytes(self.names.prefix.clone()),
+                        Value::Bytes(number(self.chunk as u64)),
+                        Value::Bytes(number(self.call_budget.as_micros() as u64)),
+                    ],
+                )
+                .await?;
+            let [chunk, remaining] = integers("cachet_drain", &reply)?;
+            deleted += chunk;
+            if remaining == 0 {
+                return Ok(deleted as u64);
+            }
+        }
+    }
+
+    /// Attaches `tags` to an existing key (`TAG key tag...`). Returns how many it did not
+    /// have yet; Redis answers `ERR no such key` for a missing key.
+    pub async fn tag(
+        &self,
+        client: &Client,
+        key: &Bytes,
+        tags: &[Bytes],
+    ) -> Result<u64, IndexError> {
+        if tags.is_empty() {
+            return Ok(0);
+        }
+        let mut keys = vec![Key::from(key.clone()), Key::from(self.names.key_tags(key))];
+        keys.extend(tags.iter().map(|t| Key::from(self.names.tag_keys(t))));
+        let mut args = vec![Value::Bytes(self.names.prefix.clone())];
+        args.extend(tags.iter().cloned().map(Value::Bytes));
+        let reply: Value = client.fcall("cachet_tag", keys, args).await?;
+        reply
+            .as_u64()
+            .ok_or_else(|| unexpected("cachet_tag", &reply))
+    }
+
+    /// A key's tags, sorted (`TAGS key`); none when the key does not exist.
+    pub async fn tags(&self, client: &Client, key: &Bytes) -> Result<Vec<Bytes>, IndexError> {
+        let reply: Value = client
+            .fcall_ro(
+                "cachet_tags",
+                vec![Key::from(key.clone()), Key::from(self.names.key_tags(key))],
+                vec![Value::Bytes(self.names.prefix.clone())],
+            )
+            .await?;
+        let mut tags = byte_strings("cachet_tags", &reply)?;
+        tags.sort();
+        Ok(tags)
+    }
+
+    /// One page of a tag's keys (`TAGKEYS tag cursor count`): the next cursor (0 at the end)
+    /// and the keys of the page that exist. ZSCAN's guarantee holds: a key tagged for the whole
+    /// iteration is returned at least once.
+    pub async fn tagkeys(
+        &self,
+        client: &Client,
+        tag: &[u8],
+        cursor: u64,
+        count: u64,
+    ) -> Result<(u64, Vec<Bytes>), IndexError> {
+        let reply: Value = client
+            .fcall_ro(
+                "cachet_tagkeys",
+                vec![Key::from(self.names.tag_keys(tag))],
+                vec![Value::Bytes(number(cursor)), Value::Bytes(number(count))],
+            )
+            .await?;
+        match &reply {
+            Value::Array(parts) if parts.len() == 2 => {
+                let next = parts[0]
+                    .as_u64()
+                    .ok_or_else(|| unexpected("cachet_tagkeys", &reply))?;
+                Ok((next, byte_strings("cachet_tagkeys", &parts[1])?))
+            }
+            _ => Err(unexpected("cachet_tagkeys", &reply)),
+        }
+    }
+
+    /// One step of the sweeper: one SCAN page (`count`) over cachet's own keys. Tag sets lose
+    /// members whose key is gone, per-key sets of gone keys go, and drain sets left by an
+    /// invalidation that did not finish (its cachet died) are finished. Call with cursor 0,
+    /// then with the returned cursor until it is 0 again.
+    #[tracing::instrument(skip_all, fields(cursor))]
+    pub async fn sweep_step(
+        &self,
+        client: &Client,
+        cursor: u64,
+        count: u64,
+    ) -> Result<(u64, SweepStats), IndexError> {
+        let mut pattern = glob_escape(&self.names.prefix);
+        pattern.extend_from_slice(b":[tdk]:*");
+        let reply: Value = client
+            .custom(
+                cmd!("SCAN"),
+                vec![
+                    Value::Bytes(number(cursor)),
+                    Value::Bytes(Bytes::from_static(b"MATCH")),
+                    Value::Bytes(pattern.into()),
+                    Value::Bytes(Bytes::from_static(b"COUNT")),
+                    Value::Bytes(number(count)),
+                ],
+            )
+            .await?;
+        let (next, names) = match &reply {
+            Value::Array(parts) if parts.len() == 2 => (
+                parts[0]
+                    .as_u64()
+                    .ok_or_else(|| unexpected("SCAN", &reply))?,
+                byte_strings("SCAN", &parts[1])?,
+            ),
+            _ => return Err(unexpected("SCAN", &reply)),
+        };
+        let mut stats = SweepStats {
+            scanned: names.len(),
+            ..SweepStats::default()
+        };
+        let mut data_keys = Vec::new();
+        for name in &names {
+            match name.get(self.names.prefix.len() + 1) {
+                Some(b't') => stats.members_removed += self.sweep_tag_set(client, name).await?,
+                Some(b'd') => stats.drained += self.drain(client, name.clone()).await?,
+                Some(b'k') => {
+                    if let Some(key) = self.names.parse_key_tags(name) {
+                        data_keys.push(WriteKey {
+                            key: name.slice_ref(key),
+                            ..WriteKey::default()
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !data_keys.is_empty() {
+            let call = self.write_call(&WriteCall {
+                command: &[],
+                keys: &data_keys,
+                protocol: Protocol::Resp2,
+                explicit_ttl: true,
+                allow_oom: true,
+            });
+            let reply: Value = client
+                .custom(
+                    cmd!("FCALL"),
+                    call[1..]
+                        .iter()
+                        .cloned()
+                        .map(Value::Bytes)
+                        .collect::<Vec<_>>(),
+                )
+                .await?;
+            stats.key_sets_removed = reply
+                .as_u64()
+                .ok_or_else(|| unexpected("cachet_write_oom", &reply))?;
+        }
+        Ok((next, stats))
+    }
+
+    async fn sweep_tag_set(&self, client: &Client, set: &Bytes) -> Result<u64, IndexError> {
+        let mut cursor = Bytes::from_static(b"0");
+        let mut removed = 0;
+        loop {
+            let reply: Value = client
+                .fcall(
+                    "cachet_sweep",
+                    vec![Key::from(set.clone())],
+                    vec![
+                        Value::Bytes(self.names.prefix.clone()),
+                        Value::Bytes(cursor),
+                        Value::Bytes(number(self.chunk as u64)),
+                    ],
+                )
+                .await?;
+            match &reply {
+                Value::Array(parts) if parts.len() == 2 => {
+                    removed += parts[1]
+                        .as_u64()
+                        .ok_or_else(|| unexpected("cachet_sweep", &reply))?;
+                    cursor = parts[0]
+                        .as_bytes()
+                        .map(Bytes::copy_from_slice)
+                        .ok_or_else(|| unexpected("cachet_sweep", &reply))?;
+                }
+                _ => return Err(unexpected("cachet_sweep", &reply)),
+            }
+            if &cursor[..] == b"0" {
+                return Ok(removed);
+            }
+        }
+    }
+}
+
+/// An epoch as `MGET` returns it: nil (never invalidated, or expired) is 0.
+pub fn epoch_from_reply(value: Option<&[u8]>) -> u64 {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The epochs in the raw reply frame (RESP2 or RESP3) to [`TagIndex::epoch_read`]'s `MGET`;
+/// `None` if the frame is anything else (an error, say), in which case nothing is checked.
+pub fn parse_epochs(frame: &[u8]) -> Option<Vec<u64>> {
+    fn line(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+        let end = bytes.windows(2).position(|w| w == b"\r\n")?;
+        Some((&bytes[..end], &bytes[end + 2..]))
+    }
+    let (header, mut rest) = line(frame.strip_prefix(b"*")?)?;
+    let count: usize = std::str::from_utf8(header).ok()?.parse().ok()?;
+    let mut epochs = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (item, after) = line(rest)?;
+        rest = after;
+        match item {
+            b"_" | b"$-1" => epochs.push(0),
+            _ => {
+                let len: usize = std::str::from_utf8(item.strip_prefix(b"$")?)
+                    .ok()?
+                    .parse()
+                    .ok()?;
+                let value = rest.get(..len)?;
+                rest = rest.get(len..)?.strip_prefix(b"\r\n")?;
+                epochs.push(epoch_from_reply(Some(value)));
+            }
+        }
+    }
+    rest.is_empty().then_some(epochs)
+}
+
+fn number(n: u64) -> Bytes {
+    Bytes::from(n.to_string())
+}
+
+/// `*`, `?`, `[`, `]` and `\` backslash-escaped for a SCAN MATCH pattern.
+fn glob_escape(s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 4);
+    for &b in s {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
+fn integers<const N: usize>(function: &'static str, reply: &Value) -> Result<[i64; N], IndexError> {
+    let Value::Array(parts) = reply else {
+        return Err(unexpected(function, reply));
+    };
+    let values: Option<Vec<i64>> = parts.iter().map(Value::as_i64).collect();
+    values
+        .and_then(|v| v.try_into().ok())
+        .ok_or_else(|| unexpected(function, reply))
+}
+
+fn byte_strings(function: &'static str, reply: &Value) -> Result<Vec<Bytes>, IndexError> {
+    match reply {
+        Value::Array(items) => items
+            .iter()
+            .map(|v| match v {
+                Value::Bytes(b) => Ok(b.clone()),
+                Value::String(s) => Ok(s.inner().clone()),
+                _ => Err(unexpected(function, reply)),
+            })
+            .collect(),
+        _ => Err(unexpected(function, reply)),
+    }
+}
+
+fn unexpected(function: &'static str, reply: &Value) -> IndexError {
+    IndexError::Reply {
+        function,
+        reply: format!("{reply:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis_protocol::redis_keyslot;
+    use std::collections::HashMap;
+
+    const TRICKY: &[&[u8]] = &[
+        b"",
+        b"a",
+        b"%",
+        b"%25",
+        b"%7D",
+        b"}",
+        b"{",
+        b"{}",
+        b"}{",
+        b"{a}",
+        b"a{b}c",
+        b"a{}b}",
+        b"{{a}}",
+        b"a:b",
+        b"*",
+        b"?",
+        b"[a-z]",
+        b"a b",
+        b"\0",
+        b"\xff\xfe",
+        b"a%}b",
+        b"a%7Db",
+        b"%%",
+    ];
+
+    fn names() -> Names {
+        Names::new("cachet").unwrap()
+    }
+
+    #[test]
+    fn prefix_must_not_carry_a_hash_tag() {
+        assert!(Names::new("cachet").is_ok());
+        assert!(Names::new("my*app:[x]").is_ok());
+        assert!(Names::new("").is_err());
+        assert!(Names::new("a{b").is_err());
+        assert!(Names::new("a}b").is_err());
+    }
+
+    #[test]
+    fn per_tag_names_are_injective_and_share_a_slot() {
+        let n = names();
+        let mut seen = HashMap::new();
+        for &tag in TRICKY {
+            for name in [
+                n.tag_keys(tag),
+                n.epoch(tag),
+                n.drain(tag, 1_700_000_000_000),
+            ] {
+                assert_eq!(
+                    seen.insert(name.clone(), tag),
+                    None,
+                    "{name:?} for two tags"
+                );
+            }
+            let slot = redis_keyslot(&n.tag_keys(tag));
+            assert_eq!(redis_keyslot(&n.epoch(tag)), slot, "{tag:?}");
+            assert_eq!(redis_keyslot(&n.drain(tag, 7)), slot, "{tag:?}");
+        }
+    }
+
+    #[test]
+    fn a_plain_tag_hashes_like_keys_with_that_hash_tag() {
+        let n = names();
+        for tag in [&b"user:42"[..], b"a{b", b"x y", b"\0\xff"] {
+            let mut key = b"{".to_vec();
+            key.extend_from_slice(tag);
+            key.extend_from_slice(b"}:profile");
+            assert_eq!(redis_keyslot(&n.tag_keys(tag)), redis_keyslot(&key));
+        }
+        assert_eq!(&n.tag_keys(b"a%}b")[..], b"cachet:t:{a%25%7Db}");
+        assert_eq!(&n.epoch(b"")[..], b"cachet:e:{%}");
+    }
+
+    #[test]
+    fn key_names_are_injective_parse_back_and_keep_the_slot() {
+        let n = names();
+        let mut seen = HashMap::new();
+        for &key in TRICKY {
+            let name = n.key_tags(key);
+            assert_eq!(
+                seen.insert(name.clone(), key),
+                None,
+                "{name:?} for two keys"
+            );
+            assert_eq!(n.parse_key_tags(&name), Some(key));
+            let has_hash_tag = {
+                let open = key.iter().position(|&b| b == b'{');
+                open.is_some_and(|o| {
+                    key[o + 1..]
+                        .iter()
+                        .position(|&b| b == b'}')
+                        .is_some_and(|l| l > 0)
+                })
+            };
+            if has_hash_tag || (!key.is_empty() && !key.contains(&b'}')) {
+                assert_eq!(redis_keyslot(&name), redis_keyslot(key), "{key:?}");
+            }
+        }
+        assert_eq!(&n.key_tags(b"a{b}c")[..], b"cachet:k:{b}:a{b}c");
+        assert_eq!(&n.key_tags(b"x{y")[..], b"cachet:k:{x{y}:x{y");
+        assert_eq!(&n.key_tags(b"a}b")[..], b"cachet:k:{a%7Db}:a}b");
+        assert_eq!(n.parse_key_tags(b"cachet:t:{a}"), None);
+        assert_eq!(n.parse_key_tags(b"cachet:k:{a}:b"), None);
+    }
+
+    #[test]
+    fn escape_is_injective_on_random_bytes() {
+        let alphabet = b"%}{27Da:";
+        let mut seen = HashMap::new();
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let len = rng.usize(0..6);
+            let s: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.usize(..alphabet.len())])
+                .collect();
+            let e = escape(&s);
+            assert!(!e.contains(&b'}') && !e.is_empty());
+            if let Some(other) = seen.insert(e.clone(), s.clone()) {
+                assert_eq!(other, s, "{e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn write_call_layout() {
+        let index = TagIndex::default();
+        let command = [
+            Bytes::from_static(b"SET"),
+            Bytes::from_static(b"k"),
+            Bytes::from_static(b"v"),
+        ];
+        let keys = [WriteKey {
+            key: Bytes::from_static(b"k"),
+            tags: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+            snapshot: Some(vec![5]),
+            ttl_secs: 60,
+            inherit_from: None,
+        }];
+        let call = index.write_call(&WriteCall {
+            command: &command,
+            keys: &keys,
+            protocol: Protocol::Resp3,
+            explicit_ttl: false,
+            allow_oom: false,
+        });
+        let text: Vec<&[u8]> = call.iter().map(|b| &b[..]).collect();
+        assert_eq!(
+            text,
+            [
+                &b"FCALL"[..],
+                b"cachet_write",
+                b"6",
+                b"k",
+                b"cachet:k:{k}:k",
+                b"cachet:t:{a}",
+                b"cachet:e:{a}",
+                b"cachet:t:{b}",
+                b"cachet:e:{b}",
+                b"cachet",
+                b"3",
+                b"0",
+                b"3",
+                b"SET",
+                b"k",
+                b"v",
+                b"60",
+                b"0",
+                b"2",
+                b"a",
+                b"5",
+                b"b",
+                b"-1",
+            ]
+        );
+    }
+
+    #[test]
+    fn epochs_parse_with_nil_as_zero() {
+        assert_eq!(epoch_from_reply(None), 0);
+        assert_eq!(epoch_from_reply(Some(b"1700000000123")), 1_700_000_000_123);
+        assert_eq!(epoch_from_reply(Some(b"junk")), 0);
+    }
+
+    #[test]
+    fn epoch_replies_parse_in_both_protocols() {
+        let index = TagIndex::default();
+        let tags = [Bytes::from_static(b"a"), Bytes::from_static(b"b}")];
+        let read = index.epoch_read(&tags);
+        let read: Vec<&[u8]> = read.iter().map(|b| &b[..]).collect();
+        assert_eq!(read, [&b"MGET"[..], b"cachet:e:{a}", b"cachet:e:{b%7D}"]);
+        assert_eq!(
+            parse_epochs(b"*2\r\n$3\r\n123\r\n$-1\r\n"),
+            Some(vec![123, 0])
+        );
+        assert_eq!(parse_epochs(b"*2\r\n_\r\n$1\r\n7\r\n"), Some(vec![0, 7]));
+        assert_eq!(parse_epochs(b"*0\r\n"), Some(vec![]));
+        assert_eq!(parse_epochs(b"-ERR x\r\n"), None);
+        assert_eq!(parse_epochs(b"*2\r\n$1\r\n7\r\n"), None);
+    }
+
+    #[test]
+    fn scan_pattern_escapes_the_prefix() {
+        assert_eq!(glob_escape(b"a*b?[c]\\"), b"a\\*b\\?\\[c\\]\\\\".to_vec());
+    }
+}
