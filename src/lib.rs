@@ -7,6 +7,7 @@
 //! # Module map
 //!
 //! * [`config`]: the TOML configuration, environment overrides, validation.
+//! * [`metrics`]: every metric cachet keeps, in one place.
 //! * [`net`]: socket reads without the extra `WouldBlock` syscall.
 //! * [`resp`]: frames on the wire (requests, replies, locally built replies) and the command
 //!   table learned from Redis.
@@ -26,6 +27,7 @@
 //! ```
 
 pub mod config;
+pub mod metrics;
 pub mod net;
 pub mod resp;
 pub mod server;
@@ -49,6 +51,7 @@ async fn sweep(shared: Arc<server::Shared>, shutdown: CancellationToken) {
     const SWEEP_STEP: std::time::Duration = std::time::Duration::from_millis(50);
     const SWEEP_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
     let mut cursor = 0;
+    let mut seen = 0;
     loop {
         let pause = if cursor == 0 { SWEEP_PAUSE } else { SWEEP_STEP };
         tokio::select! {
@@ -67,11 +70,17 @@ async fn sweep(shared: Arc<server::Shared>, shutdown: CancellationToken) {
                 if stats.members_removed + stats.key_sets_removed + stats.drained > 0 {
                     tracing::info!(?stats, "tag index sweep removed entries of vanished keys");
                 }
+                seen += stats.scanned as i64;
+                if next == 0 {
+                    shared.metrics.index_keys.set(seen);
+                    seen = 0;
+                }
                 cursor = next;
             }
             Err(error) => {
                 tracing::debug!(%error, "tag index sweep step failed");
                 cursor = 0;
+                seen = 0;
             }
         }
     }
@@ -106,6 +115,7 @@ pub async fn run(
         limits,
         rules: Arc::new(rules),
         index: tags::index::TagIndex::new(tags::index::DEFAULT_PREFIX)?,
+        metrics: metrics::Metrics::new(),
         upstream,
         clients: server::ClientRegistry::default(),
     });

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::resp::Limits;
 use crate::session::{ClientHandle, Inbox, Session};
 use crate::tags::Rules;
@@ -34,6 +35,7 @@ pub struct Shared {
     pub limits: Limits,
     pub rules: Arc<Rules>,
     pub index: TagIndex,
+    pub metrics: Metrics,
     pub upstream: Arc<Upstream>,
     pub clients: ClientRegistry,
 }

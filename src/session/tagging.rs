@@ -167,6 +167,11 @@ impl Session {
         for &position in &positions {
             let key = &request.args[position];
             if let Some(found) = self.shared.rules.match_key(key) {
+                self.shared
+                    .metrics
+                    .tagged_writes
+                    .with_label_values(&[found.name])
+                    .inc();
                 writes.push(WriteKey {
                     key: key.clone(),
                     ttl_secs: found.ttl_secs,
@@ -282,6 +287,11 @@ impl Session {
                     let control = shared.upstream.control();
                     let deleted =
                         index_op(&shared, || shared.index.invalidate(control, tags)).await;
+                    if let Ok(n) = deleted {
+                        shared.metrics.invalidations.inc_by(tags.len() as u64);
+                        shared.metrics.keys_invalidated.inc_by(n);
+                        tracing::info!(tags = tags.len(), keys = n, "TAGINVALIDATE");
+                    }
                     deleted.map_or_else(Reply::error, |n| Reply::Integer(n as i64))
                 }),
             },
