@@ -420,6 +420,17 @@ impl Session {
                     self.reply_local(Reply::error(
                         "ERR cachet's TAG commands cannot run inside MULTI",
                     ));
+                } else if self.divergence.user {
+                    // They run as cachet's upstream user; another user's rights may be less.
+                    self.reply_local(Reply::error(
+                        "ERR cachet's TAG commands need the upstream user cachet itself uses",
+                    ));
+                } else if self.divergence.database {
+                    // They run on cachet's own connection, in the pool's database.
+                    self.reply_local(Reply::error(format!(
+                        "ERR cachet's TAG commands work in database {} only",
+                        self.pool_db()
+                    )));
                 } else {
                     self.tag_command(request, name);
                 }

@@ -457,8 +457,10 @@ impl Session {
 impl Session {
     /// Sends a command on the dedicated connection, through the tag index when it writes a
     /// tagged key (a tagged write inside MULTI is queued and runs at EXEC like any other).
+    /// Clients authenticated as another Redis user write untagged: the index function would
+    /// need that user to have rights on cachet's keys.
     pub(super) fn send_dedicated_tracked(&mut self, request: Request, name: &[u8]) {
-        if !self.shared.rules.is_empty() {
+        if !self.shared.rules.is_empty() && !self.divergence.user {
             let table = self.shared.upstream.commands();
             if let Some(info) = table.get(name).filter(|i| wrappable(i, name, &request))
                 && let Some(call) = self.tagged_write(&request, name, info)
