@@ -136,25 +136,43 @@ end
 -- Brings `k`'s index up to date after a write: `tags` join the tags its per-key set already
 -- names, every one of those sets gets `k` with its expiry as score, and the per-key set
 -- expires with `k`. A key that no longer exists leaves the index. Returns whether `k` exists.
-local function index_key(p, k, tags, now)
+-- `pt` is the key's PEXPIRETIME when the caller knows it (nil: ask Redis).
+local function index_key(p, k, tags, now, pt)
   local kt = key_tags(p, k)
-  local pt = redis.call('PEXPIRETIME', k)
+  pt = pt or redis.call('PEXPIRETIME', k)
   if pt == -2 then
     drop_index(p, k, tags)
     return false
   end
+  local all = {}
   if #tags > 0 then
     redis.call('SADD', kt, unpack(tags))
+    local seen = {}
+    for _, tag in ipairs(tags) do
+      if not seen[tag] then
+        seen[tag] = true
+        all[#all + 1] = tag
+      end
+    end
+    -- Only a key that carries more tags than this write names (TAG, an inherited set) needs
+    -- its full list read back: the set holds at least these, so equal counts mean equal sets.
+    if redis.call('SCARD', kt) ~= #all then
+      all = redis.call('SMEMBERS', kt)
+    end
+  else
+    all = redis.call('SMEMBERS', kt)
   end
-  local all = redis.call('SMEMBERS', kt)
   if #all == 0 then
     return true
   end
   local s = score_arg(score(pt))
   for _, tag in ipairs(all) do
     local tk = tag_keys(p, tag)
-    redis.call('ZADD', tk, s, k)
-    trim(p, tk, tag, now)
+    -- A tag set only grows by new members, so re-checking expired members when one joins
+    -- keeps it bounded without a range query on every write.
+    if redis.call('ZADD', tk, s, k) == 1 then
+      trim(p, tk, tag, now)
+    end
   end
   if pt == -1 then
     redis.call('PERSIST', kt)
@@ -284,10 +302,12 @@ local function write(keys, args)
       drop_index(p, e.key, tags)
       gone = gone + 1
     else
-      if not explicit_ttl and e.ttl > 0 and redis.call('PTTL', e.key) == -1 then
-        redis.call('PEXPIRE', e.key, digits(e.ttl * 1000))
+      local pt = redis.call('PEXPIRETIME', e.key)
+      if pt == -1 and not explicit_ttl and e.ttl > 0 then
+        pt = now + e.ttl * 1000
+        redis.call('PEXPIREAT', e.key, digits(pt))
       end
-      if not index_key(p, e.key, tags, now) then
+      if not index_key(p, e.key, tags, now, pt) then
         gone = gone + 1
       end
     end
