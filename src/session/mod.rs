@@ -53,6 +53,9 @@ enum Slot {
     Hello,
     /// One command on the dedicated connection.
     Dedicated,
+    /// One command on the dedicated connection whose reply the client must not see: it
+    /// reads these bytes instead.
+    DedicatedReplaced(Bytes),
     /// A reply cachet made, waiting for the replies before it.
     Local(Bytes),
     /// A command cachet runs itself (TAGINVALIDATE, ...), answered by `Inbox::Done`.
@@ -417,9 +420,14 @@ impl Session {
             }
             b"taginvalidate" | b"tagset" | b"tag" | b"tags" | b"tagkeys" => {
                 if self.divergence.multi {
-                    self.reply_local(Reply::error(
-                        "ERR cachet's TAG commands cannot run inside MULTI",
-                    ));
+                    // Queued at Redis too, where it is unknown: Redis then aborts the
+                    // transaction at EXEC, as after any command refused while queued. The
+                    // client reads cachet's reason instead of Redis's.
+                    let reason = Reply::error("ERR cachet's TAG commands cannot run inside MULTI");
+                    self.send_dedicated(request, name);
+                    if let Some(slot) = self.slots.back_mut() {
+                        *slot = Slot::DedicatedReplaced(reason.encode(self.protocol));
+                    }
                 } else if self.divergence.user {
                     // They run as cachet's upstream user; another user's rights may be less.
                     self.reply_local(Reply::error(
@@ -996,10 +1004,12 @@ impl Session {
                 link.outstanding -= 1;
                 self.in_flight -= 1;
                 match self.slots.pop_front() {
-                    Some(Slot::Dedicated) => {}
+                    Some(Slot::Dedicated) => self.output.extend_from_slice(&frame),
+                    Some(Slot::DedicatedReplaced(instead)) => {
+                        self.output.extend_from_slice(&instead)
+                    }
                     _ => unreachable!("dedicated replies answer the front slot"),
                 }
-                self.output.extend_from_slice(&frame);
                 self.after_reply();
             } else {
                 self.output.extend_from_slice(&frame);
@@ -1073,7 +1083,8 @@ impl Session {
             self.output.extend_from_slice(&frame);
         }
         self.in_flight -= link.outstanding;
-        self.slots.retain(|s| !matches!(s, Slot::Dedicated));
+        self.slots
+            .retain(|s| !matches!(s, Slot::Dedicated | Slot::DedicatedReplaced(_)));
         while let Some(Slot::Local(bytes)) = self.slots.pop_front() {
             self.output.extend_from_slice(&bytes);
         }

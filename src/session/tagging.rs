@@ -61,6 +61,10 @@ impl Snapshots {
         self.by_key.insert(key, (epochs, Instant::now()));
     }
 
+    fn forget(&mut self, key: &[u8]) {
+        self.by_key.remove(key);
+    }
+
     fn take(&mut self, key: &[u8]) -> Option<Vec<u64>> {
         let (epochs, at) = self.by_key.remove(key)?;
         (at.elapsed() < SNAPSHOT_TTL).then_some(epochs)
@@ -100,9 +104,27 @@ where
     match operation().await {
         Err(e) if e.to_string().contains("Function not found") => {
             load().await?;
-            operation().await.map_err(|e| format!("ERR upstream: {e}"))
+            operation().await.map_err(reply_text)
         }
-        result => result.map_err(|e| format!("ERR upstream: {e}")),
+        result => result.map_err(reply_text),
+    }
+}
+
+/// An index error as the client reads it: Redis's own words when Redis refused the command
+/// (`ERR no such key`, `ERR value is not an integer ...`), `ERR upstream: ...` when cachet
+/// could not reach Redis.
+fn reply_text(error: index::IndexError) -> String {
+    use fred::error::ErrorKind;
+    match &error {
+        index::IndexError::Redis(e)
+            if !matches!(
+                e.kind(),
+                ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Protocol
+            ) && e.details().starts_with(|c: char| c.is_ascii_uppercase()) =>
+        {
+            e.details().to_owned()
+        }
+        _ => format!("ERR upstream: {error}"),
     }
 }
 
@@ -117,7 +139,9 @@ fn wrappable(info: &CommandInfo, name: &[u8], request: &Request) -> bool {
     } else {
         argc >= -info.arity
     };
-    info.write && !info.blocking && arity_ok && argc < 7000 && name != b"bitfield"
+    // LPOP/RPOP with a count answer a null array in RESP2, which Lua turns into a null bulk.
+    let pops_many = matches!(name, b"lpop" | b"rpop") && argc == 3;
+    info.write && !info.blocking && arity_ok && argc < 7000 && name != b"bitfield" && !pops_many
 }
 
 /// A reply that means "nothing there": nil, or an empty aggregate.
@@ -131,7 +155,10 @@ fn is_miss(frame: &[u8]) -> bool {
 impl Session {
     /// Forwards a command to the pool, through the tag index when it touches a tagged key.
     pub(super) fn forward_tracked(&mut self, request: Request, name: &[u8]) {
-        if self.shared.rules.is_empty() {
+        // RENAME and COPY carry a key's tags along, whether a rule or TAGSET gave them.
+        let carries_tags = matches!(name, b"rename" | b"renamenx" | b"copy")
+            && self.shared.upstream.tag_index_loaded();
+        if self.shared.rules.is_empty() && !carries_tags {
             return self.forward(request);
         }
         let table = self.shared.upstream.commands();
@@ -181,7 +208,8 @@ impl Session {
                 });
             }
         }
-        if writes.is_empty() {
+        let carries_tags = matches!(name, b"rename" | b"renamenx" | b"copy");
+        if writes.is_empty() && !carries_tags {
             return None;
         }
         // RENAME and COPY: the destination takes the source's tags (and its own rule's), and
@@ -254,8 +282,11 @@ impl Session {
                 Inspect::Read(key) => {
                     let end = frame_end(at);
                     let frame = &bytes[at..end];
-                    if let Some(seen) = epochs.take().filter(|_| is_miss(frame)) {
-                        self.snapshots.insert(key, seen);
+                    match epochs.take() {
+                        Some(seen) if is_miss(frame) => self.snapshots.insert(key, seen),
+                        // A hit ends the lease of an earlier miss: the client now writes
+                        // back what it read, not what it computed then.
+                        _ => self.snapshots.forget(&key),
                     }
                     self.output.extend_from_slice(frame);
                     at = end;
@@ -340,6 +371,7 @@ impl Session {
             match (pair[0].to_ascii_lowercase().as_slice(), value) {
                 (b"cursor", Some(v)) => cursor = v,
                 (b"count", Some(v)) if v > 0 => count = v,
+                (b"count", Some(0)) => return self.reply_local(Reply::error("ERR syntax error")),
                 (b"cursor" | b"count", _) => {
                     return self
                         .reply_local(Reply::error("ERR value is not an integer or out of range"));
@@ -457,10 +489,12 @@ impl Session {
 impl Session {
     /// Sends a command on the dedicated connection, through the tag index when it writes a
     /// tagged key (a tagged write inside MULTI is queued and runs at EXEC like any other).
-    /// Clients authenticated as another Redis user write untagged: the index function would
-    /// need that user to have rights on cachet's keys.
+    /// Clients authenticated as another Redis user write untagged (the index function would
+    /// need that user to have rights on cachet's keys), and so do clients in another
+    /// database, where TAG commands, which run on cachet's own connection, cannot reach.
     pub(super) fn send_dedicated_tracked(&mut self, request: Request, name: &[u8]) {
-        if !self.shared.rules.is_empty() && !self.divergence.user {
+        let own_state = self.divergence.user || self.divergence.database;
+        if !self.shared.rules.is_empty() && !own_state {
             let table = self.shared.upstream.commands();
             if let Some(info) = table.get(name).filter(|i| wrappable(i, name, &request))
                 && let Some(call) = self.tagged_write(&request, name, info)

@@ -1,0 +1,1833 @@
+//! Tags through the proxy, end to end: real clients (fred, a raw RESP client) talk to cachet,
+//! cachet talks to its own `redis-server`, and a direct connection to that Redis checks what
+//! the tag index holds. Each guarantee of `cachet::tags::index` and `session::tagging` is a
+//! test here: rule TTLs and tags on writes, the TAG* commands, no unreachable entries under
+//! concurrent invalidation, no stale set after a miss, a bounded index, TTL changes followed,
+//! exact invalidation of tricky tags, plain forwarding of reads, and RESP3 replies.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cachet::tags::Rules;
+use cachet::tags::index::{Names, TagIndex};
+use fred::clients::Client;
+use fred::cmd;
+use fred::interfaces::ClientLike;
+use fred::types::Value;
+use support::{Proxy, RawClient, RedisServer, fred_client};
+
+/// ClassWaves-like rules, plus a short-lived one and one full of characters that mean
+/// something elsewhere (globs, hash tags, percent escapes).
+const RULES: &str = r#"
+[ttl]
+default = 300
+session-list = 300
+session-detail = 900
+short = 1
+
+[[rules]]
+name = "session-list"
+pattern = "sessions:teacher:{teacher}"
+tags = ["teacher:{teacher}", "sessions"]
+ttl = "session-list"
+
+[[rules]]
+name = "session-detail"
+pattern = "session:{session}"
+tags = ["session:{session}"]
+ttl = "session-detail"
+
+[[rules]]
+name = "roster"
+pattern = "roster:{school}:{session}"
+tags = ["school:{school}", "session:{session}", "roster"]
+ttl = 600
+
+[[rules]]
+name = "rotating"
+pattern = "rot:{group}:{n}"
+tags = ["group:{group}", "rot"]
+ttl = "short"
+
+[[rules]]
+name = "tricky"
+pattern = "odd:[x]?\\{y\\}:{id}"
+tags = ["odd%\\}{id}*?", "[odd]"]
+ttl = 120
+"#;
+
+fn test_config() -> cachet::Config {
+    cachet::Config::from_toml(RULES, "tests/tags.rs").expect("the test rules are valid")
+}
+
+fn rules() -> Rules {
+    let config = test_config();
+    Rules::compile(&config.ttl, &config.rules).expect("rules compile")
+}
+
+fn names() -> Names {
+    TagIndex::new("cachet").expect("prefix").names().clone()
+}
+
+async fn start_proxy(redis: &RedisServer) -> Proxy {
+    Proxy::start_with(&redis.url(), |c| {
+        let mut parsed = test_config();
+        parsed.upstream = c.upstream.clone();
+        *c = parsed;
+    })
+    .await
+}
+
+// ---- a reply parser (RESP2 and RESP3) -------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum R {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Vec<u8>),
+    Double(String),
+    Nil,
+    Array(Vec<R>),
+}
+
+impl R {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            R::Bulk(b) => b,
+            R::Simple(s) => s.as_bytes(),
+            other => panic!("not a string: {other:?}"),
+        }
+    }
+
+    fn items(&self) -> &[R] {
+        match self {
+            R::Array(items) => items,
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+
+    fn int(&self) -> i64 {
+        match self {
+            R::Int(n) => *n,
+            other => panic!("not an integer: {other:?}"),
+        }
+    }
+
+    /// An array of strings, as byte vectors.
+    fn strings(&self) -> Vec<Vec<u8>> {
+        self.items().iter().map(|i| i.bytes().to_vec()).collect()
+    }
+}
+
+fn split_line(b: &[u8]) -> (&[u8], &[u8]) {
+    let end = b
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .unwrap_or_else(|| panic!("no line end in {:?}", String::from_utf8_lossy(b)));
+    (&b[..end], &b[end + 2..])
+}
+
+fn parse_at(b: &[u8]) -> (R, &[u8]) {
+    let (head, rest) = split_line(&b[1..]);
+    let head = std::str::from_utf8(head).expect("header is text");
+    let number = || head.parse::<i64>().expect("length");
+    match b[0] {
+        b'+' => (R::Simple(head.to_owned()), rest),
+        b'-' => (R::Error(head.to_owned()), rest),
+        b':' => (R::Int(number()), rest),
+        b',' => (R::Double(head.to_owned()), rest),
+        b'#' => (R::Int(i64::from(head == "t")), rest),
+        b'_' => (R::Nil, rest),
+        b'$' | b'=' | b'!' => match number() {
+            n if n < 0 => (R::Nil, rest),
+            n => {
+                let n = n as usize;
+                (R::Bulk(rest[..n].to_vec()), &rest[n + 2..])
+            }
+        },
+        b'*' | b'~' | b'>' | b'%' | b'|' => {
+            let n = number();
+            if n < 0 {
+                return (R::Nil, rest);
+            }
+            let n = if matches!(b[0], b'%' | b'|') {
+                2 * n
+            } else {
+                n
+            };
+            let mut items = Vec::with_capacity(n as usize);
+            let mut rest = rest;
+            for _ in 0..n {
+                let (item, after) = parse_at(rest);
+                items.push(item);
+                rest = after;
+            }
+            (R::Array(items), rest)
+        }
+        other => panic!("unknown frame type {:?}", other as char),
+    }
+}
+
+fn parse(bytes: &[u8]) -> R {
+    let (reply, rest) = parse_at(bytes);
+    assert!(rest.is_empty(), "trailing bytes after one frame");
+    reply
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ok() -> String {
+    "+OK\r\n".to_owned()
+}
+
+// ---- connections ----------------------------------------------------------------------------
+
+/// A raw RESP connection (to cachet or straight to Redis).
+struct Conn(RawClient);
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> Conn {
+        Conn(RawClient::connect(addr).await.expect("connect"))
+    }
+
+    async fn raw<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Bytes {
+        self.0.command(args).await.unwrap_or_else(|e| {
+            let shown: Vec<String> = args.iter().map(|a| text(a.as_ref())).collect();
+            panic!("{shown:?}: {e}")
+        })
+    }
+
+    async fn text<A: AsRef<[u8]>>(&mut self, args: &[A]) -> String {
+        text(&self.raw(args).await)
+    }
+
+    async fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> R {
+        parse(&self.raw(args).await)
+    }
+
+    async fn int<A: AsRef<[u8]>>(&mut self, args: &[A]) -> i64 {
+        self.cmd(args).await.int()
+    }
+
+    /// Sends every command in one write, then reads every reply.
+    async fn pipeline<A: AsRef<[u8]>>(&mut self, commands: &[Vec<A>]) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for command in commands {
+            out.extend(RawClient::encode(command));
+        }
+        self.0.send_raw(&out).await.expect("send");
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            replies.push(self.0.read_frame().await.expect("reply"));
+        }
+        replies
+    }
+}
+
+fn b(s: impl AsRef<[u8]>) -> Vec<u8> {
+    s.as_ref().to_vec()
+}
+
+// ---- what Redis holds (through a direct connection) -----------------------------------------
+
+/// Every data key: everything but cachet's own keys.
+async fn data_keys(d: &mut Conn) -> BTreeSet<Vec<u8>> {
+    d.cmd(&["KEYS", "*"])
+        .await
+        .strings()
+        .into_iter()
+        .filter(|k| !k.starts_with(b"cachet:"))
+        .collect()
+}
+
+async fn keys_matching(d: &mut Conn, pattern: &str) -> BTreeSet<Vec<u8>> {
+    d.cmd(&["KEYS", pattern])
+        .await
+        .strings()
+        .into_iter()
+        .collect()
+}
+
+async fn ttl(d: &mut Conn, key: impl AsRef<[u8]>) -> i64 {
+    d.int(&[b"TTL".as_ref(), key.as_ref()]).await
+}
+
+async fn assert_ttl(d: &mut Conn, key: &str, secs: i64) {
+    let got = ttl(d, key).await;
+    assert!(
+        (secs - 2..=secs).contains(&got),
+        "TTL of {key}: expected about {secs}, got {got}"
+    );
+}
+
+/// The score of `key` in `tag`'s set, as Redis prints it.
+async fn score(d: &mut Conn, tag: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> Option<String> {
+    let set = names().tag_keys(tag.as_ref());
+    match d.cmd(&[b"ZSCORE".as_ref(), &set, key.as_ref()]).await {
+        R::Nil => None,
+        r => Some(text(r.bytes())),
+    }
+}
+
+async fn key_set(d: &mut Conn, key: impl AsRef<[u8]>) -> BTreeSet<Vec<u8>> {
+    let set = names().key_tags(key.as_ref());
+    d.cmd(&[b"SMEMBERS".as_ref(), &set])
+        .await
+        .strings()
+        .into_iter()
+        .collect()
+}
+
+/// What a tag set's score for `key` must be: its expiry in ms, or `inf`.
+async fn expected_score(d: &mut Conn, key: impl AsRef<[u8]>) -> String {
+    match d.int(&[b"PEXPIRETIME".as_ref(), key.as_ref()]).await {
+        -1 => "inf".to_owned(),
+        -2 => panic!("{:?} does not exist", text(key.as_ref())),
+        ms => ms.to_string(),
+    }
+}
+
+/// `key` exists, its per-key set names exactly `tags` and expires with it, and each of those
+/// tags' sets holds it with its expiry as score.
+async fn assert_indexed(d: &mut Conn, key: impl AsRef<[u8]>, tags: &[&[u8]]) {
+    let key = key.as_ref();
+    let shown = text(key);
+    let want = expected_score(d, key).await;
+    let expected: BTreeSet<Vec<u8>> = tags.iter().map(b).collect();
+    assert_eq!(key_set(d, key).await, expected, "per-key set of {shown}");
+    let key_set_name = names().key_tags(key);
+    assert_eq!(
+        d.int(&[b"PEXPIRETIME".as_ref(), &key_set_name]).await,
+        d.int(&[b"PEXPIRETIME".as_ref(), key]).await,
+        "the per-key set of {shown} expires with it"
+    );
+    for tag in tags {
+        assert_eq!(
+            score(d, tag, key).await.as_deref(),
+            Some(want.as_str()),
+            "score of {shown} in the set of tag {:?}",
+            text(tag)
+        );
+    }
+}
+
+/// `key` is nowhere in the index: no per-key set, in none of `tags`' sets.
+async fn assert_unindexed(d: &mut Conn, key: impl AsRef<[u8]>, tags: &[&[u8]]) {
+    let key = key.as_ref();
+    let key_set_name = names().key_tags(key);
+    assert_eq!(
+        d.int(&[b"EXISTS".as_ref(), &key_set_name]).await,
+        0,
+        "per-key set of {:?} left behind",
+        text(key)
+    );
+    for tag in tags {
+        assert_eq!(
+            score(d, tag, key).await,
+            None,
+            "{:?} left in the set of {:?}",
+            text(key),
+            text(tag)
+        );
+    }
+}
+
+/// `TAGS key` through cachet, as strings.
+async fn tags_of(c: &mut Conn, key: impl AsRef<[u8]>) -> Vec<String> {
+    c.cmd(&[b"TAGS".as_ref(), key.as_ref()])
+        .await
+        .strings()
+        .iter()
+        .map(|t| text(t))
+        .collect()
+}
+
+/// A command over fred, arguments as they are.
+async fn fred_run(c: &Client, args: &[&str]) -> Result<Value, fred::error::Error> {
+    let rest: Vec<Value> = args[1..].iter().map(|a| Value::from(*a)).collect();
+    c.custom(cmd!(args[0].to_owned()), rest).await
+}
+
+// ---- 1. the tagging flow --------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagging_flow() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut c = Conn::connect(proxy.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+
+    // Keys that match no rule go through untouched: no TTL, no index keys.
+    assert_eq!(c.text(&["SET", "plain:1", "v"]).await, ok());
+    assert_eq!(c.text(&["HSET", "plain:h", "f", "v"]).await, ":1\r\n");
+    assert_eq!(c.text(&["INCR", "plain:n"]).await, ":1\r\n");
+    assert_eq!(ttl(&mut d, "plain:1").await, -1);
+    assert_eq!(ttl(&mut d, "plain:h").await, -1);
+    assert!(
+        keys_matching(&mut d, "cachet:*").await.is_empty(),
+        "rule-less writes created index keys"
+    );
+
+    // A rule-matched SET: the rule's TTL and tags.
+    assert_eq!(c.text(&["SET", "sessions:teacher:123", "v"]).await, ok());
+    assert_ttl(&mut d, "sessions:teacher:123", 300).await;
+    assert_eq!(
+        tags_of(&mut c, "sessions:teacher:123").await,
+        ["sessions", "teacher:123"]
+    );
+    assert_indexed(
+        &mut d,
+        "sessions:teacher:123",
+        &[b"teacher:123", b"sessions"],
+    )
+    .await;
+
+    // An explicit TTL wins over the rule's.
+    assert_eq!(
+        c.text(&["SET", "sessions:teacher:124", "v", "EX", "50"])
+            .await,
+        ok()
+    );
+    assert_ttl(&mut d, "sessions:teacher:124", 50).await;
+    assert_indexed(
+        &mut d,
+        "sessions:teacher:124",
+        &[b"teacher:124", b"sessions"],
+    )
+    .await;
+    assert_eq!(
+        c.text(&["SET", "sessions:teacher:125", "v", "PX", "40000"])
+            .await,
+        ok()
+    );
+    assert_ttl(&mut d, "sessions:teacher:125", 40).await;
+    // Overwriting without an option clears the TTL at Redis; the rule's comes back.
+    assert_eq!(c.text(&["SET", "sessions:teacher:124", "v2"]).await, ok());
+    assert_ttl(&mut d, "sessions:teacher:124", 300).await;
+    assert_indexed(
+        &mut d,
+        "sessions:teacher:124",
+        &[b"teacher:124", b"sessions"],
+    )
+    .await;
+
+    // HSET creating a hash: the rule's TTL; a later HSET keeps whatever TTL it has.
+    assert_eq!(c.text(&["HSET", "session:abc", "f", "v"]).await, ":1\r\n");
+    assert_ttl(&mut d, "session:abc", 900).await;
+    assert_eq!(tags_of(&mut c, "session:abc").await, ["session:abc"]);
+    assert_indexed(&mut d, "session:abc", &[b"session:abc"]).await;
+    assert_eq!(c.text(&["EXPIRE", "session:abc", "40"]).await, ":1\r\n");
+    assert_eq!(c.text(&["HSET", "session:abc", "g", "w"]).await, ":1\r\n");
+    assert_ttl(&mut d, "session:abc", 40).await;
+    assert_indexed(&mut d, "session:abc", &[b"session:abc"]).await;
+
+    // MSET: each key by its own rule, the rule-less one untouched.
+    assert_eq!(
+        c.text(&[
+            "MSET",
+            "sessions:teacher:200",
+            "a",
+            "session:s1",
+            "b",
+            "plain:2",
+            "c",
+            "odd:[x]?{y}:42",
+            "d",
+        ])
+        .await,
+        ok()
+    );
+    assert_ttl(&mut d, "sessions:teacher:200", 300).await;
+    assert_ttl(&mut d, "session:s1", 900).await;
+    assert_eq!(ttl(&mut d, "plain:2").await, -1);
+    assert_ttl(&mut d, "odd:[x]?{y}:42", 120).await;
+    assert_indexed(
+        &mut d,
+        "sessions:teacher:200",
+        &[b"teacher:200", b"sessions"],
+    )
+    .await;
+    assert_indexed(&mut d, "session:s1", &[b"session:s1"]).await;
+    assert_indexed(&mut d, "odd:[x]?{y}:42", &[b"odd%}42*?", b"[odd]"]).await;
+    assert_eq!(
+        tags_of(&mut c, "odd:[x]?{y}:42").await,
+        ["[odd]", "odd%}42*?"]
+    );
+    assert_eq!(
+        c.text(&["GET", "odd:[x]?{y}:42"]).await,
+        "$1\r\nd\r\n",
+        "the value is the client's"
+    );
+
+    // The per-key sets are exactly those of the rule-matched keys: nothing for plain ones.
+    let per_key: BTreeSet<Vec<u8>> = keys_matching(&mut d, "cachet:k:*")
+        .await
+        .iter()
+        .map(|name| {
+            names()
+                .parse_key_tags(name)
+                .unwrap_or_else(|| panic!("{:?} is not a per-key set", text(name)))
+                .to_vec()
+        })
+        .collect();
+    let rule_keys: BTreeSet<Vec<u8>> = data_keys(&mut d)
+        .await
+        .into_iter()
+        .filter(|k| rules().match_key(k).is_some())
+        .collect();
+    assert_eq!(per_key, rule_keys);
+    for name in keys_matching(&mut d, "cachet:*").await {
+        assert!(
+            !text(&name).contains("plain:"),
+            "index key {:?} names a rule-less key",
+            text(&name)
+        );
+    }
+
+    // TAGKEYS pages: 200 more keys make the set a real hash table, so COUNT matters.
+    let mut sessions: BTreeSet<Vec<u8>> = [
+        "sessions:teacher:123",
+        "sessions:teacher:124",
+        "sessions:teacher:125",
+        "sessions:teacher:200",
+    ]
+    .iter()
+    .map(b)
+    .collect();
+    let writes: Vec<Vec<String>> = (0..200)
+        .map(|i| {
+            let key = format!("sessions:teacher:p{i}");
+            sessions.insert(b(&key));
+            vec!["SET".into(), key, "v".into()]
+        })
+        .collect();
+    for reply in c.pipeline(&writes).await {
+        assert_eq!(text(&reply), ok());
+    }
+    let mut cursor = "0".to_owned();
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = c
+            .cmd(&["TAGKEYS", "sessions", "CURSOR", &cursor, "COUNT", "7"])
+            .await;
+        let parts = page.items();
+        assert_eq!(parts.len(), 2, "{page:?}");
+        cursor = text(parts[0].bytes());
+        seen.extend(parts[1].strings());
+        pages += 1;
+        assert!(pages < 1000, "TAGKEYS never returned cursor 0");
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert!(pages > 1, "COUNT 7 over 204 keys took one page");
+    let unique: BTreeSet<Vec<u8>> = seen.iter().cloned().collect();
+    assert_eq!(unique.len(), seen.len(), "TAGKEYS returned a key twice");
+    assert_eq!(unique, sessions);
+    let first = c.cmd(&["TAGKEYS", "sessions"]).await;
+    assert_eq!(first.items().len(), 2);
+    assert_eq!(
+        c.text(&["TAGKEYS", "no-such-tag"]).await,
+        "*2\r\n$1\r\n0\r\n*0\r\n"
+    );
+
+    // TAGINVALIDATE: the count, and exactly those keys.
+    assert_eq!(
+        c.text(&["TAGSET", "extra:1", "v", "TAGS", "teacher:123", "other"])
+            .await,
+        ok()
+    );
+    let before = data_keys(&mut d).await;
+    assert_eq!(c.text(&["TAGINVALIDATE", "teacher:123"]).await, ":2\r\n");
+    let after = data_keys(&mut d).await;
+    let gone: BTreeSet<Vec<u8>> = before.difference(&after).cloned().collect();
+    assert_eq!(
+        gone,
+        [b("sessions:teacher:123"), b("extra:1")]
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+    );
+    assert!(after.is_subset(&before));
+    assert_unindexed(
+        &mut d,
+        "sessions:teacher:123",
+        &[b"teacher:123", b"sessions"],
+    )
+    .await;
+    assert_unindexed(&mut d, "extra:1", &[b"teacher:123", b"other"]).await;
+    assert_eq!(c.text(&["TAGINVALIDATE", "teacher:123"]).await, ":0\r\n");
+    assert_eq!(
+        c.text(&["TAGINVALIDATE", "session:abc", "session:s1", "nope"])
+            .await,
+        ":2\r\n"
+    );
+    assert_eq!(d.int(&["EXISTS", "session:abc", "session:s1"]).await, 0);
+
+    // TAGSET: TTL class, explicit TTLs, the default class, KEEPTTL, tags accumulating.
+    assert_eq!(
+        c.text(&[
+            "TAGSET",
+            "ts:1",
+            "v",
+            "TTLCLASS",
+            "session-detail",
+            "TAGS",
+            "a",
+            "b"
+        ])
+        .await,
+        ok()
+    );
+    assert_eq!(c.text(&["GET", "ts:1"]).await, "$1\r\nv\r\n");
+    assert_ttl(&mut d, "ts:1", 900).await;
+    assert_eq!(tags_of(&mut c, "ts:1").await, ["a", "b"]);
+    assert_indexed(&mut d, "ts:1", &[b"a", b"b"]).await;
+    assert_eq!(
+        c.text(&["TAGSET", "ts:2", "v", "EX", "50", "TAGS", "a"])
+            .await,
+        ok()
+    );
+    assert_ttl(&mut d, "ts:2", 50).await;
+    assert_eq!(c.text(&["TAGSET", "ts:3", "v", "TAGS", "a"]).await, ok());
+    assert_ttl(&mut d, "ts:3", 300).await;
+    assert_eq!(
+        c.text(&[
+            "TAGSET",
+            "ts:4",
+            "v",
+            "PX",
+            "20000",
+            "TTLCLASS",
+            "session-detail",
+            "TAGS",
+            "a"
+        ])
+        .await,
+        ok()
+    );
+    assert_ttl(&mut d, "ts:4", 20).await;
+    assert_eq!(
+        c.text(&[
+            "tagset",
+            "ts:5",
+            "v",
+            "ttlclass",
+            "session-detail",
+            "tags",
+            "a"
+        ])
+        .await,
+        ok()
+    );
+    assert_ttl(&mut d, "ts:5", 900).await;
+    assert_eq!(
+        c.text(&["TAGSET", "ts:1", "v2", "KEEPTTL", "TAGS", "c"])
+            .await,
+        ok()
+    );
+    assert_eq!(c.text(&["GET", "ts:1"]).await, "$2\r\nv2\r\n");
+    assert_ttl(&mut d, "ts:1", 900).await;
+    assert_eq!(tags_of(&mut c, "ts:1").await, ["a", "b", "c"]);
+    assert_indexed(&mut d, "ts:1", &[b"a", b"b", b"c"]).await;
+    let page = c.cmd(&["TAGKEYS", "a", "COUNT", "100"]).await;
+    let in_a: BTreeSet<Vec<u8>> = page.items()[1].strings().into_iter().collect();
+    assert_eq!(
+        in_a,
+        ["ts:1", "ts:2", "ts:3", "ts:4", "ts:5"]
+            .iter()
+            .map(b)
+            .collect()
+    );
+
+    // TAG: attaches to an existing key, counts new tags, refuses a missing key.
+    assert_eq!(c.text(&["TAG", "plain:1", "t1", "t2"]).await, ":2\r\n");
+    assert_eq!(tags_of(&mut c, "plain:1").await, ["t1", "t2"]);
+    assert_eq!(c.text(&["TAG", "plain:1", "t1", "t3"]).await, ":1\r\n");
+    assert_eq!(tags_of(&mut c, "plain:1").await, ["t1", "t2", "t3"]);
+    assert_eq!(ttl(&mut d, "plain:1").await, -1, "TAG sets no TTL");
+    assert_indexed(&mut d, "plain:1", &[b"t1", b"t2", b"t3"]).await;
+    // (The exact wording is checked by `tag_command_errors_are_redis_style`.)
+    let missing = c.text(&["TAG", "missing:key", "t"]).await;
+    assert!(
+        missing.starts_with("-ERR") && missing.contains("no such key"),
+        "{missing:?}"
+    );
+    assert_eq!(
+        c.text(&["TAG", "sessions:teacher:124", "extra"]).await,
+        ":1\r\n"
+    );
+    assert_eq!(
+        tags_of(&mut c, "sessions:teacher:124").await,
+        ["extra", "sessions", "teacher:124"]
+    );
+    assert_eq!(tags_of(&mut c, "missing:key").await, Vec::<String>::new());
+    assert_eq!(c.text(&["TAGINVALIDATE", "t3"]).await, ":1\r\n");
+    assert_eq!(d.int(&["EXISTS", "plain:1"]).await, 0);
+    assert_unindexed(&mut d, "plain:1", &[b"t1", b"t2", b"t3"]).await;
+    assert_eq!(c.text(&["TAGINVALIDATE", "extra"]).await, ":1\r\n");
+    assert_eq!(d.int(&["EXISTS", "sessions:teacher:124"]).await, 0);
+
+    // Errors, worded as Redis words them; nothing is written.
+    let arity = |name: &str| format!("-ERR wrong number of arguments for '{name}' command\r\n");
+    let syntax = "-ERR syntax error\r\n".to_owned();
+    let not_integer = "-ERR value is not an integer or out of range\r\n".to_owned();
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (vec!["TAGINVALIDATE"], arity("taginvalidate")),
+        (vec!["taginvalidate"], arity("taginvalidate")),
+        (vec!["TAG", "k"], arity("tag")),
+        (vec!["TAG"], arity("tag")),
+        (vec!["TAGS"], arity("tags")),
+        (vec!["TAGS", "a", "b"], arity("tags")),
+        (vec!["TAGKEYS"], arity("tagkeys")),
+        (vec!["TAGSET", "k", "v", "TAGS"], arity("tagset")),
+        (vec!["TagSet", "k"], arity("tagset")),
+        (vec!["TAGKEYS", "t", "FOO", "1"], syntax.clone()),
+        (vec!["TAGKEYS", "t", "COUNT"], syntax.clone()),
+        (vec!["TAGKEYS", "t", "COUNT", "x"], not_integer.clone()),
+        (vec!["TAGKEYS", "t", "CURSOR", "-1"], not_integer.clone()),
+        (vec!["TAGSET", "k", "v", "FOO", "TAGS", "a"], syntax.clone()),
+        (vec!["TAGSET", "k", "v", "EX", "10", "TAGS"], syntax.clone()),
+        (vec!["TAGSET", "k", "v", "a", "b"], syntax.clone()),
+        (
+            vec!["TAGSET", "k", "v", "EX", "10", "PX", "5", "TAGS", "a"],
+            syntax.clone(),
+        ),
+        (
+            vec!["TAGSET", "k", "v", "TTLCLASS", "nope", "TAGS", "a"],
+            "-ERR unknown TTL class 'nope'\r\n".to_owned(),
+        ),
+    ];
+    for (command, expected) in &cases {
+        assert_eq!(&c.text(command).await, expected, "{command:?}");
+    }
+    assert_eq!(d.int(&["EXISTS", "k"]).await, 0);
+    // The connection is still in step after all those local replies.
+    assert_eq!(c.text(&["PING"]).await, "+PONG\r\n");
+
+    // TAG commands inside MULTI are refused.
+    assert_eq!(c.text(&["MULTI"]).await, ok());
+    assert_eq!(c.text(&["SET", "m:1", "v"]).await, "+QUEUED\r\n");
+    let refused = "-ERR cachet's TAG commands cannot run inside MULTI\r\n";
+    for command in [
+        vec!["TAGINVALIDATE", "a"],
+        vec!["TAGSET", "m:2", "v", "TAGS", "a"],
+        vec!["TAG", "ts:1", "x"],
+        vec!["TAGS", "ts:1"],
+        vec!["TAGKEYS", "a"],
+    ] {
+        assert_eq!(c.text(&command).await, refused, "{command:?}");
+    }
+    assert_eq!(c.text(&["DISCARD"]).await, ok());
+    assert_eq!(d.int(&["EXISTS", "m:1", "m:2"]).await, 0);
+    assert_eq!(d.int(&["EXISTS", "ts:1"]).await, 1, "TAGINVALIDATE a ran");
+}
+
+/// Redis aborts a transaction when a command is refused while it is queued; a TAG command
+/// refused inside MULTI should do the same, or EXEC runs the rest without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_command_refused_inside_multi_aborts_exec() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut c = Conn::connect(proxy.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+    // What Redis does with a command it refuses at queueing time:
+    assert_eq!(d.text(&["MULTI"]).await, ok());
+    assert_eq!(d.text(&["SET", "direct:1", "v"]).await, "+QUEUED\r\n");
+    assert!(
+        d.text(&["NOSUCHCOMMAND"])
+            .await
+            .starts_with("-ERR unknown command")
+    );
+    assert_eq!(
+        d.text(&["EXEC"]).await,
+        "-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    // Through cachet:
+    assert_eq!(c.text(&["MULTI"]).await, ok());
+    assert_eq!(c.text(&["SET", "m:1", "v"]).await, "+QUEUED\r\n");
+    assert!(c.text(&["TAGINVALIDATE", "a"]).await.starts_with("-ERR"));
+    assert_eq!(
+        c.text(&["EXEC"]).await,
+        "-EXECABORT Transaction discarded because of previous errors.\r\n",
+        "EXEC after a refused TAG command"
+    );
+    assert_eq!(d.int(&["EXISTS", "m:1"]).await, 0);
+}
+
+/// Errors of TAG commands that Redis itself raises (the index function's, or the SET inside
+/// TAGSET) reach the client as Redis words them, like every other error through cachet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_command_errors_are_redis_style() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut c = Conn::connect(proxy.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+    let not_integer = "-ERR value is not an integer or out of range\r\n";
+    assert_eq!(d.text(&["SET", "k", "v", "EX", "x"]).await, not_integer);
+    let invalid_expire = d.text(&["SET", "k", "v", "EX", "-5"]).await;
+    assert_eq!(
+        invalid_expire,
+        "-ERR invalid expire time in 'set' command\r\n"
+    );
+    let mut mismatches = Vec::new();
+    for (command, expected) in [
+        (vec!["TAG", "missing:key", "t"], "-ERR no such key\r\n"),
+        (
+            vec!["TAGSET", "k", "v", "EX", "x", "TAGS", "a"],
+            not_integer,
+        ),
+        (
+            vec!["TAGSET", "k", "v", "EX", "-5", "TAGS", "a"],
+            invalid_expire.as_str(),
+        ),
+    ] {
+        let got = c.text(&command).await;
+        if got != expected {
+            mismatches.push(format!("{command:?}: expected {expected:?}, got {got:?}"));
+        }
+    }
+    assert_eq!(d.int(&["EXISTS", "k", "missing:key"]).await, 0);
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
+
+/// A client in another database than the pool's gets its TAG commands refused (they run on
+/// cachet's own connection, in the pool's database); back in database 0 they work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_commands_are_refused_in_another_database() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut c = Conn::connect(proxy.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+    assert_eq!(c.text(&["SELECT", "1"]).await, ok());
+    let refused = "-ERR cachet's TAG commands work in database 0 only\r\n";
+    for command in [
+        vec!["TAGSET", "db1:k", "v", "TAGS", "a"],
+        vec!["TAGINVALIDATE", "a"],
+        vec!["TAG", "db1:k", "a"],
+        vec!["TAGS", "db1:k"],
+        vec!["TAGKEYS", "a"],
+    ] {
+        assert_eq!(c.text(&command).await, refused, "{command:?}");
+    }
+    for db in ["0", "1"] {
+        assert_eq!(d.text(&["SELECT", db]).await, ok());
+        assert_eq!(
+            d.int(&["DBSIZE"]).await,
+            0,
+            "db {db} after refused TAG commands"
+        );
+    }
+    assert_eq!(c.text(&["SELECT", "0"]).await, ok());
+    assert_eq!(c.text(&["TAGSET", "db0:k", "v", "TAGS", "a"]).await, ok());
+    assert_eq!(tags_of(&mut c, "db0:k").await, ["a"]);
+    assert_eq!(c.text(&["TAGINVALIDATE", "a"]).await, ":1\r\n");
+}
+
+/// The lease of a miss is about the value the client computes from that miss. Once the same
+/// connection reads the key again and hits (a value written after the invalidation), what it
+/// writes next is based on that read, and must stand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hit_after_a_miss_ends_the_lease() {
+    let redis = RedisServer::start();
+    let p1 = start_proxy(&redis).await;
+    let p2 = start_proxy(&redis).await;
+    let mut a = Conn::connect(p1.addr).await;
+    let mut other = Conn::connect(p1.addr).await;
+    let mut b = Conn::connect(p2.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+    assert_eq!(a.text(&["GET", "sessions:teacher:5"]).await, "$-1\r\n");
+    assert_eq!(b.text(&["TAGINVALIDATE", "teacher:5"]).await, ":0\r\n");
+    assert_eq!(
+        other.text(&["SET", "sessions:teacher:5", "new"]).await,
+        ok()
+    );
+    assert_eq!(
+        a.text(&["GET", "sessions:teacher:5"]).await,
+        "$3\r\nnew\r\n"
+    );
+    assert_eq!(a.text(&["SET", "sessions:teacher:5", "newer"]).await, ok());
+    assert_eq!(
+        d.text(&["GET", "sessions:teacher:5"]).await,
+        "$5\r\nnewer\r\n",
+        "a write after a hit was deleted because of an older miss"
+    );
+}
+
+// ---- 2. property 1: no unreachable entries --------------------------------------------------
+
+const SCHOOLS: u8 = 3;
+const SESSIONS: u8 = 5;
+const TEACHERS: u8 = 4;
+
+fn all_tags() -> Vec<String> {
+    let mut tags = vec!["roster".to_owned(), "sessions".to_owned()];
+    tags.extend((0..SCHOOLS).map(|s| format!("school:{s}")));
+    tags.extend((0..SESSIONS).map(|s| format!("session:{s}")));
+    tags.extend((0..TEACHERS).map(|t| format!("teacher:{t}")));
+    tags
+}
+
+/// Every surviving rule-matched key is reachable: its per-key set names its rule's tags (and
+/// any inherited), each of those tags' sets holds it with its expiry, and invalidating every
+/// tag leaves no data key and no index key behind.
+async fn assert_all_reachable(d: &mut Conn) -> usize {
+    let rules = rules();
+    let data = data_keys(d).await;
+    for key in &data {
+        let shown = text(key);
+        let found = rules
+            .match_key(key)
+            .unwrap_or_else(|| panic!("{shown} matches no rule"));
+        assert!(ttl(d, key).await > 0, "{shown} has no TTL");
+        let own = key_set(d, key).await;
+        for tag in &found.tags {
+            assert!(
+                own.contains(&tag[..]),
+                "{shown}'s per-key set lacks its rule's tag {:?} (has {:?})",
+                text(tag),
+                own.iter().map(|t| text(t)).collect::<Vec<_>>()
+            );
+        }
+        let want = expected_score(d, key).await;
+        for tag in &own {
+            assert_eq!(
+                score(d, tag, key).await.as_deref(),
+                Some(want.as_str()),
+                "{shown} is missing from (or misscored in) the set of {:?}",
+                text(tag)
+            );
+        }
+    }
+    data.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_unreachable_entries_under_concurrent_invalidation() {
+    let redis = RedisServer::start();
+    let writer_proxy = start_proxy(&redis).await;
+    let invalidator_proxy = start_proxy(&redis).await;
+    let stop_invalidating = Arc::new(AtomicBool::new(false));
+    let stop_writing = Arc::new(AtomicBool::new(false));
+
+    let mut writers = Vec::new();
+    for w in 0..3u64 {
+        let client = fred_client(&writer_proxy.url(), w == 2).await;
+        let stop = stop_writing.clone();
+        writers.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(w);
+            let (mut ops, mut errors) = (0u64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let roster = format!("roster:{}:{}", rng.u8(0..SCHOOLS), rng.u8(0..SESSIONS));
+                let other = format!("roster:{}:{}", rng.u8(0..SCHOOLS), rng.u8(0..SESSIONS));
+                let teacher = format!("sessions:teacher:{}", rng.u8(0..TEACHERS));
+                let hash = format!("session:{}", rng.u8(0..SESSIONS));
+                let result = match rng.u8(0..10) {
+                    0 => fred_run(&client, &["SET", &roster, "v"]).await,
+                    1 => fred_run(&client, &["HSET", &hash, "f", "v"]).await,
+                    2 => fred_run(&client, &["MSET", &roster, "v", &teacher, "v"]).await,
+                    3 => {
+                        // The fill after a miss: read, then write.
+                        let read = fred_run(&client, &["GET", &roster]).await;
+                        match read {
+                            Ok(_) => fred_run(&client, &["SET", &roster, "filled"]).await,
+                            Err(e) => Err(e),
+                        }
+                    }
+                    4 => fred_run(&client, &["DEL", &roster, &teacher]).await,
+                    5 => fred_run(&client, &["EXPIRE", &roster, "100"]).await,
+                    6 => fred_run(&client, &["RENAME", &roster, &other]).await,
+                    7 => fred_run(&client, &["COPY", &roster, &other, "REPLACE"]).await,
+                    8 => fred_run(&client, &["SET", &teacher, "v", "EX", "200"]).await,
+                    _ => fred_run(&client, &["HINCRBY", &hash, "n", "1"]).await,
+                };
+                match result {
+                    Ok(_) => ops += 1,
+                    // Redis's own refusals of RENAME/COPY (a missing source, the key onto
+                    // itself). Hashes live under session:*, strings under roster:* and
+                    // sessions:*, so nothing else may fail.
+                    Err(e)
+                        if e.to_string().contains("no such key")
+                            || e.to_string().contains("source and destination") =>
+                    {
+                        ops += 1
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (ops, errors)
+        }));
+    }
+    let mut invalidators = Vec::new();
+    for i in 0..2u64 {
+        let client = fred_client(&invalidator_proxy.url(), false).await;
+        let stop = stop_invalidating.clone();
+        invalidators.push(tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(100 + i);
+            let tags = all_tags();
+            let (mut ops, mut deleted, mut errors) = (0u64, 0i64, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                let tag = &tags[rng.usize(..tags.len())];
+                match fred_run(&client, &["TAGINVALIDATE", tag]).await {
+                    Ok(v) => {
+                        ops += 1;
+                        deleted += v.as_i64().unwrap_or(0);
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(rng.u64(0..4))).await;
+            }
+            (ops, deleted, errors)
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop_invalidating.store(true, Ordering::Relaxed);
+    let mut invalidations = 0;
+    let mut deleted = 0;
+    for task in invalidators {
+        let (ops, d, errors) = task.await.expect("invalidator");
+        assert!(errors.is_empty(), "TAGINVALIDATE failed: {errors:?}");
+        invalidations += ops;
+        deleted += d;
+    }
+    // Writers go on a little, so that some keys survive to be checked.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop_writing.store(true, Ordering::Relaxed);
+    let mut writes = 0;
+    for task in writers {
+        let (ops, errors) = task.await.expect("writer");
+        assert!(errors.is_empty(), "writes failed: {errors:?}");
+        writes += ops;
+    }
+    assert!(writes > 300, "only {writes} writes");
+    assert!(invalidations > 50, "only {invalidations} invalidations");
+    assert!(deleted > 0, "invalidations deleted nothing");
+
+    let mut d = Conn::connect(redis.addr()).await;
+    let survivors = assert_all_reachable(&mut d).await;
+    assert!(survivors > 0, "no key survived to be checked");
+
+    // Invalidating every tag reaches every key: nothing is left, not even index entries.
+    let mut c = Conn::connect(invalidator_proxy.addr).await;
+    let mut command = vec!["TAGINVALIDATE".to_owned()];
+    command.extend(all_tags());
+    let n = c.int(&command).await;
+    assert_eq!(n as usize, survivors, "TAGINVALIDATE of every tag");
+    assert_eq!(data_keys(&mut d).await, BTreeSet::new());
+    let left: Vec<String> = keys_matching(&mut d, "cachet:*")
+        .await
+        .iter()
+        .map(|k| text(k))
+        .filter(|k| !k.starts_with("cachet:e:"))
+        .collect();
+    assert!(left.is_empty(), "index keys left: {left:?}");
+}
+
+/// A RENAME (or COPY) of a key that matches no rule but carries tags (TAGSET, TAG) must take
+/// its tags along, or the new name escapes invalidation (index.rs, "Limits").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_and_copy_of_rule_less_tagged_keys_keep_their_tags() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut c = Conn::connect(proxy.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+    assert_eq!(c.text(&["TAGSET", "plain:a", "v", "TAGS", "x"]).await, ok());
+    assert_eq!(c.text(&["RENAME", "plain:a", "plain:b"]).await, ok());
+    assert_eq!(c.text(&["COPY", "plain:b", "plain:c"]).await, ":1\r\n");
+    assert_eq!(
+        tags_of(&mut c, "plain:b").await,
+        ["x"],
+        "RENAME destination"
+    );
+    assert_eq!(tags_of(&mut c, "plain:c").await, ["x"], "COPY destination");
+    assert_eq!(c.text(&["TAGINVALIDATE", "x"]).await, ":2\r\n");
+    assert_eq!(
+        data_keys(&mut d).await,
+        BTreeSet::new(),
+        "keys left after TAGINVALIDATE x"
+    );
+}
+
+// ---- 3. property 2: no stale set ------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_set_after_a_miss_and_an_invalidation() {
+    let redis = RedisServer::start();
+    let p1 = start_proxy(&redis).await;
+    let p2 = start_proxy(&redis).await;
+    let mut a = Conn::connect(p1.addr).await;
+    let mut other = Conn::connect(p1.addr).await;
+    let mut b = Conn::connect(p2.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+
+    // A misses, B invalidates on another cachet, A fills with what it computed before: the
+    // SET gets Redis's own +OK, but the value does not survive.
+    assert_eq!(a.text(&["GET", "sessions:teacher:7"]).await, "$-1\r\n");
+    assert_eq!(b.text(&["TAGINVALIDATE", "teacher:7"]).await, ":0\r\n");
+    assert_eq!(a.text(&["SET", "sessions:teacher:7", "stale"]).await, ok());
+    assert_eq!(a.text(&["GET", "sessions:teacher:7"]).await, "$-1\r\n");
+    assert_eq!(d.int(&["EXISTS", "sessions:teacher:7"]).await, 0);
+    assert_unindexed(&mut d, "sessions:teacher:7", &[b"teacher:7", b"sessions"]).await;
+    // The miss was used up: the next write (after a new miss with fresh epochs) survives.
+    assert_eq!(a.text(&["SET", "sessions:teacher:7", "fresh"]).await, ok());
+    assert_eq!(
+        a.text(&["GET", "sessions:teacher:7"]).await,
+        "$5\r\nfresh\r\n"
+    );
+    assert_indexed(&mut d, "sessions:teacher:7", &[b"teacher:7", b"sessions"]).await;
+
+    // Control: no invalidation in between, the fill survives.
+    assert_eq!(a.text(&["GET", "sessions:teacher:8"]).await, "$-1\r\n");
+    assert_eq!(a.text(&["SET", "sessions:teacher:8", "v"]).await, ok());
+    assert_eq!(a.text(&["GET", "sessions:teacher:8"]).await, "$1\r\nv\r\n");
+    assert_indexed(&mut d, "sessions:teacher:8", &[b"teacher:8", b"sessions"]).await;
+
+    // An invalidation of a tag the key does not have changes nothing.
+    assert_eq!(a.text(&["GET", "sessions:teacher:9"]).await, "$-1\r\n");
+    assert_eq!(b.text(&["TAGINVALIDATE", "teacher:10"]).await, ":0\r\n");
+    assert_eq!(a.text(&["SET", "sessions:teacher:9", "v"]).await, ok());
+    assert_eq!(a.text(&["GET", "sessions:teacher:9"]).await, "$1\r\nv\r\n");
+
+    // An invalidation of the key's other tag counts too.
+    assert_eq!(a.text(&["GET", "sessions:teacher:12"]).await, "$-1\r\n");
+    assert_eq!(b.text(&["TAGINVALIDATE", "sessions"]).await, ":3\r\n");
+    assert_eq!(a.text(&["SET", "sessions:teacher:12", "v"]).await, ok());
+    assert_eq!(d.int(&["EXISTS", "sessions:teacher:12"]).await, 0);
+
+    // A miss on one connection does not affect a write on another.
+    assert_eq!(a.text(&["GET", "sessions:teacher:11"]).await, "$-1\r\n");
+    assert_eq!(b.text(&["TAGINVALIDATE", "teacher:11"]).await, ":0\r\n");
+    assert_eq!(other.text(&["SET", "sessions:teacher:11", "v"]).await, ok());
+    assert_eq!(
+        other.text(&["GET", "sessions:teacher:11"]).await,
+        "$1\r\nv\r\n"
+    );
+    assert_indexed(&mut d, "sessions:teacher:11", &[b"teacher:11", b"sessions"]).await;
+
+    // A read that hits is no lease: a later write stands, whatever was invalidated.
+    assert_eq!(other.text(&["SET", "sessions:teacher:30", "v"]).await, ok());
+    assert_eq!(a.text(&["GET", "sessions:teacher:30"]).await, "$1\r\nv\r\n");
+    assert_eq!(b.text(&["TAGINVALIDATE", "teacher:999"]).await, ":0\r\n");
+    assert_eq!(a.text(&["SET", "sessions:teacher:30", "w"]).await, ok());
+    assert_eq!(d.text(&["GET", "sessions:teacher:30"]).await, "$1\r\nw\r\n");
+
+    // Pipelined: the miss and the fill in one batch, the invalidation before it is sent.
+    let replies = a
+        .pipeline(&[
+            vec!["GET", "sessions:teacher:20"],
+            vec!["SET", "sessions:teacher:20", "v"],
+        ])
+        .await;
+    assert_eq!(text(&replies[0]), "$-1\r\n");
+    assert_eq!(text(&replies[1]), ok());
+    assert_eq!(d.int(&["EXISTS", "sessions:teacher:20"]).await, 1);
+
+    // RESP3, a hash: an empty HGETALL is a miss, HSET gets Redis's reply, the hash is gone.
+    let mut a3 = Conn::connect(p1.addr).await;
+    assert!(a3.text(&["HELLO", "3"]).await.starts_with('%'));
+    assert_eq!(a3.text(&["HGETALL", "session:x"]).await, "%0\r\n");
+    assert_eq!(b.text(&["TAGINVALIDATE", "session:x"]).await, ":0\r\n");
+    assert_eq!(a3.text(&["HSET", "session:x", "f", "v"]).await, ":1\r\n");
+    assert_eq!(d.int(&["EXISTS", "session:x"]).await, 0);
+    assert_unindexed(&mut d, "session:x", &[b"session:x"]).await;
+}
+
+// ---- 4. property 3: a bounded index ---------------------------------------------------------
+
+const GROUPS: [&str; 3] = ["g0", "g1", "g2"];
+
+fn rot_tags() -> Vec<String> {
+    let mut tags: Vec<String> = GROUPS.iter().map(|g| format!("group:{g}")).collect();
+    tags.push("rot".to_owned());
+    tags
+}
+
+/// Members of the tag sets plus per-key sets.
+async fn index_size(d: &mut Conn) -> i64 {
+    let mut size = 0;
+    for tag in rot_tags() {
+        size += d
+            .int(&[b"ZCARD".as_ref(), &names().tag_keys(tag.as_bytes())])
+            .await;
+    }
+    size + keys_matching(d, "cachet:k:*").await.len() as i64
+}
+
+async fn zcard(d: &mut Conn, tag: &str) -> i64 {
+    d.int(&[b"ZCARD".as_ref(), &names().tag_keys(tag.as_bytes())])
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_stays_bounded_as_keys_expire() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let client = fred_client(&proxy.url(), false).await;
+    let direct = fred_client(&redis.url(), false).await;
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // A writer: keys with a 1 s TTL (the rule's), three per 10 ms, some deleted, unlinked or
+    // renamed right away; each of those is checked gone from the index at once.
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let mut problems = Vec::new();
+            let mut removed = 0;
+            let check_gone = |key: String| {
+                let direct = direct.clone();
+                async move {
+                    let group = key.split(':').nth(1).unwrap().to_owned();
+                    let mut found = Vec::new();
+                    for tag in [format!("group:{group}"), "rot".to_owned()] {
+                        let set = names().tag_keys(tag.as_bytes());
+                        let v: Value = direct
+                            .custom(cmd!("ZSCORE"), vec![Value::Bytes(set), Value::from(&*key)])
+                            .await
+                            .unwrap();
+                        if !v.is_null() {
+                            found.push(tag);
+                        }
+                    }
+                    let kt = names().key_tags(key.as_bytes());
+                    let v: Value = direct
+                        .custom(cmd!("EXISTS"), vec![Value::Bytes(kt)])
+                        .await
+                        .unwrap();
+                    if v.as_i64() != Some(0) {
+                        found.push("per-key set".to_owned());
+                    }
+                    found
+                }
+            };
+            while !stop.load(Ordering::Relaxed) {
+                for g in GROUPS {
+                    let key = format!("rot:{g}:{n}");
+                    fred_run(&client, &["SET", &key, "v"]).await.unwrap();
+                }
+                if n >= 3 && n.is_multiple_of(5) {
+                    let g = GROUPS[(n / 5) as usize % 3];
+                    let old = format!("rot:{g}:{}", n - 3);
+                    let (command, gone) = match (n / 5) % 3 {
+                        0 => ("DEL", old.clone()),
+                        1 => ("UNLINK", old.clone()),
+                        _ => ("RENAME", old.clone()),
+                    };
+                    let target = format!("rot:{g}:r{n}");
+                    let result = if command == "RENAME" {
+                        fred_run(&client, &["RENAME", &old, &target]).await
+                    } else {
+                        fred_run(&client, &[command, &old]).await
+                    };
+                    result.unwrap();
+                    removed += 1;
+                    let left = check_gone(gone).await;
+                    if !left.is_empty() {
+                        problems.push(format!("{command} {old}: still in {left:?}"));
+                    }
+                    if command == "RENAME" {
+                        let tags: Value = fred_run(&client, &["TAGS", &target]).await.unwrap();
+                        let tags: Vec<String> = tags
+                            .into_array()
+                            .into_iter()
+                            .map(|t| t.as_string().unwrap())
+                            .collect();
+                        let expected = vec![format!("group:{g}"), "rot".to_owned()];
+                        if tags != expected {
+                            problems.push(format!("RENAME to {target}: TAGS {tags:?}"));
+                        }
+                    }
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (n, removed, problems)
+        })
+    };
+
+    let mut d = Conn::connect(redis.addr()).await;
+    let started = Instant::now();
+    let mut samples: Vec<(Duration, i64)> = Vec::new();
+    while started.elapsed() < Duration::from_secs(4) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        samples.push((started.elapsed(), index_size(&mut d).await));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (rounds, removed, problems) = writer.await.expect("writer");
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(rounds > 100, "only {rounds} rounds of writes");
+    assert!(removed > 10);
+
+    // Flat: after the first second (keys then start expiring as fast as they come) the index
+    // never grows past twice its size then.
+    let baseline = samples
+        .iter()
+        .find(|(at, _)| *at >= Duration::from_secs(1))
+        .expect("a sample after 1 s")
+        .1;
+    assert!(baseline > 0);
+    let later: Vec<i64> = samples
+        .iter()
+        .filter(|(at, _)| *at >= Duration::from_secs(1))
+        .map(|(_, size)| *size)
+        .collect();
+    for size in &later {
+        assert!(
+            *size <= 2 * baseline,
+            "index grew from {baseline} to {size}: {samples:?}"
+        );
+    }
+
+    // Writes stopped; once every key has expired, the per-key sets are gone with them (they
+    // expire at the same time). Tag sets keep entries until touched or swept.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(keys_matching(&mut d, "rot:*").await, BTreeSet::new());
+    assert_eq!(keys_matching(&mut d, "cachet:k:*").await, BTreeSet::new());
+    let stale_total: i64 = {
+        let mut total = 0;
+        for tag in rot_tags() {
+            total += zcard(&mut d, &tag).await;
+        }
+        total
+    };
+    eprintln!("index size samples {samples:?}; stale tag set entries after expiry {stale_total}");
+    assert!(
+        stale_total <= 2 * baseline,
+        "{stale_total} stale entries for a baseline of {baseline}"
+    );
+
+    // Touching: a key joining a tag set re-checks up to 16 of its members whose score has
+    // passed, so stale / 16 + 1 new keys under a tag empty its set of stale members.
+    let mut c = Conn::connect(proxy.addr).await;
+    let mut touches = BTreeMap::new();
+    for g in GROUPS {
+        let stale = zcard(&mut d, &format!("group:{g}")).await;
+        let count = stale / 16 + 1;
+        for i in 0..count {
+            let key = format!("rot:{g}:touch{i}");
+            assert_eq!(c.text(&["SET", &key, "v", "EX", "60"]).await, ok());
+        }
+        touches.insert(g, count);
+    }
+    let total: i64 = touches.values().sum();
+    for g in GROUPS {
+        assert_eq!(
+            zcard(&mut d, &format!("group:{g}")).await,
+            touches[g],
+            "group:{g} after {} touches",
+            touches[g]
+        );
+    }
+    assert_eq!(zcard(&mut d, "rot").await, total);
+    assert_eq!(
+        keys_matching(&mut d, "cachet:k:*").await.len() as i64,
+        total
+    );
+
+    // Sweeping: keys deleted behind cachet's back (scores still in the future) leave the
+    // index with one full sweep pass.
+    for g in GROUPS {
+        for i in 0..touches[g] {
+            d.int(&["DEL", &format!("rot:{g}:touch{i}")]).await;
+        }
+    }
+    let sweeper = fred_client(&redis.url(), false).await;
+    let index = TagIndex::default();
+    let mut cursor = 0;
+    loop {
+        let (next, _) = index
+            .sweep_step(&sweeper, cursor, 100)
+            .await
+            .expect("sweep step");
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    assert_eq!(index_size(&mut d).await, 0, "index after a sweep");
+    assert_eq!(
+        keys_matching(&mut d, "cachet:*").await,
+        BTreeSet::new(),
+        "cachet keys after a sweep"
+    );
+
+    // FLUSHDB through cachet removes everything; tagging works afterwards.
+    assert_eq!(c.text(&["SET", "rot:g0:x", "v"]).await, ok());
+    assert_eq!(c.text(&["TAGSET", "any", "v", "TAGS", "t"]).await, ok());
+    assert_eq!(c.text(&["TAGINVALIDATE", "nothing"]).await, ":0\r\n");
+    assert_eq!(c.text(&["FLUSHDB"]).await, ok());
+    assert_eq!(d.int(&["DBSIZE"]).await, 0);
+    assert_eq!(c.text(&["SET", "rot:g0:y", "v"]).await, ok());
+    assert_eq!(tags_of(&mut c, "rot:g0:y").await, ["group:g0", "rot"]);
+    assert_eq!(c.text(&["TAGINVALIDATE", "group:g0"]).await, ":1\r\n");
+}
+
+// ---- 5. property 4: TTL changes -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_follows_ttl_changes() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut c = Conn::connect(proxy.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+    let key = "session:t1";
+    let tags: &[&[u8]] = &[b"session:t1"];
+
+    assert_eq!(c.text(&["SET", key, "v"]).await, ok());
+    assert_ttl(&mut d, key, 900).await;
+    assert_indexed(&mut d, key, tags).await;
+
+    assert_eq!(c.text(&["EXPIRE", key, "100"]).await, ":1\r\n");
+    assert_ttl(&mut d, key, 100).await;
+    assert_indexed(&mut d, key, tags).await;
+
+    assert_eq!(c.text(&["PERSIST", key]).await, ":1\r\n");
+    assert_eq!(ttl(&mut d, key).await, -1);
+    assert_eq!(
+        score(&mut d, "session:t1", key).await.as_deref(),
+        Some("inf")
+    );
+    assert_indexed(&mut d, key, tags).await;
+
+    assert_eq!(c.text(&["GETEX", key, "EX", "200"]).await, "$1\r\nv\r\n");
+    assert_ttl(&mut d, key, 200).await;
+    assert_indexed(&mut d, key, tags).await;
+
+    assert_eq!(c.text(&["SET", key, "v2", "KEEPTTL"]).await, ok());
+    assert_ttl(&mut d, key, 200).await;
+    assert_indexed(&mut d, key, tags).await;
+
+    assert_eq!(c.text(&["PEXPIRE", key, "70000"]).await, ":1\r\n");
+    assert_ttl(&mut d, key, 70).await;
+    assert_indexed(&mut d, key, tags).await;
+
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 500;
+    assert_eq!(c.text(&["EXPIREAT", key, &at.to_string()]).await, ":1\r\n");
+    assert_ttl(&mut d, key, 500).await;
+    assert_indexed(&mut d, key, tags).await;
+
+    assert_eq!(c.text(&["GETEX", key, "PERSIST"]).await, "$2\r\nv2\r\n");
+    assert_eq!(ttl(&mut d, key).await, -1);
+    assert_indexed(&mut d, key, tags).await;
+
+    // A plain SET clears the TTL at Redis; the rule's comes back.
+    assert_eq!(c.text(&["SET", key, "v3"]).await, ok());
+    assert_ttl(&mut d, key, 900).await;
+    assert_indexed(&mut d, key, tags).await;
+
+    assert_eq!(c.text(&["SETEX", key, "30", "v4"]).await, ok());
+    assert_ttl(&mut d, key, 30).await;
+    assert_indexed(&mut d, key, tags).await;
+
+    // A plain GETEX changes nothing.
+    assert_eq!(c.text(&["GETEX", key]).await, "$2\r\nv4\r\n");
+    assert_ttl(&mut d, key, 30).await;
+    assert_indexed(&mut d, key, tags).await;
+
+    // EXPIRE with a time in the past deletes the key, and it leaves the index.
+    assert_eq!(c.text(&["EXPIREAT", key, "1"]).await, ":1\r\n");
+    assert_eq!(d.int(&["EXISTS", key]).await, 0);
+    assert_unindexed(&mut d, key, tags).await;
+    assert_eq!(tags_of(&mut c, key).await, Vec::<String>::new());
+
+    for (i, command) in [
+        vec!["EXPIRE", "session:t2", "-1"],
+        vec!["PEXPIRE", "session:t3", "0"],
+        vec!["PEXPIREAT", "session:t4", "1000"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = command[1];
+        assert_eq!(c.text(&["SET", key, "v"]).await, ok());
+        assert_indexed(&mut d, key, &[key.as_bytes()]).await;
+        assert_eq!(c.text(&command).await, ":1\r\n", "case {i}");
+        assert_eq!(d.int(&["EXISTS", key]).await, 0);
+        assert_unindexed(&mut d, key, &[key.as_bytes()]).await;
+    }
+    // GETEX with a past EXAT: the value comes back, the key is gone, and so is its entry.
+    assert_eq!(c.text(&["SET", "session:t5", "v"]).await, ok());
+    assert_eq!(
+        c.text(&["GETEX", "session:t5", "EXAT", "1"]).await,
+        "$1\r\nv\r\n"
+    );
+    assert_eq!(d.int(&["EXISTS", "session:t5"]).await, 0);
+    assert_unindexed(&mut d, "session:t5", &[b"session:t5"]).await;
+
+    // EXPIRE on a key that does not exist: nothing appears in the index.
+    assert_eq!(c.text(&["EXPIRE", "session:none", "10"]).await, ":0\r\n");
+    assert_unindexed(&mut d, "session:none", &[b"session:none"]).await;
+    assert_eq!(
+        keys_matching(&mut d, "cachet:t:*").await,
+        BTreeSet::new(),
+        "every tag set is empty now"
+    );
+}
+
+// ---- 6. property 5: exact invalidation of tricky tags ---------------------------------------
+
+fn tricky_tags() -> Vec<Vec<u8>> {
+    [
+        &b"a*"[..],
+        b"a?",
+        b"a[b]",
+        b"a",
+        b"{a}",
+        b"a}",
+        b"{a",
+        b"A",
+        b"*",
+        b"?",
+        b"[",
+        b"]",
+        b"[a-z]",
+        b"{}",
+        b"}{",
+        b"%",
+        b"%25",
+        b"%7D",
+        b"a%}",
+        b"a b",
+        b" ",
+        b"a:b",
+        b"a:*",
+        b"\\",
+        b"\\*",
+        b"\x00",
+        b"a\x00b",
+        b"\xff\xfe",
+        b"a\r\nb",
+        b"",
+    ]
+    .iter()
+    .map(|t| t.to_vec())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taginvalidate_deletes_exactly_the_tagged_keys() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut c = Conn::connect(proxy.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+    let universe = tricky_tags();
+    let alphabet = b"{}*?[]: \x00\xff%a";
+
+    for round in 0..4u64 {
+        let mut rng = fastrand::Rng::with_seed(round);
+        let mut model: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>> = BTreeMap::new();
+        let mut sets = Vec::new();
+        for i in 0..80 {
+            let mut key = format!("x{round}:{i}:").into_bytes();
+            key.extend((0..rng.usize(0..6)).map(|_| alphabet[rng.usize(..alphabet.len())]));
+            let n = rng.usize(1..=4);
+            let mut tags = BTreeSet::new();
+            while tags.len() < n {
+                tags.insert(universe[rng.usize(..universe.len())].clone());
+            }
+            let mut command = vec![b("TAGSET"), key.clone(), b("v")];
+            if rng.bool() {
+                command.extend([b("EX"), b("600")]);
+            }
+            command.push(b("TAGS"));
+            command.extend(tags.iter().cloned());
+            sets.push(command);
+            model.insert(key, tags);
+        }
+        for reply in c.pipeline(&sets).await {
+            assert_eq!(text(&reply), ok());
+        }
+        // More tags for some keys, by TAG and by TAGSET again: tags accumulate.
+        let keys: Vec<Vec<u8>> = model.keys().cloned().collect();
+        for _ in 0..20 {
+            let key = &keys[rng.usize(..keys.len())];
+            let tag = universe[rng.usize(..universe.len())].clone();
+            let new = !model[key].contains(&tag);
+            let reply = c.int(&[b("TAG"), key.clone(), tag.clone()]).await;
+            assert_eq!(reply, i64::from(new));
+            model.get_mut(key).unwrap().insert(tag);
+        }
+        for _ in 0..10 {
+            let key = &keys[rng.usize(..keys.len())];
+            let tag = universe[rng.usize(..universe.len())].clone();
+            let command = vec![b("TAGSET"), key.clone(), b("v2"), b("TAGS"), tag.clone()];
+            assert_eq!(c.text(&command).await, ok());
+            model.get_mut(key).unwrap().insert(tag);
+        }
+        for key in keys.iter().take(15) {
+            let got: BTreeSet<Vec<u8>> = c
+                .cmd(&[b("TAGS"), key.clone()])
+                .await
+                .strings()
+                .into_iter()
+                .collect();
+            assert_eq!(got, model[key], "TAGS {:?}", text(key));
+            let expected: Vec<&[u8]> = model[key].iter().map(|t| &t[..]).collect();
+            assert_indexed(&mut d, key, &expected).await;
+        }
+        for tag in universe.iter().take(6) {
+            let page = c
+                .cmd(&[b("TAGKEYS"), tag.clone(), b("COUNT"), b("1000")])
+                .await;
+            let got: BTreeSet<Vec<u8>> = page.items()[1].strings().into_iter().collect();
+            let expected: BTreeSet<Vec<u8>> = model
+                .iter()
+                .filter(|(_, tags)| tags.contains(tag))
+                .map(|(k, _)| k.clone())
+                .collect();
+            assert_eq!(got, expected, "TAGKEYS {:?}", text(tag));
+        }
+
+        // Invalidate one tag (sometimes two) at a time, in random order.
+        let mut order = universe.clone();
+        rng.shuffle(&mut order);
+        while !order.is_empty() {
+            let take = if order.len() > 1 && rng.bool() { 2 } else { 1 };
+            let tags: Vec<Vec<u8>> = order.drain(..take).collect();
+            let expected: BTreeSet<Vec<u8>> = model
+                .iter()
+                .filter(|(_, t)| tags.iter().any(|tag| t.contains(tag)))
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut command = vec![b("TAGINVALIDATE")];
+            command.extend(tags.iter().cloned());
+            let shown: Vec<String> = tags.iter().map(|t| text(t)).collect();
+            assert_eq!(
+                c.int(&command).await,
+                expected.len() as i64,
+                "TAGINVALIDATE {shown:?}"
+            );
+            model.retain(|k, _| !expected.contains(k));
+            let alive: BTreeSet<Vec<u8>> = data_keys(&mut d).await;
+            let want: BTreeSet<Vec<u8>> = model.keys().cloned().collect();
+            assert_eq!(
+                alive.iter().map(|k| text(k)).collect::<Vec<_>>(),
+                want.iter().map(|k| text(k)).collect::<Vec<_>>(),
+                "keys after TAGINVALIDATE {shown:?}"
+            );
+        }
+        assert!(model.is_empty());
+        let left: Vec<String> = keys_matching(&mut d, "cachet:*")
+            .await
+            .iter()
+            .map(|k| text(k))
+            .filter(|k| !k.starts_with("cachet:e:"))
+            .collect();
+        assert!(left.is_empty(), "round {round}: index keys left: {left:?}");
+    }
+}
+
+// ---- 7. property 8: reads go to Redis as they are -------------------------------------------
+
+/// A MONITOR line's client address and command.
+fn monitor_line(line: &str) -> (String, String) {
+    let open = line.find('[').expect("[");
+    let close = line.find(']').expect("]");
+    let client = line[open + 1..close]
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_owned();
+    (client, line[close + 2..].trim_end().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_reach_redis_as_plain_commands() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut c = Conn::connect(proxy.addr).await;
+    let mut marker = Conn::connect(redis.addr()).await;
+    let mut monitor = Conn::connect(redis.addr()).await;
+    assert_eq!(monitor.text(&["MONITOR"]).await, ok());
+
+    assert_eq!(
+        marker.text(&["ECHO", "monitor-start"]).await,
+        "$13\r\nmonitor-start\r\n"
+    );
+    assert_eq!(c.text(&["GET", "plain:mon"]).await, "$-1\r\n");
+    assert_eq!(c.text(&["GET", "sessions:teacher:mon"]).await, "$-1\r\n");
+    assert_eq!(c.text(&["SET", "plain:mon", "v"]).await, ok());
+    assert_eq!(c.text(&["GET", "plain:mon"]).await, "$1\r\nv\r\n");
+    assert_eq!(
+        marker.text(&["ECHO", "monitor-end"]).await,
+        "$11\r\nmonitor-end\r\n"
+    );
+
+    let mut lines = Vec::new();
+    let mut started = false;
+    loop {
+        let frame = monitor.0.read_frame().await.expect("monitor line");
+        let line = text(&frame);
+        if line.contains("\"monitor-start\"") {
+            started = true;
+            continue;
+        }
+        if line.contains("\"monitor-end\"") {
+            break;
+        }
+        if started {
+            lines.push(monitor_line(line.trim_start_matches('+')));
+        }
+    }
+    for (_, command) in &lines {
+        assert!(
+            !command.contains("cachet:k:")
+                && !command.contains("cachet:t:")
+                && !command.contains("FCALL"),
+            "a read touched the index: {command} (all: {lines:#?})"
+        );
+    }
+    let (client, _) = lines
+        .iter()
+        .find(|(_, command)| command == "\"GET\" \"plain:mon\"")
+        .unwrap_or_else(|| panic!("no plain GET in {lines:#?}"))
+        .clone();
+    let from_client: Vec<&str> = lines
+        .iter()
+        .filter(|(c, _)| *c == client)
+        .map(|(_, command)| command.as_str())
+        .collect();
+    assert_eq!(
+        from_client,
+        [
+            "\"GET\" \"plain:mon\"",
+            "\"MGET\" \"cachet:e:{teacher:mon}\" \"cachet:e:{sessions}\"",
+            "\"GET\" \"sessions:teacher:mon\"",
+            "\"SET\" \"plain:mon\" \"v\"",
+            "\"GET\" \"plain:mon\"",
+        ],
+        "what cachet sent for this client (all: {lines:#?})"
+    );
+}
+
+// ---- 8. RESP3 replies of tagged writes ------------------------------------------------------
+
+/// Tagged writes through cachet get, byte for byte, the reply Redis gives the same command
+/// sent directly, in RESP2 and RESP3 (the index function runs the command in the client's
+/// protocol).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_write_replies_match_redis_in_both_protocols() {
+    let behind = RedisServer::start();
+    let direct = RedisServer::start();
+    let proxy = start_proxy(&behind).await;
+    let mut checked = Conn::connect(behind.addr()).await;
+    for protocol in ["2", "3"] {
+        let mut c = Conn::connect(proxy.addr).await;
+        let mut d = Conn::connect(direct.addr()).await;
+        let hello_c = parse(&c.raw(&["HELLO", protocol]).await);
+        let hello_d = parse(&d.raw(&["HELLO", protocol]).await);
+        assert!(matches!(hello_c, R::Array(_)) && matches!(hello_d, R::Array(_)));
+        let h = format!("session:h{protocol}");
+        let z = format!("session:z{protocol}");
+        let f = format!("session:f{protocol}");
+        let s = format!("session:s{protocol}");
+        let l = format!("session:l{protocol}");
+        let commands: Vec<Vec<&str>> = vec![
+            vec!["HINCRBYFLOAT", &h, "f", "1.5"],
+            vec!["HINCRBYFLOAT", &h, "f", "0.1"],
+            vec!["HSET", &h, "a", "1", "b", "2"],
+            vec!["HINCRBY", &h, "a", "5"],
+            vec!["HDEL", &h, "b", "nope"],
+            vec!["ZINCRBY", &z, "2.5", "m"],
+            vec!["ZINCRBY", &z, "0.1", "m"],
+            vec!["ZINCRBY", &z, "1e300", "big"],
+            vec!["ZADD", &z, "INCR", "1", "m"],
+            vec!["ZADD", &z, "GT", "INCR", "-1", "m"],
+            vec!["ZADD", &z, "1", "a", "2", "b", "inf", "c"],
+            vec!["ZPOPMIN", &z],
+            vec!["ZPOPMAX", &z, "2"],
+            vec!["INCRBYFLOAT", &f, "3.0e3"],
+            vec!["INCRBYFLOAT", &f, "0.25"],
+            vec!["SET", &s, "v", "GET"],
+            vec!["SET", &s, "w", "GET"],
+            vec!["SET", &s, "x", "NX"],
+            vec!["SET", &s, "x", "EX", "0"],
+            vec!["GETDEL", &s],
+            vec!["LPUSH", &l, "a", "b", "c"],
+            vec!["LPOP", &l, "2"],
+            vec!["RPOP", &l],
+            vec!["LPOP", &l],
+            vec!["INCR", &h],
+            vec!["SET", &s],
+            vec!["HSET", &h, "f"],
+            vec!["SET", &s, "v", "FOO"],
+            vec!["EXPIRE", &h, "10", "XX", "NX"],
+            vec!["HSET", &z, "f", "v"],
+            vec!["SADD", &s, "a"],
+            vec!["SPOP", &s, "5"],
+            vec!["SADD", &s, "a"],
+            vec!["SPOP", &s],
+            vec!["SPOP", &s, "3"],
+        ];
+        for command in &commands {
+            let expected = d.raw(command).await;
+            let got = c.raw(command).await;
+            assert_eq!(
+                text(&got),
+                text(&expected),
+                "RESP{protocol} reply to {command:?}"
+            );
+        }
+        // And they were tagged writes: the rule's TTL and tags.
+        assert_ttl(&mut checked, &h, 900).await;
+        assert_ttl(&mut checked, &z, 900).await;
+        assert_eq!(tags_of(&mut c, &z).await, [z.as_str()]);
+        assert_indexed(&mut checked, &z, &[z.as_bytes()]).await;
+    }
+
+    // fred in RESP3 sees doubles as numbers.
+    let fred3 = fred_client(&proxy.url(), true).await;
+    let v: Value = fred_run(&fred3, &["ZINCRBY", "session:fred", "1.25", "m"])
+        .await
+        .unwrap();
+    assert_eq!(v.as_f64(), Some(1.25));
+    let v: Value = fred_run(&fred3, &["HINCRBYFLOAT", "session:fredh", "f", "0.5"])
+        .await
+        .unwrap();
+    assert_eq!(v.as_f64(), Some(0.5));
+    assert_ttl(&mut checked, "session:fred", 900).await;
+}
+
+/// Replies with a null array (`*-1` in RESP2: LPOP with a count on nothing, ZMPOP/LMPOP on
+/// nothing) must reach the client as Redis sends them, tagged key or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_array_replies_of_tagged_writes_match_redis() {
+    let behind = RedisServer::start();
+    let direct = RedisServer::start();
+    let proxy = start_proxy(&behind).await;
+    let mut mismatches = Vec::new();
+    for protocol in ["2", "3"] {
+        let mut c = Conn::connect(proxy.addr).await;
+        let mut d = Conn::connect(direct.addr()).await;
+        c.raw(&["HELLO", protocol]).await;
+        d.raw(&["HELLO", protocol]).await;
+        for command in [
+            vec!["LPOP", "session:empty", "2"],
+            vec!["LMPOP", "1", "session:empty", "LEFT"],
+            vec!["ZMPOP", "1", "session:empty", "MIN"],
+        ] {
+            let expected = text(&d.raw(&command).await);
+            let got = text(&c.raw(&command).await);
+            if got != expected {
+                mismatches.push(format!(
+                    "RESP{protocol} {command:?}: Redis {expected:?}, cachet {got:?}"
+                ));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+}
