@@ -48,8 +48,8 @@ pub use config::Config;
 /// each step short; a full pass every `SWEEP_PAUSE`.
 async fn sweep(shared: Arc<server::Shared>, shutdown: CancellationToken) {
     const SWEEP_PAGE: u64 = 200;
-    const SWEEP_STEP: std::time::Duration = std::time::Duration::from_millis(50);
-    const SWEEP_PAUSE: std::time::Duration = std::time::Duration::from_secs(10);
+    const SWEEP_STEP: std::time::Duration = std::time::Duration::from_millis(100);
+    const SWEEP_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
     let mut cursor = 0;
     let mut seen = 0;
     loop {

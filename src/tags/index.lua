@@ -136,28 +136,31 @@ end
 -- Brings `k`'s index up to date after a write: `tags` join the tags its per-key set already
 -- names, every one of those sets gets `k` with its expiry as score, and the per-key set
 -- expires with `k`. A key that no longer exists leaves the index. Returns whether `k` exists.
--- `pt` is the key's PEXPIRETIME when the caller knows it (nil: ask Redis).
-local function index_key(p, k, tags, now, pt)
-  local kt = key_tags(p, k)
+-- `pt` is the key's PEXPIRETIME when the caller knows it (nil: ask Redis); `kt` and
+-- `tks` are the names of its per-key set and of its tags' sets when the caller has them
+-- (from KEYS), which spares building them again.
+local function index_key(p, k, tags, now, pt, kt, tks)
+  kt = kt or key_tags(p, k)
   pt = pt or redis.call('PEXPIRETIME', k)
   if pt == -2 then
     drop_index(p, k, tags)
     return false
   end
-  local all = {}
+  local all, names = {}, {}
   if #tags > 0 then
     redis.call('SADD', kt, unpack(tags))
     local seen = {}
-    for _, tag in ipairs(tags) do
+    for j, tag in ipairs(tags) do
       if not seen[tag] then
         seen[tag] = true
         all[#all + 1] = tag
+        names[#all] = tks and tks[j]
       end
     end
     -- Only a key that carries more tags than this write names (TAG, an inherited set) needs
     -- its full list read back: the set holds at least these, so equal counts mean equal sets.
     if redis.call('SCARD', kt) ~= #all then
-      all = redis.call('SMEMBERS', kt)
+      all, names = redis.call('SMEMBERS', kt), {}
     end
   else
     all = redis.call('SMEMBERS', kt)
@@ -166,8 +169,8 @@ local function index_key(p, k, tags, now, pt)
     return true
   end
   local s = score_arg(score(pt))
-  for _, tag in ipairs(all) do
-    local tk = tag_keys(p, tag)
+  for i, tag in ipairs(all) do
+    local tk = names[i] or tag_keys(p, tag)
     -- A tag set only grows by new members, so re-checking expired members when one joins
     -- keeps it bounded without a range query on every write.
     if redis.call('ZADD', tk, s, k) == 1 then
@@ -250,13 +253,15 @@ local function write(keys, args)
   local plan = {}
   local ki = 1
   while ki <= #keys do
-    local e = { key = keys[ki], ttl = tonumber(args[a]), inherit = tonumber(args[a + 1]) }
+    local e = { key = keys[ki], kt = keys[ki + 1], ttl = tonumber(args[a]), inherit = tonumber(args[a + 1]) }
     local n = tonumber(args[a + 2])
     a = a + 3
-    e.tags, e.seen = {}, {}
+    e.tags, e.seen, e.tks, e.tes = {}, {}, {}, {}
     for j = 1, n do
       e.tags[j] = args[a]
       e.seen[j] = tonumber(args[a + 1])
+      e.tks[j] = keys[ki + 2 * j]
+      e.tes[j] = keys[ki + 2 * j + 1]
       a = a + 2
     end
     plan[#plan + 1] = e
@@ -286,7 +291,7 @@ local function write(keys, args)
   for _, e in ipairs(plan) do
     local stale = false
     for j, tag in ipairs(e.tags) do
-      if e.seen[j] >= 0 and (tonumber(redis.call('GET', epoch_key(p, tag))) or 0) > e.seen[j] then
+      if e.seen[j] >= 0 and (tonumber(redis.call('GET', e.tes[j])) or 0) > e.seen[j] then
         stale = true
         break
       end
@@ -307,7 +312,8 @@ local function write(keys, args)
         pt = now + e.ttl * 1000
         redis.call('PEXPIREAT', e.key, digits(pt))
       end
-      if not index_key(p, e.key, tags, now, pt) then
+      -- Inherited tags have no names in KEYS: index_key builds those.
+      if not index_key(p, e.key, tags, now, pt, e.kt, not e.inherited and e.tks or nil) then
         gone = gone + 1
       end
     end
