@@ -115,7 +115,7 @@ impl Default for UpstreamConfig {
         UpstreamConfig {
             url: RedisUrl::parse("redis://127.0.0.1:6379").expect("default url"),
             password: None,
-            pool_size: NonZeroUsize::new(2).expect("non-zero"),
+            pool_size: NonZeroUsize::new(1).expect("non-zero"),
             spare_connections: 8,
             connect_timeout_ms: 1_000,
             command_timeout_ms: 5_000,
