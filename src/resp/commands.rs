@@ -4,7 +4,7 @@
 //! cachet reads from it what decides routing: whether a command may block (it then runs on a
 //! dedicated connection so it cannot stall the shared pool), and whether it writes.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use fred::types::Value;
 
@@ -48,7 +48,9 @@ impl CommandInfo {
 /// All commands the upstream accepts, by lowercase name.
 #[derive(Debug, Clone, Default)]
 pub struct CommandTable {
-    commands: HashMap<Box<[u8]>, CommandInfo>,
+    /// Looked up for every command: FxHash, as the keys are short and not attacker-chosen
+    /// (they come from Redis's COMMAND reply).
+    commands: FxHashMap<Box<[u8]>, CommandInfo>,
 }
 
 impl CommandTable {
@@ -72,7 +74,8 @@ impl CommandTable {
         let Value::Array(entries) = reply else {
             return Err(format!("COMMAND replied {reply:?}, not an array"));
         };
-        let mut commands = HashMap::with_capacity(entries.len() * 2);
+        let mut commands =
+            FxHashMap::with_capacity_and_hasher(entries.len() * 2, Default::default());
         for entry in entries {
             let info = parse_entry(entry)?;
             if let Value::Array(fields) = entry
