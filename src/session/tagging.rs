@@ -505,3 +505,70 @@ impl Session {
         self.send_dedicated(request, name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(args: &[&str]) -> Request {
+        Request::from_args(
+            args.iter()
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn misses_are_nils_and_empty_aggregates_only() {
+        for miss in [
+            &b"$-1\r\n"[..],
+            b"*-1\r\n",
+            b"_\r\n",
+            b"*0\r\n",
+            b"%0\r\n",
+            b"~0\r\n",
+        ] {
+            assert!(is_miss(miss), "{:?}", String::from_utf8_lossy(miss));
+        }
+        for hit in [
+            &b"$0\r\n\r\n"[..],
+            b":0\r\n",
+            b"*1\r\n$1\r\na\r\n",
+            b"-ERR x\r\n",
+        ] {
+            assert!(!is_miss(hit), "{:?}", String::from_utf8_lossy(hit));
+        }
+    }
+
+    #[test]
+    fn explicit_ttls_are_recognised() {
+        assert!(sets_ttl_explicitly(
+            b"set",
+            &request(&["SET", "k", "v", "KEEPTTL"])
+        ));
+        assert!(sets_ttl_explicitly(
+            b"set",
+            &request(&["SET", "k", "v", "NX", "px", "5"])
+        ));
+        assert!(!sets_ttl_explicitly(
+            b"set",
+            &request(&["SET", "k", "v", "NX"])
+        ));
+        assert!(sets_ttl_explicitly(b"persist", &request(&["PERSIST", "k"])));
+        assert!(!sets_ttl_explicitly(
+            b"hset",
+            &request(&["HSET", "k", "f", "v"])
+        ));
+    }
+
+    #[test]
+    fn leases_expire_and_a_hit_forgets_them() {
+        let mut leases = Snapshots::default();
+        leases.insert(Bytes::from_static(b"k"), vec![7]);
+        assert_eq!(leases.take(b"k"), Some(vec![7]));
+        assert_eq!(leases.take(b"k"), None, "a lease is used once");
+        leases.insert(Bytes::from_static(b"k"), vec![7]);
+        leases.forget(b"k");
+        assert_eq!(leases.take(b"k"), None);
+    }
+}
