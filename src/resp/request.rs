@@ -6,8 +6,8 @@
 //! the header, as Redis does, instead of after cachet has buffered it.
 
 use bytes::{Buf, Bytes, BytesMut};
-use redis_protocol::resp2::decode::decode_bytes_mut;
-use redis_protocol::resp2::types::{BytesFrame, Resp2Frame};
+use redis_protocol::resp2::decode::decode_range;
+use redis_protocol::resp2::types::RangeFrame;
 
 /// Redis's `PROTO_INLINE_MAX_SIZE`: longest inline command, and longest header line.
 const INLINE_MAX: usize = 64 * 1024;
@@ -89,36 +89,47 @@ enum Parsed {
 }
 
 fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Parsed, ProtocolError> {
-    match decode_bytes_mut(buf) {
-        Ok(Some((BytesFrame::Array(items), _, raw))) => {
+    // `decode_range` only locates the arguments; they become slices of the one frozen
+    // frame, so a command costs two allocations (the ranges, the arguments) and no copy.
+    match decode_range(buf) {
+        Ok(Some((RangeFrame::Array(items), len))) => {
             if items.len() as u64 > limits.max_array_len {
                 return protocol_error("invalid multibulk length");
             }
             if items.is_empty() {
+                buf.advance(len);
                 return Ok(Parsed::Empty);
             }
-            let mut args = Vec::with_capacity(items.len());
+            let mut ranges = Vec::with_capacity(items.len());
             for item in items {
                 match item {
-                    BytesFrame::BulkString(arg) => {
-                        if arg.len() as u64 > limits.max_bulk_len {
+                    RangeFrame::BulkString((start, end)) => {
+                        if (end - start) as u64 > limits.max_bulk_len {
                             return protocol_error("invalid bulk length");
                         }
-                        args.push(arg);
+                        ranges.push(start..end);
                     }
-                    BytesFrame::Null => return protocol_error("invalid bulk length"),
+                    RangeFrame::Null => return protocol_error("invalid bulk length"),
                     other => {
-                        return protocol_error(format!(
-                            "expected '$', got '{}'",
-                            char::from(other.kind().to_byte())
-                        ));
+                        let got = match other {
+                            RangeFrame::SimpleString(_) => '+',
+                            RangeFrame::Error(_) => '-',
+                            RangeFrame::Integer(_) => ':',
+                            _ => '*',
+                        };
+                        return protocol_error(format!("expected '$', got '{got}'"));
                     }
                 }
             }
+            let raw = buf.split_to(len).freeze();
+            let args = ranges.into_iter().map(|r| raw.slice(r)).collect();
             Ok(Parsed::Request(Request { args, raw }))
         }
         // `*-1`: a null array, which Redis ignores like an empty one.
-        Ok(Some((_, _, _))) => Ok(Parsed::Empty),
+        Ok(Some((_, len))) => {
+            buf.advance(len);
+            Ok(Parsed::Empty)
+        }
         Ok(None) => {
             check_headers(buf, limits)?;
             Ok(Parsed::Incomplete)
