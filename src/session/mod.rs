@@ -53,6 +53,8 @@ enum Slot {
     Hello,
     /// One command on the dedicated connection.
     Dedicated,
+    /// RESET on the dedicated connection: its reply ends the connection's use.
+    Reset,
     /// One command on the dedicated connection whose reply the client must not see: it
     /// reads these bytes instead.
     DedicatedReplaced(Bytes),
@@ -105,7 +107,16 @@ struct DedicatedLink {
     outstanding: usize,
     /// RESET commands sent whose `+RESET` has not come back.
     resets: usize,
+    /// Has been subscribed or a stream (MONITOR, CLIENT REPLY, SCRIPT DEBUG): its replies
+    /// were not one per command, so it never goes back to the pool or the spares; the
+    /// client keeps it until RESET or disconnect.
+    streamed: bool,
 }
+
+/// Stop reading a client (and its dedicated connection at 8x) while this much output waits.
+const OUTPUT_SOFT_LIMIT: usize = 1 << 20;
+/// Redis's default hard `client-output-buffer-limit` for pub/sub clients.
+const OUTPUT_STREAM_LIMIT: usize = 32 << 20;
 
 type Acquire = Pin<Box<dyn Future<Output = Result<Dedicated, UpstreamError>> + Send>>;
 
@@ -259,10 +270,16 @@ impl Session {
             if stopping && owes_nothing && self.output.is_empty() {
                 break;
             }
+            // Back-pressure: a client that does not read its replies stops being read, and
+            // so does its dedicated connection, instead of filling cachet's memory.
             let can_read = !stopping
                 && self.held.is_none()
                 && matches!(self.wait, Wait::Nothing)
-                && self.in_flight < max_pipeline;
+                && self.in_flight < max_pipeline
+                && self.output.len() < OUTPUT_SOFT_LIMIT;
+            let read_upstream = self.output.len() < OUTPUT_SOFT_LIMIT * 8
+                || self.divergence.pubsub()
+                || self.divergence.stream;
             reserve(&mut self.input);
             if let Some(link) = &mut self.dedicated {
                 reserve(&mut link.incoming);
@@ -281,7 +298,7 @@ impl Session {
                 tokio::select! {
                     biased;
                     message = inbox.recv() => Event::Inbox(message),
-                    event = dedicated_io(dedicated) => event,
+                    event = dedicated_io(dedicated, read_upstream) => event,
                     conn = acquire(wait) => Event::Acquired(conn),
                     wrote = writer.write(output), if !output.is_empty() => Event::ClientWrote(wrote),
                     read = crate::net::read_available(reader, input), if can_read => Event::ClientRead(read),
@@ -293,15 +310,21 @@ impl Session {
                 Event::Inbox(Some(Inbox::Done(id, bytes))) => self.on_done(id, bytes),
                 Event::Inbox(Some(Inbox::Kill)) => break,
                 Event::Inbox(Some(Inbox::Shutdown)) => {
-                    self.draining = true;
+                    // A subscriber or MONITOR is owed nothing but a stream: close it now.
                     if self.divergence.pubsub() || self.divergence.stream {
-                        self.closing = true;
-                        self.slots.clear();
+                        break;
                     }
+                    self.draining = true;
                 }
                 Event::Inbox(None) => unreachable!("the session holds a sender"),
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => {
-                    // The client is gone (or half-closed): answer what it already sent.
+                    // The client is gone. Like Redis, which frees a client at EOF, do not
+                    // leave its blocking command waiting at Redis: a BLPOP would still pop
+                    // an element for nobody. Pooled replies are just let through.
+                    if self.dedicated.as_ref().is_some_and(|l| l.outstanding > 0) {
+                        self.dedicated = None;
+                        break;
+                    }
                     self.draining = true;
                 }
                 Event::ClientRead(Ok(_)) => {
@@ -322,9 +345,10 @@ impl Session {
                 Event::Acquired(result) => self.on_acquired(result),
                 Event::Idle => {
                     let limit = idle_limit.expect("armed only with a limit");
-                    let blocked_or_subscribed = self.dedicated.as_ref().is_some_and(|l| {
-                        l.outstanding > 0 || self.divergence.pubsub() || self.divergence.stream
-                    });
+                    let blocked_or_subscribed = !self.slots.is_empty()
+                        || self.dedicated.as_ref().is_some_and(|l| {
+                            l.outstanding > 0 || self.divergence.pubsub() || self.divergence.stream
+                        });
                     if self.last_activity.elapsed() >= limit && !blocked_or_subscribed {
                         tracing::debug!(client = self.id, "closing idle client");
                         break;
@@ -339,6 +363,17 @@ impl Session {
             }
             self.flush_batch();
             self.try_leave_dedicated();
+            // Redis's own client-output-buffer-limit for pub/sub: a subscriber this far
+            // behind is disconnected rather than buffered for without end.
+            let streaming = self.divergence.pubsub() || self.divergence.stream;
+            if streaming && self.output.len() > OUTPUT_STREAM_LIMIT {
+                tracing::warn!(
+                    client = self.id,
+                    buffered = self.output.len(),
+                    "closing a subscriber that does not read"
+                );
+                break;
+            }
             // Most replies fit the socket buffer: write them now rather than on the next turn.
             if !self.output.is_empty() {
                 match self.writer.try_write(&self.output) {
@@ -394,8 +429,12 @@ impl Session {
     fn dispatch(&mut self, request: Request) {
         let mut scratch = [0u8; 64];
         let Some(name) = lowercase_name(request.name(), &mut scratch) else {
-            // Longer than any command: let Redis say it is unknown.
-            return self.forward(request);
+            // Longer than any command: let Redis say it is unknown, on whichever connection
+            // the client is using.
+            if !self.authenticated && self.dedicated.is_none() {
+                return self.reply_local(Reply::error("NOAUTH Authentication required."));
+            }
+            return self.route(request, b"");
         };
         let name: &[u8] = name;
         if !self.authenticated
@@ -457,6 +496,10 @@ impl Session {
         match name {
             b"multi" | b"watch" | b"subscribe" | b"psubscribe" | b"ssubscribe" | b"monitor"
             | b"sync" | b"psync" | b"wait" | b"waitaof" => true,
+            // The Lua debugger takes over the connection at the next EVAL.
+            b"script" => request
+                .arg(1)
+                .is_some_and(|a| a.eq_ignore_ascii_case(b"debug")),
             b"select" => request.arg(1) != Some(self.pool_db().as_bytes()),
             b"xread" | b"xreadgroup" => request.args[1..]
                 .iter()
@@ -500,10 +543,12 @@ impl Session {
                     self.reply_local(Reply::ok());
                 }
             }
+            // A client authenticated as another user goes to Redis, which checks its rights.
             (b"kill", 4)
-                if request
-                    .arg(2)
-                    .is_some_and(|a| a.eq_ignore_ascii_case(b"id")) =>
+                if !self.divergence.user
+                    && request
+                        .arg(2)
+                        .is_some_and(|a| a.eq_ignore_ascii_case(b"id")) =>
             {
                 let target = std::str::from_utf8(&request.args[3])
                     .ok()
@@ -539,7 +584,10 @@ impl Session {
                     .arg(2)
                     .is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
                 if on || dedicated {
-                    let request = self.translate_redirect(request);
+                    let request = match self.translate_redirect(request) {
+                        Ok(request) => request,
+                        Err(refusal) => return self.reply_local(refusal),
+                    };
                     self.divergence.client_mode |= on;
                     self.route_dedicated(request, b"client");
                 } else {
@@ -564,26 +612,34 @@ impl Session {
 
     /// CLIENT TRACKING ... REDIRECT <id>: cachet's client ids are its own; Redis needs the
     /// id of the target client's dedicated connection.
-    fn translate_redirect(&self, request: Request) -> Request {
+    /// Redirecting to an id that is not one of cachet's clients is refused: it could only
+    /// name one of cachet's own upstream connections, which must never receive pushes.
+    fn translate_redirect(&self, request: Request) -> Result<Request, Reply> {
         let Some(pos) = request
             .args
             .iter()
             .position(|a| a.eq_ignore_ascii_case(b"redirect"))
         else {
-            return request;
+            return Ok(request);
         };
-        let Some(target) = request
+        let Some(id) = request
             .arg(pos + 1)
             .and_then(|a| std::str::from_utf8(a).ok())
             .and_then(|s| s.parse::<i64>().ok())
-            .and_then(|id| self.shared.clients.get(id))
         else {
-            return request;
+            // Let Redis word the syntax error.
+            return Ok(request);
         };
-        let real = target.upstream_id.load(Ordering::Relaxed);
+        let real = self
+            .shared
+            .clients
+            .get(id)
+            .map(|target| target.upstream_id.load(Ordering::Relaxed))
+            .filter(|&real| real != 0)
+            .ok_or_else(|| Reply::error("ERR The client ID you want redirect to does not exist"))?;
         let mut args = request.args;
         args[pos + 1] = Bytes::from(real.to_string());
-        Request::from_args(args)
+        Ok(Request::from_args(args))
     }
 
     /// Sends to the dedicated connection if there is one, else to the pool.
@@ -643,6 +699,7 @@ impl Session {
             Some(_) => return self.forward(request),
         };
         let mut name = None;
+        let mut authenticated_here = false;
         let mut i = 2;
         while i < request.args.len() {
             let option = request.args[i].to_ascii_lowercase();
@@ -652,6 +709,7 @@ impl Session {
                         self.divergence.user = true;
                         return self.switch_to_dedicated(request);
                     }
+                    authenticated_here = true;
                     i += 3;
                 }
                 (b"setname", 2..) => {
@@ -662,7 +720,7 @@ impl Session {
                 _ => return self.forward(request),
             }
         }
-        if !self.authenticated && !request.args.iter().any(|a| a.eq_ignore_ascii_case(b"auth")) {
+        if !self.authenticated && !authenticated_here {
             return self.reply_local(Reply::error(
                 "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
             ));
@@ -675,6 +733,7 @@ impl Session {
             ));
         }
         let version = version.unwrap_or(self.protocol);
+        self.flush_batch();
         if version != self.protocol && !self.slots.is_empty() {
             self.held = Some(request);
             self.wait = Wait::Drain;
@@ -700,6 +759,7 @@ impl Session {
 
     /// RESET on the pool: cachet's own state goes back to a new connection's.
     fn reset_local(&mut self, request: Request) {
+        self.flush_batch();
         if !self.slots.is_empty() && self.protocol != Protocol::Resp2 {
             self.held = Some(request);
             self.wait = Wait::Drain;
@@ -778,6 +838,7 @@ impl Session {
                     outgoing: BytesMut::new(),
                     outstanding: 0,
                     resets: 0,
+                    streamed: false,
                 });
             }
             Err(error) => {
@@ -806,9 +867,19 @@ impl Session {
             b"watch" if !d.multi => d.watch = true,
             b"unwatch" if !d.multi => d.watch = false,
             b"monitor" | b"sync" | b"psync" => d.stream = true,
-            b"select" if !d.multi => {
-                d.database = request.arg(1)
-                    != Some(self.shared.upstream.config.url.db.to_string().as_bytes())
+            b"script"
+                if request
+                    .arg(1)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"debug")) =>
+            {
+                d.stream = true
+            }
+            // Inside MULTI too: after EXEC the connection is on that database.
+            b"select" => {
+                let other = request.arg(1)
+                    != Some(self.shared.upstream.config.url.db.to_string().as_bytes());
+                // Queued in MULTI it may yet fail: stay pinned rather than guess.
+                d.database = other || (d.multi && d.database);
             }
             b"auth" => d.user = true,
             b"hello" => {
@@ -828,6 +899,10 @@ impl Session {
             _ => {}
         }
         let is_reset = name == b"reset";
+        let raw = self.raw_replies() || self.divergence.pubsub();
+        if let Some(link) = &mut self.dedicated {
+            link.streamed |= raw;
+        }
         let frames = match name {
             _ if self.raw_replies() => 0,
             // Confirmations are pushes in RESP3, and subscribing in RESP2 makes the stream raw.
@@ -849,7 +924,10 @@ impl Session {
         link.outstanding += frames;
         self.in_flight += frames;
         for _ in 0..frames {
-            self.slots.push_back(Slot::Dedicated);
+            self.slots.push_back(match is_reset {
+                true => Slot::Reset,
+                false => Slot::Dedicated,
+            });
         }
     }
 
@@ -861,6 +939,7 @@ impl Session {
 
     fn is_clean(&self, link: &DedicatedLink) -> bool {
         !self.divergence.any()
+            && !link.streamed
             && link.outstanding == 0
             && link.outgoing.is_empty()
             && link.incoming.is_empty()
@@ -901,8 +980,12 @@ impl Session {
             }
             Ok(bytes) => self.output.extend_from_slice(&bytes),
             Err(error) => {
+                // cachet's own epoch reads in the batch owe the client no reply.
+                let hidden = plan.as_ref().map_or(0, |plan| {
+                    plan.iter().filter(|s| matches!(s, Inspect::Epochs)).count()
+                });
                 let frame = error.to_frame();
-                for _ in 0..reply.count {
+                for _ in 0..reply.count - hidden {
                     self.output.extend_from_slice(&frame);
                 }
             }
@@ -990,10 +1073,26 @@ impl Session {
                 Err(e) => return self.dedicated_lost(&e.to_string()),
             };
             let frame = link.incoming.split_to(info.len).freeze();
-            if link.resets > 0 && &frame[..] == b"+RESET\r\n" {
+            let is_reset_reply = &frame[..] == b"+RESET\r\n";
+            // RESET's own reply: whatever answers its slot (an error too: RESET x, NOPERM).
+            // In a raw stream it has no slot, and only its exact reply can say it is done.
+            let answers_reset = !info.push
+                && link.outstanding > 0
+                && matches!(self.slots.front(), Some(Slot::Reset));
+            if answers_reset || (link.resets > 0 && link.outstanding == 0 && is_reset_reply) {
                 link.resets -= 1;
+                if answers_reset {
+                    link.outstanding -= 1;
+                    self.in_flight -= 1;
+                    self.slots.pop_front();
+                }
                 self.output.extend_from_slice(&frame);
-                self.after_reset();
+                if is_reset_reply {
+                    self.after_reset();
+                } else {
+                    self.wait = Wait::Nothing;
+                    self.after_reply();
+                }
                 continue;
             }
             self.track_subscriptions(&frame);
@@ -1078,26 +1177,26 @@ impl Session {
             "dedicated upstream connection lost"
         );
         self.handle.upstream_id.store(0, Ordering::Relaxed);
+        // Each command still waiting gets the error in its own place in the order.
         let frame = UpstreamError::Lost(reason.to_owned()).to_frame();
-        for _ in 0..link.outstanding {
-            self.output.extend_from_slice(&frame);
+        for slot in self.slots.iter_mut() {
+            if matches!(
+                slot,
+                Slot::Dedicated | Slot::DedicatedReplaced(_) | Slot::Reset
+            ) {
+                *slot = Slot::Local(frame.clone());
+            }
         }
         self.in_flight -= link.outstanding;
-        self.slots
-            .retain(|s| !matches!(s, Slot::Dedicated | Slot::DedicatedReplaced(_)));
-        while let Some(Slot::Local(bytes)) = self.slots.pop_front() {
-            self.output.extend_from_slice(&bytes);
-        }
-        if matches!(self.wait, Wait::Reset) {
-            self.wait = Wait::Nothing;
-        }
+        self.wait = Wait::Nothing;
         self.held = None;
         self.closing = true;
+        self.after_reply();
     }
 }
 
 /// Reads from, or writes to, the dedicated connection if there is one.
-async fn dedicated_io(link: &mut Option<DedicatedLink>) -> Event {
+async fn dedicated_io(link: &mut Option<DedicatedLink>, read: bool) -> Event {
     let Some(DedicatedLink {
         conn,
         incoming,
@@ -1108,7 +1207,7 @@ async fn dedicated_io(link: &mut Option<DedicatedLink>) -> Event {
         return std::future::pending().await;
     };
     tokio::select! {
-        read = crate::net::read_available(&conn.reader, incoming) => Event::UpstreamRead(read),
+        got = crate::net::read_available(&conn.reader, incoming), if read => Event::UpstreamRead(got),
         wrote = conn.writer.write(outgoing), if !outgoing.is_empty() => Event::UpstreamWrote(wrote),
     }
 }
