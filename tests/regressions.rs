@@ -55,7 +55,11 @@ async fn select_inside_multi_keeps_the_database() {
     assert_eq!(a.text(&["SELECT", "1"]).await, "+QUEUED\r\n");
     assert_eq!(a.text(&["SET", "k", "db1"]).await, "+QUEUED\r\n");
     assert!(a.text(&["EXEC"]).await.starts_with("*2"));
-    assert_eq!(a.text(&["GET", "k"]).await, "$3\r\ndb1\r\n", "still on db 1");
+    assert_eq!(
+        a.text(&["GET", "k"]).await,
+        "$3\r\ndb1\r\n",
+        "still on db 1"
+    );
     // Another client's transaction (on a spare, if one were wrongly released) is on db 0.
     let mut b = RawClient::connect(proxy.addr).await.unwrap();
     assert_eq!(b.text(&["MULTI"]).await, "+OK\r\n");
@@ -76,7 +80,11 @@ async fn a_blocked_client_that_leaves_pops_nothing() {
     let mut producer = RawClient::connect(proxy.addr).await.unwrap();
     assert_eq!(producer.text(&["LPUSH", "jobs", "x"]).await, ":1\r\n");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(direct(&redis).cli(&["LLEN", "jobs"]), "1", "the job was popped for nobody");
+    assert_eq!(
+        direct(&redis).cli(&["LLEN", "jobs"]),
+        "1",
+        "the job was popped for nobody"
+    );
 }
 
 /// Redis down: a rule-matched GET (sent with cachet's epoch read) gets exactly one error.
@@ -94,7 +102,13 @@ async fn one_error_per_command_when_a_tagged_read_fails() {
     tokio::task::block_in_place(|| redis.stop());
     tokio::time::sleep(Duration::from_millis(200)).await;
     client
-        .send_raw(&[RawClient::encode(&["GET", "sessions:teacher:1"]), RawClient::encode(&["PING"])].concat())
+        .send_raw(
+            &[
+                RawClient::encode(&["GET", "sessions:teacher:1"]),
+                RawClient::encode(&["PING"]),
+            ]
+            .concat(),
+        )
         .await
         .unwrap();
     let first = client.read_frame().await.unwrap();
@@ -103,7 +117,10 @@ async fn one_error_per_command_when_a_tagged_read_fails() {
     assert!(second.starts_with(b"-ERR upstream"), "{second:?}");
     // Nothing more: a third frame would answer a command never sent.
     assert!(
-        client.read_frame_timeout(Duration::from_millis(300)).await.is_err(),
+        client
+            .read_frame_timeout(Duration::from_millis(300))
+            .await
+            .is_err(),
         "an extra reply arrived"
     );
 }
