@@ -5,6 +5,10 @@
 //! `Proxy` shuts cachet down on drop. Failure messages carry the server's log.
 #![allow(dead_code)]
 
+pub mod conn;
+#[allow(unused_imports)]
+pub use conn::Conn;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
