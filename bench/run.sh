@@ -55,6 +55,8 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$here/lib.sh"
 repo=$(cd "$here/.." && pwd)
 
 ROUNDS=${ROUNDS:-3}
@@ -130,57 +132,9 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 used_ports=" "
-free_port() {
-    local p
-    for _ in $(seq 1 200); do
-        p=$((20000 + RANDOM % 20000))
-        [[ $used_ports == *" $p "* ]] && continue
-        if [[ -z $(ss -Htan "( sport = :$p )" 2>/dev/null) ]]; then
-            used_ports+="$p "
-            echo "$p"
-            return 0
-        fi
-    done
-    die "no free port found"
-}
 
-wait_ping() { # name port pid
-    local name=$1 port=$2 pid=$3
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) exited during startup; see $run_dir/$name.log"
-        if [[ $(redis-cli -h 127.0.0.1 -p "$port" PING 2>/dev/null) == PONG ]]; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "$name on 127.0.0.1:$port did not answer PING within 10s; see $run_dir/$name.log"
-}
 
-# The PID we account CPU to must be the server itself, not a wrapper or a
-# parent that forked it off: its comm must be the expected program and it must
-# own the listening socket on the port.
-check_pid() { # name port pid expected-comm
-    local name=$1 port=$2 pid=$3 want=${4:0:15} comm owners
-    comm=$(cat "/proc/$pid/comm" 2>/dev/null) || die "$name: pid $pid has no /proc entry"
-    [[ $comm == "$want" ]] \
-        || die "$name: pid $pid is '$comm', expected '$want'; CPU accounting would measure the wrong process"
-    owners=$(ss -Htlnp "( sport = :$port )" 2>/dev/null | grep -o 'pid=[0-9]*' | sort -u | tr '\n' ' ')
-    if [[ -n $owners && $owners != "pid=$pid " ]]; then
-        die "$name: 127.0.0.1:$port is listened on by ${owners% }, not by pid $pid"
-    fi
-    log "$name is pid $pid ($comm${owners:+, owns :$port})"
-}
 
-# utime+stime of a whole process (all its threads, live and exited), in clock
-# ticks: fields 14 and 15 of /proc/PID/stat. Everything up to the last ") " is
-# "pid (comm) " and is dropped first, as comm may contain spaces. Prints "nan"
-# if the process is gone.
-cpu_ticks() { # pid
-    local line f
-    { read -r line <"/proc/$1/stat"; } 2>/dev/null || { echo nan; return 0; }
-    read -r -a f <<<"${line##*) }" # f[0] is field 3 (state)
-    echo $((f[11] + f[12]))
-}
 
 smoke() { # name port: SET through the target, GET it back directly and via the target
     local name=$1 port=$2 key="bench:smoke:$1:$$" v
