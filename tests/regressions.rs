@@ -124,3 +124,22 @@ async fn one_error_per_command_when_a_tagged_read_fails() {
         "an extra reply arrived"
     );
 }
+
+/// CLIENT commands inside MULTI are queued, so EXEC answers one entry per queued command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_inside_multi_are_queued() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start(&redis.url()).await;
+    let mut a = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(a.text(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(a.text(&["CLIENT", "ID"]).await, "+QUEUED\r\n");
+    assert_eq!(
+        a.text(&["CLIENT", "SETNAME", "worker"]).await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(a.text(&["CLIENT", "GETNAME"]).await, "+QUEUED\r\n");
+    let exec = a.text(&["EXEC"]).await;
+    assert!(exec.starts_with("*3\r\n:"), "{exec:?}");
+    assert!(exec.ends_with("+OK\r\n$6\r\nworker\r\n"), "{exec:?}");
+    assert_eq!(a.text(&["CLIENT", "GETNAME"]).await, "$6\r\nworker\r\n");
+}

@@ -523,6 +523,15 @@ impl Session {
             .map(|s| s.to_ascii_lowercase())
             .unwrap_or_default();
         let dedicated = self.dedicated.is_some();
+        if self.divergence.multi {
+            // Queued like any command, so EXEC's reply has one entry per command; inside a
+            // transaction CLIENT ID therefore reports the Redis connection's own id.
+            if sub == b"setname" && request.args.len() == 3 {
+                let name = request.args[2].clone();
+                self.name = (!name.is_empty()).then_some(name);
+            }
+            return self.send_dedicated(request, b"client");
+        }
         match (sub.as_slice(), request.args.len()) {
             (b"id", 2) => self.reply_local(Reply::Integer(self.id)),
             (b"getname", 2) if !dedicated => self.reply_local(match &self.name {
@@ -917,6 +926,10 @@ impl Session {
         };
         let link = self.dedicated.as_mut().expect("dedicated connection");
         link.outgoing.extend_from_slice(&request.raw);
+        // The name the connection will carry at Redis, so a spare is renamed for its next user.
+        if let Some(set) = name_set_by(name, &request) {
+            link.conn.name = set;
+        }
         if is_reset {
             link.resets += 1;
             self.wait = Wait::Reset;
@@ -1193,6 +1206,23 @@ impl Session {
         self.closing = true;
         self.after_reply();
     }
+}
+
+/// The client name a command gives its connection: `Some(None)` clears it.
+fn name_set_by(name: &[u8], request: &Request) -> Option<Option<Bytes>> {
+    let value = match name {
+        b"client" if request.args.len() == 3 => request
+            .arg(1)
+            .filter(|s| s.eq_ignore_ascii_case(b"setname"))
+            .map(|_| request.args[2].clone()),
+        b"hello" => request
+            .args
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"setname"))
+            .and_then(|i| request.args.get(i + 1).cloned()),
+        _ => None,
+    }?;
+    Some((!value.is_empty()).then_some(value))
 }
 
 /// Reads from, or writes to, the dedicated connection if there is one.
