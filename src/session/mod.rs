@@ -35,6 +35,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::resp::commands::CommandInfo;
 use crate::resp::reply::Reply;
 use crate::resp::{self, Protocol, Request, lowercase_name};
 use crate::server::Shared;
@@ -476,23 +477,28 @@ impl Session {
                     // They run on cachet's own connection, in the pool's database.
                     self.reply_local(Reply::error(format!(
                         "ERR cachet's TAG commands work in database {} only",
-                        self.pool_db()
+                        self.shared.upstream.config.url.db
                     )));
                 } else {
                     self.tag_command(request, name);
                 }
             }
             _ if self.dedicated.is_some() => self.send_dedicated_tracked(request, name),
-            _ => match self.needs_dedicated(&request, name) {
-                true => self.switch_to_dedicated(request),
-                false => self.forward_tracked(request, name),
-            },
+            _ => {
+                // One table lookup serves both the routing and the index phase.
+                let table = self.shared.upstream.commands();
+                let info = table.get(name);
+                match self.needs_dedicated(&request, name, info) {
+                    true => self.switch_to_dedicated(request),
+                    false => self.forward_tracked(request, name, info),
+                }
+            }
         }
     }
 
     /// Commands that change this connection's state at Redis (or may block it) cannot share
     /// a pooled connection.
-    fn needs_dedicated(&self, request: &Request, name: &[u8]) -> bool {
+    fn needs_dedicated(&self, request: &Request, name: &[u8], info: Option<&CommandInfo>) -> bool {
         match name {
             b"multi" | b"watch" | b"subscribe" | b"psubscribe" | b"ssubscribe" | b"monitor"
             | b"sync" | b"psync" | b"wait" | b"waitaof" => true,
@@ -500,21 +506,19 @@ impl Session {
             b"script" => request
                 .arg(1)
                 .is_some_and(|a| a.eq_ignore_ascii_case(b"debug")),
-            b"select" => request.arg(1) != Some(self.pool_db().as_bytes()),
+            b"select" => !self.is_pool_db(request.arg(1)),
             b"xread" | b"xreadgroup" => request.args[1..]
                 .iter()
                 .any(|a| a.eq_ignore_ascii_case(b"block")),
-            _ => self
-                .shared
-                .upstream
-                .commands()
-                .get(name)
-                .is_some_and(|info| info.blocking),
+            _ => info.is_some_and(|info| info.blocking),
         }
     }
 
-    fn pool_db(&self) -> String {
-        self.shared.upstream.config.url.db.to_string()
+    /// Whether a SELECT argument names the pool's database (as a number, like Redis reads it).
+    fn is_pool_db(&self, arg: Option<&[u8]>) -> bool {
+        arg.and_then(|a| std::str::from_utf8(a).ok())
+            .and_then(|s| s.parse::<u32>().ok())
+            == Some(self.shared.upstream.config.url.db)
     }
 
     fn client_command(&mut self, request: Request) {
@@ -865,6 +869,7 @@ impl Session {
 
     /// Writes a command to the dedicated connection and notes how it changes the state.
     fn send_dedicated(&mut self, request: Request, name: &[u8]) {
+        let other_db = name == b"select" && !self.is_pool_db(request.arg(1));
         let d = &mut self.divergence;
         let was_subscribed = d.pubsub();
         match name {
@@ -885,10 +890,8 @@ impl Session {
             }
             // Inside MULTI too: after EXEC the connection is on that database.
             b"select" => {
-                let other = request.arg(1)
-                    != Some(self.shared.upstream.config.url.db.to_string().as_bytes());
                 // Queued in MULTI it may yet fail: stay pinned rather than guess.
-                d.database = other || (d.multi && d.database);
+                d.database = other_db || (d.multi && d.database);
             }
             b"auth" => d.user = true,
             b"hello" => {

@@ -154,15 +154,19 @@ fn is_miss(frame: &[u8]) -> bool {
 
 impl Session {
     /// Forwards a command to the pool, through the tag index when it touches a tagged key.
-    pub(super) fn forward_tracked(&mut self, request: Request, name: &[u8]) {
+    pub(super) fn forward_tracked(
+        &mut self,
+        request: Request,
+        name: &[u8],
+        info: Option<&CommandInfo>,
+    ) {
         // RENAME and COPY carry a key's tags along, whether a rule or TAGSET gave them.
         let carries_tags = matches!(name, b"rename" | b"renamenx" | b"copy")
             && self.shared.upstream.tag_index_loaded();
         if self.shared.rules.is_empty() && !carries_tags {
             return self.forward(request);
         }
-        let table = self.shared.upstream.commands();
-        let Some(info) = table.get(name) else {
+        let Some(info) = info else {
             return self.forward(request);
         };
         if wrappable(info, name, &request) {
