@@ -136,15 +136,6 @@ impl Conn {
 
     /// True once the peer has closed the connection (EOF or reset within `timeout`).
     pub async fn closed_within(&mut self, timeout: Duration) -> bool {
-        use tokio::io::AsyncReadExt;
-        let mut scratch = [0u8; 1024];
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
-                Ok(Ok(_)) => continue,
-                Err(_) => return false,
-            }
-        }
+        super::closed_within(&mut self.stream, timeout).await
     }
 }

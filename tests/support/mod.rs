@@ -304,14 +304,19 @@ impl RawClient {
 
     /// True once the peer has closed the connection (reads EOF within `timeout`).
     pub async fn closed_within(&mut self, timeout: Duration) -> bool {
-        let mut scratch = [0u8; 1024];
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
-                Ok(Ok(_)) => continue,
-                Err(_) => return false,
-            }
+        closed_within(&mut self.stream, timeout).await
+    }
+}
+
+/// True once the peer closes `stream` (EOF or reset within `timeout`); data is discarded.
+pub async fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
+    let mut scratch = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut scratch)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
         }
     }
 }
