@@ -16,6 +16,7 @@
 //! * [`tags`]: `[[rules]]` and TTL classes: which keys get which tags and TTL.
 //! * [`upstream`]: connections to Redis: the shared pipelined pool, dedicated connections for
 //!   clients with their own state, and the control client.
+//! * [`warm`]: warm requests from policies and operators, and read heat.
 //!
 //! # Request flow
 //!
@@ -34,6 +35,7 @@ pub mod server;
 pub mod session;
 pub mod tags;
 pub mod upstream;
+pub mod warm;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -118,6 +120,8 @@ pub async fn run(
         metrics: metrics::Metrics::new(),
         upstream,
         clients: server::ClientRegistry::default(),
+        warming: warm::Warming::default(),
+        heat: warm::Heat::default(),
     });
     let token = CancellationToken::new();
     let trigger = token.clone();

@@ -38,6 +38,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub upstream: Arc<Upstream>,
     pub clients: ClientRegistry,
+    pub warming: crate::warm::Warming,
+    pub heat: crate::warm::Heat,
 }
 
 /// Live clients by cachet client id.
