@@ -1060,6 +1060,37 @@ async fn rename_and_copy_of_rule_less_tagged_keys_keep_their_tags() {
 
 // ---- 3. property 2: no stale set ------------------------------------------------------------
 
+/// Clients like ioredis and fred multiplex one connection: two requests miss the same key,
+/// one before and one after an invalidation, and their writes come back in either order.
+/// cachet cannot tell which write computed from which read, so the value computed before
+/// the invalidation must not survive in either order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_stale_set_when_one_connection_carries_two_misses() {
+    let redis = RedisServer::start();
+    let p1 = start_proxy(&redis).await;
+    let p2 = start_proxy(&redis).await;
+    let mut a = Conn::connect(p1.addr).await;
+    let mut b = Conn::connect(p2.addr).await;
+    for (key, order) in [
+        ("sessions:teacher:21", ["fresh", "stale"]),
+        ("sessions:teacher:22", ["stale", "fresh"]),
+    ] {
+        let tag = key.replace("sessions:", "");
+        assert_eq!(a.text(&["GET", key]).await, "$-1\r\n");
+        assert_eq!(b.text(&["TAGINVALIDATE", &tag]).await, ":0\r\n");
+        assert_eq!(a.text(&["GET", key]).await, "$-1\r\n");
+        for value in order {
+            assert_eq!(a.text(&["SET", key, value]).await, ok());
+        }
+        let read = a.text(&["GET", key]).await;
+        assert!(!read.contains("stale"), "{key}: {read:?} survived");
+        // Both misses are used up: the next fill survives.
+        assert_eq!(a.text(&["GET", key]).await, "$-1\r\n");
+        assert_eq!(a.text(&["SET", key, "later"]).await, ok());
+        assert_eq!(a.text(&["GET", key]).await, "$5\r\nlater\r\n");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_stale_set_after_a_miss_and_an_invalidation() {
     let redis = RedisServer::start();

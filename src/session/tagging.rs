@@ -12,8 +12,18 @@
 //! connection (so they are no newer than the read), keeps them when the read misses, and
 //! hands them to the write; the index function then refuses to let the value survive if any
 //! tag was invalidated since. Like a memcache lease, this is per client connection.
+//!
+//! One connection may carry several requests at once (ioredis, fred and most clients
+//! multiplex one connection), so two misses of the same key can be outstanding and cachet
+//! cannot tell which write answers which miss. A key's lease therefore keeps every
+//! outstanding miss, and a write is checked against the oldest epochs among them, and uses
+//! up the newest miss: a value that may have been computed before an invalidation never
+//! survives it, whatever order the writes come in. The price: while a miss from before an
+//! invalidation is outstanding (at most `SNAPSHOT_TTL`), writes of that key on that
+//! connection are dropped and recomputed later. A hit does not end a lease for the same
+//! reason: it may belong to another request on the connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -27,10 +37,13 @@ use crate::resp::reply::Reply;
 use crate::server::Shared;
 use crate::tags::index::{self, WriteCall, WriteKey};
 
-/// How long a miss's epochs are kept for the write that usually follows.
-const SNAPSHOT_TTL: Duration = Duration::from_secs(60);
-/// Most remembered misses per client connection.
+/// How long a miss's epochs are kept for the write that usually follows (a memcache lease
+/// lives 10 s too). A recompute slower than this writes unchecked.
+const SNAPSHOT_TTL: Duration = Duration::from_secs(10);
+/// Most keys with remembered misses per client connection.
 const SNAPSHOT_CAP: usize = 4096;
+/// Most outstanding misses remembered for one key of one connection.
+const MISSES_PER_KEY: usize = 64;
 
 /// What to do with each frame of a pooled batch's replies, when the batch holds more than
 /// plain forwarded commands.
@@ -44,30 +57,60 @@ pub(super) enum Inspect {
     Read(Bytes),
 }
 
-/// Tag epochs seen before reads that missed, by key.
+/// Tag epochs seen before reads that missed, by key: each key's outstanding misses, oldest
+/// first.
 #[derive(Debug, Default)]
 pub(super) struct Snapshots {
-    by_key: HashMap<Bytes, (Vec<u64>, Instant)>,
+    by_key: HashMap<Bytes, VecDeque<(Vec<u64>, Instant)>>,
 }
 
 impl Snapshots {
     fn insert(&mut self, key: Bytes, epochs: Vec<u64>) {
-        if self.by_key.len() >= SNAPSHOT_CAP {
-            self.by_key.retain(|_, (_, at)| at.elapsed() < SNAPSHOT_TTL);
+        if self.by_key.len() >= SNAPSHOT_CAP && !self.by_key.contains_key(&key) {
+            self.by_key.retain(|_, misses| {
+                misses.retain(|(_, at)| at.elapsed() < SNAPSHOT_TTL);
+                !misses.is_empty()
+            });
             if self.by_key.len() >= SNAPSHOT_CAP {
                 return;
             }
         }
-        self.by_key.insert(key, (epochs, Instant::now()));
+        let misses = self.by_key.entry(key).or_default();
+        if misses.len() == MISSES_PER_KEY {
+            misses.pop_front();
+        }
+        misses.push_back((epochs, Instant::now()));
     }
 
-    fn forget(&mut self, key: &[u8]) {
-        self.by_key.remove(key);
-    }
-
+    /// The epochs a write of `key` is checked against: per tag, the oldest any outstanding
+    /// miss saw. The write answers one of those misses; the newest is used up, so a miss
+    /// from before an invalidation keeps guarding the writes after it until it expires.
     fn take(&mut self, key: &[u8]) -> Option<Vec<u64>> {
-        let (epochs, at) = self.by_key.remove(key)?;
-        (at.elapsed() < SNAPSHOT_TTL).then_some(epochs)
+        let misses = self.by_key.get_mut(key)?;
+        while misses
+            .front()
+            .is_some_and(|(_, at)| at.elapsed() >= SNAPSHOT_TTL)
+        {
+            misses.pop_front();
+        }
+        let mut oldest: Option<Vec<u64>> = None;
+        for (epochs, _) in misses.iter() {
+            match &mut oldest {
+                None => oldest = Some(epochs.clone()),
+                Some(low) if low.len() == epochs.len() => {
+                    low.iter_mut()
+                        .zip(epochs)
+                        .for_each(|(l, e)| *l = (*l).min(*e));
+                }
+                // Another tag list (the config changed between the misses): the older one.
+                Some(_) => {}
+            }
+        }
+        misses.pop_back();
+        if misses.is_empty() {
+            self.by_key.remove(key);
+        }
+        oldest
     }
 }
 
@@ -286,11 +329,8 @@ impl Session {
                 Inspect::Read(key) => {
                     let end = frame_end(at);
                     let frame = &bytes[at..end];
-                    match epochs.take() {
-                        Some(seen) if is_miss(frame) => self.snapshots.insert(key, seen),
-                        // A hit ends the lease of an earlier miss: the client now writes
-                        // back what it read, not what it computed then.
-                        _ => self.snapshots.forget(&key),
+                    if let Some(seen) = epochs.take().filter(|_| is_miss(frame)) {
+                        self.snapshots.insert(key, seen);
                     }
                     self.output.extend_from_slice(frame);
                     at = end;
@@ -566,13 +606,36 @@ mod tests {
     }
 
     #[test]
-    fn leases_expire_and_a_hit_forgets_them() {
+    fn a_lease_is_used_once() {
         let mut leases = Snapshots::default();
         leases.insert(Bytes::from_static(b"k"), vec![7]);
         assert_eq!(leases.take(b"k"), Some(vec![7]));
         assert_eq!(leases.take(b"k"), None, "a lease is used once");
-        leases.insert(Bytes::from_static(b"k"), vec![7]);
-        leases.forget(b"k");
+        assert!(leases.by_key.is_empty());
+    }
+
+    #[test]
+    fn writes_are_checked_against_the_oldest_outstanding_miss() {
+        let mut leases = Snapshots::default();
+        let k = || Bytes::from_static(b"k");
+        // Two requests on one connection missed, one before an invalidation, one after.
+        leases.insert(k(), vec![5, 9]);
+        leases.insert(k(), vec![8, 9]);
+        // Whichever write comes first is checked against the older epochs, and so is the
+        // second: either may be the one computed before the invalidation.
+        assert_eq!(leases.take(b"k"), Some(vec![5, 9]));
+        leases.insert(k(), vec![8, 12]);
+        assert_eq!(leases.take(b"k"), Some(vec![5, 9]));
+        assert_eq!(leases.take(b"k"), Some(vec![5, 9]));
         assert_eq!(leases.take(b"k"), None);
+    }
+
+    #[test]
+    fn outstanding_misses_per_key_are_bounded() {
+        let mut leases = Snapshots::default();
+        for i in 0..(MISSES_PER_KEY as u64 + 10) {
+            leases.insert(Bytes::from_static(b"k"), vec![i]);
+        }
+        assert_eq!(leases.by_key[&b"k"[..]].len(), MISSES_PER_KEY);
     }
 }
