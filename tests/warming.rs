@@ -329,28 +329,41 @@ async fn retries_until_the_origin_recovers_and_gives_up_after_retries() {
 #[tokio::test]
 async fn a_slow_origin_times_out_and_concurrency_is_capped() {
     let redis = RedisServer::start();
-    let slow = Origin::start(|n| {
-        let delay = if n == 0 { 500 } else { 100 };
-        (StatusCode::NO_CONTENT, None, Duration::from_millis(delay))
-    })
-    .await;
+    let slow = Origin::start(|_| (StatusCode::NO_CONTENT, None, Duration::from_millis(600))).await;
+    let busy = Origin::start(|_| (StatusCode::NO_CONTENT, None, Duration::from_millis(100))).await;
     let toml = format!(
-        "[warmers.slow]\nhttp = \"http://{}/s/{{n}}\"\ndelay_ms = 0\ntimeout_ms = 300\n\
-         retries = 0\nconcurrency = 2\n",
-        slow.addr
+        "[warmers.slow]\nhttp = \"http://{}/s\"\ndelay_ms = 0\ntimeout_ms = 200\nretries = 0\n\
+         [warmers.busy]\nhttp = \"http://{}/b/{{n}}\"\ndelay_ms = 0\nconcurrency = 2\n",
+        slow.addr, busy.addr
     );
     let (warming, registry, _stop) = warming_with(&redis, &toml, Heat::default()).await;
+    let asked = Instant::now();
+    assert_eq!(
+        warming.submit(request("slow", &[], None)),
+        Submitted::Queued
+    );
     for n in 0..7 {
         let n = n.to_string();
         assert_eq!(
-            warming.submit(request("slow", &[("n", &n)], None)),
+            warming.submit(request("busy", &[("n", &n)], None)),
             Submitted::Queued
         );
     }
-    slow.wait_for(7).await;
-    wait_count(&registry, "slow", "sent", 6).await;
     wait_count(&registry, "slow", "failed", 1).await;
-    assert_eq!(slow.peak.load(Ordering::SeqCst), 2, "concurrency = 2");
+    assert!(
+        asked.elapsed() < Duration::from_millis(550),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(count(&registry, "slow", "sent"), 0);
+    wait_count(&registry, "busy", "sent", 7).await;
+    assert_eq!(busy.peak.load(Ordering::SeqCst), 2, "concurrency = 2");
+    // Seven requests of 100 ms, two at a time.
+    assert!(
+        asked.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        asked.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -563,19 +576,22 @@ async fn stream_warmer_appends_entries_that_xreadgroup_reads() {
             .await;
         assert_eq!(reply, "+QUEUED\r\n");
     }
+    // Wait until all 41 were added (they are sent up to 8 at a time, in any order).
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let last: Value = worker
-            .custom(
-                fred::cmd!("XREVRANGE"),
-                vec!["cachet:warm", "+", "-", "COUNT", "1"],
-            )
+        let info: Vec<Value> = worker
+            .custom(fred::cmd!("XINFO"), vec!["STREAM", "cachet:warm"])
             .await
             .unwrap();
-        if format!("{last:?}").contains("\\\"39\\\"") {
+        let at = info
+            .iter()
+            .position(|v| v.as_str().as_deref() == Some("entries-added"))
+            .expect("entries-added");
+        let added = info[at + 1].as_u64().unwrap();
+        if added == 41 {
             break;
         }
-        assert!(Instant::now() < deadline, "last entry: {last:?}");
+        assert!(Instant::now() < deadline, "{added} entries added");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let len: u64 = worker.xlen("cachet:warm").await.unwrap();

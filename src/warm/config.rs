@@ -68,7 +68,8 @@ pub enum HttpMethod {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWarmer {
-    http: Option<String>,
+    /// Parsed here rather than in `try_from`, so its errors point at the value.
+    http: Option<UrlTemplate>,
     method: Option<HttpMethod>,
     stream: Option<String>,
     max_len: Option<u64>,
@@ -98,7 +99,7 @@ impl TryFrom<RawWarmer> for WarmerConfig {
                     return Err("`max_len` is for `stream` warmers".to_owned());
                 }
                 Target::Http {
-                    url: url.parse()?,
+                    url,
                     method: raw.method.unwrap_or(HttpMethod::Get),
                 }
             }

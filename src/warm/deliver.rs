@@ -31,7 +31,7 @@ pub(super) enum Sender {
     /// URI it is given, which [`super::config::UrlTemplate::render`] pins to the configured one.
     Http {
         client: Client<HttpConnector, Full<Bytes>>,
-        url: UrlTemplate,
+        url: Box<UrlTemplate>,
         method: HttpMethod,
     },
     Stream {
@@ -54,7 +54,7 @@ impl Sender {
                     .build(connector);
                 Sender::Http {
                     client,
-                    url: url.clone(),
+                    url: Box::new(url.clone()),
                     method: *method,
                 }
             }

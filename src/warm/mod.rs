@@ -9,7 +9,7 @@
 //! * [`heat`]: the read-count sketch.
 //! * `worker`: one task per warmer: the delay, the concurrency cap, retries.
 //! * `deliver`: one attempt: an HTTP call, or an XADD on the control client.
-//! * [`metrics`]: `cachet_warm_*`.
+//! * [`metrics`]: the `cachet_warm_*` families.
 //!
 //! `submit` is synchronous and never waits: the policy host calls it from its own threads. It
 //! checks the request (warmer, parameters, heat), collapses it into an identical pending one,
