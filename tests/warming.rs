@@ -425,6 +425,43 @@ async fn identical_requests_within_the_window_collapse() {
     origin.stays_at(3, Duration::from_millis(100)).await;
 }
 
+/// The policy host submits from threads of its own, not tokio's.
+#[tokio::test]
+async fn submit_from_plain_threads_queues_one_of_many_identical_requests() {
+    let redis = RedisServer::start();
+    let origin = Origin::ok().await;
+    let toml = format!(
+        "[warmers.w]\nhttp = \"http://{}/w/{{id}}\"\ndelay_ms = 200\n",
+        origin.addr
+    );
+    let (warming, registry, _stop) = warming_with(&redis, &toml, Heat::default()).await;
+    let warming = Arc::new(warming);
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let warming = warming.clone();
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|_| warming.submit(request("w", &[("id", "1")], Some("k"))))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let outcomes: Vec<Submitted> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let queued = outcomes.iter().filter(|o| **o == Submitted::Queued).count();
+    let deduplicated = outcomes
+        .iter()
+        .filter(|o| **o == Submitted::Deduplicated)
+        .count();
+    assert_eq!((queued, deduplicated), (1, 99), "{outcomes:?}");
+    assert_eq!(count(&registry, "w", "deduplicated"), 99);
+    origin.wait_for(1).await;
+    wait_count(&registry, "w", "sent", 1).await;
+    origin.stays_at(1, Duration::from_millis(100)).await;
+}
+
 #[tokio::test]
 async fn parameter_values_cannot_change_the_host_or_the_path() {
     let redis = RedisServer::start();
