@@ -46,6 +46,10 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub ttl: TtlConfig,
     pub rules: Vec<RuleConfig>,
+    /// `[warmers.NAME]`: where warm requests go (see [`crate::warm::config`]).
+    pub warmers: BTreeMap<String, crate::warm::WarmerConfig>,
+    /// `[heat]`: read counting for heat-aware warmers.
+    pub heat: crate::warm::HeatConfig,
 }
 
 /// `[proxy]`: the client-facing side.

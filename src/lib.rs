@@ -112,16 +112,19 @@ pub async fn run(
         upstream = %config.upstream.url,
         "cachet serving"
     );
+    let metrics = metrics::Metrics::new();
+    let heat = warm::Heat::new(&config.heat);
+    let warming = warm::Warming::new(&config.warmers, heat.clone(), &metrics.registry);
     let shared = Arc::new(server::Shared {
         config,
         limits,
         rules: Arc::new(rules),
         index: tags::index::TagIndex::new(tags::index::DEFAULT_PREFIX)?,
-        metrics: metrics::Metrics::new(),
+        metrics,
         upstream,
         clients: server::ClientRegistry::default(),
-        warming: warm::Warming::default(),
-        heat: warm::Heat::default(),
+        warming,
+        heat,
     });
     let token = CancellationToken::new();
     let trigger = token.clone();
@@ -130,6 +133,9 @@ pub async fn run(
         trigger.cancel();
     });
     tokio::spawn(sweep(shared.clone(), token.clone()));
+    shared
+        .warming
+        .start(shared.upstream.control(), token.clone());
     server::serve(shared, listener, token).await;
     Ok(())
 }

@@ -18,6 +18,7 @@
 //! other on two connections.
 
 mod tagging;
+mod warm;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -483,6 +484,7 @@ impl Session {
                     self.tag_command(request, name);
                 }
             }
+            b"warm" => self.warm_command(request, name),
             _ if self.dedicated.is_some() => self.send_dedicated_tracked(request, name),
             _ => {
                 // One table lookup serves both the routing and the index phase.

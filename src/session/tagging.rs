@@ -221,6 +221,7 @@ impl Session {
             if let Some(key) = key
                 && let Some(found) = self.shared.rules.match_key(&key)
             {
+                self.shared.heat.record(&key);
                 let epochs = Request::from_args(self.shared.index.epoch_read(&found.tags));
                 self.forward_inspected(epochs, Inspect::Epochs);
                 return self.forward_inspected(request, Inspect::Read(key));
