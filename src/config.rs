@@ -50,6 +50,8 @@ pub struct Config {
     pub warmers: BTreeMap<String, crate::warm::WarmerConfig>,
     /// `[heat]`: read counting for heat-aware warmers.
     pub heat: crate::warm::HeatConfig,
+    pub policies: Vec<crate::policy::PolicyConfig>,
+    pub events: crate::policy::EventsConfig,
 }
 
 /// `[proxy]`: the client-facing side.
@@ -389,6 +391,8 @@ pub enum ConfigError {
     Env { name: &'static str, message: String },
     #[error("{}", Invalid::list(path, errors))]
     Invalid { path: String, errors: Vec<Invalid> },
+    #[error("{path}: {}", errors.join("; "))]
+    Policies { path: String, errors: Vec<String> },
 }
 
 /// A problem found after parsing, placed in the file like `toml` places its own errors.
@@ -496,6 +500,13 @@ impl Config {
             path: origin.to_owned(),
             errors: errors.iter().map(|e| Invalid::locate(text, e)).collect(),
         })?;
+        let errors = crate::policy::config::validate(&config.policies, &config.events);
+        if !errors.is_empty() {
+            return Err(ConfigError::Policies {
+                path: origin.to_owned(),
+                errors,
+            });
+        }
         Ok(config)
     }
 
