@@ -684,6 +684,33 @@ async fn heat_threshold_is_honoured() {
     origin.stays_at(2, Duration::from_millis(100)).await;
 }
 
+/// Heat is the reads of the current and the previous window: two windows after the reads,
+/// the key is cold again.
+#[tokio::test]
+async fn heat_fades_when_the_windows_turn() {
+    let redis = RedisServer::start();
+    let toml = "[[rules]]\npattern = \"session:{session}\"\ntags = [\"session:{session}\"]\n\
+                [heat]\nwindow_secs = 1\n\
+                [warmers.session-detail]\nstream = \"cachet:warm\"\nmin_reads = 3\n\
+                delay_ms = 0\ndedup_ms = 0\n";
+    let proxy = cachet_with(&redis, toml).await;
+    let mut client = RawClient::connect(proxy.addr).await.unwrap();
+    for _ in 0..3 {
+        client.text(&["GET", "session:1"]).await;
+    }
+    let warm = [
+        "WARM",
+        "session-detail",
+        "sessionId",
+        "1",
+        "KEY",
+        "session:1",
+    ];
+    assert_eq!(client.text(&warm).await, "+QUEUED\r\n");
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    assert_eq!(client.text(&warm).await, "+COLD\r\n");
+}
+
 #[tokio::test]
 async fn a_full_queue_refuses_until_it_drains() {
     let redis = RedisServer::start();
