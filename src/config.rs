@@ -46,6 +46,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub ttl: TtlConfig,
     pub rules: Vec<RuleConfig>,
+    pub policies: Vec<crate::policy::PolicyConfig>,
+    pub events: crate::policy::EventsConfig,
 }
 
 /// `[proxy]`: the client-facing side.
@@ -385,6 +387,8 @@ pub enum ConfigError {
     Env { name: &'static str, message: String },
     #[error("{}", Invalid::list(path, errors))]
     Invalid { path: String, errors: Vec<Invalid> },
+    #[error("{path}: {}", errors.join("; "))]
+    Policies { path: String, errors: Vec<String> },
 }
 
 /// A problem found after parsing, placed in the file like `toml` places its own errors.
@@ -492,6 +496,13 @@ impl Config {
             path: origin.to_owned(),
             errors: errors.iter().map(|e| Invalid::locate(text, e)).collect(),
         })?;
+        let errors = crate::policy::config::validate(&config.policies, &config.events);
+        if !errors.is_empty() {
+            return Err(ConfigError::Policies {
+                path: origin.to_owned(),
+                errors,
+            });
+        }
         Ok(config)
     }
 

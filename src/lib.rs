@@ -7,7 +7,10 @@
 //! # Module map
 //!
 //! * [`config`]: the TOML configuration, environment overrides, validation.
+//! * [`events`]: EMIT: routing events to policies, merging and applying their actions,
+//!   dead letters and `POLICY REPLAY`, reloading modules.
 //! * [`metrics`]: every metric cachet keeps, in one place.
+//! * [`policy`]: the WebAssembly policy host: the sandbox, loaded modules, policy threads.
 //! * [`net`]: socket reads without the extra `WouldBlock` syscall.
 //! * [`resp`]: frames on the wire (requests, replies, locally built replies) and the command
 //!   table learned from Redis.
@@ -28,8 +31,10 @@
 //! ```
 
 pub mod config;
+pub mod events;
 pub mod metrics;
 pub mod net;
+pub mod policy;
 pub mod resp;
 pub mod server;
 pub mod session;
@@ -106,6 +111,12 @@ pub async fn run(
         let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("invalid rules: {}", messages.join("; "))
     })?;
+    let policy_configs = config.policies.clone();
+    let threads = config.events.threads;
+    let policies =
+        tokio::task::spawn_blocking(move || policy::Policies::load(&policy_configs, threads))
+            .await?
+            .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
     let upstream = upstream::Upstream::start(config.upstream.clone(), !rules.is_empty())?;
     tracing::info!(
         listen = %listener.local_addr()?,
@@ -122,6 +133,7 @@ pub async fn run(
         clients: server::ClientRegistry::default(),
         warming: warm::Warming::default(),
         heat: warm::Heat::default(),
+        policies: Arc::new(policies),
     });
     let token = CancellationToken::new();
     let trigger = token.clone();
@@ -130,6 +142,7 @@ pub async fn run(
         trigger.cancel();
     });
     tokio::spawn(sweep(shared.clone(), token.clone()));
+    tokio::spawn(events::watch(shared.clone(), token.clone()));
     server::serve(shared, listener, token).await;
     Ok(())
 }

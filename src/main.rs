@@ -33,6 +33,26 @@ struct Cli {
 enum Command {
     /// Parse and validate a configuration file; exit 1 on any error.
     CheckConfig { file: PathBuf },
+    /// Policy components.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print a component's imports and exports, whether cachet would load it, and the actions
+    /// it returns for a sample event; exit 1 if cachet would refuse it or the call fails.
+    Check {
+        file: PathBuf,
+        /// The event to send (default: session.created sessionId 42 teacherId 123 schoolId 7).
+        #[arg(long)]
+        event: Option<String>,
+        /// The event's fields, as `field value` pairs after --event.
+        fields: Vec<String>,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,6 +65,12 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Policy(PolicyCommand::Check {
+            file,
+            event,
+            fields,
+            json,
+        })) => check_policy(&file, event, &fields, json),
         None => match serve(cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -64,6 +90,53 @@ fn check_config(file: &std::path::Path) -> ExitCode {
         Err(error) => {
             eprintln!("{error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_policy(
+    file: &std::path::Path,
+    event: Option<String>,
+    fields: &[String],
+    json: bool,
+) -> ExitCode {
+    use cachet::policy::check;
+    if fields.len() % 2 != 0 {
+        eprintln!("cachet: fields come in pairs: field value [field value ...]");
+        return ExitCode::FAILURE;
+    }
+    let (event, fields): (String, Vec<(String, String)>) = match event {
+        Some(event) => (
+            event,
+            fields
+                .chunks(2)
+                .map(|p| (p[0].clone(), p[1].clone()))
+                .collect(),
+        ),
+        None => (
+            check::SAMPLE_EVENT.to_owned(),
+            check::SAMPLE_FIELDS
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        ),
+    };
+    match check::check(file, &event, &fields) {
+        Err(error) => {
+            eprintln!("cachet: {error}");
+            ExitCode::FAILURE
+        }
+        Ok(report) => {
+            if json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.text());
+            }
+            if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -40,6 +40,7 @@ pub struct Shared {
     pub clients: ClientRegistry,
     pub warming: crate::warm::Warming,
     pub heat: crate::warm::Heat,
+    pub policies: Arc<crate::policy::Policies>,
 }
 
 /// Live clients by cachet client id.

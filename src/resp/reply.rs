@@ -15,6 +15,8 @@ pub enum Reply {
     Bulk(Bytes),
     Null,
     Array(Vec<Reply>),
+    /// A map in RESP3; a flat array of keys and values in RESP2, as HGETALL replies.
+    Map(Vec<(Reply, Reply)>),
 }
 
 impl Reply {
@@ -53,6 +55,12 @@ impl Reply {
             Reply::Bulk(b) => Frame2::BulkString(b.clone()),
             Reply::Null => Frame2::Null,
             Reply::Array(items) => Frame2::Array(items.iter().map(Reply::to_resp2).collect()),
+            Reply::Map(pairs) => Frame2::Array(
+                pairs
+                    .iter()
+                    .flat_map(|(k, v)| [k.to_resp2(), v.to_resp2()])
+                    .collect(),
+            ),
         }
     }
 
@@ -77,6 +85,13 @@ impl Reply {
             Reply::Null => Frame3::Null,
             Reply::Array(items) => Frame3::Array {
                 data: items.iter().map(Reply::to_resp3).collect(),
+                attributes: None,
+            },
+            Reply::Map(pairs) => Frame3::Map {
+                data: pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_resp3(), v.to_resp3()))
+                    .collect(),
                 attributes: None,
             },
         }

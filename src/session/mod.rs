@@ -17,7 +17,8 @@
 //! pools) first waits until every earlier reply has arrived: commands never overtake each
 //! other on two connections.
 
-mod tagging;
+mod policy;
+pub(crate) mod tagging;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -483,6 +484,7 @@ impl Session {
                     self.tag_command(request, name);
                 }
             }
+            b"emit" | b"policy" => self.policy_command(request, name),
             _ if self.dedicated.is_some() => self.send_dedicated_tracked(request, name),
             _ => {
                 // One table lookup serves both the routing and the index phase.

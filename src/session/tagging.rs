@@ -87,7 +87,10 @@ fn sets_ttl_explicitly(name: &[u8], request: &Request) -> bool {
 /// Runs an index operation on the control connection, loading cachet's function library
 /// first if this cachet has not yet, and again if Redis lost it (a restart without
 /// persistence, FUNCTION FLUSH). Errors come back as reply text.
-async fn index_op<T, Fut>(shared: &Shared, mut operation: impl FnMut() -> Fut) -> Result<T, String>
+pub(crate) async fn index_op<T, Fut>(
+    shared: &Shared,
+    mut operation: impl FnMut() -> Fut,
+) -> Result<T, String>
 where
     Fut: Future<Output = Result<T, index::IndexError>>,
 {

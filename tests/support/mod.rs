@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod conn;
+pub mod policies;
 #[allow(unused_imports)]
 pub use conn::Conn;
 

@@ -1,0 +1,698 @@
+//! EMIT: an event goes to every policy that subscribes to it; the actions of the calls that
+//! succeeded are merged and applied once; follow-up events run after, one level deeper.
+//!
+//! Phases of one event:
+//!
+//! 1. **route**: the policies whose `events` globs match the name; each one's current
+//!    module version is taken now and used to the end, whatever a reload does meanwhile.
+//! 2. **call**: one call per policy on the policy threads ([`crate::policy::Workers`]), all
+//!    at once. A call that fails (error, trap, timeout, memory, limits) contributes nothing:
+//!    it is reported, counted, and its event kept in the dead-letter stream.
+//! 3. **merge**: tags, keys and warm requests of the successful calls, each named once; log
+//!    actions are written to the log.
+//! 4. **apply**: tags through the tag index (as TAGINVALIDATE, with its stale-set
+//!    guarantees), keys deleted with their index entries (as DEL through cachet), warm
+//!    requests handed to [`crate::warm::Warming`].
+//! 5. **follow up**: `emit` actions become events of depth + 1, up to `[events] max_depth`.
+//!
+//! The outcome is the client's reply, a tracing line, and (optionally) an entry of
+//! `[events] log_stream`. `POLICY REPLAY` runs dead letters again through the same path.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fred::interfaces::ClientLike;
+use fred::types::Value;
+
+use crate::policy::engine::{self, Action, Event, Field, name_to_bytes};
+use crate::policy::{Backend, CallError, Entry, Reloaded};
+use crate::resp::Protocol;
+use crate::resp::reply::Reply;
+use crate::server::Shared;
+use crate::session::tagging::index_op;
+use crate::tags::index::{WriteCall, WriteKey};
+use crate::warm::{Submitted, WarmRequest};
+
+/// Keys deleted per index call: well inside Lua's `unpack` limit.
+const DELETE_CHUNK: usize = 500;
+
+/// A client's event (depth 0) with its fields as sent.
+pub fn event(name: String, fields: Vec<(String, Bytes)>) -> Event {
+    let time_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Event {
+        name,
+        fields: fields
+            .into_iter()
+            .map(|(name, raw)| Field {
+                name,
+                value: String::from_utf8_lossy(&raw).into_owned(),
+                raw: raw.to_vec(),
+            })
+            .collect(),
+        time_ms,
+        depth: 0,
+    }
+}
+
+/// What an EMIT (or a replay) did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Policies that ran, each named once, in the order they first ran.
+    pub policies: Vec<String>,
+    /// Tags invalidated.
+    pub tags: Vec<Bytes>,
+    /// Keys named by delete-key actions.
+    pub keys: Vec<Bytes>,
+    /// Keys deleted, by tag invalidations and delete-key actions together.
+    pub deleted: u64,
+    pub warm: WarmCounts,
+    /// `policy <name>: <reason>` for every failure.
+    pub errors: Vec<String>,
+    /// Calls that succeeded and failed.
+    pub succeeded: usize,
+    pub failed: usize,
+    /// Follow-up events handled, and dropped at the depth limit.
+    pub followups: usize,
+    pub dropped: usize,
+    pub duration: Duration,
+}
+
+/// What became of warm requests.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WarmCounts {
+    pub queued: u64,
+    pub deduplicated: u64,
+    pub cold: u64,
+    pub refused: u64,
+}
+
+/// Actions of the successful calls of one event, each named once.
+#[derive(Default)]
+struct Merged {
+    tags: Vec<Bytes>,
+    seen_tags: HashSet<Bytes>,
+    keys: Vec<Bytes>,
+    seen_keys: HashSet<Bytes>,
+    warm: Vec<WarmRequest>,
+    seen_warm: HashSet<(String, Vec<(String, String)>, Option<Bytes>)>,
+    followups: Vec<(String, Event)>,
+}
+
+impl Merged {
+    fn add(&mut self, policy: &str, event: &Event, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::InvalidateTag(name) => {
+                    let tag = Bytes::from(name_to_bytes(name));
+                    if self.seen_tags.insert(tag.clone()) {
+                        self.tags.push(tag);
+                    }
+                }
+                Action::DeleteKey(name) => {
+                    let key = Bytes::from(name_to_bytes(name));
+                    if self.seen_keys.insert(key.clone()) {
+                        self.keys.push(key);
+                    }
+                }
+                Action::Warm(request) => {
+                    let params: Vec<(String, String)> = request
+                        .params
+                        .into_iter()
+                        .map(|p| (p.name, p.value))
+                        .collect();
+                    let key = request.key.map(|k| Bytes::from(name_to_bytes(k)));
+                    let identity = (request.warmer.clone(), params.clone(), key.clone());
+                    if self.seen_warm.insert(identity) {
+                        self.warm.push(WarmRequest {
+                            warmer: request.warmer,
+                            params,
+                            key,
+                            event: event.name.clone(),
+                            reason: policy.to_owned(),
+                        });
+                    }
+                }
+                Action::Emit(follow) => {
+                    let mut next = self::event(
+                        follow.name,
+                        follow
+                            .fields
+                            .into_iter()
+                            .map(|p| (p.name, Bytes::from(p.value)))
+                            .collect(),
+                    );
+                    next.depth = event.depth + 1;
+                    self.followups.push((policy.to_owned(), next));
+                }
+                Action::Log(entry) => {
+                    engine::log_line(policy, &event.name, entry.level, &entry.message)
+                }
+            }
+        }
+    }
+}
+
+/// Answers host imports from Redis (blocking the policy thread, never a client's) and from
+/// the read-heat sketch.
+struct Live {
+    shared: Arc<Shared>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Backend for Live {
+    fn key_tags(&self, key: &[u8]) -> Vec<Vec<u8>> {
+        let key = Bytes::copy_from_slice(key);
+        let shared = &self.shared;
+        let control = shared.upstream.control();
+        let tags = self
+            .runtime
+            .block_on(index_op(shared, || shared.index.tags(control, &key)));
+        match tags {
+            Ok(tags) => tags.into_iter().map(|t| t.to_vec()).collect(),
+            Err(error) => {
+                tracing::warn!(%error, "policy host: key-tags failed; answering none");
+                Vec::new()
+            }
+        }
+    }
+
+    fn tag_size(&self, tag: &[u8]) -> u64 {
+        let set = self.shared.index.names().tag_keys(tag);
+        let control = self.shared.upstream.control();
+        let size: Result<u64, _> = self.runtime.block_on(async {
+            control
+                .custom(fred::cmd!("ZCARD"), vec![Value::Bytes(set)])
+                .await
+        });
+        size.unwrap_or_else(|error| {
+            tracing::warn!(%error, "policy host: tag-size failed; answering 0");
+            0
+        })
+    }
+
+    fn key_heat(&self, key: &[u8]) -> u32 {
+        self.shared.heat.estimate(key)
+    }
+}
+
+/// Runs `event` through its policies (or through `only`, for a replay) and everything that
+/// follows from it.
+pub async fn run(shared: &Arc<Shared>, root: Event, only: Option<Arc<Entry>>) -> Outcome {
+    let started = Instant::now();
+    let mut outcome = Outcome::default();
+    let backend: Arc<dyn Backend> = Arc::new(Live {
+        shared: shared.clone(),
+        runtime: tokio::runtime::Handle::current(),
+    });
+    let replay = only.is_some();
+    let max_depth = shared.config.events.max_depth;
+    let mut queue = VecDeque::from([(only, root)]);
+    let mut first = true;
+    while let Some((only, event)) = queue.pop_front() {
+        // A replayed event that fails again keeps its dead letter; it needs no second one.
+        let keep_failures = !(replay && std::mem::take(&mut first));
+        let entries = match only {
+            Some(entry) => vec![entry],
+            None => shared.policies.subscribed(&event.name),
+        };
+        let mut merged = Merged::default();
+        let mut succeeded = Vec::new();
+        let event = Arc::new(event);
+        let mut calls = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let version = entry.current();
+            let (event, backend) = (event.clone(), backend.clone());
+            let submitted = shared.policies.workers.submit(move || {
+                let began = Instant::now();
+                let result = version.module.call(&event, backend);
+                (result, began.elapsed())
+            });
+            calls.push((entry.clone(), submitted));
+        }
+        for (entry, submitted) in calls {
+            let name = entry.name();
+            if !outcome.policies.iter().any(|p| p == name) {
+                outcome.policies.push(name.to_owned());
+            }
+            let result = match submitted {
+                Ok(done) => done.await.map_err(|_| crate::policy::Busy),
+                Err(busy) => Err(busy),
+            };
+            let (result, took) = match result {
+                Ok(ran) => ran,
+                Err(busy) => (Err(CallError::Limit(busy.to_string())), Duration::ZERO),
+            };
+            record(shared, &entry, took, result.as_ref().err());
+            match result {
+                Ok(actions) => {
+                    outcome.succeeded += 1;
+                    merged.add(name, &event, actions);
+                    succeeded.push(name.to_owned());
+                }
+                Err(error) => {
+                    outcome.failed += 1;
+                    let message = format!("policy {name}: {error}");
+                    tracing::warn!(policy = name, event = %event.name, kind = error.kind(), %error, "policy call failed");
+                    if keep_failures {
+                        dead_letter(shared, &event, name, &message).await;
+                    }
+                    outcome.errors.push(message);
+                }
+            }
+        }
+        apply(shared, &event, &mut merged, &succeeded, &mut outcome).await;
+        for (policy, next) in merged.followups {
+            if next.depth > max_depth {
+                outcome.dropped += 1;
+                outcome.errors.push(format!(
+                    "policy {policy}: follow-up event '{}' dropped: depth limit {max_depth} reached",
+                    next.name
+                ));
+            } else {
+                outcome.followups += 1;
+                queue.push_back((None, next));
+            }
+        }
+    }
+    outcome.duration = started.elapsed();
+    outcome
+}
+
+fn record(shared: &Shared, entry: &Entry, took: Duration, error: Option<&CallError>) {
+    let name = entry.name();
+    entry.stats.record(took, error);
+    let metrics = &shared.metrics;
+    metrics.policy_calls.with_label_values(&[name]).inc();
+    metrics
+        .policy_duration
+        .with_label_values(&[name])
+        .observe(took.as_secs_f64());
+    if let Some(error) = error {
+        metrics
+            .policy_errors
+            .with_label_values(&[name, error.kind()])
+            .inc();
+    }
+}
+
+/// Applies one event's merged actions.
+async fn apply(
+    shared: &Arc<Shared>,
+    event: &Event,
+    merged: &mut Merged,
+    policies: &[String],
+    outcome: &mut Outcome,
+) {
+    let control = shared.upstream.control();
+    let mut failure = None;
+    if !merged.tags.is_empty() {
+        let tags = &merged.tags;
+        match index_op(shared, || shared.index.invalidate(control, tags)).await {
+            Ok(n) => {
+                shared.metrics.invalidations.inc_by(tags.len() as u64);
+                shared.metrics.keys_invalidated.inc_by(n);
+                outcome.deleted += n;
+                outcome.tags.extend(tags.iter().cloned());
+            }
+            Err(error) => failure = Some(error),
+        }
+    }
+    for chunk in merged.keys.chunks(DELETE_CHUNK) {
+        match delete_keys(shared, chunk).await {
+            Ok(n) => {
+                outcome.deleted += n;
+                outcome.keys.extend(chunk.iter().cloned());
+            }
+            Err(error) => failure = Some(error),
+        }
+    }
+    for request in merged.warm.drain(..) {
+        let counts = &mut outcome.warm;
+        match shared.warming.submit(request) {
+            Submitted::Queued => counts.queued += 1,
+            Submitted::Deduplicated => counts.deduplicated += 1,
+            Submitted::Cold => counts.cold += 1,
+            Submitted::Refused(reason) => {
+                counts.refused += 1;
+                tracing::debug!(%reason, event = %event.name, "warm request refused");
+            }
+        }
+    }
+    if let Some(error) = failure {
+        // The decision was made but not carried out: keep the event, or data stays stale.
+        for policy in policies {
+            let message = format!("policy {policy}: applying its actions failed: {error}");
+            dead_letter(shared, event, policy, &message).await;
+            outcome.errors.push(message);
+        }
+    }
+}
+
+/// Deletes keys as a DEL through cachet would: inside the index function, so their index
+/// entries go with them.
+async fn delete_keys(shared: &Arc<Shared>, keys: &[Bytes]) -> Result<u64, String> {
+    let mut command = vec![Bytes::from_static(b"DEL")];
+    command.extend(keys.iter().cloned());
+    let writes: Vec<WriteKey> = keys
+        .iter()
+        .map(|key| WriteKey {
+            key: key.clone(),
+            ..WriteKey::default()
+        })
+        .collect();
+    let call = shared.index.write_call(&WriteCall {
+        command: &command,
+        keys: &writes,
+        protocol: Protocol::Resp2,
+        explicit_ttl: false,
+        allow_oom: true,
+    });
+    let control = shared.upstream.control();
+    index_op(shared, || async {
+        let args: Vec<Value> = call[1..].iter().cloned().map(Value::Bytes).collect();
+        let reply: Result<Value, _> = control.custom(fred::cmd!("FCALL"), args).await;
+        reply.map_err(crate::tags::index::IndexError::from)
+    })
+    .await
+    .map(|deleted| deleted.as_u64().unwrap_or(0))
+}
+
+/// Keeps a failed event in the dead-letter stream for `POLICY REPLAY`.
+async fn dead_letter(shared: &Shared, event: &Event, policy: &str, error: &str) {
+    let events = &shared.config.events;
+    let mut args = vec![
+        Value::from(events.dead_letter_stream.as_str()),
+        Value::from("MAXLEN"),
+        Value::from("~"),
+        Value::from(events.dead_letter_maxlen as i64),
+        Value::from("*"),
+        Value::from("event"),
+        Value::from(event.name.as_str()),
+        Value::from("policy"),
+        Value::from(policy),
+        Value::from("error"),
+        Value::from(error),
+        Value::from("depth"),
+        Value::from(event.depth as i64),
+        Value::from("time"),
+        Value::from(event.time_ms as i64),
+    ];
+    for field in &event.fields {
+        args.push(Value::from(format!("field:{}", field.name)));
+        args.push(Value::Bytes(Bytes::from(field.raw.clone())));
+    }
+    let added: Result<Value, _> = shared
+        .upstream
+        .control()
+        .custom(fred::cmd!("XADD"), args)
+        .await;
+    shared.metrics.dead_letters.inc();
+    if let Err(failure) = added {
+        // The event is lost for replay; say so loudly with everything needed to redo it.
+        tracing::error!(%failure, event = %event.name, policy, error, "cannot keep a dead letter");
+    }
+}
+
+/// EMIT: runs the event, logs it, answers the client.
+pub async fn emit(shared: Arc<Shared>, event: Event) -> Reply {
+    if shared.policies.subscribed(&event.name).is_empty() {
+        shared
+            .metrics
+            .events
+            .with_label_values(&["unsubscribed"])
+            .inc();
+        return Reply::error(format!(
+            "ERR no policy subscribes to event '{}'",
+            event.name
+        ));
+    }
+    let name = event.name.clone();
+    let outcome = run(&shared, event, None).await;
+    let label = match (outcome.succeeded, outcome.errors.is_empty()) {
+        (_, true) => "ok",
+        (0, false) => "failed",
+        _ => "partial",
+    };
+    shared.metrics.events.with_label_values(&[label]).inc();
+    tracing::info!(
+        event = %name,
+        policies = %outcome.policies.join(","),
+        tags = outcome.tags.len(),
+        keys = outcome.keys.len(),
+        deleted = outcome.deleted,
+        warm = outcome.warm.queued,
+        errors = outcome.errors.len(),
+        duration_us = outcome.duration.as_micros() as u64,
+        "EMIT"
+    );
+    log_event(&shared, &name, &outcome).await;
+    if outcome.succeeded == 0 {
+        return Reply::error(format!("ERR {}", outcome.errors.join("; ")));
+    }
+    outcome_reply(&outcome)
+}
+
+/// The EMIT reply: a map (flat array in RESP2).
+pub fn outcome_reply(outcome: &Outcome) -> Reply {
+    let text = |s: &str| Reply::Bulk(Bytes::copy_from_slice(s.as_bytes()));
+    let count = |n: u64| Reply::Integer(n as i64);
+    let warm = outcome.warm;
+    Reply::Map(vec![
+        (
+            text("policies"),
+            Reply::Array(outcome.policies.iter().map(|p| text(p)).collect()),
+        ),
+        (
+            text("tags"),
+            Reply::Array(outcome.tags.iter().cloned().map(Reply::Bulk).collect()),
+        ),
+        (
+            text("keys"),
+            Reply::Array(outcome.keys.iter().cloned().map(Reply::Bulk).collect()),
+        ),
+        (text("deleted"), count(outcome.deleted)),
+        (text("warm"), count(warm.queued)),
+        (text("warm_deduplicated"), count(warm.deduplicated)),
+        (text("warm_cold"), count(warm.cold)),
+        (text("warm_refused"), count(warm.refused)),
+        (text("followups"), count(outcome.followups as u64)),
+        (text("followups_dropped"), count(outcome.dropped as u64)),
+        (
+            text("errors"),
+            Reply::Array(outcome.errors.iter().map(|e| text(e)).collect()),
+        ),
+        (
+            text("duration_us"),
+            count(outcome.duration.as_micros() as u64),
+        ),
+    ])
+}
+
+/// Appends the EMIT and its outcome to `[events] log_stream`, when configured.
+async fn log_event(shared: &Shared, name: &str, outcome: &Outcome) {
+    let Some(stream) = &shared.config.events.log_stream else {
+        return;
+    };
+    let join = |items: &[Bytes]| {
+        let parts: Vec<String> = items
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        parts.join(" ")
+    };
+    let args = vec![
+        Value::from(stream.as_str()),
+        Value::from("MAXLEN"),
+        Value::from("~"),
+        Value::from(shared.config.events.log_maxlen as i64),
+        Value::from("*"),
+        Value::from("event"),
+        Value::from(name),
+        Value::from("policies"),
+        Value::from(outcome.policies.join(" ")),
+        Value::from("tags"),
+        Value::from(join(&outcome.tags)),
+        Value::from("keys"),
+        Value::from(join(&outcome.keys)),
+        Value::from("deleted"),
+        Value::from(outcome.deleted as i64),
+        Value::from("warm"),
+        Value::from(outcome.warm.queued as i64),
+        Value::from("errors"),
+        Value::from(outcome.errors.join("; ")),
+        Value::from("duration_us"),
+        Value::from(outcome.duration.as_micros() as i64),
+    ];
+    let added: Result<Value, _> = shared
+        .upstream
+        .control()
+        .custom(fred::cmd!("XADD"), args)
+        .await;
+    if let Err(error) = added {
+        tracing::warn!(%error, "cannot append to the event log stream");
+    }
+}
+
+/// What `POLICY REPLAY` did.
+#[derive(Debug, Default)]
+pub struct Replayed {
+    pub replayed: u64,
+    pub succeeded: u64,
+    pub errors: Vec<String>,
+}
+
+/// Runs up to `count` dead letters again (only `policy`'s, when given), oldest first. A
+/// replay that succeeds removes its entry; one that fails leaves it where it was.
+pub async fn replay(
+    shared: &Arc<Shared>,
+    policy: Option<&str>,
+    count: u64,
+) -> Result<Replayed, String> {
+    let stream = shared.config.events.dead_letter_stream.as_str();
+    let control = shared.upstream.control();
+    let mut done = Replayed::default();
+    let mut start = "-".to_owned();
+    while done.replayed < count {
+        let page: Value = control
+            .custom(
+                fred::cmd!("XRANGE"),
+                vec![
+                    Value::from(stream),
+                    Value::from(start.as_str()),
+                    Value::from("+"),
+                    Value::from("COUNT"),
+                    Value::from(100),
+                ],
+            )
+            .await
+            .map_err(|e| format!("ERR upstream: {e}"))?;
+        let entries = match page {
+            Value::Array(entries) if !entries.is_empty() => entries,
+            _ => break,
+        };
+        for item in entries {
+            let Some((id, letter)) = parse_letter(item) else {
+                continue;
+            };
+            start = format!("({id}");
+            if policy.is_some_and(|p| p != letter.policy) {
+                continue;
+            }
+            if done.replayed == count {
+                break;
+            }
+            done.replayed += 1;
+            let Some(entry) = shared.policies.get(&letter.policy).cloned() else {
+                done.errors
+                    .push(format!("{id}: no policy named '{}'", letter.policy));
+                continue;
+            };
+            let outcome = run(shared, letter.event, Some(entry)).await;
+            if outcome.failed == 0 {
+                done.succeeded += 1;
+                let _: Result<Value, _> = control
+                    .custom(
+                        fred::cmd!("XDEL"),
+                        vec![Value::from(stream), Value::from(id.as_str())],
+                    )
+                    .await;
+            } else {
+                done.errors
+                    .extend(outcome.errors.into_iter().map(|e| format!("{id}: {e}")));
+            }
+        }
+    }
+    Ok(done)
+}
+
+struct Letter {
+    policy: String,
+    event: Event,
+}
+
+fn parse_letter(item: Value) -> Option<(String, Letter)> {
+    let Value::Array(mut parts) = item else {
+        return None;
+    };
+    if parts.len() != 2 {
+        return None;
+    }
+    let fields = parts.pop()?;
+    let id = parts.pop()?.as_string()?;
+    let Value::Array(fields) = fields else {
+        return None;
+    };
+    let mut policy = String::new();
+    let mut name = String::new();
+    let mut depth = 0;
+    let mut time_ms = 0;
+    let mut event_fields = Vec::new();
+    for pair in fields.chunks(2) {
+        let [key, value] = pair else { return None };
+        let key = key.as_string()?;
+        match key.as_str() {
+            "policy" => policy = value.as_string()?,
+            "event" => name = value.as_string()?,
+            "depth" => depth = value.as_u64()? as u32,
+            "time" => time_ms = value.as_u64()?,
+            _ => {
+                if let Some(field) = key.strip_prefix("field:") {
+                    let raw = value
+                        .as_bytes()
+                        .map(Bytes::copy_from_slice)
+                        .unwrap_or_default();
+                    event_fields.push((field.to_owned(), raw));
+                }
+            }
+        }
+    }
+    let mut event = event(name, event_fields);
+    event.depth = depth;
+    event.time_ms = time_ms;
+    Some((id, Letter { policy, event }))
+}
+
+/// Reloads one policy and counts the outcome.
+pub async fn reload(shared: &Shared, entry: &Arc<Entry>, force: bool) -> Reloaded {
+    let reloaded = shared.policies.reload(entry, force).await;
+    let outcome = match &reloaded {
+        Reloaded::Replaced { .. } => "ok",
+        Reloaded::Unchanged => "unchanged",
+        Reloaded::Failed(_) => "failed",
+    };
+    shared
+        .metrics
+        .policy_reloads
+        .with_label_values(&[entry.name(), outcome])
+        .inc();
+    reloaded
+}
+
+/// Reloads every policy whose module file changed, every `[events] watch_ms`, and every
+/// policy on SIGHUP, until `shutdown`.
+pub async fn watch(shared: Arc<Shared>, shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    if shared.policies.is_empty() {
+        return;
+    }
+    let mut hangup = signal(SignalKind::hangup()).ok();
+    let every = Duration::from_millis(shared.config.events.watch_ms);
+    let mut tick = (!every.is_zero()).then(|| tokio::time::interval(every));
+    loop {
+        let force = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = async { tick.as_mut().expect("checked").tick().await }, if tick.is_some() => false,
+            _ = async { hangup.as_mut().expect("checked").recv().await }, if hangup.is_some() => {
+                tracing::info!("SIGHUP: reloading every policy");
+                true
+            }
+        };
+        for entry in &shared.policies.entries {
+            reload(&shared, entry, force).await;
+        }
+    }
+}

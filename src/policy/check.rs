@@ -1,0 +1,191 @@
+//! `cachet policy check FILE.wasm`: what cachet will say about a component before it is
+//! deployed: its imports and exports, whether it loads, and the actions it returns for a
+//! sample event (host imports answer as for an empty cache).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::config::PolicyConfig;
+use super::engine::{Action, Host, Name, Offline, Shape};
+
+/// The event checked when none is named: the original system's `sessionCreated`.
+pub const SAMPLE_EVENT: &str = "session.created";
+pub const SAMPLE_FIELDS: [(&str, &str); 3] =
+    [("sessionId", "42"), ("teacherId", "123"), ("schoolId", "7")];
+
+/// What a check found.
+pub struct Report {
+    pub shape: Option<Shape>,
+    /// Why cachet would refuse the component, if it would.
+    pub refused: Option<String>,
+    pub event: super::engine::Event,
+    /// The sample call's result, when the component loaded.
+    pub result: Option<Result<Vec<Action>, super::CallError>>,
+}
+
+/// Loads `path` as cachet would (default limits) and runs one event through it.
+pub fn check(path: &Path, event: &str, fields: &[(String, String)]) -> Result<Report, String> {
+    let host = Host::new(false)?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let config: PolicyConfig = toml::from_str(&format!(
+        "name = \"check\"\nmodule = {:?}\nevents = [\"*\"]\n",
+        path.display().to_string()
+    ))
+    .map_err(|e| e.to_string())?;
+    let event = crate::events::event(
+        event.to_owned(),
+        fields
+            .iter()
+            .map(|(n, v)| (n.clone(), Bytes::from(v.clone())))
+            .collect(),
+    );
+    let shape = wasmtime::component::Component::new(host.engine(), &bytes)
+        .ok()
+        .map(|component| host.shape(&component));
+    match host.compile(&path.display().to_string(), &bytes) {
+        Err(error) => Ok(Report {
+            shape,
+            refused: Some(error.to_string()),
+            event,
+            result: None,
+        }),
+        Ok(compiled) => {
+            let module = super::Module::new(
+                &host,
+                &config.name,
+                compiled,
+                super::engine::Limits::from_config(&config),
+            );
+            let result = module.call(&event, Arc::new(Offline));
+            Ok(Report {
+                shape,
+                refused: None,
+                event,
+                result: Some(result),
+            })
+        }
+    }
+}
+
+fn name_json(name: &Name) -> Value {
+    let bytes = match name {
+        Name::Text(text) => return json!(text),
+        Name::Binary(bytes) => bytes,
+    };
+    match std::str::from_utf8(bytes) {
+        Ok(text) => json!(text),
+        Err(_) => json!({ "hex": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>() }),
+    }
+}
+
+/// One action as JSON; a name is its text when it is UTF-8 (`text("a")` and `binary([97])`
+/// print alike), so policies in different languages can be compared.
+pub fn action_json(action: &Action) -> Value {
+    let pairs = |params: &[super::engine::bindings::cachet::policy::types::Param]| {
+        Value::Array(params.iter().map(|p| json!([p.name, p.value])).collect())
+    };
+    match action {
+        Action::InvalidateTag(name) => json!({ "invalidate-tag": name_json(name) }),
+        Action::DeleteKey(name) => json!({ "delete-key": name_json(name) }),
+        Action::Warm(warm) => json!({ "warm": {
+            "warmer": warm.warmer,
+            "params": pairs(&warm.params),
+            "key": warm.key.as_ref().map(name_json),
+        }}),
+        Action::Emit(follow) => json!({ "emit": {
+            "name": follow.name,
+            "fields": pairs(&follow.fields),
+        }}),
+        Action::Log(entry) => json!({ "log": {
+            "level": format!("{:?}", entry.level).to_lowercase(),
+            "message": entry.message,
+        }}),
+    }
+}
+
+impl Report {
+    /// Whether cachet would load the component and the sample call succeeded.
+    pub fn passed(&self) -> bool {
+        self.refused.is_none() && matches!(self.result, Some(Ok(_)))
+    }
+
+    /// The whole report as one JSON document.
+    pub fn json(&self) -> Value {
+        let event = json!({
+            "name": self.event.name,
+            "fields": self.event.fields.iter().map(|f| json!([f.name, f.value])).collect::<Vec<_>>(),
+        });
+        let mut doc = json!({
+            "imports": self.shape.as_ref().map(|s| s.imports.clone()),
+            "exports": self.shape.as_ref().map(|s| s.exports.clone()),
+            "loadable": self.refused.is_none(),
+            "event": event,
+        });
+        if let Some(refused) = &self.refused {
+            doc["refused"] = json!(refused);
+        }
+        match &self.result {
+            Some(Ok(actions)) => {
+                doc["actions"] = Value::Array(actions.iter().map(action_json).collect())
+            }
+            Some(Err(error)) => {
+                doc["error"] = json!({ "kind": error.kind(), "message": error.to_string() })
+            }
+            None => {}
+        }
+        doc
+    }
+
+    /// The report for a person.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        if let Some(shape) = &self.shape {
+            out += &format!("imports: {}\n", list(&shape.imports));
+            out += &format!("exports: {}\n", list(&shape.exports));
+        }
+        match &self.refused {
+            Some(reason) => out += &format!("cachet would refuse it: {reason}\n"),
+            None => out += "cachet would load it\n",
+        }
+        let fields: Vec<String> = self
+            .event
+            .fields
+            .iter()
+            .map(|f| format!("{} {}", f.name, f.value))
+            .collect();
+        match &self.result {
+            Some(Ok(actions)) => {
+                out += &format!(
+                    "event {} {}: {} action(s)\n",
+                    self.event.name,
+                    fields.join(" "),
+                    actions.len()
+                );
+                for action in actions {
+                    out += &format!("  {}\n", action_json(action));
+                }
+            }
+            Some(Err(error)) => {
+                out += &format!(
+                    "event {} {}: failed ({}): {error}\n",
+                    self.event.name,
+                    fields.join(" "),
+                    error.kind()
+                )
+            }
+            None => {}
+        }
+        out
+    }
+}
+
+fn list(names: &[String]) -> String {
+    if names.is_empty() {
+        "(none)".to_owned()
+    } else {
+        names.join(", ")
+    }
+}

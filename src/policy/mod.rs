@@ -1,0 +1,335 @@
+//! Policies: WebAssembly components that decide what an event means for the cache.
+//!
+//! * [`config`]: `[[policies]]` and `[events]`.
+//! * [`engine`]: the wasmtime sandbox: compile and check a component, call it within limits.
+//! * [`check`]: `cachet policy check`, a component's report before it is deployed.
+//! * This file: the loaded policies ([`Policies`]), which events each one handles, reloading
+//!   a module without stopping the others, per-policy statistics, and the OS threads that run
+//!   calls ([`Workers`]) so that wasm never runs on a task that serves clients.
+//!
+//! The contract is `wit/policy.wit`; EMIT itself (routing, merging and applying actions) is
+//! in [`crate::events`].
+
+pub mod check;
+pub mod config;
+pub mod engine;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use sha2::{Digest, Sha256};
+
+pub use config::{EventsConfig, PolicyConfig};
+pub use engine::{Backend, CallError, Host, LoadError, Module};
+
+/// How many recent call durations each policy keeps for `POLICY LIST`'s p99.
+const RECENT: usize = 1024;
+
+/// One version of a policy's module, as loaded from its file.
+pub struct Version {
+    pub module: Module,
+    /// Hex SHA-256 of the file's bytes.
+    pub digest: String,
+    /// The file's modification time when it was read, to notice a change.
+    pub modified: Option<SystemTime>,
+}
+
+/// Counters of one policy, kept across reloads.
+#[derive(Default)]
+pub struct Stats {
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    pub traps: AtomicU64,
+    pub reloads: AtomicU64,
+    pub failed_reloads: AtomicU64,
+    recent: Mutex<VecDeque<Duration>>,
+    total_ns: AtomicU64,
+}
+
+impl Stats {
+    /// Records one call's duration and outcome.
+    pub fn record(&self, duration: Duration, error: Option<&CallError>) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.total_ns
+            .fetch_add(duration.as_nanos() as u64, Ordering::Relaxed);
+        match error {
+            None => {}
+            Some(CallError::Error(_) | CallError::Limit(_)) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                self.traps.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut recent = self.recent.lock().expect("stats lock");
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(duration);
+    }
+
+    /// Mean duration over all calls, and the 99th percentile of the recent ones.
+    pub fn durations(&self) -> (Duration, Duration) {
+        let calls = self.calls.load(Ordering::Relaxed);
+        let mean = match calls {
+            0 => Duration::ZERO,
+            n => Duration::from_nanos(self.total_ns.load(Ordering::Relaxed) / n),
+        };
+        let mut recent: Vec<Duration> = self
+            .recent
+            .lock()
+            .expect("stats lock")
+            .iter()
+            .copied()
+            .collect();
+        recent.sort_unstable();
+        let p99 = match recent.len() {
+            0 => Duration::ZERO,
+            n => recent[(n * 99).div_ceil(100) - 1],
+        };
+        (mean, p99)
+    }
+}
+
+/// One configured policy: its settings, the version serving now, its statistics.
+pub struct Entry {
+    pub config: PolicyConfig,
+    matcher: GlobSet,
+    current: ArcSwap<Version>,
+    pub stats: Stats,
+    /// Serialises reloads of this policy.
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Entry {
+    /// Whether this policy handles events named `event`.
+    pub fn subscribes(&self, event: &str) -> bool {
+        self.matcher.is_match(event)
+    }
+
+    /// The version serving now; a caller keeps it for the whole event.
+    pub fn current(&self) -> Arc<Version> {
+        self.current.load_full()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+/// What became of a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The new module serves from now on.
+    Replaced { digest: String },
+    /// The file had not changed.
+    Unchanged,
+    /// The new module was refused; the old one keeps serving.
+    Failed(String),
+}
+
+/// Every configured policy, and the engine and threads they run on.
+pub struct Policies {
+    pub host: Arc<Host>,
+    pub entries: Vec<Arc<Entry>>,
+    pub workers: Workers,
+}
+
+impl Policies {
+    /// Compiles and checks every configured module. Any failure refuses the whole set, so
+    /// cachet never starts with a policy missing.
+    pub fn load(configs: &[PolicyConfig], threads: usize) -> Result<Self, String> {
+        let fuel = configs.iter().any(|c| c.fuel.is_some());
+        let host = Arc::new(Host::new(fuel)?);
+        let mut entries = Vec::with_capacity(configs.len());
+        for config in configs {
+            let version = read_version(&host, config).map_err(|e| e.to_string())?;
+            tracing::info!(
+                policy = %config.name,
+                module = %config.module.display(),
+                digest = %version.digest,
+                "policy loaded"
+            );
+            entries.push(Arc::new(Entry {
+                config: config.clone(),
+                matcher: matcher(&config.events)?,
+                current: ArcSwap::from_pointee(version),
+                stats: Stats::default(),
+                reloading: tokio::sync::Mutex::new(()),
+            }));
+        }
+        let workers = Workers::start(if configs.is_empty() { 0 } else { threads });
+        Ok(Policies {
+            host,
+            entries,
+            workers,
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Entry>> {
+        self.entries.iter().find(|e| e.name() == name)
+    }
+
+    /// The policies that handle `event`, in config order.
+    pub fn subscribed(&self, event: &str) -> Vec<Arc<Entry>> {
+        self.entries
+            .iter()
+            .filter(|e| e.subscribes(event))
+            .cloned()
+            .collect()
+    }
+
+    /// Reads, compiles and checks `entry`'s module file again and swaps it in. Events
+    /// already running keep the version they started with. `force` reloads an unchanged
+    /// file too.
+    pub async fn reload(&self, entry: &Arc<Entry>, force: bool) -> Reloaded {
+        let _one_at_a_time = entry.reloading.lock().await;
+        let current = entry.current();
+        let modified = modified(&entry.config.module);
+        if !force && modified == current.modified {
+            return Reloaded::Unchanged;
+        }
+        let host = self.host.clone();
+        let config = entry.config.clone();
+        let loaded = tokio::task::spawn_blocking(move || read_version(&host, &config))
+            .await
+            .unwrap_or_else(|e| {
+                Err(LoadError::Compile {
+                    path: entry.config.module.display().to_string(),
+                    message: e.to_string(),
+                })
+            });
+        match loaded {
+            Ok(version) if !force && version.digest == current.digest => {
+                // Touched, not changed: remember the new time so it is not compiled again.
+                entry.current.store(Arc::new(version));
+                Reloaded::Unchanged
+            }
+            Ok(version) => {
+                let digest = version.digest.clone();
+                entry.current.store(Arc::new(version));
+                entry.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(policy = %entry.name(), %digest, "policy reloaded");
+                Reloaded::Replaced { digest }
+            }
+            Err(error) => {
+                entry.stats.failed_reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    policy = %entry.name(),
+                    %error,
+                    "policy reload failed; the previous version keeps serving"
+                );
+                Reloaded::Failed(error.to_string())
+            }
+        }
+    }
+}
+
+fn matcher(patterns: &[String]) -> Result<GlobSet, String> {
+    let mut builder = GlobSetBuilder::new();
+    for pattern in patterns {
+        // Literal separators: `session.*` must not match `session.a/b`-style names oddly.
+        builder.add(Glob::new(pattern).map_err(|e| format!("{pattern:?}: {e}"))?);
+    }
+    builder.build().map_err(|e| e.to_string())
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Reads and compiles a policy's module file. Blocking (compiling a large component takes
+/// seconds): call from a blocking thread.
+pub fn read_version(host: &Host, config: &PolicyConfig) -> Result<Version, LoadError> {
+    let path = config.module.display().to_string();
+    let modified = modified(&config.module);
+    let bytes = std::fs::read(&config.module).map_err(|source| LoadError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    let digest = hex(&Sha256::digest(&bytes));
+    let compiled = host.compile(&path, &bytes)?;
+    let module = Module::new(
+        host,
+        &config.name,
+        compiled,
+        engine::Limits::from_config(config),
+    );
+    Ok(Version {
+        module,
+        digest,
+        modified,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of OS threads that run policy calls, fed by a bounded queue.
+pub struct Workers {
+    queue: Option<mpsc::SyncSender<Job>>,
+}
+
+/// The queue of policy calls is full.
+#[derive(Debug, thiserror::Error)]
+#[error("policy threads are busy")]
+pub struct Busy;
+
+impl Workers {
+    fn start(threads: usize) -> Self {
+        if threads == 0 {
+            return Workers { queue: None };
+        }
+        let (queue, jobs) = mpsc::sync_channel::<Job>(1024);
+        let jobs = Arc::new(Mutex::new(jobs));
+        for i in 0..threads {
+            let jobs = jobs.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("cachet-policy-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = jobs.lock().expect("job queue").recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start a policy thread");
+            }
+        }
+        Workers { queue: Some(queue) }
+    }
+
+    /// Queues `work` for a policy thread; await the receiver for its result (the caller's
+    /// tokio thread is never blocked).
+    pub fn submit<R: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<tokio::sync::oneshot::Receiver<R>, Busy> {
+        let queue = self.queue.as_ref().ok_or(Busy)?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        queue
+            .try_send(Box::new(move || {
+                let _ = done.send(work());
+            }))
+            .map_err(|_| Busy)?;
+        Ok(result)
+    }
+}

@@ -1,0 +1,522 @@
+//! Policies end to end: EMIT through cachet to a real WebAssembly policy and a real
+//! redis-server. The `misbehave` guest (policies/misbehave) does what its event's name says:
+//! behave, loop, hoard memory, trap, fail, return too much, emit itself forever. Every
+//! sandbox limit is tripped here while other clients' GET/SET traffic is timed; reloads run
+//! under load; dead letters are replayed; a component that imports WASI is refused.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use fred::clients::Client;
+use fred::cmd;
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::Value;
+use support::policies::{policy_wasm, wasip2_component};
+use support::{Proxy, RawClient, RedisServer, fred_client};
+
+/// The deadline of calls in tests that are not about deadlines: generous, so that a machine
+/// busy with parallel builds cannot fail a well-behaved call.
+const RELAXED_MS: u64 = 500;
+/// The deadline in the sandbox test: the default (10 ms) plus room for a loaded machine, still
+/// far below the 100 ms gap the concurrent traffic must never see.
+const SANDBOX_MS: u64 = 30;
+
+fn policy(module: &Path) -> cachet::policy::PolicyConfig {
+    policy_with(module, RELAXED_MS)
+}
+
+fn policy_with(module: &Path, timeout_ms: u64) -> cachet::policy::PolicyConfig {
+    toml::from_str(&format!(
+        "name = \"misbehave\"\nmodule = {:?}\nevents = [\"misbehave.*\"]\ntimeout_ms = {timeout_ms}\n",
+        module.display().to_string()
+    ))
+    .expect("policy config")
+}
+
+async fn start(redis: &RedisServer, module: &Path) -> Proxy {
+    start_with_timeout(redis, module, RELAXED_MS).await
+}
+
+async fn start_with_timeout(redis: &RedisServer, module: &Path, timeout_ms: u64) -> Proxy {
+    let module = module.to_owned();
+    Proxy::start_with(&redis.url(), move |config| {
+        config.policies = vec![policy_with(&module, timeout_ms)];
+        config.events.log_stream = Some("cachet:events".to_owned());
+    })
+    .await
+}
+
+async fn emit(client: &Client, args: &[&str]) -> Result<Value, fred::error::Error> {
+    let args: Vec<Value> = args.iter().map(|a| Value::from(*a)).collect();
+    client.custom(cmd!("EMIT"), args).await
+}
+
+/// A map reply (RESP3 map or RESP2 flat array) as (key, value) pairs.
+fn pairs(reply: &Value) -> Vec<(String, Value)> {
+    match reply {
+        Value::Map(map) => map
+            .clone()
+            .inner()
+            .iter()
+            .map(|(k, v)| (k.as_str().expect("key").to_string(), v.clone()))
+            .collect(),
+        Value::Array(items) => items
+            .chunks(2)
+            .map(|p| (p[0].as_string().expect("key"), p[1].clone()))
+            .collect(),
+        other => panic!("not a map: {other:?}"),
+    }
+}
+
+fn field(reply: &Value, name: &str) -> Value {
+    pairs(reply)
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no {name} in {reply:?}"))
+        .1
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items.iter().map(|i| i.as_string().expect("text")).collect(),
+        other => panic!("not an array: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn emit_runs_the_policy_and_its_actions_reach_redis() {
+    let redis = RedisServer::start();
+    let proxy = start(&redis, &policy_wasm("misbehave")).await;
+    let direct = fred_client(&redis.url(), false).await;
+    for resp3 in [false, true] {
+        let client = fred_client(&proxy.url(), resp3).await;
+        for key in ["a", "b"] {
+            let _: Value = client
+                .custom(cmd!("TAGSET"), vec![key, "1", "TAGS", "teacher:123"])
+                .await
+                .expect("TAGSET");
+        }
+        let _: () = client.set("k", "v", None, None, false).await.expect("SET");
+        let _: Value = client
+            .custom(cmd!("TAGSET"), vec!["k", "v", "TAGS", "other"])
+            .await
+            .expect("TAGSET");
+        let reply = emit(
+            &client,
+            &[
+                "misbehave.ok",
+                "tag",
+                "teacher:123",
+                "key",
+                "k",
+                "warm",
+                "9",
+            ],
+        )
+        .await
+        .expect("EMIT");
+        assert_eq!(strings(&field(&reply, "policies")), ["misbehave"]);
+        assert_eq!(strings(&field(&reply, "tags")), ["teacher:123"]);
+        assert_eq!(strings(&field(&reply, "keys")), ["k"]);
+        assert_eq!(field(&reply, "deleted").as_u64(), Some(3), "{reply:?}");
+        assert!(strings(&field(&reply, "errors")).is_empty());
+        // No warmer is configured yet: the request is refused, and counted as such.
+        assert_eq!(field(&reply, "warm").as_u64(), Some(0));
+        assert_eq!(field(&reply, "warm_refused").as_u64(), Some(1));
+        let left: u64 = direct.exists(vec!["a", "b", "k"]).await.expect("EXISTS");
+        assert_eq!(left, 0, "every key the policy named is gone");
+        let names = cachet::tags::index::Names::new("cachet").expect("names");
+        let tags: Value = direct
+            .custom(cmd!("EXISTS"), vec![Value::Bytes(names.key_tags(b"k"))])
+            .await
+            .expect("EXISTS");
+        assert_eq!(tags.as_u64(), Some(0), "the deleted key left the index");
+    }
+    let logged: Value = direct
+        .custom(cmd!("XRANGE"), vec!["cachet:events", "-", "+"])
+        .await
+        .expect("XRANGE");
+    let logged = format!("{logged:?}");
+    assert!(
+        logged.contains("misbehave.ok") && logged.contains("teacher:123"),
+        "{logged}"
+    );
+}
+
+#[tokio::test]
+async fn host_imports_read_the_tag_index() {
+    let redis = RedisServer::start();
+    let proxy = start(&redis, &policy_wasm("misbehave")).await;
+    let client = fred_client(&proxy.url(), true).await;
+    let _: Value = client
+        .custom(cmd!("TAGSET"), vec!["x", "1", "TAGS", "u1", "u2"])
+        .await
+        .expect("TAGSET");
+    let _: Value = client
+        .custom(cmd!("TAGSET"), vec!["y", "1", "TAGS", "u2"])
+        .await
+        .expect("TAGSET");
+    let reply = emit(&client, &["misbehave.tags-of", "key", "x"])
+        .await
+        .expect("EMIT");
+    let mut tags = strings(&field(&reply, "tags"));
+    tags.sort();
+    assert_eq!(tags, ["u1", "u2"]);
+    assert_eq!(field(&reply, "deleted").as_u64(), Some(2), "x and y");
+    let sizes = emit(&client, &["misbehave.sizes", "tag", "u1", "key", "x"])
+        .await
+        .expect("EMIT");
+    assert!(strings(&field(&sizes, "errors")).is_empty());
+}
+
+/// Times a GET/SET loop on its own connection; returns the longest gap between replies.
+fn traffic(proxy: &Proxy, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Duration, u64)> {
+    let addr = proxy.addr;
+    tokio::spawn(async move {
+        let mut client = RawClient::connect(addr).await.expect("connect");
+        let mut longest = Duration::ZERO;
+        let mut count = 0;
+        let mut last = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let value = count.to_string();
+            assert_eq!(client.text(&["SET", "traffic", &value]).await, "+OK\r\n");
+            let got = client.text(&["GET", "traffic"]).await;
+            assert!(got.ends_with(&format!("{value}\r\n")), "{got}");
+            longest = longest.max(last.elapsed());
+            last = Instant::now();
+            count += 1;
+        }
+        (longest, count)
+    })
+}
+
+#[tokio::test]
+async fn every_sandbox_limit_trips_while_others_are_served() {
+    let redis = RedisServer::start();
+    let proxy = start_with_timeout(&redis, &policy_wasm("misbehave"), SANDBOX_MS).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = traffic(&proxy, stop.clone());
+    let mut client = RawClient::connect(proxy.addr).await.expect("connect");
+    let timed_out = format!("timed out after {SANDBOX_MS} ms");
+    let cases = [
+        ("misbehave.loop", timed_out.as_str()),
+        ("misbehave.memory", "memory limit of 32 MiB reached"),
+        ("misbehave.trap", "trapped: "),
+        ("misbehave.error", "asked to fail"),
+        (
+            "misbehave.many",
+            "returned 5000 actions, more than the limit of 1000",
+        ),
+        ("misbehave.huge", "bytes of actions, more than the limit of"),
+    ];
+    for round in 0..2 {
+        for (event, expect) in cases {
+            let began = Instant::now();
+            let reply = client.text(&["EMIT", event]).await;
+            assert!(
+                reply.starts_with("-ERR policy misbehave: ") && reply.contains(expect),
+                "round {round}, {event}: {reply}"
+            );
+            assert!(
+                began.elapsed() < Duration::from_secs(2),
+                "{event} took {:?}",
+                began.elapsed()
+            );
+            // A poisoned instance is replaced: the next call behaves.
+            let ok = client.text(&["EMIT", "misbehave.ok", "tag", "t"]).await;
+            assert!(ok.contains("misbehave"), "after {event}: {ok}");
+        }
+    }
+    // Follow-ups that never end stop at the depth limit, and the reply says so.
+    client.send(&["HELLO", "3"]).await.expect("HELLO");
+    client.read_frame().await.expect("HELLO reply");
+    let reply = client.text(&["EMIT", "misbehave.followup"]).await;
+    assert!(
+        reply.contains("follow-up event 'misbehave.followup' dropped: depth limit 4 reached"),
+        "{reply}"
+    );
+    assert!(reply.contains("followups\r\n:4\r\n"), "{reply}");
+    stop.store(true, Ordering::Relaxed);
+    let (longest, served) = load.await.expect("traffic task");
+    assert!(served > 100, "only {served} GET/SET rounds");
+    assert!(
+        longest < Duration::from_millis(100),
+        "a GET/SET waited {longest:?} while policies misbehaved"
+    );
+    let list = client.text(&["POLICY", "LIST"]).await;
+    assert!(list.contains("traps\r\n:6\r\n"), "{list}");
+    assert!(list.contains("errors\r\n:12\r\n"), "{list}");
+}
+
+#[tokio::test]
+async fn failed_events_are_kept_and_replayed_once_fixed() {
+    let redis = RedisServer::start();
+    let proxy = start(&redis, &policy_wasm("misbehave")).await;
+    let client = fred_client(&proxy.url(), false).await;
+    let direct = fred_client(&redis.url(), false).await;
+    let _: Value = client
+        .custom(
+            cmd!("TAGSET"),
+            vec!["misbehave:broken", "1", "TAGS", "broken"],
+        )
+        .await
+        .expect("TAGSET");
+    let _: () = client
+        .set("victim", "v", None, None, false)
+        .await
+        .expect("SET");
+    let failed = emit(&client, &["misbehave.flaky", "key", "victim"]).await;
+    let error = failed.expect_err("the policy fails").to_string();
+    assert!(error.contains("policy misbehave: still broken"), "{error}");
+    let dead: u64 = direct
+        .custom(cmd!("XLEN"), vec!["cachet:policy:dead"])
+        .await
+        .expect("XLEN");
+    assert_eq!(dead, 1);
+
+    let still: Value = client
+        .custom(cmd!("POLICY"), vec!["REPLAY"])
+        .await
+        .expect("REPLAY");
+    assert_eq!(field(&still, "replayed").as_u64(), Some(1));
+    assert_eq!(field(&still, "succeeded").as_u64(), Some(0));
+    let dead: u64 = direct
+        .custom(cmd!("XLEN"), vec!["cachet:policy:dead"])
+        .await
+        .expect("XLEN");
+    assert_eq!(dead, 1, "a replay that fails keeps its one entry");
+
+    // "Fix the policy": it fails only while that key carries the tag.
+    let _: u64 = client.del("misbehave:broken").await.expect("DEL");
+    let fixed: Value = client
+        .custom(cmd!("POLICY"), vec!["REPLAY", "misbehave", "COUNT", "10"])
+        .await
+        .expect("REPLAY");
+    assert_eq!(field(&fixed, "succeeded").as_u64(), Some(1), "{fixed:?}");
+    let dead: u64 = direct
+        .custom(cmd!("XLEN"), vec!["cachet:policy:dead"])
+        .await
+        .expect("XLEN");
+    assert_eq!(dead, 0, "a replayed success leaves the stream");
+    let exists: u64 = direct.exists("victim").await.expect("EXISTS");
+    assert_eq!(exists, 0, "the replayed event deleted its key");
+}
+
+/// `bytes` with a custom section appended: a valid component with another digest.
+fn variant(bytes: &[u8], n: u8) -> Vec<u8> {
+    let name = b"cachet-test";
+    let mut out = bytes.to_vec();
+    out.push(0);
+    out.push((1 + name.len() + 1) as u8);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name);
+    out.push(n);
+    out
+}
+
+fn replace(path: &Path, bytes: &[u8]) {
+    let staging = path.with_extension("staging");
+    std::fs::write(&staging, bytes).expect("write module");
+    std::fs::rename(&staging, path).expect("swap module");
+}
+
+async fn digest(client: &mut RawClient) -> String {
+    let list = client.text(&["POLICY", "LIST"]).await;
+    let at = list.find("sha256:").expect("digest");
+    list[at..at + 71].to_owned()
+}
+
+#[tokio::test]
+async fn modules_reload_under_load_and_a_bad_one_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module: PathBuf = dir.path().join("misbehave.wasm");
+    let original = std::fs::read(policy_wasm("misbehave")).expect("read component");
+    std::fs::write(&module, &original).expect("write module");
+    let redis = RedisServer::start();
+    let module_path = module.clone();
+    let proxy = Proxy::start_with(&redis.url(), move |config| {
+        config.policies = vec![policy(&module_path)];
+        config.events.watch_ms = 50;
+    })
+    .await;
+    let mut admin = RawClient::connect(proxy.addr).await.expect("connect");
+    let first = digest(&mut admin).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let emitted = Arc::new(AtomicU64::new(0));
+    let mut emitters = Vec::new();
+    for _ in 0..3 {
+        let (stop, emitted, addr) = (stop.clone(), emitted.clone(), proxy.addr);
+        emitters.push(tokio::spawn(async move {
+            let mut client = RawClient::connect(addr).await.expect("connect");
+            while !stop.load(Ordering::Relaxed) {
+                let reply = client.text(&["EMIT", "misbehave.ok", "tag", "t"]).await;
+                assert!(
+                    reply.starts_with("*"),
+                    "an EMIT failed during reloads: {reply}"
+                );
+                emitted.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    // Swapped files are picked up by the watcher; POLICY RELOAD forces a reload.
+    for n in 0..4 {
+        replace(&module, &variant(&original, n));
+        let reply = admin.text(&["POLICY", "RELOAD", "misbehave"]).await;
+        assert!(reply.contains("replaced"), "{reply}");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    let reloaded = digest(&mut admin).await;
+    assert_ne!(first, reloaded);
+
+    // A broken file: refused, the previous version keeps serving.
+    replace(&module, b"\0asm not really");
+    let reply = admin.text(&["POLICY", "RELOAD", "misbehave"]).await;
+    assert!(
+        reply.starts_with(
+            "-ERR policy misbehave: reload failed, the previous version keeps serving"
+        ),
+        "{reply}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(digest(&mut admin).await, reloaded);
+    stop.store(true, Ordering::Relaxed);
+    for emitter in emitters {
+        emitter.await.expect("emitter");
+    }
+    assert!(emitted.load(Ordering::Relaxed) > 10);
+    let list = admin.text(&["POLICY", "LIST"]).await;
+    assert!(list.contains("failed_reloads"), "{list}");
+}
+
+#[tokio::test]
+async fn a_component_that_imports_wasi_is_refused_by_name() {
+    let wasi = wasip2_component("misbehave");
+    let report = cachet::policy::check::check(&wasi, "misbehave.ok", &[]).expect("check");
+    let refused = report.refused.expect("refused");
+    assert!(
+        refused.contains("imports what cachet does not provide") && refused.contains("wasi:"),
+        "{refused}"
+    );
+    let redis = RedisServer::start();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut config = cachet::Config::default();
+    config.upstream.url = cachet::config::RedisUrl::parse(&redis.url()).expect("url");
+    config.policies = vec![policy(&wasi)];
+    let error = cachet::run(config, listener, std::future::pending())
+        .await
+        .expect_err("cachet refuses to start with it");
+    assert!(error.to_string().contains("wasi:"), "{error}");
+
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .args(["policy", "check"])
+        .arg(&wasi)
+        .output()
+        .expect("run cachet");
+    assert_eq!(cli.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        out.contains("cachet would refuse it") && out.contains("wasi:"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn policy_check_prints_the_actions_as_json() {
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .args(["policy", "check", "--json", "--event", "misbehave.ok"])
+        .arg(policy_wasm("misbehave"))
+        .args(["tag", "teacher:1", "key", "k"])
+        .output()
+        .expect("run cachet");
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&cli.stdout).expect("one JSON document");
+    assert_eq!(doc["loadable"], true);
+    assert_eq!(doc["imports"][1], "cachet:policy/host@0.1.0", "{doc}");
+    assert_eq!(doc["actions"][0]["invalidate-tag"], "teacher:1");
+    assert_eq!(doc["actions"][1]["delete-key"], "k");
+    let failing = std::process::Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .args(["policy", "check", "--event", "misbehave.loop"])
+        .arg(policy_wasm("misbehave"))
+        .output()
+        .expect("run cachet");
+    assert_eq!(failing.status.code(), Some(1));
+    // `policy check` uses the default limits: a 10 ms deadline.
+    assert!(String::from_utf8_lossy(&failing.stdout).contains("timed out after 10 ms"));
+}
+
+#[tokio::test]
+async fn bad_emits_get_redis_style_errors_and_the_client_is_still_served() {
+    let redis = RedisServer::start();
+    let module = policy_wasm("misbehave");
+    let proxy = Proxy::start_with(&redis.url(), move |config| {
+        config.policies = vec![policy(&module)];
+        config.events.max_event_bytes = 1024;
+    })
+    .await;
+    let mut client = RawClient::connect(proxy.addr).await.expect("connect");
+    let arity = "-ERR wrong number of arguments for 'emit' command\r\n";
+    assert_eq!(client.text(&["EMIT"]).await, arity);
+    assert_eq!(client.text(&["EMIT", "misbehave.ok", "tag"]).await, arity);
+    let big = "x".repeat(2000);
+    assert!(
+        client
+            .text(&["EMIT", "misbehave.ok", "tag", &big])
+            .await
+            .starts_with("-ERR event too large: 2015 bytes, the limit is 1024")
+    );
+    let long = "e".repeat(300);
+    assert!(
+        client
+            .text(&["EMIT", &long])
+            .await
+            .starts_with("-ERR event name must be 1 to 256 bytes")
+    );
+    let reply = client
+        .command(&[&b"EMIT"[..], b"misbehave.\xff"])
+        .await
+        .expect("reply");
+    assert_eq!(&reply[..], b"-ERR event name must be UTF-8\r\n");
+    let reply = client
+        .command(&[&b"EMIT"[..], b"misbehave.ok", b"\xfe", b"v"])
+        .await
+        .expect("reply");
+    assert_eq!(&reply[..], b"-ERR event field names must be UTF-8\r\n");
+    assert_eq!(
+        client.text(&["EMIT", "nobody.cares"]).await,
+        "-ERR no policy subscribes to event 'nobody.cares'\r\n"
+    );
+    assert!(
+        client
+            .text(&["POLICY", "FROB"])
+            .await
+            .starts_with("-ERR unknown subcommand 'FROB'")
+    );
+    assert_eq!(
+        client.text(&["POLICY", "REPLAY", "COUNT", "x"]).await,
+        "-ERR value is not an integer or out of range\r\n"
+    );
+    assert_eq!(
+        client.text(&["POLICY", "RELOAD", "nope"]).await,
+        "-ERR no policy named 'nope'\r\n"
+    );
+    assert_eq!(client.text(&["MULTI"]).await, "+OK\r\n");
+    assert!(
+        client
+            .text(&["EMIT", "misbehave.ok"])
+            .await
+            .contains("cannot run inside MULTI")
+    );
+    assert!(client.text(&["EXEC"]).await.starts_with("-EXECABORT"));
+    assert_eq!(client.text(&["PING"]).await, "+PONG\r\n");
+}
