@@ -54,6 +54,11 @@ fn warm(warmer: &str, param: &str, value: &str, key: &str) -> Value {
     json!({ "warm": { "warmer": warmer, "params": [[param, value]], "key": key } })
 }
 
+fn warm_teacher_sessions(teacher: &str) -> Value {
+    let key = format!("sessions:teacher:{teacher}");
+    warm("teacher-sessions", "teacherId", teacher, &key)
+}
+
 /// The events the original CacheEventBus sent, and the actions they must become, in order.
 fn cases() -> Vec<(Vec<&'static str>, Vec<Value>)> {
     let session = ["sessionId", "42", "teacherId", "123", "schoolId", "7"];
@@ -64,12 +69,7 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<Value>)> {
             vec![
                 tag("teacher:123"),
                 tag("school-sessions:7"),
-                warm(
-                    "teacher-sessions",
-                    "teacherId",
-                    "123",
-                    "sessions:teacher:123",
-                ),
+                warm_teacher_sessions("123"),
             ],
         ),
         (
@@ -79,12 +79,7 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<Value>)> {
                 tag("teacher:123"),
                 tag("school-sessions:7"),
                 warm("session-detail", "sessionId", "42", "session:42"),
-                warm(
-                    "teacher-sessions",
-                    "teacherId",
-                    "123",
-                    "sessions:teacher:123",
-                ),
+                warm_teacher_sessions("123"),
             ],
         ),
         (
@@ -93,12 +88,7 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<Value>)> {
                 tag("session:42"),
                 tag("teacher:123"),
                 tag("school-sessions:7"),
-                warm(
-                    "teacher-sessions",
-                    "teacherId",
-                    "123",
-                    "sessions:teacher:123",
-                ),
+                warm_teacher_sessions("123"),
             ],
         ),
         (vec!["user.updated", "userId", "9"], vec![tag("user:9")]),
@@ -113,10 +103,7 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<Value>)> {
         // schoolId is optional for session events: its tag is skipped.
         (
             vec!["session.created", "teacherId", "5", "sessionId", "1"],
-            vec![
-                tag("teacher:5"),
-                warm("teacher-sessions", "teacherId", "5", "sessions:teacher:5"),
-            ],
+            vec![tag("teacher:5"), warm_teacher_sessions("5")],
         ),
         // A field sent twice counts by its first occurrence.
         (
