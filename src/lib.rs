@@ -6,7 +6,9 @@
 //!
 //! # Module map
 //!
+//! * [`admin`]: the admin HTTP listener: `/health`, `/metrics`, `/live`, `/ready`, dashboard.
 //! * [`config`]: the TOML configuration, environment overrides, validation.
+//! * [`health`]: the monitor loop, thresholds and `overall`; the `# cachet` INFO section.
 //! * [`metrics`]: every metric cachet keeps, in one place.
 //! * [`net`]: socket reads without the extra `WouldBlock` syscall.
 //! * [`resp`]: frames on the wire (requests, replies, locally built replies) and the command
@@ -27,7 +29,9 @@
 //! client ◀── session: replies in command order ◀───────────────────────────┘
 //! ```
 
+pub mod admin;
 pub mod config;
+pub mod health;
 pub mod metrics;
 pub mod net;
 pub mod resp;
@@ -89,10 +93,22 @@ async fn sweep(shared: Arc<server::Shared>, shutdown: CancellationToken) {
 }
 
 /// Runs cachet on `listener` until `shutdown` completes, then finishes in-flight replies and
-/// returns. Tests bind `127.0.0.1:0` and pass the listener in.
+/// returns. Tests bind `127.0.0.1:0` and pass the listener in. No admin HTTP listener: see
+/// [`run_with_admin`].
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_admin(config, listener, None, shutdown).await
+}
+
+/// [`run`], plus the admin HTTP endpoint (`crate::admin`) on `admin` when given. The binary
+/// binds `[admin] listen`; tests bind `127.0.0.1:0` and read the address back first.
+pub async fn run_with_admin(
+    config: Config,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limits = resp::Limits {
@@ -112,16 +128,21 @@ pub async fn run(
         upstream = %config.upstream.url,
         "cachet serving"
     );
+    let metrics = metrics::Metrics::with_rules(config.rules.iter().map(|r| match &r.name {
+        Some(name) => name.get_ref().as_str(),
+        None => r.pattern.get_ref().as_str(),
+    }));
     let shared = Arc::new(server::Shared {
         config,
         limits,
         rules: Arc::new(rules),
         index: tags::index::TagIndex::new(tags::index::DEFAULT_PREFIX)?,
-        metrics: metrics::Metrics::new(),
+        metrics,
         upstream,
         clients: server::ClientRegistry::default(),
         warming: warm::Warming::default(),
         heat: warm::Heat::default(),
+        health: health::Health::default(),
     });
     let token = CancellationToken::new();
     let trigger = token.clone();
@@ -130,6 +151,10 @@ pub async fn run(
         trigger.cancel();
     });
     tokio::spawn(sweep(shared.clone(), token.clone()));
+    tokio::spawn(health::monitor(shared.clone(), token.clone()));
+    if let Some(admin) = admin {
+        tokio::spawn(admin::serve(shared.clone(), admin, token.clone()));
+    }
     server::serve(shared, listener, token).await;
     Ok(())
 }

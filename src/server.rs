@@ -40,6 +40,7 @@ pub struct Shared {
     pub clients: ClientRegistry,
     pub warming: crate::warm::Warming,
     pub heat: crate::warm::Heat,
+    pub health: crate::health::Health,
 }
 
 /// Live clients by cachet client id.
