@@ -249,3 +249,44 @@ async fn series(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
     }))
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn admin_and_health_sections_parse_with_their_defaults() {
+        let config = Config::default();
+        assert_eq!(
+            config.admin.listen.0,
+            Some(super::DEFAULT_LISTEN.parse().unwrap())
+        );
+        assert_eq!(config.health.interval_ms, 30_000);
+        let text = "[admin]\nlisten = \"\"\ntoken = \"t0k\"\n[health]\ninterval_ms = 500\n\
+                    [health.thresholds]\nhit_rate = { warning = 90, critical = 70.5 }\n";
+        let mut config = Config::from_toml(text, "x").unwrap();
+        assert_eq!(config.admin.listen.0, None, "\"\" disables the listener");
+        assert!(
+            !format!("{config:?}").contains("t0k"),
+            "the token prints masked"
+        );
+        assert_eq!(config.health.interval_ms, 500);
+        assert_eq!(config.health.thresholds.hit_rate.critical, 70.5);
+        assert_eq!(config.health.thresholds.error_rate.warning, 1.0);
+        config
+            .apply_env(|name| (name == "CACHE_HEALTH_CHECK_INTERVAL").then(|| "2500".into()))
+            .unwrap();
+        assert_eq!(config.health.interval_ms, 2_500);
+        let err = config
+            .apply_env(|name| (name == "CACHE_HEALTH_CHECK_INTERVAL").then(|| "soon".into()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("CACHE_HEALTH_CHECK_INTERVAL"),
+            "{err}"
+        );
+        let err = Config::from_toml("[admin]\nlisten = \"nowhere\"\n", "x").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let err = Config::from_toml("[health.thresholds]\nhit_rate = 5\n", "x").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+}
