@@ -99,7 +99,7 @@ async fn the_dashboard_charts_live_numbers() {
                     let _: Option<String> = client.get(&key).await.unwrap();
                 }
                 let _: Option<String> = client.get(format!("absent:{i}")).await.unwrap();
-                if i % 20 == 0 {
+                if i.is_multiple_of(20) {
                     let _: () = client
                         .custom(
                             fred::cmd!("TAGSET"),
