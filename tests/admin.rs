@@ -407,7 +407,7 @@ async fn ready_waits_for_the_upstream_and_live_does_not() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(cachet.health().await.0, 503);
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while cachet.get("/ready").await.0 != 200 {
         assert!(Instant::now() < deadline, "never ready after Redis started");
         tokio::time::sleep(Duration::from_millis(50)).await;
