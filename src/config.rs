@@ -52,6 +52,8 @@ pub struct Config {
     pub heat: crate::warm::HeatConfig,
     pub policies: Vec<crate::policy::PolicyConfig>,
     pub events: crate::policy::EventsConfig,
+    pub admin: crate::admin::AdminConfig,
+    pub health: crate::health::HealthConfig,
 }
 
 /// `[proxy]`: the client-facing side.
@@ -518,8 +520,8 @@ impl Config {
         Self::from_toml(&text, &path.display().to_string())
     }
 
-    /// Applies `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `CACHE_DEFAULT_TTL` and
-    /// `CACHET_LISTEN` from `env` (a lookup function, so tests need not touch the process
+    /// Applies `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `CACHE_DEFAULT_TTL`,
+    /// `CACHE_HEALTH_CHECK_INTERVAL` and `CACHET_LISTEN` from `env` (a lookup function, so tests need not touch the process
     /// environment).
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(host) = env("REDIS_HOST").filter(|h| !h.is_empty()) {
@@ -544,6 +546,16 @@ impl Config {
                     message,
                 })?;
             self.ttl.classes.insert("default".to_owned(), TtlSecs(secs));
+        }
+        if let Some(interval) = env("CACHE_HEALTH_CHECK_INTERVAL").filter(|i| !i.is_empty()) {
+            self.health.interval_ms = interval
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| ConfigError::Env {
+                    name: "CACHE_HEALTH_CHECK_INTERVAL",
+                    message: format!("{interval:?} is not a positive number of milliseconds"),
+                })?;
         }
         if let Some(listen) = env("CACHET_LISTEN").filter(|l| !l.is_empty()) {
             self.proxy.listen = listen.parse().map_err(|_| ConfigError::Env {

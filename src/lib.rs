@@ -6,9 +6,11 @@
 //!
 //! # Module map
 //!
+//! * [`admin`]: the admin HTTP listener: `/health`, `/metrics`, `/live`, `/ready`, dashboard.
 //! * [`config`]: the TOML configuration, environment overrides, validation.
 //! * [`events`]: EMIT: routing events to policies, merging and applying their actions,
 //!   dead letters and `POLICY REPLAY`, reloading modules.
+//! * [`health`]: the monitor loop, thresholds and `overall`; the `# cachet` INFO section.
 //! * [`metrics`]: every metric cachet keeps, in one place.
 //! * [`policy`]: the WebAssembly policy host: the sandbox, loaded modules, policy threads.
 //! * [`net`]: socket reads without the extra `WouldBlock` syscall.
@@ -30,8 +32,10 @@
 //! client ◀── session: replies in command order ◀───────────────────────────┘
 //! ```
 
+pub mod admin;
 pub mod config;
 pub mod events;
+pub mod health;
 pub mod metrics;
 pub mod net;
 pub mod policy;
@@ -94,10 +98,22 @@ async fn sweep(shared: Arc<server::Shared>, shutdown: CancellationToken) {
 }
 
 /// Runs cachet on `listener` until `shutdown` completes, then finishes in-flight replies and
-/// returns. Tests bind `127.0.0.1:0` and pass the listener in.
+/// returns. Tests bind `127.0.0.1:0` and pass the listener in. No admin HTTP listener: see
+/// [`run_with_admin`].
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_with_admin(config, listener, None, shutdown).await
+}
+
+/// [`run`], plus the admin HTTP endpoint (`crate::admin`) on `admin` when given. The binary
+/// binds `[admin] listen`; tests bind `127.0.0.1:0` and read the address back first.
+pub async fn run_with_admin(
+    config: Config,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let limits = resp::Limits {
@@ -123,7 +139,10 @@ pub async fn run(
         upstream = %config.upstream.url,
         "cachet serving"
     );
-    let metrics = metrics::Metrics::new();
+    let metrics = metrics::Metrics::with_rules(config.rules.iter().map(|r| match &r.name {
+        Some(name) => name.get_ref().as_str(),
+        None => r.pattern.get_ref().as_str(),
+    }));
     let heat = warm::Heat::new(&config.heat);
     let warming = warm::Warming::new(&config.warmers, heat.clone(), &metrics.registry);
     let shared = Arc::new(server::Shared {
@@ -137,6 +156,7 @@ pub async fn run(
         warming,
         heat,
         policies: Arc::new(policies),
+        health: health::Health::default(),
     });
     let token = CancellationToken::new();
     let trigger = token.clone();
@@ -149,6 +169,10 @@ pub async fn run(
         .warming
         .start(shared.upstream.control(), token.clone());
     tokio::spawn(events::watch(shared.clone(), token.clone()));
+    tokio::spawn(health::monitor(shared.clone(), token.clone()));
+    if let Some(admin) = admin {
+        tokio::spawn(admin::serve(shared.clone(), admin, token.clone()));
+    }
     server::serve(shared, listener, token).await;
     Ok(())
 }

@@ -178,7 +178,15 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(config.proxy.listen)
             .await
             .with_context(|| format!("listening on {}", config.proxy.listen))?;
-        cachet::run(config, listener, shutdown_signal()).await
+        let admin = match config.admin.listen.0 {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("admin listener on {addr}"))?,
+            ),
+            None => None,
+        };
+        cachet::run_with_admin(config, listener, admin, shutdown_signal()).await
     })
 }
 

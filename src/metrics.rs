@@ -1,15 +1,39 @@
 //! Every metric cachet keeps, with its name and labels, in one place. Label values are
-//! bounded sets (rule names from the config), never keys or tags.
+//! bounded sets (command names from Redis's `COMMAND` table, rule names from the config),
+//! never keys or tags.
 //!
-//! The registry is served by the health endpoint (a later issue); until then the counters
-//! are kept here and logged.
+//! The registry is public: the policy host and the warmers register their own metrics into
+//! [`Metrics::registry`], and `/metrics` (see `crate::admin`) serves all of it through the
+//! `prometheus` crate's text encoder.
+//!
+//! Hot-path cost. Sessions count every command, so the per-command work here is an atomic
+//! add on a counter found without locking ([`CommandCounters::count`]), and latencies go
+//! through a per-session `LocalHistogram` flushed once per batch of replies.
 
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    core::Collector,
 };
+use rustc_hash::FxHashMap;
+
+/// The label for hits and misses of keys that match no rule.
+pub const NO_RULE: &str = "none";
+/// The label for command names Redis's command table does not know.
+pub const OTHER_COMMAND: &str = "other";
+/// Command latency buckets, in seconds: 50 µs to 5 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
 
 pub struct Metrics {
     pub registry: Registry,
+    /// When this process started counting (the health endpoint's `uptime`).
+    pub started: Instant,
     /// Writes that went through the tag index, by the rule that matched their (first) key.
     pub tagged_writes: IntCounterVec,
     /// Tags invalidated by TAGINVALIDATE.
@@ -18,6 +42,29 @@ pub struct Metrics {
     pub keys_invalidated: IntCounter,
     /// Index keys (tag sets, per-key tag sets, epochs) seen by the sweeper's last full pass.
     pub index_keys: IntGauge,
+    /// Commands received, by lowercase name.
+    pub commands: CommandCounters,
+    /// Time from a pooled batch leaving the session to its replies being queued for the
+    /// client, one observation per command.
+    pub command_latency: Histogram,
+    /// Lookups (GET-like reads) that found a value / found nil, by rule.
+    pub hits: RuleCounters,
+    pub misses: RuleCounters,
+    /// Error replies cachet produced itself or passed on for an upstream failure.
+    pub errors: IntCounter,
+    /// Clients connected to cachet now.
+    pub clients: IntGauge,
+    /// Pooled connections to Redis that are up, as of the last health check.
+    pub upstream_connections: IntGauge,
+    /// Reconnects of cachet's control connection to Redis.
+    pub upstream_reconnects: IntCounter,
+    /// Round trip of the health check's PING on the control connection.
+    pub upstream_latency: Histogram,
+    /// Redis's key count and memory use, as of the last health check.
+    pub upstream_keys: IntGauge,
+    pub upstream_memory_bytes: IntGauge,
+    /// The health endpoint's `overall`: 0 healthy, 1 degraded, 2 unhealthy.
+    pub health_overall: IntGauge,
     /// Policy calls, by policy.
     pub policy_calls: IntCounterVec,
     /// Failed policy calls, by policy and kind (error, trap, timeout, memory, limit).
@@ -32,103 +79,194 @@ pub struct Metrics {
     pub dead_letters: IntCounter,
 }
 
+fn register<T: Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    register(registry, IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    register(registry, IntGauge::new(name, help).expect("valid metric"))
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str) -> Histogram {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    register(registry, Histogram::with_opts(opts).expect("valid metric"))
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    counter_vec_n(registry, name, help, &[label])
+}
+
+fn counter_vec_n(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+/// Policy call buckets, in seconds: 5 µs to 25 ms (the default deadline is 10 ms).
+const POLICY_BUCKETS: &[f64] = &[
+    5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
+];
+
 impl Metrics {
+    /// Metrics with no rules: every hit and miss is labelled `none`.
     pub fn new() -> Self {
+        Self::with_rules(std::iter::empty())
+    }
+
+    /// Metrics whose hit and miss counters have one label per rule name, in rule order.
+    pub fn with_rules<'a>(rule_names: impl Iterator<Item = &'a str>) -> Self {
         let registry = Registry::new();
-        let tagged_writes = IntCounterVec::new(
-            Opts::new(
+        let r = &registry;
+        let names: Vec<&str> = std::iter::once(NO_RULE).chain(rule_names).collect();
+        let hits = counter_vec(
+            r,
+            "cachet_hits_total",
+            "Lookups (GET, GETEX, GETDEL, HGET; each MGET/HMGET element) that found a value, by rule",
+            "rule",
+        );
+        let misses = counter_vec(
+            r,
+            "cachet_misses_total",
+            "Lookups (GET, GETEX, GETDEL, HGET; each MGET/HMGET element) that found nil, by rule",
+            "rule",
+        );
+        Metrics {
+            started: Instant::now(),
+            tagged_writes: counter_vec(
+                r,
                 "cachet_tagged_writes_total",
                 "Writes recorded in the tag index, by rule",
+                "rule",
             ),
-            &["rule"],
-        )
-        .expect("valid metric");
-        let invalidations = IntCounter::new(
-            "cachet_invalidations_total",
-            "Tags invalidated (TAGINVALIDATE)",
-        )
-        .expect("valid metric");
-        let keys_invalidated = IntCounter::new(
-            "cachet_keys_invalidated_total",
-            "Keys deleted by tag invalidations",
-        )
-        .expect("valid metric");
-        let index_keys = IntGauge::new(
-            "cachet_tag_index_keys",
-            "Keys of the tag index in Redis, as of the sweeper's last full pass",
-        )
-        .expect("valid metric");
-        let policy_calls = IntCounterVec::new(
-            Opts::new("cachet_policy_calls_total", "Policy calls, by policy"),
-            &["policy"],
-        )
-        .expect("valid metric");
-        let policy_errors = IntCounterVec::new(
-            Opts::new(
+            invalidations: counter(
+                r,
+                "cachet_invalidations_total",
+                "Tags invalidated (TAGINVALIDATE)",
+            ),
+            keys_invalidated: counter(
+                r,
+                "cachet_keys_invalidated_total",
+                "Keys deleted by tag invalidations",
+            ),
+            index_keys: gauge(
+                r,
+                "cachet_tag_index_keys",
+                "Keys of the tag index in Redis, as of the sweeper's last full pass",
+            ),
+            commands: CommandCounters::new(counter_vec(
+                r,
+                "cachet_commands_total",
+                "Commands received from clients, by name (unknown names as \"other\")",
+                "cmd",
+            )),
+            command_latency: histogram(
+                r,
+                "cachet_command_duration_seconds",
+                "Pooled commands: from the batch leaving the session to its replies being queued for the client",
+            ),
+            hits: RuleCounters::new(&hits, &names),
+            misses: RuleCounters::new(&misses, &names),
+            errors: counter(
+                r,
+                "cachet_errors_total",
+                "Error replies cachet produced itself or passed on for an upstream failure",
+            ),
+            clients: gauge(r, "cachet_clients_connected", "Clients connected to cachet"),
+            upstream_connections: gauge(
+                r,
+                "cachet_upstream_connections",
+                "Pooled connections to Redis that are up (as of the last health check)",
+            ),
+            upstream_reconnects: counter(
+                r,
+                "cachet_upstream_reconnects_total",
+                "Reconnects of cachet's control connection to Redis",
+            ),
+            upstream_latency: histogram(
+                r,
+                "cachet_upstream_ping_seconds",
+                "Round trip of the health check's PING to Redis",
+            ),
+            upstream_keys: gauge(
+                r,
+                "cachet_upstream_keys",
+                "Keys in the upstream database (as of the last health check)",
+            ),
+            upstream_memory_bytes: gauge(
+                r,
+                "cachet_upstream_used_memory_bytes",
+                "Redis used_memory (as of the last health check)",
+            ),
+            health_overall: gauge(
+                r,
+                "cachet_health_overall",
+                "Overall health: 0 healthy, 1 degraded, 2 unhealthy",
+            ),
+            policy_calls: counter_vec(
+                r,
+                "cachet_policy_calls_total",
+                "Policy calls, by policy",
+                "policy",
+            ),
+            policy_errors: counter_vec_n(
+                r,
                 "cachet_policy_errors_total",
                 "Failed policy calls, by policy and kind (error, trap, timeout, memory, limit)",
+                &["policy", "kind"],
             ),
-            &["policy", "kind"],
-        )
-        .expect("valid metric");
-        let policy_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "cachet_policy_duration_seconds",
-                "Time of one policy call, by policy",
-            )
-            .buckets(vec![
-                5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2,
-            ]),
-            &["policy"],
-        )
-        .expect("valid metric");
-        let events = IntCounterVec::new(
-            Opts::new(
+            policy_duration: register(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "cachet_policy_duration_seconds",
+                        "Time of one policy call, by policy",
+                    )
+                    .buckets(POLICY_BUCKETS.to_vec()),
+                    &["policy"],
+                )
+                .expect("valid metric"),
+            ),
+            events: counter_vec(
+                r,
                 "cachet_events_total",
                 "EMITs, by outcome (ok, partial, failed, unsubscribed)",
+                "outcome",
             ),
-            &["outcome"],
-        )
-        .expect("valid metric");
-        let policy_reloads = IntCounterVec::new(
-            Opts::new(
+            policy_reloads: counter_vec_n(
+                r,
                 "cachet_policy_reloads_total",
                 "Policy module reloads, by policy and outcome (ok, unchanged, failed)",
+                &["policy", "outcome"],
             ),
-            &["policy", "outcome"],
-        )
-        .expect("valid metric");
-        let dead_letters = IntCounter::new(
-            "cachet_policy_dead_letters_total",
-            "Events a policy failed on, kept in the dead-letter stream",
-        )
-        .expect("valid metric");
-        for metric in [
-            Box::new(tagged_writes.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(invalidations.clone()),
-            Box::new(keys_invalidated.clone()),
-            Box::new(index_keys.clone()),
-            Box::new(policy_calls.clone()),
-            Box::new(policy_errors.clone()),
-            Box::new(policy_duration.clone()),
-            Box::new(events.clone()),
-            Box::new(policy_reloads.clone()),
-            Box::new(dead_letters.clone()),
-        ] {
-            registry.register(metric).expect("metric names are unique");
-        }
-        Metrics {
+            dead_letters: counter(
+                r,
+                "cachet_policy_dead_letters_total",
+                "Events a policy failed on, kept in the dead-letter stream",
+            ),
             registry,
-            tagged_writes,
-            invalidations,
-            keys_invalidated,
-            index_keys,
-            policy_calls,
-            policy_errors,
-            policy_duration,
-            events,
-            policy_reloads,
-            dead_letters,
+        }
+    }
+
+    /// Sum over every label of a hit or miss counter, and of commands: what `/health` and
+    /// `INFO` report.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            hits: self.hits.total(),
+            misses: self.misses.total(),
+            errors: self.errors.get(),
+            commands: self.commands.total(),
+            invalidations: self.invalidations.get(),
+            keys_invalidated: self.keys_invalidated.get(),
+            latency_sum_secs: self.command_latency.get_sample_sum(),
+            latency_count: self.command_latency.get_sample_count(),
         }
     }
 }
@@ -136,5 +274,197 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Cumulative figures since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    pub hits: u64,
+    pub misses: u64,
+    pub errors: u64,
+    pub commands: u64,
+    pub invalidations: u64,
+    pub keys_invalidated: u64,
+    pub latency_sum_secs: f64,
+    pub latency_count: u64,
+}
+
+impl Totals {
+    /// Hits as a percentage of lookups; `None` before the first lookup (no reads is not a
+    /// bad hit rate, nor a perfect one).
+    pub fn hit_rate(&self) -> Option<f64> {
+        let lookups = self.hits + self.misses;
+        (lookups > 0).then(|| self.hits as f64 * 100.0 / lookups as f64)
+    }
+
+    /// Errors as a percentage of commands (0 before the first command).
+    pub fn error_rate(&self) -> f64 {
+        match self.commands {
+            0 => 0.0,
+            n => self.errors as f64 * 100.0 / n as f64,
+        }
+    }
+
+    /// Mean command latency at the proxy, in milliseconds (0 before the first).
+    pub fn avg_response_ms(&self) -> f64 {
+        match self.latency_count {
+            0 => 0.0,
+            n => self.latency_sum_secs * 1000.0 / n as f64,
+        }
+    }
+}
+
+/// Hit or miss counters, one per rule (index 0 is [`NO_RULE`]), resolved once so counting
+/// is an atomic add.
+pub struct RuleCounters {
+    names: Vec<String>,
+    counters: Vec<IntCounter>,
+}
+
+impl RuleCounters {
+    fn new(vec: &IntCounterVec, names: &[&str]) -> Self {
+        RuleCounters {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            counters: names.iter().map(|n| vec.with_label_values(&[n])).collect(),
+        }
+    }
+
+    /// The index of rule `name` (0, `none`, if unknown).
+    pub fn index(&self, name: &str) -> u16 {
+        self.names.iter().position(|n| n == name).unwrap_or(0) as u16
+    }
+
+    pub fn inc(&self, rule: u16, by: u64) {
+        if by > 0 {
+            self.counters[rule as usize].inc_by(by);
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counters.iter().map(IntCounter::get).sum()
+    }
+}
+
+/// Counters by lowercase command name.
+pub type CommandMap = FxHashMap<Box<[u8]>, IntCounter>;
+
+/// `cachet_commands_total{cmd}`: a lock-free map from lowercase name to its counter. A name
+/// seen for the first time is added (under a mutex, once per name) if it is a known command,
+/// so the label set stays within Redis's command table plus `other`.
+pub struct CommandCounters {
+    vec: IntCounterVec,
+    by_name: ArcSwap<CommandMap>,
+    adding: Mutex<()>,
+    other: IntCounter,
+}
+
+impl CommandCounters {
+    fn new(vec: IntCounterVec) -> Self {
+        let other = vec.with_label_values(&[OTHER_COMMAND]);
+        CommandCounters {
+            vec,
+            by_name: ArcSwap::from_pointee(FxHashMap::default()),
+            adding: Mutex::new(()),
+            other,
+        }
+    }
+
+    /// Counts one command named `name` (lowercase); `known` says whether it is a real
+    /// command, asked only the first time a name is seen.
+    pub fn count(&self, name: &[u8], known: impl FnOnce() -> bool) {
+        if let Some(counter) = self.by_name.load().get(name) {
+            return counter.inc();
+        }
+        self.count_slow(name, known())
+    }
+
+    #[cold]
+    fn count_slow(&self, name: &[u8], known: bool) {
+        let label = match std::str::from_utf8(name) {
+            Ok(label) if known => label,
+            _ => return self.other.inc(),
+        };
+        let _adding = self.adding.lock().expect("command counters lock");
+        let mut map = CommandMap::clone(&self.by_name.load());
+        let counter = map
+            .entry(name.into())
+            .or_insert_with(|| self.vec.with_label_values(&[label]))
+            .clone();
+        self.by_name.store(map.into());
+        counter.inc();
+    }
+
+    /// The counters of every name seen so far; a session keeps one and counts through it
+    /// without touching shared state, asking again ([`Self::count`]) for a name it lacks.
+    pub fn snapshot(&self) -> Arc<CommandMap> {
+        self.by_name.load_full()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.other.get()
+            + self
+                .by_name
+                .load()
+                .values()
+                .map(IntCounter::get)
+                .sum::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_are_counted_by_known_name_and_the_rest_as_other() {
+        let metrics = Metrics::new();
+        metrics.commands.count(b"get", || true);
+        metrics
+            .commands
+            .count(b"get", || unreachable!("known after the first time"));
+        metrics.commands.count(b"nosuchcommand", || false);
+        metrics.commands.count(b"x\xff", || true);
+        assert_eq!(metrics.commands.total(), 4);
+        let families = metrics.registry.gather();
+        let commands = families
+            .iter()
+            .find(|f| f.name() == "cachet_commands_total")
+            .expect("registered");
+        let mut seen: Vec<(String, u64)> = commands
+            .get_metric()
+            .iter()
+            .map(|m| {
+                (
+                    m.get_label()[0].value().to_owned(),
+                    m.get_counter().get_value() as u64,
+                )
+            })
+            .collect();
+        seen.sort();
+        assert_eq!(seen, vec![("get".into(), 2), ("other".into(), 2)]);
+    }
+
+    #[test]
+    fn rates_are_percentages_and_absent_without_lookups() {
+        let mut totals = Totals::default();
+        assert_eq!(totals.hit_rate(), None);
+        assert_eq!(totals.error_rate(), 0.0);
+        totals.hits = 3;
+        totals.misses = 1;
+        totals.commands = 8;
+        totals.errors = 2;
+        assert_eq!(totals.hit_rate(), Some(75.0));
+        assert_eq!(totals.error_rate(), 25.0);
+    }
+
+    #[test]
+    fn rule_counters_fall_back_to_none() {
+        let metrics = Metrics::with_rules(["session-list", "roster"].into_iter());
+        assert_eq!(metrics.hits.index("roster"), 2);
+        assert_eq!(metrics.hits.index("missing"), 0);
+        metrics.hits.inc(2, 3);
+        metrics.misses.inc(0, 1);
+        assert_eq!((metrics.hits.total(), metrics.misses.total()), (3, 1));
     }
 }

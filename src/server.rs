@@ -41,6 +41,7 @@ pub struct Shared {
     pub warming: crate::warm::Warming,
     pub heat: crate::warm::Heat,
     pub policies: Arc<crate::policy::Policies>,
+    pub health: crate::health::Health,
 }
 
 /// Live clients by cachet client id.

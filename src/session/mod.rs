@@ -17,6 +17,7 @@
 //! pools) first waits until every earlier reply has arrived: commands never overtake each
 //! other on two connections.
 
+mod observe;
 mod policy;
 pub(crate) mod tagging;
 mod warm;
@@ -176,6 +177,14 @@ pub struct Session {
     /// Reply frames gathered since the plan's last entry.
     batch_plain: usize,
     snapshots: Snapshots,
+    /// Inspection plans of answered batches, kept for reuse.
+    spare_plans: Vec<Vec<Inspect>>,
+    /// This session's view of the per-command counters (see `observe`).
+    command_counters: Arc<crate::metrics::CommandMap>,
+    /// When each pooled batch still unanswered was sent, in slot order.
+    sent: VecDeque<std::time::Instant>,
+    /// Command latencies, flushed to the shared histogram once per batch of replies.
+    latency: prometheus::local::LocalHistogram,
     slots: VecDeque<Slot>,
     next_async: u64,
     /// Commands whose replies are still expected (the pipeline depth).
@@ -221,6 +230,8 @@ impl Session {
             addr,
         });
         let pool_size = shared.upstream.config.pool_size.get();
+        let command_counters = observe::counters(&shared);
+        let latency = shared.metrics.command_latency.local();
         let session = Session {
             id,
             authenticated: shared.upstream.config.credentials().is_none(),
@@ -238,6 +249,10 @@ impl Session {
             batch_inspect: None,
             batch_plain: 0,
             snapshots: Snapshots::default(),
+            spare_plans: Vec::new(),
+            command_counters,
+            sent: VecDeque::new(),
+            latency,
             slots: VecDeque::new(),
             next_async: 0,
             in_flight: 0,
@@ -415,6 +430,7 @@ impl Session {
                         Ok(None) => break,
                         Err(error) => {
                             tracing::debug!(client = self.id, %error, "closing client after protocol error");
+                            self.count_errors(1);
                             self.reply_local(Reply::error(format!("ERR {error}")));
                             self.closing = true;
                             break;
@@ -431,7 +447,9 @@ impl Session {
 
     fn dispatch(&mut self, request: Request) {
         let mut scratch = [0u8; 64];
-        let Some(name) = lowercase_name(request.name(), &mut scratch) else {
+        let name = lowercase_name(request.name(), &mut scratch);
+        self.count_command(name);
+        let Some(name) = name else {
             // Longer than any command: let Redis say it is unknown, on whichever connection
             // the client is using.
             if !self.authenticated && self.dedicated.is_none() {
@@ -460,6 +478,7 @@ impl Session {
                 let frames = request.args.len().max(2) - 1;
                 self.forward_frames(request, frames)
             }
+            b"info" if self.dedicated.is_none() => self.info_command(request),
             b"taginvalidate" | b"tagset" | b"tag" | b"tags" | b"tagkeys" => {
                 if self.divergence.multi {
                     // Queued at Redis too, where it is unknown: Redis then aborts the
@@ -821,6 +840,7 @@ impl Session {
         });
         let slot = self.batch_slot();
         self.slots.push_back(slot);
+        self.sent.push_back(std::time::Instant::now());
         self.in_flight += self.batch_count;
         self.batch_count = 0;
     }
@@ -859,6 +879,7 @@ impl Session {
                 });
             }
             Err(error) => {
+                self.count_errors(1);
                 self.held = None;
                 // The state the command would have entered was not entered.
                 self.divergence = Divergence {
@@ -992,6 +1013,13 @@ impl Session {
             _ => unreachable!("a pool reply always answers the front slot"),
         };
         self.in_flight -= reply.count;
+        if let Some(sent) = self.sent.pop_front() {
+            let secs = sent.elapsed().as_secs_f64();
+            for _ in 0..reply.count {
+                self.latency.observe(secs);
+            }
+            self.latency.flush();
+        }
         match reply.result {
             Ok(bytes) if plan.is_some() => self.inspect_reply(bytes, plan.expect("checked")),
             Ok(bytes) if hello => {
@@ -1005,6 +1033,7 @@ impl Session {
                     plan.iter().filter(|s| matches!(s, Inspect::Epochs)).count()
                 });
                 let frame = error.to_frame();
+                self.count_errors(reply.count - hidden);
                 for _ in 0..reply.count - hidden {
                     self.output.extend_from_slice(&frame);
                 }
@@ -1199,14 +1228,17 @@ impl Session {
         self.handle.upstream_id.store(0, Ordering::Relaxed);
         // Each command still waiting gets the error in its own place in the order.
         let frame = UpstreamError::Lost(reason.to_owned()).to_frame();
+        let mut lost = 0;
         for slot in self.slots.iter_mut() {
             if matches!(
                 slot,
                 Slot::Dedicated | Slot::DedicatedReplaced(_) | Slot::Reset
             ) {
                 *slot = Slot::Local(frame.clone());
+                lost += 1;
             }
         }
+        self.count_errors(lost);
         self.in_flight -= link.outstanding;
         self.wait = Wait::Nothing;
         self.held = None;

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fred::interfaces::ClientLike;
 
+use super::observe::{self, Lookup};
 use super::{Session, Slot};
 use crate::resp::Request;
 use crate::resp::commands::CommandInfo;
@@ -53,8 +54,15 @@ pub(super) enum Inspect {
     Pass(usize),
     /// The reply to cachet's own epoch read: keep, do not forward.
     Epochs,
-    /// A read of a rule-matched key: forward, and remember the epochs if it missed.
-    Read(Bytes),
+    /// A read of a rule-matched key: forward, and remember the epochs if it missed; count
+    /// it under its rule (by index) when it is a lookup.
+    Read(Bytes, Option<(Lookup, u16)>),
+    /// A lookup of keys that match no rule: forward, count under `none`.
+    Lookup(Lookup),
+    /// MGET with rules configured: forward, count each element under its key's rule.
+    Elements(Vec<u16>),
+    /// Redis's INFO reply: append cachet's section.
+    Info,
 }
 
 /// Tag epochs seen before reads that missed, by key: each key's outstanding misses, oldest
@@ -209,11 +217,12 @@ impl Session {
         // RENAME and COPY carry a key's tags along, whether a rule or TAGSET gave them.
         let carries_tags = matches!(name, b"rename" | b"renamenx" | b"copy")
             && self.shared.upstream.tag_index_loaded();
+        let lookup = observe::lookup(name);
         if self.shared.rules.is_empty() && !carries_tags {
-            return self.forward(request);
+            return self.forward_lookup(request, lookup);
         }
         let Some(info) = info else {
-            return self.forward(request);
+            return self.forward_lookup(request, lookup);
         };
         if wrappable(info, name, &request) {
             if let Some(call) = self.tagged_write(&request, name, info) {
@@ -226,11 +235,30 @@ impl Session {
             {
                 self.shared.heat.record(&key);
                 let epochs = Request::from_args(self.shared.index.epoch_read(&found.tags));
+                let counted = lookup.map(|l| (l, self.shared.metrics.hits.index(found.name)));
                 self.forward_inspected(epochs, Inspect::Epochs);
-                return self.forward_inspected(request, Inspect::Read(key));
+                return self.forward_inspected(request, Inspect::Read(key, counted));
             }
+        } else if lookup == Some(Lookup::Each) && !self.shared.rules.is_empty() {
+            let metrics = &self.shared.metrics;
+            let rules: Vec<u16> = info
+                .key_positions(request.args.len())
+                .map(|at| {
+                    let found = self.shared.rules.match_key(&request.args[at]);
+                    found.map_or(0, |found| metrics.hits.index(found.name))
+                })
+                .collect();
+            return self.forward_inspected(request, Inspect::Elements(rules));
         }
-        self.forward(request)
+        self.forward_lookup(request, lookup)
+    }
+
+    /// Forwards a command; a lookup's reply is counted as a hit or miss of no rule.
+    fn forward_lookup(&mut self, request: Request, lookup: Option<Lookup>) {
+        match lookup {
+            Some(lookup) => self.forward_inspected(request, Inspect::Lookup(lookup)),
+            None => self.forward(request),
+        }
     }
 
     /// The `cachet_write` call for a write whose keys match rules, or `None` when none does.
@@ -295,8 +323,12 @@ impl Session {
     }
 
     /// Adds a command whose reply frames need a look before they are forwarded.
-    fn forward_inspected(&mut self, request: Request, inspect: Inspect) {
-        let plan = self.batch_inspect.get_or_insert_with(Vec::new);
+    pub(super) fn forward_inspected(&mut self, request: Request, inspect: Inspect) {
+        if self.batch_inspect.is_none() {
+            // A plan used before, so a batch with lookups does not allocate one.
+            self.batch_inspect = Some(self.spare_plans.pop().unwrap_or_default());
+        }
+        let plan = self.batch_inspect.as_mut().expect("set above");
         if self.batch_plain > 0 {
             plan.push(Inspect::Pass(self.batch_plain));
             self.batch_plain = 0;
@@ -307,7 +339,7 @@ impl Session {
     }
 
     /// Walks a batch's replies with its plan: forwards, keeps epochs, notes misses.
-    pub(super) fn inspect_reply(&mut self, bytes: Bytes, plan: Vec<Inspect>) {
+    pub(super) fn inspect_reply(&mut self, bytes: Bytes, mut plan: Vec<Inspect>) {
         let mut at = 0;
         let mut epochs: Option<Vec<u64>> = None;
         let frame_end = |at: usize| {
@@ -316,7 +348,8 @@ impl Session {
                 .flatten()
                 .map_or(bytes.len(), |f| at + f.len)
         };
-        for step in plan {
+        let metrics = &self.shared.metrics;
+        for step in plan.drain(..) {
             match step {
                 Inspect::Pass(frames) => {
                     let start = at;
@@ -330,18 +363,55 @@ impl Session {
                     epochs = index::parse_epochs(&bytes[at..end]);
                     at = end;
                 }
-                Inspect::Read(key) => {
+                Inspect::Read(key, counted) => {
                     let end = frame_end(at);
                     let frame = &bytes[at..end];
+                    if let Some((lookup, rule)) = counted {
+                        let (hits, misses) = observe::classify(frame, lookup);
+                        metrics.hits.inc(rule, hits);
+                        metrics.misses.inc(rule, misses);
+                    }
                     if let Some(seen) = epochs.take().filter(|_| is_miss(frame)) {
                         self.snapshots.insert(key, seen);
                     }
                     self.output.extend_from_slice(frame);
                     at = end;
                 }
+                Inspect::Lookup(lookup) => {
+                    let end = frame_end(at);
+                    let (hits, misses) = observe::classify(&bytes[at..end], lookup);
+                    metrics.hits.inc(0, hits);
+                    metrics.misses.inc(0, misses);
+                    self.output.extend_from_slice(&bytes[at..end]);
+                    at = end;
+                }
+                Inspect::Elements(rules) => {
+                    let end = frame_end(at);
+                    observe::each_element(&bytes[at..end], |i, nil| {
+                        let rule = rules.get(i).copied().unwrap_or(0);
+                        match nil {
+                            true => metrics.misses.inc(rule, 1),
+                            false => metrics.hits.inc(rule, 1),
+                        }
+                    });
+                    self.output.extend_from_slice(&bytes[at..end]);
+                    at = end;
+                }
+                Inspect::Info => {
+                    let end = frame_end(at);
+                    let section = crate::health::info_section(&self.shared);
+                    match observe::append_section(&bytes[at..end], &section) {
+                        Some(info) => self.output.extend_from_slice(&info),
+                        None => self.output.extend_from_slice(&bytes[at..end]),
+                    }
+                    at = end;
+                }
             }
         }
         self.output.extend_from_slice(&bytes[at..]);
+        if self.spare_plans.len() < 4 {
+            self.spare_plans.push(plan);
+        }
     }
 
     /// `TAGINVALIDATE`, `TAGSET`, `TAG`, `TAGS`, `TAGKEYS`. They run on cachet's control

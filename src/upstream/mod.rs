@@ -120,6 +120,15 @@ impl Upstream {
                 .is_some_and(|p| p.iter().any(PoolHandle::is_up))
     }
 
+    /// Pooled connections (both protocols) that are up now.
+    pub fn pooled_connections_up(&self) -> usize {
+        self.pools
+            .iter()
+            .filter_map(|p| p.get())
+            .map(|p| p.iter().filter(|h| h.is_up()).count())
+            .sum()
+    }
+
     /// The pooled connections for `protocol`, started on first use.
     pub fn pool(self: &Arc<Self>, protocol: Protocol) -> &[PoolHandle] {
         self.pools[protocol.index()].get_or_init(|| {

@@ -1,0 +1,292 @@
+//! The admin HTTP listener (axum): `/health`, `/metrics`, `/live`, `/ready`, the dashboard at
+//! `/` and the small JSON it polls, `/api/series`.
+//!
+//! [`router`] builds the whole thing from the shared state; tests call it directly, and
+//! [`serve`] runs it on a listener of its own, apart from the RESP port. With `[admin] token`
+//! set, every data route wants `Authorization: Bearer <token>`; `/live` never does (a process
+//! check carries no data), nor does the dashboard page itself, a static file that holds no
+//! figures: it reads the token from the URL fragment (`/#token=...`, never sent to a server)
+//! and sends it with each poll.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use prometheus::Encoder;
+use serde::{Deserialize, Deserializer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Secret;
+use crate::health::{self, Overall};
+use crate::server::Shared;
+
+/// The original system's admin port is an HTTP API; cachet's is 9121 by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9121";
+
+/// The dashboard: one self-contained page, no external resources.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Where the admin HTTP listener binds; `""` disables it.
+    pub listen: AdminListen,
+    /// When set, requests (all but `/live`) need `Authorization: Bearer <token>`.
+    pub token: Option<Secret>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: AdminListen(Some(DEFAULT_LISTEN.parse().expect("default address"))),
+            token: None,
+        }
+    }
+}
+
+/// An address, or none (`""`): the admin listener is off.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+impl fmt::Debug for AdminListen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(addr) => write!(f, "\"{addr}\""),
+            None => f.write_str("\"\" (disabled)"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminListen {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        if raw.is_empty() {
+            return Ok(AdminListen(None));
+        }
+        raw.parse().map(|a| AdminListen(Some(a))).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{raw:?} is not an address like 127.0.0.1:9121 (or \"\" to disable)"
+            ))
+        })
+    }
+}
+
+/// The admin routes over `shared`.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/live", get(live))
+        .route("/ready", get(ready))
+        .route("/health", get(health_json))
+        .route("/metrics", get(metrics))
+        .route("/api/series", get(series))
+        .with_state(shared)
+}
+
+/// Serves the admin routes on `listener` until `shutdown` is cancelled.
+pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
+    let addr = listener.local_addr().ok();
+    tracing::info!(listen = ?addr, "admin HTTP listening");
+    let served = axum::serve(listener, router(shared))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = served {
+        tracing::warn!(%error, "admin HTTP listener stopped");
+    }
+}
+
+/// `None` when the request may go on, else the 401 to send.
+fn refuse(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let token = shared.config.admin.token.as_ref()?;
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.expose().as_bytes())) {
+        return None;
+    }
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "a bearer token is required\n",
+        )
+            .into_response(),
+    )
+}
+
+/// Compares without stopping at the first difference, so timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(DASHBOARD)
+}
+
+async fn live() -> &'static str {
+    "live\n"
+}
+
+/// Ready once the command table is loaded and a pooled connection to Redis is up.
+async fn ready(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refuse(&shared, &headers) {
+        return refusal;
+    }
+    if shared.upstream.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: upstream not reachable\n",
+        )
+            .into_response()
+    }
+}
+
+/// The original system's health JSON; 503 when unhealthy.
+async fn health_json(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refuse(&shared, &headers) {
+        return refusal;
+    }
+    let report = health::report(&shared);
+    let status = match report.overall {
+        Overall::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    (status, axum::Json(report.to_json(&shared))).into_response()
+}
+
+/// Every metric in the registry, Prometheus text format.
+async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refuse(&shared, &headers) {
+        return refusal;
+    }
+    shared.metrics.clients.set(shared.clients.len() as i64);
+    let overall = health::report(&shared).overall;
+    shared.metrics.health_overall.set(overall as i64);
+    let encoder = prometheus::TextEncoder::new();
+    let mut body = Vec::new();
+    if let Err(error) = encoder.encode(&shared.metrics.registry.gather(), &mut body) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, encoder.format_type().to_owned())],
+        body,
+    )
+        .into_response()
+}
+
+/// What the dashboard plots: cumulative counters and histogram buckets at one instant; the
+/// page turns two of them into rates and windowed quantiles.
+async fn series(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refuse(&shared, &headers) {
+        return refusal;
+    }
+    let report = health::report(&shared);
+    let t = &report.totals;
+    let families = shared.metrics.registry.gather();
+    let histogram_json = |h: &prometheus::proto::Histogram| {
+        json!({
+            "count": h.get_sample_count(),
+            "sum": h.get_sample_sum(),
+            "buckets": h.get_bucket().iter()
+                .map(|b| json!([b.upper_bound(), b.cumulative_count()]))
+                .collect::<Vec<_>>(),
+        })
+    };
+    let latency = families
+        .iter()
+        .find(|f| f.name() == "cachet_command_duration_seconds")
+        .and_then(|f| f.get_metric().first())
+        .map(|m| histogram_json(m.get_histogram()));
+    // Policy timings: any histogram the policy host registers under `cachet_policy_`.
+    let policies: Vec<_> = families
+        .iter()
+        .filter(|f| {
+            f.name().starts_with("cachet_policy_")
+                && f.get_field_type() == prometheus::proto::MetricType::HISTOGRAM
+        })
+        .flat_map(|f| {
+            f.get_metric().iter().map(move |m| {
+                let labels: Vec<String> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| format!("{}={}", l.name(), l.value()))
+                    .collect();
+                json!({
+                    "metric": f.name(),
+                    "labels": labels.join(","),
+                    "count": m.get_histogram().get_sample_count(),
+                    "sum": m.get_histogram().get_sample_sum(),
+                })
+            })
+        })
+        .collect();
+    let at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    axum::Json(json!({
+        "at": at_ms,
+        "overall": report.overall,
+        "commands": t.commands,
+        "hits": t.hits,
+        "misses": t.misses,
+        "errors": t.errors,
+        "invalidations": t.invalidations,
+        "keysInvalidated": t.keys_invalidated,
+        "clients": shared.clients.len(),
+        "latency": latency,
+        "policies": policies,
+    }))
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn admin_and_health_sections_parse_with_their_defaults() {
+        let config = Config::default();
+        assert_eq!(
+            config.admin.listen.0,
+            Some(super::DEFAULT_LISTEN.parse().unwrap())
+        );
+        assert_eq!(config.health.interval_ms, 30_000);
+        let text = "[admin]\nlisten = \"\"\ntoken = \"t0k\"\n[health]\ninterval_ms = 500\n\
+                    [health.thresholds]\nhit_rate = { warning = 90, critical = 70.5 }\n";
+        let mut config = Config::from_toml(text, "x").unwrap();
+        assert_eq!(config.admin.listen.0, None, "\"\" disables the listener");
+        assert!(
+            !format!("{config:?}").contains("t0k"),
+            "the token prints masked"
+        );
+        assert_eq!(config.health.interval_ms, 500);
+        assert_eq!(config.health.thresholds.hit_rate.critical, 70.5);
+        assert_eq!(config.health.thresholds.error_rate.warning, 1.0);
+        config
+            .apply_env(|name| (name == "CACHE_HEALTH_CHECK_INTERVAL").then(|| "2500".into()))
+            .unwrap();
+        assert_eq!(config.health.interval_ms, 2_500);
+        let err = config
+            .apply_env(|name| (name == "CACHE_HEALTH_CHECK_INTERVAL").then(|| "soon".into()))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("CACHE_HEALTH_CHECK_INTERVAL"),
+            "{err}"
+        );
+        let err = Config::from_toml("[admin]\nlisten = \"nowhere\"\n", "x").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let err = Config::from_toml("[health.thresholds]\nhit_rate = 5\n", "x").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+}

@@ -1,0 +1,508 @@
+//! Health: the monitor loop that checks Redis every `[health] interval_ms`, the thresholds,
+//! and `overall` (healthy, degraded, unhealthy), as the original system's
+//! `CacheHealthMonitor` computed them. The HTTP side (`/health`, `/ready`) is in
+//! `crate::admin`; the `# cachet` INFO section is built here too ([`info_section`]).
+//!
+//! Each check measures, on cachet's control connection (fred): the PING round trip, memory
+//! from `INFO memory` (`used_memory` against `maxmemory`, or against `total_system_memory`
+//! when `maxmemory` is 0, which the report says), and the key count (`DBSIZE` of the pool's
+//! database). Cache figures (hit rate, error rate, mean response time) are cumulative since
+//! start, read from [`crate::metrics`] when a report is made.
+//!
+//! `overall` is the worst level any figure reaches: Redis unreachable, or a figure past its
+//! critical threshold, is `unhealthy`; past a warning threshold is `degraded`. With no lookups
+//! yet there is no hit rate, and it raises nothing. Every change of `overall` is logged.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fred::interfaces::{ClientLike, EventInterface, ServerInterface};
+use fred::types::InfoKind;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Totals;
+use crate::server::Shared;
+
+/// The original system's check interval.
+pub const DEFAULT_INTERVAL_MS: u64 = 30_000;
+/// A check that takes longer than this counts as Redis unreachable.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `[health]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often the monitor checks Redis (ms); env `CACHE_HEALTH_CHECK_INTERVAL`.
+    pub interval_ms: u64,
+    pub thresholds: Thresholds,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: DEFAULT_INTERVAL_MS,
+            thresholds: Thresholds::default(),
+        }
+    }
+}
+
+/// `[health.thresholds]`, defaulting to the original system's `DEFAULT_THRESHOLDS`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    /// Percent of lookups that hit; below is bad.
+    pub hit_rate: Levels,
+    /// Percent of commands answered with an error; above is bad.
+    pub error_rate: Levels,
+    /// PING round trip in ms; above is bad.
+    pub redis_latency_ms: Levels,
+    /// Percent of memory used; above is bad.
+    pub memory_usage: Levels,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            hit_rate: Levels::new(80.0, 60.0),
+            error_rate: Levels::new(1.0, 5.0),
+            redis_latency_ms: Levels::new(10.0, 50.0),
+            memory_usage: Levels::new(80.0, 95.0),
+        }
+    }
+}
+
+/// A warning and a critical threshold.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Levels {
+    pub warning: f64,
+    pub critical: f64,
+}
+
+impl Levels {
+    const fn new(warning: f64, critical: f64) -> Self {
+        Levels { warning, critical }
+    }
+
+    /// The level of `value` where lower is worse.
+    fn below(&self, value: f64) -> Overall {
+        match value {
+            v if v < self.critical => Overall::Unhealthy,
+            v if v < self.warning => Overall::Degraded,
+            _ => Overall::Healthy,
+        }
+    }
+
+    /// The level of `value` where higher is worse.
+    fn above(&self, value: f64) -> Overall {
+        match value {
+            v if v > self.critical => Overall::Unhealthy,
+            v if v > self.warning => Overall::Degraded,
+            _ => Overall::Healthy,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overall {
+    Healthy,
+    Degraded,
+    Unhealthy,
+}
+
+impl Overall {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overall::Healthy => "healthy",
+            Overall::Degraded => "degraded",
+            Overall::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// What one check of Redis found.
+#[derive(Debug, Clone, Default)]
+pub struct Check {
+    pub connected: bool,
+    /// PING round trip, ms.
+    pub latency_ms: f64,
+    /// `used_memory` as a percentage of the basis.
+    pub memory_usage: f64,
+    pub used_memory: u64,
+    /// `"maxmemory"` or `"system"` (maxmemory is 0: unlimited).
+    pub memory_basis: &'static str,
+    pub key_count: u64,
+    /// Why the check failed, when it did.
+    pub error: Option<String>,
+    /// Unix time of the check, ms.
+    pub at_ms: u64,
+}
+
+/// The monitor's state, shared with the admin endpoint and INFO.
+#[derive(Default)]
+pub struct Health {
+    last: Mutex<Option<Check>>,
+    overall: Mutex<Option<Overall>>,
+}
+
+impl Health {
+    pub fn last_check(&self) -> Option<Check> {
+        self.last.lock().expect("health lock").clone()
+    }
+
+    /// Records `overall`; true if it changed.
+    fn set_overall(&self, overall: Overall) -> Option<Option<Overall>> {
+        let mut current = self.overall.lock().expect("health lock");
+        let before = current.replace(overall);
+        (before != Some(overall)).then_some(before)
+    }
+}
+
+/// A health report: the figures and the levels they reach, as of now.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub overall: Overall,
+    pub check: Check,
+    pub totals: Totals,
+    pub uptime_ms: u64,
+    /// Pooled connections to Redis that are up right now.
+    pub pool_up: bool,
+}
+
+/// Computes the report from the last check and the counters as they are now. Redis counts
+/// as connected only if the last check reached it and the pool is up at this moment (a pooled
+/// connection notices a dead Redis at once; the check may be 30 s old).
+pub fn report(shared: &Shared) -> Report {
+    let check = shared.health.last_check().unwrap_or_default();
+    let totals = shared.metrics.totals();
+    let pool_up = shared.upstream.is_ready();
+    let overall = assess(&shared.config.health.thresholds, &check, pool_up, &totals);
+    Report {
+        overall,
+        check,
+        totals,
+        uptime_ms: shared.metrics.started.elapsed().as_millis() as u64,
+        pool_up,
+    }
+}
+
+/// The worst level any figure reaches.
+pub fn assess(thresholds: &Thresholds, check: &Check, pool_up: bool, totals: &Totals) -> Overall {
+    if !check.connected || !pool_up {
+        return Overall::Unhealthy;
+    }
+    let mut levels = vec![
+        thresholds.error_rate.above(totals.error_rate()),
+        thresholds.redis_latency_ms.above(check.latency_ms),
+        thresholds.memory_usage.above(check.memory_usage),
+    ];
+    if let Some(hit_rate) = totals.hit_rate() {
+        levels.push(thresholds.hit_rate.below(hit_rate));
+    }
+    levels.into_iter().max().unwrap_or(Overall::Healthy)
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+impl Report {
+    /// The original system's `/health` body, field for field, plus cachet's own keys.
+    pub fn to_json(&self, shared: &Shared) -> serde_json::Value {
+        let t = &self.totals;
+        let hit_rate = t.hit_rate().map(round2);
+        let connected = self.check.connected && self.pool_up;
+        json!({
+            "success": true,
+            "data": {
+                "health": {
+                    "overall": self.overall,
+                    "redis": {
+                        "connected": connected,
+                        "latency": round2(self.check.latency_ms),
+                        "memoryUsage": round2(self.check.memory_usage),
+                        "keyCount": self.check.key_count,
+                        "memoryBasis": self.check.memory_basis,
+                        "usedMemory": self.check.used_memory,
+                        "checkedAt": self.check.at_ms,
+                        "error": self.check.error,
+                    },
+                    "cache": {
+                        "hitRate": hit_rate,
+                        "errorRate": round2(t.error_rate()),
+                        "avgResponseTime": round2(t.avg_response_ms()),
+                        "totalOperations": t.commands,
+                    },
+                },
+                "metrics": {
+                    "hits": t.hits,
+                    "misses": t.misses,
+                    "invalidations": t.invalidations,
+                    "errors": t.errors,
+                    "hitRate": hit_rate,
+                    "uptime": self.uptime_ms,
+                    "keysInvalidated": t.keys_invalidated,
+                },
+                "cachet": {
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "upstream": shared.config.upstream.url.to_string(),
+                    "clients": shared.clients.len(),
+                    "rules": shared.rules.len(),
+                    "thresholds": thresholds_json(&shared.config.health.thresholds),
+                },
+            }
+        })
+    }
+}
+
+fn thresholds_json(t: &Thresholds) -> serde_json::Value {
+    let levels = |l: &Levels| json!({"warning": l.warning, "critical": l.critical});
+    json!({
+        "hitRate": levels(&t.hit_rate),
+        "errorRate": levels(&t.error_rate),
+        "redisLatency": levels(&t.redis_latency_ms),
+        "memoryUsage": levels(&t.memory_usage),
+    })
+}
+
+/// The `# cachet` section appended to INFO (lines end in CRLF, as Redis's do).
+pub fn info_section(shared: &Shared) -> String {
+    let r = report(shared);
+    let t = &r.totals;
+    let mut out = String::from("# cachet\r\n");
+    let mut line = |name: &str, value: &dyn std::fmt::Display| {
+        out.push_str(name);
+        out.push(':');
+        out.push_str(&value.to_string());
+        out.push_str("\r\n");
+    };
+    line("cachet_version", &env!("CARGO_PKG_VERSION"));
+    line("overall", &r.overall.as_str());
+    line("uptime_in_ms", &r.uptime_ms);
+    line("clients", &shared.clients.len());
+    line("total_commands", &t.commands);
+    line("hits", &t.hits);
+    line("misses", &t.misses);
+    let hit_rate = t.hit_rate().map_or("-".to_owned(), |h| format!("{h:.2}"));
+    line("hit_rate", &hit_rate);
+    line("errors", &t.errors);
+    line("error_rate", &format!("{:.2}", t.error_rate()));
+    line(
+        "avg_response_time_ms",
+        &format!("{:.3}", t.avg_response_ms()),
+    );
+    line("invalidations", &t.invalidations);
+    line("keys_invalidated", &t.keys_invalidated);
+    line("redis_connected", &u8::from(r.check.connected && r.pool_up));
+    line("redis_latency_ms", &format!("{:.2}", r.check.latency_ms));
+    line(
+        "redis_memory_usage",
+        &format!("{:.2}", r.check.memory_usage),
+    );
+    line("redis_memory_basis", &r.check.memory_basis);
+    line("redis_keys", &r.check.key_count);
+    out
+}
+
+/// One check of Redis on the control connection.
+async fn check(shared: &Shared) -> Check {
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let control = shared.upstream.control();
+    let measured = async {
+        // Timed from a connected client: a PING queued while fred connects measures the connect.
+        control.wait_for_connect().await?;
+        let started = Instant::now();
+        let _: String = control.ping(None).await?;
+        let latency = started.elapsed();
+        let memory: String = control.info(Some(InfoKind::Memory)).await?;
+        let keys: u64 = control.dbsize().await?;
+        Ok::<_, fred::error::Error>((latency, memory, keys))
+    };
+    match tokio::time::timeout(CHECK_TIMEOUT, measured).await {
+        Ok(Ok((latency, memory, keys))) => {
+            shared
+                .metrics
+                .upstream_latency
+                .observe(latency.as_secs_f64());
+            let field = |name: &str| -> u64 {
+                memory
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let used = field("used_memory");
+            let (limit, basis) = match field("maxmemory") {
+                0 => (field("total_system_memory"), "system"),
+                max => (max, "maxmemory"),
+            };
+            Check {
+                connected: true,
+                latency_ms: latency.as_secs_f64() * 1000.0,
+                memory_usage: if limit > 0 {
+                    used as f64 * 100.0 / limit as f64
+                } else {
+                    0.0
+                },
+                used_memory: used,
+                memory_basis: basis,
+                key_count: keys,
+                error: None,
+                at_ms,
+            }
+        }
+        Ok(Err(error)) => Check {
+            error: Some(error.to_string()),
+            at_ms,
+            ..Check::default()
+        },
+        Err(_) => Check {
+            error: Some(format!("no reply within {} ms", CHECK_TIMEOUT.as_millis())),
+            at_ms,
+            ..Check::default()
+        },
+    }
+}
+
+/// Counts the control connection's reconnects. fred announces the first connect too, which
+/// is not one: it is drained once the client is connected, and every later event counts.
+async fn count_reconnects(shared: Arc<Shared>, shutdown: CancellationToken) {
+    use tokio::sync::broadcast::error::RecvError;
+    let control = shared.upstream.control();
+    let mut events = control.reconnect_rx();
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = control.wait_for_connect() => {}
+    }
+    while events.try_recv().is_ok() {}
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = events.recv() => match event {
+                Ok(_) => shared.metrics.upstream_reconnects.inc(),
+                Err(RecvError::Lagged(n)) => shared.metrics.upstream_reconnects.inc_by(n),
+                Err(RecvError::Closed) => return,
+            },
+        }
+    }
+}
+
+/// Checks Redis now and every `interval_ms`, updates the upstream gauges, and logs every
+/// change of `overall`.
+pub async fn monitor(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let interval = Duration::from_millis(shared.config.health.interval_ms.max(1));
+    tokio::spawn(count_reconnects(shared.clone(), shutdown.clone()));
+    loop {
+        let found = check(&shared).await;
+        let m = &shared.metrics;
+        if found.connected {
+            m.upstream_keys.set(found.key_count as i64);
+            m.upstream_memory_bytes.set(found.used_memory as i64);
+        }
+        let up = shared.upstream.pooled_connections_up();
+        m.upstream_connections.set(up as i64);
+        *shared.health.last.lock().expect("health lock") = Some(found);
+        let r = report(&shared);
+        m.health_overall.set(r.overall as i64);
+        if let Some(before) = shared.health.set_overall(r.overall) {
+            let before = before.map_or("unknown", Overall::as_str);
+            let hit_rate = r.totals.hit_rate();
+            let error = r.check.error.as_deref();
+            match r.overall {
+                Overall::Healthy => tracing::info!(
+                    before,
+                    overall = "healthy",
+                    ?hit_rate,
+                    error_rate = r.totals.error_rate(),
+                    latency_ms = r.check.latency_ms,
+                    memory_usage = r.check.memory_usage,
+                    "health changed"
+                ),
+                other => tracing::warn!(
+                    before,
+                    overall = other.as_str(),
+                    ?hit_rate,
+                    error_rate = r.totals.error_rate(),
+                    latency_ms = r.check.latency_ms,
+                    memory_usage = r.check.memory_usage,
+                    error,
+                    "health changed"
+                ),
+            }
+        }
+        // While Redis is unreachable, look again within a second, so `connected` (and
+        // `/health`) follow its return without waiting a whole interval.
+        let pause = match r.check.connected {
+            true => interval,
+            false => interval.min(Duration::from_secs(1)),
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connected() -> Check {
+        Check {
+            connected: true,
+            latency_ms: 1.0,
+            memory_usage: 10.0,
+            ..Check::default()
+        }
+    }
+
+    #[test]
+    fn overall_is_the_worst_level_and_no_lookups_raise_nothing() {
+        let t = Thresholds::default();
+        let mut totals = Totals {
+            commands: 100,
+            ..Totals::default()
+        };
+        assert_eq!(assess(&t, &connected(), true, &totals), Overall::Healthy);
+        totals.hits = 70;
+        totals.misses = 30;
+        assert_eq!(assess(&t, &connected(), true, &totals), Overall::Degraded);
+        totals.errors = 6;
+        assert_eq!(assess(&t, &connected(), true, &totals), Overall::Unhealthy);
+        totals.errors = 0;
+        let slow = Check {
+            latency_ms: 60.0,
+            ..connected()
+        };
+        assert_eq!(assess(&t, &slow, true, &totals), Overall::Unhealthy);
+        assert_eq!(
+            assess(&t, &Check::default(), true, &Totals::default()),
+            Overall::Unhealthy
+        );
+        assert_eq!(
+            assess(&t, &connected(), false, &Totals::default()),
+            Overall::Unhealthy
+        );
+    }
+
+    #[test]
+    fn thresholds_default_to_the_original_systems() {
+        let t = Thresholds::default();
+        assert_eq!((t.hit_rate.warning, t.hit_rate.critical), (80.0, 60.0));
+        assert_eq!((t.error_rate.warning, t.error_rate.critical), (1.0, 5.0));
+        assert_eq!(
+            (t.redis_latency_ms.warning, t.redis_latency_ms.critical),
+            (10.0, 50.0)
+        );
+        assert_eq!(
+            (t.memory_usage.warning, t.memory_usage.critical),
+            (80.0, 95.0)
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! What a session counts for `/metrics`, `/health` and INFO, and the `# cachet` INFO section.
+//!
+//! Kept cheap, since it runs for every command: a command's name is counted through the
+//! session's own snapshot of the counters (a hash lookup and an atomic add); a lookup's
+//! reply (GET-like reads, below) is classified by its first bytes while the batch's replies
+//! are walked anyway; latency goes into a per-session `LocalHistogram` that is flushed once
+//! per batch of replies.
+//!
+//! **Lookups** are the reads whose reply says whether the key (or field) held a value: GET,
+//! GETEX, GETDEL and HGET (nil = miss), and each element of MGET and HMGET. An error reply
+//! (WRONGTYPE, ...) is neither a hit nor a miss.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use redis_protocol::resp3::types::{BytesFrame as Frame3, VerbatimStringFormat};
+
+use super::Session;
+use crate::metrics::CommandMap;
+use crate::resp::reply::Reply;
+use crate::resp::{Protocol, Request};
+
+/// How to count a lookup's reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// One value: nil is a miss.
+    One,
+    /// An array of values: each nil element is a miss.
+    Each,
+}
+
+/// The lookup kind of a command, by lowercase name.
+pub(super) fn lookup(name: &[u8]) -> Option<Lookup> {
+    match name {
+        b"get" | b"getex" | b"getdel" | b"hget" => Some(Lookup::One),
+        b"mget" | b"hmget" => Some(Lookup::Each),
+        _ => None,
+    }
+}
+
+/// Hits and misses in one lookup reply frame.
+pub(super) fn classify(frame: &[u8], lookup: Lookup) -> (u64, u64) {
+    let (mut hits, mut misses) = (0, 0);
+    let mut count = |_, nil| match nil {
+        true => misses += 1,
+        false => hits += 1,
+    };
+    match lookup {
+        Lookup::One => match frame.first() {
+            Some(b'-' | b'!') | None => {}
+            _ => count(0, is_nil(frame)),
+        },
+        Lookup::Each => each_element(frame, count),
+    }
+    (hits, misses)
+}
+
+fn is_nil(frame: &[u8]) -> bool {
+    frame == b"$-1\r\n" || frame == b"_\r\n"
+}
+
+/// Calls `f(index, is_nil)` for each element of an array reply; nothing for anything else.
+pub(super) fn each_element(frame: &[u8], mut f: impl FnMut(usize, bool)) {
+    if frame.first() != Some(&b'*') {
+        return;
+    }
+    let Some(mut at) = frame.windows(2).position(|w| w == b"\r\n").map(|p| p + 2) else {
+        return;
+    };
+    let mut index = 0;
+    while at < frame.len() {
+        let Ok(Some(element)) = crate::resp::reply_frame(&frame[at..]) else {
+            return;
+        };
+        f(index, is_nil(&frame[at..at + element.len]));
+        index += 1;
+        at += element.len;
+    }
+}
+
+/// Sections that make Redis's INFO include everything (and so cachet's section too).
+fn includes_everything(section: &[u8]) -> bool {
+    [&b"all"[..], b"everything", b"default"]
+        .iter()
+        .any(|s| section.eq_ignore_ascii_case(s))
+}
+
+/// The INFO reply text as the client's protocol carries it: a bulk string in RESP2, a
+/// verbatim string (`txt`) in RESP3, as Redis answers.
+pub(super) fn info_reply(text: Bytes, protocol: Protocol) -> Bytes {
+    match protocol {
+        Protocol::Resp2 => Reply::Bulk(text).encode(protocol),
+        Protocol::Resp3 => {
+            let mut out = BytesMut::new();
+            let frame = Frame3::VerbatimString {
+                data: text,
+                format: VerbatimStringFormat::Text,
+                attributes: None,
+            };
+            redis_protocol::resp3::encode::complete::extend_encode(&mut out, &frame, false)
+                .expect("a verbatim string always encodes");
+            out.freeze()
+        }
+    }
+}
+
+/// Redis's INFO reply with `section` appended, in the reply's own encoding; the reply as it
+/// was if it is not an INFO text (an error, say).
+pub(super) fn append_section(frame: &[u8], section: &str) -> Option<Bytes> {
+    let header_end = frame.windows(2).position(|w| w == b"\r\n")?;
+    let (protocol, skip) = match frame.first()? {
+        b'$' => (Protocol::Resp2, 0),
+        // `=len\r\ntxt:...`: the payload starts with the 3-letter format and a colon.
+        b'=' => (Protocol::Resp3, 4),
+        _ => return None,
+    };
+    let body = frame.get(header_end + 2 + skip..frame.len().checked_sub(2)?)?;
+    let mut text = BytesMut::with_capacity(body.len() + section.len() + 2);
+    text.extend_from_slice(body);
+    if !body.is_empty() && !body.ends_with(b"\r\n") {
+        text.extend_from_slice(b"\r\n");
+    }
+    if !body.is_empty() {
+        text.extend_from_slice(b"\r\n");
+    }
+    text.extend_from_slice(section.as_bytes());
+    Some(info_reply(text.freeze(), protocol))
+}
+
+impl Session {
+    /// Counts one command by name (lowercase; `None` for a name longer than any command).
+    pub(super) fn count_command(&mut self, name: Option<&[u8]>) {
+        let name = name.unwrap_or(b"");
+        if let Some(counter) = self.command_counters.get(name) {
+            return counter.inc();
+        }
+        let shared = &self.shared;
+        shared.metrics.commands.count(name, || {
+            shared.upstream.commands().get(name).is_some()
+                || matches!(
+                    name,
+                    b"taginvalidate" | b"tagset" | b"tag" | b"tags" | b"tagkeys"
+                )
+        });
+        self.command_counters = shared.metrics.commands.snapshot();
+    }
+
+    /// Counts `n` error replies cachet produced or passed on for an upstream failure.
+    pub(super) fn count_errors(&self, n: usize) {
+        self.shared.metrics.errors.inc_by(n as u64);
+    }
+
+    /// `INFO [section ...]` on the pool: Redis's reply, with cachet's section appended when
+    /// the sections asked for include it; `INFO cachet` alone is answered by cachet.
+    pub(super) fn info_command(&mut self, request: Request) {
+        let sections = &request.args[1..];
+        let ours = |s: &Bytes| s.eq_ignore_ascii_case(b"cachet");
+        let wants_ours =
+            sections.is_empty() || sections.iter().any(|s| ours(s) || includes_everything(s));
+        if !wants_ours {
+            return self.forward_frames(request, 1);
+        }
+        let others: Vec<Bytes> = sections.iter().filter(|s| !ours(s)).cloned().collect();
+        if !sections.is_empty() && others.is_empty() {
+            let text = Bytes::from(crate::health::info_section(&self.shared));
+            let bytes = info_reply(text, self.protocol);
+            return self.reply_local_bytes(bytes);
+        }
+        let request = if others.len() == sections.len() {
+            request
+        } else {
+            let mut args = vec![request.args[0].clone()];
+            args.extend(others);
+            Request::from_args(args)
+        };
+        self.forward_inspected(request, super::tagging::Inspect::Info);
+    }
+}
+
+impl Session {
+    /// Queues reply bytes cachet made, in command order.
+    fn reply_local_bytes(&mut self, bytes: Bytes) {
+        self.flush_batch();
+        if self.slots.is_empty() {
+            self.output.extend_from_slice(&bytes);
+        } else {
+            self.slots.push_back(super::Slot::Local(bytes));
+        }
+    }
+}
+
+/// A fresh snapshot for a new session.
+pub(super) fn counters(shared: &crate::server::Shared) -> Arc<CommandMap> {
+    shared.metrics.commands.snapshot()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_are_classified_by_their_reply() {
+        assert_eq!(classify(b"$3\r\nabc\r\n", Lookup::One), (1, 0));
+        assert_eq!(classify(b"$0\r\n\r\n", Lookup::One), (1, 0));
+        assert_eq!(classify(b"$-1\r\n", Lookup::One), (0, 1));
+        assert_eq!(classify(b"_\r\n", Lookup::One), (0, 1));
+        assert_eq!(classify(b"-WRONGTYPE x\r\n", Lookup::One), (0, 0));
+        assert_eq!(
+            classify(b"*3\r\n$1\r\na\r\n$-1\r\n$3\r\n$-1\r\n", Lookup::Each),
+            (2, 1)
+        );
+        assert_eq!(classify(b"*2\r\n_\r\n_\r\n", Lookup::Each), (0, 2));
+    }
+
+    #[test]
+    fn the_section_is_appended_in_the_replys_own_encoding() {
+        let redis = "# Server\r\nx:1\r\n";
+        let ours = "# cachet\r\nhits:1\r\n";
+        let joined = format!("{redis}\r\n{ours}");
+        let bulk = format!("${}\r\n{redis}\r\n", redis.len());
+        let out = append_section(bulk.as_bytes(), ours).unwrap();
+        assert_eq!(out, format!("${}\r\n{joined}\r\n", joined.len()));
+        let verbatim = format!("={}\r\ntxt:{redis}\r\n", redis.len() + 4);
+        let out = append_section(verbatim.as_bytes(), ours).unwrap();
+        assert_eq!(out, format!("={}\r\ntxt:{joined}\r\n", joined.len() + 4));
+        assert!(append_section(b"-ERR x\r\n", "s").is_none());
+    }
+}

@@ -1,0 +1,527 @@
+//! The admin endpoint end to end: cachet runs in-process in front of its own `redis-server`,
+//! with its admin listener on a free port; clients (fred, a raw RESP client, redis-cli) send
+//! known sequences of commands, and `/health`, `/metrics`, `/ready`, `/live` and `INFO` are
+//! read over real HTTP and RESP.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fred::interfaces::{ClientLike, KeysInterface};
+use fred::types::InfoKind;
+use serde_json::Value;
+use support::{RawClient, RedisServer, fred_client};
+
+/// cachet with its admin listener, both on free ports; shut down on drop.
+struct Cachet {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Cachet {
+    /// Starts cachet and waits until `/health` says Redis is connected.
+    async fn start(redis: &RedisServer, tweak: impl FnOnce(&mut cachet::Config)) -> Self {
+        let cachet = Self::start_unready(redis, tweak).await;
+        cachet
+            .health_until("connected", |_, json| {
+                json["data"]["health"]["redis"]["connected"] == true
+            })
+            .await;
+        cachet
+    }
+
+    async fn start_unready(redis: &RedisServer, tweak: impl FnOnce(&mut cachet::Config)) -> Self {
+        let mut config = cachet::Config::default();
+        config.upstream.url = cachet::config::RedisUrl::parse(&redis.url()).expect("url");
+        config.health.interval_ms = 100;
+        // This machine runs many builds at once: a slow PING must not decide these tests,
+        // which are about the other figures (the latency levels have a unit test).
+        config.health.thresholds.redis_latency_ms.warning = 5_000.0;
+        config.health.thresholds.redis_latency_ms.critical = 10_000.0;
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(cachet::run_with_admin(
+            config,
+            listener,
+            Some(admin),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Cachet {
+            addr,
+            admin: admin_addr,
+            shutdown: Some(tx),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(self.http(path)).await.expect("admin answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    }
+
+    async fn health(&self) -> (u16, Value) {
+        let (status, body) = self.get("/health").await;
+        let json = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        (status, json)
+    }
+
+    /// Polls `/health` until `done` holds (the monitor checks every 100 ms here).
+    async fn health_until(&self, what: &str, done: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, json) = self.health().await;
+            if done(status, &json) {
+                return (status, json);
+            }
+            assert!(Instant::now() < deadline, "never {what}: {status} {json:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `/metrics`, parsed by a Prometheus text-format parser.
+    async fn metrics(&self) -> prometheus_parse::Scrape {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+            .unwrap_or_else(|e| panic!("unparsable /metrics ({e}):\n{body}"))
+    }
+}
+
+impl Drop for Cachet {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The value of `name` whose labels include all of `labels` (0 when absent).
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => panic!("{name} is not a scalar"),
+        })
+        .sum()
+}
+
+/// Every key of the original system's response, at the path it has there.
+fn assert_original_shape(json: &Value) {
+    let paths: &[&[&str]] = &[
+        &["success"],
+        &["data", "health", "overall"],
+        &["data", "health", "redis", "connected"],
+        &["data", "health", "redis", "latency"],
+        &["data", "health", "redis", "memoryUsage"],
+        &["data", "health", "redis", "keyCount"],
+        &["data", "health", "cache", "hitRate"],
+        &["data", "health", "cache", "errorRate"],
+        &["data", "health", "cache", "avgResponseTime"],
+        &["data", "health", "cache", "totalOperations"],
+        &["data", "metrics", "hits"],
+        &["data", "metrics", "misses"],
+        &["data", "metrics", "invalidations"],
+        &["data", "metrics", "errors"],
+        &["data", "metrics", "hitRate"],
+        &["data", "metrics", "uptime"],
+    ];
+    for path in paths {
+        let mut at = json;
+        for key in *path {
+            at = at
+                .get(key)
+                .unwrap_or_else(|| panic!("no {} in {json:#}", path.join(".")));
+        }
+    }
+    assert_eq!(json["success"], true);
+}
+
+async fn fred_set_and_get(url: &str, hits: &[&str], misses: &[&str]) {
+    let client = fred_client(url, false).await;
+    for key in hits {
+        let _: () = client.set(*key, "v", None, None, false).await.unwrap();
+    }
+    for key in hits {
+        let value: Option<String> = client.get(*key).await.unwrap();
+        assert_eq!(value.as_deref(), Some("v"));
+    }
+    for key in misses {
+        let value: Option<String> = client.get(*key).await.unwrap();
+        assert_eq!(value, None);
+    }
+    client.quit().await.unwrap();
+}
+
+#[tokio::test]
+async fn counts_agree_with_a_known_sequence_of_commands() {
+    let redis = RedisServer::start();
+    let cachet = Cachet::start(&redis, |_| {}).await;
+    fred_set_and_get(&cachet.url(), &["a", "b", "c"], &["x", "y"]).await;
+    // MGET counts each element; an error reply (WRONGTYPE) is neither hit nor miss.
+    let mut raw = RawClient::connect(cachet.addr).await.unwrap();
+    assert_eq!(
+        raw.text(&["MGET", "a", "nope", "b"]).await,
+        "*3\r\n$1\r\nv\r\n$-1\r\n$1\r\nv\r\n"
+    );
+    raw.text(&["LPUSH", "list", "1"]).await;
+    assert!(raw.text(&["GET", "list"]).await.starts_with("-WRONGTYPE"));
+
+    let scrape = cachet.metrics().await;
+    assert_eq!(
+        sample(&scrape, "cachet_hits_total", &[("rule", "none")]),
+        5.0
+    );
+    assert_eq!(
+        sample(&scrape, "cachet_misses_total", &[("rule", "none")]),
+        3.0
+    );
+    assert_eq!(
+        sample(&scrape, "cachet_commands_total", &[("cmd", "get")]),
+        6.0
+    );
+    assert_eq!(
+        sample(&scrape, "cachet_commands_total", &[("cmd", "set")]),
+        3.0
+    );
+    assert_eq!(
+        sample(&scrape, "cachet_commands_total", &[("cmd", "mget")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&scrape, "cachet_errors_total", &[]),
+        0.0,
+        "WRONGTYPE is Redis's answer"
+    );
+    let latency_count = sample(&scrape, "cachet_command_duration_seconds_count", &[]);
+    let all_commands = sample(&scrape, "cachet_commands_total", &[]);
+    assert!(latency_count >= 11.0, "{latency_count} latencies");
+    assert!(
+        all_commands >= latency_count,
+        "{all_commands} < {latency_count}"
+    );
+    assert!(sample(&scrape, "cachet_upstream_ping_seconds_count", &[]) >= 1.0);
+
+    let (status, json) = cachet.health().await;
+    assert_eq!(status, 200);
+    assert_original_shape(&json);
+    let metrics = &json["data"]["metrics"];
+    assert_eq!(
+        (metrics["hits"].as_u64(), metrics["misses"].as_u64()),
+        (Some(5), Some(3))
+    );
+    assert_eq!(metrics["hitRate"].as_f64(), Some(62.5));
+    assert_eq!(
+        json["data"]["health"]["cache"]["hitRate"].as_f64(),
+        Some(62.5)
+    );
+    let total = json["data"]["health"]["cache"]["totalOperations"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(total as f64, all_commands);
+    // 62.5 % is under the 80 % warning threshold but over the 60 % critical one.
+    assert_eq!(json["data"]["health"]["overall"], "degraded");
+}
+
+#[tokio::test]
+async fn hits_and_misses_are_counted_by_rule() {
+    let redis = RedisServer::start();
+    let rules = r#"
+        [[rules]]
+        name = "session"
+        pattern = "session:{id}"
+        tags = ["session:{id}"]
+        ttl = 60
+    "#;
+    let cachet = Cachet::start(&redis, |config| {
+        config.rules = cachet::Config::from_toml(rules, "rules").unwrap().rules;
+    })
+    .await;
+    let mut raw = RawClient::connect(cachet.addr).await.unwrap();
+    raw.text(&["SET", "session:1", "x"]).await;
+    raw.text(&["SET", "plain", "x"]).await;
+    assert_eq!(raw.text(&["GET", "session:1"]).await, "$1\r\nx\r\n");
+    assert_eq!(raw.text(&["GET", "session:2"]).await, "$-1\r\n");
+    assert_eq!(raw.text(&["GET", "plain"]).await, "$1\r\nx\r\n");
+    raw.text(&["MGET", "session:1", "plain", "session:3"]).await;
+    assert_eq!(raw.text(&["TAGINVALIDATE", "session:1"]).await, ":1\r\n");
+
+    let scrape = cachet.metrics().await;
+    let rule = |name, rule| sample(&scrape, name, &[("rule", rule)]);
+    assert_eq!(rule("cachet_hits_total", "session"), 2.0);
+    assert_eq!(rule("cachet_misses_total", "session"), 2.0);
+    assert_eq!(rule("cachet_hits_total", "none"), 2.0);
+    assert_eq!(rule("cachet_misses_total", "none"), 0.0);
+    assert_eq!(sample(&scrape, "cachet_invalidations_total", &[]), 1.0);
+    assert_eq!(sample(&scrape, "cachet_keys_invalidated_total", &[]), 1.0);
+    assert_eq!(
+        sample(
+            &scrape,
+            "cachet_commands_total",
+            &[("cmd", "taginvalidate")]
+        ),
+        1.0
+    );
+    let (_, json) = cachet.health().await;
+    assert_eq!(json["data"]["metrics"]["invalidations"], 1);
+}
+
+#[tokio::test]
+async fn healthy_degraded_and_unhealthy() {
+    let mut redis = RedisServer::start();
+    let cachet = Cachet::start(&redis, |_| {}).await;
+    let connected = |json: &Value| json["data"]["health"]["redis"]["connected"] == true;
+    let (status, json) = cachet
+        .health_until("connected", |_, json| connected(json))
+        .await;
+    // No lookups yet: no hit rate, and nothing to complain about.
+    assert_eq!(status, 200, "{json:#}");
+    assert_original_shape(&json);
+    let health = &json["data"]["health"];
+    assert_eq!(health["overall"], "healthy", "{json:#}");
+    assert_eq!(health["cache"]["hitRate"], Value::Null);
+    assert_eq!(
+        health["redis"]["memoryBasis"], "system",
+        "maxmemory is 0 here"
+    );
+    assert!(health["redis"]["memoryUsage"].as_f64().unwrap() < 100.0);
+    assert!(health["redis"]["usedMemory"].as_u64().unwrap() > 0);
+    assert!(health["redis"]["latency"].as_f64().unwrap() < 1000.0);
+    assert!(json["data"]["metrics"]["uptime"].as_u64().unwrap() > 0);
+
+    // The key count is Redis's DBSIZE, as of the next check.
+    let direct = fred_client(&redis.url(), false).await;
+    for i in 0..7 {
+        let _: () = direct
+            .set(format!("k{i}"), i, None, None, false)
+            .await
+            .unwrap();
+    }
+    cachet
+        .health_until("7 keys", |_, json| {
+            json["data"]["health"]["redis"]["keyCount"] == 7
+        })
+        .await;
+    direct.quit().await.unwrap();
+
+    // Misses only: hit rate 0 %, under the critical threshold: unhealthy, so 503.
+    fred_set_and_get(&cachet.url(), &[], &["m1", "m2"]).await;
+    let (status, json) = cachet.health().await;
+    assert_eq!(
+        (status, &json["data"]["health"]["overall"]),
+        (503, &Value::from("unhealthy"))
+    );
+    assert_eq!(json["data"]["health"]["cache"]["hitRate"], 0.0);
+
+    // Redis stopped: unhealthy, 503, not connected; clients get errors, which are counted.
+    redis.stop();
+    let (status, json) = cachet
+        .health_until("disconnected", |_, json| !connected(json))
+        .await;
+    assert_eq!(status, 503);
+    assert_eq!(json["data"]["health"]["overall"], "unhealthy");
+    let mut raw = RawClient::connect(cachet.addr).await.unwrap();
+    let reply = raw.text(&["GET", "k1"]).await;
+    assert!(reply.starts_with("-ERR upstream"), "{reply}");
+    let (_, json) = cachet.health().await;
+    assert!(
+        json["data"]["metrics"]["errors"].as_u64().unwrap() >= 1,
+        "{json:#}"
+    );
+    assert!(
+        json["data"]["health"]["cache"]["errorRate"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+
+    // Back again: connected, and the reconnect is counted.
+    redis.restart();
+    cachet
+        .health_until("reconnected", |_, json| connected(json))
+        .await;
+    // The control connection reconnects on its own schedule (backoff up to 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let scrape = cachet.metrics().await;
+        let reconnects = sample(&scrape, "cachet_upstream_reconnects_total", &[]);
+        if reconnects >= 1.0 && sample(&scrape, "cachet_upstream_connections", &[]) >= 1.0 {
+            assert_eq!(reconnects, 1.0, "one restart, one reconnect");
+            break;
+        }
+        assert!(Instant::now() < deadline, "reconnect never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_crossed_warning_threshold_is_degraded_but_still_200() {
+    let redis = RedisServer::start();
+    let cachet = Cachet::start(&redis, |config| {
+        config.health.thresholds.hit_rate.warning = 101.0;
+    })
+    .await;
+    fred_set_and_get(&cachet.url(), &["a"], &[]).await;
+    let (status, json) = cachet
+        .health_until("connected", |_, json| {
+            json["data"]["health"]["redis"]["connected"] == true
+        })
+        .await;
+    assert_eq!(json["data"]["metrics"]["hitRate"], 100.0);
+    assert_eq!(
+        (status, &json["data"]["health"]["overall"]),
+        (200, &Value::from("degraded"))
+    );
+    let scrape = cachet.metrics().await;
+    assert_eq!(sample(&scrape, "cachet_health_overall", &[]), 1.0);
+}
+
+#[tokio::test]
+async fn ready_waits_for_the_upstream_and_live_does_not() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let cachet = Cachet::start_unready(&redis, |_| {}).await;
+    assert_eq!(cachet.get("/live").await.0, 200);
+    let (status, body) = cachet.get("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(cachet.health().await.0, 503);
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cachet.get("/ready").await.0 != 200 {
+        assert!(Instant::now() < deadline, "never ready after Redis started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cachet.get("/live").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_token_guards_every_route_but_live() {
+    let redis = RedisServer::start();
+    let cachet = Cachet::start_unready(&redis, |config| {
+        config.admin.token = Some(cachet::config::Secret::new("s3cret"));
+    })
+    .await;
+    for path in ["/health", "/metrics", "/ready", "/api/series"] {
+        assert_eq!(cachet.get(path).await.0, 401, "{path} without a token");
+        let client = reqwest::Client::new();
+        let wrong = client
+            .get(cachet.http(path))
+            .bearer_auth("s3cre")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status().as_u16(), 401, "{path} with a wrong token");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let right = client
+                .get(cachet.http(path))
+                .bearer_auth("s3cret")
+                .send()
+                .await
+                .unwrap();
+            let status = right.status().as_u16();
+            if status == 200 {
+                break;
+            }
+            // /ready and /health may say 503 until the upstream is up; never 401.
+            assert_eq!(status, 503, "{path} with the token");
+            assert!(Instant::now() < deadline, "{path} never 200");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(cachet.get("/live").await.0, 200);
+}
+
+#[tokio::test]
+async fn info_carries_a_cachet_section_through_fred_and_redis_cli() {
+    let redis = RedisServer::start();
+    let cachet = Cachet::start(&redis, |_| {}).await;
+    fred_set_and_get(&cachet.url(), &["a", "b"], &["c"]).await;
+
+    for resp3 in [false, true] {
+        let client = fred_client(&cachet.url(), resp3).await;
+        let everything: String = client.info(None).await.unwrap();
+        assert!(everything.contains("# Server"), "{everything}");
+        let ours = everything
+            .split("# cachet\r\n")
+            .nth(1)
+            .expect("a # cachet section");
+        let fields: HashMap<&str, &str> = ours.lines().filter_map(|l| l.split_once(':')).collect();
+        assert_eq!(fields["hits"], "2", "{ours}");
+        assert_eq!(fields["misses"], "1");
+        assert_eq!(fields["hit_rate"], "66.67");
+        assert_eq!(fields["invalidations"], "0");
+        assert_eq!(fields["cachet_version"], env!("CARGO_PKG_VERSION"));
+        assert!(["healthy", "degraded", "unhealthy"].contains(&fields["overall"]));
+
+        let memory: String = client.info(Some(InfoKind::Memory)).await.unwrap();
+        assert!(memory.contains("used_memory:") && !memory.contains("# cachet"));
+        let only: String = client
+            .custom(fred::cmd!("INFO"), vec!["cachet"])
+            .await
+            .unwrap();
+        assert!(
+            only.starts_with("# cachet\r\n") && !only.contains("# Server"),
+            "{only}"
+        );
+        client.quit().await.unwrap();
+    }
+
+    // redis-cli runs as a child process: cachet shares this test's runtime, so wait for it
+    // without blocking the runtime.
+    let port = cachet.addr.port().to_string();
+    let cli = |args: &'static [&'static str]| {
+        let port = port.clone();
+        async move {
+            let out = tokio::process::Command::new("redis-cli")
+                .args(["-p", &port])
+                .args(args)
+                .output()
+                .await
+                .expect("redis-cli installed");
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    let all = cli(&["INFO", "all"]).await;
+    assert!(
+        all.contains("# Keyspace") && all.contains("# cachet"),
+        "{all}"
+    );
+    let only = cli(&["-3", "INFO", "cachet"]).await;
+    assert!(
+        only.contains("hits:2") && !only.contains("# Server"),
+        "{only}"
+    );
+    let two = cli(&["INFO", "server", "cachet"]).await;
+    assert!(
+        two.contains("redis_version:") && two.contains("misses:1"),
+        "{two}"
+    );
+    assert!(!two.contains("# Memory"), "{two}");
+    // A raw RESP3 client sees Redis's verbatim string type, with the section inside.
+    let mut raw = RawClient::connect(cachet.addr).await.unwrap();
+    raw.command(&["HELLO", "3"]).await.unwrap();
+    let reply = raw.command(&["INFO"]).await.unwrap();
+    assert!(reply.starts_with(b"=") && reply.windows(8).any(|w| w == b"# cachet"));
+}
