@@ -617,3 +617,59 @@ async fn the_sessions_policy_invalidates_a_teachers_session_lists() {
         .expect("EXISTS");
     assert_eq!(left, 1, "only the other teacher's list is left");
 }
+
+#[tokio::test]
+async fn sighup_reloads_every_policy() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = support::free_port();
+    let config = dir.path().join("cachet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"{}\"\n\
+             [[policies]]\nname = \"misbehave\"\nmodule = {:?}\nevents = [\"misbehave.*\"]\n\
+             [events]\nwatch_ms = 0\n",
+            redis.url(),
+            policy_wasm("misbehave").display().to_string()
+        ),
+    )
+    .expect("write config");
+    let mut cachet = std::process::Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start cachet");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        if let Ok(client) = RawClient::connect(addr).await {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "cachet did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        client
+            .text(&["POLICY", "LIST"])
+            .await
+            .contains("$7\r\nreloads\r\n:0\r\n")
+    );
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &cachet.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client
+        .text(&["POLICY", "LIST"])
+        .await
+        .contains("$7\r\nreloads\r\n:1\r\n")
+    {
+        assert!(Instant::now() < deadline, "SIGHUP reloaded nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = cachet.kill();
+    let _ = cachet.wait();
+}
