@@ -90,6 +90,9 @@ pub struct WarmCounts {
     pub refused: u64,
 }
 
+/// What makes two warm requests the same: warmer, parameters, key.
+type WarmIdentity = (String, Vec<(String, String)>, Option<Bytes>);
+
 /// Actions of the successful calls of one event, each named once.
 #[derive(Default)]
 struct Merged {
@@ -98,7 +101,7 @@ struct Merged {
     keys: Vec<Bytes>,
     seen_keys: HashSet<Bytes>,
     warm: Vec<WarmRequest>,
-    seen_warm: HashSet<(String, Vec<(String, String)>, Option<Bytes>)>,
+    seen_warm: HashSet<WarmIdentity>,
     followups: Vec<(String, Event)>,
 }
 

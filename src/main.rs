@@ -101,7 +101,7 @@ fn check_policy(
     json: bool,
 ) -> ExitCode {
     use cachet::policy::check;
-    if fields.len() % 2 != 0 {
+    if !fields.len().is_multiple_of(2) {
         eprintln!("cachet: fields come in pairs: field value [field value ...]");
         return ExitCode::FAILURE;
     }

@@ -23,7 +23,7 @@ use support::{Proxy, RawClient, RedisServer, fred_client};
 const RELAXED_MS: u64 = 500;
 /// The deadline in the sandbox test: the default (10 ms) plus room for a loaded machine, still
 /// far below the 100 ms gap the concurrent traffic must never see.
-const SANDBOX_MS: u64 = 30;
+const SANDBOX_MS: u64 = 50;
 
 fn policy(module: &Path) -> cachet::policy::PolicyConfig {
     policy_with(module, RELAXED_MS)
@@ -370,8 +370,19 @@ async fn modules_reload_under_load_and_a_bad_one_is_refused() {
         assert!(reply.contains("replaced"), "{reply}");
         tokio::time::sleep(Duration::from_millis(80)).await;
     }
+    assert_ne!(first, digest(&mut admin).await);
+    // Without a command: the watcher sees the file change.
+    let before = digest(&mut admin).await;
+    replace(&module, &variant(&original, 9));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while digest(&mut admin).await == before {
+        assert!(
+            Instant::now() < deadline,
+            "the changed file was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let reloaded = digest(&mut admin).await;
-    assert_ne!(first, reloaded);
 
     // A broken file: refused, the previous version keeps serving.
     replace(&module, b"\0asm not really");
@@ -519,4 +530,146 @@ async fn bad_emits_get_redis_style_errors_and_the_client_is_still_served() {
     );
     assert!(client.text(&["EXEC"]).await.starts_with("-EXECABORT"));
     assert_eq!(client.text(&["PING"]).await, "+PONG\r\n");
+}
+
+#[tokio::test]
+async fn time_waiting_for_redis_does_not_count_against_the_deadline() {
+    let redis = RedisServer::start();
+    let proxy = start_with_timeout(&redis, &policy_wasm("misbehave"), SANDBOX_MS).await;
+    let client = fred_client(&proxy.url(), false).await;
+    let _: Value = client
+        .custom(cmd!("TAGSET"), vec!["x", "1", "TAGS", "u1"])
+        .await
+        .expect("TAGSET");
+    // Redis busy for 200 ms (a script spinning on TIME) while the policy asks it for a key's
+    // tags: the host import waits far beyond the policy's deadline.
+    let direct = fred_client(&redis.url(), false).await;
+    let busy = tokio::spawn(async move {
+        let script = "local s = redis.call('TIME') local t = s repeat t = redis.call('TIME') \
+                      until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > 200000 return 1";
+        let _: Value = direct
+            .custom(cmd!("EVAL"), vec![script, "0"])
+            .await
+            .expect("EVAL");
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let began = Instant::now();
+    let reply = emit(&client, &["misbehave.tags-of", "key", "x"])
+        .await
+        .expect("the call succeeds although it waited for Redis");
+    assert!(
+        began.elapsed() > Duration::from_millis(100),
+        "the EMIT did not wait for the busy Redis: {:?}",
+        began.elapsed()
+    );
+    assert_eq!(strings(&field(&reply, "tags")), ["u1"]);
+    busy.await.expect("busy script");
+}
+
+#[tokio::test]
+async fn the_sessions_policy_invalidates_a_teachers_session_lists() {
+    let redis = RedisServer::start();
+    let module = policy_wasm("sessions");
+    let proxy = Proxy::start_with(&redis.url(), move |config| {
+        config.policies = vec![
+            toml::from_str(&format!(
+                "name = \"sessions\"\nmodule = {:?}\nevents = [\"session.*\"]\ntimeout_ms = {RELAXED_MS}\n",
+                module.display().to_string()
+            ))
+            .expect("policy config"),
+        ];
+    })
+    .await;
+    let client = fred_client(&proxy.url(), true).await;
+    for key in ["sessions:teacher:123", "sessions:teacher:123:page:2"] {
+        let _: Value = client
+            .custom(cmd!("TAGSET"), vec![key, "[...]", "TAGS", "teacher:123"])
+            .await
+            .expect("TAGSET");
+    }
+    let _: () = client
+        .set("sessions:teacher:999", "[...]", None, None, false)
+        .await
+        .expect("SET");
+    let reply = emit(
+        &client,
+        &[
+            "session.created",
+            "sessionId",
+            "42",
+            "teacherId",
+            "123",
+            "schoolId",
+            "7",
+        ],
+    )
+    .await
+    .expect("EMIT");
+    assert_eq!(strings(&field(&reply, "policies")), ["sessions"]);
+    assert_eq!(field(&reply, "deleted").as_u64(), Some(2), "{reply:?}");
+    let left: u64 = client
+        .exists(vec![
+            "sessions:teacher:123",
+            "sessions:teacher:123:page:2",
+            "sessions:teacher:999",
+        ])
+        .await
+        .expect("EXISTS");
+    assert_eq!(left, 1, "only the other teacher's list is left");
+}
+
+#[tokio::test]
+async fn sighup_reloads_every_policy() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = support::free_port();
+    let config = dir.path().join("cachet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[upstream]\nurl = \"{}\"\n\
+             [[policies]]\nname = \"misbehave\"\nmodule = {:?}\nevents = [\"misbehave.*\"]\n\
+             [events]\nwatch_ms = 0\n",
+            redis.url(),
+            policy_wasm("misbehave").display().to_string()
+        ),
+    )
+    .expect("write config");
+    let mut cachet = std::process::Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start cachet");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut client = loop {
+        if let Ok(client) = RawClient::connect(addr).await {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "cachet did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        client
+            .text(&["POLICY", "LIST"])
+            .await
+            .contains("$7\r\nreloads\r\n:0\r\n")
+    );
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &cachet.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(sent.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client
+        .text(&["POLICY", "LIST"])
+        .await
+        .contains("$7\r\nreloads\r\n:1\r\n")
+    {
+        assert!(Instant::now() < deadline, "SIGHUP reloaded nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = cachet.kill();
+    let _ = cachet.wait();
 }

@@ -137,7 +137,8 @@ pub enum Reloaded {
 
 /// Every configured policy, and the engine and threads they run on.
 pub struct Policies {
-    pub host: Arc<Host>,
+    /// The engine; none when no policy is configured (no ticker thread, no reserved pool).
+    pub host: Option<Arc<Host>>,
     pub entries: Vec<Arc<Entry>>,
     pub workers: Workers,
 }
@@ -146,6 +147,13 @@ impl Policies {
     /// Compiles and checks every configured module. Any failure refuses the whole set, so
     /// cachet never starts with a policy missing.
     pub fn load(configs: &[PolicyConfig], threads: usize) -> Result<Self, String> {
+        if configs.is_empty() {
+            return Ok(Policies {
+                host: None,
+                entries: Vec::new(),
+                workers: Workers::start(0),
+            });
+        }
         let fuel = configs.iter().any(|c| c.fuel.is_some());
         let host = Arc::new(Host::new(fuel)?);
         let mut entries = Vec::with_capacity(configs.len());
@@ -165,9 +173,9 @@ impl Policies {
                 reloading: tokio::sync::Mutex::new(()),
             }));
         }
-        let workers = Workers::start(if configs.is_empty() { 0 } else { threads });
+        let workers = Workers::start(threads);
         Ok(Policies {
-            host,
+            host: Some(host),
             entries,
             workers,
         })
@@ -200,7 +208,10 @@ impl Policies {
         if !force && modified == current.modified {
             return Reloaded::Unchanged;
         }
-        let host = self.host.clone();
+        let host = self
+            .host
+            .clone()
+            .expect("a configured policy has an engine");
         let config = entry.config.clone();
         let loaded = tokio::task::spawn_blocking(move || read_version(&host, &config))
             .await

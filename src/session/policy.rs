@@ -53,7 +53,7 @@ impl Session {
     fn emit(&mut self, request: Request) {
         let limits = &self.shared.config.events;
         let args = &request.args;
-        if args.len() < 2 || args.len() % 2 != 0 {
+        if args.len() < 2 || !args.len().is_multiple_of(2) {
             return self.reply_local(arity_error("emit"));
         }
         let total: usize = args[1..].iter().map(Bytes::len).sum();

@@ -100,7 +100,7 @@ impl Guest for Misbehave {
                 .map(|i| Action::InvalidateTag(Name::Text(format!("many:{i}"))))
                 .collect()),
             "misbehave.huge" => Ok(vec![Action::InvalidateTag(Name::Text(
-                "x".repeat(4 << 20),
+                "x".repeat(3 << 19),
             ))]),
             "misbehave.followup" => Ok(vec![Action::Emit(FollowUp {
                 name: event.name.clone(),
