@@ -303,6 +303,26 @@ pub struct WriteCall<'a> {
     pub allow_oom: bool,
 }
 
+/// How far past cachet's own estimate of a key's expiry a [`FastSet`] puts its scores and
+/// its per-key set's expiry, so that they are upper bounds despite the time between cachet
+/// reading its clock and Redis running the SET (and small clock differences).
+pub const FAST_SCORE_SLACK_MS: u64 = 250;
+
+/// A tagged `SET` that needs no function call: `MULTI`, the SET, one `ZADD` per tag,
+/// `SADD` and `PEXPIREAT` (or `PERSIST`) of the per-key set, `EXEC`. Only for writes with no
+/// lease to check ([`WriteKey::snapshot`] `None`) whose expiry cachet knows in advance.
+#[derive(Debug, Clone, Copy)]
+pub struct FastSet<'a> {
+    /// `SET key value`, optionally followed by `EX s` or `PX ms`, as the client sent it.
+    pub command: &'a [Bytes],
+    /// The key's rule tags (not empty).
+    pub tags: &'a [Bytes],
+    /// The rule's TTL, appended as `EX` when the command sets none (0: none).
+    pub add_ex_secs: u64,
+    /// The key's expiry (ms since the epoch) as cachet estimates it, `None` when it has none.
+    pub expires_at_ms: Option<u64>,
+}
+
 /// What one [`TagIndex::sweep_step`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepStats {
@@ -417,6 +437,60 @@ impl TagIndex {
         ]);
         out.extend(call.command.iter().cloned());
         out.extend(per_key);
+        out
+    }
+
+    /// Appends the commands of a [`FastSet`] to `out`, RESP-encoded, and returns how many
+    /// reply frames Redis sends for them: `+OK` for MULTI, one per queued command, EXEC's.
+    pub fn encode_fast_set(&self, set: &FastSet<'_>, out: &mut BytesMut) -> usize {
+        use redis_protocol::resp2::encode::extend_encode;
+        use redis_protocol::resp2::types::BytesFrame;
+        let key = &set.command[1];
+        let key_tags = self.names.key_tags(key);
+        let mut push = |args: Vec<Bytes>| {
+            let frame = BytesFrame::Array(args.into_iter().map(BytesFrame::BulkString).collect());
+            extend_encode(out, &frame, false).expect("a multibulk of bulk strings always encodes");
+        };
+        push(vec![Bytes::from_static(b"MULTI")]);
+        let mut command = set.command.to_vec();
+        if set.add_ex_secs > 0 {
+            command.extend([Bytes::from_static(b"EX"), number(set.add_ex_secs)]);
+        }
+        push(command);
+        let score = set.expires_at_ms.map(|ms| ms + FAST_SCORE_SLACK_MS);
+        let score_arg = score.map_or(Bytes::from_static(b"+inf"), number);
+        for tag in set.tags {
+            push(vec![
+                Bytes::from_static(b"ZADD"),
+                self.names.tag_keys(tag),
+                score_arg.clone(),
+                key.clone(),
+            ]);
+        }
+        let mut sadd = Vec::with_capacity(2 + set.tags.len());
+        sadd.extend([Bytes::from_static(b"SADD"), key_tags.clone()]);
+        sadd.extend(set.tags.iter().cloned());
+        push(sadd);
+        push(match score {
+            Some(ms) => vec![Bytes::from_static(b"PEXPIREAT"), key_tags, number(ms)],
+            None => vec![Bytes::from_static(b"PERSIST"), key_tags],
+        });
+        push(vec![Bytes::from_static(b"EXEC")]);
+        set.tags.len() + 5
+    }
+
+    /// `FCALL cachet_trim` for tag sets that gained members through [`FastSet`]s: each
+    /// re-checks up to 16 members whose score has passed, as `cachet_write` does when a
+    /// member joins.
+    pub fn trim_call(&self, tags: &[Bytes]) -> Vec<Bytes> {
+        let mut out = Vec::with_capacity(4 + tags.len());
+        out.extend([
+            Bytes::from_static(b"FCALL"),
+            Bytes::from_static(b"cachet_trim"),
+            number(tags.len() as u64),
+        ]);
+        out.extend(tags.iter().map(|t| self.names.tag_keys(t)));
+        out.push(self.names.prefix.clone());
         out
     }
 
