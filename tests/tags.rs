@@ -1847,3 +1847,105 @@ async fn null_array_replies_of_tagged_writes_match_redis() {
     }
     assert!(mismatches.is_empty(), "{mismatches:#?}");
 }
+
+/// How many times Redis ran `command` since the last `CONFIG RESETSTAT` (INFO commandstats).
+async fn calls(d: &mut Conn, command: &str) -> u64 {
+    let info = d.text(&["INFO", "commandstats"]).await;
+    let field = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&field))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+// ---- fast writes ------------------------------------------------------------------------------
+
+/// A SET of a rule-matched key with no lease to check runs as MULTI/EXEC of plain commands,
+/// not as a function call, and leaves the same index as `cachet_write` (scores within the
+/// slack of the expiry); one after a miss still goes through `cachet_write` for its epoch
+/// check; Redis's refusal of the SET reaches the client as Redis words it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_matched_sets_skip_the_function() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut c = Conn::connect(proxy.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+    let tags = |t: &str| -> Vec<Vec<u8>> { vec![b(format!("teacher:{t}")), b("sessions")] };
+    assert_eq!(d.text(&["CONFIG", "RESETSTAT"]).await, ok());
+
+    assert_eq!(c.text(&["SET", "sessions:teacher:1", "v"]).await, ok());
+    assert_ttl(&mut d, "sessions:teacher:1", 300).await;
+    assert_eq!(
+        c.text(&["SET", "sessions:teacher:2", "v", "ex", "50"])
+            .await,
+        ok()
+    );
+    assert_ttl(&mut d, "sessions:teacher:2", 50).await;
+    assert_eq!(
+        c.text(&["SET", "sessions:teacher:3", "v", "PX", "40000"])
+            .await,
+        ok()
+    );
+    assert_ttl(&mut d, "sessions:teacher:3", 40).await;
+    // A pipeline of fast writes, overwrites among them, and a plain key in between.
+    let mut batch: Vec<Vec<String>> = Vec::new();
+    for i in 0..40 {
+        batch.push(vec![
+            "SET".into(),
+            format!("sessions:teacher:{}", i % 20),
+            "w".into(),
+        ]);
+        if i == 7 {
+            batch.push(vec!["SET".into(), "plain:x".into(), "y".into()]);
+        }
+    }
+    let replies = c.pipeline(&batch).await;
+    assert!(replies.iter().all(|r| &r[..] == b"+OK\r\n"), "{replies:?}");
+    // New members cost one `cachet_trim` per reply batch; overwrites cost no function call.
+    assert_eq!(d.text(&["CONFIG", "RESETSTAT"]).await, ok());
+    let replies = c.pipeline(&batch).await;
+    assert!(replies.iter().all(|r| &r[..] == b"+OK\r\n"), "{replies:?}");
+    assert_eq!(calls(&mut d, "fcall").await, 0, "a function ran");
+    assert_eq!(calls(&mut d, "exec").await, 40);
+    for i in 0..20 {
+        let key = format!("sessions:teacher:{i}");
+        let t = tags(&i.to_string());
+        let t: Vec<&[u8]> = t.iter().map(|t| &t[..]).collect();
+        assert_indexed(&mut d, &key, &t).await;
+        assert_ttl(&mut d, &key, 300).await;
+        assert_eq!(
+            tags_of(&mut c, &key).await,
+            ["sessions", &format!("teacher:{i}")]
+        );
+    }
+    assert_eq!(ttl(&mut d, "plain:x").await, -1);
+
+    // Invalidation finds what fast writes indexed.
+    assert_eq!(c.int(&["TAGINVALIDATE", "teacher:4"]).await, 1);
+    assert_eq!(c.int(&["TAGINVALIDATE", "sessions"]).await, 19);
+    assert_eq!(data_keys(&mut d).await, BTreeSet::from([b("plain:x")]));
+    assert_eq!(keys_matching(&mut d, "cachet:k:*").await, BTreeSet::new());
+
+    // A write after a miss carries a lease: the function checks the epochs.
+    assert_eq!(d.text(&["CONFIG", "RESETSTAT"]).await, ok());
+    assert_eq!(c.text(&["GET", "sessions:teacher:9"]).await, "$-1\r\n");
+    assert_eq!(c.text(&["SET", "sessions:teacher:9", "v"]).await, ok());
+    assert_eq!(calls(&mut d, "fcall").await, 1);
+    assert_eq!(calls(&mut d, "exec").await, 0);
+    let t = tags("9");
+    let t: Vec<&[u8]> = t.iter().map(|t| &t[..]).collect();
+    assert_indexed(&mut d, "sessions:teacher:9", &t).await;
+
+    // Redis refuses the SET when queued (out of memory): the client reads Redis's own error,
+    // not EXECABORT, and nothing is indexed.
+    assert_eq!(d.text(&["CONFIG", "SET", "maxmemory", "1"]).await, ok());
+    let direct = d.text(&["SET", "sessions:teacher:10", "v"]).await;
+    assert!(direct.starts_with("-OOM"), "{direct}");
+    assert_eq!(c.text(&["SET", "sessions:teacher:10", "v"]).await, direct);
+    assert_eq!(d.text(&["CONFIG", "SET", "maxmemory", "0"]).await, ok());
+    assert_unindexed(&mut d, "sessions:teacher:10", &t_refs(&tags("10"))).await;
+    assert_eq!(c.text(&["SET", "sessions:teacher:10", "v"]).await, ok());
+}
+
+fn t_refs(tags: &[Vec<u8>]) -> Vec<&[u8]> {
+    tags.iter().map(|t| &t[..]).collect()
+}
