@@ -429,6 +429,10 @@ if [[ $SKIP_SET != 1 ]]; then
         [[ $n == "$KEYSPACE" ]] || die "after writing through cachet ($v): $n keys key:*, expected $KEYSPACE"
     done
 
+    # Redis's own account of what the rounds ran: calls and time per command.
+    for v in "${variants[@]}"; do
+        rcli "${rport[$v]}" CONFIG RESETSTAT >/dev/null
+    done
     for ((round = 1; round <= ROUNDS; round++)); do
         for v in "${variants[@]}"; do
             for d in "${pipelines[@]}"; do
@@ -467,6 +471,7 @@ if [[ $SKIP_SET != 1 ]]; then
     done
 
     for v in "${variants[@]}"; do
+        rcli "${rport[$v]}" INFO commandstats | tr -d '\r' >"$run_dir/commandstats-$v.txt"
         dbsize_after[$v]=$(rcli "${rport[$v]}" DBSIZE)
         n=$(count_keys "${rport[$v]}" 'key:*')
         [[ $n == "$KEYSPACE" ]] || problems+=("$v: $n data keys after part 1, expected $KEYSPACE")
@@ -623,6 +628,27 @@ report() {
                 done
             done
         fi
+        echo
+        echo "### Where Redis spends its time (INFO commandstats over all rounds)"
+        echo
+        echo "Per variant, every command Redis ran during the rounds (CONFIG RESETSTAT before round 1):" \
+             "calls per benchmark request and Redis's own µs per call (commandstats' usec / calls;" \
+             "wall time inside Redis, so a busy host inflates it). Commands inside MULTI are counted" \
+             "on their own and again inside EXEC's time; commands a function runs are counted on their" \
+             "own and again inside FCALL's. Includes the background sweeper's calls in the window."
+        echo
+        echo "| variant | command | calls per request | µs per call | µs per request |"
+        echo "|---|---|---:|---:|---:|"
+        for v in "${variants[@]}"; do
+            [[ -s $run_dir/commandstats-$v.txt ]] || continue
+            reqs=$(awk -F, -v v="$v" '$2 == v { s += $4 } END { print s + 0 }' "$cpu")
+            ((reqs > 0)) || continue
+            awk -F'[:=,]' -v v="$v" -v n="$reqs" '/^cmdstat_/ {
+                    sub(/^cmdstat_/, "", $1)
+                    if ($1 ~ /^config/ || $3 / n < 0.001) next
+                    printf "| %s | %s | %.3f | %.2f | %.2f |\n", v, $1, $3 / n, $7, $5 / n
+                }' "$run_dir/commandstats-$v.txt"
+        done
         echo
         echo "### First write of all $KEYSPACE keys (redis-cli --pipe through cachet, before round 1)"
         echo
