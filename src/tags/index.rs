@@ -106,9 +106,13 @@
 //!
 //! and forwards only the SET's reply (from EXEC's array; if Redis refused the SET while
 //! queueing it, out of memory say, that refusal, as Redis worded it). `S` is cachet's clock
-//! plus the TTL plus [`FAST_SCORE_SLACK_MS`]: an estimate of the expiry, above it unless Redis
-//! runs the SET more than the slack after cachet read its clock. Scores only decide when a
-//! member is re-checked, never whether a live key stays, so an estimate is safe either way.
+//! plus the TTL plus [`FAST_SCORE_SLACK_MS`], rounded up to a grid of about a sixteenth of the
+//! TTL ([`FastSet::score`]): an upper bound of the expiry unless Redis runs the SET more than
+//! the slack after cachet read its clock. On the grid, overwrites of a key within one step
+//! write the score its members already have, and Redis leaves them where they are (moving a
+//! member of a 100 000-member set costs several µs). Scores only decide when a member is
+//! re-checked, never whether a live key stays, so an estimate is safe either way; an expired
+//! member waits at most one step longer for its re-check.
 //! What this keeps, guarantee by guarantee:
 //!
 //! * No unreachable entries: EXEC runs the block atomically, like a function; an invalidation
