@@ -15,7 +15,8 @@
 #             (every key also carries one tag shared by all: one ZSET of KEYSPACE members)
 #
 # redis-benchmark's `-t set` keys are key:000000xxxxxx, so in the tagged variants every SET
-# becomes one `FCALL cachet_write`. Before round 1 every variant gets all KEYSPACE keys
+# becomes one MULTI/EXEC block (SET ... EX, ZADD per tag, the per-key set's SADD and
+# PEXPIREAT). Before round 1 every variant gets all KEYSPACE keys
 # written through its cachet (redis-cli --pipe), so the benchmark measures the steady state
 # (overwrites of indexed keys), not first inserts. Then, in alternating rounds
 # (plain, per-key, shared, plain, ...), one invocation per variant and pipeline depth:
@@ -25,6 +26,8 @@
 # with the CPU time (utime+stime, /proc/PID/stat fields 14+15) of that variant's
 # redis-server and cachet read around it, exactly as bench/run.sh does. Reported: median
 # ops/s, p50/p99, CPU µs per request of cachet and Redis, and the cost ratios tagged/plain.
+# INFO commandstats of every variant's Redis over all rounds (CONFIG RESETSTAT before round
+# 1) gives calls per request and Redis's own µs per call of each command.
 # Rule TTL is RULE_TTL (default 3600 s) so that no key expires during the run.
 #
 # Then the `all-items` tag of the shared variant (KEYSPACE keys, two tags each) is
