@@ -1955,3 +1955,40 @@ async fn rule_matched_sets_skip_the_function() {
 fn t_refs(tags: &[Vec<u8>]) -> Vec<&[u8]> {
     tags.iter().map(|t| &t[..]).collect()
 }
+
+/// Redis down: a fast write (six frames from Redis when it works) and the command after it
+/// get exactly one error each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_error_per_command_when_a_fast_write_fails() {
+    let mut redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut client = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(
+        client.text(&["SET", "sessions:teacher:1", "v"]).await,
+        ok(),
+        "a fast write while Redis is up"
+    );
+    tokio::task::block_in_place(|| redis.stop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .send_raw(
+            &[
+                RawClient::encode(&["SET", "sessions:teacher:1", "v"]),
+                RawClient::encode(&["PING"]),
+            ]
+            .concat(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let reply = client.read_frame().await.unwrap();
+        assert!(reply.starts_with(b"-ERR upstream"), "{reply:?}");
+    }
+    assert!(
+        client
+            .read_frame_timeout(Duration::from_millis(300))
+            .await
+            .is_err(),
+        "an extra reply arrived"
+    );
+}
