@@ -15,7 +15,8 @@
 #             (every key also carries one tag shared by all: one ZSET of KEYSPACE members)
 #
 # redis-benchmark's `-t set` keys are key:000000xxxxxx, so in the tagged variants every SET
-# becomes one `FCALL cachet_write`. Before round 1 every variant gets all KEYSPACE keys
+# becomes one MULTI/EXEC block (SET ... EX, ZADD per tag, the per-key set's SADD and
+# PEXPIREAT). Before round 1 every variant gets all KEYSPACE keys
 # written through its cachet (redis-cli --pipe), so the benchmark measures the steady state
 # (overwrites of indexed keys), not first inserts. Then, in alternating rounds
 # (plain, per-key, shared, plain, ...), one invocation per variant and pipeline depth:
@@ -25,6 +26,8 @@
 # with the CPU time (utime+stime, /proc/PID/stat fields 14+15) of that variant's
 # redis-server and cachet read around it, exactly as bench/run.sh does. Reported: median
 # ops/s, p50/p99, CPU µs per request of cachet and Redis, and the cost ratios tagged/plain.
+# INFO commandstats of every variant's Redis over all rounds (CONFIG RESETSTAT before round
+# 1) gives calls per request and Redis's own µs per call of each command.
 # Rule TTL is RULE_TTL (default 3600 s) so that no key expires during the run.
 #
 # Then the `all-items` tag of the shared variant (KEYSPACE keys, two tags each) is
@@ -429,6 +432,10 @@ if [[ $SKIP_SET != 1 ]]; then
         [[ $n == "$KEYSPACE" ]] || die "after writing through cachet ($v): $n keys key:*, expected $KEYSPACE"
     done
 
+    # Redis's own account of what the rounds ran: calls and time per command.
+    for v in "${variants[@]}"; do
+        rcli "${rport[$v]}" CONFIG RESETSTAT >/dev/null
+    done
     for ((round = 1; round <= ROUNDS; round++)); do
         for v in "${variants[@]}"; do
             for d in "${pipelines[@]}"; do
@@ -467,6 +474,7 @@ if [[ $SKIP_SET != 1 ]]; then
     done
 
     for v in "${variants[@]}"; do
+        rcli "${rport[$v]}" INFO commandstats | tr -d '\r' >"$run_dir/commandstats-$v.txt"
         dbsize_after[$v]=$(rcli "${rport[$v]}" DBSIZE)
         n=$(count_keys "${rport[$v]}" 'key:*')
         [[ $n == "$KEYSPACE" ]] || problems+=("$v: $n data keys after part 1, expected $KEYSPACE")
@@ -623,6 +631,27 @@ report() {
                 done
             done
         fi
+        echo
+        echo "### Where Redis spends its time (INFO commandstats over all rounds)"
+        echo
+        echo "Per variant, every command Redis ran during the rounds (CONFIG RESETSTAT before round 1):" \
+             "calls per benchmark request and Redis's own µs per call (commandstats' usec / calls;" \
+             "wall time inside Redis, so a busy host inflates it). Commands inside MULTI are counted" \
+             "on their own and again inside EXEC's time; commands a function runs are counted on their" \
+             "own and again inside FCALL's. Includes the background sweeper's calls in the window."
+        echo
+        echo "| variant | command | calls per request | µs per call | µs per request |"
+        echo "|---|---|---:|---:|---:|"
+        for v in "${variants[@]}"; do
+            [[ -s $run_dir/commandstats-$v.txt ]] || continue
+            reqs=$(awk -F, -v v="$v" '$2 == v { s += $4 } END { print s + 0 }' "$cpu")
+            ((reqs > 0)) || continue
+            awk -F'[:=,]' -v v="$v" -v n="$reqs" '/^cmdstat_/ {
+                    sub(/^cmdstat_/, "", $1)
+                    if ($1 ~ /^config/ || $3 / n < 0.001) next
+                    printf "| %s | %s | %.3f | %.2f | %.2f |\n", v, $1, $3 / n, $7, $5 / n
+                }' "$run_dir/commandstats-$v.txt"
+        done
         echo
         echo "### First write of all $KEYSPACE keys (redis-cli --pipe through cachet, before round 1)"
         echo

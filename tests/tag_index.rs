@@ -1323,3 +1323,100 @@ async fn no_call_deletes_more_than_a_chunk() {
     assert!(stats.contains("cmdstat_fcall:calls=10,"), "{stats}");
     assert!(stats.contains("cmdstat_zpopmin:calls=10,"), "{stats}");
 }
+
+/// A fast write (the MULTI/EXEC block cachet sends for a SET with no lease) indexes like
+/// `cachet_write`, with scores and a per-key set expiry that bound the key's expiry from
+/// above by at most the slack and one grid step (60 s TTL: 2048 ms); `cachet_trim`, which cachet sends after fast writes added
+/// members, removes up to 16 members whose keys are gone and rescores a live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_writes_index_and_trims_bound_them() {
+    use cachet::tags::index::{FAST_SCORE_SLACK_MS, FastSet};
+    let fx = fixture().await;
+    let c = &fx.client;
+    let mut raw = RawClient::connect(fx.server.addr()).await.unwrap();
+    let x = fx.index.names().tag_keys(b"x");
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    let fast = |name: &str, ttl_ms: u64, now: u64| {
+        let command = [b("SET"), b(name), b("v"), b("PX"), b(ttl_ms.to_string())];
+        let mut out = bytes::BytesMut::new();
+        let frames = fx.index.encode_fast_set(
+            &FastSet {
+                command: &command,
+                tags: &tags(&["x", "y"]),
+                add_ex_secs: 0,
+                now_ms: now,
+                ttl_ms: Some(ttl_ms),
+            },
+            &mut out,
+        );
+        (out, frames)
+    };
+
+    let (out, frames) = fast("live", 60_000, now_ms());
+    raw.send_raw(&out).await.unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..frames {
+        replies.push(raw.read_frame().await.unwrap());
+    }
+    assert_eq!(&replies[0][..], b"+OK\r\n");
+    assert_eq!(
+        &replies[frames - 1][..],
+        b"*5\r\n+OK\r\n:1\r\n:1\r\n:2\r\n:1\r\n"
+    );
+    let expiry = int(c, &[b"PEXPIRETIME", b"live"]).await;
+    for tag in ["x", "y"] {
+        let score = zscore(c, &fx.index.names().tag_keys(tag.as_bytes()), b"live").await;
+        let score = score.expect("indexed") as i64;
+        assert!(
+            (expiry..=expiry + FAST_SCORE_SLACK_MS as i64 + 2048).contains(&score),
+            "score {score}, expiry {expiry}"
+        );
+    }
+    assert_eq!(
+        members(c, &fx.index.names().key_tags(b"live")).await,
+        BTreeSet::from([b("x"), b("y")])
+    );
+    let key_set_expiry = int(c, &[b"PEXPIRETIME", &fx.index.names().key_tags(b"live")]).await;
+    assert!((expiry..=expiry + FAST_SCORE_SLACK_MS as i64 + 2048).contains(&key_set_expiry));
+
+    // 40 keys that expire at once; "live" gets a stale, passed score (as if its TTL had been
+    // extended behind cachet's back).
+    let now = now_ms();
+    let mut batch = bytes::BytesMut::new();
+    let mut frames = 0;
+    for i in 0..40 {
+        let (out, n) = fast(&format!("gone:{i}"), 20, now);
+        batch.extend_from_slice(&out);
+        frames += n;
+    }
+    raw.send_raw(&batch).await.unwrap();
+    for _ in 0..frames {
+        raw.read_frame().await.unwrap();
+    }
+    redis(c, &[b"ZADD", &x, b"1", b"live"]).await;
+    tokio::time::sleep(Duration::from_millis(20 + FAST_SCORE_SLACK_MS + 50)).await;
+    assert_eq!(int(c, &[b"ZCARD", &x]).await, 41);
+
+    let trim = fx.index.trim_call(&tags(&["x"]));
+    assert_eq!(send_call(c, trim.clone()).await.unwrap().as_i64(), Some(1));
+    // The members due first go first: "live" (score 1), then 15 of the gone keys.
+    assert_eq!(int(c, &[b"ZCARD", &x]).await, 41 - 15);
+    assert_eq!(
+        zscore(c, &x, b"live").await,
+        Some(expiry_score(c, "live").await)
+    );
+    send_call(c, trim.clone()).await.unwrap();
+    send_call(c, trim).await.unwrap();
+    assert_eq!(zmembers(c, &x).await.len(), 1, "only the live key is left");
+    let left = scan_all(c, "cachet:k:*").await;
+    assert_eq!(left, vec![fx.index.names().key_tags(b"live")]);
+}
+
+async fn expiry_score(c: &Client, key: &str) -> f64 {
+    int(c, &[b"PEXPIRETIME", key.as_bytes()]).await as f64
+}

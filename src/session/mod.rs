@@ -1028,10 +1028,11 @@ impl Session {
             }
             Ok(bytes) => self.output.extend_from_slice(&bytes),
             Err(error) => {
-                // cachet's own epoch reads in the batch owe the client no reply.
-                let hidden = plan.as_ref().map_or(0, |plan| {
-                    plan.iter().filter(|s| matches!(s, Inspect::Epochs)).count()
-                });
+                // cachet's own commands in the batch (epoch reads, the frames of a fast write
+                // beyond the SET's, trims) owe the client no reply.
+                let hidden = plan
+                    .as_ref()
+                    .map_or(0, |plan| plan.iter().map(Inspect::hidden_frames).sum());
                 let frame = error.to_frame();
                 self.count_errors(reply.count - hidden);
                 for _ in 0..reply.count - hidden {

@@ -355,6 +355,16 @@ redis.register_function('cachet_drain', function(keys, args)
   return drain(args[1], keys[1], tonumber(args[2]), tonumber(args[3]))
 end)
 
+-- cachet_trim: after fast writes (MULTI/EXEC, no function) added members to these tag sets,
+-- the re-check cachet_write does when a member joins.
+redis.register_function('cachet_trim', function(keys, args)
+  local p, now = args[1], now_ms()
+  for _, tk in ipairs(keys) do
+    trim(p, tk, tag_of(p, tk), now)
+  end
+  return #keys
+end)
+
 -- cachet_tag: attach tags to an existing key.
 redis.register_function('cachet_tag', function(keys, args)
   local p, k = args[1], keys[1]
