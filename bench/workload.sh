@@ -94,7 +94,7 @@ start_cachet() { # setup -> $cachet_port
     local config=$run_dir/$1.toml
     cachet_port=$(free_port)
     sed "s#127.0.0.1:3000#127.0.0.1:$app_port#g" "$root/bench/workload/$1.toml" >"$config"
-    "$root/target/release/cachet" --config "$config" --listen "127.0.0.1:$cachet_port" \
+    "${CARGO_TARGET_DIR:-$root/target}/release/cachet" --config "$config" --listen "127.0.0.1:$cachet_port" \
         --upstream "redis://127.0.0.1:$redis_port" >"$run_dir/$1-cachet.log" 2>&1 &
     pids+=($!)
     wait_ping "$1-cachet" "$cachet_port" "$!"
