@@ -1,0 +1,373 @@
+//! The example application (examples/classwaves: Express, ioredis, SQLite) builds and works
+//! against cachet: its cache-aside reads go through cachet and pick up the rules' tags and
+//! TTLs, hits cost no database query, its writes send one EMIT each, its warm endpoints
+//! recompute what an invalidation removed, and bad input gets a clear error.
+//!
+//! Needs Node.js 20 and npm (CI has both). The first run installs the app's dependencies with
+//! `npm ci`, which compiles better-sqlite3 (a few minutes); later runs only run `tsc`. Without
+//! npm the test says so and passes: nothing else in the crate needs Node.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fred::cmd;
+use fred::prelude::*;
+use serde_json::Value as Json;
+use support::{Proxy, RedisServer, fred_client, free_port};
+
+fn app_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/classwaves")
+}
+
+fn npm_available() -> bool {
+    let ok = |program: &str| {
+        Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    ok("npm") && ok("node")
+}
+
+fn run(dir: &Path, args: &[&str]) {
+    let output = Command::new("npm")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run npm");
+    assert!(
+        output.status.success(),
+        "npm {} failed in {}:\n{}\n{}",
+        args.join(" "),
+        dir.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// `npm ci` when the dependencies are missing, then the TypeScript build.
+fn build_app() -> PathBuf {
+    let dir = app_dir();
+    if !dir.join("node_modules/better-sqlite3").exists() {
+        run(&dir, &["ci", "--no-audit", "--no-fund"]);
+    }
+    run(&dir, &["run", "build"]);
+    dir
+}
+
+/// The app as a child process, killed on drop; its log goes into failure messages.
+struct App {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl App {
+    fn start(app: &Path, cache_port: u16) -> App {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let log = dir.path().join("app.log");
+        let child = Command::new("node")
+            .arg(app.join("dist/server.js"))
+            .env("CACHE_MODE", "cachet")
+            .env("REDIS_HOST", "127.0.0.1")
+            .env("REDIS_PORT", cache_port.to_string())
+            .env("PORT", port.to_string())
+            .env("DB_PATH", dir.path().join("classwaves.db"))
+            .env("SEED_SCHOOLS", "2")
+            .env("SEED_TEACHERS_PER_SCHOOL", "3")
+            .env("SEED_STUDENTS_PER_SCHOOL", "20")
+            .env("SEED_SESSIONS_PER_TEACHER", "2")
+            .env("SEED_STUDENTS_PER_ROSTER", "5")
+            .stdout(std::fs::File::create(&log).expect("log file"))
+            .stderr(std::fs::File::create(dir.path().join("app.err")).expect("log file"))
+            .spawn()
+            .expect("start node");
+        App {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        let out = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let err = std::fs::read_to_string(self.log.with_file_name("app.err")).unwrap_or_default();
+        format!("--- app stdout\n{out}--- app stderr\n{err}")
+    }
+
+    async fn wait_ready(&mut self, http: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the app exited ({status}) during startup\n{}", self.log());
+            }
+            if let Ok(r) = http
+                .get(format!("{}/internal/stats", self.base))
+                .send()
+                .await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the app did not answer within 20s\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a request; returns the status and the JSON body (Null for an empty one).
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Json>,
+) -> (u16, Json) {
+    let mut request = http.request(method, &url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let json = if text.is_empty() {
+        Json::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: not JSON ({e}): {text}"))
+    };
+    (status, json)
+}
+
+async fn tags_of(cache: &fred::clients::Client, key: &str) -> Vec<String> {
+    let mut tags: Vec<String> = cache
+        .custom(cmd!("TAGS"), vec![key])
+        .await
+        .expect("TAGS through cachet");
+    tags.sort();
+    tags
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classwaves_app_reads_through_cachet_writes_emit_and_warms() {
+    if !npm_available() {
+        eprintln!(
+            "SKIPPED classwaves_app_...: npm and node not found (install Node.js 20 and npm to run it)"
+        );
+        return;
+    }
+    let app_dir = build_app();
+    let redis = RedisServer::start();
+    let proxy = Proxy::start_with(&redis.url(), |config| {
+        let example =
+            cachet::Config::from_file(Path::new("examples/cachet.toml")).expect("example config");
+        config.ttl = example.ttl;
+        config.rules = example.rules;
+    })
+    .await;
+    let mut app = App::start(&app_dir, proxy.addr.port());
+    let http = reqwest::Client::new();
+    app.wait_ready(&http).await;
+    let via_cachet = fred_client(&proxy.url(), false).await;
+    let direct = fred_client(&redis.url(), false).await;
+    let base = app.base.clone();
+    let log = || format!("{}\n--- redis\n{}", app.log(), redis.log());
+    let get = |path: &str| call(&http, reqwest::Method::GET, format!("{base}{path}"), None);
+    let stats = || async { get("/internal/stats").await.1 };
+
+    // Teacher 1 (school 1) and one of their sessions, from the seed.
+    let (status, list) = get("/api/v1/teachers/1/sessions").await;
+    assert_eq!(status, 200, "{list}\n{}", log());
+    assert_eq!(list["cache"], "miss", "{list}");
+    let sessions = list["data"]["sessions"]
+        .as_array()
+        .expect("sessions")
+        .clone();
+    assert_eq!(sessions.len(), 2, "{list}");
+    let session = sessions[0]["id"].as_u64().expect("id");
+
+    // The second read is a hit with the same data, and costs no database query.
+    let queries = stats().await["dbQueries"].as_u64().unwrap();
+    let (_, again) = get("/api/v1/teachers/1/sessions").await;
+    assert_eq!(again["cache"], "hit", "{again}");
+    assert_eq!(again["data"], list["data"]);
+    assert_eq!(
+        stats().await["dbQueries"].as_u64().unwrap(),
+        queries,
+        "a hit ran a query"
+    );
+
+    // The app wrote a plain SET; cachet's rule gave the key its tags and TTL class.
+    assert_eq!(
+        tags_of(&via_cachet, "sessions:teacher:1").await,
+        ["sessions", "teacher:1"]
+    );
+    let ttl: i64 = direct.ttl("sessions:teacher:1").await.unwrap();
+    assert!((290..=300).contains(&ttl), "session-list TTL, got {ttl}");
+
+    let (status, detail) = get(&format!("/api/v1/sessions/{session}")).await;
+    assert_eq!(
+        (status, detail["cache"].as_str()),
+        (200, Some("miss")),
+        "{detail}"
+    );
+    assert_eq!(detail["data"]["version"], 1);
+    let ttl: i64 = direct.ttl(format!("session:{session}")).await.unwrap();
+    assert!((890..=900).contains(&ttl), "session-detail TTL, got {ttl}");
+    let (_, roster) = get(&format!("/api/v1/schools/1/sessions/{session}/roster")).await;
+    assert_eq!(
+        tags_of(&via_cachet, &format!("roster:1:{session}")).await,
+        [
+            "roster".to_owned(),
+            format!("roster:1:{session}"),
+            "school:1".into(),
+            format!("session:{session}")
+        ],
+        "{roster}"
+    );
+    for path in [
+        "/api/v1/users/1/profile",
+        "/api/v1/schools/1",
+        "/api/v1/schools/1/sessions",
+    ] {
+        let (status, body) = get(path).await;
+        assert_eq!(
+            (status, body["cache"].as_str()),
+            (200, Some("miss")),
+            "{path}: {body}"
+        );
+        let data = &body["data"];
+        assert!(
+            data["version"].is_u64() || data["count"].is_u64(),
+            "{path}: {body}"
+        );
+    }
+
+    // A write commits, answers with the new version, and sends exactly one EMIT (whose
+    // outcome depends on the policies this cachet has; the app counts either).
+    let (status, updated) = call(
+        &http,
+        reqwest::Method::PATCH,
+        format!("{base}/api/v1/sessions/{session}"),
+        Some(serde_json::json!({"title": "Renamed", "status": "active"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{updated}\n{}", log());
+    assert_eq!(updated["data"]["version"], 2);
+    assert_eq!(updated["data"]["status"], "active");
+    let s = stats().await;
+    assert_eq!(
+        s["cache"]["emits"].as_u64().unwrap() + s["cache"]["emitErrors"].as_u64().unwrap(),
+        1,
+        "{s}"
+    );
+
+    // What the sessions policy does for session.updated, done by hand: after the
+    // invalidation the app reads the new version from the database.
+    let _: i64 = via_cachet
+        .custom(
+            cmd!("TAGINVALIDATE"),
+            vec![format!("session:{session}"), "teacher:1".into()],
+        )
+        .await
+        .unwrap();
+    let (_, detail) = get(&format!("/api/v1/sessions/{session}")).await;
+    assert_eq!(
+        (detail["cache"].as_str(), &detail["data"]["version"]),
+        (Some("miss"), &Json::from(2)),
+        "{detail}"
+    );
+
+    // A warm request recomputes the invalidated list and writes it through cachet (tags
+    // and all); a second one finds the key present and leaves it.
+    for (method, warmed, skipped) in [(reqwest::Method::POST, 1, 0), (reqwest::Method::GET, 1, 1)] {
+        let (status, _) = call(
+            &http,
+            method,
+            format!("{base}/internal/warm/teacher/1"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 204, "{}", log());
+        let s = stats().await;
+        assert_eq!(
+            (
+                s["cache"]["warmed"].as_u64(),
+                s["cache"]["warmSkipped"].as_u64()
+            ),
+            (Some(warmed), Some(skipped)),
+            "{s}"
+        );
+    }
+    let cached: String = direct.get("sessions:teacher:1").await.unwrap();
+    let cached: Json = serde_json::from_str(&cached).unwrap();
+    let entry = cached["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == session)
+        .cloned();
+    assert_eq!(
+        entry.map(|s| s["version"].clone()),
+        Some(Json::from(2)),
+        "{cached}"
+    );
+    assert_eq!(
+        tags_of(&via_cachet, "sessions:teacher:1").await,
+        ["sessions", "teacher:1"]
+    );
+    let (_, list) = get("/api/v1/teachers/1/sessions").await;
+    assert_eq!(list["cache"], "hit", "the warmed list is served: {list}");
+
+    // Bad input: a clear 4xx, and the app keeps serving.
+    let (status, body) = get("/api/v1/sessions/abc").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("sessionId must be a positive integer, got 'abc'"))
+    );
+    let (status, _) = get("/api/v1/sessions/999999").await;
+    assert_eq!(status, 404);
+    let response = http
+        .post(format!("{base}/api/v1/sessions"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+    let (status, _) = call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/api/v1/sessions"),
+        Some(serde_json::json!({"teacherId": 999999})),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = get("/api/v1/teachers/1/sessions").await;
+    assert_eq!(status, 200, "{}", log());
+
+    via_cachet.quit().await.unwrap();
+    direct.quit().await.unwrap();
+    drop(app);
+    proxy.shutdown().await.expect("clean shutdown");
+}
