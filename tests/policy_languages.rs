@@ -18,20 +18,11 @@ use serde_json::{Value, json};
 use support::policies::policy_wasm;
 use support::{Proxy, RawClient, RedisServer, fred_client};
 
-// Every test here is ignored by default: a debug build of cachet compiles the JavaScript
-// component in about a minute and the Python one in several (`cachet policy check` compiles
-// twice), so proxies miss their 10 s readiness wait, and on a loaded machine even Rust calls
-// passed the 10 ms deadline. Run them on a release build:
-// `cargo test --release --test policy_languages -- --ignored`.
+const LANGUAGES: [&str; 3] = ["sessions", "sessions-js", "sessions-py"];
 
-/// Rust and JavaScript.
-const FAST: [&str; 2] = ["sessions", "sessions-js"];
-/// Python: an 18 MB component.
-const PYTHON: [&str; 1] = ["sessions-py"];
-
-/// The languages' components, built if stale (the builds share one lock, so in turn).
-fn modules(languages: &[&'static str]) -> Vec<(&'static str, PathBuf)> {
-    languages.iter().map(|&l| (l, policy_wasm(l))).collect()
+/// Every language's component, built if stale (the builds share one lock, so in turn).
+fn modules() -> Vec<(&'static str, PathBuf)> {
+    LANGUAGES.iter().map(|&l| (l, policy_wasm(l))).collect()
 }
 
 /// `cachet policy check MODULE --event EVENT... --json`: whether it passed, and its report.
@@ -124,20 +115,8 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<Value>)> {
 }
 
 #[test]
-#[ignore = "slow in a debug build: cargo test --release --test policy_languages -- --ignored"]
-fn rust_and_javascript_return_the_expected_actions_for_every_event() {
-    same_actions(&FAST);
-}
-
-#[test]
-#[ignore = "slow in a debug build: cargo test --release --test policy_languages -- --ignored"]
-fn python_returns_the_expected_actions_for_every_event() {
-    same_actions(&PYTHON);
-}
-
-/// Every language must return exactly `cases()`'s actions: so all of them return the same.
-fn same_actions(languages: &[&'static str]) {
-    let modules = modules(languages);
+fn every_language_returns_the_same_actions_for_every_event() {
+    let modules = modules();
     // One thread per language: loading a component is most of a check's time.
     let reports: Vec<Vec<(bool, Value)>> = std::thread::scope(|scope| {
         let runs: Vec<_> = modules
@@ -183,19 +162,8 @@ fn same_actions(languages: &[&'static str]) {
 }
 
 #[test]
-#[ignore = "slow in a debug build: cargo test --release --test policy_languages -- --ignored"]
-fn rust_and_javascript_report_a_missing_field_alike() {
-    missing_field(&FAST);
-}
-
-#[test]
-#[ignore = "slow in a debug build: cargo test --release --test policy_languages -- --ignored"]
-fn python_reports_a_missing_field_alike() {
-    missing_field(&PYTHON);
-}
-
-fn missing_field(languages: &[&'static str]) {
-    for (language, module) in modules(languages) {
+fn a_missing_field_is_the_same_error_in_every_language() {
+    for (language, module) in modules() {
         for (event, message) in [
             (
                 &["session.created", "sessionId", "42", "schoolId", "7"][..],
@@ -247,19 +215,8 @@ async fn exists(client: &Client, key: &str) -> bool {
 }
 
 #[tokio::test]
-#[ignore = "slow in a debug build: cargo test --release --test policy_languages -- --ignored"]
-async fn emit_through_rust_and_javascript_drops_the_teachers_session_list() {
-    emit_drops_the_session_list(&FAST).await;
-}
-
-#[tokio::test]
-#[ignore = "slow in a debug build: cargo test --release --test policy_languages -- --ignored"]
-async fn emit_through_python_drops_the_teachers_session_list() {
-    emit_drops_the_session_list(&PYTHON).await;
-}
-
-async fn emit_drops_the_session_list(languages: &[&'static str]) {
-    let modules = modules(languages);
+async fn emit_through_each_language_drops_the_teachers_session_list() {
+    let modules = modules();
     let redis = RedisServer::start();
     let direct = fred_client(&redis.url(), false).await;
     for (language, module) in &modules {
@@ -337,19 +294,8 @@ async fn emit_drops_the_session_list(languages: &[&'static str]) {
 }
 
 #[tokio::test]
-#[ignore = "slow in a debug build: cargo test --release --test policy_languages -- --ignored"]
-async fn rust_and_javascript_name_a_key_that_is_not_utf8_by_its_bytes() {
-    binary_key(&FAST).await;
-}
-
-#[tokio::test]
-#[ignore = "slow in a debug build: cargo test --release --test policy_languages -- --ignored"]
-async fn python_names_a_key_that_is_not_utf8_by_its_bytes() {
-    binary_key(&PYTHON).await;
-}
-
-async fn binary_key(languages: &[&'static str]) {
-    let modules = modules(languages);
+async fn a_teacher_id_that_is_not_utf8_names_its_key_by_bytes() {
+    let modules = modules();
     let redis = RedisServer::start();
     for (language, module) in &modules {
         let proxy = proxy(&redis, module).await;

@@ -299,11 +299,13 @@ impl Module {
     }
 
     fn instantiate(&self) -> Result<Instance, CallError> {
+        let budget = self.limits.timeout.max(INSTANTIATE_BUDGET);
         let state = State {
             policy: self.policy.clone(),
             event: String::new(),
             memory_cap: self.limits.memory_bytes,
             started: Instant::now(),
+            budget,
             waited: Duration::ZERO,
             timed_out: false,
             memory_refused: false,
@@ -311,18 +313,18 @@ impl Module {
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|state| state);
-        let timeout = self.limits.timeout;
         store.epoch_deadline_callback(move |mut context| {
             let state = context.data_mut();
             let used = state.started.elapsed().saturating_sub(state.waited);
-            if used >= timeout {
+            if used >= state.budget {
                 state.timed_out = true;
                 return Err(wasmtime::Error::msg("policy deadline passed"));
             }
-            Ok(UpdateDeadline::Continue(ticks(timeout - used)))
+            Ok(UpdateDeadline::Continue(ticks(state.budget - used)))
         });
-        // Instantiation runs the guest's start functions: give it the call's deadline too.
-        store.set_epoch_deadline(ticks(timeout));
+        // Instantiation runs the guest's start functions (an interpreter's set-up, for the
+        // JavaScript and Python components): bounded, but not by the call's deadline.
+        store.set_epoch_deadline(ticks(budget));
         if self.fuel_metered {
             let _ = store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX));
         }
@@ -344,6 +346,7 @@ impl Module {
         {
             let state = store.data_mut();
             state.started = Instant::now();
+            state.budget = self.limits.timeout;
             state.waited = Duration::ZERO;
             state.timed_out = false;
             state.memory_refused = false;
@@ -391,6 +394,12 @@ impl Module {
         Ok(actions)
     }
 }
+
+/// The longest a fresh instance may take to start (its start functions run then), or the
+/// call's deadline if that is longer. An 18 MB Python component takes about 1 ms on a quiet
+/// machine and tens of milliseconds on a loaded one; a start function that never returns is
+/// still stopped.
+const INSTANTIATE_BUDGET: Duration = Duration::from_millis(250);
 
 /// Deadline ticks for a duration, rounded up, at least one.
 fn ticks(duration: Duration) -> u64 {
@@ -464,6 +473,9 @@ struct State {
     memory_cap: usize,
     /// When the call (or instantiation) began.
     started: Instant,
+    /// How long it may run: the call's deadline, or [`INSTANTIATE_BUDGET`] while a fresh
+    /// instance is made.
+    budget: Duration,
     /// Time spent in host imports waiting for Redis: not counted against the deadline.
     waited: Duration,
     timed_out: bool,
