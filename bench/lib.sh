@@ -1,6 +1,10 @@
-# Helpers shared by bench/run.sh and bench/tags.sh. Sourced, not run. The caller defines
+# Helpers shared by the bench/ scripts. Sourced, not run. The caller defines
 # `die` and `log`, `run_dir` (where process logs go) and `used_ports` (" "-separated ports
 # never to hand out).
+
+# The benchmarks start several cachets at once: none of them binds the admin HTTP listener's
+# fixed default port (a config file's `[admin] listen` is overridden too).
+export CACHET_ADMIN_LISTEN=""
 
 # A loopback port nothing listens on, never one handed out before in this run.
 free_port() {

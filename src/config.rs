@@ -521,7 +521,8 @@ impl Config {
     }
 
     /// Applies `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `CACHE_DEFAULT_TTL`,
-    /// `CACHE_HEALTH_CHECK_INTERVAL` and `CACHET_LISTEN` from `env` (a lookup function, so tests need not touch the process
+    /// `CACHE_HEALTH_CHECK_INTERVAL`, `CACHET_LISTEN` and `CACHET_ADMIN_LISTEN` (empty: no admin
+    /// listener) from `env` (a lookup function, so tests need not touch the process
     /// environment).
     pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(host) = env("REDIS_HOST").filter(|h| !h.is_empty()) {
@@ -562,6 +563,19 @@ impl Config {
                 name: "CACHET_LISTEN",
                 message: format!("{listen:?} is not an address like 127.0.0.1:6380"),
             })?;
+        }
+        if let Some(listen) = env("CACHET_ADMIN_LISTEN") {
+            self.admin.listen = match listen.as_str() {
+                "" => crate::admin::AdminListen(None),
+                text => {
+                    crate::admin::AdminListen(Some(text.parse().map_err(|_| ConfigError::Env {
+                        name: "CACHET_ADMIN_LISTEN",
+                        message: format!(
+                            "{listen:?} is not an address like 127.0.0.1:9121 (or empty to disable)"
+                        ),
+                    })?))
+                }
+            };
         }
         Ok(())
     }

@@ -22,6 +22,8 @@ async fn sigterm_finishes_in_flight_replies_and_exits_zero() {
     let port = free_port();
     // Upstream from the environment of the original system, listen address from CACHET_LISTEN.
     let mut child = Command::new(env!("CARGO_BIN_EXE_cachet"))
+        // No admin listener: its default port may be taken on the machine running the tests.
+        .env("CACHET_ADMIN_LISTEN", "")
         .env("REDIS_HOST", "127.0.0.1")
         .env("REDIS_PORT", redis.port.to_string())
         .env("CACHET_LISTEN", format!("127.0.0.1:{port}"))

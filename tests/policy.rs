@@ -636,6 +636,8 @@ async fn sighup_reloads_every_policy() {
     )
     .expect("write config");
     let mut cachet = std::process::Command::new(env!("CARGO_BIN_EXE_cachet"))
+        // No admin listener: its default port may be taken on the machine running the tests.
+        .env("CACHET_ADMIN_LISTEN", "")
         .arg("--config")
         .arg(&config)
         .stderr(std::process::Stdio::null())
