@@ -52,6 +52,9 @@ enum PolicyCommand {
         /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
+        /// The call's deadline in milliseconds (default: a policy's default, 10).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
     },
 }
 
@@ -70,7 +73,8 @@ fn main() -> ExitCode {
             event,
             fields,
             json,
-        })) => check_policy(&file, event, &fields, json),
+            timeout_ms,
+        })) => check_policy(&file, event, &fields, json, timeout_ms),
         None => match serve(cli) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -99,6 +103,7 @@ fn check_policy(
     event: Option<String>,
     fields: &[String],
     json: bool,
+    timeout_ms: Option<u64>,
 ) -> ExitCode {
     use cachet::policy::check;
     if !fields.len().is_multiple_of(2) {
@@ -121,7 +126,7 @@ fn check_policy(
                 .collect(),
         ),
     };
-    match check::check(file, &event, &fields) {
+    match check::check(file, &event, &fields, timeout_ms) {
         Err(error) => {
             eprintln!("cachet: {error}");
             ExitCode::FAILURE

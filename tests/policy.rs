@@ -407,7 +407,7 @@ async fn modules_reload_under_load_and_a_bad_one_is_refused() {
 #[tokio::test]
 async fn a_component_that_imports_wasi_is_refused_by_name() {
     let wasi = wasip2_component("misbehave");
-    let report = cachet::policy::check::check(&wasi, "misbehave.ok", &[]).expect("check");
+    let report = cachet::policy::check::check(&wasi, "misbehave.ok", &[], None).expect("check");
     let refused = report.refused.expect("refused");
     assert!(
         refused.contains("imports what cachet does not provide") && refused.contains("wasi:"),

@@ -26,12 +26,19 @@ pub struct Report {
     pub result: Option<Result<Vec<Action>, super::CallError>>,
 }
 
-/// Loads `path` as cachet would (default limits) and runs one event through it.
-pub fn check(path: &Path, event: &str, fields: &[(String, String)]) -> Result<Report, String> {
+/// Loads `path` as cachet would (default limits, or another call deadline) and runs one
+/// event through it.
+pub fn check(
+    path: &Path,
+    event: &str,
+    fields: &[(String, String)],
+    timeout_ms: Option<u64>,
+) -> Result<Report, String> {
     let host = Host::new(false)?;
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let timeout = timeout_ms.map_or(String::new(), |ms| format!("timeout_ms = {ms}\n"));
     let config: PolicyConfig = toml::from_str(&format!(
-        "name = \"check\"\nmodule = {:?}\nevents = [\"*\"]\n",
+        "name = \"check\"\nmodule = {:?}\nevents = [\"*\"]\n{timeout}",
         path.display().to_string()
     ))
     .map_err(|e| e.to_string())?;

@@ -145,6 +145,9 @@ pub struct Proxy {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// How long it may take to start: compiling policy components (an 18 MB Python one takes
+    /// seconds) comes first.
+    patience: Duration,
 }
 
 impl Proxy {
@@ -157,6 +160,10 @@ impl Proxy {
         let mut config = cachet::Config::default();
         config.upstream.url = cachet::config::RedisUrl::parse(upstream_url).expect("url");
         tweak(&mut config);
+        let patience = match config.policies.is_empty() {
+            true => Duration::from_secs(10),
+            false => Duration::from_secs(120),
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -169,6 +176,7 @@ impl Proxy {
             addr,
             shutdown: Some(tx),
             task: Some(task),
+            patience,
         };
         proxy.wait_ready().await;
         proxy
@@ -176,8 +184,11 @@ impl Proxy {
 
     /// Waits until a PING through the proxy gets PONG (or NOAUTH): the pool is up.
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + self.patience;
         loop {
+            if self.task.as_ref().is_some_and(|task| task.is_finished()) {
+                panic!("cachet stopped while starting (see its log above)");
+            }
             if let Ok(mut c) = RawClient::connect(self.addr).await
                 && let Ok(reply) = c.command(&["PING"]).await
             {
