@@ -298,6 +298,9 @@ fn control_client(config: &UpstreamConfig) -> anyhow::Result<Client> {
     let mut fred_config = Config {
         server: ServerConfig::new_centralized(&config.url.host, config.url.port),
         database: (config.url.db != 0).then_some(config.url.db as u8),
+        // Redis may come up after cachet: keep following the reconnect policy after a failed
+        // first connect (fred's default gives up, and cachet would never become ready).
+        fail_fast: false,
         ..Config::default()
     };
     if let Some((user, password)) = config.credentials() {
