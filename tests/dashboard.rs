@@ -35,7 +35,7 @@ fn browse(url: &str, args: &[&str], profile: &Path) -> String {
             "--hide-scrollbars",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
-        .args(["--window-size=1400,1000", "--virtual-time-budget=15000"])
+        .args(["--window-size=1400,1000", "--virtual-time-budget=120000"])
         .args(args)
         .arg(url)
         .output()
