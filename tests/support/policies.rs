@@ -94,6 +94,10 @@ pub fn wasip2_component(name: &str) -> PathBuf {
         let run = Command::new("cargo")
             .args(["build", "--release", "--target", "wasm32-wasip2"])
             .current_dir(&krate)
+            // The output path above is the crate's own target dir, whatever cachet's build uses.
+            .env("CARGO_TARGET_DIR", krate.join("target"))
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
             .output()
             .expect("run cargo");
         assert!(
