@@ -1949,7 +1949,10 @@ async fn rule_matched_sets_skip_the_function() {
     assert_eq!(d.text(&["CONFIG", "RESETSTAT"]).await, ok());
     let replies = c.pipeline(&batch).await;
     assert!(replies.iter().all(|r| &r[..] == b"+OK\r\n"), "{replies:?}");
-    assert_eq!(calls(&mut d, "fcall").await, 0, "a function ran");
+    // 40 overwrites through the function would be 40 calls; the background sweeper may make
+    // one call per 100 ms step meanwhile.
+    let fcalls = calls(&mut d, "fcall").await;
+    assert!(fcalls < 5, "{fcalls} function calls for 40 overwrites");
     assert_eq!(calls(&mut d, "exec").await, 40);
     for i in 0..20 {
         let key = format!("sessions:teacher:{i}");
