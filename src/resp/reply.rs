@@ -36,14 +36,10 @@ impl Reply {
         match protocol {
             Protocol::Resp2 => {
                 redis_protocol::resp2::encode::extend_encode(&mut out, &self.to_resp2(), false)
+                    .expect("locally built frames always encode");
             }
-            Protocol::Resp3 => redis_protocol::resp3::encode::complete::extend_encode(
-                &mut out,
-                &self.to_resp3(),
-                false,
-            ),
+            Protocol::Resp3 => self.extend_resp3(&mut out),
         }
-        .expect("locally built frames always encode");
         out.freeze()
     }
 
@@ -64,8 +60,24 @@ impl Reply {
         }
     }
 
-    fn to_resp3(&self) -> Frame3 {
-        match self {
+    /// Appends the RESP3 encoding. Aggregates are written here, header then elements, so a
+    /// map keeps the order cachet built it in (redis-protocol's own map type is a hash map);
+    /// every element is encoded by redis-protocol.
+    fn extend_resp3(&self, out: &mut BytesMut) {
+        let scalar = match self {
+            Reply::Array(items) => {
+                out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+                items.iter().for_each(|item| item.extend_resp3(out));
+                return;
+            }
+            Reply::Map(pairs) => {
+                out.extend_from_slice(format!("%{}\r\n", pairs.len()).as_bytes());
+                for (key, value) in pairs {
+                    key.extend_resp3(out);
+                    value.extend_resp3(out);
+                }
+                return;
+            }
             Reply::Simple(s) => Frame3::SimpleString {
                 data: Bytes::from_static(s.as_bytes()),
                 attributes: None,
@@ -83,18 +95,9 @@ impl Reply {
                 attributes: None,
             },
             Reply::Null => Frame3::Null,
-            Reply::Array(items) => Frame3::Array {
-                data: items.iter().map(Reply::to_resp3).collect(),
-                attributes: None,
-            },
-            Reply::Map(pairs) => Frame3::Map {
-                data: pairs
-                    .iter()
-                    .map(|(k, v)| (k.to_resp3(), v.to_resp3()))
-                    .collect(),
-                attributes: None,
-            },
-        }
+        };
+        redis_protocol::resp3::encode::complete::extend_encode(out, &scalar, false)
+            .expect("locally built frames always encode");
     }
 }
 
@@ -142,6 +145,25 @@ mod tests {
             &Reply::error("ERR a\r\nb").encode(Protocol::Resp2)[..],
             b"-ERR ab\r\n"
         );
+    }
+
+    #[test]
+    fn maps_keep_their_order_in_resp3_and_flatten_in_resp2() {
+        let pairs: Vec<(Reply, Reply)> = (0..20)
+            .map(|i| (Reply::Bulk(Bytes::from(format!("k{i}"))), Reply::Integer(i)))
+            .collect();
+        let reply = Reply::Array(vec![Reply::Map(pairs), Reply::Simple("OK")]);
+        let mut want3 = String::from("*2\r\n%20\r\n");
+        let mut want2 = String::from("*2\r\n*40\r\n");
+        for i in 0..20 {
+            let pair = format!("${}\r\nk{i}\r\n:{i}\r\n", format!("k{i}").len());
+            want3 += &pair;
+            want2 += &pair;
+        }
+        want3 += "+OK\r\n";
+        want2 += "+OK\r\n";
+        assert_eq!(reply.encode(Protocol::Resp3), Bytes::from(want3));
+        assert_eq!(reply.encode(Protocol::Resp2), Bytes::from(want2));
     }
 }
 #[cfg(test)]
