@@ -10,13 +10,16 @@
 # sweeper that walks it) never touches another variant's Redis:
 #
 #   plain     cachet with no [[rules]]: SETs are forwarded untouched
+#   plain-ex  the same cachet, but the client sends `SET key value EX $RULE_TTL` (what a
+#             tagged SET becomes when it needs no index entry: the cost of the TTL alone)
 #   per-key   rule  pattern = "key:{id}"  tags = ["item:{id}"]
 #   shared    rule  pattern = "key:{id}"  tags = ["item:{id}", "all-items"]
 #             (every key also carries one tag shared by all: one ZSET of KEYSPACE members)
 #
-# redis-benchmark's `-t set` keys are key:000000xxxxxx, so in the tagged variants every SET
-# becomes one MULTI/EXEC block (SET ... EX, ZADD per tag, the per-key set's SADD and
-# PEXPIREAT). Before round 1 every variant gets all KEYSPACE keys
+# redis-benchmark's `-t set` keys are key:000000xxxxxx. `item:{id}` names its key (it holds
+# the pattern's only capture), so in `per-key` every SET becomes the SET with `EX` appended
+# and no index entry; in `shared` one MULTI/EXEC block (SET ... EX, ZADD all-items, the
+# per-key set's SADD and PEXPIREAT). Before round 1 every variant gets all KEYSPACE keys
 # written through its cachet (redis-cli --pipe), so the benchmark measures the steady state
 # (overwrites of indexed keys), not first inserts. Then, in alternating rounds
 # (plain, per-key, shared, plain, ...), one invocation per variant and pipeline depth:
@@ -65,7 +68,7 @@
 #   CLIENTS=50            redis-benchmark -c
 #   KEYSPACE=100000       redis-benchmark -r, and keys written before round 1
 #   DATASIZE=3            redis-benchmark -d
-#   VARIANTS="plain per-key shared"   part-1 variants, in per-round order
+#   VARIANTS="plain plain-ex per-key shared"   part-1 variants, in per-round order
 #   RULE_TTL=3600         TTL (s) of the rules
 #   IDLE_SECS=10          after part 1, CPU of every process is read over this many idle
 #                         seconds (the sweeper's background cost); 0 skips it
@@ -98,7 +101,7 @@ PIPELINES=${PIPELINES:-"1 16"}
 CLIENTS=${CLIENTS:-50}
 KEYSPACE=${KEYSPACE:-100000}
 DATASIZE=${DATASIZE:-3}
-VARIANTS=${VARIANTS:-"plain per-key shared"}
+VARIANTS=${VARIANTS:-"plain plain-ex per-key shared"}
 RULE_TTL=${RULE_TTL:-3600}
 IDLE_SECS=${IDLE_SECS:-10}
 INV_ALL_ITEMS=${INV_ALL_ITEMS:-1}
@@ -125,7 +128,8 @@ for tool in redis-server redis-cli redis-benchmark timeout ss awk sort getconf j
     command -v "$tool" >/dev/null || die "$tool not found"
 done
 for v in "${variants[@]}"; do
-    [[ $v == plain || $v == per-key || $v == shared ]] || die "unknown variant '$v' (plain, per-key, shared)"
+    [[ $v == plain || $v == plain-ex || $v == per-key || $v == shared ]] \
+        || die "unknown variant '$v' (plain, plain-ex, per-key, shared)"
 done
 for d in "${pipelines[@]}"; do
     var="N_P$d"
@@ -232,6 +236,7 @@ printf '%s\n' "$machine" >&2
 # ----------------------------------------------------------------- variants --
 declare -A rport rpid cport cpid rules_of
 rules_of[plain]=""
+rules_of[plain-ex]=""
 rules_of[per-key]="[[rules]]
 name = \"item\"
 pattern = \"key:{id}\"
@@ -306,7 +311,7 @@ smoke() { # variant
     [[ $(rcli "${rport[$v]}" GET "$key") == ok ]] || die "smoke $v: SET via cachet not visible in Redis"
     got=$(rcli "${cport[$v]}" TAGS "$key" | awk 'NF' | sort | tr '\n' ' ')
     case $v in
-        plain) want="" ;;
+        plain | plain-ex) want="" ;;
         per-key) want="item:smoke$$ " ;;
         shared) want="all-items item:smoke$$ " ;;
         inv) want="inv:smoke " ;;
@@ -314,7 +319,7 @@ smoke() { # variant
     [[ $got == "$want" ]] || die "smoke $v: TAGS $key is '$got', expected '$want'"
     rcli "${cport[$v]}" DEL "$key" >/dev/null
     [[ $(rcli "${rport[$v]}" EXISTS "$key") == 0 ]] || die "smoke $v: DEL via cachet left the key"
-    if [[ $v != plain && $v != inv ]]; then
+    if [[ $v != plain && $v != plain-ex && $v != inv ]]; then
         [[ $(count_keys "${rport[$v]}" 'cachet:k:*') == 0 ]] || die "smoke $v: DEL left a per-key tag set"
     fi
 }
@@ -446,19 +451,21 @@ if [[ $SKIP_SET != 1 ]]; then
                 log "round $round/$ROUNDS  $v  -P $d  -n $n"
                 rc=0
                 r0=$(cpu_ticks "${rpid[$v]}"); c0=$(cpu_ticks "${cpid[$v]}"); w0=$EPOCHREALTIME
+                test=(-t set -d "$DATASIZE")
+                [[ $v == plain-ex ]] && test=(SET key:__rand_int__ "$(printf "%${DATASIZE}s" | tr ' ' x)" EX "$RULE_TTL")
                 timeout "$RUN_TIMEOUT" redis-benchmark -h 127.0.0.1 -p "${cport[$v]}" --csv \
-                    -t set -c "$CLIENTS" -P "$d" -r "$KEYSPACE" -d "$DATASIZE" -n "$n" \
+                    -c "$CLIENTS" -P "$d" -r "$KEYSPACE" -n "$n" "${test[@]}" \
                     >"$base.csv" 2>"$base.err" || rc=$?
                 w1=$EPOCHREALTIME; r1=$(cpu_ticks "${rpid[$v]}"); c1=$(cpu_ticks "${cpid[$v]}")
                 errs=$(grep -v -e '^WARNING: Could not fetch server CONFIG' -e '^[[:space:]]*$' "$base.err" | head -3 || true)
                 [[ $rc == 0 ]] || problems+=("$what: redis-benchmark exited $rc${errs:+: $errs}")
                 [[ $rc != 0 || -z $errs ]] || problems+=("$what: stderr: $errs")
-                if ! grep -q '^"SET",' "$base.csv"; then
+                if ! grep -q '^"SET' "$base.csv"; then
                     problems+=("$what: no SET result")
                 elif [[ $r1 == nan || $c1 == nan ]]; then
                     problems+=("$what: a server process vanished; not counted")
                 elif [[ $rc == 0 ]]; then
-                    awk -F, -v r="$round" -v t="$v" -v d="$d" '$1 == "\"SET\"" {
+                    awk -F, -v r="$round" -v t="$v" -v d="$d" '$1 ~ /^"SET/ {
                             gsub(/"/, ""); print r "," t "," d "," $2 "," $5 "," $7 }' "$base.csv" >>"$all"
                     awk -v r="$round" -v t="$v" -v d="$d" -v req="$n" -v w0="$w0" -v w1="$w1" \
                         -v rt=$((r1 - r0)) -v ct=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN {
@@ -572,6 +579,7 @@ fi
 tags_of() {
     case $1 in
         plain) echo "none (no rules)" ;;
+        plain-ex) echo "none (no rules); the client sends \`EX $RULE_TTL\`" ;;
         per-key) echo '`item:{id}`' ;;
         shared) echo '`item:{id}`, `all-items`' ;;
     esac
@@ -613,8 +621,10 @@ report() {
             echo "Above 1 means the tagged SET costs more. The issue's target: at most 1.5x the cost" \
                  "of a plain SET (taken here as total server CPU per request, cachet + Redis)."
             echo
-            echo "| variant | pipeline | total CPU/op | redis CPU/op | cachet CPU/op | time per op (plain ops/s ÷ tagged ops/s) | total CPU ≤ 1.5x? |"
-            echo "|---|---:|---:|---:|---:|---:|---|"
+            echo "The last column compares with \`plain-ex\` (a plain SET carrying the same TTL), when run."
+            echo
+            echo "| variant | pipeline | total CPU/op | redis CPU/op | cachet CPU/op | time per op (plain ops/s ÷ tagged ops/s) | total CPU ≤ 1.5x? | total CPU/op vs plain-ex |"
+            echo "|---|---:|---:|---:|---:|---:|---|---:|"
             for v in per-key shared; do
                 has_variant "$v" || continue
                 for d in "${pipelines[@]}"; do
@@ -625,8 +635,9 @@ report() {
                         END {
                             t = ratio(tu[v], tu["plain"])
                             ok = (t == "n/a") ? "n/a" : (t + 0 <= 1.5 ? "yes" : "**no**")
-                            printf "| %s | %s | %s | %s | %s | %s | %s |\n", v, d, t, ratio(ru[v], ru["plain"]),
-                                   ratio(cu[v], cu["plain"]), ratio(rps["plain"], rps[v]), ok
+                            printf "| %s | %s | %s | %s | %s | %s | %s | %s |\n", v, d, t, ratio(ru[v], ru["plain"]),
+                                   ratio(cu[v], cu["plain"]), ratio(rps["plain"], rps[v]), ok,
+                                   ratio(tu[v], tu["plain-ex"])
                         }' "$set_stats"
                 done
             done

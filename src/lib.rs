@@ -134,6 +134,7 @@ pub async fn run_with_admin(
             .await?
             .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
     let upstream = upstream::Upstream::start(config.upstream.clone(), !rules.is_empty())?;
+    let rules = Arc::new(rules);
     tracing::info!(
         listen = %listener.local_addr()?,
         upstream = %config.upstream.url,
@@ -148,8 +149,8 @@ pub async fn run_with_admin(
     let shared = Arc::new(server::Shared {
         config,
         limits,
-        rules: Arc::new(rules),
-        index: tags::index::TagIndex::new(tags::index::DEFAULT_PREFIX)?,
+        index: tags::index::TagIndex::new(tags::index::DEFAULT_PREFIX)?.with_rules(rules.clone()),
+        rules,
         metrics,
         upstream,
         clients: server::ClientRegistry::default(),

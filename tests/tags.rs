@@ -315,18 +315,33 @@ fn fits(score: &str, expiry: i64) -> bool {
     }
 }
 
-/// `key` exists, its per-key set names exactly `tags` and expires with it, and each of those
-/// tags' sets holds it with its expiry as score.
+/// Whether `tag` names `key` under the test rules (`Match::named`): such a tag has no index
+/// entry; invalidation reads the key back from the tag.
+fn names_key(tag: &[u8], key: &[u8]) -> bool {
+    rules().keys_named_by(tag).iter().any(|k| k[..] == *key)
+}
+
+/// `key` exists and is reachable from each of `tags`: those that name it through the rules
+/// have no index entry; for the others its per-key set names exactly them and expires with
+/// it, and each of their sets holds it with its expiry as score.
 async fn assert_indexed(d: &mut Conn, key: impl AsRef<[u8]>, tags: &[&[u8]]) {
     let key = key.as_ref();
     let shown = text(key);
     let want = expiry(d, key).await;
+    let (named, tags): (Vec<&[u8]>, Vec<&[u8]>) = tags.iter().partition(|tag| names_key(tag, key));
+    for tag in named {
+        assert_eq!(
+            score(d, tag, key).await,
+            None,
+            "{shown} indexed under {tag:?}"
+        );
+    }
     let expected: BTreeSet<Vec<u8>> = tags.iter().map(b).collect();
     assert_eq!(key_set(d, key).await, expected, "per-key set of {shown}");
     let key_set_name = names().key_tags(key);
     let key_set_expiry = d.int(&[b"PEXPIRETIME".as_ref(), &key_set_name]).await;
     assert!(
-        fits(&key_set_expiry.to_string(), want),
+        tags.is_empty() || fits(&key_set_expiry.to_string(), want),
         "the per-key set of {shown} expires at {key_set_expiry}, the key at {want}"
     );
     for tag in tags {
@@ -487,7 +502,8 @@ async fn tagging_flow() {
         "the value is the client's"
     );
 
-    // The per-key sets are exactly those of the rule-matched keys: nothing for plain ones.
+    // The per-key sets are exactly those of the rule-matched keys with a tag that does not
+    // name them: nothing for plain ones.
     let per_key: BTreeSet<Vec<u8>> = keys_matching(&mut d, "cachet:k:*")
         .await
         .iter()
@@ -501,7 +517,11 @@ async fn tagging_flow() {
     let rule_keys: BTreeSet<Vec<u8>> = data_keys(&mut d)
         .await
         .into_iter()
-        .filter(|k| rules().match_key(k).is_some())
+        .filter(|k| {
+            rules()
+                .match_key(k)
+                .is_some_and(|m| m.indexed_tags().next().is_some())
+        })
         .collect();
     assert_eq!(per_key, rule_keys);
     for name in keys_matching(&mut d, "cachet:*").await {
@@ -917,7 +937,17 @@ async fn assert_all_reachable(d: &mut Conn) -> usize {
             .unwrap_or_else(|| panic!("{shown} matches no rule"));
         assert!(ttl(d, key).await > 0, "{shown} has no TTL");
         let own = key_set(d, key).await;
-        for tag in &found.tags {
+        for (j, tag) in found.tags.iter().enumerate() {
+            // A tag that names the key has no index entry: TAGINVALIDATE reads the key
+            // back from the tag.
+            if found.is_named(j) {
+                let named = rules.keys_named_by(tag);
+                assert!(
+                    named.iter().any(|k| k[..] == key[..]),
+                    "{shown} cannot be found from {tag:?}"
+                );
+                continue;
+            }
             assert!(
                 own.contains(&tag[..]),
                 "{shown}'s per-key set lacks its rule's tag {:?} (has {:?})",
@@ -1441,11 +1471,12 @@ async fn the_index_follows_ttl_changes() {
     let proxy = start_proxy(&redis).await;
     let mut c = Conn::connect(proxy.addr).await;
     let mut d = Conn::connect(redis.addr()).await;
-    let key = "session:t1";
-    let tags: &[&[u8]] = &[b"session:t1"];
+    // A roster key: none of its tags names it, so all three have index entries to follow.
+    let key = "roster:9:t1";
+    let tags: &[&[u8]] = &[b"school:9", b"session:t1", b"roster"];
 
     assert_eq!(c.text(&["SET", key, "v"]).await, ok());
-    assert_ttl(&mut d, key, 900).await;
+    assert_ttl(&mut d, key, 600).await;
     assert_indexed(&mut d, key, tags).await;
 
     assert_eq!(c.text(&["EXPIRE", key, "100"]).await, ":1\r\n");
@@ -1454,10 +1485,7 @@ async fn the_index_follows_ttl_changes() {
 
     assert_eq!(c.text(&["PERSIST", key]).await, ":1\r\n");
     assert_eq!(ttl(&mut d, key).await, -1);
-    assert_eq!(
-        score(&mut d, "session:t1", key).await.as_deref(),
-        Some("inf")
-    );
+    assert_eq!(score(&mut d, "roster", key).await.as_deref(), Some("inf"));
     assert_indexed(&mut d, key, tags).await;
 
     assert_eq!(c.text(&["GETEX", key, "EX", "200"]).await, "$1\r\nv\r\n");
@@ -1487,7 +1515,7 @@ async fn the_index_follows_ttl_changes() {
 
     // A plain SET clears the TTL at Redis; the rule's comes back.
     assert_eq!(c.text(&["SET", key, "v3"]).await, ok());
-    assert_ttl(&mut d, key, 900).await;
+    assert_ttl(&mut d, key, 600).await;
     assert_indexed(&mut d, key, tags).await;
 
     assert_eq!(c.text(&["SETEX", key, "30", "v4"]).await, ok());
@@ -1996,6 +2024,74 @@ async fn rule_matched_sets_skip_the_function() {
 
 fn t_refs(tags: &[Vec<u8>]) -> Vec<&[u8]> {
     tags.iter().map(|t| &t[..]).collect()
+}
+
+/// A key whose every tag names it (`session:{session}` tagged `session:{session}`) is written
+/// as the plain SET with the rule's TTL: no transaction, no index entry. The commands still
+/// find it from the tag (TAGS, TAGKEYS, TAGINVALIDATE), extra tags are indexed as usual, and
+/// a RENAME carries the naming tag to a name it does not name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_named_by_their_tags_need_no_index() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut c = Conn::connect(proxy.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+    assert_eq!(d.text(&["CONFIG", "RESETSTAT"]).await, ok());
+
+    let batch: Vec<Vec<String>> = (0..30)
+        .flat_map(|i| {
+            let key = format!("session:n{}", i % 10);
+            [
+                vec!["SET".into(), key.clone(), format!("v{i}")],
+                vec!["GET".into(), key],
+            ]
+        })
+        .collect();
+    let replies = c.pipeline(&batch).await;
+    for (i, pair) in replies.chunks(2).enumerate() {
+        assert_eq!(&pair[0][..], b"+OK\r\n");
+        let want = format!("${}\r\nv{i}\r\n", format!("v{i}").len());
+        assert_eq!(text(&pair[1]), want, "reply {i}");
+    }
+    assert_eq!(calls(&mut d, "set").await, 30);
+    assert_eq!(calls(&mut d, "exec").await, 0, "no transaction");
+    assert_eq!(calls(&mut d, "zadd").await, 0, "no index entry");
+    assert_ttl(&mut d, "session:n3", 900).await;
+    assert_eq!(
+        keys_matching(&mut d, "cachet:[tk]:*").await,
+        BTreeSet::new()
+    );
+
+    assert_eq!(tags_of(&mut c, "session:n1").await, ["session:n1"]);
+    assert_eq!(
+        c.text(&["TAGKEYS", "session:n1"]).await,
+        "*2\r\n$1\r\n0\r\n*1\r\n$10\r\nsession:n1\r\n"
+    );
+    assert_eq!(
+        c.text(&["TAGKEYS", "session:none"]).await,
+        "*2\r\n$1\r\n0\r\n*0\r\n",
+        "only keys that exist"
+    );
+    assert_eq!(c.int(&["TAG", "session:n1", "extra"]).await, 1);
+    assert_eq!(tags_of(&mut c, "session:n1").await, ["extra", "session:n1"]);
+    assert_indexed(&mut d, "session:n1", &[b"extra", b"session:n1"]).await;
+
+    // Invalidation reads the key back from the tag; the extra tag's entry goes with it.
+    assert_eq!(
+        c.int(&["TAGINVALIDATE", "session:n2", "session:n1"]).await,
+        2
+    );
+    assert_eq!(d.int(&["EXISTS", "session:n1", "session:n2"]).await, 0);
+    assert_unindexed(&mut d, "session:n1", &[b"extra"]).await;
+    assert_eq!(c.int(&["TAGINVALIDATE", "session:n1"]).await, 0);
+
+    // RENAME to a name the tag does not name: there the tag is indexed, and still finds it.
+    assert_eq!(c.text(&["RENAME", "session:n4", "moved:n4"]).await, ok());
+    assert_eq!(tags_of(&mut c, "moved:n4").await, ["session:n4"]);
+    assert_eq!(c.int(&["TAGINVALIDATE", "session:n4"]).await, 1);
+    assert_eq!(d.int(&["EXISTS", "moved:n4"]).await, 0);
+    let left = data_keys(&mut d).await.len();
+    assert_eq!(left, 7, "the other sessions are untouched");
 }
 
 /// Redis down: a fast write (six frames from Redis when it works) and the command after it

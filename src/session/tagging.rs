@@ -37,7 +37,7 @@ use crate::resp::Request;
 use crate::resp::commands::CommandInfo;
 use crate::resp::reply::Reply;
 use crate::server::Shared;
-use crate::tags::index::{self, FastSet, WriteCall, WriteKey};
+use crate::tags::index::{self, FastSet, TagIndex, WriteCall, WriteKey};
 
 /// How long a miss's epochs are kept for the write that usually follows (a memcache lease
 /// lives 10 s too). A recompute slower than this writes unchecked.
@@ -347,7 +347,7 @@ impl Session {
         let Some(found) = self.shared.rules.match_key(key) else {
             return false;
         };
-        if found.tags.is_empty() || self.snapshots.holds(key) {
+        if self.snapshots.holds(key) {
             return false;
         }
         let now_ms = std::time::SystemTime::now()
@@ -363,11 +363,19 @@ impl Session {
             .tagged_writes
             .with_label_values(&[found.name])
             .inc();
+        let indexed: Vec<Bytes> = found.indexed_tags().cloned().collect();
+        if indexed.is_empty() {
+            // Every tag names the key (or there is none): nothing to index, only the TTL.
+            TagIndex::encode_set(args, add_ex_secs, &mut self.batch);
+            self.batch_count += 1;
+            self.batch_plain += 1;
+            return true;
+        }
         let mut raw = BytesMut::new();
         let frames = self.shared.index.encode_fast_set(
             &FastSet {
                 command: args,
-                tags: &found.tags,
+                tags: &indexed,
                 add_ex_secs,
                 now_ms,
                 ttl_ms,
@@ -379,7 +387,7 @@ impl Session {
             frames,
             Inspect::Fast {
                 frames,
-                tags: found.tags,
+                tags: indexed,
             },
         );
         true
@@ -407,6 +415,7 @@ impl Session {
                     ttl_secs: found.ttl_secs,
                     snapshot: self.snapshots.take(key),
                     tags: found.tags,
+                    named: found.named,
                     inherit_from: None,
                 });
             }
@@ -727,6 +736,7 @@ impl Session {
             ttl_secs,
             snapshot: self.snapshots.take(&args[1]),
             tags: args[tags_at + 1..].to_vec(),
+            named: 0,
             inherit_from: None,
         };
         let call = self.shared.index.write_call(&WriteCall {

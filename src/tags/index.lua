@@ -190,12 +190,13 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- Deletes the keys popped from a drain set, their per-key sets and their entries in every
--- tag set, batched: one SMEMBERS per key, then one command per tag rather than per key.
-local function delete_popped(p, popped)
+-- Deletes keys (`list[first]`, `list[first + step]`, ...), their per-key sets and their
+-- entries in every tag set, batched: one SMEMBERS per key, then one command per tag rather
+-- than per key.
+local function delete_keys(p, list, first, step)
   local keys, key_sets, by_tag, tags = {}, {}, {}, {}
-  for i = 1, #popped, 2 do
-    local k = popped[i]
+  for i = first, #list, step do
+    local k = list[i]
     local kt = key_tags(p, k)
     keys[#keys + 1] = k
     key_sets[#key_sets + 1] = kt
@@ -218,6 +219,11 @@ local function delete_popped(p, popped)
     redis.call('ZREM', tag_keys(p, tag), unpack(by_tag[tag]))
   end
   return deleted
+end
+
+-- The keys popped from a drain set (ZPOPMIN's key, score pairs).
+local function delete_popped(p, popped)
+  return delete_keys(p, popped, 1, 2)
 end
 
 -- Deletes the keys of drain set `set`, STEP at a time, until `chunk` keys are done, the set is
@@ -256,21 +262,32 @@ local function write(keys, args)
     local e = { key = keys[ki], kt = keys[ki + 1], ttl = tonumber(args[a]), inherit = tonumber(args[a + 1]) }
     local n = tonumber(args[a + 2])
     a = a + 3
-    e.tags, e.seen, e.tks, e.tes = {}, {}, {}, {}
+    -- tags/tks: the tags to index and their sets' names; named: the tags that name the key
+    -- (no index entry); seen/tes: every tag's seen epoch and epoch key, for the lease check.
+    e.tags, e.tks, e.named, e.seen, e.tes = {}, {}, {}, {}, {}
     for j = 1, n do
-      e.tags[j] = args[a]
       e.seen[j] = tonumber(args[a + 1])
-      e.tks[j] = keys[ki + 2 * j]
       e.tes[j] = keys[ki + 2 * j + 1]
-      a = a + 2
+      if args[a + 2] == '1' then
+        e.tags[#e.tags + 1] = args[a]
+        e.tks[#e.tags] = keys[ki + 2 * j]
+      else
+        e.named[#e.named + 1] = args[a]
+      end
+      a = a + 3
     end
     plan[#plan + 1] = e
     ki = ki + 2 + 2 * n
   end
-  -- A key that takes another's value (RENAME, COPY) takes its tags: read them first.
+  -- A key that takes another's value (RENAME, COPY) takes its tags: read them first. The
+  -- tags that named the source name nothing at the destination, so there they are indexed.
   for _, e in ipairs(plan) do
     if e.inherit > 0 then
-      e.inherited = redis.call('SMEMBERS', key_tags(p, plan[e.inherit].key))
+      local source = plan[e.inherit]
+      e.inherited = redis.call('SMEMBERS', key_tags(p, source.key))
+      for _, tag in ipairs(source.named) do
+        e.inherited[#e.inherited + 1] = tag
+      end
     end
   end
 
@@ -290,8 +307,8 @@ local function write(keys, args)
   local gone = 0
   for _, e in ipairs(plan) do
     local stale = false
-    for j, tag in ipairs(e.tags) do
-      if e.seen[j] >= 0 and (tonumber(redis.call('GET', e.tes[j])) or 0) > e.seen[j] then
+    for j, te in ipairs(e.tes) do
+      if e.seen[j] >= 0 and (tonumber(redis.call('GET', te)) or 0) > e.seen[j] then
         stale = true
         break
       end
@@ -338,13 +355,18 @@ redis.register_function('cachet_invalidate', function(keys, args)
   else
     redis.call('SET', te, digits(epoch))
   end
+  -- The keys the tag names (KEYS[3..], from the rules) have no entry in its set.
+  local named = 0
+  if #keys > 2 then
+    named = delete_keys(p, keys, 3, 1)
+  end
   if not is_zset(tk) then
-    return { 0, 0, epoch }
+    return { named, 0, epoch }
   end
   local set = drain_key(p, tag, digits(epoch))
   redis.call('RENAME', tk, set)
   local r = drain(p, set, chunk, budget_us)
-  return { r[1], r[2], epoch }
+  return { named + r[1], r[2], epoch }
 end)
 
 -- cachet_drain: the next chunk of a drain set.
@@ -379,7 +401,7 @@ redis.register_function('cachet_tag', function(keys, args)
   return added
 end)
 
--- cachet_tags: a key's tags.
+-- cachet_tags: a key's tags: its per-key set's, and those that name it (ARGV[2..]).
 redis.register_function({
   function_name = 'cachet_tags',
   flags = { 'no-writes' },
@@ -387,20 +409,30 @@ redis.register_function({
     if redis.call('EXISTS', keys[1]) == 0 then
       return {}
     end
-    return redis.call('SMEMBERS', key_tags(args[1], keys[1]))
+    local tags = redis.call('SMEMBERS', key_tags(args[1], keys[1]))
+    for i = 2, #args do
+      tags[#tags + 1] = args[i]
+    end
+    return tags
   end,
 })
 
--- cachet_tagkeys: one ZSCAN page of a tag set, live keys only.
+-- cachet_tagkeys: one ZSCAN page of a tag set, live keys only; the keys the tag names
+-- (KEYS[2..], given with the first page) that exist come first.
 redis.register_function({
   function_name = 'cachet_tagkeys',
   flags = { 'no-writes' },
   callback = function(keys, args)
+    local live = {}
+    for i = 2, #keys do
+      if redis.call('EXISTS', keys[i]) == 1 then
+        live[#live + 1] = keys[i]
+      end
+    end
     if not is_zset(keys[1]) then
-      return { '0', {} }
+      return { '0', live }
     end
     local page = redis.call('ZSCAN', keys[1], args[1], 'COUNT', args[2])
-    local live = {}
     for i = 1, #page[2], 2 do
       if redis.call('EXISTS', page[2][i]) == 1 then
         live[#live + 1] = page[2][i]

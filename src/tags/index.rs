@@ -8,6 +8,21 @@
 //! Reading a key never touches the index: a read only needs the epochs of the tags its rule
 //! names ([`TagIndex::epoch_keys`]), and only when the proxy wants to fill the key after a miss.
 //!
+//! # Tags that name their key
+//!
+//! A rule tag whose template holds every capture of a pattern without `*`
+//! (`session:{id}` of `session:{id}`, `teacher:{t}` of `sessions:teacher:{t}`) *names* the
+//! key: the tag reads back into the one key of that rule that carries it
+//! ([`crate::tags::Rules::keys_named_by`]). Such tags get no entry in the index: a write
+//! only checks their epochs (for stale sets), and invalidation, `TAGS` and `TAGKEYS` find
+//! their keys from the rules (given with [`TagIndex::with_rules`]) and pass them to the
+//! functions below. A SET whose key has only such tags is the plain SET with the rule's TTL.
+//! Everything the index guarantees holds for them trivially: the key is reachable from the
+//! tag by its name, there is no entry to leak or to keep in step with the TTL, and the tag is
+//! matched byte for byte. The rules must be the same on every cachet sharing the Redis (they
+//! must be already, or the same key would get different tags); a key whose tag set in an
+//! older configuration named it keeps whatever index entries that configuration wrote.
+//!
 //! # Keys
 //!
 //! With prefix `P` (default `cachet`), tag `t` and data key `K`:
@@ -52,7 +67,9 @@
 //!   - ARGV: `P`, `resp` (`2`|`3`), `explicit_ttl` (`0`|`1`), `n_cmd`, the command's `n_cmd`
 //!     arguments, then per data key: `ttl_secs` (0: none), `inherit` (0, or the 1-based
 //!     position of the data key whose tags this one takes, for RENAME/COPY), `n_tags`, then
-//!     per tag: the tag's bytes and the epoch seen before the read that missed, or `-1`.
+//!     per tag: the tag's bytes, the epoch seen before the read that missed (or `-1`), and
+//!     `1` to index it or `0` when it names the key (epoch check only; at a RENAME or COPY
+//!     destination the source's naming tags are indexed, since they do not name it).
 //!   - Runs the command (`redis.pcall`, in RESP3 when `resp` is 3) and replies what Redis
 //!     replied. An error reply is returned unchanged and nothing is indexed. Otherwise, per
 //!     data key: if it no longer exists, it leaves the index. If any tag's epoch is now above
@@ -65,9 +82,10 @@
 //! * `cachet_trim`: KEYS tag sets `P:t:{t}`...; ARGV `P`. In each, re-checks up to 16 members
 //!   whose score has passed, as `cachet_write` does when a member joins (see fast writes).
 //!   Replies the number of sets.
-//! * `cachet_invalidate`: KEYS `P:t:{t}`, `P:e:{t}`; ARGV `P`, `t`, `chunk`, `budget_us`,
-//!   `epoch_ttl_ms` (0: the epoch never expires). Sets the epoch to `max(now_ms, epoch + 1)`,
-//!   renames the tag set to the drain set `P:d:{t}:epoch`, and drains it (below). Replies
+//! * `cachet_invalidate`: KEYS `P:t:{t}`, `P:e:{t}`, then the keys `t` names; ARGV `P`, `t`,
+//!   `chunk`, `budget_us`, `epoch_ttl_ms` (0: the epoch never expires). Sets the epoch to
+//!   `max(now_ms, epoch + 1)`, deletes the named keys (as a drain does, below), renames the
+//!   tag set to the drain set `P:d:{t}:epoch`, and drains it. Replies
 //!   `[deleted, remaining, epoch]`.
 //! * `cachet_drain`: KEYS the drain set; ARGV `P`, `chunk`, `budget_us`. Replies
 //!   `[deleted, remaining]`. Draining pops 100 members at a time and deletes each key, its
@@ -77,9 +95,10 @@
 //! * `cachet_tag`: KEYS `K`, `P:k:..K`, `P:t:{t}`...; ARGV `P`, tags... Attaches tags to an
 //!   existing key. Replies the number of tags it did not have yet (like SADD), or
 //!   `-ERR no such key`.
-//! * `cachet_tags` (read-only): KEYS `K`, `P:k:..K`; ARGV `P`. The key's tags (none when it
-//!   does not exist).
-//! * `cachet_tagkeys` (read-only): KEYS `P:t:{t}`; ARGV `cursor`, `count`. One ZSCAN page:
+//! * `cachet_tags` (read-only): KEYS `K`, `P:k:..K`; ARGV `P`, then the tags that name `K`.
+//!   The key's tags (none when it does not exist).
+//! * `cachet_tagkeys` (read-only): KEYS `P:t:{t}`, then (with cursor 0) the keys `t` names;
+//!   ARGV `cursor`, `count`. One ZSCAN page, after the named keys that exist:
 //!   `[next cursor, [keys that exist]]`.
 //! * `cachet_sweep`: KEYS `P:t:{t}`; ARGV `P`, `cursor`, `count`. One ZSCAN page: members
 //!   whose key is gone leave the index, live ones with a stale score are rescored.
@@ -98,12 +117,13 @@
 //! ```text
 //! MULTI
 //! SET K value [EX s | PX ms | EX rule_ttl]
-//! ZADD P:t:{t} S K              (per rule tag)
+//! ZADD P:t:{t} S K              (per rule tag that does not name K)
 //! SADD P:k:{S(K)}:K t...
 //! PEXPIREAT P:k:{S(K)}:K S      (PERSIST when the key has no expiry, S = +inf)
 //! EXEC
 //! ```
 //!
+//! (only the SET when every rule tag names `K`: [`TagIndex::encode_set`]),
 //! and forwards only the SET's reply (from EXEC's array; if Redis refused the SET while
 //! queueing it, out of memory say, that refusal, as Redis worded it). `S` is cachet's clock
 //! plus the TTL plus [`FAST_SCORE_SLACK_MS`], rounded up to a grid of about a sixteenth of the
@@ -169,6 +189,7 @@
 //!   and the sweeper catch up. A RENAME or COPY that skips it leaves the new name untagged,
 //!   so the proxy should route those through `cachet_write` even for rule-less keys.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -178,6 +199,7 @@ use fred::interfaces::{ClientLike, FunctionInterface};
 use fred::types::{Key, Value};
 
 use crate::resp::Protocol;
+use crate::tags::Rules;
 
 /// The library, loaded with `FUNCTION LOAD REPLACE`.
 pub const LIBRARY: &str = include_str!("index.lua");
@@ -324,6 +346,10 @@ pub struct WriteKey {
     pub key: Bytes,
     /// The tags the key's rule gives it.
     pub tags: Vec<Bytes>,
+    /// Bit `j` set: `tags[j]` names the key ([`crate::tags::Match::named`]): its epoch is
+    /// checked like any tag's, but it gets no index entry (invalidation finds the key from
+    /// the rules).
+    pub named: u64,
     /// The epochs of `tags`, in the same order, read before the client's earlier read of this
     /// key missed ([`TagIndex::epoch_read`], [`parse_epochs`]). If any is lower than the tag's
     /// epoch at write time, the write's value is deleted. `None`: no such read, no check.
@@ -407,6 +433,8 @@ pub struct TagIndex {
     chunk: usize,
     call_budget: Duration,
     epoch_ttl: Duration,
+    /// The rules, for the keys that tags name ([`TagIndex::with_rules`]).
+    rules: Option<Arc<Rules>>,
 }
 
 impl Default for TagIndex {
@@ -422,7 +450,22 @@ impl TagIndex {
             chunk: DEFAULT_CHUNK,
             call_budget: DEFAULT_CALL_BUDGET,
             epoch_ttl: DEFAULT_EPOCH_TTL,
+            rules: None,
         })
+    }
+
+    /// The rules whose naming tags ([`crate::tags::Match::named`]) writes leave out of the
+    /// index: invalidation, `TAGS` and `TAGKEYS` then find those keys from the rules.
+    pub fn with_rules(mut self, rules: Arc<Rules>) -> Self {
+        self.rules = Some(rules);
+        self
+    }
+
+    /// The keys `tag` names through the rules (none without rules).
+    pub fn keys_named_by(&self, tag: &[u8]) -> Vec<Bytes> {
+        self.rules
+            .as_ref()
+            .map_or_else(Vec::new, |rules| rules.keys_named_by(tag))
     }
 
     /// Most keys one invalidation call deletes (at least 1).
@@ -480,6 +523,8 @@ impl TagIndex {
                 per_key.push(tag.clone());
                 let seen = key.snapshot.as_ref().and_then(|seen| seen.get(j));
                 per_key.push(seen.map_or(Bytes::from_static(b"-1"), |&e| number(e)));
+                let named = j < 64 && key.named & (1 << j) != 0;
+                per_key.push(Bytes::from_static(if named { b"0" } else { b"1" }));
             }
         }
         let resp: &'static [u8] = match call.protocol {
@@ -555,6 +600,23 @@ impl TagIndex {
         set.tags.len() + 5
     }
 
+    /// Appends `SET key value [EX s | PX ms]` as the client sent it, with `EX add_ex_secs`
+    /// appended when that is not 0 (the rule's TTL): all a tagged SET needs when every tag
+    /// of its key names the key ([`crate::tags::Match::named`]), since those tags have no
+    /// index entry to write. Redis answers with one frame, the SET's own.
+    pub fn encode_set(command: &[Bytes], add_ex_secs: u64, out: &mut BytesMut) {
+        use redis_protocol::resp2::encode::extend_encode_borrowed;
+        use redis_protocol::resp2::types::BorrowedFrame::{self, Array, BulkString};
+        let mut ex = Digits::default();
+        let mut args: Vec<BorrowedFrame<'_>> = Vec::with_capacity(command.len() + 2);
+        args.extend(command.iter().map(|a| BulkString(a)));
+        if add_ex_secs > 0 {
+            args.extend([BulkString(b"EX"), BulkString(ex.of(add_ex_secs))]);
+        }
+        extend_encode_borrowed(out, &Array(&args), false)
+            .expect("a multibulk of bulk strings always encodes");
+    }
+
     /// `FCALL cachet_trim` for tag sets that gained members through [`FastSet`]s: each
     /// re-checks up to 16 members whose score has passed, as `cachet_write` does when a
     /// member joins.
@@ -617,13 +679,15 @@ impl TagIndex {
     }
 
     async fn invalidate_tag(&self, client: &Client, tag: &Bytes) -> Result<u64, IndexError> {
+        let mut keys = vec![
+            Key::from(self.names.tag_keys(tag)),
+            Key::from(self.names.epoch(tag)),
+        ];
+        keys.extend(self.keys_named_by(tag).into_iter().map(Key::from));
         let reply: Value = client
             .fcall(
                 "cachet_invalidate",
-                vec![
-                    Key::from(self.names.tag_keys(tag)),
-                    Key::from(self.names.epoch(tag)),
-                ],
+                keys,
                 vec![
                     Value::Bytes(self.names.prefix.clone()),
                     Value::Bytes(tag.clone()),
@@ -685,23 +749,34 @@ impl TagIndex {
             .ok_or_else(|| unexpected("cachet_tag", &reply))
     }
 
-    /// A key's tags, sorted (`TAGS key`); none when the key does not exist.
+    /// A key's tags, sorted (`TAGS key`): those in its per-key set and those that name it;
+    /// none when the key does not exist.
     pub async fn tags(&self, client: &Client, key: &Bytes) -> Result<Vec<Bytes>, IndexError> {
+        let mut args = vec![Value::Bytes(self.names.prefix.clone())];
+        if let Some(found) = self.rules.as_ref().and_then(|r| r.match_key(key)) {
+            let named = found
+                .tags
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| found.is_named(*j));
+            args.extend(named.map(|(_, tag)| Value::Bytes(tag.clone())));
+        }
         let reply: Value = client
             .fcall_ro(
                 "cachet_tags",
                 vec![Key::from(key.clone()), Key::from(self.names.key_tags(key))],
-                vec![Value::Bytes(self.names.prefix.clone())],
+                args,
             )
             .await?;
         let mut tags = byte_strings("cachet_tags", &reply)?;
         tags.sort();
+        tags.dedup();
         Ok(tags)
     }
 
     /// One page of a tag's keys (`TAGKEYS tag cursor count`): the next cursor (0 at the end)
     /// and the keys of the page that exist. ZSCAN's guarantee holds: a key tagged for the whole
-    /// iteration is returned at least once.
+    /// iteration is returned at least once. The keys the tag names come on the first page.
     pub async fn tagkeys(
         &self,
         client: &Client,
@@ -709,10 +784,14 @@ impl TagIndex {
         cursor: u64,
         count: u64,
     ) -> Result<(u64, Vec<Bytes>), IndexError> {
+        let mut keys = vec![Key::from(self.names.tag_keys(tag))];
+        if cursor == 0 {
+            keys.extend(self.keys_named_by(tag).into_iter().map(Key::from));
+        }
         let reply: Value = client
             .fcall_ro(
                 "cachet_tagkeys",
-                vec![Key::from(self.names.tag_keys(tag))],
+                keys,
                 vec![Value::Bytes(number(cursor)), Value::Bytes(number(count))],
             )
             .await?;
@@ -1086,6 +1165,7 @@ mod tests {
             tags: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
             snapshot: Some(vec![5]),
             ttl_secs: 60,
+            named: 0b10,
             inherit_from: None,
         }];
         let call = index.write_call(&WriteCall {
@@ -1120,8 +1200,10 @@ mod tests {
                 b"2",
                 b"a",
                 b"5",
+                b"1",
                 b"b",
                 b"-1",
+                b"0",
             ]
         );
     }

@@ -32,6 +32,11 @@ struct Rule {
     name: String,
     pattern: Pattern,
     tags: Vec<Template>,
+    /// Bit `j` set: `tags[j]` names one key of this rule ([`Match::named`]).
+    named: u64,
+    /// The pattern as literal bytes and captures when it has no `*`: how a key is written back
+    /// from its captures.
+    key: Option<Vec<Part>>,
     ttl_secs: u64,
 }
 
@@ -46,6 +51,28 @@ pub struct Match<'r> {
     pub tags: Vec<Bytes>,
     /// The rule's TTL, resolved from its class.
     pub ttl_secs: u64,
+    /// Bit `j` set: `tags[j]` *names* the key. The rule's pattern has no `*` and the tag's
+    /// template holds every capture, each followed by `:` or the end, so the tag can be read
+    /// back into its captures and those into the key: this key is the one key of the rule
+    /// that carries the tag ([`Rules::keys_named_by`]). Such a tag needs no entry in the tag
+    /// index; invalidation finds its key from the rules.
+    pub named: u64,
+}
+
+impl Match<'_> {
+    /// Whether `tags[j]` names the key (see [`Match::named`]).
+    pub fn is_named(&self, j: usize) -> bool {
+        j < 64 && self.named & (1 << j) != 0
+    }
+
+    /// The tags the tag index must hold for this key: those that do not name it.
+    pub fn indexed_tags(&self) -> impl Iterator<Item = &Bytes> {
+        self.tags
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| !self.is_named(*j))
+            .map(|(_, tag)| tag)
+    }
 }
 
 /// A problem in `[[rules]]`. Spans are byte ranges of the configuration text, as
@@ -128,9 +155,21 @@ impl Rules {
                 })
                 .collect();
             let ttl_secs = resolve_ttl(ttl, rule).map_err(|e| errors.push(e)).ok();
-            if let (Some(pattern), Some(tags), Some(ttl_secs)) =
-                (pattern, tags.into_iter().collect(), ttl_secs)
-            {
+            if let (Some(pattern), Some(tags), Some(ttl_secs)) = (
+                pattern,
+                tags.into_iter().collect::<Option<Vec<Template>>>(),
+                ttl_secs,
+            ) {
+                let key = key_parts(rule.pattern.get_ref(), &pattern);
+                let named = match key {
+                    Some(_) => tags
+                        .iter()
+                        .take(64)
+                        .enumerate()
+                        .filter(|(_, t)| t.names_one_key(pattern.names().len()))
+                        .fold(0u64, |mask, (j, _)| mask | 1 << j),
+                    None => 0,
+                };
                 compiled.push(Rule {
                     name: rule
                         .name
@@ -140,6 +179,8 @@ impl Rules {
                         .clone(),
                     pattern,
                     tags,
+                    named,
+                    key,
                     ttl_secs,
                 });
             }
@@ -201,10 +242,68 @@ impl Rules {
                     name: &rule.name,
                     tags: rule.tags.iter().map(|t| t.fill(key, &spans)).collect(),
                     ttl_secs: rule.ttl_secs,
+                    named: rule.named,
                 });
             }
         }
     }
+
+    /// The keys that `tag` names ([`Match::named`]): per rule and tag template that can name
+    /// a key, the key written back from the tag, kept only if that key's first matching rule
+    /// is this one and gives it `tag` there. Every key whose rules give it `tag` as a naming
+    /// tag is in the list (a template's captures each end at `:` or the end, so a tag reads
+    /// back one way only). A handful of byte comparisons per rule; no Redis.
+    pub fn keys_named_by(&self, tag: &[u8]) -> Vec<Bytes> {
+        let mut keys: Vec<Bytes> = Vec::new();
+        for (i, rule) in self.rules.iter().enumerate() {
+            let Some(parts) = rule.key.as_ref().filter(|_| rule.named != 0) else {
+                continue;
+            };
+            for (j, template) in rule.tags.iter().enumerate().take(64) {
+                if rule.named & (1 << j) == 0 {
+                    continue;
+                }
+                let Some(values) = template.read_back(tag, rule.pattern.names().len()) else {
+                    continue;
+                };
+                let mut key = BytesMut::new();
+                for part in parts {
+                    match part {
+                        Part::Literal(bytes) => key.extend_from_slice(bytes),
+                        Part::Capture(c) => key.extend_from_slice(&tag[values[*c].clone()]),
+                    }
+                }
+                let key = key.freeze();
+                let confirmed = self
+                    .match_key(&key)
+                    .is_some_and(|m| m.rule == i && m.tags.get(j).is_some_and(|t| t == tag));
+                if confirmed && !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+        }
+        keys
+    }
+}
+
+/// A pattern as literal bytes and captures (by index), or `None` when it has a `*`.
+fn key_parts(source: &str, pattern: &Pattern) -> Option<Vec<Part>> {
+    let mut parts = Vec::new();
+    for token in pattern::tokenize(source, true).ok()? {
+        match token {
+            Token::Byte(b) => match parts.last_mut() {
+                Some(Part::Literal(bytes)) => bytes.push(b),
+                _ => parts.push(Part::Literal(vec![b])),
+            },
+            Token::Capture { name, .. } => {
+                parts.push(Part::Capture(
+                    pattern.names().iter().position(|n| *n == name)?,
+                ));
+            }
+            Token::Star => return None,
+        }
+    }
+    Some(parts)
 }
 
 fn resolve_ttl(ttl: &TtlConfig, rule: &RuleConfig) -> Result<u64, RuleError> {
@@ -389,6 +488,68 @@ impl Template {
         })
     }
 
+    /// Whether a tag filled from this template can be read back into all `captures` of its
+    /// pattern: each appears, and each is followed by the end or by a literal starting with
+    /// `:` (a capture never holds `:`, so where it ends is never in doubt).
+    fn names_one_key(&self, captures: usize) -> bool {
+        let parts = match self {
+            Template::Fixed(_) => return captures == 0,
+            Template::Parts(parts) => parts,
+        };
+        let mut seen = vec![false; captures];
+        for (i, part) in parts.iter().enumerate() {
+            if let Part::Capture(c) = part {
+                seen[*c] = true;
+                match parts.get(i + 1) {
+                    None => {}
+                    Some(Part::Literal(next)) if next.first() == Some(&b':') => {}
+                    Some(_) => return false,
+                }
+            }
+        }
+        seen.iter().all(|&s| s)
+    }
+
+    /// The captures (byte ranges of `tag`) that fill this template to exactly `tag`, for a
+    /// template that [`names_one_key`](Template::names_one_key); `None` when no captures do.
+    fn read_back(&self, tag: &[u8], captures: usize) -> Option<Vec<Range<usize>>> {
+        let parts = match self {
+            Template::Fixed(bytes) => return (bytes[..] == *tag).then(Vec::new),
+            Template::Parts(parts) => parts,
+        };
+        let mut values: Vec<Option<Range<usize>>> = vec![None; captures];
+        let mut at = 0;
+        for part in parts {
+            match part {
+                Part::Literal(bytes) => {
+                    if !tag[at..].starts_with(bytes) {
+                        return None;
+                    }
+                    at += bytes.len();
+                }
+                Part::Capture(c) => {
+                    let rest = &tag[at..];
+                    let len = rest.iter().position(|&b| b == b':').unwrap_or(rest.len());
+                    if len == 0 {
+                        return None;
+                    }
+                    let value = at..at + len;
+                    if let Some(earlier) = &values[*c]
+                        && tag[earlier.clone()] != tag[value.clone()]
+                    {
+                        return None;
+                    }
+                    values[*c] = Some(value);
+                    at += len;
+                }
+            }
+        }
+        if at != tag.len() {
+            return None;
+        }
+        values.into_iter().collect()
+    }
+
     fn fill(&self, key: &[u8], spans: &[Range<usize>]) -> Bytes {
         let parts = match self {
             Template::Fixed(bytes) => return bytes.clone(),
@@ -498,6 +659,111 @@ mod tests {
         assert_eq!(rules.match_key(b"session"), None);
         assert_eq!(rules.match_key(b""), None);
         assert_eq!(rules.match_key(b"unrelated"), None);
+    }
+
+    #[test]
+    fn tags_that_name_their_key_read_back_into_it() {
+        let rules = rules(
+            r#"
+            [[rules]]
+            pattern = "sessions:teacher:{teacher}"
+            tags = ["teacher:{teacher}", "sessions"]
+            [[rules]]
+            pattern = "roster:{school}:{session}"
+            tags = ["roster:{school}:{session}", "school:{school}", "s:{session}:of:{school}"]
+            [[rules]]
+            pattern = "session:{id}:*"
+            tags = ["session:{id}"]
+            [[rules]]
+            pattern = "session:{id}"
+            tags = ["session:{id}", "x{id}-", "{id}{id}"]
+            [[rules]]
+            pattern = "profile"
+            tags = ["the-profile"]
+            [[rules]]
+            pattern = "user:{id}"
+            tags = ["teacher:{id}"]
+            "#,
+        );
+        let m = rules.match_key(b"sessions:teacher:12").unwrap();
+        assert_eq!((m.is_named(0), m.is_named(1)), (true, false));
+        assert_eq!(
+            m.indexed_tags().collect::<Vec<_>>(),
+            [&Bytes::from("sessions")]
+        );
+        let m = rules.match_key(b"roster:7:42").unwrap();
+        assert_eq!(m.named, 0b101, "a tag must hold every capture");
+        assert_eq!(
+            rules.match_key(b"session:9:x").unwrap().named,
+            0,
+            "a `*` names nothing"
+        );
+        let m = rules.match_key(b"session:9").unwrap();
+        assert_eq!(m.named, 0b001, "captures must end at `:` or the end");
+        assert_eq!(rules.match_key(b"profile").unwrap().named, 1);
+
+        let named = |tag: &[u8]| rules.keys_named_by(tag);
+        assert_eq!(named(b"roster:7:42"), [Bytes::from("roster:7:42")]);
+        assert_eq!(named(b"s:42:of:7"), [Bytes::from("roster:7:42")]);
+        assert_eq!(named(b"session:9"), [Bytes::from("session:9")]);
+        assert_eq!(named(b"the-profile"), [Bytes::from("profile")]);
+        // Two rules give `teacher:12` as a naming tag: both keys carry it.
+        assert_eq!(
+            named(b"teacher:12"),
+            [Bytes::from("sessions:teacher:12"), Bytes::from("user:12")]
+        );
+        for tag in [
+            &b"teacher:"[..],
+            b"teacher:1:2",
+            b"sessions",
+            b"school:7",
+            b"session:9:x",
+            b"roster:7",
+            b"s:42:of:",
+        ] {
+            assert_eq!(named(tag), Vec::<Bytes>::new(), "{}", tag.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn every_key_carrying_a_naming_tag_is_found_from_it() {
+        // Random keys over a small alphabet: whenever a key's rule gives it a naming tag,
+        // reading that tag back finds the key, and only keys that carry it.
+        let rules = rules(
+            r#"
+            [[rules]]
+            pattern = "a:{x}"
+            tags = ["t:{x}", "a"]
+            [[rules]]
+            pattern = "{x}:b:{y}"
+            tags = ["t:{x}:{y}", "u:{y}:{x}", "t:{x}"]
+            [[rules]]
+            pattern = "{x}"
+            tags = ["t:{x}"]
+            "#,
+        );
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..5_000 {
+            let key: Vec<u8> = (0..rng.usize(0..7))
+                .map(|_| *rng.choice(b"ab:t\xff").unwrap())
+                .collect();
+            let Some(m) = rules.match_key(&key) else {
+                continue;
+            };
+            for (j, tag) in m.tags.iter().enumerate() {
+                let found = rules.keys_named_by(tag);
+                if m.is_named(j) {
+                    assert!(
+                        found.iter().any(|k| k[..] == key[..]),
+                        "{key:?} from {tag:?}"
+                    );
+                }
+                for k in found {
+                    let carries = rules.match_key(&k).is_some_and(|m| m.tags.contains(tag));
+                    assert!(carries, "{k:?} does not carry {tag:?}");
+                }
+            }
+        }
     }
 
     #[test]
