@@ -1348,6 +1348,7 @@ async fn fast_writes_index_and_trims_bound_them() {
             &FastSet {
                 command: &command,
                 tags: &tags(&["x", "y"]),
+                key_set: true,
                 add_ex_secs: 0,
                 now_ms: now,
                 ttl_ms: Some(ttl_ms),

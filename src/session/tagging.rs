@@ -376,6 +376,7 @@ impl Session {
             &FastSet {
                 command: args,
                 tags: &indexed,
+                key_set: indexed.len() > 1,
                 add_ex_secs,
                 now_ms,
                 ttl_ms,

@@ -355,10 +355,19 @@ redis.register_function('cachet_invalidate', function(keys, args)
   else
     redis.call('SET', te, digits(epoch))
   end
-  -- The keys the tag names (KEYS[3..], from the rules) have no entry in its set.
+  -- The keys the tag names (KEYS[3..], from the rules) have no entry in its set; each
+  -- comes with its rule's indexed tags (ARGV[6..]: n, tags...), whose sets it leaves.
   local named = 0
   if #keys > 2 then
     named = delete_keys(p, keys, 3, 1)
+    local a = 6
+    for i = 3, #keys do
+      local n = tonumber(args[a])
+      for j = a + 1, a + n do
+        redis.call('ZREM', tag_keys(p, args[j]), keys[i])
+      end
+      a = a + n + 1
+    end
   end
   if not is_zset(tk) then
     return { named, 0, epoch }
@@ -401,7 +410,7 @@ redis.register_function('cachet_tag', function(keys, args)
   return added
 end)
 
--- cachet_tags: a key's tags: its per-key set's, and those that name it (ARGV[2..]).
+-- cachet_tags: a key's tags: its per-key set's, and its rule's (ARGV[2..]).
 redis.register_function({
   function_name = 'cachet_tags',
   flags = { 'no-writes' },

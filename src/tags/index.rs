@@ -83,9 +83,10 @@
 //!   whose score has passed, as `cachet_write` does when a member joins (see fast writes).
 //!   Replies the number of sets.
 //! * `cachet_invalidate`: KEYS `P:t:{t}`, `P:e:{t}`, then the keys `t` names; ARGV `P`, `t`,
-//!   `chunk`, `budget_us`, `epoch_ttl_ms` (0: the epoch never expires). Sets the epoch to
-//!   `max(now_ms, epoch + 1)`, deletes the named keys (as a drain does, below), renames the
-//!   tag set to the drain set `P:d:{t}:epoch`, and drains it. Replies
+//!   `chunk`, `budget_us`, `epoch_ttl_ms` (0: the epoch never expires), then per named key
+//!   `n` and its rule's `n` indexed tags. Sets the epoch to `max(now_ms, epoch + 1)`,
+//!   deletes the named keys (as a drain does, below, and from those tags' sets too),
+//!   renames the tag set to the drain set `P:d:{t}:epoch`, and drains it. Replies
 //!   `[deleted, remaining, epoch]`.
 //! * `cachet_drain`: KEYS the drain set; ARGV `P`, `chunk`, `budget_us`. Replies
 //!   `[deleted, remaining]`. Draining pops 100 members at a time and deletes each key, its
@@ -95,8 +96,8 @@
 //! * `cachet_tag`: KEYS `K`, `P:k:..K`, `P:t:{t}`...; ARGV `P`, tags... Attaches tags to an
 //!   existing key. Replies the number of tags it did not have yet (like SADD), or
 //!   `-ERR no such key`.
-//! * `cachet_tags` (read-only): KEYS `K`, `P:k:..K`; ARGV `P`, then the tags that name `K`.
-//!   The key's tags (none when it does not exist).
+//! * `cachet_tags` (read-only): KEYS `K`, `P:k:..K`; ARGV `P`, then `K`'s rule tags. The
+//!   key's tags (none when it does not exist): its per-key set's and the rule's.
 //! * `cachet_tagkeys` (read-only): KEYS `P:t:{t}`, then (with cursor 0) the keys `t` names;
 //!   ARGV `cursor`, `count`. One ZSCAN page, after the named keys that exist:
 //!   `[next cursor, [keys that exist]]`.
@@ -118,10 +119,16 @@
 //! MULTI
 //! SET K value [EX s | PX ms | EX rule_ttl]
 //! ZADD P:t:{t} S K              (per rule tag that does not name K)
-//! SADD P:k:{S(K)}:K t...
+//! SADD P:k:{S(K)}:K t...        (these two only with two such tags or more)
 //! PEXPIREAT P:k:{S(K)}:K S      (PERSIST when the key has no expiry, S = +inf)
 //! EXEC
 //! ```
+//!
+//! The per-key set is what lets a drain of one of `K`'s tags take `K` out of its other
+//! tags' sets. With one indexed tag there is no other set to leave (the rule's other tags
+//! name `K`, and invalidating those passes `K`'s indexed tags along), so the block is only
+//! MULTI, SET, ZADD, EXEC. Tags a key got beyond its rule's (TAG) are in its per-key set
+//! from `cachet_tag`; when that set expires before the key, re-checks restore it.
 //!
 //! (only the SET when every rule tag names `K`: [`TagIndex::encode_set`]),
 //! and forwards only the SET's reply (from EXEC's array; if Redis refused the SET while
@@ -389,8 +396,13 @@ pub const FAST_SCORE_SLACK_MS: u64 = 250;
 pub struct FastSet<'a> {
     /// `SET key value`, optionally followed by `EX s` or `PX ms`, as the client sent it.
     pub command: &'a [Bytes],
-    /// The key's rule tags (not empty).
+    /// The key's rule tags that do not name it (not empty).
     pub tags: &'a [Bytes],
+    /// Whether to write the per-key set (`SADD` + `PEXPIREAT`). It is what lets an
+    /// invalidation of one of the key's tags remove the key from its other tags' sets, so a
+    /// key with a single indexed tag, whose other rule tags all name it, can do without:
+    /// invalidation passes the indexed tags of the keys it finds by name.
+    pub key_set: bool,
     /// The rule's TTL, appended as `EX` when the command sets none (0: none).
     pub add_ex_secs: u64,
     /// cachet's clock (ms since the epoch) just before sending the write.
@@ -587,17 +599,19 @@ impl TagIndex {
             ]);
             command.push(BulkString(tag));
         }
-        put(&command);
-        match expires {
-            Some(_) => put(&[
-                BulkString(b"PEXPIREAT"),
-                BulkString(&key_tags),
-                BulkString(score_arg),
-            ]),
-            None => put(&[BulkString(b"PERSIST"), BulkString(&key_tags)]),
+        if set.key_set {
+            put(&command);
+            match expires {
+                Some(_) => put(&[
+                    BulkString(b"PEXPIREAT"),
+                    BulkString(&key_tags),
+                    BulkString(score_arg),
+                ]),
+                None => put(&[BulkString(b"PERSIST"), BulkString(&key_tags)]),
+            }
         }
         put(&[BulkString(b"EXEC")]);
-        set.tags.len() + 5
+        set.tags.len() + if set.key_set { 5 } else { 3 }
     }
 
     /// Appends `SET key value [EX s | PX ms]` as the client sent it, with `EX add_ex_secs`
@@ -683,20 +697,27 @@ impl TagIndex {
             Key::from(self.names.tag_keys(tag)),
             Key::from(self.names.epoch(tag)),
         ];
-        keys.extend(self.keys_named_by(tag).into_iter().map(Key::from));
-        let reply: Value = client
-            .fcall(
-                "cachet_invalidate",
-                keys,
-                vec![
-                    Value::Bytes(self.names.prefix.clone()),
-                    Value::Bytes(tag.clone()),
-                    Value::Bytes(number(self.chunk as u64)),
-                    Value::Bytes(number(self.call_budget.as_micros() as u64)),
-                    Value::Bytes(number(self.epoch_ttl.as_millis() as u64)),
-                ],
-            )
-            .await?;
+        let mut args = vec![
+            Value::Bytes(self.names.prefix.clone()),
+            Value::Bytes(tag.clone()),
+            Value::Bytes(number(self.chunk as u64)),
+            Value::Bytes(number(self.call_budget.as_micros() as u64)),
+            Value::Bytes(number(self.epoch_ttl.as_millis() as u64)),
+        ];
+        // The keys the tag names, each with its rule's indexed tags: a fast write may have
+        // left it without a per-key set to find those by.
+        for key in self.keys_named_by(tag) {
+            let indexed: Vec<Bytes> = self
+                .rules
+                .as_ref()
+                .and_then(|rules| rules.match_key(&key))
+                .map(|found| found.indexed_tags().cloned().collect())
+                .unwrap_or_default();
+            args.push(Value::Bytes(number(indexed.len() as u64)));
+            args.extend(indexed.into_iter().map(Value::Bytes));
+            keys.push(Key::from(key));
+        }
+        let reply: Value = client.fcall("cachet_invalidate", keys, args).await?;
         let [mut deleted, remaining, epoch] = integers("cachet_invalidate", &reply)?;
         if remaining > 0 {
             deleted += self
@@ -749,17 +770,12 @@ impl TagIndex {
             .ok_or_else(|| unexpected("cachet_tag", &reply))
     }
 
-    /// A key's tags, sorted (`TAGS key`): those in its per-key set and those that name it;
-    /// none when the key does not exist.
+    /// A key's tags, sorted (`TAGS key`): its rule's and those in its per-key set; none
+    /// when the key does not exist.
     pub async fn tags(&self, client: &Client, key: &Bytes) -> Result<Vec<Bytes>, IndexError> {
         let mut args = vec![Value::Bytes(self.names.prefix.clone())];
         if let Some(found) = self.rules.as_ref().and_then(|r| r.match_key(key)) {
-            let named = found
-                .tags
-                .iter()
-                .enumerate()
-                .filter(|(j, _)| found.is_named(*j));
-            args.extend(named.map(|(_, tag)| Value::Bytes(tag.clone())));
+            args.extend(found.tags.into_iter().map(Value::Bytes));
         }
         let reply: Value = client
             .fcall_ro(
@@ -1228,6 +1244,7 @@ mod tests {
             &FastSet {
                 command: &args(&["SET", "k", "v"]),
                 tags: &tags,
+                key_set: true,
                 add_ex_secs: 60,
                 now_ms: 1_700_000_000_000,
                 ttl_ms: Some(60_000),
@@ -1252,6 +1269,7 @@ mod tests {
             &FastSet {
                 command: &args(&["set", "k", "v", "px", "5"]),
                 tags: &tags[..1],
+                key_set: true,
                 add_ex_secs: 0,
                 now_ms: 1_700_000_000_000,
                 ttl_ms: None,
@@ -1270,6 +1288,31 @@ mod tests {
                 &["EXEC"],
             ])
         );
+        let mut out = BytesMut::new();
+        let frames = index.encode_fast_set(
+            &FastSet {
+                command: &args(&["SET", "k", "v"]),
+                tags: &tags[..1],
+                key_set: false,
+                add_ex_secs: 60,
+                now_ms: 1_700_000_000_000,
+                ttl_ms: Some(60_000),
+            },
+            &mut out,
+        );
+        assert_eq!(frames, 4);
+        assert_eq!(
+            out.to_vec(),
+            expected(&[
+                &["MULTI"],
+                &["SET", "k", "v", "EX", "60"],
+                &["ZADD", "cachet:t:{a}", "1700000061440", "k"],
+                &["EXEC"],
+            ])
+        );
+        let mut out = BytesMut::new();
+        TagIndex::encode_set(&args(&["SET", "k", "v"]), 60, &mut out);
+        assert_eq!(out.to_vec(), expected(&[&["SET", "k", "v", "EX", "60"]]));
     }
 
     #[test]
@@ -1278,6 +1321,7 @@ mod tests {
             FastSet {
                 command: &[],
                 tags: &[],
+                key_set: true,
                 add_ex_secs: 0,
                 now_ms,
                 ttl_ms,
