@@ -1992,7 +1992,16 @@ async fn rule_matched_sets_skip_the_function() {
     // one call per 100 ms step meanwhile.
     let fcalls = calls(&mut d, "fcall").await;
     assert!(fcalls < 5, "{fcalls} function calls for 40 overwrites");
-    assert_eq!(calls(&mut d, "exec").await, 40);
+    // The tagged SETs of one read share a transaction, and one ZADD per tag; the plain SET
+    // in between closes one (so at least two).
+    assert_eq!(calls(&mut d, "set").await, 41);
+    let execs = calls(&mut d, "exec").await;
+    assert!((2..40).contains(&execs), "{execs} transactions for 40 SETs");
+    assert_eq!(
+        calls(&mut d, "zadd").await,
+        execs,
+        "one ZADD of `sessions` per transaction"
+    );
     for i in 0..20 {
         let key = format!("sessions:teacher:{i}");
         let t = tags(&i.to_string());
@@ -2028,6 +2037,17 @@ async fn rule_matched_sets_skip_the_function() {
     let direct = d.text(&["SET", "sessions:teacher:10", "v"]).await;
     assert!(direct.starts_with("-OOM"), "{direct}");
     assert_eq!(c.text(&["SET", "sessions:teacher:10", "v"]).await, direct);
+    // A pipeline of them (one transaction): one refusal each, in order, nothing else.
+    let batch: Vec<Vec<String>> = (20..23)
+        .map(|i| vec!["SET".into(), format!("sessions:teacher:{i}"), "v".into()])
+        .chain([vec!["PING".into()]])
+        .collect();
+    let replies = c.pipeline(&batch).await;
+    assert_eq!(replies.len(), 4);
+    for reply in &replies[..3] {
+        assert_eq!(text(reply), direct);
+    }
+    assert_eq!(&replies[3][..], b"+PONG\r\n");
     assert_eq!(d.text(&["CONFIG", "SET", "maxmemory", "0"]).await, ok());
     assert_unindexed(&mut d, "sessions:teacher:10", &t_refs(&tags("10"))).await;
     assert_eq!(c.text(&["SET", "sessions:teacher:10", "v"]).await, ok());

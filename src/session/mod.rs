@@ -176,6 +176,8 @@ pub struct Session {
     batch_inspect: Option<Vec<Inspect>>,
     /// Reply frames gathered since the plan's last entry.
     batch_plain: usize,
+    /// Tagged SETs waiting to join the batch as one transaction (see `tagging`).
+    fast: crate::tags::index::FastBatch,
     snapshots: Snapshots,
     /// Inspection plans of answered batches, kept for reuse.
     spare_plans: Vec<Vec<Inspect>>,
@@ -246,6 +248,7 @@ impl Session {
             pool_index: id as usize % pool_size,
             batch: BytesMut::new(),
             batch_count: 0,
+            fast: Default::default(),
             batch_inspect: None,
             batch_plain: 0,
             snapshots: Snapshots::default(),
@@ -821,6 +824,7 @@ impl Session {
 
     /// Adds a command that Redis answers with `frames` frames.
     fn forward_frames(&mut self, request: Request, frames: usize) {
+        self.close_fast();
         self.batch.extend_from_slice(&request.raw);
         self.batch_count += frames;
         self.batch_plain += frames;
@@ -828,6 +832,7 @@ impl Session {
 
     /// Sends the batch gathered from this read to the pool.
     fn flush_batch(&mut self) {
+        self.close_fast();
         if self.batch_count == 0 {
             return;
         }

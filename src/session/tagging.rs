@@ -46,6 +46,8 @@ const SNAPSHOT_TTL: Duration = Duration::from_secs(10);
 const SNAPSHOT_CAP: usize = 4096;
 /// Most outstanding misses remembered for one key of one connection.
 const MISSES_PER_KEY: usize = 64;
+/// Most tagged SETs gathered into one transaction ([`index::FastBatch`]).
+const FAST_BATCH_MAX: usize = 64;
 
 /// What to do with each frame of a pooled batch's replies, when the batch holds more than
 /// plain forwarded commands.
@@ -64,9 +66,14 @@ pub(super) enum Inspect {
     Elements(Vec<u16>),
     /// Redis's INFO reply: append cachet's section.
     Info,
-    /// A [`FastSet`] of `frames` reply frames: forward the SET's reply only, and note the
-    /// tags whose sets gained the key (their `ZADD` answered 1).
-    Fast { frames: usize, tags: Vec<Bytes> },
+    /// A [`index::FastBatch`] of `frames` reply frames holding `sets` SETs: forward the SETs'
+    /// replies only, and note the tags whose sets gained a key (their `ZADD` answered more
+    /// than 0).
+    Fast {
+        frames: usize,
+        sets: usize,
+        tags: Vec<Bytes>,
+    },
     /// A command of cachet's own whose reply nobody waits for.
     Drop,
 }
@@ -81,7 +88,7 @@ impl Inspect {
             | Inspect::Elements(_)
             | Inspect::Info => 0,
             Inspect::Epochs | Inspect::Drop => 1,
-            Inspect::Fast { frames, .. } => frames - 1,
+            Inspect::Fast { frames, sets, .. } => frames - sets,
         }
     }
 }
@@ -366,32 +373,42 @@ impl Session {
         let indexed: Vec<Bytes> = found.indexed_tags().cloned().collect();
         if indexed.is_empty() {
             // Every tag names the key (or there is none): nothing to index, only the TTL.
+            self.close_fast();
             TagIndex::encode_set(args, add_ex_secs, &mut self.batch);
             self.batch_count += 1;
             self.batch_plain += 1;
             return true;
         }
-        let mut raw = BytesMut::new();
-        let frames = self.shared.index.encode_fast_set(
-            &FastSet {
-                command: args,
-                tags: &indexed,
-                key_set: indexed.len() > 1,
-                add_ex_secs,
-                now_ms,
-                ttl_ms,
-            },
-            &mut raw,
-        );
-        self.forward_raw_inspected(
-            &raw,
-            frames,
-            Inspect::Fast {
-                frames,
-                tags: indexed,
-            },
-        );
+        self.fast.push(&FastSet {
+            command: args,
+            tags: &indexed,
+            key_set: indexed.len() > 1,
+            add_ex_secs,
+            now_ms,
+            ttl_ms,
+        });
+        if self.fast.len() >= FAST_BATCH_MAX {
+            self.close_fast();
+        }
         true
+    }
+
+    /// Adds the tagged SETs gathered so far ([`index::FastBatch`]) to the batch for the pool, as
+    /// one transaction. Called before anything else joins the batch, so replies keep the
+    /// client's order.
+    pub(super) fn close_fast(&mut self) {
+        if self.fast.is_empty() {
+            return;
+        }
+        let fast = std::mem::take(&mut self.fast);
+        let mut raw = BytesMut::new();
+        let frames = self.shared.index.encode_fast_batch(&fast, &mut raw);
+        let inspect = Inspect::Fast {
+            frames,
+            sets: fast.len(),
+            tags: fast.tags(),
+        };
+        self.forward_raw_inspected(&raw, frames, inspect);
     }
 
     /// The `cachet_write` call for a write whose keys match rules, or `None` when none does.
@@ -463,6 +480,7 @@ impl Session {
 
     /// Adds encoded commands that Redis answers with `frames` frames, walked by `inspect`.
     fn forward_raw_inspected(&mut self, raw: &[u8], frames: usize, inspect: Inspect) {
+        self.close_fast();
         if self.batch_inspect.is_none() {
             // A plan used before, so a batch with lookups does not allocate one.
             self.batch_inspect = Some(self.spare_plans.pop().unwrap_or_default());
@@ -548,32 +566,44 @@ impl Session {
                     }
                     at = end;
                 }
-                Inspect::Fast { frames, tags } => {
-                    let multi_end = frame_end(at);
-                    let queued_end = frame_end(multi_end);
-                    let queued = multi_end..queued_end;
-                    at = queued_end;
-                    for _ in 0..frames - 3 {
+                Inspect::Fast { frames, sets, tags } => {
+                    at = frame_end(at); // MULTI's +OK
+                    let mut queued = Vec::with_capacity(sets);
+                    for _ in 0..sets {
+                        let end = frame_end(at);
+                        queued.push(at..end);
+                        at = end;
+                    }
+                    for _ in 0..frames - 2 - sets {
                         at = frame_end(at);
                     }
                     let exec = at..frame_end(at);
                     at = exec.end;
-                    match exec_items(&bytes[exec.clone()], 1 + tags.len()) {
+                    match exec_items(&bytes[exec.clone()], sets + tags.len()) {
                         Some(items) => {
-                            self.output
-                                .extend_from_slice(&bytes[exec.start..][items[0].clone()]);
-                            for (tag, zadd) in tags.into_iter().zip(&items[1..]) {
-                                if &bytes[exec.start..][zadd.clone()] == b":1\r\n" {
+                            let items: Vec<_> = items
+                                .into_iter()
+                                .map(|r| exec.start + r.start..exec.start + r.end)
+                                .collect();
+                            for item in &items[..sets] {
+                                self.output.extend_from_slice(&bytes[item.clone()]);
+                            }
+                            for (tag, zadd) in tags.into_iter().zip(&items[sets..]) {
+                                if &bytes[zadd.clone()] != b":0\r\n" {
                                     grown.push(tag);
                                 }
                             }
                         }
-                        // EXECABORT (the SET was refused when queued: say why) or an error
-                        // in place of EXEC's array.
-                        None if bytes[queued.clone()].starts_with(b"-") => {
-                            self.output.extend_from_slice(&bytes[queued]);
+                        // EXECABORT or an error in place of EXEC's array: nothing ran. A SET
+                        // Redis refused when queued (out of memory) gets its own refusal,
+                        // the others EXEC's error.
+                        None => {
+                            for q in queued {
+                                let own = bytes[q.clone()].starts_with(b"-");
+                                let reply = if own { q } else { exec.clone() };
+                                self.output.extend_from_slice(&bytes[reply]);
+                            }
                         }
-                        None => self.output.extend_from_slice(&bytes[exec]),
                     }
                 }
                 Inspect::Drop => at = frame_end(at),

@@ -124,6 +124,10 @@
 //! EXEC
 //! ```
 //!
+//! The tagged SETs of one client read share one transaction ([`FastBatch`]): `MULTI`, the
+//! SETs in order, one `ZADD` per tag with every key of the batch under it, the per-key
+//! sets, `EXEC`.
+//!
 //! The per-key set is what lets a drain of one of `K`'s tags take `K` out of its other
 //! tags' sets. With one indexed tag there is no other set to leave (the rule's other tags
 //! name `K`, and invalidating those passes `K`'s indexed tags along), so the block is only
@@ -425,6 +429,61 @@ impl FastSet<'_> {
     }
 }
 
+/// A tag set member to add: its score (`None`: `+inf`, no expiry) and the key.
+type Member = (Option<u64>, Bytes);
+
+/// Tagged SETs of one client batch gathered into one transaction
+/// ([`TagIndex::encode_fast_batch`]): a pipeline of them costs one `MULTI`/`EXEC` and one
+/// `ZADD` per tag rather than per SET.
+#[derive(Debug, Default)]
+pub struct FastBatch {
+    /// The SETs, encoded, in the client's order.
+    sets: BytesMut,
+    count: usize,
+    /// Per tag, in first-seen order: each key's score (`None`: no expiry) and the key.
+    tags: Vec<(Bytes, Vec<Member>)>,
+    /// Per-key sets to write: the key, its indexed tags, its score.
+    key_sets: Vec<(Bytes, Vec<Bytes>, Option<u64>)>,
+}
+
+impl FastBatch {
+    /// Adds one tagged SET.
+    pub fn push(&mut self, set: &FastSet<'_>) {
+        let score = set.score();
+        TagIndex::encode_set(set.command, set.add_ex_secs, &mut self.sets);
+        self.count += 1;
+        let key = &set.command[1];
+        for tag in set.tags {
+            match self.tags.iter_mut().find(|(t, _)| t == tag) {
+                Some((_, members)) => members.push((score, key.clone())),
+                None => self.tags.push((tag.clone(), vec![(score, key.clone())])),
+            }
+        }
+        if set.key_set {
+            self.key_sets.push((key.clone(), set.tags.to_vec(), score));
+        }
+    }
+
+    /// How many SETs it holds.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The tags it writes, in the order of their `ZADD`s.
+    pub fn tags(&self) -> Vec<Bytes> {
+        self.tags.iter().map(|(tag, _)| tag.clone()).collect()
+    }
+
+    /// The reply frames Redis sends for it: `MULTI`'s, one per queued command, `EXEC`'s.
+    pub fn frames(&self) -> usize {
+        2 + self.count + self.tags.len() + 2 * self.key_sets.len()
+    }
+}
+
 /// What one [`TagIndex::sweep_step`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SweepStats {
@@ -564,54 +623,59 @@ impl TagIndex {
     /// Appends the commands of a [`FastSet`] to `out`, RESP-encoded, and returns how many
     /// reply frames Redis sends for them: `+OK` for MULTI, one per queued command, EXEC's.
     pub fn encode_fast_set(&self, set: &FastSet<'_>, out: &mut BytesMut) -> usize {
+        let mut batch = FastBatch::default();
+        batch.push(set);
+        self.encode_fast_batch(&batch, out)
+    }
+
+    /// Appends a [`FastBatch`] to `out` as one transaction: `MULTI`, its SETs in order, one
+    /// `ZADD` per tag with all the batch's keys under it, each per-key set's `SADD` and
+    /// `PEXPIREAT` (or `PERSIST`), `EXEC`. Returns how many reply frames Redis sends for it.
+    pub fn encode_fast_batch(&self, batch: &FastBatch, out: &mut BytesMut) -> usize {
         use redis_protocol::resp2::encode::extend_encode_borrowed;
         use redis_protocol::resp2::types::BorrowedFrame::{self, Array, BulkString};
         let mut put = |args: &[BorrowedFrame<'_>]| {
             extend_encode_borrowed(out, &Array(args), false)
                 .expect("a multibulk of bulk strings always encodes");
         };
-        let key = &set.command[1][..];
-        let key_tags = self.names.key_tags(key);
-        let mut ex = Digits::default();
-        let mut score = Digits::default();
-        let expires = set.score();
-        let score_arg = match expires {
-            Some(ms) => score.of(ms),
-            None => b"+inf",
+        let score_text = |score: Option<u64>| match score {
+            Some(ms) => number(ms),
+            None => Bytes::from_static(b"+inf"),
         };
-
         put(&[BulkString(b"MULTI")]);
-        let mut command: Vec<BorrowedFrame<'_>> = Vec::with_capacity(set.command.len() + 2);
-        command.extend(set.command.iter().map(|a| BulkString(a)));
-        if set.add_ex_secs > 0 {
-            command.extend([BulkString(b"EX"), BulkString(ex.of(set.add_ex_secs))]);
-        }
-        put(&command);
-        command.clear();
-        command.extend([BulkString(b"SADD"), BulkString(&key_tags)]);
-        for tag in set.tags {
+        out.extend_from_slice(&batch.sets);
+        let mut put = |args: &[BorrowedFrame<'_>]| {
+            extend_encode_borrowed(out, &Array(args), false)
+                .expect("a multibulk of bulk strings always encodes");
+        };
+        for (tag, members) in &batch.tags {
             let tag_keys = self.names.tag_keys(tag);
-            put(&[
-                BulkString(b"ZADD"),
-                BulkString(&tag_keys),
-                BulkString(score_arg),
-                BulkString(key),
-            ]);
-            command.push(BulkString(tag));
-        }
-        if set.key_set {
+            let scores: Vec<Bytes> = members.iter().map(|(s, _)| score_text(*s)).collect();
+            let mut command = Vec::with_capacity(2 + 2 * members.len());
+            command.extend([BulkString(b"ZADD"), BulkString(&tag_keys)]);
+            for ((_, key), score) in members.iter().zip(&scores) {
+                command.extend([BulkString(score), BulkString(key)]);
+            }
             put(&command);
-            match expires {
-                Some(_) => put(&[
+        }
+        for (key, tags, score) in &batch.key_sets {
+            let key_tags = self.names.key_tags(key);
+            let mut command = Vec::with_capacity(2 + tags.len());
+            command.extend([BulkString(b"SADD"), BulkString(&key_tags)]);
+            command.extend(tags.iter().map(|t| BulkString(t)));
+            put(&command);
+            let score = score_text(*score);
+            match score.as_ref() {
+                b"+inf" => put(&[BulkString(b"PERSIST"), BulkString(&key_tags)]),
+                _ => put(&[
                     BulkString(b"PEXPIREAT"),
                     BulkString(&key_tags),
-                    BulkString(score_arg),
+                    BulkString(&score),
                 ]),
-                None => put(&[BulkString(b"PERSIST"), BulkString(&key_tags)]),
             }
         }
         put(&[BulkString(b"EXEC")]);
-        set.tags.len() + if set.key_set { 5 } else { 3 }
+        batch.frames()
     }
 
     /// Appends `SET key value [EX s | PX ms]` as the client sent it, with `EX add_ex_secs`
