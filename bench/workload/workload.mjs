@@ -30,6 +30,9 @@ const { values: opt } = parseArgs({
     zipf: { type: 'string', default: '1.0' },
     seed: { type: 'string', default: '7' },
     label: { type: 'string', default: '' },
+    // Seconds between progress lines on stderr (hit rate and DB queries of each interval,
+    // warm-up included), to see when a set-up reaches its steady state; 0: none.
+    'report-every': { type: 'string', default: '0' },
   },
 });
 const num = (name) => {
@@ -43,6 +46,7 @@ const RATE = num('rate');
 const CONCURRENCY = Math.max(1, Math.floor(num('concurrency')));
 const WRITE_RATIO = num('write-ratio');
 const ZIPF_S = num('zipf');
+const REPORT_EVERY = num('report-every');
 const base = new URL(opt.url);
 
 // ---- randomness ----------------------------------------------------------------------------
@@ -330,9 +334,24 @@ async function virtualUser(until) {
 
 const stats = () => request('GET', '/internal/stats');
 
+async function reportProgress(until) {
+  let last = await stats();
+  for (let t = REPORT_EVERY; performance.now() + REPORT_EVERY * 1000 <= until + 1; t += REPORT_EVERY) {
+    await sleep(REPORT_EVERY * 1000);
+    const now = await stats();
+    const h = now.cache.hits - last.cache.hits;
+    const m = now.cache.misses - last.cache.misses;
+    const hit = h + m === 0 ? '–' : `${((100 * h) / (h + m)).toFixed(1)}%`;
+    const q = ((now.dbQueries - last.dbQueries) / REPORT_EVERY).toFixed(1);
+    console.error(`[${opt.label || now.mode}] ${t}s: hit rate ${hit}, ${q} DB queries/s, ${m} misses`);
+    last = now;
+  }
+}
+
 const t0 = performance.now();
 const end = t0 + (WARMUP + DURATION) * 1000;
 const users = Array.from({ length: CONCURRENCY }, () => virtualUser(end));
+const progress = REPORT_EVERY > 0 ? reportProgress(end) : Promise.resolve();
 await sleep(WARMUP * 1000);
 const before = await stats();
 measuring = true;
@@ -341,7 +360,7 @@ await sleep(Math.max(0, end - performance.now()));
 measuring = false;
 const seconds = (performance.now() - measuredFrom) / 1000;
 const after = await stats();
-await Promise.all(users);
+await Promise.all([...users, progress]);
 agent.destroy();
 
 const pct = (xs, p) => {
@@ -350,6 +369,12 @@ const pct = (xs, p) => {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 };
 const hits = after.cache.hits - before.cache.hits;
+// Where the misses and recomputes come from: the app's counts per kind of entry, measured window only.
+const byKind = {};
+for (const [kind, a] of Object.entries(after.cache.byKind ?? {})) {
+  const b = before.cache.byKind?.[kind] ?? {};
+  byKind[kind] = Object.fromEntries(Object.entries(a).map(([k, v]) => [k, v - (b[k] ?? 0)]));
+}
 const misses = after.cache.misses - before.cache.misses;
 const round = (x, d = 2) => (x === null ? null : Math.round(x * 10 ** d) / 10 ** d);
 const result = {
@@ -369,6 +394,7 @@ const result = {
   warmed: after.cache.warmed - before.cache.warmed,
   warmSkipped: after.cache.warmSkipped - before.cache.warmSkipped,
   emitErrors: after.cache.emitErrors - before.cache.emitErrors,
+  byKind,
   readP50ms: round(pct(latency.read, 50)),
   readP99ms: round(pct(latency.read, 99)),
   writeP50ms: round(pct(latency.write, 50)),
