@@ -165,11 +165,12 @@ function staleRead(what) {
 }
 
 /** Checks a session list: every session in it at least as new as acknowledged, and the
- * newest acknowledged creation present (lists show the newest sessions first). */
+ * newest acknowledged creation present (lists show the newest sessions first). A list with
+ * several old entries is still one stale read. */
 function checkList(owner, data, start) {
   for (const s of data.sessions) {
     const want = ackedBefore(acked, `session:${s.id}`, start);
-    if (s.version < want) staleRead(`${owner} list has session ${s.id} v${s.version}, acknowledged v${want}`);
+    if (s.version < want) return staleRead(`${owner} list has session ${s.id} v${s.version}, acknowledged v${want}`);
   }
   const newest = ackedBefore(created, owner, start);
   const shown = data.sessions.length > 0 ? data.sessions[0].id : 0;
