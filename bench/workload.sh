@@ -15,6 +15,7 @@
 #
 # Environment (defaults in brackets):
 #   SETUPS="none ttl cachet-events cachet-warming"
+#   PREFILL=1                read every entity once before the warm-up (0: start cold)
 #   DURATION=60 WARMUP=15    seconds measured, seconds of warm-up before (not measured)
 #   RATE=500 CONCURRENCY=32  requests a second sent by CONCURRENCY virtual users
 #   WRITE_RATIO=0.02 ZIPF=1.0
@@ -29,6 +30,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 SETUPS=${SETUPS:-"none ttl cachet-events cachet-warming"}
+PREFILL=${PREFILL:-1}
 DURATION=${DURATION:-60}
 WARMUP=${WARMUP:-15}
 RATE=${RATE:-500}
@@ -126,8 +128,10 @@ for setup in $SETUPS; do
             start_redis "$setup"; start_cachet "$setup"; start_app "$setup" cachet "$cachet_port" ;;
         *) die "unknown set-up '$setup' (none, ttl, cachet-events, cachet-warming)" ;;
     esac
-    log "$setup: ${WARMUP}s warm-up, ${DURATION}s measured at $RATE req/s"
-    node "$root/bench/workload/workload.mjs" --url "http://127.0.0.1:$app_port" --label "$setup" \
+    prefill=()
+    [[ $PREFILL == 1 ]] && prefill=(--prefill)
+    log "$setup: prefill $PREFILL, ${WARMUP}s warm-up, ${DURATION}s measured at $RATE req/s"
+    node "$root/bench/workload/workload.mjs" --url "http://127.0.0.1:$app_port" --label "$setup" "${prefill[@]}" \
         --duration "$DURATION" --warmup "$WARMUP" --rate "$RATE" --concurrency "$CONCURRENCY" \
         --write-ratio "$WRITE_RATIO" --zipf "$ZIPF" --report-every "$REPORT_EVERY" >"$run_dir/$setup.json" \
         || die "the workload failed against $setup; see $run_dir/$setup-app.log"
@@ -143,7 +147,8 @@ const rows = setups.map((s) => JSON.parse(fs.readFileSync(`${dir}/${s}.json`, 'u
 const ttl = rows.find((r) => r.label === 'ttl');
 const f = (x, d = 1) => (x === null || x === undefined ? '–' : x.toFixed(d));
 const s = rows[0].settings;
-console.log(`Workload: ${s.rate} req/s by ${s.concurrency} users, ${s.writeRatio * 100}% writes, Zipf ${s.zipf}, ${s.warmup}s warm-up + ${s.duration}s measured.\n`);
+const filled = s.prefill ? `every entity read once first (${rows.map((r) => `${r.label} ${f(r.settings.prefillSeconds)}s`).join(', ')}), then ` : '';
+console.log(`Workload: ${s.rate} req/s by ${s.concurrency} users, ${s.writeRatio * 100}% writes, Zipf ${s.zipf}, ${filled}${s.warmup}s warm-up + ${s.duration}s measured.\n`);
 console.log('| set-up | req/s | hit rate | DB queries/s | DB queries per request | vs TTL only (per request) | read p50 / p99 ms | write p50 / p99 ms | stale reads | errors | warm recomputes |');
 console.log('|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
