@@ -16,7 +16,7 @@
 # Environment (defaults in brackets):
 #   SETUPS="none ttl cachet-events cachet-warming"
 #   PREFILL=1                read every entity once before the warm-up (0: start cold)
-#   DURATION=60 WARMUP=15    seconds measured, seconds of warm-up before (not measured)
+#   DURATION=180 WARMUP=60   seconds measured, seconds of warm-up before (not measured)
 #   RATE=500 CONCURRENCY=32  requests a second sent by CONCURRENCY virtual users
 #   WRITE_RATIO=0.02 ZIPF=1.0
 #   REPORT_EVERY=0           seconds between progress lines (each interval's hit rate) on stderr
@@ -31,8 +31,8 @@ root=$PWD
 
 SETUPS=${SETUPS:-"none ttl cachet-events cachet-warming"}
 PREFILL=${PREFILL:-1}
-DURATION=${DURATION:-60}
-WARMUP=${WARMUP:-15}
+DURATION=${DURATION:-180}
+WARMUP=${WARMUP:-60}
 RATE=${RATE:-500}
 CONCURRENCY=${CONCURRENCY:-32}
 WRITE_RATIO=${WRITE_RATIO:-0.02}

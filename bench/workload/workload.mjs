@@ -22,8 +22,8 @@ import { parseArgs } from 'node:util';
 const { values: opt } = parseArgs({
   options: {
     url: { type: 'string', default: 'http://127.0.0.1:3000' },
-    duration: { type: 'string', default: '60' },
-    warmup: { type: 'string', default: '15' },
+    duration: { type: 'string', default: '180' },
+    warmup: { type: 'string', default: '60' },
     rate: { type: 'string', default: '500' },
     concurrency: { type: 'string', default: '32' },
     'write-ratio': { type: 'string', default: '0.02' },
@@ -340,7 +340,8 @@ const stats = () => request('GET', '/internal/stats');
 
 async function reportProgress(until) {
   let last = await stats();
-  for (let t = REPORT_EVERY; performance.now() + REPORT_EVERY * 1000 <= until + 1; t += REPORT_EVERY) {
+  // Up to the last whole interval; half an interval of slack for the timers' lateness.
+  for (let t = REPORT_EVERY; performance.now() + REPORT_EVERY * 1000 <= until + REPORT_EVERY * 500; t += REPORT_EVERY) {
     await sleep(REPORT_EVERY * 1000);
     const now = await stats();
     const h = now.cache.hits - last.cache.hits;
