@@ -15,9 +15,11 @@
 #
 # Environment (defaults in brackets):
 #   SETUPS="none ttl cachet-events cachet-warming"
-#   DURATION=60 WARMUP=15    seconds measured, seconds of warm-up before (not measured)
+#   PREFILL=1                read every entity once before the warm-up (0: start cold)
+#   DURATION=180 WARMUP=60   seconds measured, seconds of warm-up before (not measured)
 #   RATE=500 CONCURRENCY=32  requests a second sent by CONCURRENCY virtual users
 #   WRITE_RATIO=0.02 ZIPF=1.0
+#   REPORT_EVERY=0           seconds between progress lines (each interval's hit rate) on stderr
 #   SEED_SCHOOLS=20 SEED_TEACHERS_PER_SCHOOL=20 SEED_STUDENTS_PER_SCHOOL=400
 #   SEED_SESSIONS_PER_TEACHER=5 SEED_STUDENTS_PER_ROSTER=25
 #
@@ -28,12 +30,14 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 SETUPS=${SETUPS:-"none ttl cachet-events cachet-warming"}
-DURATION=${DURATION:-60}
-WARMUP=${WARMUP:-15}
+PREFILL=${PREFILL:-1}
+DURATION=${DURATION:-180}
+WARMUP=${WARMUP:-60}
 RATE=${RATE:-500}
 CONCURRENCY=${CONCURRENCY:-32}
 WRITE_RATIO=${WRITE_RATIO:-0.02}
 ZIPF=${ZIPF:-1.0}
+REPORT_EVERY=${REPORT_EVERY:-0}
 export SEED_SCHOOLS=${SEED_SCHOOLS:-20} SEED_TEACHERS_PER_SCHOOL=${SEED_TEACHERS_PER_SCHOOL:-20}
 export SEED_STUDENTS_PER_SCHOOL=${SEED_STUDENTS_PER_SCHOOL:-400}
 export SEED_SESSIONS_PER_TEACHER=${SEED_SESSIONS_PER_TEACHER:-5}
@@ -124,10 +128,12 @@ for setup in $SETUPS; do
             start_redis "$setup"; start_cachet "$setup"; start_app "$setup" cachet "$cachet_port" ;;
         *) die "unknown set-up '$setup' (none, ttl, cachet-events, cachet-warming)" ;;
     esac
-    log "$setup: ${WARMUP}s warm-up, ${DURATION}s measured at $RATE req/s"
-    node "$root/bench/workload/workload.mjs" --url "http://127.0.0.1:$app_port" --label "$setup" \
+    prefill=()
+    [[ $PREFILL == 1 ]] && prefill=(--prefill)
+    log "$setup: prefill $PREFILL, ${WARMUP}s warm-up, ${DURATION}s measured at $RATE req/s"
+    node "$root/bench/workload/workload.mjs" --url "http://127.0.0.1:$app_port" --label "$setup" "${prefill[@]}" \
         --duration "$DURATION" --warmup "$WARMUP" --rate "$RATE" --concurrency "$CONCURRENCY" \
-        --write-ratio "$WRITE_RATIO" --zipf "$ZIPF" >"$run_dir/$setup.json" \
+        --write-ratio "$WRITE_RATIO" --zipf "$ZIPF" --report-every "$REPORT_EVERY" >"$run_dir/$setup.json" \
         || die "the workload failed against $setup; see $run_dir/$setup-app.log"
     curl -sf "http://127.0.0.1:$app_port/internal/stats" >"$run_dir/$setup-stats.json" || true
     stop_all
@@ -141,13 +147,33 @@ const rows = setups.map((s) => JSON.parse(fs.readFileSync(`${dir}/${s}.json`, 'u
 const ttl = rows.find((r) => r.label === 'ttl');
 const f = (x, d = 1) => (x === null || x === undefined ? '–' : x.toFixed(d));
 const s = rows[0].settings;
-console.log(`Workload: ${s.rate} req/s by ${s.concurrency} users, ${s.writeRatio * 100}% writes, Zipf ${s.zipf}, ${s.warmup}s warm-up + ${s.duration}s measured.\n`);
+const filled = s.prefill ? `every entity read once first (${rows.map((r) => `${r.label} ${f(r.settings.prefillSeconds)}s`).join(', ')}), then ` : '';
+console.log(`Workload: ${s.rate} req/s by ${s.concurrency} users, ${s.writeRatio * 100}% writes, Zipf ${s.zipf}, ${filled}${s.warmup}s warm-up + ${s.duration}s measured.\n`);
 console.log('| set-up | req/s | hit rate | DB queries/s | DB queries per request | vs TTL only (per request) | read p50 / p99 ms | write p50 / p99 ms | stale reads | errors | warm recomputes |');
 console.log('|---|---|---|---|---|---|---|---|---|---|---|');
 for (const r of rows) {
   const vs = ttl && ttl.dbQueriesPerRequest > 0 ? `${f(r.dbQueriesPerRequest / ttl.dbQueriesPerRequest, 2)}x` : '–';
   const hit = r.hitRate === null ? '–' : `${f(r.hitRate * 100)}%`;
   console.log(`| ${r.label} | ${f(r.requestsPerSec)} | ${hit} | ${f(r.dbQueriesPerSec)} | ${f(r.dbQueriesPerRequest, 3)} | ${vs} | ${f(r.readP50ms, 2)} / ${f(r.readP99ms, 2)} | ${f(r.writeP50ms, 2)} / ${f(r.writeP99ms, 2)} | ${r.staleReads} of ${r.reads} | ${r.errors} | ${r.warmed} |`);
+}
+// Where the misses come from: per kind of entry, misses a second (and the kind's hit rate),
+// then warm recomputes a second. Reading a miss of each kind costs the database a fixed
+// number of statements (examples/classwaves/src/db.ts): lists 3, roster 2, the others 1.
+const kinds = ['sessions:teacher', 'session', 'roster', 'user', 'sessions:school', 'school'];
+const cached = rows.filter((r) => r.byKind && Object.keys(r.byKind).length > 0);
+if (cached.length > 0) {
+  console.log('\nMisses a second by kind of entry (hit rate), then warm recomputes a second:\n');
+  console.log(`| set-up | ${kinds.join(' | ')} | warmed |`);
+  console.log(`|---|${kinds.map(() => '---|').join('')}---|`);
+  for (const r of cached) {
+    const cells = kinds.map((k) => {
+      const c = r.byKind[k] ?? { hits: 0, misses: 0 };
+      const n = c.hits + c.misses;
+      return `${f(c.misses / r.seconds, 2)} (${n === 0 ? '–' : `${f((100 * c.hits) / n)}%`})`;
+    });
+    const warmed = kinds.map((k) => `${k} ${f((r.byKind[k]?.warmed ?? 0) / r.seconds, 2)}`).filter((x) => !x.endsWith(' 0.00'));
+    console.log(`| ${r.label} | ${cells.join(' | ')} | ${warmed.join(', ') || '–'} |`);
+  }
 }
 JS
 mkdir -p "$root/bench/results"

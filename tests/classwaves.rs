@@ -341,6 +341,45 @@ async fn classwaves_app_reads_through_cachet_writes_emit_and_warms() {
     let (_, list) = get("/api/v1/teachers/1/sessions").await;
     assert_eq!(list["cache"], "hit", "the warmed list is served: {list}");
 
+    // Every other kind of entry the sessions policy invalidates has its warm endpoint, which
+    // recomputes the key through cachet.
+    let warms = [
+        (
+            "/internal/warm/school/1/sessions".to_string(),
+            "sessions:school:1".to_string(),
+            "sessions:school",
+        ),
+        (
+            format!("/internal/warm/session/{session}"),
+            format!("session:{session}"),
+            "session",
+        ),
+        (
+            format!("/internal/warm/school/1/sessions/{session}/roster"),
+            format!("roster:1:{session}"),
+            "roster",
+        ),
+        (
+            "/internal/warm/user/1".to_string(),
+            "user:1:profile".to_string(),
+            "user",
+        ),
+        (
+            "/internal/warm/school/1".to_string(),
+            "school:1".to_string(),
+            "school",
+        ),
+    ];
+    for (path, key, kind) in warms {
+        let _: i64 = via_cachet.del(&key).await.unwrap();
+        let (status, _) = call(&http, reqwest::Method::POST, format!("{base}{path}"), None).await;
+        assert_eq!(status, 204, "{path}: {}", log());
+        let present: i64 = direct.exists(&key).await.unwrap();
+        assert_eq!(present, 1, "{path} recomputes {key}: {}", log());
+        let s = stats().await;
+        assert_eq!(s["cache"]["byKind"][kind]["warmed"], 1, "{path}: {s}");
+    }
+
     // Bad input: a clear 4xx, and the app keeps serving.
     let (status, body) = get("/api/v1/sessions/abc").await;
     assert_eq!(

@@ -53,19 +53,42 @@ fn tag(name: &str) -> Value {
     json!({ "invalidate-tag": name })
 }
 
-fn warm(warmer: &str, param: &str, value: &str, key: &str) -> Value {
-    json!({ "warm": { "warmer": warmer, "params": [[param, value]], "key": key } })
+fn warm(warmer: &str, params: &[(&str, &str)], key: &str) -> Value {
+    json!({ "warm": { "warmer": warmer, "params": params, "key": key } })
 }
 
 fn warm_teacher_sessions(teacher: &str) -> Value {
     let key = format!("sessions:teacher:{teacher}");
-    warm("teacher-sessions", "teacherId", teacher, &key)
+    warm("teacher-sessions", &[("teacherId", teacher)], &key)
+}
+
+fn warm_school_sessions(school: &str) -> Value {
+    let key = format!("sessions:school:{school}");
+    warm("school-sessions", &[("schoolId", school)], &key)
+}
+
+fn warm_roster(school: &str, session: &str) -> Value {
+    let key = format!("roster:{school}:{session}");
+    warm(
+        "roster",
+        &[("schoolId", school), ("sessionId", session)],
+        &key,
+    )
 }
 
 /// The events the original CacheEventBus sent, and the actions they must become, in order.
 fn cases() -> Vec<(Vec<&'static str>, Vec<Value>)> {
     let session = ["sessionId", "42", "teacherId", "123", "schoolId", "7"];
     let with = |event: &'static str| [&[event][..], &session[..]].concat();
+    let changed = vec![
+        tag("session:42"),
+        tag("teacher:123"),
+        tag("school-sessions:7"),
+        warm("session-detail", &[("sessionId", "42")], "session:42"),
+        warm_teacher_sessions("123"),
+        warm_school_sessions("7"),
+        warm_roster("7", "42"),
+    ];
     vec![
         (
             with("session.created"),
@@ -73,45 +96,52 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<Value>)> {
                 tag("teacher:123"),
                 tag("school-sessions:7"),
                 warm_teacher_sessions("123"),
+                warm_school_sessions("7"),
             ],
         ),
+        (with("session.updated"), changed.clone()),
+        (with("session.ended"), changed),
         (
-            with("session.updated"),
+            vec!["user.updated", "userId", "9"],
             vec![
-                tag("session:42"),
-                tag("teacher:123"),
-                tag("school-sessions:7"),
-                warm("session-detail", "sessionId", "42", "session:42"),
-                warm_teacher_sessions("123"),
+                tag("user:9"),
+                warm("user-profile", &[("userId", "9")], "user:9:profile"),
             ],
         ),
-        (
-            with("session.ended"),
-            vec![
-                tag("session:42"),
-                tag("teacher:123"),
-                tag("school-sessions:7"),
-                warm_teacher_sessions("123"),
-            ],
-        ),
-        (vec!["user.updated", "userId", "9"], vec![tag("user:9")]),
         (
             vec!["roster.changed", "schoolId", "7", "sessionId", "42"],
-            vec![tag("roster:7:42")],
+            vec![tag("roster:7:42"), warm_roster("7", "42")],
         ),
         (
             vec!["school.updated", "schoolId", "7"],
-            vec![tag("school:7"), tag("school-sessions:7")],
+            vec![
+                tag("school:7"),
+                tag("school-sessions:7"),
+                warm("school", &[("schoolId", "7")], "school:7"),
+                warm_school_sessions("7"),
+            ],
         ),
-        // schoolId is optional for session events: its tag is skipped.
+        // schoolId is optional for session events: its tag and warms are skipped.
         (
             vec!["session.created", "teacherId", "5", "sessionId", "1"],
             vec![tag("teacher:5"), warm_teacher_sessions("5")],
         ),
+        (
+            vec!["session.ended", "teacherId", "5", "sessionId", "1"],
+            vec![
+                tag("session:1"),
+                tag("teacher:5"),
+                warm("session-detail", &[("sessionId", "1")], "session:1"),
+                warm_teacher_sessions("5"),
+            ],
+        ),
         // A field sent twice counts by its first occurrence.
         (
             vec!["user.updated", "userId", "ü1", "userId", "2"],
-            vec![tag("user:ü1")],
+            vec![
+                tag("user:ü1"),
+                warm("user-profile", &[("userId", "ü1")], "user:ü1:profile"),
+            ],
         ),
         (vec!["nobody.listens", "userId", "9"], vec![]),
     ]

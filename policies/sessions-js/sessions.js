@@ -19,6 +19,9 @@ export function onEvent(event) {
         actions.push(invalidate(["school-sessions:", school]));
       }
       actions.push(warmTeacherSessions(teacher));
+      if (school !== null) {
+        actions.push(warmSchoolSessions(school));
+      }
       break;
     }
     case "session.updated":
@@ -31,27 +34,33 @@ export function onEvent(event) {
       if (school !== null) {
         actions.push(invalidate(["school-sessions:", school]));
       }
-      if (event.name === "session.updated") {
-        actions.push(warm("session-detail", "sessionId", session, ["session:", session]));
-      }
+      actions.push(warm("session-detail", [["sessionId", session]], ["session:", session]));
       actions.push(warmTeacherSessions(teacher));
+      if (school !== null) {
+        actions.push(warmSchoolSessions(school));
+        actions.push(warmRoster(school, session));
+      }
       break;
     }
     case "user.updated": {
       const user = fields.required("userId");
       actions.push(invalidate(["user:", user]));
+      actions.push(warm("user-profile", [["userId", user]], ["user:", user, ":profile"]));
       break;
     }
     case "roster.changed": {
       const school = fields.required("schoolId");
       const session = fields.required("sessionId");
       actions.push(invalidate(["roster:", school, ":", session]));
+      actions.push(warmRoster(school, session));
       break;
     }
     case "school.updated": {
       const school = fields.required("schoolId");
       actions.push(invalidate(["school:", school]));
       actions.push(invalidate(["school-sessions:", school]));
+      actions.push(warm("school", [["schoolId", school]], ["school:", school]));
+      actions.push(warmSchoolSessions(school));
       break;
     }
     default:
@@ -138,14 +147,33 @@ function invalidate(pieces) {
   return { tag: "invalidate-tag", val: name(pieces) };
 }
 
-// A warm request for `warmer` with one parameter, about the key the pieces name.
-function warm(warmer, param, field, key) {
+// A warm request for `warmer` with these [name, field] parameters, about the key the pieces name.
+function warm(warmer, params, key) {
   return {
     tag: "warm",
-    val: { warmer, params: [{ name: param, value: field.value }], key: name(key) },
+    val: {
+      warmer,
+      params: params.map(([param, field]) => ({ name: param, value: field.value })),
+      key: name(key),
+    },
   };
 }
 
 function warmTeacherSessions(teacher) {
-  return warm("teacher-sessions", "teacherId", teacher, ["sessions:teacher:", teacher]);
+  return warm("teacher-sessions", [["teacherId", teacher]], ["sessions:teacher:", teacher]);
+}
+
+function warmSchoolSessions(school) {
+  return warm("school-sessions", [["schoolId", school]], ["sessions:school:", school]);
+}
+
+function warmRoster(school, session) {
+  return warm(
+    "roster",
+    [
+      ["schoolId", school],
+      ["sessionId", session],
+    ],
+    ["roster:", school, ":", session],
+  );
 }

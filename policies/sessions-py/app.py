@@ -5,7 +5,7 @@ The same events, fields, errors and actions, in the same order, as the Rust poli
 `wit_world` is the binding componentize-py generates from ../../wit at build time.
 """
 
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 from componentize_py_types import Err
 from wit_world import WitWorld
@@ -38,6 +38,8 @@ class WitWorld(WitWorld):
             if school is not None:
                 actions.append(invalidate(["school-sessions:", school]))
             actions.append(warm_teacher_sessions(teacher))
+            if school is not None:
+                actions.append(warm_school_sessions(school))
         elif event.name in ("session.updated", "session.ended"):
             session = fields.required("sessionId")
             teacher = fields.required("teacherId")
@@ -46,22 +48,30 @@ class WitWorld(WitWorld):
             actions.append(invalidate(["teacher:", teacher]))
             if school is not None:
                 actions.append(invalidate(["school-sessions:", school]))
-            if event.name == "session.updated":
-                actions.append(
-                    warm("session-detail", "sessionId", session, ["session:", session])
-                )
+            actions.append(
+                warm("session-detail", [("sessionId", session)], ["session:", session])
+            )
             actions.append(warm_teacher_sessions(teacher))
+            if school is not None:
+                actions.append(warm_school_sessions(school))
+                actions.append(warm_roster(school, session))
         elif event.name == "user.updated":
             user = fields.required("userId")
             actions.append(invalidate(["user:", user]))
+            actions.append(
+                warm("user-profile", [("userId", user)], ["user:", user, ":profile"])
+            )
         elif event.name == "roster.changed":
             school = fields.required("schoolId")
             session = fields.required("sessionId")
             actions.append(invalidate(["roster:", school, ":", session]))
+            actions.append(warm_roster(school, session))
         elif event.name == "school.updated":
             school = fields.required("schoolId")
             actions.append(invalidate(["school:", school]))
             actions.append(invalidate(["school-sessions:", school]))
+            actions.append(warm("school", [("schoolId", school)], ["school:", school]))
+            actions.append(warm_school_sessions(school))
         return actions
 
 
@@ -103,10 +113,26 @@ def invalidate(pieces: List[Piece]) -> Action:
     return Action_InvalidateTag(name(pieces))
 
 
-def warm(warmer: str, param: str, field: Field, key: List[Piece]) -> Action:
-    """A warm request for `warmer` with one parameter, about the key the pieces name."""
-    return Action_Warm(WarmRequest(warmer, [Param(param, field.value)], name(key)))
+def warm(warmer: str, params: List[Tuple[str, Field]], key: List[Piece]) -> Action:
+    """A warm request for `warmer` with these parameters, about the key the pieces name."""
+    return Action_Warm(
+        WarmRequest(warmer, [Param(p, field.value) for p, field in params], name(key))
+    )
 
 
 def warm_teacher_sessions(teacher: Field) -> Action:
-    return warm("teacher-sessions", "teacherId", teacher, ["sessions:teacher:", teacher])
+    return warm(
+        "teacher-sessions", [("teacherId", teacher)], ["sessions:teacher:", teacher]
+    )
+
+
+def warm_school_sessions(school: Field) -> Action:
+    return warm("school-sessions", [("schoolId", school)], ["sessions:school:", school])
+
+
+def warm_roster(school: Field, session: Field) -> Action:
+    return warm(
+        "roster",
+        [("schoolId", school), ("sessionId", session)],
+        ["roster:", school, ":", session],
+    )

@@ -69,44 +69,52 @@ export function buildApp(db: Db, cache: Cache): express.Express {
   app.use(express.json({ limit: '16kb' }));
   const api = express.Router();
 
+  // What each key holds, computed from SQLite: shared by the cache-aside reads and the warm
+  // endpoints, so a warmed entry is exactly what a miss would have stored.
+  const load = {
+    teacherSessions: (teacherId: number) =>
+      db.user(teacherId)?.role === 'teacher' ? { teacherId, ...db.teacherSessions(teacherId) } : undefined,
+    schoolSessions: (schoolId: number) => (db.school(schoolId) ? { schoolId, ...db.schoolSessions(schoolId) } : undefined),
+    session: (sessionId: number) => db.session(sessionId),
+    roster: (schoolId: number, sessionId: number) => db.roster(schoolId, sessionId),
+    userProfile: (userId: number) => db.user(userId),
+    school: (schoolId: number) => db.school(schoolId),
+  };
+
   // ---- reads: cache-aside ----------------------------------------------------------------
 
   api.get('/teachers/:teacherId/sessions', route(async (req, res) => {
     const teacherId = id(req, 'teacherId');
-    const found = await cache.getOrLoad(keys.teacherSessions(teacherId), 'session-list', () =>
-      db.user(teacherId)?.role === 'teacher' ? { teacherId, ...db.teacherSessions(teacherId) } : undefined,
-    );
+    const found = await cache.getOrLoad(keys.teacherSessions(teacherId), 'session-list', () => load.teacherSessions(teacherId));
     send(res, found, `teacher ${teacherId}`);
   }));
 
   api.get('/schools/:schoolId/sessions', route(async (req, res) => {
     const schoolId = id(req, 'schoolId');
-    const found = await cache.getOrLoad(keys.schoolSessions(schoolId), 'session-list', () =>
-      db.school(schoolId) ? { schoolId, ...db.schoolSessions(schoolId) } : undefined,
-    );
+    const found = await cache.getOrLoad(keys.schoolSessions(schoolId), 'session-list', () => load.schoolSessions(schoolId));
     send(res, found, `school ${schoolId}`);
   }));
 
   api.get('/sessions/:sessionId', route(async (req, res) => {
     const sessionId = id(req, 'sessionId');
-    send(res, await cache.getOrLoad(keys.session(sessionId), 'session-detail', () => db.session(sessionId)), `session ${sessionId}`);
+    send(res, await cache.getOrLoad(keys.session(sessionId), 'session-detail', () => load.session(sessionId)), `session ${sessionId}`);
   }));
 
   api.get('/schools/:schoolId/sessions/:sessionId/roster', route(async (req, res) => {
     const schoolId = id(req, 'schoolId');
     const sessionId = id(req, 'sessionId');
-    const found = await cache.getOrLoad(keys.roster(schoolId, sessionId), 'roster-data', () => db.roster(schoolId, sessionId));
+    const found = await cache.getOrLoad(keys.roster(schoolId, sessionId), 'roster-data', () => load.roster(schoolId, sessionId));
     send(res, found, `session ${sessionId} in school ${schoolId}`);
   }));
 
   api.get('/users/:userId/profile', route(async (req, res) => {
     const userId = id(req, 'userId');
-    send(res, await cache.getOrLoad(keys.userProfile(userId), 'user-profile', () => db.user(userId)), `user ${userId}`);
+    send(res, await cache.getOrLoad(keys.userProfile(userId), 'user-profile', () => load.userProfile(userId)), `user ${userId}`);
   }));
 
   api.get('/schools/:schoolId', route(async (req, res) => {
     const schoolId = id(req, 'schoolId');
-    send(res, await cache.getOrLoad(keys.school(schoolId), 'school-data', () => db.school(schoolId)), `school ${schoolId}`);
+    send(res, await cache.getOrLoad(keys.school(schoolId), 'school-data', () => load.school(schoolId)), `school ${schoolId}`);
   }));
 
   // ---- writes: commit, then one event ------------------------------------------------------
@@ -171,24 +179,44 @@ export function buildApp(db: Db, cache: Cache): express.Express {
 
   // ---- for cachet and the workload ---------------------------------------------------------
 
-  // cachet's warmers call these after an invalidation (GET or POST); the original
-  // CacheWarmer's setTimeout(() => warmTeacherSessions(id), 100) is now cachet's delay_ms.
-  const warmTeacher = route(async (req, res) => {
-    const teacherId = id(req, 'teacherId');
-    await cache.warm(keys.teacherSessions(teacherId), 'session-list', () =>
-      db.user(teacherId)?.role === 'teacher' ? { teacherId, ...db.teacherSessions(teacherId) } : undefined,
-    );
-    res.status(204).end();
-  });
-  const warmSession = route(async (req, res) => {
-    const sessionId = id(req, 'sessionId');
-    await cache.warm(keys.session(sessionId), 'session-detail', () => db.session(sessionId));
-    res.status(204).end();
-  });
-  app.get('/internal/warm/teacher/:teacherId', warmTeacher);
-  app.post('/internal/warm/teacher/:teacherId', warmTeacher);
-  app.get('/internal/warm/session/:sessionId', warmSession);
-  app.post('/internal/warm/session/:sessionId', warmSession);
+  // cachet's warmers call these after an invalidation (GET or POST), one per kind of entry
+  // the sessions policy invalidates; the original CacheWarmer's
+  // setTimeout(() => warmTeacherSessions(id), 100) is now cachet's delay_ms.
+  const warmers: [string, (req: Request) => Promise<boolean>][] = [
+    ['/internal/warm/teacher/:teacherId', (req) => {
+      const teacherId = id(req, 'teacherId');
+      return cache.warm(keys.teacherSessions(teacherId), 'session-list', () => load.teacherSessions(teacherId));
+    }],
+    ['/internal/warm/session/:sessionId', (req) => {
+      const sessionId = id(req, 'sessionId');
+      return cache.warm(keys.session(sessionId), 'session-detail', () => load.session(sessionId));
+    }],
+    ['/internal/warm/school/:schoolId/sessions', (req) => {
+      const schoolId = id(req, 'schoolId');
+      return cache.warm(keys.schoolSessions(schoolId), 'session-list', () => load.schoolSessions(schoolId));
+    }],
+    ['/internal/warm/school/:schoolId/sessions/:sessionId/roster', (req) => {
+      const schoolId = id(req, 'schoolId');
+      const sessionId = id(req, 'sessionId');
+      return cache.warm(keys.roster(schoolId, sessionId), 'roster-data', () => load.roster(schoolId, sessionId));
+    }],
+    ['/internal/warm/user/:userId', (req) => {
+      const userId = id(req, 'userId');
+      return cache.warm(keys.userProfile(userId), 'user-profile', () => load.userProfile(userId));
+    }],
+    ['/internal/warm/school/:schoolId', (req) => {
+      const schoolId = id(req, 'schoolId');
+      return cache.warm(keys.school(schoolId), 'school-data', () => load.school(schoolId));
+    }],
+  ];
+  for (const [path, warm] of warmers) {
+    const handler = route(async (req, res) => {
+      await warm(req);
+      res.status(204).end();
+    });
+    app.get(path, handler);
+    app.post(path, handler);
+  }
 
   app.get('/internal/stats', (_req, res) => {
     res.json({ mode: cache.mode, dbQueries: db.queries, cache: cache.stats });

@@ -15,6 +15,21 @@ export interface CacheStats {
   warmSkipped: number;
   emits: number;
   emitErrors: number;
+  /** The same counts per kind of entry (`kindOf`), to see where misses and recomputes come from. */
+  byKind: Record<string, KindStats>;
+}
+
+export interface KindStats {
+  hits: number;
+  misses: number;
+  warmed: number;
+  warmSkipped: number;
+}
+
+/** A key's kind: its first segment, and the second for lists (`sessions:teacher`). */
+export function kindOf(key: string): string {
+  const parts = key.split(':');
+  return parts[0] === 'sessions' ? `${parts[0]}:${parts[1]}` : parts[0];
 }
 
 export type Lookup<T> = { value: T; cache: 'hit' | 'miss' | 'off' };
@@ -59,11 +74,17 @@ class Pool {
 }
 
 export class Cache {
-  readonly stats: CacheStats = { hits: 0, misses: 0, errors: 0, warmed: 0, warmSkipped: 0, emits: 0, emitErrors: 0 };
+  readonly stats: CacheStats = { hits: 0, misses: 0, errors: 0, warmed: 0, warmSkipped: 0, emits: 0, emitErrors: 0, byKind: {} };
   private readonly pool: Pool | undefined;
 
   constructor(readonly mode: CacheMode, config: Config) {
     this.pool = mode === 'none' ? undefined : new Pool(config);
+  }
+
+  private count(key: string, what: keyof KindStats): void {
+    this.stats[what]++;
+    const kind = (this.stats.byKind[kindOf(key)] ??= { hits: 0, misses: 0, warmed: 0, warmSkipped: 0 });
+    kind[what]++;
   }
 
   /**
@@ -80,10 +101,10 @@ export class Cache {
       return await this.pool.with(async (redis) => {
         const cached = await redis.get(key);
         if (cached !== null) {
-          this.stats.hits++;
+          this.count(key, 'hits');
           return { value: JSON.parse(cached) as T, cache: 'hit' as const };
         }
-        this.stats.misses++;
+        this.count(key, 'misses');
         const value = load();
         if (value === undefined) return undefined;
         await this.set(redis, key, ttl, value);
@@ -106,13 +127,13 @@ export class Cache {
     if (!this.pool) return false;
     return this.pool.with(async (redis) => {
       if ((await redis.get(key)) !== null) {
-        this.stats.warmSkipped++;
+        this.count(key, 'warmSkipped');
         return false;
       }
       const value = load();
       if (value === undefined) return false;
       await this.set(redis, key, ttl, value);
-      this.stats.warmed++;
+      this.count(key, 'warmed');
       return true;
     });
   }

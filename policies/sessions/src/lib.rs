@@ -3,12 +3,18 @@
 //!
 //! | event | required fields | actions, in order |
 //! |---|---|---|
-//! | `session.created` | sessionId, teacherId (schoolId optional) | invalidate `teacher:{teacherId}`, `school-sessions:{schoolId}`; warm `teacher-sessions` |
-//! | `session.updated` | sessionId, teacherId (schoolId optional) | invalidate `session:{sessionId}`, `teacher:{teacherId}`, `school-sessions:{schoolId}`; warm `session-detail`, `teacher-sessions` |
-//! | `session.ended` | sessionId, teacherId (schoolId optional) | invalidate as `session.updated`; warm `teacher-sessions` |
-//! | `user.updated` | userId | invalidate `user:{userId}` |
-//! | `roster.changed` | schoolId, sessionId | invalidate `roster:{schoolId}:{sessionId}` |
-//! | `school.updated` | schoolId | invalidate `school:{schoolId}`, `school-sessions:{schoolId}` |
+//! | `session.created` | sessionId, teacherId (schoolId optional) | invalidate `teacher:{teacherId}`, `school-sessions:{schoolId}`; warm `teacher-sessions`, `school-sessions` |
+//! | `session.updated` | sessionId, teacherId (schoolId optional) | invalidate `session:{sessionId}`, `teacher:{teacherId}`, `school-sessions:{schoolId}`; warm `session-detail`, `teacher-sessions`, `school-sessions`, `roster` |
+//! | `session.ended` | sessionId, teacherId (schoolId optional) | as `session.updated` |
+//! | `user.updated` | userId | invalidate `user:{userId}`; warm `user-profile` |
+//! | `roster.changed` | schoolId, sessionId | invalidate `roster:{schoolId}:{sessionId}`; warm `roster` |
+//! | `school.updated` | schoolId | invalidate `school:{schoolId}`, `school-sessions:{schoolId}`; warm `school`, `school-sessions` |
+//!
+//! Every entry an event invalidates and the event names is warmed (the `school-sessions` and
+//! `roster` warms need schoolId), so that readers find it recomputed instead of paying for the
+//! recomputation; the warmers' `min_reads` in cachet's config keeps cold entries from being
+//! recomputed. `session:{sessionId}` also tags the session's roster, hence its warm. The rosters
+//! `school:{schoolId}` drops are not warmed: the event does not name them.
 //!
 //! A field named twice counts by its first occurrence. A missing required field is an error
 //! (`session.created needs field teacherId`); an event this policy does not know gives no
@@ -24,7 +30,7 @@ struct Sessions;
 impl Guest for Sessions {
     fn on_event(event: Event) -> Result<Vec<Action>, String> {
         let fields = Fields(&event);
-        let mut actions = Vec::with_capacity(5);
+        let mut actions = Vec::with_capacity(7);
         match event.name.as_str() {
             "session.created" => {
                 fields.required("sessionId")?;
@@ -35,6 +41,9 @@ impl Guest for Sessions {
                     actions.push(invalidate(&[Lit("school-sessions:"), Val(school)]));
                 }
                 actions.push(warm_teacher_sessions(teacher));
+                if let Some(school) = school {
+                    actions.push(warm_school_sessions(school));
+                }
             }
             "session.updated" | "session.ended" => {
                 let session = fields.required("sessionId")?;
@@ -45,19 +54,25 @@ impl Guest for Sessions {
                 if let Some(school) = school {
                     actions.push(invalidate(&[Lit("school-sessions:"), Val(school)]));
                 }
-                if event.name == "session.updated" {
-                    actions.push(warm(
-                        "session-detail",
-                        "sessionId",
-                        session,
-                        &[Lit("session:"), Val(session)],
-                    ));
-                }
+                actions.push(warm(
+                    "session-detail",
+                    &[("sessionId", session)],
+                    &[Lit("session:"), Val(session)],
+                ));
                 actions.push(warm_teacher_sessions(teacher));
+                if let Some(school) = school {
+                    actions.push(warm_school_sessions(school));
+                    actions.push(warm_roster(school, session));
+                }
             }
             "user.updated" => {
                 let user = fields.required("userId")?;
                 actions.push(invalidate(&[Lit("user:"), Val(user)]));
+                actions.push(warm(
+                    "user-profile",
+                    &[("userId", user)],
+                    &[Lit("user:"), Val(user), Lit(":profile")],
+                ));
             }
             "roster.changed" => {
                 let school = fields.required("schoolId")?;
@@ -68,11 +83,18 @@ impl Guest for Sessions {
                     Lit(":"),
                     Val(session),
                 ]));
+                actions.push(warm_roster(school, session));
             }
             "school.updated" => {
                 let school = fields.required("schoolId")?;
                 actions.push(invalidate(&[Lit("school:"), Val(school)]));
                 actions.push(invalidate(&[Lit("school-sessions:"), Val(school)]));
+                actions.push(warm(
+                    "school",
+                    &[("schoolId", school)],
+                    &[Lit("school:"), Val(school)],
+                ));
+                actions.push(warm_school_sessions(school));
             }
             _ => {}
         }
@@ -136,14 +158,17 @@ fn invalidate(pieces: &[Piece]) -> Action {
     Action::InvalidateTag(name(pieces))
 }
 
-/// A warm request for `warmer` with one parameter, about the key the pieces name.
-fn warm(warmer: &str, param: &str, value: &Field, key: &[Piece]) -> Action {
+/// A warm request for `warmer` with these parameters, about the key the pieces name.
+fn warm(warmer: &str, params: &[(&str, &Field)], key: &[Piece]) -> Action {
     Action::Warm(WarmRequest {
         warmer: warmer.to_string(),
-        params: vec![Param {
-            name: param.to_string(),
-            value: value.value.clone(),
-        }],
+        params: params
+            .iter()
+            .map(|(name, field)| Param {
+                name: name.to_string(),
+                value: field.value.clone(),
+            })
+            .collect(),
         key: Some(name(key)),
     })
 }
@@ -151,8 +176,23 @@ fn warm(warmer: &str, param: &str, value: &Field, key: &[Piece]) -> Action {
 fn warm_teacher_sessions(teacher: &Field) -> Action {
     warm(
         "teacher-sessions",
-        "teacherId",
-        teacher,
+        &[("teacherId", teacher)],
         &[Lit("sessions:teacher:"), Val(teacher)],
+    )
+}
+
+fn warm_school_sessions(school: &Field) -> Action {
+    warm(
+        "school-sessions",
+        &[("schoolId", school)],
+        &[Lit("sessions:school:"), Val(school)],
+    )
+}
+
+fn warm_roster(school: &Field, session: &Field) -> Action {
+    warm(
+        "roster",
+        &[("schoolId", school), ("sessionId", session)],
+        &[Lit("roster:"), Val(school), Lit(":"), Val(session)],
     )
 }
