@@ -124,16 +124,6 @@
 //! EXEC
 //! ```
 //!
-//! The tagged SETs of one client read share one transaction ([`FastBatch`]): `MULTI`, the
-//! SETs in order, one `ZADD` per tag with every key of the batch under it, the per-key
-//! sets, `EXEC`.
-//!
-//! The per-key set is what lets a drain of one of `K`'s tags take `K` out of its other
-//! tags' sets. With one indexed tag there is no other set to leave (the rule's other tags
-//! name `K`, and invalidating those passes `K`'s indexed tags along), so the block is only
-//! MULTI, SET, ZADD, EXEC. Tags a key got beyond its rule's (TAG) are in its per-key set
-//! from `cachet_tag`; when that set expires before the key, re-checks restore it.
-//!
 //! (only the SET when every rule tag names `K`: [`TagIndex::encode_set`]),
 //! and forwards only the SET's reply (from EXEC's array; if Redis refused the SET while
 //! queueing it, out of memory say, that refusal, as Redis worded it). `S` is cachet's clock
@@ -144,6 +134,16 @@
 //! member of a 100 000-member set costs several µs). Scores only decide when a member is
 //! re-checked, never whether a live key stays, so an estimate is safe either way; an expired
 //! member waits at most one step longer for its re-check.
+//!
+//! The tagged SETs of one client read share one transaction ([`FastBatch`]): `MULTI`, the
+//! SETs in order, one `ZADD` per tag with every key of the batch under it, the per-key
+//! sets, `EXEC`.
+//!
+//! The per-key set is what lets a drain of one of `K`'s tags take `K` out of its other
+//! tags' sets. With one indexed tag there is no other set to leave (the rule's other tags
+//! name `K`, and invalidating those passes `K`'s indexed tags along), so the block is only
+//! MULTI, SET, ZADD, EXEC. Tags a key got beyond its rule's (TAG) are in its per-key set
+//! from `cachet_tag`; when that set expires before the key, re-checks restore it.
 //! What this keeps, guarantee by guarantee:
 //!
 //! * No unreachable entries: EXEC runs the block atomically, like a function; an invalidation
@@ -208,6 +208,8 @@ use fred::clients::Client;
 use fred::cmd;
 use fred::interfaces::{ClientLike, FunctionInterface};
 use fred::types::{Key, Value};
+use redis_protocol::resp2::encode::extend_encode_borrowed;
+use redis_protocol::resp2::types::BorrowedFrame::{self, Array, BulkString};
 
 use crate::resp::Protocol;
 use crate::tags::Rules;
@@ -632,22 +634,12 @@ impl TagIndex {
     /// `ZADD` per tag with all the batch's keys under it, each per-key set's `SADD` and
     /// `PEXPIREAT` (or `PERSIST`), `EXEC`. Returns how many reply frames Redis sends for it.
     pub fn encode_fast_batch(&self, batch: &FastBatch, out: &mut BytesMut) -> usize {
-        use redis_protocol::resp2::encode::extend_encode_borrowed;
-        use redis_protocol::resp2::types::BorrowedFrame::{self, Array, BulkString};
-        let mut put = |args: &[BorrowedFrame<'_>]| {
-            extend_encode_borrowed(out, &Array(args), false)
-                .expect("a multibulk of bulk strings always encodes");
-        };
         let score_text = |score: Option<u64>| match score {
             Some(ms) => number(ms),
             None => Bytes::from_static(b"+inf"),
         };
-        put(&[BulkString(b"MULTI")]);
+        put_command(out, &[BulkString(b"MULTI")]);
         out.extend_from_slice(&batch.sets);
-        let mut put = |args: &[BorrowedFrame<'_>]| {
-            extend_encode_borrowed(out, &Array(args), false)
-                .expect("a multibulk of bulk strings always encodes");
-        };
         for (tag, members) in &batch.tags {
             let tag_keys = self.names.tag_keys(tag);
             let scores: Vec<Bytes> = members.iter().map(|(s, _)| score_text(*s)).collect();
@@ -656,25 +648,30 @@ impl TagIndex {
             for ((_, key), score) in members.iter().zip(&scores) {
                 command.extend([BulkString(score), BulkString(key)]);
             }
-            put(&command);
+            put_command(out, &command);
         }
         for (key, tags, score) in &batch.key_sets {
             let key_tags = self.names.key_tags(key);
             let mut command = Vec::with_capacity(2 + tags.len());
             command.extend([BulkString(b"SADD"), BulkString(&key_tags)]);
             command.extend(tags.iter().map(|t| BulkString(t)));
-            put(&command);
-            let score = score_text(*score);
-            match score.as_ref() {
-                b"+inf" => put(&[BulkString(b"PERSIST"), BulkString(&key_tags)]),
-                _ => put(&[
-                    BulkString(b"PEXPIREAT"),
-                    BulkString(&key_tags),
-                    BulkString(&score),
-                ]),
+            put_command(out, &command);
+            match score {
+                Some(_) => {
+                    let at = score_text(*score);
+                    put_command(
+                        out,
+                        &[
+                            BulkString(b"PEXPIREAT"),
+                            BulkString(&key_tags),
+                            BulkString(&at),
+                        ],
+                    );
+                }
+                None => put_command(out, &[BulkString(b"PERSIST"), BulkString(&key_tags)]),
             }
         }
-        put(&[BulkString(b"EXEC")]);
+        put_command(out, &[BulkString(b"EXEC")]);
         batch.frames()
     }
 
@@ -683,16 +680,13 @@ impl TagIndex {
     /// of its key names the key ([`crate::tags::Match::named`]), since those tags have no
     /// index entry to write. Redis answers with one frame, the SET's own.
     pub fn encode_set(command: &[Bytes], add_ex_secs: u64, out: &mut BytesMut) {
-        use redis_protocol::resp2::encode::extend_encode_borrowed;
-        use redis_protocol::resp2::types::BorrowedFrame::{self, Array, BulkString};
         let mut ex = Digits::default();
         let mut args: Vec<BorrowedFrame<'_>> = Vec::with_capacity(command.len() + 2);
         args.extend(command.iter().map(|a| BulkString(a)));
         if add_ex_secs > 0 {
             args.extend([BulkString(b"EX"), BulkString(ex.of(add_ex_secs))]);
         }
-        extend_encode_borrowed(out, &Array(&args), false)
-            .expect("a multibulk of bulk strings always encodes");
+        put_command(out, &args);
     }
 
     /// `FCALL cachet_trim` for tag sets that gained members through [`FastSet`]s: each
@@ -770,15 +764,11 @@ impl TagIndex {
         ];
         // The keys the tag names, each with its rule's indexed tags: a fast write may have
         // left it without a per-key set to find those by.
-        for key in self.keys_named_by(tag) {
-            let indexed: Vec<Bytes> = self
-                .rules
-                .as_ref()
-                .and_then(|rules| rules.match_key(&key))
-                .map(|found| found.indexed_tags().cloned().collect())
-                .unwrap_or_default();
+        let named = self.rules.as_ref().map(|rules| rules.named_matches(tag));
+        for (key, found) in named.into_iter().flatten() {
+            let indexed: Vec<&Bytes> = found.indexed_tags().collect();
             args.push(Value::Bytes(number(indexed.len() as u64)));
-            args.extend(indexed.into_iter().map(Value::Bytes));
+            args.extend(indexed.into_iter().cloned().map(Value::Bytes));
             keys.push(Key::from(key));
         }
         let reply: Value = client.fcall("cachet_invalidate", keys, args).await?;
@@ -1034,6 +1024,12 @@ pub fn parse_epochs(frame: &[u8]) -> Option<Vec<u64>> {
         }
     }
     rest.is_empty().then_some(epochs)
+}
+
+/// Appends one command (a multibulk of bulk strings), RESP-encoded.
+fn put_command(out: &mut BytesMut, args: &[BorrowedFrame<'_>]) {
+    extend_encode_borrowed(out, &Array(args), false)
+        .expect("a multibulk of bulk strings always encodes");
 }
 
 /// A number's decimal digits, written without allocating.

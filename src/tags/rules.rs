@@ -254,7 +254,16 @@ impl Rules {
     /// tag is in the list (a template's captures each end at `:` or the end, so a tag reads
     /// back one way only). A handful of byte comparisons per rule; no Redis.
     pub fn keys_named_by(&self, tag: &[u8]) -> Vec<Bytes> {
-        let mut keys: Vec<Bytes> = Vec::new();
+        self.named_matches(tag)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// [`Rules::keys_named_by`], each key with its match (its tags, the indexed ones among
+    /// them), so callers need not match the key again.
+    pub fn named_matches(&self, tag: &[u8]) -> Vec<(Bytes, Match<'_>)> {
+        let mut keys: Vec<(Bytes, Match<'_>)> = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let Some(parts) = rule.key.as_ref().filter(|_| rule.named != 0) else {
                 continue;
@@ -274,11 +283,13 @@ impl Rules {
                     }
                 }
                 let key = key.freeze();
-                let confirmed = self
+                let found = self
                     .match_key(&key)
-                    .is_some_and(|m| m.rule == i && m.tags.get(j).is_some_and(|t| t == tag));
-                if confirmed && !keys.contains(&key) {
-                    keys.push(key);
+                    .filter(|m| m.rule == i && m.tags.get(j).is_some_and(|t| t == tag));
+                if let Some(found) = found
+                    && !keys.iter().any(|(k, _)| *k == key)
+                {
+                    keys.push((key, found));
                 }
             }
         }
