@@ -412,3 +412,118 @@ async fn classwaves_app_reads_through_cachet_writes_emit_and_warms() {
     drop(app);
     proxy.shutdown().await.expect("clean shutdown");
 }
+
+/// Rosters show their students' names: renaming a student must refresh every cached roster
+/// listing them (the app names those sessions in `user.updated`, the sessions policy drops
+/// them), and renaming a teacher drops none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_student_refreshes_the_rosters_listing_them() {
+    assert!(npm_available(), "npm and node not found");
+    let app_dir = build_app();
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/out/sessions.wasm");
+    assert!(
+        module.exists(),
+        "{} is missing: run policies/build.sh",
+        module.display()
+    );
+    let policy: cachet::policy::PolicyConfig = toml::from_str(&format!(
+        "name = \"sessions\"\nmodule = {:?}\nevents = [\"user.updated\"]\n",
+        module.display().to_string()
+    ))
+    .expect("policy config");
+    let redis = RedisServer::start();
+    let proxy = Proxy::start_with(&redis.url(), move |config| {
+        let example =
+            cachet::Config::from_file(Path::new("examples/cachet.toml")).expect("example config");
+        config.ttl = example.ttl;
+        config.rules = example.rules;
+        config.policies = vec![policy];
+    })
+    .await;
+    let mut app = App::start(&app_dir, proxy.addr.port());
+    let http = reqwest::Client::new();
+    app.wait_ready(&http).await;
+    let base = app.base.clone();
+    let get = |path: String| call(&http, reqwest::Method::GET, format!("{base}{path}"), None);
+
+    // Every roster of school 1, read twice so that the second read is a cache hit.
+    let (_, catalog) = get("/internal/catalog".into()).await;
+    let sessions: Vec<u64> = catalog["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter(|s| s[2] == 1)
+        .map(|s| s[0].as_u64().expect("id"))
+        .collect();
+    let roster = |session: u64| get(format!("/api/v1/schools/1/sessions/{session}/roster"));
+    let mut listing = std::collections::BTreeMap::new();
+    for &session in &sessions {
+        let (status, body) = roster(session).await;
+        assert_eq!(status, 200, "{body}\n{}", app.log());
+        for student in body["data"]["students"].as_array().expect("students") {
+            listing
+                .entry(student["id"].as_u64().expect("id"))
+                .or_insert_with(Vec::new)
+                .push(session);
+        }
+        let (_, again) = roster(session).await;
+        assert_eq!(again["cache"], "hit", "{again}");
+    }
+    // A student on more than one roster, and a roster without them.
+    let (&student, on) = listing
+        .iter()
+        .max_by_key(|(_, on)| on.len())
+        .expect("a student on a roster");
+    assert!(on.len() >= 2, "seeded rosters overlap: {listing:?}");
+    let off = sessions
+        .iter()
+        .copied()
+        .find(|s| !on.contains(s))
+        .expect("a roster without the student");
+
+    let (status, renamed) = call(
+        &http,
+        reqwest::Method::PATCH,
+        format!("{base}/api/v1/users/{student}"),
+        Some(serde_json::json!({"name": "Ada Renamed"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{renamed}\n{}", app.log());
+    for &session in on {
+        let (_, body) = roster(session).await;
+        let shown = body["data"]["students"]
+            .as_array()
+            .expect("students")
+            .iter()
+            .find(|s| s["id"] == student)
+            .map(|s| s["name"].clone());
+        assert_eq!(
+            (body["cache"].as_str(), shown),
+            (Some("miss"), Some(Json::from("Ada Renamed"))),
+            "roster of session {session} after renaming student {student}: {body}\n{}",
+            app.log()
+        );
+    }
+    let (_, body) = roster(off).await;
+    assert_eq!(
+        body["cache"], "hit",
+        "a roster without the student stays: {body}"
+    );
+
+    // A teacher's rename names no roster.
+    let teacher = catalog["teachers"][0][0].as_u64().expect("teacher id");
+    let (status, _) = call(
+        &http,
+        reqwest::Method::PATCH,
+        format!("{base}/api/v1/users/{teacher}"),
+        Some(serde_json::json!({"name": "Teacher Renamed"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", app.log());
+    for &session in &sessions {
+        let (_, body) = roster(session).await;
+        assert_eq!(body["cache"], "hit", "session {session}: {body}");
+    }
+    drop(app);
+    proxy.shutdown().await.expect("clean shutdown");
+}

@@ -108,6 +108,28 @@ fn cases() -> Vec<(Vec<&'static str>, Vec<Value>)> {
                 warm("user-profile", &[("userId", "9")], "user:9:profile"),
             ],
         ),
+        // A student's rename names the sessions whose rosters list them.
+        (
+            vec![
+                "user.updated",
+                "userId",
+                "9",
+                "rosterSession",
+                "42",
+                "schoolId",
+                "7",
+                "rosterSession",
+                "43",
+            ],
+            vec![
+                tag("user:9"),
+                tag("roster:7:42"),
+                tag("roster:7:43"),
+                warm("user-profile", &[("userId", "9")], "user:9:profile"),
+                warm_roster("7", "42"),
+                warm_roster("7", "43"),
+            ],
+        ),
         (
             vec!["roster.changed", "schoolId", "7", "sessionId", "42"],
             vec![tag("roster:7:42"), warm_roster("7", "42")],
@@ -205,6 +227,10 @@ fn a_missing_field_is_the_same_error_in_every_language() {
             (
                 &["roster.changed", "sessionId", "42"][..],
                 "roster.changed needs field schoolId",
+            ),
+            (
+                &["user.updated", "userId", "9", "rosterSession", "42"][..],
+                "user.updated needs field schoolId",
             ),
         ] {
             let (passed, report) = check(&module, event);

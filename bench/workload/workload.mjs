@@ -13,8 +13,9 @@
 // Measured after a warm-up, from the app's /internal/stats and the client's own clocks:
 // hit rate, database queries a second, p50/p99 latency, and stale reads. A read is stale when
 // it started after the client had received the acknowledgement of a write and returned data
-// older than that write: a version lower than the acknowledged one, or a session list missing
-// a session whose creation was acknowledged. Prints one JSON object on stdout.
+// older than that write: a version lower than the acknowledged one, a session list missing
+// a session whose creation was acknowledged, or a roster showing a student under a name older
+// than an acknowledged rename. Prints one JSON object on stdout.
 
 import http from 'node:http';
 import { parseArgs } from 'node:util';
@@ -180,6 +181,23 @@ function checkList(owner, data, start) {
   if (newest > shown) staleRead(`${owner} list newest is session ${shown}, creation of ${newest} acknowledged`);
 }
 
+/** The name each acknowledged rename gave its user, with the version it committed as (every
+ * rename's name is unique, so a name tells the version a roster shows). */
+const renamedTo = new Map();
+
+/** Checks that a roster shows every student under a name at least as new as acknowledged:
+ * rosters embed their students' names, so a rename must reach them too. */
+function checkRosterNames(sessionId, students, start) {
+  for (const { id, name } of students) {
+    const want = ackedBefore(acked, `user:${id}`, start);
+    if (want === 0) continue;
+    // Not a name this run acknowledged: the seed's (version 1), or a rename committed but not
+    // yet acknowledged (newer than anything acknowledged).
+    const shown = renamedTo.get(name) ?? (name.startsWith('Renamed ') ? Infinity : 1);
+    if (shown < want) return staleRead(`roster:${sessionId} shows user ${id} as '${name}' (v${shown}), acknowledged v${want}`);
+  }
+}
+
 function checkVersion(entity, version, start) {
   const want = ackedBefore(acked, entity, start);
   if (version < want) staleRead(`${entity} v${version}, acknowledged v${want}`);
@@ -223,6 +241,7 @@ const reads = {
     const { school } = sessionInfo.get(sessionId);
     const { data } = await request('GET', `/api/v1/schools/${school}/sessions/${sessionId}/roster`);
     checkVersion(`roster:${sessionId}`, data.version, start);
+    checkRosterNames(sessionId, data.students, start);
   },
   profile: async (userId) => {
     const start = ++tick;
@@ -284,6 +303,7 @@ const WRITE_MIX = [
   [12, async () => {
     const id = pick.user.next();
     const { data } = await request('PATCH', `/api/v1/users/${id}`, { name: `Renamed ${++writeCount}` });
+    renamedTo.set(data.name, data.version);
     ack(acked, `user:${id}`, data.version);
     return () => reads.profile(id);
   }],

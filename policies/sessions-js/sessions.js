@@ -44,8 +44,16 @@ export function onEvent(event) {
     }
     case "user.updated": {
       const user = fields.required("userId");
+      const rosters = fields.all("rosterSession");
+      const school = rosters.length > 0 ? fields.required("schoolId") : null;
       actions.push(invalidate(["user:", user]));
+      for (const session of rosters) {
+        actions.push(invalidate(["roster:", school, ":", session]));
+      }
       actions.push(warm("user-profile", [["userId", user]], ["user:", user, ":profile"]));
+      for (const session of rosters) {
+        actions.push(warmRoster(school, session));
+      }
       break;
     }
     case "roster.changed": {
@@ -69,10 +77,15 @@ export function onEvent(event) {
   return actions;
 }
 
-// An event's fields, looked up by name; a name sent twice counts by its first occurrence.
+// An event's fields, looked up by name; a name sent twice counts by its first occurrence
+// (`all` gives every one).
 class Fields {
   constructor(event) {
     this.event = event;
+  }
+
+  all(name) {
+    return this.event.fields.filter((field) => field.name === name);
   }
 
   optional(name) {

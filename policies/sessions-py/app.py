@@ -57,10 +57,16 @@ class WitWorld(WitWorld):
                 actions.append(warm_roster(school, session))
         elif event.name == "user.updated":
             user = fields.required("userId")
+            rosters = fields.all("rosterSession")
+            school = fields.required("schoolId") if rosters else None
             actions.append(invalidate(["user:", user]))
+            for session in rosters:
+                actions.append(invalidate(["roster:", school, ":", session]))
             actions.append(
                 warm("user-profile", [("userId", user)], ["user:", user, ":profile"])
             )
+            for session in rosters:
+                actions.append(warm_roster(school, session))
         elif event.name == "roster.changed":
             school = fields.required("schoolId")
             session = fields.required("sessionId")
@@ -76,10 +82,14 @@ class WitWorld(WitWorld):
 
 
 class Fields:
-    """An event's fields, looked up by name; a name sent twice counts by its first occurrence."""
+    """An event's fields, looked up by name; a name sent twice counts by its first occurrence
+    (`all` gives every one)."""
 
     def __init__(self, event: Event):
         self.event = event
+
+    def all(self, name: str) -> List[Field]:
+        return [field for field in self.event.fields if field.name == name]
 
     def optional(self, name: str) -> Optional[Field]:
         return next((field for field in self.event.fields if field.name == name), None)

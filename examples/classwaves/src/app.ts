@@ -154,7 +154,10 @@ export function buildApp(db: Db, cache: Cache): express.Express {
     const userId = id(req, 'userId');
     const user = db.updateUser(userId, optionalString(req.body ?? {}, 'name'), optionalString(req.body ?? {}, 'email'));
     if (!user) throw new HttpError(404, `user ${userId} not found`);
-    await cache.emit('user.updated', { userId });
+    // Rosters show their students' names: a student's rename changes every roster listing
+    // them, which the event names (one rosterSession field each) for the policy to drop.
+    const rosterSession = user.role === 'student' ? db.rostersListing(userId) : [];
+    await cache.emit('user.updated', { userId, schoolId: user.schoolId, rosterSession });
     res.json({ success: true, data: user });
   }));
 

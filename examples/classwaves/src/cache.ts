@@ -147,11 +147,15 @@ export class Cache {
   /**
    * Sends a domain event to cachet after the write committed (`cachet` mode only). cachet's
    * policies turn it into invalidations and warm requests before it replies. A failure is
-   * logged, not thrown: the data is committed, and cachet keeps the event for replay.
+   * logged, not thrown: the data is committed, and cachet keeps the event for replay. A
+   * list becomes one field per element, in order (EMIT fields may repeat).
    */
-  async emit(event: string, fields: Record<string, number | string>): Promise<void> {
+  async emit(event: string, fields: Record<string, number | string | (number | string)[]>): Promise<void> {
     if (this.mode !== 'cachet' || !this.pool) return;
-    const args = [event, ...Object.entries(fields).flatMap(([k, v]) => [k, String(v)])];
+    const args = [
+      event,
+      ...Object.entries(fields).flatMap(([k, v]) => (Array.isArray(v) ? v : [v]).flatMap((one) => [k, String(one)])),
+    ];
     try {
       await this.pool.with((redis) => redis.call('EMIT', ...args));
       this.stats.emits++;

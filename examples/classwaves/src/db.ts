@@ -85,6 +85,7 @@ export class Db {
       schoolCount: s.prepare(`SELECT count(*) AS n FROM sessions WHERE school_id = ?`),
       rosterHead: s.prepare(`SELECT roster_version AS version FROM sessions WHERE id = ? AND school_id = ?`),
       rosterStudents: s.prepare(`SELECT u.id, u.name FROM roster_entries r JOIN users u ON u.id = r.student_id WHERE r.session_id = ? ORDER BY u.id`),
+      studentRosters: s.prepare(`SELECT session_id AS sessionId FROM roster_entries WHERE student_id = ? ORDER BY session_id`),
       insertSession: s.prepare(`INSERT INTO sessions (teacher_id, school_id, title, status, created_at, updated_at) VALUES (?, ?, ?, 'created', ?, ?)`),
       updateSession: s.prepare(`UPDATE sessions SET title = coalesce(?, title), status = coalesce(?, status), version = version + 1, updated_at = ? WHERE id = ?`),
       updateUser: s.prepare(`UPDATE users SET name = coalesce(?, name), email = coalesce(?, email), version = version + 1, updated_at = ? WHERE id = ?`),
@@ -162,6 +163,12 @@ export class Db {
       if (this.stmt.updateUser.run(name, email, now(), id).changes === 0) return undefined;
       return this.user(id);
     })();
+  }
+
+  /** The sessions whose rosters list a student (rosters show their students' names). */
+  rostersListing(studentId: number): number[] {
+    this.count();
+    return (this.stmt.studentRosters.all(studentId) as { sessionId: number }[]).map((r) => r.sessionId);
   }
 
   updateSchool(id: number, name: string | null, district: string | null): School | undefined {

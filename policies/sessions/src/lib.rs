@@ -6,7 +6,7 @@
 //! | `session.created` | sessionId, teacherId (schoolId optional) | invalidate `teacher:{teacherId}`, `school-sessions:{schoolId}`; warm `teacher-sessions`, `school-sessions` |
 //! | `session.updated` | sessionId, teacherId (schoolId optional) | invalidate `session:{sessionId}`, `teacher:{teacherId}`, `school-sessions:{schoolId}`; warm `session-detail`, `teacher-sessions`, `school-sessions`, `roster` |
 //! | `session.ended` | sessionId, teacherId (schoolId optional) | as `session.updated` |
-//! | `user.updated` | userId | invalidate `user:{userId}`; warm `user-profile` |
+//! | `user.updated` | userId (schoolId and rosterSession, repeated, optional) | invalidate `user:{userId}`, then `roster:{schoolId}:{rosterSession}` for each rosterSession; warm `user-profile`, then `roster` for each rosterSession |
 //! | `roster.changed` | schoolId, sessionId | invalidate `roster:{schoolId}:{sessionId}`; warm `roster` |
 //! | `school.updated` | schoolId | invalidate `school:{schoolId}`, `school-sessions:{schoolId}`; warm `school`, `school-sessions` |
 //!
@@ -16,7 +16,10 @@
 //! recomputed. `session:{sessionId}` also tags the session's roster, hence its warm. The rosters
 //! `school:{schoolId}` drops are not warmed: the event does not name them.
 //!
-//! A field named twice counts by its first occurrence. A missing required field is an error
+//! A roster shows its students' names, so a student's rename names every session whose roster
+//! lists them, one `rosterSession` field each (schoolId is then required).
+//!
+//! A field named twice counts by its first occurrence, except `rosterSession`. A missing required field is an error
 //! (`session.created needs field teacherId`); an event this policy does not know gives no
 //! actions. The JavaScript (`../sessions-js`) and Python (`../sessions-py`) policies give the
 //! same actions in the same order for every event: keep the three in step.
@@ -67,12 +70,34 @@ impl Guest for Sessions {
             }
             "user.updated" => {
                 let user = fields.required("userId")?;
+                let rosters: Vec<&Field> = fields.all("rosterSession").collect();
+                // Each (schoolId, rosterSession) pair; schoolId is required only with rosters.
+                let school = match rosters.is_empty() {
+                    true => None,
+                    false => Some(fields.required("schoolId")?),
+                };
+                let pairs = || {
+                    school
+                        .into_iter()
+                        .flat_map(|s| rosters.iter().map(move |r| (s, *r)))
+                };
                 actions.push(invalidate(&[Lit("user:"), Val(user)]));
+                for (school, session) in pairs() {
+                    actions.push(invalidate(&[
+                        Lit("roster:"),
+                        Val(school),
+                        Lit(":"),
+                        Val(session),
+                    ]));
+                }
                 actions.push(warm(
                     "user-profile",
                     &[("userId", user)],
                     &[Lit("user:"), Val(user), Lit(":profile")],
                 ));
+                for (school, session) in pairs() {
+                    actions.push(warm_roster(school, session));
+                }
             }
             "roster.changed" => {
                 let school = fields.required("schoolId")?;
@@ -110,6 +135,11 @@ struct Fields<'a>(&'a Event);
 impl<'a> Fields<'a> {
     fn optional(&self, name: &str) -> Option<&'a Field> {
         self.0.fields.iter().find(|field| field.name == name)
+    }
+
+    /// Every field with this name, in the order sent.
+    fn all(&self, name: &'a str) -> impl Iterator<Item = &'a Field> + 'a {
+        self.0.fields.iter().filter(move |field| field.name == name)
     }
 
     fn required(&self, name: &str) -> Result<&'a Field, String> {
