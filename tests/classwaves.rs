@@ -242,7 +242,6 @@ async fn classwaves_app_reads_through_cachet_writes_emit_and_warms() {
         [
             "roster".to_owned(),
             format!("roster:1:{session}"),
-            "school:1".into(),
             format!("session:{session}")
         ],
         "{roster}"

@@ -13,8 +13,7 @@
 //! Every entry an event invalidates and the event names is warmed (the `school-sessions` and
 //! `roster` warms need schoolId), so that readers find it recomputed instead of paying for the
 //! recomputation; the warmers' `min_reads` in cachet's config keeps cold entries from being
-//! recomputed. `session:{sessionId}` also tags the session's roster, hence its warm. The rosters
-//! `school:{schoolId}` drops are not warmed: the event does not name them.
+//! recomputed. `session:{sessionId}` also tags the session's roster, hence its warm.
 //!
 //! A roster shows its students' names, so a student's rename names every session whose roster
 //! lists them, one `rosterSession` field each (schoolId is then required).
