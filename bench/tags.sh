@@ -29,8 +29,9 @@
 # with the CPU time (utime+stime, /proc/PID/stat fields 14+15) of that variant's
 # redis-server and cachet read around it, exactly as bench/run.sh does. Reported: median
 # ops/s, p50/p99, CPU µs per request of cachet and Redis, and the cost ratios tagged/plain.
-# INFO commandstats of every variant's Redis over all rounds (CONFIG RESETSTAT before round
-# 1) gives calls per request and Redis's own µs per call of each command.
+# INFO commandstats of every variant's Redis around each invocation (CONFIG RESETSTAT before),
+# summed per variant and pipeline depth, gives calls per request and Redis's own µs per call
+# of each command.
 # Rule TTL is RULE_TTL (default 3600 s) so that no key expires during the run.
 #
 # Then the `all-items` tag of the shared variant (KEYSPACE keys, two tags each) is
@@ -437,10 +438,6 @@ if [[ $SKIP_SET != 1 ]]; then
         [[ $n == "$KEYSPACE" ]] || die "after writing through cachet ($v): $n keys key:*, expected $KEYSPACE"
     done
 
-    # Redis's own account of what the rounds ran: calls and time per command.
-    for v in "${variants[@]}"; do
-        rcli "${rport[$v]}" CONFIG RESETSTAT >/dev/null
-    done
     for ((round = 1; round <= ROUNDS; round++)); do
         for v in "${variants[@]}"; do
             for d in "${pipelines[@]}"; do
@@ -450,6 +447,8 @@ if [[ $SKIP_SET != 1 ]]; then
                 base="$run_dir/r${round}_${v}_P$d"
                 log "round $round/$ROUNDS  $v  -P $d  -n $n"
                 rc=0
+                # Redis's own account of what this invocation ran: calls and time per command.
+                rcli "${rport[$v]}" CONFIG RESETSTAT >/dev/null
                 r0=$(cpu_ticks "${rpid[$v]}"); c0=$(cpu_ticks "${cpid[$v]}"); w0=$EPOCHREALTIME
                 test=(-t set -d "$DATASIZE")
                 [[ $v == plain-ex ]] && test=(SET key:__rand_int__ "$(printf "%${DATASIZE}s" | tr ' ' x)" EX "$RULE_TTL")
@@ -457,6 +456,7 @@ if [[ $SKIP_SET != 1 ]]; then
                     -c "$CLIENTS" -P "$d" -r "$KEYSPACE" -n "$n" "${test[@]}" \
                     >"$base.csv" 2>"$base.err" || rc=$?
                 w1=$EPOCHREALTIME; r1=$(cpu_ticks "${rpid[$v]}"); c1=$(cpu_ticks "${cpid[$v]}")
+                rcli "${rport[$v]}" INFO commandstats | tr -d '\r' >"$base.commandstats.txt"
                 errs=$(grep -v -e '^WARNING: Could not fetch server CONFIG' -e '^[[:space:]]*$' "$base.err" | head -3 || true)
                 [[ $rc == 0 ]] || problems+=("$what: redis-benchmark exited $rc${errs:+: $errs}")
                 [[ $rc != 0 || -z $errs ]] || problems+=("$what: stderr: $errs")
@@ -481,7 +481,6 @@ if [[ $SKIP_SET != 1 ]]; then
     done
 
     for v in "${variants[@]}"; do
-        rcli "${rport[$v]}" INFO commandstats | tr -d '\r' >"$run_dir/commandstats-$v.txt"
         dbsize_after[$v]=$(rcli "${rport[$v]}" DBSIZE)
         n=$(count_keys "${rport[$v]}" 'key:*')
         [[ $n == "$KEYSPACE" ]] || problems+=("$v: $n data keys after part 1, expected $KEYSPACE")
@@ -644,25 +643,33 @@ report() {
             done
         fi
         echo
-        echo "### Where Redis spends its time (INFO commandstats over all rounds)"
+        echo "### Where Redis spends its time (INFO commandstats, by variant and pipeline depth)"
         echo
-        echo "Per variant, every command Redis ran during the rounds (CONFIG RESETSTAT before round 1):" \
-             "calls per benchmark request and Redis's own µs per call (commandstats' usec / calls;" \
+        echo "Per variant and depth, every command Redis ran during that depth's rounds (CONFIG RESETSTAT" \
+             "before each invocation): calls per benchmark request and Redis's own µs per call (commandstats' usec / calls;" \
              "wall time inside Redis, so a busy host inflates it). Commands inside MULTI are counted" \
              "on their own and again inside EXEC's time; commands a function runs are counted on their" \
              "own and again inside FCALL's. Includes the background sweeper's calls in the window."
         echo
-        echo "| variant | command | calls per request | µs per call | µs per request |"
-        echo "|---|---|---:|---:|---:|"
+        echo "| variant | pipeline | command | calls per request | µs per call | µs per request |"
+        echo "|---|---:|---|---:|---:|---:|"
         for v in "${variants[@]}"; do
-            [[ -s $run_dir/commandstats-$v.txt ]] || continue
-            reqs=$(awk -F, -v v="$v" '$2 == v { s += $4 } END { print s + 0 }' "$cpu")
-            ((reqs > 0)) || continue
-            awk -F'[:=,]' -v v="$v" -v n="$reqs" '/^cmdstat_/ {
-                    sub(/^cmdstat_/, "", $1)
-                    if ($1 ~ /^config/ || $3 / n < 0.001) next
-                    printf "| %s | %s | %.3f | %.2f | %.2f |\n", v, $1, $3 / n, $7, $5 / n
-                }' "$run_dir/commandstats-$v.txt"
+            for d in "${pipelines[@]}"; do
+                files=("$run_dir"/r*_"${v}"_P"$d".commandstats.txt)
+                [[ -s ${files[0]} ]] || continue
+                reqs=$(awk -F, -v v="$v" -v d="$d" '$2 == v && $3 == d { s += $4 } END { print s + 0 }' "$cpu")
+                ((reqs > 0)) || continue
+                awk -F'[:=,]' -v v="$v" -v d="$d" -v n="$reqs" '/^cmdstat_/ {
+                        sub(/^cmdstat_/, "", $1)
+                        calls[$1] += $3; usec[$1] += $5
+                    } END {
+                        for (c in calls) {
+                            if (c ~ /^(config|info)$/ || calls[c] / n < 0.001) continue
+                            printf "| %s | %s | %s | %.3f | %.2f | %.2f |\n", v, d, c, calls[c] / n,
+                                   usec[c] / calls[c], usec[c] / n
+                        }
+                    }' "${files[@]}" | sort -t'|' -k4,4
+            done
         done
         echo
         echo "### First write of all $KEYSPACE keys (redis-cli --pipe through cachet, before round 1)"
