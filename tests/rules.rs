@@ -99,7 +99,7 @@ fn classwaves_keys_get_the_original_tags_and_ttls() {
         &rules,
         "roster:s9:abc",
         "roster",
-        &["roster:s9:abc", "school:s9", "session:abc", "roster"],
+        &["roster:s9:abc", "session:abc", "roster"],
         1800,
     );
     expect(&rules, "school:s9", "school", &["school:s9"], 3600);
