@@ -155,8 +155,9 @@ export function buildApp(db: Db, cache: Cache): express.Express {
     const user = db.updateUser(userId, optionalString(req.body ?? {}, 'name'), optionalString(req.body ?? {}, 'email'));
     if (!user) throw new HttpError(404, `user ${userId} not found`);
     // Rosters show their students' names: a student's rename changes every roster listing
-    // them, which the event names (one rosterSession field each) for the policy to drop.
-    const rosterSession = user.role === 'student' ? db.rostersListing(userId) : [];
+    // them, which the event names (one rosterSession field each) for the policy to drop. Only
+    // cachet gets events, so only then is the lookup worth a query.
+    const rosterSession = user.role === 'student' && cache.mode === 'cachet' ? db.rostersListing(userId) : [];
     await cache.emit('user.updated', { userId, schoolId: user.schoolId, rosterSession });
     res.json({ success: true, data: user });
   }));
