@@ -35,7 +35,7 @@ pub struct Metrics {
     /// When this process started counting (the health endpoint's `uptime`).
     pub started: Instant,
     /// Writes that went through the tag index, by the rule that matched their (first) key.
-    pub tagged_writes: IntCounterVec,
+    pub tagged_writes: RuleCounters,
     /// Tags invalidated by TAGINVALIDATE.
     pub invalidations: IntCounter,
     /// Keys deleted by those invalidations.
@@ -140,11 +140,14 @@ impl Metrics {
         );
         Metrics {
             started: Instant::now(),
-            tagged_writes: counter_vec(
-                r,
-                "cachet_tagged_writes_total",
-                "Writes recorded in the tag index, by rule",
-                "rule",
+            tagged_writes: RuleCounters::new(
+                &counter_vec(
+                    r,
+                    "cachet_tagged_writes_total",
+                    "Writes recorded in the tag index, by rule",
+                    "rule",
+                ),
+                &names,
             ),
             invalidations: counter(
                 r,
@@ -315,24 +318,26 @@ impl Totals {
     }
 }
 
-/// Hit or miss counters, one per rule (index 0 is [`NO_RULE`]), resolved once so counting
-/// is an atomic add.
+/// Counters by rule (hits, misses, tagged writes), one per rule in `[[rules]]` order after
+/// index 0, [`NO_RULE`]; resolved once so counting is an atomic add.
 pub struct RuleCounters {
-    names: Vec<String>,
     counters: Vec<IntCounter>,
 }
 
 impl RuleCounters {
     fn new(vec: &IntCounterVec, names: &[&str]) -> Self {
         RuleCounters {
-            names: names.iter().map(|n| n.to_string()).collect(),
             counters: names.iter().map(|n| vec.with_label_values(&[n])).collect(),
         }
     }
 
-    /// The index of rule `name` (0, `none`, if unknown).
-    pub fn index(&self, name: &str) -> u16 {
-        self.names.iter().position(|n| n == name).unwrap_or(0) as u16
+    /// The index of the rule at `position` in `[[rules]]` (the metrics were made with the
+    /// rules in file order; 0, `none`, if out of range).
+    pub fn of_rule(&self, position: usize) -> u16 {
+        match position + 1 < self.counters.len() {
+            true => (position + 1) as u16,
+            false => 0,
+        }
     }
 
     pub fn inc(&self, rule: u16, by: u64) {
@@ -461,8 +466,8 @@ mod tests {
     #[test]
     fn rule_counters_fall_back_to_none() {
         let metrics = Metrics::with_rules(["session-list", "roster"].into_iter());
-        assert_eq!(metrics.hits.index("roster"), 2);
-        assert_eq!(metrics.hits.index("missing"), 0);
+        assert_eq!(metrics.hits.of_rule(1), 2);
+        assert_eq!(metrics.hits.of_rule(2), 0);
         metrics.hits.inc(2, 3);
         metrics.misses.inc(0, 1);
         assert_eq!((metrics.hits.total(), metrics.misses.total()), (3, 1));

@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use fred::interfaces::ClientLike;
 
 use super::observe::{self, Lookup};
@@ -297,7 +297,7 @@ impl Session {
             {
                 self.shared.heat.record(&key);
                 let epochs = Request::from_args(self.shared.index.epoch_read(&found.tags));
-                let counted = lookup.map(|l| (l, self.shared.metrics.hits.index(found.name)));
+                let counted = lookup.map(|l| (l, self.shared.metrics.hits.of_rule(found.rule)));
                 self.forward_inspected(epochs, Inspect::Epochs);
                 return self.forward_inspected(request, Inspect::Read(key, counted));
             }
@@ -307,7 +307,7 @@ impl Session {
                 .key_positions(request.args.len())
                 .map(|at| {
                     let found = self.shared.rules.match_key(&request.args[at]);
-                    found.map_or(0, |found| metrics.hits.index(found.name))
+                    found.map_or(0, |found| metrics.hits.of_rule(found.rule))
                 })
                 .collect();
             return self.forward_inspected(request, Inspect::Elements(rules));
@@ -365,11 +365,8 @@ impl Session {
             None if found.ttl_secs > 0 => (found.ttl_secs, Some(found.ttl_secs * 1000)),
             None => (0, None),
         };
-        self.shared
-            .metrics
-            .tagged_writes
-            .with_label_values(&[found.name])
-            .inc();
+        let writes = &self.shared.metrics.tagged_writes;
+        writes.inc(writes.of_rule(found.rule), 1);
         let indexed: Vec<Bytes> = found.indexed_tags().cloned().collect();
         if indexed.is_empty() {
             // Every tag names the key (or there is none): nothing to index, only the TTL.
@@ -400,15 +397,18 @@ impl Session {
         if self.fast.is_empty() {
             return;
         }
-        let fast = std::mem::take(&mut self.fast);
-        let mut raw = BytesMut::new();
-        let frames = self.shared.index.encode_fast_batch(&fast, &mut raw);
-        let inspect = Inspect::Fast {
+        let mut fast = std::mem::take(&mut self.fast);
+        let frames = fast.frames();
+        self.plan_step(Inspect::Fast {
             frames,
             sets: fast.len(),
             tags: fast.tags(),
-        };
-        self.forward_raw_inspected(&raw, frames, inspect);
+        });
+        let encoded = self.shared.index.encode_fast_batch(&fast, &mut self.batch);
+        debug_assert_eq!(encoded, frames);
+        self.batch_count += frames;
+        fast.clear();
+        self.fast = fast;
     }
 
     /// The `cachet_write` call for a write whose keys match rules, or `None` when none does.
@@ -423,11 +423,8 @@ impl Session {
         for &position in &positions {
             let key = &request.args[position];
             if let Some(found) = self.shared.rules.match_key(key) {
-                self.shared
-                    .metrics
-                    .tagged_writes
-                    .with_label_values(&[found.name])
-                    .inc();
+                let counted = &self.shared.metrics.tagged_writes;
+                counted.inc(counted.of_rule(found.rule), 1);
                 writes.push(WriteKey {
                     key: key.clone(),
                     ttl_secs: found.ttl_secs,
@@ -481,6 +478,14 @@ impl Session {
     /// Adds encoded commands that Redis answers with `frames` frames, walked by `inspect`.
     fn forward_raw_inspected(&mut self, raw: &[u8], frames: usize, inspect: Inspect) {
         self.close_fast();
+        self.plan_step(inspect);
+        self.batch.extend_from_slice(raw);
+        self.batch_count += frames;
+    }
+
+    /// Adds a step to the batch's reply plan, after a `Pass` for the plain commands queued
+    /// since the last step.
+    fn plan_step(&mut self, inspect: Inspect) {
         if self.batch_inspect.is_none() {
             // A plan used before, so a batch with lookups does not allocate one.
             self.batch_inspect = Some(self.spare_plans.pop().unwrap_or_default());
@@ -491,8 +496,6 @@ impl Session {
             self.batch_plain = 0;
         }
         plan.push(inspect);
-        self.batch.extend_from_slice(raw);
-        self.batch_count += frames;
     }
 
     /// Walks a batch's replies with its plan: forwards, keeps epochs, notes misses, counts
@@ -567,29 +570,29 @@ impl Session {
                     at = end;
                 }
                 Inspect::Fast { frames, sets, tags } => {
-                    at = frame_end(at); // MULTI's +OK
-                    let mut queued = Vec::with_capacity(sets);
-                    for _ in 0..sets {
-                        let end = frame_end(at);
-                        queued.push(at..end);
-                        at = end;
-                    }
-                    for _ in 0..frames - 2 - sets {
-                        at = frame_end(at);
+                    // MULTI's +OK, then a +QUEUED per command, as a rule: stepped over
+                    // without parsing.
+                    let skip = |at: usize, usual: &[u8]| match bytes[at..].starts_with(usual) {
+                        true => at + usual.len(),
+                        false => frame_end(at),
+                    };
+                    at = skip(at, b"+OK\r\n");
+                    let queued_from = at;
+                    for _ in 0..frames - 2 {
+                        at = skip(at, b"+QUEUED\r\n");
                     }
                     let exec = at..frame_end(at);
                     at = exec.end;
                     match exec_items(&bytes[exec.clone()], sets + tags.len()) {
                         Some(items) => {
-                            let items: Vec<_> = items
-                                .into_iter()
-                                .map(|r| exec.start + r.start..exec.start + r.end)
-                                .collect();
-                            for item in &items[..sets] {
-                                self.output.extend_from_slice(&bytes[item.clone()]);
-                            }
+                            // The SETs' replies lie side by side: forwarded in one copy.
+                            let base = exec.start;
+                            let replies = items[0].start..items[sets - 1].end;
+                            self.output.extend_from_slice(
+                                &bytes[base + replies.start..base + replies.end],
+                            );
                             for (tag, zadd) in tags.into_iter().zip(&items[sets..]) {
-                                if &bytes[zadd.clone()] != b":0\r\n" {
+                                if &bytes[base + zadd.start..base + zadd.end] != b":0\r\n" {
                                     grown.push(tag);
                                 }
                             }
@@ -598,10 +601,13 @@ impl Session {
                         // Redis refused when queued (out of memory) gets its own refusal,
                         // the others EXEC's error.
                         None => {
-                            for q in queued {
-                                let own = bytes[q.clone()].starts_with(b"-");
-                                let reply = if own { q } else { exec.clone() };
+                            let mut q = queued_from;
+                            for _ in 0..sets {
+                                let end = frame_end(q);
+                                let own = bytes[q..end].starts_with(b"-");
+                                let reply = if own { q..end } else { exec.clone() };
                                 self.output.extend_from_slice(&bytes[reply]);
+                                q = end;
                             }
                         }
                     }

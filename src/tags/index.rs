@@ -466,6 +466,14 @@ impl FastBatch {
         }
     }
 
+    /// Empties it, keeping its buffers for the next transaction.
+    pub fn clear(&mut self) {
+        self.sets.clear();
+        self.count = 0;
+        self.tags.clear();
+        self.key_sets.clear();
+    }
+
     /// How many SETs it holds.
     pub fn len(&self) -> usize {
         self.count
@@ -642,7 +650,16 @@ impl TagIndex {
         out.extend_from_slice(&batch.sets);
         for (tag, members) in &batch.tags {
             let tag_keys = self.names.tag_keys(tag);
-            let scores: Vec<Bytes> = members.iter().map(|(s, _)| score_text(*s)).collect();
+            // Scores sit on a grid, so a transaction's members mostly share one: format each
+            // distinct score once.
+            let mut scores: Vec<Bytes> = Vec::with_capacity(members.len());
+            for (i, (score, _)) in members.iter().enumerate() {
+                let text = match i.checked_sub(1).map(|p| members[p].0) {
+                    Some(previous) if previous == *score => scores[i - 1].clone(),
+                    _ => score_text(*score),
+                };
+                scores.push(text);
+            }
             let mut command = Vec::with_capacity(2 + 2 * members.len());
             command.extend([BulkString(b"ZADD"), BulkString(&tag_keys)]);
             for ((_, key), score) in members.iter().zip(&scores) {
