@@ -52,16 +52,23 @@ fn run(dir: &Path, args: &[&str]) {
 
 /// `npm ci` when the dependencies are missing (or an install stopped before better-sqlite3's
 /// native module was built), then the TypeScript build.
+/// Installs (first time) and compiles the app, once per test process: the tests run in
+/// parallel, and two `npm ci` in one directory delete each other's node_modules.
 fn build_app() -> PathBuf {
-    let dir = app_dir();
-    if !dir
-        .join("node_modules/better-sqlite3/build/Release/better_sqlite3.node")
-        .exists()
-    {
-        run(&dir, &["ci", "--no-audit", "--no-fund"]);
-    }
-    run(&dir, &["run", "build"]);
-    dir
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = app_dir();
+            if !dir
+                .join("node_modules/better-sqlite3/build/Release/better_sqlite3.node")
+                .exists()
+            {
+                run(&dir, &["ci", "--no-audit", "--no-fund"]);
+            }
+            run(&dir, &["run", "build"]);
+            dir
+        })
+        .clone()
 }
 
 /// The app as a child process, killed on drop; its log goes into failure messages.
