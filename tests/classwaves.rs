@@ -451,6 +451,15 @@ async fn renaming_a_student_refreshes_the_rosters_listing_them() {
     app.wait_ready(&http).await;
     let base = app.base.clone();
     let get = |path: String| call(&http, reqwest::Method::GET, format!("{base}{path}"), None);
+    let rename = |user: u64, name: &str| {
+        let body = serde_json::json!({ "name": name });
+        call(
+            &http,
+            reqwest::Method::PATCH,
+            format!("{base}/api/v1/users/{user}"),
+            Some(body),
+        )
+    };
 
     // Every roster of school 1, read twice so that the second read is a cache hit.
     let (_, catalog) = get("/internal/catalog".into()).await;
@@ -487,13 +496,7 @@ async fn renaming_a_student_refreshes_the_rosters_listing_them() {
         .find(|s| !on.contains(s))
         .expect("a roster without the student");
 
-    let (status, renamed) = call(
-        &http,
-        reqwest::Method::PATCH,
-        format!("{base}/api/v1/users/{student}"),
-        Some(serde_json::json!({"name": "Ada Renamed"})),
-    )
-    .await;
+    let (status, renamed) = rename(student, "Ada Renamed").await;
     assert_eq!(status, 200, "{renamed}\n{}", app.log());
     for &session in on {
         let (_, body) = roster(session).await;
@@ -518,13 +521,7 @@ async fn renaming_a_student_refreshes_the_rosters_listing_them() {
 
     // A teacher's rename names no roster.
     let teacher = catalog["teachers"][0][0].as_u64().expect("teacher id");
-    let (status, _) = call(
-        &http,
-        reqwest::Method::PATCH,
-        format!("{base}/api/v1/users/{teacher}"),
-        Some(serde_json::json!({"name": "Teacher Renamed"})),
-    )
-    .await;
+    let (status, _) = rename(teacher, "Teacher Renamed").await;
     assert_eq!(status, 200, "{}", app.log());
     for &session in &sessions {
         let (_, body) = roster(session).await;
