@@ -17,7 +17,8 @@ const INLINE_MAX: usize = 64 * 1024;
 pub struct Request {
     /// The command name and its arguments, as sent.
     pub args: Vec<Bytes>,
-    /// The command encoded as RESP multibulk, ready to forward upstream unchanged.
+    /// The command encoded as RESP multibulk, ready to forward upstream unchanged. Always
+    /// the encoding of `args`: a changed command is a new [`Request::from_args`].
     pub raw: Bytes,
 }
 
@@ -35,6 +36,29 @@ impl Request {
     pub fn arg(&self, i: usize) -> Option<&[u8]> {
         self.args.get(i).map(|b| &b[..])
     }
+
+    /// Argument `i` as a RESP bulk string (`$len\r\nbytes\r\n`), as it sits in `raw`:
+    /// what a command of cachet's own can copy instead of encoding the argument again.
+    /// `None` when the argument is not a slice of `raw` (an inline command, one built with
+    /// [`Request::from_args`], an empty argument) or the bytes around it are not its header.
+    pub fn encoded_arg(&self, i: usize) -> Option<&[u8]> {
+        let arg = self.args.get(i)?;
+        let start = (arg.as_ptr() as usize).checked_sub(self.raw.as_ptr() as usize)?;
+        let header = 3 + decimal_digits(arg.len());
+        let encoded = self
+            .raw
+            .get(start.checked_sub(header)?..start + arg.len() + 2)?;
+        let mut digits = itoa::Buffer::new();
+        let is_header = encoded[0] == b'$'
+            && encoded[1..header - 2] == *digits.format(arg.len()).as_bytes()
+            && encoded[header - 2..header] == *b"\r\n";
+        (!arg.is_empty() && is_header && encoded.ends_with(b"\r\n")).then_some(encoded)
+    }
+}
+
+/// How many decimal digits `n` has.
+fn decimal_digits(n: usize) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
 }
 
 /// Input limits, from `[proxy]`.
@@ -317,6 +341,34 @@ mod tests {
             );
         }
         Ok(out)
+    }
+
+    #[test]
+    fn encoded_args_are_found_in_place() {
+        let mut buf = BytesMut::from(
+            &b"*4\r\n$3\r\nSET\r\n$12\r\nkey:0000\r\n42\r\n$0\r\n\r\n$1\r\nv\r\n"[..],
+        );
+        let request = parse(&mut buf, &LIMITS).unwrap().unwrap();
+        assert_eq!(request.encoded_arg(0), Some(&b"$3\r\nSET\r\n"[..]));
+        // A bulk string may hold CR LF; its header says where it ends.
+        assert_eq!(
+            request.encoded_arg(1),
+            Some(&b"$12\r\nkey:0000\r\n42\r\n"[..])
+        );
+        assert_eq!(
+            request.encoded_arg(2),
+            None,
+            "an empty argument is not a slice of raw"
+        );
+        assert_eq!(request.encoded_arg(3), Some(&b"$1\r\nv\r\n"[..]));
+        assert_eq!(request.encoded_arg(4), None);
+
+        let mut buf = BytesMut::from(&b"set k v\r\n"[..]);
+        let inline = parse(&mut buf, &LIMITS).unwrap().unwrap();
+        assert_eq!(inline.args.len(), 3);
+        assert!((0..3).all(|i| inline.encoded_arg(i).is_none()));
+        let built = Request::from_args(vec![Bytes::from_static(b"GET"), Bytes::from_static(b"k")]);
+        assert!((0..2).all(|i| built.encoded_arg(i).is_none()));
     }
 
     #[test]

@@ -178,6 +178,9 @@ pub struct Session {
     batch_plain: usize,
     /// Tagged SETs waiting to join the batch as one transaction (see `tagging`).
     fast: crate::tags::index::FastBatch,
+    /// cachet's clock (ms since the Unix epoch) as the tagged SETs of the client read being
+    /// processed read it: the scores of their index entries start from it.
+    fast_clock_ms: Option<u64>,
     snapshots: Snapshots,
     /// Inspection plans of answered batches, kept for reuse.
     spare_plans: Vec<Vec<Inspect>>,
@@ -249,6 +252,7 @@ impl Session {
             batch: BytesMut::new(),
             batch_count: 0,
             fast: Default::default(),
+            fast_clock_ms: None,
             batch_inspect: None,
             batch_plain: 0,
             snapshots: Snapshots::default(),
@@ -421,6 +425,7 @@ impl Session {
     fn process_input(&mut self) {
         let limits = self.shared.limits;
         let max_pipeline = self.shared.config.proxy.max_pipeline.get();
+        self.fast_clock_ms = None;
         while !self.closing && matches!(self.wait, Wait::Nothing) {
             let request = match self.held.take() {
                 Some(request) => request,

@@ -37,7 +37,7 @@ use crate::resp::Request;
 use crate::resp::commands::CommandInfo;
 use crate::resp::reply::Reply;
 use crate::server::Shared;
-use crate::tags::index::{self, FastSet, TagIndex, WriteCall, WriteKey};
+use crate::tags::index::{self, FastSet, WriteCall, WriteKey};
 
 /// How long a miss's epochs are kept for the write that usually follows (a memcache lease
 /// lives 10 s too). A recompute slower than this writes unchecked.
@@ -250,7 +250,13 @@ fn exec_items(frame: &[u8], want: usize) -> Option<Vec<std::ops::Range<usize>>> 
     let mut at = header_end + 2;
     let mut items = Vec::with_capacity(want);
     for _ in 0..want {
-        let len = crate::resp::reply_frame(&frame[at..]).ok()??.len;
+        // A SET's `+OK` and a ZADD's `:0` are stepped over without parsing.
+        let rest = &frame[at..];
+        let len = match rest.get(..5) {
+            Some(b"+OK\r\n") => 5,
+            _ if rest.get(..4) == Some(b":0\r\n") => 4,
+            _ => crate::resp::reply_frame(rest).ok()??.len,
+        };
         items.push(at..at + len);
         at += len;
     }
@@ -351,15 +357,18 @@ impl Session {
             None
         };
         let key = &args[1];
-        let Some(found) = self.shared.rules.match_key(key) else {
+        let Some(found) = self.shared.rules.match_indexed(key) else {
             return false;
         };
         if self.snapshots.holds(key) {
             return false;
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        // One reading of the clock per client read: the batch goes out at its end.
+        let now_ms = *self.fast_clock_ms.get_or_insert_with(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        });
         let (add_ex_secs, ttl_ms) = match given_ms {
             Some(ms) => (0, Some(ms)),
             None if found.ttl_secs > 0 => (found.ttl_secs, Some(found.ttl_secs * 1000)),
@@ -367,17 +376,17 @@ impl Session {
         };
         let writes = &self.shared.metrics.tagged_writes;
         writes.inc(writes.of_rule(found.rule), 1);
-        let indexed: Vec<Bytes> = found.indexed_tags().cloned().collect();
+        let indexed = found.tags;
         if indexed.is_empty() {
             // Every tag names the key (or there is none): nothing to index, only the TTL.
             self.close_fast();
-            TagIndex::encode_set(args, add_ex_secs, &mut self.batch);
+            self.fast.encode_set(request, add_ex_secs, &mut self.batch);
             self.batch_count += 1;
             self.batch_plain += 1;
             return true;
         }
         self.fast.push(&FastSet {
-            command: args,
+            request,
             tags: &indexed,
             key_set: indexed.len() > 1,
             add_ex_secs,

@@ -211,7 +211,7 @@ use fred::types::{Key, Value};
 use redis_protocol::resp2::encode::extend_encode_borrowed;
 use redis_protocol::resp2::types::BorrowedFrame::{self, Array, BulkString};
 
-use crate::resp::Protocol;
+use crate::resp::{Protocol, Request};
 use crate::tags::Rules;
 
 /// The library, loaded with `FUNCTION LOAD REPLACE`.
@@ -401,7 +401,7 @@ pub const FAST_SCORE_SLACK_MS: u64 = 250;
 #[derive(Debug, Clone, Copy)]
 pub struct FastSet<'a> {
     /// `SET key value`, optionally followed by `EX s` or `PX ms`, as the client sent it.
-    pub command: &'a [Bytes],
+    pub request: &'a Request,
     /// The key's rule tags that do not name it (not empty).
     pub tags: &'a [Bytes],
     /// Whether to write the per-key set (`SADD` + `PEXPIREAT`). It is what lets an
@@ -431,46 +431,146 @@ impl FastSet<'_> {
     }
 }
 
-/// A tag set member to add: its score (`None`: `+inf`, no expiry) and the key.
-type Member = (Option<u64>, Bytes);
-
 /// Tagged SETs of one client batch gathered into one transaction
 /// ([`TagIndex::encode_fast_batch`]): a pipeline of them costs one `MULTI`/`EXEC` and one
 /// `ZADD` per tag rather than per SET.
+///
+/// This is the proxy's hottest write path, so it copies what arrives already encoded rather
+/// than encoding it again: a SET goes out as the client's bytes (with the rule's `EX` spliced
+/// on), a key joins its `ZADD`s as the bulk string it was in the SET
+/// ([`Request::encoded_arg`]), and a score or an `EX` suffix is encoded (by
+/// `redis-protocol`) once for all the SETs that share it. Only array headers are written
+/// here.
 #[derive(Debug, Default)]
 pub struct FastBatch {
     /// The SETs, encoded, in the client's order.
     sets: BytesMut,
     count: usize,
-    /// Per tag, in first-seen order: each key's score (`None`: no expiry) and the key.
-    tags: Vec<(Bytes, Vec<Member>)>,
+    /// Per tag, in first-seen order, the `ZADD` members gathered so far. Only the first
+    /// `tags_used` belong to this batch; the others keep their buffers for the next.
+    tags: Vec<TagMembers>,
+    tags_used: usize,
     /// Per-key sets to write: the key, its indexed tags, its score.
     key_sets: Vec<(Bytes, Vec<Bytes>, Option<u64>)>,
+    /// The last score given to a member, and its encoding: scores sit on a grid, so most
+    /// members of a batch (and of the next) share one.
+    score: Option<(Option<u64>, Bytes)>,
+    /// The last rule TTL appended to a SET, and its encoded `EX` suffix.
+    ex: Option<(u64, Bytes)>,
+}
+
+/// The members of one tag's `ZADD`.
+#[derive(Debug, Default)]
+struct TagMembers {
+    tag: Bytes,
+    /// `score key` pairs, each a RESP bulk string.
+    members: BytesMut,
+    count: usize,
 }
 
 impl FastBatch {
     /// Adds one tagged SET.
     pub fn push(&mut self, set: &FastSet<'_>) {
-        let score = set.score();
-        TagIndex::encode_set(set.command, set.add_ex_secs, &mut self.sets);
+        let mut sets = std::mem::take(&mut self.sets);
+        self.encode_set(set.request, set.add_ex_secs, &mut sets);
+        self.sets = sets;
         self.count += 1;
-        let key = &set.command[1];
-        for tag in set.tags {
-            match self.tags.iter_mut().find(|(t, _)| t == tag) {
-                Some((_, members)) => members.push((score, key.clone())),
-                None => self.tags.push((tag.clone(), vec![(score, key.clone())])),
+        let score = set.score();
+        let score_bulk = match &self.score {
+            Some((cached, bulk)) if *cached == score => bulk.clone(),
+            _ => {
+                let bulk = match score {
+                    Some(ms) => bulk_string(itoa::Buffer::new().format(ms).as_bytes()),
+                    None => bulk_string(b"+inf"),
+                };
+                self.score = Some((score, bulk.clone()));
+                bulk
             }
+        };
+        let key = &set.request.args[1];
+        let encoded_key = set.request.encoded_arg(1);
+        for tag in set.tags {
+            let at = self.tag_members(tag);
+            let tag = &mut self.tags[at];
+            tag.members.extend_from_slice(&score_bulk);
+            match encoded_key {
+                Some(encoded) => tag.members.extend_from_slice(encoded),
+                None => put_frame(&mut tag.members, &BulkString(key)),
+            }
+            tag.count += 1;
         }
         if set.key_set {
             self.key_sets.push((key.clone(), set.tags.to_vec(), score));
         }
     }
 
+    /// Appends `SET key value [EX s | PX ms]` as the client sent it, with `EX add_ex_secs`
+    /// spliced on when that is not 0 (the rule's TTL): all a tagged SET needs when every tag
+    /// of its key names the key ([`crate::tags::Match::named`]), since those tags have no
+    /// index entry to write, and the first command of each [`FastBatch::push`]. Redis answers
+    /// with one frame, the SET's own.
+    pub fn encode_set(&mut self, request: &Request, add_ex_secs: u64, out: &mut BytesMut) {
+        if add_ex_secs == 0 {
+            out.extend_from_slice(&request.raw);
+            return;
+        }
+        let ex = match &self.ex {
+            Some((secs, suffix)) if *secs == add_ex_secs => suffix.clone(),
+            _ => {
+                let mut suffix = BytesMut::new();
+                put_frame(&mut suffix, &BulkString(b"EX"));
+                let mut digits = itoa::Buffer::new();
+                put_frame(
+                    &mut suffix,
+                    &BulkString(digits.format(add_ex_secs).as_bytes()),
+                );
+                let suffix = suffix.freeze();
+                self.ex = Some((add_ex_secs, suffix.clone()));
+                suffix
+            }
+        };
+        // `raw` is the multibulk of exactly these three arguments: two more make five.
+        match request.raw.strip_prefix(b"*3\r\n") {
+            Some(arguments) if request.args.len() == 3 => {
+                out.extend_from_slice(b"*5\r\n");
+                out.extend_from_slice(arguments);
+            }
+            _ => {
+                put_array_header(out, request.args.len() + 2);
+                for arg in &request.args {
+                    put_frame(out, &BulkString(arg));
+                }
+            }
+        }
+        out.extend_from_slice(&ex);
+    }
+
+    /// The position of `tag`'s members in this batch, taking a free slot if it is new.
+    fn tag_members(&mut self, tag: &Bytes) -> usize {
+        let used = &self.tags[..self.tags_used];
+        if let Some(at) = used.iter().position(|t| t.tag == tag) {
+            return at;
+        }
+        if self.tags_used == self.tags.len() {
+            self.tags.push(TagMembers::default());
+        }
+        let slot = &mut self.tags[self.tags_used];
+        slot.tag = tag.clone();
+        slot.members.clear();
+        slot.count = 0;
+        self.tags_used += 1;
+        self.tags_used - 1
+    }
+
     /// Empties it, keeping its buffers for the next transaction.
     pub fn clear(&mut self) {
         self.sets.clear();
         self.count = 0;
-        self.tags.clear();
+        for tag in &mut self.tags[..self.tags_used] {
+            tag.members.clear();
+            tag.count = 0;
+        }
+        self.tags_used = 0;
         self.key_sets.clear();
     }
 
@@ -485,12 +585,13 @@ impl FastBatch {
 
     /// The tags it writes, in the order of their `ZADD`s.
     pub fn tags(&self) -> Vec<Bytes> {
-        self.tags.iter().map(|(tag, _)| tag.clone()).collect()
+        let used = &self.tags[..self.tags_used];
+        used.iter().map(|t| t.tag.clone()).collect()
     }
 
     /// The reply frames Redis sends for it: `MULTI`'s, one per queued command, `EXEC`'s.
     pub fn frames(&self) -> usize {
-        2 + self.count + self.tags.len() + 2 * self.key_sets.len()
+        2 + self.count + self.tags_used + 2 * self.key_sets.len()
     }
 }
 
@@ -648,24 +749,11 @@ impl TagIndex {
         };
         put_command(out, &[BulkString(b"MULTI")]);
         out.extend_from_slice(&batch.sets);
-        for (tag, members) in &batch.tags {
-            let tag_keys = self.names.tag_keys(tag);
-            // Scores sit on a grid, so a transaction's members mostly share one: format each
-            // distinct score once.
-            let mut scores: Vec<Bytes> = Vec::with_capacity(members.len());
-            for (i, (score, _)) in members.iter().enumerate() {
-                let text = match i.checked_sub(1).map(|p| members[p].0) {
-                    Some(previous) if previous == *score => scores[i - 1].clone(),
-                    _ => score_text(*score),
-                };
-                scores.push(text);
-            }
-            let mut command = Vec::with_capacity(2 + 2 * members.len());
-            command.extend([BulkString(b"ZADD"), BulkString(&tag_keys)]);
-            for ((_, key), score) in members.iter().zip(&scores) {
-                command.extend([BulkString(score), BulkString(key)]);
-            }
-            put_command(out, &command);
+        for tag in &batch.tags[..batch.tags_used] {
+            put_array_header(out, 2 + 2 * tag.count);
+            put_frame(out, &BulkString(b"ZADD"));
+            put_frame(out, &BulkString(&self.names.tag_keys(&tag.tag)));
+            out.extend_from_slice(&tag.members);
         }
         for (key, tags, score) in &batch.key_sets {
             let key_tags = self.names.key_tags(key);
@@ -690,20 +778,6 @@ impl TagIndex {
         }
         put_command(out, &[BulkString(b"EXEC")]);
         batch.frames()
-    }
-
-    /// Appends `SET key value [EX s | PX ms]` as the client sent it, with `EX add_ex_secs`
-    /// appended when that is not 0 (the rule's TTL): all a tagged SET needs when every tag
-    /// of its key names the key ([`crate::tags::Match::named`]), since those tags have no
-    /// index entry to write. Redis answers with one frame, the SET's own.
-    pub fn encode_set(command: &[Bytes], add_ex_secs: u64, out: &mut BytesMut) {
-        let mut ex = Digits::default();
-        let mut args: Vec<BorrowedFrame<'_>> = Vec::with_capacity(command.len() + 2);
-        args.extend(command.iter().map(|a| BulkString(a)));
-        if add_ex_secs > 0 {
-            args.extend([BulkString(b"EX"), BulkString(ex.of(add_ex_secs))]);
-        }
-        put_command(out, &args);
     }
 
     /// `FCALL cachet_trim` for tag sets that gained members through [`FastSet`]s: each
@@ -1049,23 +1123,22 @@ fn put_command(out: &mut BytesMut, args: &[BorrowedFrame<'_>]) {
         .expect("a multibulk of bulk strings always encodes");
 }
 
-/// A number's decimal digits, written without allocating.
-#[derive(Default)]
-struct Digits([u8; 20]);
+fn put_frame(out: &mut BytesMut, frame: &BorrowedFrame<'_>) {
+    extend_encode_borrowed(out, frame, false).expect("a bulk string always encodes");
+}
 
-impl Digits {
-    fn of(&mut self, n: u64) -> &[u8] {
-        let mut at = self.0.len();
-        let mut n = n;
-        loop {
-            at -= 1;
-            self.0[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                return &self.0[at..];
-            }
-        }
-    }
+fn bulk_string(bytes: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    put_frame(&mut out, &BulkString(bytes));
+    out.freeze()
+}
+
+/// `*n\r\n`, the header of a multibulk whose `n` bulk strings follow: how the fast path
+/// joins pieces that are already encoded (`redis-protocol` encodes whole frames only).
+fn put_array_header(out: &mut BytesMut, n: usize) {
+    out.put_u8(b'*');
+    out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.put_slice(b"\r\n");
 }
 
 fn number(n: u64) -> Bytes {
@@ -1301,102 +1374,216 @@ mod tests {
         );
     }
 
+    /// A command three ways: parsed from RESP (its arguments are slices of `raw`, which the
+    /// fast path copies), typed inline, and built by cachet (both encoded again).
+    fn request_forms(command: &[&str]) -> Vec<Request> {
+        let limits = crate::resp::request::Limits {
+            max_bulk_len: 1 << 20,
+            max_array_len: 1 << 10,
+            max_query_buffer: 1 << 20,
+        };
+        let args: Vec<Bytes> = command
+            .iter()
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect();
+        let built = Request::from_args(args);
+        let mut resp = BytesMut::from(&built.raw[..]);
+        let parsed = crate::resp::request::parse(&mut resp, &limits)
+            .unwrap()
+            .unwrap();
+        let quoted: Vec<String> = command.iter().map(|a| format!("\"{a}\"")).collect();
+        let mut line = BytesMut::from(format!("{}\r\n", quoted.join(" ")).as_bytes());
+        let inline = crate::resp::request::parse(&mut line, &limits)
+            .unwrap()
+            .unwrap();
+        assert!(parsed.encoded_arg(1).is_some() && inline.encoded_arg(1).is_none());
+        vec![parsed, inline, built]
+    }
+
+    fn expected(commands: &[&[&str]]) -> Vec<u8> {
+        commands
+            .iter()
+            .flat_map(|c| {
+                let args: Vec<Bytes> = c.iter().map(|a| Bytes::from(a.to_string())).collect();
+                crate::resp::encode_command(&args).to_vec()
+            })
+            .collect()
+    }
+
     #[test]
     fn fast_set_layout() {
         let index = TagIndex::default();
-        let args = |list: &[&str]| -> Vec<Bytes> {
-            list.iter()
-                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
-                .collect()
+        let tags = [Bytes::from_static(b"a"), Bytes::from_static(b"b}")];
+        for request in request_forms(&["SET", "k", "v"]) {
+            let mut out = BytesMut::new();
+            let frames = index.encode_fast_set(
+                &FastSet {
+                    request: &request,
+                    tags: &tags,
+                    key_set: true,
+                    add_ex_secs: 60,
+                    now_ms: 1_700_000_000_000,
+                    ttl_ms: Some(60_000),
+                },
+                &mut out,
+            );
+            assert_eq!(frames, 7);
+            assert_eq!(
+                out.to_vec(),
+                expected(&[
+                    &["MULTI"],
+                    &["SET", "k", "v", "EX", "60"],
+                    &["ZADD", "cachet:t:{a}", "1700000061440", "k"],
+                    &["ZADD", "cachet:t:{b%7D}", "1700000061440", "k"],
+                    &["SADD", "cachet:k:{k}:k", "a", "b}"],
+                    &["PEXPIREAT", "cachet:k:{k}:k", "1700000061440"],
+                    &["EXEC"],
+                ])
+            );
+        }
+        for request in request_forms(&["set", "k", "v", "px", "5"]) {
+            let mut out = BytesMut::new();
+            let frames = index.encode_fast_set(
+                &FastSet {
+                    request: &request,
+                    tags: &tags[..1],
+                    key_set: true,
+                    add_ex_secs: 0,
+                    now_ms: 1_700_000_000_000,
+                    ttl_ms: None,
+                },
+                &mut out,
+            );
+            assert_eq!(frames, 6);
+            assert_eq!(
+                out.to_vec(),
+                expected(&[
+                    &["MULTI"],
+                    &["set", "k", "v", "px", "5"],
+                    &["ZADD", "cachet:t:{a}", "+inf", "k"],
+                    &["SADD", "cachet:k:{k}:k", "a"],
+                    &["PERSIST", "cachet:k:{k}:k"],
+                    &["EXEC"],
+                ])
+            );
+        }
+        for request in request_forms(&["SET", "k", "v"]) {
+            let mut out = BytesMut::new();
+            let frames = index.encode_fast_set(
+                &FastSet {
+                    request: &request,
+                    tags: &tags[..1],
+                    key_set: false,
+                    add_ex_secs: 60,
+                    now_ms: 1_700_000_000_000,
+                    ttl_ms: Some(60_000),
+                },
+                &mut out,
+            );
+            assert_eq!(frames, 4);
+            assert_eq!(
+                out.to_vec(),
+                expected(&[
+                    &["MULTI"],
+                    &["SET", "k", "v", "EX", "60"],
+                    &["ZADD", "cachet:t:{a}", "1700000061440", "k"],
+                    &["EXEC"],
+                ])
+            );
+            let mut out = BytesMut::new();
+            FastBatch::default().encode_set(&request, 60, &mut out);
+            assert_eq!(out.to_vec(), expected(&[&["SET", "k", "v", "EX", "60"]]));
+        }
+    }
+
+    #[test]
+    fn fast_batches_share_zadds_and_reuse_their_buffers() {
+        let index = TagIndex::default();
+        let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+        let set = |request: &Request, tags: Vec<Bytes>, add_ex_secs, now_ms, ttl_ms| {
+            (request.clone(), tags, add_ex_secs, now_ms, ttl_ms)
         };
-        let expected = |commands: &[&[&str]]| -> Vec<u8> {
-            commands
-                .iter()
-                .flat_map(|c| crate::resp::encode_command(&args(c)).to_vec())
-                .collect()
-        };
-        let tags = args(&["a", "b}"]);
-        let mut out = BytesMut::new();
-        let frames = index.encode_fast_set(
-            &FastSet {
-                command: &args(&["SET", "k", "v"]),
-                tags: &tags,
-                key_set: true,
-                add_ex_secs: 60,
-                now_ms: 1_700_000_000_000,
-                ttl_ms: Some(60_000),
-            },
-            &mut out,
-        );
-        assert_eq!(frames, 7);
-        assert_eq!(
-            out.to_vec(),
-            expected(&[
-                &["MULTI"],
-                &["SET", "k", "v", "EX", "60"],
-                &["ZADD", "cachet:t:{a}", "1700000061440", "k"],
-                &["ZADD", "cachet:t:{b%7D}", "1700000061440", "k"],
-                &["SADD", "cachet:k:{k}:k", "a", "b}"],
-                &["PEXPIREAT", "cachet:k:{k}:k", "1700000061440"],
-                &["EXEC"],
-            ])
-        );
-        let mut out = BytesMut::new();
-        let frames = index.encode_fast_set(
-            &FastSet {
-                command: &args(&["set", "k", "v", "px", "5"]),
-                tags: &tags[..1],
-                key_set: true,
-                add_ex_secs: 0,
-                now_ms: 1_700_000_000_000,
-                ttl_ms: None,
-            },
-            &mut out,
-        );
-        assert_eq!(frames, 6);
-        assert_eq!(
-            out.to_vec(),
-            expected(&[
-                &["MULTI"],
-                &["set", "k", "v", "px", "5"],
-                &["ZADD", "cachet:t:{a}", "+inf", "k"],
-                &["SADD", "cachet:k:{k}:k", "a"],
-                &["PERSIST", "cachet:k:{k}:k"],
-                &["EXEC"],
-            ])
-        );
-        let mut out = BytesMut::new();
-        let frames = index.encode_fast_set(
-            &FastSet {
-                command: &args(&["SET", "k", "v"]),
-                tags: &tags[..1],
-                key_set: false,
-                add_ex_secs: 60,
-                now_ms: 1_700_000_000_000,
-                ttl_ms: Some(60_000),
-            },
-            &mut out,
-        );
-        assert_eq!(frames, 4);
-        assert_eq!(
-            out.to_vec(),
-            expected(&[
-                &["MULTI"],
-                &["SET", "k", "v", "EX", "60"],
-                &["ZADD", "cachet:t:{a}", "1700000061440", "k"],
-                &["EXEC"],
-            ])
-        );
-        let mut out = BytesMut::new();
-        TagIndex::encode_set(&args(&["SET", "k", "v"]), 60, &mut out);
-        assert_eq!(out.to_vec(), expected(&[&["SET", "k", "v", "EX", "60"]]));
+        let mut batch = FastBatch::default();
+        for round in 0..3 {
+            for form in 0..3 {
+                let one = &request_forms(&["SET", "k1", "v1"])[form];
+                let two = &request_forms(&["SET", "key:2", "x y", "EX", "10"])[form];
+                let three = &request_forms(&["SET", "k3", ""])[form];
+                let sets = [
+                    set(one, vec![a.clone()], 60, 1_700_000_000_000, Some(60_000)),
+                    set(
+                        two,
+                        vec![b.clone(), a.clone()],
+                        0,
+                        1_700_000_000_000,
+                        Some(10_000),
+                    ),
+                    set(three, vec![a.clone()], 60, 1_700_000_000_900, Some(60_000)),
+                ];
+                // Round 1 writes a batch with one tag only, so that round 2 finds the buffers
+                // of a longer batch before it.
+                let sets = if round == 1 { &sets[..1] } else { &sets[..] };
+                for (request, tags, add_ex_secs, now_ms, ttl_ms) in sets {
+                    batch.push(&FastSet {
+                        request,
+                        tags,
+                        key_set: tags.len() > 1,
+                        add_ex_secs: *add_ex_secs,
+                        now_ms: *now_ms,
+                        ttl_ms: *ttl_ms,
+                    });
+                }
+                let mut out = BytesMut::new();
+                let frames = index.encode_fast_batch(&batch, &mut out);
+                let want: Vec<u8> = if round == 1 {
+                    assert_eq!((batch.len(), batch.tags()), (1, vec![a.clone()]));
+                    expected(&[
+                        &["MULTI"],
+                        &["SET", "k1", "v1", "EX", "60"],
+                        &["ZADD", "cachet:t:{a}", "1700000061440", "k1"],
+                        &["EXEC"],
+                    ])
+                } else {
+                    assert_eq!((batch.len(), batch.tags()), (3, vec![a.clone(), b.clone()]));
+                    expected(&[
+                        &["MULTI"],
+                        &["SET", "k1", "v1", "EX", "60"],
+                        &["SET", "key:2", "x y", "EX", "10"],
+                        &["SET", "k3", "", "EX", "60"],
+                        &[
+                            "ZADD",
+                            "cachet:t:{a}",
+                            "1700000061440",
+                            "k1",
+                            "1700000010752",
+                            "key:2",
+                            "1700000061440",
+                            "k3",
+                        ],
+                        &["ZADD", "cachet:t:{b}", "1700000010752", "key:2"],
+                        &["SADD", "cachet:k:{key:2}:key:2", "b", "a"],
+                        &["PEXPIREAT", "cachet:k:{key:2}:key:2", "1700000010752"],
+                        &["EXEC"],
+                    ])
+                };
+                assert_eq!(frames, if round == 1 { 4 } else { 9 });
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    String::from_utf8_lossy(&want),
+                    "round {round}, form {form}"
+                );
+                batch.clear();
+                assert!(batch.is_empty() && batch.tags().is_empty());
+            }
+        }
     }
 
     #[test]
     fn fast_scores_bound_the_expiry_on_a_grid() {
+        let request = Request::from_args(vec![Bytes::from_static(b"SET")]);
         let at = |now_ms, ttl_ms| {
             FastSet {
-                command: &[],
+                request: &request,
                 tags: &[],
                 key_set: true,
                 add_ex_secs: 0,
@@ -1420,13 +1607,6 @@ mod tests {
             at(1_700_000_000_000, Some(3_600_000)),
             at(1_700_000_000_900, Some(3_600_000))
         );
-    }
-
-    #[test]
-    fn digits_without_allocation() {
-        for n in [0, 7, 10, 1_700_000_000_250, u64::MAX] {
-            assert_eq!(Digits::default().of(n), n.to_string().as_bytes());
-        }
     }
 
     #[test]

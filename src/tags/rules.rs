@@ -216,6 +216,20 @@ impl Rules {
 
     /// The first rule, in file order, that matches `key`, with its tags filled in.
     pub fn match_key(&self, key: &[u8]) -> Option<Match<'_>> {
+        self.match_filling(key, |_| true)
+    }
+
+    /// [`Rules::match_key`] for a write that only has to index its key: the same rule, with
+    /// only the tags that do not name the key ([`Match::indexed_tags`]) filled in, so that
+    /// the common write allocates nothing for tags it never sends. `named` is then 0.
+    pub fn match_indexed(&self, key: &[u8]) -> Option<Match<'_>> {
+        let mut found = self.match_filling(key, |named| !named)?;
+        found.named = 0;
+        Some(found)
+    }
+
+    /// The first matching rule, filling the tags for which `fill(names the key)` holds.
+    fn match_filling(&self, key: &[u8], fill: impl Fn(bool) -> bool) -> Option<Match<'_>> {
         let prefixed: &[u32] = match key.first() {
             Some(&b) => &self.by_first_byte[usize::from(b)],
             None => &[],
@@ -237,10 +251,14 @@ impl Rules {
             let i = *next? as usize;
             let rule = &self.rules[i];
             if rule.pattern.captures(key, &mut spans) {
+                let named = |j: usize| j < 64 && rule.named & (1 << j) != 0;
+                let tags = (rule.tags.iter().enumerate())
+                    .filter(|&(j, _)| fill(named(j)))
+                    .map(|(_, template)| template.fill(key, &spans));
                 return Some(Match {
                     rule: i,
                     name: &rule.name,
-                    tags: rule.tags.iter().map(|t| t.fill(key, &spans)).collect(),
+                    tags: tags.collect(),
                     ttl_secs: rule.ttl_secs,
                     named: rule.named,
                 });
@@ -712,6 +730,30 @@ mod tests {
         let m = rules.match_key(b"session:9").unwrap();
         assert_eq!(m.named, 0b001, "captures must end at `:` or the end");
         assert_eq!(rules.match_key(b"profile").unwrap().named, 1);
+
+        // A write that only indexes gets the same rule with just the tags to index.
+        for key in [
+            &b"sessions:teacher:12"[..],
+            b"roster:7:42",
+            b"session:9:x",
+            b"session:9",
+            b"profile",
+            b"user:3",
+            b"nothing:here",
+        ] {
+            let full = rules.match_key(key);
+            let lean = rules.match_indexed(key);
+            assert_eq!(
+                lean.as_ref()
+                    .map(|m| (m.rule, m.ttl_secs, m.tags.clone(), m.named)),
+                full.as_ref().map(|m| {
+                    let tags = m.indexed_tags().cloned().collect::<Vec<_>>();
+                    (m.rule, m.ttl_secs, tags, 0)
+                }),
+                "{}",
+                key.escape_ascii()
+            );
+        }
 
         let named = |tag: &[u8]| rules.keys_named_by(tag);
         assert_eq!(named(b"roster:7:42"), [Bytes::from("roster:7:42")]);
