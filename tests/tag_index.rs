@@ -17,18 +17,40 @@ use fred::cmd;
 use fred::interfaces::{ClientLike, LuaInterface};
 use fred::types::Value;
 use support::{RawClient, RedisServer, fred_client};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// Held by the tests that load the machine (writers for seconds, 100,000 keys), so that the
-/// latency measurements of one are not the CPU contention of another.
-static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Every test holds it: those that load the machine (writers for seconds, 100,000 keys) alone,
+/// the others together, so that no test's timing (the 10 ms bound on one Redis call above
+/// all) measures another's CPU contention on a small host.
+static MACHINE: RwLock<()> = RwLock::const_new(());
 
 struct Fixture {
     server: RedisServer,
     client: Client,
     index: TagIndex,
+    _shared: Option<RwLockReadGuard<'static, ()>>,
+    _alone: Option<RwLockWriteGuard<'static, ()>>,
 }
 
+/// A Redis with the index library, for a test that runs alongside the other light ones.
 async fn fixture() -> Fixture {
+    let shared = MACHINE.read().await;
+    Fixture {
+        _shared: Some(shared),
+        ..start().await
+    }
+}
+
+/// A Redis with the index library, for a test that loads the machine: it runs alone.
+async fn fixture_alone() -> Fixture {
+    let alone = MACHINE.write().await;
+    Fixture {
+        _alone: Some(alone),
+        ..start().await
+    }
+}
+
+async fn start() -> Fixture {
     let server = RedisServer::start();
     let client = fred_client(&server.url(), false).await;
     let index = TagIndex::default();
@@ -37,6 +59,8 @@ async fn fixture() -> Fixture {
         server,
         client,
         index,
+        _shared: None,
+        _alone: None,
     }
 }
 
@@ -271,9 +295,8 @@ fn rule_tags(i: usize) -> Vec<Bytes> {
 /// existing key is reachable from each of its tags. Then, at rest, every index entry is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_and_invalidations_keep_the_index_whole() {
-    let _heavy = HEAVY.lock().await;
     const KEYS: usize = 300;
-    let fx = Arc::new(fixture().await);
+    let fx = Arc::new(fixture_alone().await);
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let invalidated = Arc::new(AtomicU64::new(0));
@@ -617,8 +640,7 @@ async fn a_stale_fill_gets_its_reply_but_does_not_survive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_ttl_rotation_keeps_the_index_flat() {
     const TTL: Duration = Duration::from_millis(200);
-    let _heavy = HEAVY.lock().await;
-    let fx = fixture().await;
+    let fx = fixture_alone().await;
     let rot = fx.index.names().tag_keys(b"rot");
     let start = Instant::now();
     // (when a batch was written, keys written by then)
@@ -964,10 +986,9 @@ async fn tags_with_special_bytes_match_only_themselves() {
 /// logged too, and each of those is far below 1 ms), and the 10 ms bound is asserted on all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tag_with_100k_keys_invalidates_in_short_calls() {
-    let _heavy = HEAVY.lock().await;
     const N: usize = 100_000;
     const PER_CALL: usize = 500;
-    let fx = fixture().await;
+    let fx = fixture_alone().await;
     let c = &fx.client;
     let built = Instant::now();
     let mut pending = Vec::new();
@@ -1116,8 +1137,7 @@ async fn replies_pass_through_unchanged() {
 /// Redis out of memory (cachet_write_oom still deletes; cachet_write answers Redis's OOM).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_that_go_take_their_entries_along() {
-    let _heavy = HEAVY.lock().await;
-    let fx = fixture().await;
+    let fx = fixture_alone().await;
     let c = &fx.client;
     let a = || key("a:1", tags(&["t:a"]), 0);
     let bk = || key("b:1", tags(&["t:b"]), 0);
@@ -1342,11 +1362,11 @@ async fn fast_writes_index_and_trims_bound_them() {
             .as_millis() as u64
     };
     let fast = |name: &str, ttl_ms: u64, now: u64| {
-        let command = [b("SET"), b(name), b("v"), b("PX"), b(ttl_ms.to_string())];
+        let command = vec![b("SET"), b(name), b("v"), b("PX"), b(ttl_ms.to_string())];
         let mut out = bytes::BytesMut::new();
         let frames = fx.index.encode_fast_set(
             &FastSet {
-                command: &command,
+                request: &cachet::resp::Request::from_args(command),
                 tags: &tags(&["x", "y"]),
                 key_set: true,
                 add_ex_secs: 0,
