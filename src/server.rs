@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -59,18 +59,26 @@ impl ClientRegistry {
     fn insert(&self, id: i64, handle: Arc<ClientHandle>) {
         self.clients
             .lock()
-            .expect("registry lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(id, handle);
     }
 
     /// Removes a client; its handle if it was still registered.
     pub fn remove(&self, id: i64) -> Option<Arc<ClientHandle>> {
-        self.clients.lock().expect("registry lock").remove(&id)
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
     }
 
     /// Sends every live client a message (shutdown, or kill once the grace period is over).
     fn broadcast(&self, message: impl Fn() -> Inbox) {
-        for client in self.clients.lock().expect("registry lock").values() {
+        for client in self
+            .clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
             let _ = client.inbox.send(message());
         }
     }
@@ -78,13 +86,16 @@ impl ClientRegistry {
     pub fn get(&self, id: i64) -> Option<Arc<ClientHandle>> {
         self.clients
             .lock()
-            .expect("registry lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
             .cloned()
     }
 
     pub fn len(&self) -> usize {
-        self.clients.lock().expect("registry lock").len()
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -148,12 +159,28 @@ async fn serve_client(
     let id = shared.clients.next_id();
     let (session, handle) = Session::new(shared.clone(), stream, addr, id);
     shared.clients.insert(id, handle);
+    let _registered = Registered {
+        registry: &shared.clients,
+        id,
+    };
     // Registered first, then checked: a client accepted as shutdown began either got the
     // broadcast or sees the token cancelled here.
     let shutting_down = shutdown.is_cancelled();
     let span = tracing::debug_span!("client", id, %addr);
     session.run(shutting_down).instrument(span).await;
-    shared.clients.remove(id);
+}
+
+/// A client's entry in the registry, removed when its session ends however it ends: a
+/// session that panics leaves neither `CLIENT LIST` nor the client count.
+struct Registered<'a> {
+    registry: &'a ClientRegistry,
+    id: i64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+    }
 }
 
 /// Tells a client over the limit why, as Redis does, and closes.
@@ -163,4 +190,35 @@ async fn refuse(mut stream: TcpStream) {
         .write_all(b"-ERR max number of clients reached\r\n")
         .await;
     let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_session_that_panics_leaves_the_registry() {
+        let registry = Arc::new(ClientRegistry::default());
+        let id = registry.next_id();
+        let (inbox, _inbox) = tokio::sync::mpsc::unbounded_channel();
+        let handle = ClientHandle {
+            inbox,
+            upstream_id: AtomicI64::new(0),
+            addr: "127.0.0.1:1".parse().unwrap(),
+        };
+        registry.insert(id, Arc::new(handle));
+        assert_eq!(registry.len(), 1);
+        let session = {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let _registered = Registered {
+                    registry: &registry,
+                    id,
+                };
+                panic!("a bug in a session");
+            })
+        };
+        assert!(session.await.unwrap_err().is_panic());
+        assert!(registry.is_empty(), "the entry outlived its session");
+    }
 }
