@@ -144,6 +144,10 @@ pub async fn run_with_admin(
         Some(name) => name.get_ref().as_str(),
         None => r.pattern.get_ref().as_str(),
     }));
+    metrics
+        .registry
+        .register(Box::new(upstream.pool_reconnects.clone()))
+        .map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let heat = warm::Heat::new(&config.heat);
     let warming = warm::Warming::new(&config.warmers, heat.clone(), &metrics.registry);
     let shared = Arc::new(server::Shared {

@@ -191,7 +191,7 @@ impl Metrics {
             upstream_reconnects: counter(
                 r,
                 "cachet_upstream_reconnects_total",
-                "Reconnects of cachet's control connection to Redis",
+                "Reconnects of cachet's control connection to Redis (the pool's: cachet_upstream_pool_reconnects_total)",
             ),
             upstream_latency: histogram(
                 r,

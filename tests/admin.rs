@@ -366,8 +366,13 @@ async fn healthy_degraded_and_unhealthy() {
     loop {
         let scrape = cachet.metrics().await;
         let reconnects = sample(&scrape, "cachet_upstream_reconnects_total", &[]);
-        if reconnects >= 1.0 && sample(&scrape, "cachet_upstream_connections", &[]) >= 1.0 {
+        let pool = sample(&scrape, "cachet_upstream_pool_reconnects_total", &[]);
+        if reconnects >= 1.0 && pool >= 1.0 {
             assert_eq!(reconnects, 1.0, "one restart, one reconnect");
+            assert_eq!(
+                pool, 1.0,
+                "one pooled connection, one restart: one reconnect"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "reconnect never counted");

@@ -62,6 +62,9 @@ pub struct Upstream {
     /// Load the tag index's function library on every (re)connect.
     tag_index: AtomicBool,
     shut: AtomicBool,
+    /// Pooled connections brought back up after they were lost (registered with the
+    /// metrics by whoever exposes them, as `cachet_upstream_pool_reconnects_total`).
+    pub pool_reconnects: prometheus::IntCounter,
 }
 
 impl Upstream {
@@ -80,6 +83,11 @@ impl Upstream {
             control,
             tag_index: AtomicBool::new(tag_index),
             shut: AtomicBool::new(false),
+            pool_reconnects: prometheus::IntCounter::new(
+                "cachet_upstream_pool_reconnects_total",
+                "Pooled connections to Redis brought back up after they were lost",
+            )
+            .expect("a valid metric name"),
         });
         tokio::spawn(load_commands(upstream.clone()));
         upstream.pool(Protocol::Resp2);

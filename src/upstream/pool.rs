@@ -90,6 +90,7 @@ async fn run(
     up: Arc<AtomicBool>,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut was_up = false;
     loop {
         if upstream.is_shut() {
             return;
@@ -112,6 +113,10 @@ async fn run(
             match upstream.connect(&setup, required).await {
                 Ok((stream, _)) => {
                     tracing::info!(?protocol, index, "pooled connection up");
+                    if was_up {
+                        upstream.pool_reconnects.inc();
+                    }
+                    was_up = true;
                     up.store(true, Ordering::Relaxed);
                     backoff = BACKOFF_MIN;
                     let timeout = upstream.config.command_timeout();
