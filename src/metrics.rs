@@ -58,7 +58,7 @@ pub struct Metrics {
     pub upstream_connections: IntGauge,
     /// Reconnects of cachet's control connection to Redis.
     pub upstream_reconnects: IntCounter,
-    /// Round trip of the health check's PING on the control connection.
+    /// Round trip of each of the health check's PINGs on the control connection.
     pub upstream_latency: Histogram,
     /// Redis's key count and memory use, as of the last health check.
     pub upstream_keys: IntGauge,
@@ -196,7 +196,7 @@ impl Metrics {
             upstream_latency: histogram(
                 r,
                 "cachet_upstream_ping_seconds",
-                "Round trip of the health check's PING to Redis",
+                "Round trip of each of the health check's PINGs to Redis",
             ),
             upstream_keys: gauge(
                 r,
