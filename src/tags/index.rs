@@ -1414,23 +1414,24 @@ mod tests {
     fn fast_set_layout() {
         let index = TagIndex::default();
         let tags = [Bytes::from_static(b"a"), Bytes::from_static(b"b}")];
-        for request in request_forms(&["SET", "k", "v"]) {
-            let mut out = BytesMut::new();
-            let frames = index.encode_fast_set(
-                &FastSet {
-                    request: &request,
-                    tags: &tags,
-                    key_set: true,
-                    add_ex_secs: 60,
-                    now_ms: 1_700_000_000_000,
-                    ttl_ms: Some(60_000),
-                },
-                &mut out,
-            );
-            assert_eq!(frames, 7);
-            assert_eq!(
-                out.to_vec(),
-                expected(&[
+        let now_ms = 1_700_000_000_000;
+        // The command, how many tags, key_set, the rule's EX, the TTL, what goes out.
+        type Case<'a> = (
+            &'a [&'a str],
+            usize,
+            bool,
+            u64,
+            Option<u64>,
+            &'a [&'a [&'a str]],
+        );
+        let cases: [Case<'_>; 3] = [
+            (
+                &["SET", "k", "v"],
+                2,
+                true,
+                60,
+                Some(60_000),
+                &[
                     &["MULTI"],
                     &["SET", "k", "v", "EX", "60"],
                     &["ZADD", "cachet:t:{a}", "1700000061440", "k"],
@@ -1438,58 +1439,54 @@ mod tests {
                     &["SADD", "cachet:k:{k}:k", "a", "b}"],
                     &["PEXPIREAT", "cachet:k:{k}:k", "1700000061440"],
                     &["EXEC"],
-                ])
-            );
-        }
-        for request in request_forms(&["set", "k", "v", "px", "5"]) {
-            let mut out = BytesMut::new();
-            let frames = index.encode_fast_set(
-                &FastSet {
-                    request: &request,
-                    tags: &tags[..1],
-                    key_set: true,
-                    add_ex_secs: 0,
-                    now_ms: 1_700_000_000_000,
-                    ttl_ms: None,
-                },
-                &mut out,
-            );
-            assert_eq!(frames, 6);
-            assert_eq!(
-                out.to_vec(),
-                expected(&[
+                ],
+            ),
+            (
+                &["set", "k", "v", "px", "5"],
+                1,
+                true,
+                0,
+                None,
+                &[
                     &["MULTI"],
                     &["set", "k", "v", "px", "5"],
                     &["ZADD", "cachet:t:{a}", "+inf", "k"],
                     &["SADD", "cachet:k:{k}:k", "a"],
                     &["PERSIST", "cachet:k:{k}:k"],
                     &["EXEC"],
-                ])
-            );
-        }
-        for request in request_forms(&["SET", "k", "v"]) {
-            let mut out = BytesMut::new();
-            let frames = index.encode_fast_set(
-                &FastSet {
-                    request: &request,
-                    tags: &tags[..1],
-                    key_set: false,
-                    add_ex_secs: 60,
-                    now_ms: 1_700_000_000_000,
-                    ttl_ms: Some(60_000),
-                },
-                &mut out,
-            );
-            assert_eq!(frames, 4);
-            assert_eq!(
-                out.to_vec(),
-                expected(&[
+                ],
+            ),
+            (
+                &["SET", "k", "v"],
+                1,
+                false,
+                60,
+                Some(60_000),
+                &[
                     &["MULTI"],
                     &["SET", "k", "v", "EX", "60"],
                     &["ZADD", "cachet:t:{a}", "1700000061440", "k"],
                     &["EXEC"],
-                ])
-            );
+                ],
+            ),
+        ];
+        for (command, n_tags, key_set, add_ex_secs, ttl_ms, want) in cases {
+            for request in request_forms(command) {
+                let mut out = BytesMut::new();
+                let set = FastSet {
+                    request: &request,
+                    tags: &tags[..n_tags],
+                    key_set,
+                    add_ex_secs,
+                    now_ms,
+                    ttl_ms,
+                };
+                let frames = index.encode_fast_set(&set, &mut out);
+                assert_eq!(frames, want.len(), "{command:?}");
+                assert_eq!(out.to_vec(), expected(want), "{command:?}");
+            }
+        }
+        for request in request_forms(&["SET", "k", "v"]) {
             let mut out = BytesMut::new();
             FastBatch::default().encode_set(&request, 60, &mut out);
             assert_eq!(out.to_vec(), expected(&[&["SET", "k", "v", "EX", "60"]]));
