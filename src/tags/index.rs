@@ -452,11 +452,28 @@ pub struct FastBatch {
     tags_used: usize,
     /// Per-key sets to write: the key, its indexed tags, its score.
     key_sets: Vec<(Bytes, Vec<Bytes>, Option<u64>)>,
-    /// The last score given to a member, and its encoding: scores sit on a grid, so most
-    /// members of a batch (and of the next) share one.
-    score: Option<(Option<u64>, Bytes)>,
-    /// The last rule TTL appended to a SET, and its encoded `EX` suffix.
-    ex: Option<(u64, Bytes)>,
+    /// The last score given to a member, encoded: scores sit on a grid, so most members of a
+    /// batch (and of the next) share one.
+    score: LastEncoded<Option<u64>>,
+    /// The last rule TTL appended to a SET, encoded as its `EX` suffix.
+    ex: LastEncoded<u64>,
+}
+
+/// The last value encoded, and its encoding: what a run of equal values reuses.
+#[derive(Debug, Default)]
+struct LastEncoded<T>(Option<(T, Bytes)>);
+
+impl<T: PartialEq + Copy> LastEncoded<T> {
+    fn get(&mut self, value: T, encode: impl FnOnce(T) -> Bytes) -> Bytes {
+        match &self.0 {
+            Some((last, encoded)) if *last == value => encoded.clone(),
+            _ => {
+                let encoded = encode(value);
+                self.0 = Some((value, encoded.clone()));
+                encoded
+            }
+        }
+    }
 }
 
 /// The members of one tag's `ZADD`.
@@ -471,22 +488,13 @@ struct TagMembers {
 impl FastBatch {
     /// Adds one tagged SET.
     pub fn push(&mut self, set: &FastSet<'_>) {
-        let mut sets = std::mem::take(&mut self.sets);
-        self.encode_set(set.request, set.add_ex_secs, &mut sets);
-        self.sets = sets;
+        put_set(&mut self.ex, set.request, set.add_ex_secs, &mut self.sets);
         self.count += 1;
         let score = set.score();
-        let score_bulk = match &self.score {
-            Some((cached, bulk)) if *cached == score => bulk.clone(),
-            _ => {
-                let bulk = match score {
-                    Some(ms) => bulk_string(itoa::Buffer::new().format(ms).as_bytes()),
-                    None => bulk_string(b"+inf"),
-                };
-                self.score = Some((score, bulk.clone()));
-                bulk
-            }
-        };
+        let score_bulk = self.score.get(score, |score| match score {
+            Some(ms) => bulk_string(itoa::Buffer::new().format(ms).as_bytes()),
+            None => bulk_string(b"+inf"),
+        });
         let key = &set.request.args[1];
         let encoded_key = set.request.encoded_arg(1);
         for tag in set.tags {
@@ -510,39 +518,7 @@ impl FastBatch {
     /// index entry to write, and the first command of each [`FastBatch::push`]. Redis answers
     /// with one frame, the SET's own.
     pub fn encode_set(&mut self, request: &Request, add_ex_secs: u64, out: &mut BytesMut) {
-        if add_ex_secs == 0 {
-            out.extend_from_slice(&request.raw);
-            return;
-        }
-        let ex = match &self.ex {
-            Some((secs, suffix)) if *secs == add_ex_secs => suffix.clone(),
-            _ => {
-                let mut suffix = BytesMut::new();
-                put_frame(&mut suffix, &BulkString(b"EX"));
-                let mut digits = itoa::Buffer::new();
-                put_frame(
-                    &mut suffix,
-                    &BulkString(digits.format(add_ex_secs).as_bytes()),
-                );
-                let suffix = suffix.freeze();
-                self.ex = Some((add_ex_secs, suffix.clone()));
-                suffix
-            }
-        };
-        // `raw` is the multibulk of exactly these three arguments: two more make five.
-        match request.raw.strip_prefix(b"*3\r\n") {
-            Some(arguments) if request.args.len() == 3 => {
-                out.extend_from_slice(b"*5\r\n");
-                out.extend_from_slice(arguments);
-            }
-            _ => {
-                put_array_header(out, request.args.len() + 2);
-                for arg in &request.args {
-                    put_frame(out, &BulkString(arg));
-                }
-            }
-        }
-        out.extend_from_slice(&ex);
+        put_set(&mut self.ex, request, add_ex_secs, out);
     }
 
     /// The position of `tag`'s members in this batch, taking a free slot if it is new.
@@ -1131,6 +1107,37 @@ fn bulk_string(bytes: &[u8]) -> Bytes {
     let mut out = BytesMut::new();
     put_frame(&mut out, &BulkString(bytes));
     out.freeze()
+}
+
+/// [`FastBatch::encode_set`], with the batch's last `EX` suffix.
+fn put_set(ex: &mut LastEncoded<u64>, request: &Request, add_ex_secs: u64, out: &mut BytesMut) {
+    if add_ex_secs == 0 {
+        out.extend_from_slice(&request.raw);
+        return;
+    }
+    let ex = ex.get(add_ex_secs, |secs| {
+        let mut suffix = BytesMut::new();
+        put_frame(&mut suffix, &BulkString(b"EX"));
+        put_frame(
+            &mut suffix,
+            &BulkString(itoa::Buffer::new().format(secs).as_bytes()),
+        );
+        suffix.freeze()
+    });
+    // `raw` is the multibulk of exactly these three arguments: two more make five.
+    match request.raw.strip_prefix(b"*3\r\n") {
+        Some(arguments) if request.args.len() == 3 => {
+            out.extend_from_slice(b"*5\r\n");
+            out.extend_from_slice(arguments);
+        }
+        _ => {
+            put_array_header(out, request.args.len() + 2);
+            for arg in &request.args {
+                put_frame(out, &BulkString(arg));
+            }
+        }
+    }
+    out.extend_from_slice(&ex);
 }
 
 /// `*n\r\n`, the header of a multibulk whose `n` bulk strings follow: how the fast path
