@@ -74,6 +74,9 @@ pub struct ProxyConfig {
     /// Most bytes of not-yet-complete input buffered for one client (Redis's
     /// `client-query-buffer-limit`).
     pub max_query_buffer: u64,
+    /// Most bytes of not-yet-complete input buffered for all clients together. A client
+    /// whose unfinished request (over 64 KiB) would pass it is told so and closed.
+    pub max_query_buffer_total: u64,
     /// Most replies one client may have outstanding before cachet stops reading from it.
     pub max_pipeline: NonZeroUsize,
     /// How long shutdown waits for in-flight replies before closing connections anyway.
@@ -93,6 +96,7 @@ impl Default for ProxyConfig {
             max_bulk_len: DEFAULT_MAX_BULK_LEN,
             max_array_len: DEFAULT_MAX_ARRAY_LEN,
             max_query_buffer: DEFAULT_MAX_QUERY_BUFFER,
+            max_query_buffer_total: DEFAULT_MAX_QUERY_BUFFER,
             max_pipeline: NonZeroUsize::new(16_384).expect("non-zero"),
             shutdown_grace_ms: 10_000,
             threads: 1,

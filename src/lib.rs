@@ -150,9 +150,11 @@ pub async fn run_with_admin(
         .map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let heat = warm::Heat::new(&config.heat);
     let warming = warm::Warming::new(&config.warmers, heat.clone(), &metrics.registry);
+    let request_buffers = resp::request::RequestBuffers::new(config.proxy.max_query_buffer_total);
     let shared = Arc::new(server::Shared {
         config,
         limits,
+        request_buffers,
         index: tags::index::TagIndex::new(tags::index::DEFAULT_PREFIX)?.with_rules(rules.clone()),
         rules,
         metrics,

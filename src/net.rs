@@ -16,9 +16,13 @@ use tokio::io::Interest;
 use tokio::net::tcp::OwnedReadHalf;
 
 /// Reads what the socket has into `buf`; `Ok(0)` means the peer closed. Cancel-safe.
+///
+/// Room is made in `buf` only once the socket is readable, so an idle connection holds no
+/// buffer: 5,000 idle clients cost cachet kilobytes each, not the 64 KiB a read takes.
 pub async fn read_available(half: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
         half.readable().await?;
+        reserve(buf);
         let room = buf.capacity() - buf.len();
         let mut short_read = None;
         let result = half.as_ref().try_io(Interest::READABLE, || {
@@ -40,5 +44,12 @@ pub async fn read_available(half: &OwnedReadHalf, buf: &mut BytesMut) -> io::Res
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Makes room for a socket read: 64 KiB more when less than 16 KiB is free.
+pub fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < 16 * 1024 {
+        buf.reserve(64 * 1024);
     }
 }

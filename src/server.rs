@@ -33,6 +33,7 @@ const FIRST_CLIENT_ID: i64 = 1 << 32;
 pub struct Shared {
     pub config: Config,
     pub limits: Limits,
+    pub request_buffers: crate::resp::request::RequestBuffers,
     pub rules: Arc<Rules>,
     pub index: TagIndex,
     pub metrics: Metrics,

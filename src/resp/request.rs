@@ -1,16 +1,40 @@
-//! Client requests: RESP multibulk (decoded by `redis-protocol`) and inline commands (what
-//! `redis-cli` and telnet send), checked against the size limits before a frame is buffered.
+//! Client requests: RESP multibulk and inline commands (what `redis-cli` and telnet send),
+//! framed with Redis's own request grammar and checked against the size limits before a
+//! frame is buffered.
 //!
-//! The common case costs one decode of a complete frame. Only when a frame is incomplete (or
-//! invalid) are its headers walked, so a client announcing a 600 MB bulk string is refused at
-//! the header, as Redis does, instead of after cachet has buffered it.
+//! A request is an array of bulk strings, nothing else, so it is framed here rather than by
+//! `redis-protocol`'s general decoder (which cachet uses for replies and encoding). That
+//! decoder reads any RESP value, recursively: a million nested `*1` headers overflowed the
+//! stack. It also accepts lengths Redis refuses (`$04`, `$+4`, `*01`): forwarded raw, Redis
+//! closes the shared connection on them and every client's commands in flight fail. So the
+//! framer here:
+//!
+//! * reads lengths the way Redis's `string2ll` does: an optional `-`, then digits with no
+//!   leading zero; a `*` count of 0 or less is an empty request, skipped; a `$` length must be
+//!   0 or more. Each header line and each bulk ends with CRLF.
+//! * answers each malformed request with Redis's own words (`Protocol error: expected '$',
+//!   got '*'`, `invalid bulk length`, ...), at the first bad header, before the body arrives.
+//! * applies Redis's limits for clients that have not authenticated: at most 10 arguments
+//!   and 16 KiB per argument, so an unauthenticated client can never make cachet buffer more
+//!   than about 160 KiB.
+//! * is incremental: a request arriving over many reads is checked as its bytes arrive, and
+//!   each byte is looked at once (plus once more when the request is split into arguments),
+//!   so a 21 MB command costs the same whether it comes in one read or a thousand.
+//!
+//! What leaves this module is a request Redis will frame exactly as cachet did.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
-use redis_protocol::resp2::decode::decode_range;
-use redis_protocol::resp2::types::RangeFrame;
 
 /// Redis's `PROTO_INLINE_MAX_SIZE`: longest inline command, and longest header line.
 const INLINE_MAX: usize = 64 * 1024;
+/// Redis's limits for a client that has not authenticated (`authRequired`).
+const UNAUTHENTICATED_MAX_ARGS: i64 = 10;
+const UNAUTHENTICATED_MAX_BULK: i64 = 16 * 1024;
+/// A multibulk count larger than this is invalid (Redis: `INT_MAX`).
+const MAX_COUNT: i64 = i32::MAX as i64;
 
 /// One command from a client.
 #[derive(Debug, Clone)]
@@ -79,30 +103,210 @@ fn protocol_error<T>(message: impl Into<String>) -> Result<T, ProtocolError> {
     Err(ProtocolError(message.into()))
 }
 
-/// Takes the next complete command off the front of `buf`.
-///
-/// Returns `Ok(None)` when more input is needed. Empty commands (`*0`, an empty inline line)
-/// are consumed and skipped, as Redis skips them.
-pub fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request>, ProtocolError> {
-    loop {
-        let Some(&first) = buf.first() else {
-            return Ok(None);
-        };
-        let parsed = if first == b'*' {
-            parse_multibulk(buf, limits)?
+/// The input every client has buffered, against `proxy.max_query_buffer_total`: with
+/// `max_clients` clients each allowed `max_query_buffer`, the sum needs a cap of its own.
+#[derive(Debug)]
+pub struct RequestBuffers {
+    total: Arc<AtomicUsize>,
+    cap: usize,
+}
+
+impl RequestBuffers {
+    pub fn new(cap: u64) -> Self {
+        RequestBuffers {
+            total: Arc::default(),
+            cap: usize::try_from(cap).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// A share for one client, counting nothing yet.
+    pub fn share(&self) -> BufferShare {
+        BufferShare {
+            total: self.total.clone(),
+            cap: self.cap,
+            counted: 0,
+        }
+    }
+
+    /// Bytes buffered by all clients now.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+/// One client's part of [`RequestBuffers`]; given back when the client's session ends,
+/// however it ends.
+#[derive(Debug)]
+pub struct BufferShare {
+    total: Arc<AtomicUsize>,
+    cap: usize,
+    counted: usize,
+}
+
+impl BufferShare {
+    /// Records that this client now buffers `bytes`; true when all clients together buffer
+    /// more than the cap.
+    pub fn set(&mut self, bytes: usize) -> bool {
+        let total = if bytes >= self.counted {
+            self.total
+                .fetch_add(bytes - self.counted, Ordering::Relaxed)
+                + bytes
+                - self.counted
         } else {
-            parse_inline(buf)?
+            self.total
+                .fetch_sub(self.counted - bytes, Ordering::Relaxed)
+                - (self.counted - bytes)
         };
-        match parsed {
-            Parsed::Request(request) => return Ok(Some(request)),
-            Parsed::Empty => continue,
-            Parsed::Incomplete => {
-                if buf.len() as u64 > limits.max_query_buffer {
-                    return protocol_error("query buffer limit exceeded");
+        self.counted = bytes;
+        total > self.cap
+    }
+}
+
+impl Drop for BufferShare {
+    fn drop(&mut self) {
+        self.set(0);
+    }
+}
+
+/// Frames one client's requests. It remembers how far a request that has not fully arrived
+/// was already checked, so the next read resumes there: the client's input buffer must only
+/// lose bytes through [`RequestParser::parse`].
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    /// Bytes at the front of the buffer that belong to the request in progress and were
+    /// checked: its `*` header, whole bulks, and the header of `bulk`.
+    checked: usize,
+    /// Arguments the request in progress announced; 0 when none is in progress.
+    announced: usize,
+    /// Arguments of the request in progress that arrived whole.
+    arrived: usize,
+    /// The length of the bulk whose header was read and whose body is awaited.
+    bulk: Option<usize>,
+}
+
+impl RequestParser {
+    /// Takes the next complete command off the front of `buf`.
+    ///
+    /// Returns `Ok(None)` when more input is needed. Empty commands (`*0`, `*-1`, an empty
+    /// inline line) are consumed and skipped, as Redis skips them. `authenticated: false`
+    /// applies Redis's limits for clients that have not authenticated.
+    pub fn parse(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+        authenticated: bool,
+    ) -> Result<Option<Request>, ProtocolError> {
+        loop {
+            let parsed = if self.announced > 0 {
+                self.multibulk(buf, limits, authenticated)?
+            } else {
+                match buf.first() {
+                    None => return Ok(None),
+                    Some(b'*') => self.start_multibulk(buf, limits, authenticated)?,
+                    Some(_) => parse_inline(buf)?,
                 }
-                return Ok(None);
+            };
+            match parsed {
+                Parsed::Request(request) => return Ok(Some(request)),
+                Parsed::Empty => continue,
+                Parsed::Incomplete => {
+                    if buf.len() as u64 > limits.max_query_buffer {
+                        return protocol_error("query buffer limit exceeded");
+                    }
+                    return Ok(None);
+                }
             }
         }
+    }
+
+    /// Reads the `*count` header at the front of `buf`.
+    fn start_multibulk(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+        authenticated: bool,
+    ) -> Result<Parsed, ProtocolError> {
+        let Some((count, next)) = header(
+            buf,
+            1,
+            "too big mbulk count string",
+            "invalid multibulk length",
+        )?
+        else {
+            return Ok(Parsed::Incomplete);
+        };
+        if count > MAX_COUNT {
+            return protocol_error("invalid multibulk length");
+        }
+        if count > UNAUTHENTICATED_MAX_ARGS && !authenticated {
+            return protocol_error("unauthenticated multibulk length");
+        }
+        if count <= 0 {
+            buf.advance(next);
+            return Ok(Parsed::Empty);
+        }
+        if count as u64 > limits.max_array_len {
+            return protocol_error("invalid multibulk length");
+        }
+        self.announced = count as usize;
+        self.arrived = 0;
+        self.checked = next;
+        self.bulk = None;
+        self.multibulk(buf, limits, authenticated)
+    }
+
+    /// Checks the bulks of the request in progress that have arrived since the last call.
+    fn multibulk(
+        &mut self,
+        buf: &mut BytesMut,
+        limits: &Limits,
+        authenticated: bool,
+    ) -> Result<Parsed, ProtocolError> {
+        while self.arrived < self.announced {
+            let len = match self.bulk {
+                Some(len) => len,
+                None => {
+                    let Some(&kind) = buf.get(self.checked) else {
+                        return Ok(Parsed::Incomplete);
+                    };
+                    if kind != b'$' {
+                        return protocol_error(format!("expected '$', got '{}'", char::from(kind)));
+                    }
+                    let Some((len, next)) = header(
+                        buf,
+                        self.checked + 1,
+                        "too big bulk count string",
+                        "invalid bulk length",
+                    )?
+                    else {
+                        return Ok(Parsed::Incomplete);
+                    };
+                    if len < 0 || len as u64 > limits.max_bulk_len {
+                        return protocol_error("invalid bulk length");
+                    }
+                    if len > UNAUTHENTICATED_MAX_BULK && !authenticated {
+                        return protocol_error("unauthenticated bulk length");
+                    }
+                    self.checked = next;
+                    self.bulk = Some(len as usize);
+                    len as usize
+                }
+            };
+            let end = self.checked + len;
+            match buf.get(end..end + 2) {
+                None => return Ok(Parsed::Incomplete),
+                Some(b"\r\n") => {}
+                Some(_) => return protocol_error("expected CRLF after a bulk string"),
+            }
+            self.checked = end + 2;
+            self.bulk = None;
+            self.arrived += 1;
+        }
+        let raw = buf.split_to(self.checked).freeze();
+        let args = split_args(&raw, self.announced);
+        self.announced = 0;
+        self.checked = 0;
+        Ok(Parsed::Request(Request { args, raw }))
     }
 }
 
@@ -112,114 +316,83 @@ enum Parsed {
     Incomplete,
 }
 
-fn parse_multibulk(buf: &mut BytesMut, limits: &Limits) -> Result<Parsed, ProtocolError> {
-    // `decode_range` only locates the arguments; they become slices of the one frozen
-    // frame, so a command costs two allocations (the ranges, the arguments) and no copy.
-    match decode_range(buf) {
-        Ok(Some((RangeFrame::Array(items), len))) => {
-            if items.len() as u64 > limits.max_array_len {
-                return protocol_error("invalid multibulk length");
-            }
-            if items.is_empty() {
-                buf.advance(len);
-                return Ok(Parsed::Empty);
-            }
-            let mut ranges = Vec::with_capacity(items.len());
-            for item in items {
-                match item {
-                    RangeFrame::BulkString((start, end)) => {
-                        if (end - start) as u64 > limits.max_bulk_len {
-                            return protocol_error("invalid bulk length");
-                        }
-                        ranges.push(start..end);
-                    }
-                    RangeFrame::Null => return protocol_error("invalid bulk length"),
-                    other => {
-                        let got = match other {
-                            RangeFrame::SimpleString(_) => '+',
-                            RangeFrame::Error(_) => '-',
-                            RangeFrame::Integer(_) => ':',
-                            _ => '*',
-                        };
-                        return protocol_error(format!("expected '$', got '{got}'"));
-                    }
-                }
-            }
-            let raw = buf.split_to(len).freeze();
-            let args = ranges.into_iter().map(|r| raw.slice(r)).collect();
-            Ok(Parsed::Request(Request { args, raw }))
-        }
-        // `*-1`: a null array, which Redis ignores like an empty one.
-        Ok(Some((_, len))) => {
-            buf.advance(len);
-            Ok(Parsed::Empty)
-        }
-        Ok(None) => {
-            check_headers(buf, limits)?;
-            Ok(Parsed::Incomplete)
-        }
-        Err(err) => {
-            // Walk the headers to say what is wrong the way Redis says it; fall back to the
-            // decoder's own words.
-            check_headers(buf, limits)?;
-            protocol_error(err.details().to_owned())
-        }
-    }
-}
-
-/// Walks the headers of a not-yet-complete multibulk request and refuses one that announces
-/// more than the limits allow, or is not made of bulk strings. Bulk bodies are skipped.
-fn check_headers(buf: &[u8], limits: &Limits) -> Result<(), ProtocolError> {
-    let Some((count, mut pos)) = header_number(buf, 1, "too big mbulk count string")? else {
-        return Ok(());
-    };
-    if count > limits.max_array_len as i64 {
-        return protocol_error("invalid multibulk length");
-    }
-    for _ in 0..count.max(0) {
-        let Some(&kind) = buf.get(pos) else {
-            return Ok(());
-        };
-        if kind != b'$' {
-            return protocol_error(format!("expected '$', got '{}'", char::from(kind)));
-        }
-        let Some((len, next)) = header_number(buf, pos + 1, "too big bulk count string")? else {
-            return Ok(());
-        };
-        if len < 0 || len as u64 > limits.max_bulk_len {
-            return protocol_error("invalid bulk length");
-        }
-        pos = next + len as usize + 2;
-    }
-    Ok(())
-}
-
-/// Reads the decimal number that starts at `start` and ends with CRLF; `None` if the line is
-/// not complete yet.
-fn header_number(
+/// Reads the number in the header line that starts at `start` and ends with CRLF, the way
+/// Redis's `string2ll` reads it; `None` if the line has not fully arrived. Returns the
+/// number and where the next line starts.
+fn header(
     buf: &[u8],
     start: usize,
     too_long: &str,
+    invalid: &str,
 ) -> Result<Option<(i64, usize)>, ProtocolError> {
     let rest = buf.get(start..).unwrap_or_default();
-    let Some(end) = rest.iter().position(|&b| b == b'\r') else {
+    let Some(cr) = rest.iter().position(|&b| b == b'\r') else {
         if rest.len() > INLINE_MAX {
             return protocol_error(too_long);
         }
         return Ok(None);
     };
-    let number = std::str::from_utf8(&rest[..end])
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok());
-    let invalid = if start == 1 {
-        "invalid multibulk length"
-    } else {
-        "invalid bulk length"
-    };
-    match number {
-        Some(n) => Ok(Some((n, start + end + 2))),
+    match rest.get(cr + 1) {
+        None => return Ok(None),
+        Some(b'\n') => {}
+        Some(_) => return protocol_error(invalid),
+    }
+    match redis_number(&rest[..cr]) {
+        Some(n) => Ok(Some((n, start + cr + 2))),
         None => protocol_error(invalid),
     }
+}
+
+/// Redis's `string2ll`: `0`, or an optional `-` followed by a non-zero digit and more
+/// digits, within `i64`. No `+`, no leading zero, no spaces, not empty.
+fn redis_number(text: &[u8]) -> Option<i64> {
+    if text == b"0" {
+        return Some(0);
+    }
+    let (negative, digits) = match text.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, text),
+    };
+    if !matches!(digits.first(), Some(b'1'..=b'9')) || digits.len() > 19 {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        // Accumulated as a negative number, whose range is one larger than the positive's.
+        value = value.checked_mul(10)?.checked_sub(i64::from(d - b'0'))?;
+    }
+    if negative {
+        Some(value)
+    } else {
+        value.checked_neg()
+    }
+}
+
+/// Splits a checked multibulk frame into its arguments (slices of the frame, no copy).
+fn split_args(raw: &Bytes, count: usize) -> Vec<Bytes> {
+    let mut args = Vec::with_capacity(count);
+    let mut pos = line_end(raw, 0) + 2;
+    for _ in 0..count {
+        let end = line_end(raw, pos);
+        let len = raw[pos + 1..end]
+            .iter()
+            .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0'));
+        let start = end + 2;
+        args.push(raw.slice(start..start + len));
+        pos = start + len + 2;
+    }
+    args
+}
+
+/// Where the header line at `from` ends (its CR), in a frame already checked.
+fn line_end(raw: &[u8], from: usize) -> usize {
+    from + raw[from..]
+        .iter()
+        .position(|&b| b == b'\r')
+        .expect("a checked frame")
 }
 
 fn parse_inline(buf: &mut BytesMut) -> Result<Parsed, ProtocolError> {
@@ -329,10 +502,15 @@ mod tests {
         max_query_buffer: 1 << 20,
     };
 
+    fn parse(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Request>, ProtocolError> {
+        RequestParser::default().parse(buf, limits, true)
+    }
+
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<String>>, ProtocolError> {
         let mut buf = BytesMut::from(input);
         let mut out = Vec::new();
-        while let Some(req) = parse(&mut buf, &LIMITS)? {
+        let mut parser = RequestParser::default();
+        while let Some(req) = parser.parse(&mut buf, &LIMITS, true)? {
             out.push(
                 req.args
                     .iter()
@@ -421,5 +599,178 @@ mod tests {
             err.to_string(),
             "Protocol error: unbalanced quotes in request"
         );
+    }
+    #[test]
+    fn lengths_follow_redis_grammar() {
+        // Lengths Redis's string2ll refuses: Redis closes the connection on them, so cachet
+        // must never forward them to a shared one.
+        for bad in [
+            &b"*1\r\n$04\r\nPING\r\n"[..],
+            b"*1\r\n$+4\r\nPING\r\n",
+            b"*1\r\n$ 4\r\nPING\r\n",
+            b"*1\r\n$\r\n",
+            b"*1\r\n$-0\r\n",
+            b"*1\r\n$-1\r\n",
+            b"*1\r\n$99999999999999999999\r\n",
+        ] {
+            let err = parse_all(bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "Protocol error: invalid bulk length",
+                "{bad:?}"
+            );
+        }
+        for bad in [
+            &b"*01\r\n$4\r\nPING\r\n"[..],
+            b"*+1\r\n$4\r\nPING\r\n",
+            b"*\r\n",
+            b"*1 \r\n",
+            b"*2147483648\r\n",
+            b"*1\rX$4\r\nPING\r\n",
+        ] {
+            let err = parse_all(bad).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "Protocol error: invalid multibulk length",
+                "{bad:?}"
+            );
+        }
+        // Counts of zero or less are empty requests, skipped as Redis skips them.
+        let got = parse_all(b"*0\r\n*-1\r\n*-5\r\n*1\r\n$4\r\nPING\r\n").unwrap();
+        assert_eq!(got, vec![vec!["PING"]]);
+        let err = parse_all(b"*1\r\n$4\r\nPINGxx").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Protocol error: expected CRLF after a bulk string"
+        );
+        assert_eq!(redis_number(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(redis_number(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(redis_number(b"9223372036854775808"), None);
+        assert_eq!(redis_number(b"-0"), None);
+        assert_eq!(redis_number(b"10"), Some(10));
+    }
+
+    #[test]
+    fn nested_arrays_are_refused_at_the_first_header() {
+        // The stack overflow of issue 13: a big command, then a million nested headers.
+        let mut input = command(&["SET", "k", &"v".repeat(1_000_000)]);
+        input.extend(std::iter::repeat_n(&b"*1\r\n"[..], 1_000_000).flatten());
+        let mut buf = BytesMut::from(&input[..]);
+        let mut parser = RequestParser::default();
+        let set = parser.parse(&mut buf, &BIG, true).unwrap().unwrap();
+        assert_eq!(set.args.len(), 3);
+        let err = parser.parse(&mut buf, &BIG, true).unwrap_err();
+        assert_eq!(err.to_string(), "Protocol error: expected '$', got '*'");
+        let err = parse_all(b"*2\r\n$3\r\nGET\r\n%1\r\n").unwrap_err();
+        assert_eq!(err.to_string(), "Protocol error: expected '$', got '%'");
+    }
+
+    #[test]
+    fn unauthenticated_clients_get_redis_limits() {
+        let mut parser = RequestParser::default();
+        let eleven = command(&["DEL"; 11]);
+        let err = parser
+            .parse(&mut BytesMut::from(&eleven[..]), &BIG, false)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Protocol error: unauthenticated multibulk length"
+        );
+        // Refused at the header, before any of the 200 MB arrives.
+        let err = RequestParser::default()
+            .parse(
+                &mut BytesMut::from(&b"*2\r\n$4\r\nAUTH\r\n$200000000\r\nxx"[..]),
+                &BIG,
+                false,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Protocol error: unauthenticated bulk length"
+        );
+        let ten = command(&["DEL"; 10]);
+        let mut buf = BytesMut::from(&ten[..]);
+        assert!(
+            RequestParser::default()
+                .parse(&mut buf, &BIG, false)
+                .unwrap()
+                .is_some()
+        );
+        let mut buf = BytesMut::from(&command(&["AUTH", &"p".repeat(16 * 1024)])[..]);
+        assert!(
+            RequestParser::default()
+                .parse(&mut buf, &BIG, false)
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn split_anywhere_gives_the_same_requests() {
+        let input: &[u8] =
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\nPING\r\n*0\r\n*2\r\n$3\r\nGET\r\n$10\r\nab\r\ncd\r\nef\r\n";
+        let whole = parse_all(input).unwrap();
+        for chunk in 1..input.len() {
+            let mut parser = RequestParser::default();
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for piece in input.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                while let Some(req) = parser.parse(&mut buf, &LIMITS, true).unwrap() {
+                    assert_eq!(&req.raw[..], &Request::from_args(req.args.clone()).raw[..]);
+                    got.push(
+                        req.args
+                            .iter()
+                            .map(|a| String::from_utf8_lossy(a).into_owned())
+                            .collect::<Vec<_>>(),
+                    );
+                }
+            }
+            assert_eq!(got, whole, "chunks of {chunk}");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn a_request_arriving_in_many_reads_is_checked_once() {
+        // 300,000 arguments (2.1 MB). Re-walking the buffer on every read, as the old
+        // decoder did, costs quadratic time: about 4 GB of scanning in 1 KB reads.
+        let args = vec!["x"; 300_000];
+        let input = command(&args);
+        let started = std::time::Instant::now();
+        let mut buf = BytesMut::from(&input[..]);
+        RequestParser::default()
+            .parse(&mut buf, &BIG, true)
+            .unwrap()
+            .unwrap();
+        let at_once = started.elapsed();
+        let started = std::time::Instant::now();
+        let mut parser = RequestParser::default();
+        let mut buf = BytesMut::new();
+        let mut done = None;
+        for piece in input.chunks(1024) {
+            buf.extend_from_slice(piece);
+            if let Some(request) = parser.parse(&mut buf, &BIG, true).unwrap() {
+                done = Some(request);
+            }
+        }
+        let chunked = started.elapsed();
+        assert_eq!(done.expect("complete").args.len(), 300_000);
+        assert!(
+            chunked < at_once * 10 + std::time::Duration::from_millis(500),
+            "in 1 KB reads {chunked:?}, at once {at_once:?}"
+        );
+    }
+
+    const BIG: Limits = Limits {
+        max_bulk_len: 512 << 20,
+        max_array_len: i32::MAX as u64,
+        max_query_buffer: 1 << 30,
+    };
+
+    /// A command as a client library encodes it.
+    fn command(args: &[&str]) -> Vec<u8> {
+        let args = args.iter().map(|a| Bytes::copy_from_slice(a.as_bytes()));
+        Request::from_args(args.collect()).raw.to_vec()
     }
 }

@@ -1395,12 +1395,14 @@ mod tests {
             .collect();
         let built = Request::from_args(args);
         let mut resp = BytesMut::from(&built.raw[..]);
-        let parsed = crate::resp::request::parse(&mut resp, &limits)
+        let parsed = crate::resp::request::RequestParser::default()
+            .parse(&mut resp, &limits, true)
             .unwrap()
             .unwrap();
         let quoted: Vec<String> = command.iter().map(|a| format!("\"{a}\"")).collect();
         let mut line = BytesMut::from(format!("{}\r\n", quoted.join(" ")).as_bytes());
-        let inline = crate::resp::request::parse(&mut line, &limits)
+        let inline = crate::resp::request::RequestParser::default()
+            .parse(&mut line, &limits, true)
             .unwrap()
             .unwrap();
         assert!(parsed.encoded_arg(1).is_some() && inline.encoded_arg(1).is_none());
