@@ -12,6 +12,8 @@
 //! * `CACHET_FUZZ_SEED`: the run's seed (default: random, printed). With
 //!   `CACHET_FUZZ_INPUT=N`, only input N of that seed runs, in both tests, and is saved to a
 //!   file: a failure replays from the two numbers it prints.
+//! * `CACHET_FUZZ_KINDS`: only these kinds of input (`Valid,Mutated,Random,Nested,OddLength,
+//!   Resp3,Huge`), to get past a finding that ends every run early.
 //!
 //! Each test prints how many inputs it ran (`--nocapture` shows it) and, when it fails, every
 //! distinct finding with the seed and index of an input that shows it.
@@ -73,7 +75,11 @@ pub fn save_input(seed: u64, index: u64, bytes: &[u8]) -> PathBuf {
 /// The command that runs `test` again on `seed` (on input `index` alone, if given).
 pub fn replay(test: &str, seed: u64, index: Option<u64>) -> String {
     let input = index.map_or(String::new(), |i| format!(" CACHET_FUZZ_INPUT={i}"));
-    format!("CACHET_FUZZ_SEED={seed}{input} cargo test --test fuzz {test} -- --exact --nocapture")
+    let kinds = std::env::var("CACHET_FUZZ_KINDS")
+        .map_or(String::new(), |k| format!(" CACHET_FUZZ_KINDS={k}"));
+    format!(
+        "CACHET_FUZZ_SEED={seed}{input}{kinds} cargo test --test fuzz {test} -- --exact --nocapture"
+    )
 }
 
 // ---- decoder ----
@@ -367,6 +373,7 @@ async fn run_live() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);
     let mut findings = Vec::new();
+    let mut deaths: BTreeMap<String, u64> = BTreeMap::new();
     let (mut inputs, mut connections, mut good_ops, mut epochs) = (0, 0, 0, 0);
     loop {
         epochs += 1;
@@ -379,7 +386,10 @@ async fn run_live() {
             result.good_ops,
             result.rss_base >> 20,
             result.rss_max >> 20,
-            if result.died { ", cachet died" } else { "" }
+            result
+                .death
+                .as_ref()
+                .map_or(String::new(), |(what, _)| format!(", cachet died: {what}"))
         );
         inputs += result.inputs;
         connections += result.connections;
@@ -390,13 +400,24 @@ async fn run_live() {
                 .into_iter()
                 .map(|f| format!("epoch {epochs}: {f}")),
         );
+        let died = result.death.is_some();
+        if let Some((signature, report)) = result.death {
+            let seen = deaths.entry(signature).or_insert(0);
+            if *seen == 0 {
+                findings.push(format!("epoch {epochs}: {report}"));
+            }
+            *seen += 1;
+        }
         // Keep going past a crash, while there is time for an epoch worth having.
-        if !result.died
+        if !died
             || only.is_some()
             || deadline.saturating_duration_since(Instant::now()) < Duration::from_secs(5)
         {
             break;
         }
+    }
+    for (signature, n) in &deaths {
+        println!("fuzz live: cachet died {n} times: {signature}");
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(

@@ -111,24 +111,51 @@ pub fn escape(bytes: &[u8]) -> String {
 /// Input number `index` of the run seeded `seed`.
 pub fn input(seed: u64, index: u64) -> Input {
     let mut rng = fastrand::Rng::with_seed(input_seed(seed, index));
-    generate(&mut rng)
+    generate(&mut rng, allowed_kinds())
 }
 
-pub fn generate(e: &mut impl Entropy) -> Input {
-    let kind = *e.pick(&[
-        Kind::Valid,
-        Kind::Valid,
-        Kind::Mutated,
-        Kind::Mutated,
-        Kind::Mutated,
-        Kind::Mutated,
-        Kind::Random,
-        Kind::Nested,
-        Kind::OddLength,
-        Kind::OddLength,
-        Kind::Resp3,
-        Kind::Huge,
-    ]);
+/// The kinds `CACHET_FUZZ_KINDS` (comma-separated, e.g. `Valid,Mutated`) allows; all if unset.
+/// Narrowing the kinds gets past a finding that would otherwise end every run early.
+pub fn allowed_kinds() -> &'static [Kind] {
+    static ALLOWED: std::sync::OnceLock<Vec<Kind>> = std::sync::OnceLock::new();
+    ALLOWED.get_or_init(|| match std::env::var("CACHET_FUZZ_KINDS") {
+        Ok(list) => {
+            let kinds: Vec<Kind> = list
+                .split(',')
+                .map(|name| {
+                    *Kind::ALL
+                        .iter()
+                        .find(|k| format!("{k:?}").eq_ignore_ascii_case(name.trim()))
+                        .unwrap_or_else(|| {
+                            panic!("CACHET_FUZZ_KINDS: no kind {name:?} in {:?}", Kind::ALL)
+                        })
+                })
+                .collect();
+            assert!(!kinds.is_empty(), "CACHET_FUZZ_KINDS is empty");
+            kinds
+        }
+        Err(_) => Kind::ALL.to_vec(),
+    })
+}
+
+/// An input of one of the `allowed` kinds.
+pub fn generate(e: &mut impl Entropy, allowed: &[Kind]) -> Input {
+    // Weighted: mutated input finds the most, valid input keeps the mutations honest.
+    const WEIGHTS: [(Kind, usize); 7] = [
+        (Kind::Valid, 2),
+        (Kind::Mutated, 4),
+        (Kind::Random, 1),
+        (Kind::Nested, 1),
+        (Kind::OddLength, 2),
+        (Kind::Resp3, 1),
+        (Kind::Huge, 1),
+    ];
+    let weighted: Vec<Kind> = WEIGHTS
+        .iter()
+        .filter(|(kind, _)| allowed.contains(kind))
+        .flat_map(|&(kind, weight)| std::iter::repeat_n(kind, weight))
+        .collect();
+    let kind = *e.pick(&weighted);
     let (bytes, expect) = match kind {
         Kind::Valid => {
             let (bytes, commands) = valid_stream(e);

@@ -186,6 +186,46 @@ async fn pool_ids(redis: &RedisServer) -> Vec<String> {
     ids
 }
 
+/// What the connections at Redis last ran (`cmd=` of `CLIENT LIST`), counted, leaving out
+/// the ids in `known`: which clients' state a leak left behind.
+async fn last_commands(redis: &RedisServer, known: &[String]) -> String {
+    let list = redis_command(redis, &["CLIENT", "LIST"]).await;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for line in list.lines() {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap_or("?")
+        };
+        if known.iter().any(|id| id == field("id=")) {
+            continue;
+        }
+        let what = format!(
+            "cmd={} sub={} psub={} multi={}",
+            field("cmd="),
+            field("sub="),
+            field("psub="),
+            field("multi=")
+        );
+        *counts.entry(what).or_insert(0) += 1;
+    }
+    counts
+        .iter()
+        .map(|(what, n)| format!("\n    {n} x {what}"))
+        .collect()
+}
+
+async fn client_ids(redis: &RedisServer) -> Vec<String> {
+    let list = redis_command(redis, &["CLIENT", "LIST"]).await;
+    list.lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find_map(|f| f.strip_prefix("id="))
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
 async fn redis_clients(redis: &RedisServer) -> u64 {
     let info = redis_command(redis, &["INFO", "clients"]).await;
     info.lines()
@@ -403,8 +443,20 @@ pub struct EpochResult {
     pub rss_base: u64,
     pub rss_max: u64,
     pub secs: f64,
-    /// cachet died: the rest of the run needs a new one.
-    pub died: bool,
+    /// cachet died: what killed it (the stderr line that says, without thread ids) and the
+    /// full report. The rest of the run needs a new cachet.
+    pub death: Option<(String, String)>,
+}
+
+/// What a dead cachet's stderr says killed it, the same for every death of the same kind.
+fn death_signature(stderr: &str, status: ExitStatus) -> String {
+    if stderr.contains("has overflowed its stack") {
+        return "stack overflow".to_owned();
+    }
+    match stderr.lines().find_map(|l| l.split_once(" panicked at ")) {
+        Some((_, place)) => format!("panic at {place}"),
+        None => status.to_string(),
+    }
 }
 
 /// Runs hostile and well-behaved clients against a fresh cachet until `deadline` or until
@@ -435,6 +487,7 @@ pub async fn epoch(
     let rss_base = cachet.rss().unwrap_or(0);
     let pool_before = pool_ids(redis).await;
     let redis_clients_before = redis_clients(redis).await;
+    let ids_before = client_ids(redis).await;
 
     let stop_hostile = Arc::new(AtomicBool::new(false));
     let hostile_stats = Arc::new(HostileStats::default());
@@ -500,7 +553,10 @@ pub async fn epoch(
                 crate::replay("live", seed, Some(index))
             );
         }
-        findings.push(text);
+        let signature = death_signature(
+            &std::fs::read_to_string(&cachet.stderr).unwrap_or_default(),
+            status,
+        );
         return EpochResult {
             findings,
             inputs,
@@ -509,7 +565,7 @@ pub async fn epoch(
             rss_base,
             rss_max,
             secs,
-            died: true,
+            death: Some((signature, text)),
         };
     }
 
@@ -566,7 +622,8 @@ pub async fn epoch(
     }
     if upstream > redis_clients_before + SPARE_CONNECTIONS {
         findings.push(format!(
-            "Redis connections left behind: {upstream} connected 10 s after every client left, {redis_clients_before} before the hostile clients came (+{SPARE_CONNECTIONS} spare allowed)"
+            "Redis connections left behind: {upstream} connected 10 s after every client left, {redis_clients_before} before the hostile clients came (+{SPARE_CONNECTIONS} spare allowed); the new ones last ran:{}",
+            last_commands(redis, &ids_before).await
         ));
     }
     match Conn::connect(addr).await {
@@ -590,6 +647,6 @@ pub async fn epoch(
         rss_base,
         rss_max,
         secs,
-        died: false,
+        death: None,
     }
 }
