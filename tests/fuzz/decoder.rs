@@ -3,9 +3,12 @@
 //! Each input is fed the way a session feeds it (one chunk per socket read, decoding after
 //! each), and must: not panic; take no longer than a linear budget; consume only what it was
 //! given; only return requests whose forwarded bytes are the canonical encoding of their
-//! arguments (what Redis reads the same way); give single-line errors; and, for valid input, return
-//! exactly the commands that were encoded. A separate scaling check feeds growing inputs of a
-//! few shapes and flags time that grows faster than the input.
+//! arguments (what Redis reads the same way); refuse with an error reply that is one RESP
+//! line; and, for valid input, return exactly the commands that were encoded. A separate
+//! scaling check feeds growing inputs of a few shapes and flags time that grows faster than
+//! the input.
+//!
+//! Only [`Decoder`] knows the decoder's API: adapt it when the API changes.
 //!
 //! The decoder runs in a child process so a stack overflow is a reported finding (with its
 //! input saved), not the end of the test binary; after a crash the parent starts the child
@@ -35,8 +38,8 @@ pub enum Step {
         raw: Bytes,
     },
     NeedMore,
-    /// The error line the client would be sent (without `-` and CRLF); the session then closes.
-    Error(String),
+    /// The error reply the client would be sent, as bytes; the session then closes.
+    Error(Bytes),
 }
 
 /// The decoder as a session drives it: bytes in as they are read, commands out.
@@ -69,7 +72,7 @@ impl Decoder {
                 raw: request.raw,
             },
             Ok(None) => Step::NeedMore,
-            Err(err) => Step::Error(format!("ERR {err}")),
+            Err(err) => Step::Error(cachet::resp::reply::error_bytes(&format!("ERR {err}"))),
         }
     }
 
@@ -145,13 +148,16 @@ pub fn run_one(input: &Input) -> Result<(), Violation> {
                     got.push(args);
                 }
                 Step::NeedMore => break,
-                Step::Error(message) => {
-                    if message.contains(['\r', '\n']) || message.len() < 5 {
-                        return violation(
-                            "an error that breaks the reply framing",
-                            escape(message.as_bytes()),
-                        );
+                Step::Error(reply) => {
+                    // One RESP error line, whatever bytes the client put in it.
+                    let body = reply
+                        .strip_prefix(b"-ERR ")
+                        .and_then(|r| r.strip_suffix(b"\r\n"));
+                    if body.is_none_or(|b| b.is_empty() || b.contains(&b'\r') || b.contains(&b'\n'))
+                    {
+                        return violation("an error that breaks the reply framing", escape(&reply));
                     }
+                    let message = String::from_utf8_lossy(&reply).into_owned();
                     error = Some(message);
                     break 'feed;
                 }
@@ -271,7 +277,7 @@ const SHAPES: &[Shape] = &[
             line.extend_from_slice(b"\r\n");
             line
         },
-        small: 1_000,
+        small: 4_000,
         chunk: 16,
     },
     Shape {
