@@ -13,7 +13,7 @@
 //! the ones it started with); and once every client has gone, no session or Redis connection
 //! is left behind.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -39,6 +39,61 @@ const SPARE_CONNECTIONS: u64 = 8;
 /// How long a well-behaved client waits for a reply before counting it as an error.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The password of the phase that requires one, at Redis and (`upstream.password`) at cachet.
+const PASSWORD: &str = "fuzz-secret";
+
+/// A fresh redis-server, and the password its clients (cachet's included) must give, if any.
+pub struct Upstream {
+    pub redis: RedisServer,
+    pub password: Option<&'static str>,
+}
+
+impl Upstream {
+    pub fn open() -> Self {
+        Upstream {
+            redis: RedisServer::start(),
+            password: None,
+        }
+    }
+
+    /// Redis with `requirepass`, cachet with `upstream.password`: the hostile clients, which
+    /// never give the password, stay unauthenticated.
+    pub fn with_password() -> Self {
+        Upstream {
+            redis: RedisServer::start_with(&["--requirepass", PASSWORD]),
+            password: Some(PASSWORD),
+        }
+    }
+
+    /// A connection that has authenticated, if a password is needed: to Redis directly, or
+    /// through cachet at `addr`. RESP3 when `resp3`.
+    async fn connect(&self, addr: std::net::SocketAddr, resp3: bool) -> Result<Conn, String> {
+        let mut conn = Conn::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let hello: Vec<&str> = match (resp3, self.password) {
+            (true, Some(pw)) => vec!["HELLO", "3", "AUTH", "default", pw],
+            (true, None) => vec!["HELLO", "3"],
+            (false, Some(pw)) => vec!["AUTH", pw],
+            (false, None) => return Ok(conn),
+        };
+        match tokio::time::timeout(REPLY_TIMEOUT, conn.command(&hello)).await {
+            Ok(Ok(reply)) if reply.starts_with(b"%") || &reply[..] == b"+OK\r\n" => Ok(conn),
+            other => Err(format!("{}: {other:?}", hello[0])),
+        }
+    }
+
+    /// A command sent to Redis directly (not through cachet).
+    async fn command(&self, args: &[&str]) -> String {
+        let mut conn = self
+            .connect(self.redis.addr(), false)
+            .await
+            .expect("connect to redis");
+        let reply = conn.command(args).await.expect("redis replies");
+        String::from_utf8_lossy(&reply).into_owned()
+    }
+}
+
 /// The `cachet` binary, its admin listener on, its stderr in a file.
 struct Cachet {
     child: Child,
@@ -49,20 +104,21 @@ struct Cachet {
 }
 
 impl Cachet {
-    async fn start(redis: &RedisServer) -> Cachet {
+    async fn start(upstream: &Upstream) -> Cachet {
         let dir = tempfile::tempdir().expect("temp dir");
         let stderr = dir.path().join("cachet.stderr");
         let (port, admin_port) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_cachet"))
             .args([
                 "--upstream",
-                &redis.url(),
+                &upstream.redis.url(),
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
             .env("CACHET_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
+            .env("REDIS_PASSWORD", upstream.password.unwrap_or(""))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
@@ -83,7 +139,7 @@ impl Cachet {
                     cachet.stderr_tail()
                 );
             }
-            if let Ok(mut c) = Conn::connect(cachet.addr()).await
+            if let Ok(mut c) = upstream.connect(cachet.addr(), false).await
                 && let Ok(Ok(reply)) =
                     tokio::time::timeout(Duration::from_secs(2), c.command(&["PING"])).await
                 && &reply[..] == b"+PONG\r\n"
@@ -163,16 +219,9 @@ impl Drop for Cachet {
     }
 }
 
-/// A command sent to Redis directly (not through cachet).
-async fn redis_command(redis: &RedisServer, args: &[&str]) -> String {
-    let mut conn = Conn::connect(redis.addr()).await.expect("connect to redis");
-    let reply = conn.command(args).await.expect("redis replies");
-    String::from_utf8_lossy(&reply).into_owned()
-}
-
 /// Ids of the connections cachet's pool holds at Redis.
-async fn pool_ids(redis: &RedisServer) -> Vec<String> {
-    let list = redis_command(redis, &["CLIENT", "LIST"]).await;
+async fn pool_ids(upstream: &Upstream) -> Vec<String> {
+    let list = upstream.command(&["CLIENT", "LIST"]).await;
     let mut ids: Vec<String> = list
         .lines()
         .filter(|l| l.contains(" name=cachet:pool "))
@@ -188,8 +237,8 @@ async fn pool_ids(redis: &RedisServer) -> Vec<String> {
 
 /// What the connections at Redis last ran (`cmd=` of `CLIENT LIST`), counted, leaving out
 /// the ids in `known`: which clients' state a leak left behind.
-async fn last_commands(redis: &RedisServer, known: &[String]) -> String {
-    let list = redis_command(redis, &["CLIENT", "LIST"]).await;
+async fn last_commands(upstream: &Upstream, known: &[String]) -> String {
+    let list = upstream.command(&["CLIENT", "LIST"]).await;
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for line in list.lines() {
         let field = |name: &str| {
@@ -197,7 +246,7 @@ async fn last_commands(redis: &RedisServer, known: &[String]) -> String {
                 .find_map(|f| f.strip_prefix(name))
                 .unwrap_or("?")
         };
-        if known.iter().any(|id| id == field("id=")) {
+        if !line.starts_with("id=") || known.iter().any(|id| id == field("id=")) {
             continue;
         }
         let what = format!(
@@ -215,8 +264,8 @@ async fn last_commands(redis: &RedisServer, known: &[String]) -> String {
         .collect()
 }
 
-async fn client_ids(redis: &RedisServer) -> Vec<String> {
-    let list = redis_command(redis, &["CLIENT", "LIST"]).await;
+async fn client_ids(upstream: &Upstream) -> Vec<String> {
+    let list = upstream.command(&["CLIENT", "LIST"]).await;
     list.lines()
         .filter_map(|l| {
             l.split_whitespace()
@@ -226,8 +275,8 @@ async fn client_ids(redis: &RedisServer) -> Vec<String> {
         .collect()
 }
 
-async fn redis_clients(redis: &RedisServer) -> u64 {
-    let info = redis_command(redis, &["INFO", "clients"]).await;
+async fn redis_clients(upstream: &Upstream) -> u64 {
+    let info = upstream.command(&["INFO", "clients"]).await;
     info.lines()
         .find_map(|l| l.strip_prefix("connected_clients:")?.trim().parse().ok())
         .expect("connected_clients in INFO")
@@ -271,6 +320,7 @@ impl GoodStats {
 /// its command gets from Redis. After a wrong reply the connection is replaced, since its
 /// stream can no longer be trusted.
 async fn good_client(
+    upstream: Arc<Upstream>,
     addr: std::net::SocketAddr,
     id: usize,
     stop: Arc<AtomicBool>,
@@ -280,23 +330,14 @@ async fn good_client(
     let mut rng = fastrand::Rng::with_seed(id as u64);
     let mut n = 0u64;
     'connect: while !stop.load(Ordering::Relaxed) {
-        let mut conn = match Conn::connect(addr).await {
+        let mut conn = match upstream.connect(addr, resp3).await {
             Ok(conn) => conn,
             Err(e) => {
-                stats.error(format!("connect: {e}"));
+                stats.error(e);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        if resp3 {
-            match tokio::time::timeout(REPLY_TIMEOUT, conn.command(&["HELLO", "3"])).await {
-                Ok(Ok(reply)) if reply.starts_with(b"%") => {}
-                other => {
-                    stats.error(format!("HELLO 3: {other:?}"));
-                    continue 'connect;
-                }
-            }
-        }
         while !stop.load(Ordering::Relaxed) {
             let mut batch = Vec::new();
             let mut expect: Vec<Vec<u8>> = Vec::new();
@@ -361,6 +402,29 @@ struct HostileStats {
     bytes: AtomicU64,
     connections: AtomicU64,
     connect_failures: AtomicU64,
+    /// The inputs sent on each connection, by its local port: what a session cachet still
+    /// holds after its client left was sent.
+    by_port: Mutex<HashMap<u16, Vec<u64>>>,
+}
+
+/// Client ports of the connections cachet (listening on `port`) still has open, from
+/// `/proc/net/tcp`: established, or closed by the client and not yet by cachet (CLOSE_WAIT).
+fn open_client_ports(port: u16) -> Vec<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let hex_port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, state) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+            (hex_port(local)? == port && matches!(*state, "01" | "08")).then(|| hex_port(remote))?
+        })
+        .collect()
 }
 
 /// Sends fuzz inputs, each split into its writes, on fresh connections (sometimes several on
@@ -383,6 +447,9 @@ async fn hostile_client(
         };
         let _ = stream.set_nodelay(true);
         stats.connections.fetch_add(1, Ordering::Relaxed);
+        let port = stream.local_addr().map_or(0, |a| a.port());
+        // Ports are reused: only this connection's inputs count for this port now.
+        stats.by_port.lock().unwrap().insert(port, Vec::new());
         let (mut reader, mut writer) = stream.into_split();
         let drain = tokio::spawn(async move {
             let mut scratch = vec![0u8; 64 * 1024];
@@ -403,6 +470,13 @@ async fn hostile_client(
                 None => next.fetch_add(1, Ordering::Relaxed),
             };
             slot.store(index, Ordering::Relaxed);
+            stats
+                .by_port
+                .lock()
+                .unwrap()
+                .entry(port)
+                .or_default()
+                .push(index);
             let input = inputs::input(seed, index);
             stats.inputs.fetch_add(1, Ordering::Relaxed);
             let send = async {
@@ -448,6 +522,36 @@ pub struct EpochResult {
     pub death: Option<(String, String)>,
 }
 
+/// RSS growth within 100 ms that gets the inputs in flight named in an RSS finding.
+const RSS_CLIMB: u64 = 32 * 1024 * 1024;
+
+fn rss_finding(seed: u64, base: u64, max: u64, climbs: &[(u64, u64, Vec<u64>)]) -> String {
+    let mut text = format!(
+        "cachet RSS grew from {} MB to {} MB (limit: {} MB growth)",
+        base >> 20,
+        max >> 20,
+        RSS_GROWTH_LIMIT >> 20
+    );
+    for (from, to, in_flight) in climbs {
+        let _ = write!(
+            text,
+            "\n  {} MB -> {} MB in 100 ms, inputs in flight:",
+            from >> 20,
+            to >> 20
+        );
+        for &index in in_flight {
+            let input = inputs::input(seed, index);
+            let _ = write!(
+                text,
+                "\n    #{index} {:?}: {}",
+                input.kind,
+                input.preview(60)
+            );
+        }
+    }
+    text
+}
+
 /// What a dead cachet's stderr says killed it, the same for every death of the same kind.
 fn death_signature(stderr: &str, status: ExitStatus) -> String {
     if stderr.contains("has overflowed its stack") {
@@ -462,13 +566,13 @@ fn death_signature(stderr: &str, status: ExitStatus) -> String {
 /// Runs hostile and well-behaved clients against a fresh cachet until `deadline` or until
 /// cachet dies; then checks what the module doc lists.
 pub async fn epoch(
-    redis: &RedisServer,
+    upstream: &Arc<Upstream>,
     seed: u64,
     next: Arc<AtomicU64>,
     only: Option<u64>,
     deadline: Instant,
 ) -> EpochResult {
-    let mut cachet = Cachet::start(redis).await;
+    let mut cachet = Cachet::start(upstream).await;
     let addr = cachet.addr();
     let mut findings = Vec::new();
     let started = Instant::now();
@@ -476,7 +580,15 @@ pub async fn epoch(
     let stop_good = Arc::new(AtomicBool::new(false));
     let good_stats = Arc::new(GoodStats::default());
     let good: Vec<_> = (0..GOOD)
-        .map(|id| tokio::spawn(good_client(addr, id, stop_good.clone(), good_stats.clone())))
+        .map(|id| {
+            tokio::spawn(good_client(
+                upstream.clone(),
+                addr,
+                id,
+                stop_good.clone(),
+                good_stats.clone(),
+            ))
+        })
         .collect();
     // Both pool connections (RESP2, RESP3) in use before the baselines are taken.
     let ready = Instant::now();
@@ -485,9 +597,9 @@ pub async fn epoch(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rss_base = cachet.rss().unwrap_or(0);
-    let pool_before = pool_ids(redis).await;
-    let redis_clients_before = redis_clients(redis).await;
-    let ids_before = client_ids(redis).await;
+    let pool_before = pool_ids(upstream).await;
+    let redis_clients_before = redis_clients(upstream).await;
+    let ids_before = client_ids(upstream).await;
 
     let stop_hostile = Arc::new(AtomicBool::new(false));
     let hostile_stats = Arc::new(HostileStats::default());
@@ -510,13 +622,27 @@ pub async fn epoch(
         .collect();
 
     let mut rss_max = rss_base;
+    let mut rss_last = rss_base;
+    // The steepest RSS climbs, with the inputs in flight then: where growth comes from.
+    let mut climbs: Vec<(u64, u64, Vec<u64>)> = Vec::new();
     let mut death = None;
     while Instant::now() < deadline && !stop_hostile.load(Ordering::Relaxed) {
         if let Some(status) = cachet.exited() {
             death = Some(status);
             break;
         }
-        rss_max = rss_max.max(cachet.rss().unwrap_or(0));
+        let rss = cachet.rss().unwrap_or(0);
+        if rss > rss_last + RSS_CLIMB {
+            let in_flight = slots
+                .iter()
+                .map(|s| s.load(Ordering::Relaxed))
+                .filter(|&i| i < u64::MAX - 100);
+            climbs.push((rss_last, rss, in_flight.collect()));
+            climbs.sort_by_key(|(from, to, _)| from.saturating_sub(*to));
+            climbs.truncate(3);
+        }
+        rss_last = rss;
+        rss_max = rss_max.max(rss);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // What was in flight when cachet died is what most likely killed it.
@@ -553,6 +679,9 @@ pub async fn epoch(
                 crate::replay("live", seed, Some(index))
             );
         }
+        if rss_max.saturating_sub(rss_base) > RSS_GROWTH_LIMIT {
+            findings.push(rss_finding(seed, rss_base, rss_max, &climbs));
+        }
         let signature = death_signature(
             &std::fs::read_to_string(&cachet.stderr).unwrap_or_default(),
             status,
@@ -586,12 +715,7 @@ pub async fn epoch(
     }
     rss_max = rss_max.max(cachet.rss().unwrap_or(0));
     if rss_max.saturating_sub(rss_base) > RSS_GROWTH_LIMIT {
-        findings.push(format!(
-            "cachet RSS grew from {} MB to {} MB (limit: {} MB growth)",
-            rss_base >> 20,
-            rss_max >> 20,
-            RSS_GROWTH_LIMIT >> 20
-        ));
+        findings.push(rss_finding(seed, rss_base, rss_max, &climbs));
     }
     match cachet.metric("cachet_upstream_pool_reconnects_total").await {
         Some(0.0) => {}
@@ -599,7 +723,7 @@ pub async fn epoch(
             "pool connection broken: cachet_upstream_pool_reconnects_total = {other:?}"
         )),
     }
-    let pool_after = pool_ids(redis).await;
+    let pool_after = pool_ids(upstream).await;
     if !pool_before.iter().all(|id| pool_after.contains(id)) {
         findings.push(format!(
             "pool connection replaced at Redis: ids {pool_before:?} before, {pool_after:?} after"
@@ -608,25 +732,43 @@ pub async fn epoch(
 
     // Every client has gone: their sessions and Redis connections must go too.
     let gone = Instant::now();
-    let (mut sessions, mut upstream) = (None, 0);
+    let (mut sessions, mut at_redis) = (None, 0);
     while gone.elapsed() < Duration::from_secs(10) {
         sessions = cachet.metric("cachet_clients_connected").await;
-        upstream = redis_clients(redis).await;
-        if sessions == Some(0.0) && upstream <= redis_clients_before + SPARE_CONNECTIONS {
+        at_redis = redis_clients(upstream).await;
+        if sessions == Some(0.0) && at_redis <= redis_clients_before + SPARE_CONNECTIONS {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if sessions != Some(0.0) {
-        findings.push(format!("sessions left behind: cachet_clients_connected = {sessions:?} 10 s after every client left"));
+        let mut text = format!(
+            "sessions left behind: cachet_clients_connected = {sessions:?} 10 s after every client left; what their clients sent:"
+        );
+        let by_port = hostile_stats.by_port.lock().unwrap();
+        for port in open_client_ports(cachet.port).into_iter().take(5) {
+            for &index in by_port.get(&port).into_iter().flatten() {
+                let input = inputs::input(seed, index);
+                let saved = crate::save_input(seed, index, &input.bytes);
+                let _ = write!(
+                    text,
+                    "\n  port {port}: #{index} {:?} {}: {}\n    replay: {}",
+                    input.kind,
+                    saved.display(),
+                    input.preview(80),
+                    crate::replay("live", seed, Some(index))
+                );
+            }
+        }
+        findings.push(text);
     }
-    if upstream > redis_clients_before + SPARE_CONNECTIONS {
+    if at_redis > redis_clients_before + SPARE_CONNECTIONS {
         findings.push(format!(
-            "Redis connections left behind: {upstream} connected 10 s after every client left, {redis_clients_before} before the hostile clients came (+{SPARE_CONNECTIONS} spare allowed); the new ones last ran:{}",
-            last_commands(redis, &ids_before).await
+            "Redis connections left behind: {at_redis} connected 10 s after every client left, {redis_clients_before} before the hostile clients came (+{SPARE_CONNECTIONS} spare allowed); the new ones last ran:{}",
+            last_commands(upstream, &ids_before).await
         ));
     }
-    match Conn::connect(addr).await {
+    match upstream.connect(addr, false).await {
         Ok(mut c) => match tokio::time::timeout(REPLY_TIMEOUT, c.command(&["PING"])).await {
             Ok(Ok(reply)) if &reply[..] == b"+PONG\r\n" => {}
             other => findings.push(format!("a new client's PING got {other:?}")),
