@@ -459,7 +459,7 @@ async fn hostile_client(
                 }
             }
         });
-        let inputs = if rng.usize(..4) == 0 {
+        let inputs = if only.is_none() && rng.usize(..4) == 0 {
             rng.usize(2..6)
         } else {
             1
@@ -603,7 +603,9 @@ pub async fn epoch(
 
     let stop_hostile = Arc::new(AtomicBool::new(false));
     let hostile_stats = Arc::new(HostileStats::default());
-    let slots: Vec<Arc<AtomicU64>> = (0..HOSTILE)
+    // A replay sends its one input once.
+    let hostile_count = if only.is_some() { 1 } else { HOSTILE };
+    let slots: Vec<Arc<AtomicU64>> = (0..hostile_count)
         .map(|i| Arc::new(AtomicU64::new(u64::MAX - i as u64)))
         .collect();
     let hostile: Vec<_> = slots
