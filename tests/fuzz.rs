@@ -167,6 +167,16 @@ fn run_child(
     (reports, exit, tail, at)
 }
 
+/// Whether input `index` runs over its time again, alone in a fresh child: a finding needs
+/// that, so a busy moment on a shared machine is not reported.
+fn slow_again(seed: u64, index: u64) -> bool {
+    let (reports, exit, _, _) = run_child("fuzz", seed, index, 1, 30.0);
+    exit != Exit::Clean
+        || reports
+            .iter()
+            .any(|r| matches!(r, Report::Violation { check, .. } if check.starts_with("slower")))
+}
+
 /// The child's entry point: does nothing unless started by `decoder` with its environment.
 #[test]
 #[ignore = "the child process of `decoder`; not a test of its own"]
@@ -251,7 +261,14 @@ fn decoder() {
         if left < 0.5 && only.is_none() {
             break;
         }
-        let (reports, exit, tail, at) = run_child("fuzz", seed, start, count, left);
+        let (mut reports, exit, tail, at) = run_child("fuzz", seed, start, count, left);
+        if exit == Exit::TooSlow && only.is_none() && !slow_again(seed, at) {
+            // Slow once, not when run again alone: the machine was busy, not the decoder.
+            println!(
+                "fuzz decoder: input #{at} ran over its time once but not again; not a finding"
+            );
+            reports.retain(|r| !matches!(r, Report::Violation { index: Some(i), .. } if *i == at));
+        }
         for report in reports {
             match report {
                 Report::Violation {
