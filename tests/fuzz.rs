@@ -6,9 +6,10 @@
 //! * `live`: the `cachet` binary in front of a fresh redis-server, hostile connections sending
 //!   fuzz input while well-behaved clients check their replies (`fuzz/live.rs`).
 //!
-//! Inputs come from `fuzz/gen.rs`. Knobs (environment):
+//! Inputs come from `fuzz/inputs.rs`. Knobs (environment):
 //!
-//! * `CACHET_FUZZ_SECS`: total time for both tests (default 60; a third goes to `decoder`).
+//! * `CACHET_FUZZ_SECS`: total time for both tests (default 60; a third goes to `decoder`,
+//!   the rest to `live`, half with no password and half with one).
 //! * `CACHET_FUZZ_SEED`: the run's seed (default: random, printed). With
 //!   `CACHET_FUZZ_INPUT=N`, only input N of that seed runs, in both tests, and is saved to a
 //!   file: a failure replays from the two numbers it prints.
@@ -402,9 +403,11 @@ async fn run_live() {
             epochs += 1;
             let result = live::epoch(&upstream, seed, next.clone(), only, deadline).await;
             println!(
-                "fuzz live: epoch {epochs} ({phase}): {} inputs on {} connections in {:.1} s, {} good replies, RSS {} MB -> max {} MB{}",
+                "fuzz live: epoch {epochs} ({phase}): {} inputs ({} MB) on {} connections ({} refused) in {:.1} s, {} good replies, RSS {} MB -> max {} MB{}",
                 result.inputs,
+                result.bytes >> 20,
                 result.connections,
+                result.refused,
                 result.secs,
                 result.good_ops,
                 result.rss_base >> 20,

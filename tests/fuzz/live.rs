@@ -5,7 +5,9 @@
 //! cachet runs as a child so that its RSS is its own and a crash (a stack overflow aborts the
 //! process) is an assertion with the inputs in flight named and saved. The run is split into
 //! epochs, one per cachet process: when cachet dies, the epoch ends with that finding and a new
-//! cachet takes over, so one run still reaches the findings past the first crash.
+//! cachet takes over, so one run still reaches the findings past the first crash. Half the
+//! run has a password at Redis and cachet (`upstream.password`), which the hostile clients
+//! never give.
 //!
 //! Each epoch asserts: cachet alive; the well-behaved clients got exactly their replies, with no
 //! error; RSS growth within [`RSS_GROWTH_LIMIT`]; the pool's connection to Redis never broken
@@ -512,7 +514,11 @@ async fn hostile_client(
 pub struct EpochResult {
     pub findings: Vec<String>,
     pub inputs: u64,
+    /// Bytes of the inputs sent in full.
+    pub bytes: u64,
     pub connections: u64,
+    /// Hostile connections that could not connect.
+    pub refused: u64,
     pub good_ops: u64,
     pub rss_base: u64,
     pub rss_max: u64,
@@ -662,6 +668,10 @@ pub async fn epoch(
         hostile_stats.inputs.load(Ordering::Relaxed),
         hostile_stats.connections.load(Ordering::Relaxed),
     );
+    let (bytes, refused) = (
+        hostile_stats.bytes.load(Ordering::Relaxed),
+        hostile_stats.connect_failures.load(Ordering::Relaxed),
+    );
 
     if let Some(status) = death.or_else(|| cachet.exited()) {
         stop_good.store(true, Ordering::Relaxed);
@@ -691,7 +701,9 @@ pub async fn epoch(
         return EpochResult {
             findings,
             inputs,
+            bytes,
             connections,
+            refused,
             good_ops: good_stats.ops.load(Ordering::Relaxed),
             rss_base,
             rss_max,
@@ -786,7 +798,9 @@ pub async fn epoch(
     EpochResult {
         findings,
         inputs,
+        bytes,
         connections,
+        refused,
         good_ops,
         rss_base,
         rss_max,
