@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use cachet::resp::request::{Limits, parse};
+use cachet::resp::request::{Limits, RequestParser};
 
 use crate::inputs::{self, Input, Kind, escape};
 
@@ -45,6 +45,7 @@ pub enum Step {
 /// The decoder as a session drives it: bytes in as they are read, commands out.
 pub struct Decoder {
     buf: BytesMut,
+    parser: RequestParser,
     limits: Limits,
 }
 
@@ -53,6 +54,7 @@ impl Decoder {
         let proxy = cachet::Config::default().proxy;
         Decoder {
             buf: BytesMut::new(),
+            parser: RequestParser::default(),
             limits: Limits {
                 max_bulk_len: proxy.max_bulk_len,
                 max_array_len: proxy.max_array_len,
@@ -66,7 +68,7 @@ impl Decoder {
     }
 
     pub fn next(&mut self) -> Step {
-        match parse(&mut self.buf, &self.limits) {
+        match self.parser.parse(&mut self.buf, &self.limits, true) {
             Ok(Some(request)) => Step::Request {
                 args: request.args,
                 raw: request.raw,
