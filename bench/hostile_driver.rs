@@ -1019,8 +1019,15 @@ async fn hostile(scenario: &str, ctx: &Ctx, prepared: &Prepared) -> Outcome {
                     closed += 1;
                 }
             }
+            // What the server has accepted by now (a client the kernel connected may still
+            // wait in the listen backlog).
+            let (_, metrics) = http_get(ctx.admin, "/metrics").await;
+            let clients = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("cachet_clients_connected "))
+                .map_or_else(|| "n/a".to_owned(), str::to_owned);
             out.notes.push(format!(
-                "{} connections open after {:.1} s ({failed} failed); {closed} answered or closed by cachet; cachet fds {}",
+                "{} connections open after {:.1} s ({failed} failed); {closed} answered or closed by the server; 3 s later the server had {} open fds and cachet_clients_connected {clients}",
                 held.len(),
                 opened_in.as_secs_f64(),
                 open_fds(ctx.pid)
@@ -1062,7 +1069,7 @@ async fn hostile(scenario: &str, ctx: &Ctx, prepared: &Prepared) -> Outcome {
             let bytes: usize = results.iter().map(|r| r.0).sum();
             let closed = results.iter().filter(|r| r.1).count();
             out.notes.push(format!(
-                "{} connections; {bytes} bytes sent in all; {closed} answered or closed by cachet",
+                "{} connections; {bytes} bytes sent in all; {closed} answered or closed by the server",
                 results.len()
             ));
             out.check = Some(probe_check(p));
