@@ -487,33 +487,8 @@ impl Session {
                 self.forward_frames(request, frames)
             }
             b"info" if self.dedicated.is_none() => self.info_command(request),
-            b"taginvalidate" | b"tagset" | b"tag" | b"tags" | b"tagkeys" => {
-                if self.divergence.multi {
-                    // Queued at Redis too, where it is unknown: Redis then aborts the
-                    // transaction at EXEC, as after any command refused while queued. The
-                    // client reads cachet's reason instead of Redis's.
-                    let reason = Reply::error("ERR cachet's TAG commands cannot run inside MULTI");
-                    self.send_dedicated(request, name);
-                    if let Some(slot) = self.slots.back_mut() {
-                        *slot = Slot::DedicatedReplaced(reason.encode(self.protocol));
-                    }
-                } else if self.divergence.user {
-                    // They run as cachet's upstream user; another user's rights may be less.
-                    self.reply_local(Reply::error(
-                        "ERR cachet's TAG commands need the upstream user cachet itself uses",
-                    ));
-                } else if self.divergence.database {
-                    // They run on cachet's own connection, in the pool's database.
-                    self.reply_local(Reply::error(format!(
-                        "ERR cachet's TAG commands work in database {} only",
-                        self.shared.upstream.config.url.db
-                    )));
-                } else {
-                    self.tag_command(request, name);
-                }
-            }
-            b"warm" => self.warm_command(request, name),
-            b"emit" | b"policy" => self.policy_command(request, name),
+            b"warm" | b"emit" | b"policy" | b"taginvalidate" | b"tagset" | b"tag" | b"tags"
+            | b"tagkeys" => self.own_command(request, name),
             _ if self.dedicated.is_some() => self.send_dedicated_tracked(request, name),
             _ => {
                 // One table lookup serves both the routing and the index phase.
@@ -550,6 +525,52 @@ impl Session {
         arg.and_then(|a| std::str::from_utf8(a).ok())
             .and_then(|s| s.parse::<u32>().ok())
             == Some(self.shared.upstream.config.url.db)
+    }
+
+    /// The one gate every command of cachet's own (WARM, EMIT, POLICY, the TAG commands)
+    /// passes: cachet runs them with its own upstream credentials, on its own connection, in
+    /// the pool's database, so only a client that is that user there may ask for them.
+    fn own_command(&mut self, request: Request, name: &[u8]) {
+        let refusal = if self.divergence.user {
+            // AUTH as another user, or a failed AUTH (only Redis knew which, on the client's
+            // own connection): either way not cachet's user, whose rights cachet acts with.
+            Some(Reply::error(format!(
+                "NOPERM only the user cachet connects as may run cachet's '{}' command",
+                String::from_utf8_lossy(name)
+            )))
+        } else if !self.authenticated {
+            Some(Reply::error("NOAUTH Authentication required."))
+        } else if self.divergence.database {
+            Some(Reply::error(format!(
+                "ERR cachet's '{}' command works in database {} only",
+                String::from_utf8_lossy(name),
+                self.shared.upstream.config.url.db
+            )))
+        } else if self.divergence.multi {
+            Some(Reply::error(format!(
+                "ERR cachet's '{}' command cannot run inside MULTI",
+                String::from_utf8_lossy(name)
+            )))
+        } else {
+            None
+        };
+        match refusal {
+            // Queued at Redis too, where it is unknown: Redis then aborts the transaction at
+            // EXEC, as after any command refused while queued. The client reads cachet's
+            // reason instead of Redis's.
+            Some(reason) if self.divergence.multi && self.dedicated.is_some() => {
+                self.send_dedicated(request, name);
+                if let Some(slot) = self.slots.back_mut() {
+                    *slot = Slot::DedicatedReplaced(reason.encode(self.protocol));
+                }
+            }
+            Some(reason) => self.reply_local(reason),
+            None => match name {
+                b"warm" => self.warm_command(request),
+                b"emit" | b"policy" => self.policy_command(request, name),
+                _ => self.tag_command(request, name),
+            },
+        }
     }
 
     fn client_command(&mut self, request: Request) {
@@ -708,7 +729,12 @@ impl Session {
             .upstream
             .config
             .credentials()
-            .is_some_and(|(u, p)| u.as_bytes() == user && p.expose().as_bytes() == password)
+            .is_some_and(|(u, p)| {
+                // Both compared, always: which one differs must not show in the time taken.
+                let user_matches = secret_eq(u.as_bytes(), user);
+                let password_matches = secret_eq(p.expose().as_bytes(), password);
+                user_matches & password_matches
+            })
     }
 
     fn auth(&mut self, request: Request) {
@@ -1258,6 +1284,20 @@ impl Session {
     }
 }
 
+/// Whether a client's guess equals a secret, in time that depends on neither the secret nor
+/// where the two differ: both are hashed (SHA-256, so the secret's length does not show
+/// either) and the digests compared with no early exit.
+fn secret_eq(secret: &[u8], guess: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(secret), Sha256::digest(guess));
+    let difference = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Kept opaque, so the compiler cannot turn the fold back into an early-exit comparison.
+    std::hint::black_box(difference) == 0
+}
+
 /// The client name a command gives its connection: `Some(None)` clears it.
 fn name_set_by(name: &[u8], request: &Request) -> Option<Option<Bytes>> {
     let value = match name {
@@ -1289,6 +1329,8 @@ async fn dedicated_io(link: &mut Option<DedicatedLink>, read: bool) -> Event {
     tokio::select! {
         got = crate::net::read_available(&conn.reader, incoming), if read => Event::UpstreamRead(got),
         wrote = conn.writer.write(outgoing), if !outgoing.is_empty() => Event::UpstreamWrote(wrote),
+        // Neither (output backed up and nothing to write): wait for the other events.
+        else => std::future::pending().await,
     }
 }
 
@@ -1296,5 +1338,32 @@ async fn acquire(wait: &mut Wait) -> Result<Dedicated, UpstreamError> {
     match wait {
         Wait::Acquire(future) => future.await,
         _ => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_equal_only_when_identical() {
+        assert!(secret_eq(b"s3cret", b"s3cret"));
+        assert!(secret_eq(b"", b""));
+        for guess in [
+            &b"S3cret"[..],
+            b"s3creT",
+            b"s3cre",
+            b"s3crett",
+            b"",
+            b"s3cret\0",
+        ] {
+            assert!(!secret_eq(b"s3cret", guess), "{guess:?}");
+        }
+        // Long secrets hash to the same digest length: no difference in how they compare.
+        let long = vec![b'x'; 10_000];
+        let mut almost = long.clone();
+        almost[9_999] = b'y';
+        assert!(secret_eq(&long, &long.clone()));
+        assert!(!secret_eq(&long, &almost));
     }
 }
