@@ -466,6 +466,10 @@ fn pipeline_gets(
 
 const BIG: usize = 100 * 1024;
 
+/// The tests that move hundreds of MB run one at a time: they share this process's RSS,
+/// which some of them measure, and two cores.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A client pipelining GETs of a 100 KB value without reading used to make cachet buffer
 /// every reply (1.9 GB for 16 384 of them) and clog the pooled connection for everyone. Now
 /// it is sent no more commands while it owes more than its 1 MiB budget (plus a first
@@ -474,6 +478,7 @@ const BIG: usize = 100 * 1024;
 /// order. Defaults throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_does_not_read_is_held_to_its_reply_budget() {
+    let _heavy = HEAVY.lock().await;
     const GETS: usize = 2_000;
     let redis = RedisServer::start();
     let cachet = start_with_admin(&redis, |_| {}).await;
@@ -521,12 +526,13 @@ async fn a_client_that_does_not_read_is_held_to_its_reply_budget() {
     let total = GETS * frame.len();
     let mut read = 0;
     let mut chunk = vec![0u8; 1 << 20];
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let reading = Instant::now();
+    let deadline = reading + Duration::from_secs(120);
     while read < total {
         use tokio::io::AsyncReadExt;
         let n = tokio::time::timeout_at(deadline.into(), stream.read(&mut chunk))
             .await
-            .expect("every reply within 60 s")
+            .expect("every reply within 120 s")
             .unwrap();
         assert!(n > 0, "closed after {read} of {total} bytes");
         let mut at = 0;
@@ -542,6 +548,11 @@ async fn a_client_that_does_not_read_is_held_to_its_reply_budget() {
         }
         read += n;
     }
+    eprintln!(
+        "read {} MB of replies in {:?}",
+        total >> 20,
+        reading.elapsed()
+    );
     let mut c = Conn::connect(cachet.addr).await.unwrap();
     assert_eq!(c.text(&["PING"]).await, "+PONG\r\n");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -575,6 +586,7 @@ async fn lower_the_estimate(c: &mut Conn, rounds: usize) {
 /// replies as they arrive instead of buffering them; everyone else keeps being served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_past_its_reply_limit_is_disconnected_and_its_replies_dropped() {
+    let _heavy = HEAVY.lock().await;
     const LIMIT: u64 = 8 << 20;
     let redis = RedisServer::start();
     let cachet = start_with_admin(&redis, |c| c.proxy.client_reply_limit = LIMIT).await;
@@ -636,6 +648,7 @@ async fn a_client_past_its_reply_limit_is_disconnected_and_its_replies_dropped()
 /// all of them together, those owing more than their budget are disconnected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_past_their_budget_are_disconnected_when_all_together_owe_too_much() {
+    let _heavy = HEAVY.lock().await;
     const TOTAL: u64 = 4 << 20;
     let redis = RedisServer::start();
     let cachet = start_with_admin(&redis, |c| c.proxy.reply_buffer_limit = TOTAL).await;
@@ -672,6 +685,7 @@ async fn clients_past_their_budget_are_disconnected_when_all_together_owe_too_mu
 /// `client-output-buffer-limit`) and is disconnected; its replies leave the count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_is_disconnected_at_the_stream_limit() {
+    let _heavy = HEAVY.lock().await;
     let redis = RedisServer::start();
     let cachet = start_with_admin(&redis, |_| {}).await;
     let mut subscriber = Conn::connect(cachet.addr).await.unwrap();

@@ -421,7 +421,6 @@ impl Session {
             }
             self.flush_batch();
             self.try_leave_dedicated();
-            self.check_budget();
             // Redis's own client-output-buffer-limit for pub/sub: a subscriber this far
             // behind is disconnected rather than buffered for without end.
             let streaming = self.divergence.pubsub() || self.divergence.stream;
@@ -441,6 +440,9 @@ impl Session {
                     Err(_) => break,
                 }
             }
+            // Last, after the write: a budget freed by it must resume parsing now, as no
+            // event may come to wake the session later.
+            self.check_budget();
             self.handle.replies.publish_output(self.output.len());
         }
         let _ = self.writer.shutdown().await;
