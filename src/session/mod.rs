@@ -1275,16 +1275,15 @@ impl Session {
             };
             let frame = link.incoming.split_to(info.len).freeze();
             let is_reset_reply = &frame[..] == b"+RESET\r\n";
-            // RESET's own reply: whatever answers its slot (an error too: NOPERM). In a raw
-            // stream it has no slot: its exact reply, or one of the refusals only RESET gets,
-            // says it is done.
+            // RESET's own reply: whatever answers its slot. In a raw stream it has no slot:
+            // only its exact reply says it is done. Redis refuses a RESET it parses only for
+            // its arity, which `send_dedicated` does not count as a reset (every ACL user may
+            // RESET); on a connection that SYNCed Redis answers nothing, and the wait lasts
+            // until the client leaves, as its replication stream would.
             let answers_reset = !info.push
                 && link.outstanding > 0
                 && matches!(self.slots.front(), Some(Slot::Reset));
-            let ends_raw_reset = link.resets > 0
-                && link.outstanding == 0
-                && (is_reset_reply || is_reset_refusal(&frame));
-            if answers_reset || ends_raw_reset {
+            if answers_reset || (link.resets > 0 && link.outstanding == 0 && is_reset_reply) {
                 link.resets -= 1;
                 if answers_reset {
                     link.outstanding -= 1;
@@ -1415,15 +1414,6 @@ fn secret_eq(secret: &[u8], guess: &[u8]) -> bool {
         .fold(0u8, |acc, (x, y)| acc | (x ^ y));
     // Kept opaque, so the compiler cannot turn the fold back into an early-exit comparison.
     std::hint::black_box(difference) == 0
-}
-
-/// Redis's refusals of a well-formed RESET: an ACL without `reset`, and a connection that
-/// became a replica's (`SYNC`, `PSYNC`). In a raw stream these are the only errors that can answer
-/// it: no command is sent after a RESET before its reply, and no other command's refusal
-/// names `reset` so (user names cannot hold spaces).
-fn is_reset_refusal(frame: &[u8]) -> bool {
-    (frame.starts_with(b"-NOPERM ") && frame.ends_with(b" the 'reset' command\r\n"))
-        || frame == b"-ERR can only reset normal client connections\r\n"
 }
 
 /// The client name a command gives its connection: `Some(None)` clears it.
