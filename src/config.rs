@@ -79,6 +79,15 @@ pub struct ProxyConfig {
     pub max_query_buffer_total: u64,
     /// Most replies one client may have outstanding before cachet stops reading from it.
     pub max_pipeline: NonZeroUsize,
+    /// Bytes of replies a client may owe (unwritten, plus an estimate of those in flight)
+    /// before cachet sends no more of its commands until it reads.
+    pub client_reply_budget: u64,
+    /// Bytes of replies a client may owe before it is disconnected, like Redis's
+    /// `client-output-buffer-limit` (replies still coming for it are dropped).
+    pub client_reply_limit: u64,
+    /// Bytes of replies all clients together may owe; past it, clients owing more than
+    /// `client_reply_budget` are disconnected.
+    pub reply_buffer_limit: u64,
     /// How long shutdown waits for in-flight replies before closing connections anyway.
     pub shutdown_grace_ms: u64,
     /// Worker threads (0 = one per core). One thread is the default: measured on a 2-core
@@ -98,6 +107,9 @@ impl Default for ProxyConfig {
             max_query_buffer: DEFAULT_MAX_QUERY_BUFFER,
             max_query_buffer_total: DEFAULT_MAX_QUERY_BUFFER,
             max_pipeline: NonZeroUsize::new(16_384).expect("non-zero"),
+            client_reply_budget: 1 << 20,
+            client_reply_limit: 64 << 20,
+            reply_buffer_limit: 256 << 20,
             shutdown_grace_ms: 10_000,
             threads: 1,
         }

@@ -46,10 +46,25 @@ pub struct Shared {
 }
 
 /// Live clients by cachet client id.
-#[derive(Default)]
 pub struct ClientRegistry {
     clients: Mutex<HashMap<i64, Arc<ClientHandle>>>,
     next_id: AtomicI64,
+    /// Bytes of replies all clients owe (see `upstream::pool::ReplyAccount`).
+    pub reply_bytes: prometheus::IntGauge,
+}
+
+impl Default for ClientRegistry {
+    fn default() -> Self {
+        ClientRegistry {
+            clients: Mutex::default(),
+            next_id: AtomicI64::default(),
+            reply_bytes: prometheus::IntGauge::new(
+                "cachet_client_reply_bytes",
+                "Bytes of replies cachet holds for clients that have not read them yet",
+            )
+            .expect("a valid metric name"),
+        }
+    }
 }
 
 impl ClientRegistry {
@@ -106,6 +121,13 @@ impl ClientRegistry {
 
 /// Accepts clients on `listener` until `shutdown` is cancelled, then waits for them to finish.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
+    if let Err(error) = shared
+        .metrics
+        .registry
+        .register(Box::new(shared.clients.reply_bytes.clone()))
+    {
+        tracing::warn!(%error, "cachet_client_reply_bytes not registered");
+    }
     let slots = Arc::new(Semaphore::new(shared.config.proxy.max_clients));
     let sessions = TaskTracker::new();
     loop {
@@ -202,10 +224,16 @@ mod tests {
         let registry = Arc::new(ClientRegistry::default());
         let id = registry.next_id();
         let (inbox, _inbox) = tokio::sync::mpsc::unbounded_channel();
+        let limits = crate::upstream::pool::ReplyLimits {
+            budget: 1,
+            client: 1,
+            total: 1,
+        };
         let handle = ClientHandle {
             inbox,
             upstream_id: AtomicI64::new(0),
             addr: "127.0.0.1:1".parse().unwrap(),
+            replies: crate::upstream::pool::ReplyAccount::new(limits, registry.reply_bytes.clone()),
         };
         registry.insert(id, Arc::new(handle));
         assert_eq!(registry.len(), 1);

@@ -773,7 +773,7 @@ async fn warm_errors_are_redis_style_and_the_client_keeps_going() {
         client
             .text(&["WARM", "teacher-sessions", "teacherId", "1"])
             .await,
-        "-ERR WARM cannot run inside MULTI\r\n"
+        "-ERR cachet's 'warm' command cannot run inside MULTI\r\n"
     );
     assert!(client.text(&["EXEC"]).await.starts_with("-EXECABORT"));
 }

@@ -43,6 +43,7 @@ use crate::resp::reply::Reply;
 use crate::resp::request::{BufferShare, RequestParser};
 use crate::resp::{self, Protocol, Request, lowercase_name};
 use crate::server::Shared;
+use crate::upstream::pool::{ReplyAccount, ReplyLimits};
 use crate::upstream::{Dedicated, PoolRequest, UpstreamError, UpstreamReply};
 use tagging::{Inspect, Snapshots};
 
@@ -107,6 +108,8 @@ struct DedicatedLink {
     conn: Dedicated,
     incoming: BytesMut,
     outgoing: BytesMut,
+    /// The reply frame being measured at the front of `incoming`.
+    frame: resp::FrameScanner,
     /// Replies still expected, one per slot of kind `Dedicated`.
     outstanding: usize,
     /// RESET commands sent whose `+RESET` has not come back.
@@ -124,10 +127,15 @@ struct DedicatedLink {
 const SHARED_MAX_BYTES: usize = 1 << 20;
 const SHARED_MAX_ARGS: usize = 10_000;
 
-/// Stop reading a client (and its dedicated connection at 8x) while this much output waits.
-const OUTPUT_SOFT_LIMIT: usize = 1 << 20;
 /// Redis's default hard `client-output-buffer-limit` for pub/sub clients.
 const OUTPUT_STREAM_LIMIT: usize = 32 << 20;
+/// A client that may not send more commands now (waiting, or over its reply budget) is still
+/// read this far ahead, so that its leaving is noticed: no session outlives its client.
+const READ_AHEAD: usize = 64 * 1024;
+/// What a command's reply is taken to cost before this client's replies have been measured:
+/// a new client has at most `client_reply_budget / 16 KiB` (64) commands in flight until its
+/// first replies come back.
+const FIRST_REPLY_ESTIMATE: usize = 16 * 1024;
 
 type Acquire = Pin<Box<dyn Future<Output = Result<Dedicated, UpstreamError>> + Send>>;
 
@@ -140,6 +148,8 @@ enum Wait {
     Acquire(Acquire),
     /// The `+RESET` reply, after which the dedicated connection is dropped.
     Reset,
+    /// The client owes more replies than its budget: it is sent nothing more until it reads.
+    Budget,
 }
 
 /// What reaches a session from outside its own sockets, in one queue so the session waits
@@ -154,6 +164,8 @@ pub enum Inbox {
     Shutdown,
     /// The reply to the command cachet ran itself for slot `Slot::Async(id)`.
     Done(u64, Bytes),
+    /// This client owes more replies than its limit: the pool drops them; close at once.
+    Overflow,
 }
 
 /// The handle the server and other sessions use to reach this one.
@@ -162,6 +174,8 @@ pub struct ClientHandle {
     /// The `CLIENT ID` of this client's dedicated connection at Redis, 0 when it has none.
     pub upstream_id: AtomicI64,
     pub addr: SocketAddr,
+    /// The replies it owes, counted by the pool and this session.
+    pub replies: ReplyAccount,
 }
 
 pub struct Session {
@@ -217,6 +231,10 @@ pub struct Session {
     /// QUIT, a protocol error or a lost dedicated connection: run no more commands; close
     /// once the replies owed are written.
     closing: bool,
+    /// The client closed its side: nothing more goes to a dedicated connection for it.
+    client_gone: bool,
+    /// Bytes one command's reply is expected to take (see `note_replies`).
+    reply_estimate: usize,
     last_activity: Instant,
 }
 
@@ -240,10 +258,17 @@ impl Session {
         stream.set_nodelay(true).ok();
         let (reader, writer) = stream.into_split();
         let (reply_tx, inbox) = mpsc::unbounded_channel();
+        let proxy = &shared.config.proxy;
+        let limits = ReplyLimits {
+            budget: proxy.client_reply_budget as usize,
+            client: proxy.client_reply_limit as usize,
+            total: proxy.reply_buffer_limit as usize,
+        };
         let handle = Arc::new(ClientHandle {
             inbox: reply_tx.clone(),
             upstream_id: AtomicI64::new(0),
             addr,
+            replies: ReplyAccount::new(limits, shared.clients.reply_bytes.clone()),
         });
         let pool_size = shared.upstream.config.pool_size.get();
         let command_counters = observe::counters(&shared);
@@ -285,6 +310,8 @@ impl Session {
             wait: Wait::Nothing,
             draining: false,
             closing: false,
+            client_gone: false,
+            reply_estimate: FIRST_REPLY_ESTIMATE,
             last_activity: Instant::now(),
         };
         (session, handle)
@@ -309,14 +336,14 @@ impl Session {
             if stopping && owes_nothing && self.output.is_empty() {
                 break;
             }
-            // Back-pressure: a client that does not read its replies stops being read, and
-            // so does its dedicated connection, instead of filling cachet's memory.
-            let can_read = !stopping
-                && self.held.is_none()
+            // Back-pressure: a client that does not read its replies is sent no more commands
+            // (`Wait::Budget`) and read no further than `READ_AHEAD`, and its dedicated
+            // connection is not read, instead of filling cachet's memory.
+            let can_take = self.held.is_none()
                 && matches!(self.wait, Wait::Nothing)
-                && self.in_flight < max_pipeline
-                && self.output.len() < OUTPUT_SOFT_LIMIT;
-            let read_upstream = self.output.len() < OUTPUT_SOFT_LIMIT * 8
+                && self.in_flight < max_pipeline;
+            let can_read = !stopping && (can_take || self.input.len() < READ_AHEAD);
+            let read_upstream = self.output.len() < self.handle.replies.limits.budget * 8
                 || self.divergence.pubsub()
                 || self.divergence.stream;
             let event = {
@@ -344,6 +371,7 @@ impl Session {
                 Event::Inbox(Some(Inbox::Reply(reply))) => self.on_pool_reply(reply),
                 Event::Inbox(Some(Inbox::Done(id, bytes))) => self.on_done(id, bytes),
                 Event::Inbox(Some(Inbox::Kill)) => break,
+                Event::Inbox(Some(Inbox::Overflow)) => break,
                 Event::Inbox(Some(Inbox::Shutdown)) => {
                     // A subscriber or MONITOR is owed nothing but a stream: close it now.
                     if self.divergence.pubsub() || self.divergence.stream {
@@ -353,13 +381,21 @@ impl Session {
                 }
                 Event::Inbox(None) => unreachable!("the session holds a sender"),
                 Event::ClientRead(Ok(0)) | Event::ClientRead(Err(_)) => {
-                    // The client is gone. Like Redis, which frees a client at EOF, do not
-                    // leave its blocking command waiting at Redis: a BLPOP would still pop
-                    // an element for nobody. Pooled replies are just let through.
-                    if self.dedicated.as_ref().is_some_and(|l| l.outstanding > 0) {
+                    // The client is gone. Like Redis, which frees a client at EOF, leave
+                    // nothing of it waiting at Redis: a command unanswered on its dedicated
+                    // connection (a BLPOP would still pop an element for nobody; a RESET
+                    // whose reply may never come) takes the connection with it, and so does
+                    // one being opened. Pooled replies are just let through.
+                    let waits_on_dedicated = matches!(self.wait, Wait::Acquire(_) | Wait::Reset)
+                        || self
+                            .dedicated
+                            .as_ref()
+                            .is_some_and(|l| l.outstanding > 0 || l.resets > 0);
+                    if waits_on_dedicated {
                         self.dedicated = None;
                         break;
                     }
+                    self.client_gone = true;
                     self.draining = true;
                 }
                 Event::ClientRead(Ok(_)) => {
@@ -417,12 +453,57 @@ impl Session {
                     Err(_) => break,
                 }
             }
+            // Last, after the write: a budget freed by it must resume parsing now, as no
+            // event may come to wake the session later.
+            self.check_budget();
+            self.handle.replies.publish_output(self.output.len());
         }
         let _ = self.writer.shutdown().await;
         self.finish().await;
     }
 
+    /// Holds the client's further commands while it owes more than its reply budget: what
+    /// it has not read, plus what its commands in flight are expected to return.
+    fn check_budget(&mut self) {
+        let over = self.over_budget(0);
+        match self.wait {
+            Wait::Nothing if over => self.wait = Wait::Budget,
+            Wait::Budget if !over => {
+                self.wait = Wait::Nothing;
+                self.process_input();
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the client owes more than its budget, counting `pending` commands not yet
+    /// in flight.
+    fn over_budget(&self, pending: usize) -> bool {
+        let expected = (self.in_flight + pending) * self.reply_estimate;
+        self.output.len() + expected > self.handle.replies.limits.budget
+    }
+
+    /// Learns what this client's replies cost from `bytes` for `count` of them: a rise is
+    /// believed at once, a fall halves the estimate per batch, so a client cannot lower it
+    /// in one step before asking for large replies.
+    fn note_replies(&mut self, bytes: usize, count: usize) {
+        let average = bytes / count.max(1);
+        self.reply_estimate = average.max(self.reply_estimate / 2).max(1);
+    }
+
     async fn finish(mut self) {
+        // Replies still in the inbox are nobody's now: take them off the count. Closed first,
+        // so the pool's later replies fail to arrive and are taken off by the pool.
+        self.inbox.close();
+        while let Ok(message) = self.inbox.try_recv() {
+            if let Inbox::Reply(UpstreamReply {
+                result: Ok(bytes), ..
+            }) = message
+            {
+                self.handle.replies.taken(bytes.len());
+            }
+        }
+        self.handle.replies.publish_output(0);
         self.handle.upstream_id.store(0, Ordering::Relaxed);
         if let Some(link) = self.dedicated.take()
             && self.is_clean(&link)
@@ -493,6 +574,17 @@ impl Session {
     // ---- phase 2: classify -------------------------------------------------------------
 
     fn dispatch(&mut self, request: Request) {
+        if self.over_budget(self.batch_count) {
+            // Checked per command, so one read cannot send more than the budget allows.
+            self.held = Some(request);
+            self.wait = Wait::Budget;
+            return;
+        }
+        if self.client_gone && self.dedicated.is_some() {
+            // Nobody will read its reply (see `switch_to_dedicated`).
+            self.closing = true;
+            return;
+        }
         let mut scratch = [0u8; 64];
         let name = lowercase_name(request.name(), &mut scratch);
         self.count_command(name);
@@ -526,33 +618,8 @@ impl Session {
                 self.forward_frames(request, frames)
             }
             b"info" if self.dedicated.is_none() => self.info_command(request),
-            b"taginvalidate" | b"tagset" | b"tag" | b"tags" | b"tagkeys" => {
-                if self.divergence.multi {
-                    // Queued at Redis too, where it is unknown: Redis then aborts the
-                    // transaction at EXEC, as after any command refused while queued. The
-                    // client reads cachet's reason instead of Redis's.
-                    let reason = Reply::error("ERR cachet's TAG commands cannot run inside MULTI");
-                    self.send_dedicated(request, name);
-                    if let Some(slot) = self.slots.back_mut() {
-                        *slot = Slot::DedicatedReplaced(reason.encode(self.protocol));
-                    }
-                } else if self.divergence.user {
-                    // They run as cachet's upstream user; another user's rights may be less.
-                    self.reply_local(Reply::error(
-                        "ERR cachet's TAG commands need the upstream user cachet itself uses",
-                    ));
-                } else if self.divergence.database {
-                    // They run on cachet's own connection, in the pool's database.
-                    self.reply_local(Reply::error(format!(
-                        "ERR cachet's TAG commands work in database {} only",
-                        self.shared.upstream.config.url.db
-                    )));
-                } else {
-                    self.tag_command(request, name);
-                }
-            }
-            b"warm" => self.warm_command(request, name),
-            b"emit" | b"policy" => self.policy_command(request, name),
+            b"warm" | b"emit" | b"policy" | b"taginvalidate" | b"tagset" | b"tag" | b"tags"
+            | b"tagkeys" => self.own_command(request, name),
             _ if self.dedicated.is_some() => self.send_dedicated_tracked(request, name),
             _ => {
                 // One table lookup serves both the routing and the index phase.
@@ -592,6 +659,52 @@ impl Session {
         arg.and_then(|a| std::str::from_utf8(a).ok())
             .and_then(|s| s.parse::<u32>().ok())
             == Some(self.shared.upstream.config.url.db)
+    }
+
+    /// The one gate every command of cachet's own (WARM, EMIT, POLICY, the TAG commands)
+    /// passes: cachet runs them with its own upstream credentials, on its own connection, in
+    /// the pool's database, so only a client that is that user there may ask for them.
+    fn own_command(&mut self, request: Request, name: &[u8]) {
+        let refusal = if self.divergence.user {
+            // AUTH as another user, or a failed AUTH (only Redis knew which, on the client's
+            // own connection): either way not cachet's user, whose rights cachet acts with.
+            Some(Reply::error(format!(
+                "NOPERM only the user cachet connects as may run cachet's '{}' command",
+                String::from_utf8_lossy(name)
+            )))
+        } else if !self.authenticated {
+            Some(Reply::error("NOAUTH Authentication required."))
+        } else if self.divergence.database {
+            Some(Reply::error(format!(
+                "ERR cachet's '{}' command works in database {} only",
+                String::from_utf8_lossy(name),
+                self.shared.upstream.config.url.db
+            )))
+        } else if self.divergence.multi {
+            Some(Reply::error(format!(
+                "ERR cachet's '{}' command cannot run inside MULTI",
+                String::from_utf8_lossy(name)
+            )))
+        } else {
+            None
+        };
+        match refusal {
+            // Queued at Redis too, where it is unknown: Redis then aborts the transaction at
+            // EXEC, as after any command refused while queued. The client reads cachet's
+            // reason instead of Redis's.
+            Some(reason) if self.divergence.multi && self.dedicated.is_some() => {
+                self.send_dedicated(request, name);
+                if let Some(slot) = self.slots.back_mut() {
+                    *slot = Slot::DedicatedReplaced(reason.encode(self.protocol));
+                }
+            }
+            Some(reason) => self.reply_local(reason),
+            None => match name {
+                b"warm" => self.warm_command(request),
+                b"emit" | b"policy" => self.policy_command(request, name),
+                _ => self.tag_command(request, name),
+            },
+        }
     }
 
     fn client_command(&mut self, request: Request) {
@@ -750,7 +863,12 @@ impl Session {
             .upstream
             .config
             .credentials()
-            .is_some_and(|(u, p)| u.as_bytes() == user && p.expose().as_bytes() == password)
+            .is_some_and(|(u, p)| {
+                // Both compared, always: which one differs must not show in the time taken.
+                let user_matches = secret_eq(u.as_bytes(), user);
+                let password_matches = secret_eq(p.expose().as_bytes(), password);
+                user_matches & password_matches
+            })
     }
 
     fn auth(&mut self, request: Request) {
@@ -845,6 +963,11 @@ impl Session {
 
     /// RESET on the pool: cachet's own state goes back to a new connection's.
     fn reset_local(&mut self, request: Request) {
+        if request.args.len() != 1 {
+            return self.reply_local(Reply::error(
+                "ERR wrong number of arguments for 'reset' command",
+            ));
+        }
         self.flush_batch();
         if !self.slots.is_empty() && self.protocol != Protocol::Resp2 {
             self.held = Some(request);
@@ -883,14 +1006,15 @@ impl Session {
         if self.batch_count == 0 {
             return;
         }
+        let slot = self.batch_slot();
         let pool = self.shared.upstream.pool(self.protocol);
         let handle = &pool[self.pool_index % pool.len()];
         handle.send(PoolRequest {
             payload: self.batch.split().freeze(),
             count: self.batch_count,
-            reply: self.reply_tx.clone(),
+            client: self.handle.clone(),
+            partial: matches!(slot, Slot::Pool),
         });
-        let slot = self.batch_slot();
         self.slots.push_back(slot);
         self.sent.push_back(std::time::Instant::now());
         self.in_flight += self.batch_count;
@@ -899,6 +1023,12 @@ impl Session {
 
     /// Holds `request` until earlier replies are in, then opens a dedicated connection.
     fn switch_to_dedicated(&mut self, request: Request) {
+        if self.client_gone {
+            // Nobody will read its reply, and a connection opened now could outlive the
+            // session (a BLPOP that blocks): stop here, as Redis would have at EOF.
+            self.closing = true;
+            return;
+        }
         self.flush_batch();
         self.held = Some(request);
         if !self.slots.is_empty() {
@@ -925,6 +1055,7 @@ impl Session {
                     conn,
                     incoming: BytesMut::with_capacity(16 * 1024),
                     outgoing: BytesMut::new(),
+                    frame: resp::FrameScanner::default(),
                     outstanding: 0,
                     resets: 0,
                     streamed: false,
@@ -987,7 +1118,9 @@ impl Session {
             b"ssubscribe" => d.subscriptions.1 = d.subscriptions.1.max(1),
             _ => {}
         }
-        let is_reset = name == b"reset";
+        // RESET with arguments is refused by Redis before it acts (wrong arity): an error
+        // like any other, not the end of the connection's use.
+        let is_reset = name == b"reset" && request.args.len() == 1;
         let raw = self.raw_replies() || self.divergence.pubsub();
         if let Some(link) = &mut self.dedicated {
             link.streamed |= raw;
@@ -1058,6 +1191,18 @@ impl Session {
     // ---- phase 4: replies --------------------------------------------------------------
 
     fn on_pool_reply(&mut self, reply: UpstreamReply) {
+        if let Ok(bytes) = &reply.result {
+            self.handle.replies.taken(bytes.len());
+            self.note_replies(bytes.len(), reply.count);
+        }
+        if !reply.last {
+            // A part of a plain batch: its slot stays until the last part.
+            self.in_flight -= reply.count;
+            if let Ok(bytes) = &reply.result {
+                self.output.extend_from_slice(bytes);
+            }
+            return;
+        }
         let (hello, plan) = match self.slots.pop_front() {
             Some(Slot::Pool) => (false, None),
             Some(Slot::Hello) => (true, None),
@@ -1169,15 +1314,18 @@ impl Session {
             let Some(link) = &mut self.dedicated else {
                 return;
             };
-            let info = match resp::reply_frame(&link.incoming) {
+            let info = match link.frame.scan(&link.incoming) {
                 Ok(Some(info)) => info,
                 Ok(None) => return,
                 Err(e) => return self.dedicated_lost(&e.to_string()),
             };
             let frame = link.incoming.split_to(info.len).freeze();
             let is_reset_reply = &frame[..] == b"+RESET\r\n";
-            // RESET's own reply: whatever answers its slot (an error too: RESET x, NOPERM).
-            // In a raw stream it has no slot, and only its exact reply can say it is done.
+            // RESET's own reply: whatever answers its slot. In a raw stream it has no slot:
+            // only its exact reply says it is done. Redis refuses a RESET it parses only for
+            // its arity, which `send_dedicated` does not count as a reset (every ACL user may
+            // RESET); on a connection that SYNCed Redis answers nothing, and the wait lasts
+            // until the client leaves, as its replication stream would.
             let answers_reset = !info.push
                 && link.outstanding > 0
                 && matches!(self.slots.front(), Some(Slot::Reset));
@@ -1300,6 +1448,20 @@ impl Session {
     }
 }
 
+/// Whether a client's guess equals a secret, in time that depends on neither the secret nor
+/// where the two differ: both are hashed (SHA-256, so the secret's length does not show
+/// either) and the digests compared with no early exit.
+fn secret_eq(secret: &[u8], guess: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(secret), Sha256::digest(guess));
+    let difference = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Kept opaque, so the compiler cannot turn the fold back into an early-exit comparison.
+    std::hint::black_box(difference) == 0
+}
+
 /// The client name a command gives its connection: `Some(None)` clears it.
 fn name_set_by(name: &[u8], request: &Request) -> Option<Option<Bytes>> {
     let value = match name {
@@ -1331,6 +1493,8 @@ async fn dedicated_io(link: &mut Option<DedicatedLink>, read: bool) -> Event {
     tokio::select! {
         got = crate::net::read_available(&conn.reader, incoming), if read => Event::UpstreamRead(got),
         wrote = conn.writer.write(outgoing), if !outgoing.is_empty() => Event::UpstreamWrote(wrote),
+        // Neither (output backed up and nothing to write): wait for the other events.
+        else => std::future::pending().await,
     }
 }
 
@@ -1338,5 +1502,32 @@ async fn acquire(wait: &mut Wait) -> Result<Dedicated, UpstreamError> {
     match wait {
         Wait::Acquire(future) => future.await,
         _ => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_equal_only_when_identical() {
+        assert!(secret_eq(b"s3cret", b"s3cret"));
+        assert!(secret_eq(b"", b""));
+        for guess in [
+            &b"S3cret"[..],
+            b"s3creT",
+            b"s3cre",
+            b"s3crett",
+            b"",
+            b"s3cret\0",
+        ] {
+            assert!(!secret_eq(b"s3cret", guess), "{guess:?}");
+        }
+        // Long secrets hash to the same digest length: no difference in how they compare.
+        let long = vec![b'x'; 10_000];
+        let mut almost = long.clone();
+        almost[9_999] = b'y';
+        assert!(secret_eq(&long, &long.clone()));
+        assert!(!secret_eq(&long, &almost));
     }
 }

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::{Session, Slot};
+use super::Session;
 use crate::events;
 use crate::policy::Reloaded;
 use crate::resp::Request;
@@ -21,29 +21,8 @@ fn arity_error(name: &str) -> Reply {
 
 impl Session {
     /// `EMIT event [field value ...]` and `POLICY LIST | RELOAD [name] | REPLAY [name]
-    /// [COUNT n]`.
+    /// [COUNT n]`, past `Session::own_command`'s checks.
     pub(super) fn policy_command(&mut self, request: Request, name: &[u8]) {
-        let refusal = if self.divergence.multi {
-            // Queued at Redis too (where it is unknown), so EXEC aborts, as for TAG commands.
-            let reason = Reply::error("ERR cachet's EMIT and POLICY cannot run inside MULTI");
-            self.send_dedicated(request, name);
-            if let Some(slot) = self.slots.back_mut() {
-                *slot = Slot::DedicatedReplaced(reason.encode(self.protocol));
-            }
-            return;
-        } else if self.divergence.user {
-            Some("ERR cachet's EMIT and POLICY need the upstream user cachet itself uses".into())
-        } else if self.divergence.database {
-            Some(format!(
-                "ERR cachet's EMIT and POLICY work in database {} only",
-                self.shared.upstream.config.url.db
-            ))
-        } else {
-            None
-        };
-        if let Some(reason) = refusal {
-            return self.reply_local(Reply::error(reason));
-        }
         match name {
             b"emit" => self.emit(request),
             _ => self.policy(request),

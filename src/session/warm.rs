@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::{Session, Slot};
+use super::Session;
 use crate::resp::Request;
 use crate::resp::reply::Reply;
 use crate::warm::{Submitted, WarmRequest};
@@ -44,16 +44,8 @@ fn parse(args: &[Bytes]) -> Result<WarmRequest, String> {
 }
 
 impl Session {
-    pub(super) fn warm_command(&mut self, request: Request, name: &[u8]) {
-        if self.divergence.multi {
-            // As for the TAG commands: queued at Redis, where it is unknown, so EXEC aborts.
-            let reason = Reply::error("ERR WARM cannot run inside MULTI");
-            self.send_dedicated(request, name);
-            if let Some(slot) = self.slots.back_mut() {
-                *slot = Slot::DedicatedReplaced(reason.encode(self.protocol));
-            }
-            return;
-        }
+    /// Past `Session::own_command`'s checks.
+    pub(super) fn warm_command(&mut self, request: Request) {
         let reply = match parse(&request.args) {
             Err(error) => Reply::error(error),
             Ok(warm) => match self.shared.warming.submit(warm) {

@@ -8,10 +8,16 @@
 //! When the connection breaks or a reply is late beyond `command_timeout_ms`, every pending
 //! batch gets an error, and until the reconnect (with exponential backoff and jitter)
 //! succeeds, new batches are answered with an error at once: never a hang.
+//!
+//! Replies are counted against their client's [`ReplyAccount`] as they are handed over (once
+//! per batch, or per part of a large plain batch): a client owing more than
+//! `client_reply_limit` bytes (or more than its budget while all clients together owe more
+//! than `reply_buffer_limit`) is cut off, and the replies still coming for it are dropped as
+//! they are measured, never buffered. The connection itself keeps serving everyone else.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -22,10 +28,13 @@ use tokio::time::Instant;
 
 use super::{Upstream, UpstreamError, args};
 use crate::resp::{self, Protocol};
-use crate::session::Inbox;
+use crate::session::{ClientHandle, Inbox};
 
 /// Stop taking new batches while this much is waiting to be written.
 const WRITE_HIGH_WATER: usize = 1 << 20;
+/// A plain batch whose replies are not all in yet hands over the complete ones once they
+/// reach this size, so a large batch never waits whole in cachet and its client can read.
+const PART_BYTES: usize = 64 * 1024;
 const BACKOFF_MIN: Duration = Duration::from_millis(25);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -33,14 +42,90 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub struct PoolRequest {
     pub payload: Bytes,
     pub count: usize,
-    pub reply: mpsc::UnboundedSender<Inbox>,
+    pub client: Arc<ClientHandle>,
+    /// Its replies may reach the client in parts (a plain batch; one that is inspected or
+    /// rewritten needs them whole).
+    pub partial: bool,
 }
 
-/// The replies to one batch: all of them, in order, or the reason there are none.
+/// The replies to one batch: all of them, in order, or the reason there are none. A batch
+/// sent with `partial` may come in several parts: all but the last have `last == false`.
 #[derive(Debug)]
 pub struct UpstreamReply {
     pub result: Result<Bytes, UpstreamError>,
     pub count: usize,
+    pub last: bool,
+}
+
+/// The limits on what clients may owe in replies (`[proxy]`'s `client_reply_*` knobs).
+#[derive(Debug, Clone, Copy)]
+pub struct ReplyLimits {
+    /// Past this a client is sent no more commands (the session's back-pressure).
+    pub budget: usize,
+    /// Past this a client is disconnected.
+    pub client: usize,
+    /// Past this for all clients together, any client past its budget is disconnected.
+    pub total: usize,
+}
+
+/// What one client owes in replies: bytes handed to its session and not yet written to its
+/// socket. The pool adds a batch's bytes as it hands them over; the session takes them off
+/// as it moves them to its output, and publishes its output's length once per event.
+pub struct ReplyAccount {
+    /// Handed over by the pool, not yet taken from the session's inbox.
+    queued: AtomicUsize,
+    /// The session's unwritten output, as last published.
+    output: AtomicUsize,
+    /// Over a limit: replies for it are dropped and its session closes.
+    overflowed: AtomicBool,
+    pub limits: ReplyLimits,
+    /// Every client's queued and published bytes: `cachet_client_reply_bytes`.
+    total: prometheus::IntGauge,
+}
+
+impl ReplyAccount {
+    pub fn new(limits: ReplyLimits, total: prometheus::IntGauge) -> Self {
+        ReplyAccount {
+            queued: AtomicUsize::new(0),
+            output: AtomicUsize::new(0),
+            overflowed: AtomicBool::new(false),
+            limits,
+            total,
+        }
+    }
+
+    fn owed(&self) -> usize {
+        self.queued.load(Ordering::Relaxed) + self.output.load(Ordering::Relaxed)
+    }
+
+    /// Whether a client owing `owed` bytes must be cut off.
+    fn over_limit(&self, owed: usize) -> bool {
+        owed > self.limits.client
+            || (owed > self.limits.budget && self.total.get() as usize > self.limits.total)
+    }
+
+    fn queue(&self, bytes: usize) {
+        self.queued.fetch_add(bytes, Ordering::Relaxed);
+        self.total.add(bytes as i64);
+    }
+
+    /// The session took `bytes` of replies from its inbox (or they never reached it).
+    pub fn taken(&self, bytes: usize) {
+        self.queued.fetch_sub(bytes, Ordering::Relaxed);
+        self.total.sub(bytes as i64);
+    }
+
+    /// The session's unwritten output is now `len` bytes (0 when it ends).
+    pub fn publish_output(&self, len: usize) {
+        let before = self.output.swap(len, Ordering::Relaxed);
+        if before != len {
+            self.total.add(len as i64 - before as i64);
+        }
+    }
+
+    pub fn overflowed(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+    }
 }
 
 /// A client's handle on one pooled connection.
@@ -68,9 +153,10 @@ impl PoolHandle {
 }
 
 fn fail(request: PoolRequest, error: &UpstreamError) {
-    let _ = request.reply.send(Inbox::Reply(UpstreamReply {
+    let _ = request.client.inbox.send(Inbox::Reply(UpstreamReply {
         result: Err(error.clone()),
         count: request.count,
+        last: true,
     }));
 }
 
@@ -157,9 +243,23 @@ async fn run(
 }
 
 struct Pending {
+    /// Replies still to hand over.
     count: usize,
-    reply: mpsc::UnboundedSender<Inbox>,
+    client: Arc<ClientHandle>,
+    partial: bool,
+    /// When it was sent, or when its last part was handed over.
     sent: Instant,
+}
+
+/// How far the front batch's replies have been measured.
+#[derive(Default)]
+struct Scan {
+    frames: usize,
+    end: usize,
+    /// Its client was cut off: its replies are measured and dropped.
+    dropping: bool,
+    /// The reply being measured, from `end` on.
+    frame: resp::FrameScanner,
 }
 
 /// Serves one live connection until it breaks (`Err`) or every handle is gone (`Ok`).
@@ -173,21 +273,20 @@ async fn serve(
     let mut outgoing = BytesMut::with_capacity(64 * 1024);
     let mut incoming = BytesMut::with_capacity(64 * 1024);
     let mut batch = Vec::with_capacity(64);
-    // Frames of the front batch already measured, and where they end.
-    let mut scanned = (0usize, 0usize);
+    let mut scan = Scan::default();
     let mut tick = tokio::time::interval(timeout.map_or(Duration::from_secs(3600), |t| {
         (t / 4).max(Duration::from_millis(5))
     }));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let result = loop {
-        reserve(&mut incoming);
+        crate::net::reserve(&mut incoming);
         tokio::select! {
             biased;
             read = crate::net::read_available(&reader, &mut incoming) => match read {
                 Ok(0) => break Err(UpstreamError::Lost("Redis closed the connection".into())),
                 Ok(_) => {
-                    if let Err(error) = deliver(&mut incoming, &mut pending, &mut scanned) {
+                    if let Err(error) = deliver(&mut incoming, &mut pending, &mut scan) {
                         break Err(error);
                     }
                 }
@@ -205,7 +304,12 @@ async fn serve(
                 let now = Instant::now();
                 for request in batch.drain(..) {
                     outgoing.extend_from_slice(&request.payload);
-                    pending.push_back(Pending { count: request.count, reply: request.reply, sent: now });
+                    pending.push_back(Pending {
+                        count: request.count,
+                        client: request.client,
+                        partial: request.partial,
+                        sent: now,
+                    });
                 }
                 match writer.try_write(&outgoing) {
                     Ok(n) => outgoing.advance(n),
@@ -227,9 +331,10 @@ async fn serve(
     };
     if let Err(error) = &result {
         for p in pending.drain(..) {
-            let _ = p.reply.send(Inbox::Reply(UpstreamReply {
+            let _ = p.client.inbox.send(Inbox::Reply(UpstreamReply {
                 result: Err(error.clone()),
                 count: p.count,
+                last: true,
             }));
         }
     }
@@ -237,21 +342,15 @@ async fn serve(
     result
 }
 
-/// Keeps room for a large read, so big replies do not arrive 64 bytes at a time.
-pub(crate) fn reserve(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < 16 * 1024 {
-        buf.reserve(64 * 1024);
-    }
-}
-
-/// Hands every batch whose replies are complete to its client.
+/// Hands every batch whose replies are complete to its client (and the complete replies of a
+/// large plain batch so far); drops those of clients cut off for owing too much.
 fn deliver(
     incoming: &mut BytesMut,
     pending: &mut VecDeque<Pending>,
-    scanned: &mut (usize, usize),
+    scan: &mut Scan,
 ) -> Result<(), UpstreamError> {
     loop {
-        let Some(front) = pending.front() else {
+        let Some(front) = pending.front_mut() else {
             if incoming.is_empty() {
                 return Ok(());
             }
@@ -259,23 +358,113 @@ fn deliver(
                 "Redis sent a reply nobody asked for".into(),
             ));
         };
-        let (ref mut frames, ref mut end) = *scanned;
-        while *frames < front.count {
-            match resp::reply_frame(&incoming[*end..]) {
+        // What the client owed when this read came in: it reads concurrently, so this only
+        // errs on the generous side.
+        let owed = front.client.replies.owed();
+        if scan.frames == 0 && front.client.replies.overflowed() {
+            scan.dropping = true;
+        }
+        while scan.frames < front.count {
+            // Checked before each reply is measured, so one large reply alone never cuts a
+            // client off: only what it already owes does.
+            if !scan.dropping && front.client.replies.over_limit(owed + scan.end) {
+                cut_off(&front.client, owed + scan.end);
+                scan.dropping = true;
+            }
+            if scan.dropping {
+                incoming.advance(scan.end);
+                scan.end = 0;
+            }
+            match scan.frame.scan(&incoming[scan.end..]) {
                 Ok(Some(info)) => {
-                    *end += info.len;
-                    *frames += 1;
+                    scan.end += info.len;
+                    scan.frames += 1;
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    if front.partial && !scan.dropping && scan.end >= PART_BYTES {
+                        let part = incoming.split_to(scan.end).freeze();
+                        front.count -= scan.frames;
+                        front.sent = Instant::now();
+                        hand_over(&front.client, part, scan.frames, false);
+                        // The reply being measured now starts the buffer: keep its place.
+                        *scan = Scan {
+                            frame: std::mem::take(&mut scan.frame),
+                            ..Scan::default()
+                        };
+                    }
+                    return Ok(());
+                }
                 Err(e) => return Err(UpstreamError::Lost(e.to_string())),
             }
         }
-        let payload = incoming.split_to(*end).freeze();
-        *scanned = (0, 0);
-        let done = pending.pop_front().expect("front exists");
-        let _ = done.reply.send(Inbox::Reply(UpstreamReply {
-            result: Ok(payload),
-            count: done.count,
-        }));
+        if scan.dropping {
+            incoming.advance(scan.end);
+        } else {
+            let payload = incoming.split_to(scan.end).freeze();
+            hand_over(&front.client, payload, scan.frames, true);
+        }
+        *scan = Scan::default();
+        pending.pop_front();
+    }
+}
+
+fn hand_over(client: &ClientHandle, payload: Bytes, count: usize, last: bool) {
+    let bytes = payload.len();
+    client.replies.queue(bytes);
+    let reply = Inbox::Reply(UpstreamReply {
+        result: Ok(payload),
+        count,
+        last,
+    });
+    if client.inbox.send(reply).is_err() {
+        // The session is gone: nobody will take them.
+        client.replies.taken(bytes);
+    }
+}
+
+/// Marks a client that owes too much: its session closes, and its replies are dropped.
+fn cut_off(client: &ClientHandle, owed: usize) {
+    if !client.replies.overflowed.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            client = %client.addr,
+            owed,
+            limit = client.replies.limits.client,
+            "disconnecting a client that does not read its replies"
+        );
+        let _ = client.inbox.send(Inbox::Overflow);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(budget: usize, client: usize, total: usize) -> ReplyAccount {
+        let gauge = prometheus::IntGauge::new("t", "t").unwrap();
+        ReplyAccount::new(
+            ReplyLimits {
+                budget,
+                client,
+                total,
+            },
+            gauge,
+        )
+    }
+
+    #[test]
+    fn a_client_is_cut_off_past_its_limit_or_past_its_budget_when_all_owe_too_much() {
+        let a = account(100, 1000, 5000);
+        assert!(!a.over_limit(1000));
+        assert!(a.over_limit(1001));
+        // Everyone together over the total: past the budget is enough.
+        a.queue(4950);
+        assert!(!a.over_limit(101), "total 4950 is within 5000");
+        a.publish_output(100);
+        assert!(a.over_limit(101));
+        assert!(!a.over_limit(100), "within its budget, it is never cut off");
+        a.taken(4950);
+        a.publish_output(0);
+        assert_eq!(a.total.get(), 0);
+        assert_eq!(a.owed(), 0);
     }
 }
