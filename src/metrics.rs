@@ -50,8 +50,12 @@ pub struct Metrics {
     /// Lookups (GET-like reads) that found a value / found nil, by rule.
     pub hits: RuleCounters,
     pub misses: RuleCounters,
-    /// Error replies cachet produced itself or passed on for an upstream failure.
+    /// Error replies cachet produced itself or passed on for an upstream failure: what
+    /// `/health`'s error rate counts.
     pub errors: IntCounter,
+    /// Clients closed for sending what is not RESP: the client's fault, kept out of `errors`
+    /// so that no client can make cachet look unhealthy by sending garbage.
+    pub client_protocol_errors: IntCounter,
     /// Clients connected to cachet now.
     pub clients: IntGauge,
     /// Pooled connections to Redis that are up, as of the last health check.
@@ -182,6 +186,11 @@ impl Metrics {
                 "cachet_errors_total",
                 "Error replies cachet produced itself or passed on for an upstream failure",
             ),
+            client_protocol_errors: counter(
+                r,
+                "cachet_client_protocol_errors_total",
+                "Clients closed after a protocol error (not counted in cachet_errors_total)",
+            ),
             clients: gauge(r, "cachet_clients_connected", "Clients connected to cachet"),
             upstream_connections: gauge(
                 r,
@@ -265,6 +274,7 @@ impl Metrics {
             hits: self.hits.total(),
             misses: self.misses.total(),
             errors: self.errors.get(),
+            client_protocol_errors: self.client_protocol_errors.get(),
             commands: self.commands.total(),
             invalidations: self.invalidations.get(),
             keys_invalidated: self.keys_invalidated.get(),
@@ -286,6 +296,8 @@ pub struct Totals {
     pub hits: u64,
     pub misses: u64,
     pub errors: u64,
+    /// Clients closed after a protocol error; not part of the error rate.
+    pub client_protocol_errors: u64,
     pub commands: u64,
     pub invalidations: u64,
     pub keys_invalidated: u64,
