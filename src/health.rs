@@ -295,6 +295,7 @@ pub fn info_section(shared: &Shared) -> String {
     line("errors", &t.errors);
     line("error_rate", &format!("{:.2}", t.error_rate()));
     line("client_protocol_errors", &t.client_protocol_errors);
+    line("leases_dropped", &shared.metrics.leases_dropped.get());
     line(
         "avg_response_time_ms",
         &format!("{:.3}", t.avg_response_ms()),

@@ -56,6 +56,9 @@ pub struct Metrics {
     /// Clients closed for sending what is not RESP: the client's fault, kept out of `errors`
     /// so that no client can make cachet look unhealthy by sending garbage.
     pub client_protocol_errors: IntCounter,
+    /// Misses that got no read lease because their connection held the most it may: their
+    /// writes are not checked against invalidations (see `session::tagging`).
+    pub leases_dropped: IntCounter,
     /// Clients connected to cachet now.
     pub clients: IntGauge,
     /// Pooled connections to Redis that are up, as of the last health check.
@@ -190,6 +193,11 @@ impl Metrics {
                 r,
                 "cachet_client_protocol_errors_total",
                 "Clients closed after a protocol error (not counted in cachet_errors_total)",
+            ),
+            leases_dropped: counter(
+                r,
+                "cachet_leases_dropped_total",
+                "Misses of rule-matched keys that got no read lease (their connection held leases for 4096 keys): their writes are not checked against invalidations",
             ),
             clients: gauge(r, "cachet_clients_connected", "Clients connected to cachet"),
             upstream_connections: gauge(

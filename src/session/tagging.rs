@@ -26,6 +26,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -42,8 +44,11 @@ use crate::tags::index::{self, FastSet, WriteCall, WriteKey};
 /// How long a miss's epochs are kept for the write that usually follows (a memcache lease
 /// lives 10 s too). A recompute slower than this writes unchecked.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(10);
-/// Most keys with remembered misses per client connection.
-const SNAPSHOT_CAP: usize = 4096;
+/// Most keys with remembered misses per client connection (with [`MISSES_PER_KEY`], at most
+/// 262,144 leases). A miss past it gets no lease: its write is not checked against
+/// invalidations. Such misses are counted (`cachet_leases_dropped_total`, `leases_dropped` in
+/// INFO) and logged, at most once per [`SNAPSHOT_TTL`] per process.
+pub(crate) const SNAPSHOT_CAP: usize = 4096;
 /// Most outstanding misses remembered for one key of one connection.
 const MISSES_PER_KEY: usize = 64;
 /// Most tagged SETs gathered into one transaction ([`index::FastBatch`]).
@@ -98,24 +103,41 @@ impl Inspect {
 #[derive(Debug, Default)]
 pub(super) struct Snapshots {
     by_key: HashMap<Bytes, VecDeque<(Vec<u64>, Instant)>>,
+    /// While full: no miss expires before this, so a new key need not look for one (a full
+    /// map is walked at most once per expiry, not once per miss).
+    full_until: Option<Instant>,
 }
 
 impl Snapshots {
-    fn insert(&mut self, key: Bytes, epochs: Vec<u64>) {
+    /// Remembers a miss of `key`; false if the connection holds [`SNAPSHOT_CAP`] other keys'
+    /// leases, none expired, and this miss gets none.
+    #[must_use]
+    fn insert(&mut self, key: Bytes, epochs: Vec<u64>) -> bool {
         if self.by_key.len() >= SNAPSHOT_CAP && !self.by_key.contains_key(&key) {
+            let now = Instant::now();
+            if self.full_until.is_some_and(|until| now < until) {
+                return false;
+            }
+            let mut oldest: Option<Instant> = None;
             self.by_key.retain(|_, misses| {
-                misses.retain(|(_, at)| at.elapsed() < SNAPSHOT_TTL);
+                misses.retain(|(_, at)| now.duration_since(*at) < SNAPSHOT_TTL);
+                if let Some((_, at)) = misses.front() {
+                    oldest = Some(oldest.map_or(*at, |o| o.min(*at)));
+                }
                 !misses.is_empty()
             });
             if self.by_key.len() >= SNAPSHOT_CAP {
-                return;
+                self.full_until = oldest.map(|at| at + SNAPSHOT_TTL);
+                return false;
             }
+            self.full_until = None;
         }
         let misses = self.by_key.entry(key).or_default();
         if misses.len() == MISSES_PER_KEY {
             misses.pop_front();
         }
         misses.push_back((epochs, Instant::now()));
+        true
     }
 
     /// Whether a write of `key` has a lease to check (the newest miss has not expired).
@@ -158,6 +180,39 @@ impl Snapshots {
         }
         oldest
     }
+}
+
+/// Counts a miss that got no lease ([`SNAPSHOT_CAP`]), and says so in the log at most once
+/// per [`SNAPSHOT_TTL`] in this process.
+#[cold]
+fn lease_dropped(client: i64, metrics: &crate::metrics::Metrics) {
+    metrics.leases_dropped.inc();
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    static NEXT_WARNING_MS: AtomicU64 = AtomicU64::new(0);
+    let now_ms = ORIGIN.get_or_init(Instant::now).elapsed().as_millis() as u64;
+    if warn_now(&NEXT_WARNING_MS, now_ms, SNAPSHOT_TTL.as_millis() as u64) {
+        tracing::warn!(
+            client,
+            cap = SNAPSHOT_CAP,
+            dropped_total = metrics.leases_dropped.get(),
+            "a connection holds read leases for {SNAPSHOT_CAP} keys: its new misses get none, \
+             so their writes are not checked against invalidations (stale sets possible)"
+        );
+    }
+}
+
+/// Whether to warn at `now_ms`: true once per `every_ms`, whichever thread asks first.
+fn warn_now(next_ms: &AtomicU64, now_ms: u64, every_ms: u64) -> bool {
+    let next = next_ms.load(Ordering::Relaxed);
+    now_ms >= next
+        && next_ms
+            .compare_exchange(
+                next,
+                now_ms + every_ms,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
 }
 
 /// Commands that set or clear a TTL on purpose: the rule's TTL must not replace what they did.
@@ -543,8 +598,10 @@ impl Session {
                         metrics.hits.inc(rule, hits);
                         metrics.misses.inc(rule, misses);
                     }
-                    if let Some(seen) = epochs.take().filter(|_| is_miss(frame)) {
-                        self.snapshots.insert(key, seen);
+                    if let Some(seen) = epochs.take().filter(|_| is_miss(frame))
+                        && !self.snapshots.insert(key, seen)
+                    {
+                        lease_dropped(self.id, metrics);
                     }
                     self.output.extend_from_slice(frame);
                     at = end;
@@ -906,7 +963,7 @@ mod tests {
     #[test]
     fn a_lease_is_used_once() {
         let mut leases = Snapshots::default();
-        leases.insert(Bytes::from_static(b"k"), vec![7]);
+        assert!(leases.insert(Bytes::from_static(b"k"), vec![7]));
         assert_eq!(leases.take(b"k"), Some(vec![7]));
         assert_eq!(leases.take(b"k"), None, "a lease is used once");
         assert!(leases.by_key.is_empty());
@@ -917,22 +974,63 @@ mod tests {
         let mut leases = Snapshots::default();
         let k = || Bytes::from_static(b"k");
         // Two requests on one connection missed, one before an invalidation, one after.
-        leases.insert(k(), vec![5, 9]);
-        leases.insert(k(), vec![8, 9]);
+        assert!(leases.insert(k(), vec![5, 9]));
+        assert!(leases.insert(k(), vec![8, 9]));
         // Whichever write comes first is checked against the older epochs, and so is the
         // second: either may be the one computed before the invalidation.
         assert_eq!(leases.take(b"k"), Some(vec![5, 9]));
-        leases.insert(k(), vec![8, 12]);
+        assert!(leases.insert(k(), vec![8, 12]));
         assert_eq!(leases.take(b"k"), Some(vec![5, 9]));
         assert_eq!(leases.take(b"k"), Some(vec![5, 9]));
         assert_eq!(leases.take(b"k"), None);
     }
 
     #[test]
+    fn leases_past_the_cap_are_refused_until_one_expires_or_is_used() {
+        let mut leases = Snapshots::default();
+        let key = |i: usize| Bytes::from(format!("k{i}"));
+        for i in 0..SNAPSHOT_CAP {
+            assert!(leases.insert(key(i), vec![1]));
+        }
+        assert!(!leases.insert(key(SNAPSHOT_CAP), vec![1]), "past the cap");
+        assert!(
+            leases.full_until.is_some(),
+            "no walk of the map until one expires"
+        );
+        assert!(!leases.insert(key(SNAPSHOT_CAP + 1), vec![1]));
+        // Another miss of a key that has a lease is still remembered.
+        assert!(leases.insert(key(0), vec![2]));
+        // A write uses a lease up, and frees a place.
+        assert_eq!(leases.take(b"k1"), Some(vec![1]));
+        assert!(leases.insert(key(SNAPSHOT_CAP), vec![1]));
+        // Expired leases make room too.
+        let long_ago = Instant::now() - SNAPSHOT_TTL;
+        for misses in leases.by_key.values_mut() {
+            misses.iter_mut().for_each(|(_, at)| *at = long_ago);
+        }
+        assert!(
+            !leases.insert(key(SNAPSHOT_CAP + 2), vec![1]),
+            "still deemed full"
+        );
+        leases.full_until = Some(Instant::now());
+        assert!(leases.insert(key(SNAPSHOT_CAP + 2), vec![1]));
+        assert_eq!(leases.by_key.len(), 1);
+    }
+
+    #[test]
+    fn the_dropped_lease_warning_is_rate_limited() {
+        let next = AtomicU64::new(0);
+        assert!(warn_now(&next, 5, 10_000));
+        assert!(!warn_now(&next, 6, 10_000));
+        assert!(!warn_now(&next, 10_004, 10_000));
+        assert!(warn_now(&next, 10_005, 10_000));
+    }
+
+    #[test]
     fn outstanding_misses_per_key_are_bounded() {
         let mut leases = Snapshots::default();
         for i in 0..(MISSES_PER_KEY as u64 + 10) {
-            leases.insert(Bytes::from_static(b"k"), vec![i]);
+            assert!(leases.insert(Bytes::from_static(b"k"), vec![i]));
         }
         assert_eq!(leases.by_key[&b"k"[..]].len(), MISSES_PER_KEY);
     }
