@@ -74,6 +74,8 @@ pub struct Metrics {
     pub health_overall: IntGauge,
     /// Policy calls, by policy.
     pub policy_calls: IntCounterVec,
+    /// Host calls policies made (refused ones included), by policy.
+    pub policy_host_calls: IntCounterVec,
     /// Failed policy calls, by policy and kind (error, trap, timeout, memory, limit).
     pub policy_errors: IntCounterVec,
     /// Time of one policy call on its thread, by policy.
@@ -234,6 +236,12 @@ impl Metrics {
                 r,
                 "cachet_policy_calls_total",
                 "Policy calls, by policy",
+                "policy",
+            ),
+            policy_host_calls: counter_vec(
+                r,
+                "cachet_policy_host_calls_total",
+                "Host calls (key-tags, tag-size, key-heat, log) made by policy calls, by policy",
                 "policy",
             ),
             policy_errors: counter_vec_n(
