@@ -501,10 +501,12 @@ fn line_start(text: &str, offset: usize) -> usize {
 
 // Secrets in error messages. A config that fails to parse cannot be trusted to say which of
 // its values are secrets, so they are found in the text: the value of every key whose name
-// looks like a secret's (`password`, `token`, ...: dotted, quoted or in an inline table), the
-// password of every `scheme://user:password@` in the file, and, when the error is about a key
-// (unknown, duplicate), that key's value, in case the key is a misspelt secret. Masking more
-// than the secrets only costs a less helpful excerpt.
+// looks like a secret's (`password`, `token`, ...: dotted, quoted or in an inline table, and
+// whatever follows such a name on its line), the password of every url in the file, when the
+// error is about a key (unknown, duplicate) that key's value, in case the key is a misspelt
+// secret, and, in a document that is not TOML at all, every value on the line shown. Masking
+// more than the secrets only costs a less helpful excerpt. (`no_damage_to_a_config_shows_its_
+// secrets` below damages a config every way one character can and checks.)
 
 /// Renders a `toml` error as `toml` does (line, column, the line with a caret under the
 /// problem, the message), with every secret in the excerpt and in the message shown as `****`.
@@ -565,7 +567,10 @@ fn secret_values(text: &str) -> Vec<Range<usize>> {
     let mut ranges = secret_lines(text);
     let mut at = 0;
     while let Some(eq) = text[at..].find('=').map(|n| at + n) {
-        let key_from = text[..eq].rfind(['\n', '{', ',']).map_or(0, |n| n + 1);
+        // A key starts after the value before it (so the text is walked once).
+        let key_from = text[at..eq]
+            .rfind(['\n', '{', ','])
+            .map_or(at, |n| at + n + 1);
         let key = text[key_from..eq].rsplit('.').next().unwrap_or_default();
         at = eq + 1;
         if is_secret_name(key.trim().trim_matches(['"', '\''])) {
@@ -704,17 +709,21 @@ fn value_of_key_at(text: &str, span: &Range<usize>, line_to: usize) -> Option<Ra
         .map(|value| value.start..value.end.max(line_to))
 }
 
-/// The passwords of `scheme://user:password@host` in `text`: from the first `:` after `://`
-/// to the last `@` on the line (all of it if there is no `:` before the `@`), and in any word
-/// with an `@` (a url with a damaged scheme, or cut in two), from the first `:` after its last
-/// `//` (or, without a `:`, from the start of the word) to the `@`. A url written badly enough is masked
-/// generously.
+/// The passwords of urls in `text`, generously for a url written badly:
+/// - after each `://` with an `@` later on its line: from the first `:` to the last `@` (all
+///   of it without a `:`);
+/// - after each `://` without: a `:` not followed by a port number, up to the next `/`;
+/// - in any word with an `@` (a url with a damaged scheme, or cut in two): from the first `:`
+///   after its last `//` (without a `:`, from the start of the word) to the `@`.
+///
+/// Each part of the text is looked at a bounded number of times.
 fn url_passwords(text: &str) -> Vec<Range<usize>> {
     let mut ranges = Vec::new();
+    let mut floor = 0;
     for (at_sign, _) in text.match_indices('@') {
-        let word = text[..at_sign]
+        let word = text[floor..at_sign]
             .rfind(|c: char| c.is_ascii_whitespace() || "\"'`=,[{(".contains(c))
-            .map_or(0, |n| n + 1);
+            .map_or(floor, |n| floor + n + 1);
         let authority = text[word..at_sign]
             .rfind("//")
             .map_or(word, |n| word + n + 2);
@@ -722,32 +731,52 @@ fn url_passwords(text: &str) -> Vec<Range<usize>> {
             .find(':')
             .map_or(authority, |colon| authority + colon + 1);
         ranges.push(password..at_sign);
+        floor = at_sign + 1;
     }
+    // The line of the last `://` seen: where it ends, and its last `@`.
+    let mut line: Option<(usize, Option<usize>)> = None;
+    let mut covered = 0;
     let mut at = 0;
     while let Some(scheme_end) = text[at..].find("://").map(|n| at + n + 3) {
-        let line_end = text[scheme_end..]
-            .find('\n')
-            .map_or(text.len(), |n| scheme_end + n);
-        let line = &text[scheme_end..line_end];
-        match (line.find(':'), line.rfind('@')) {
-            (Some(colon), Some(at_sign)) if colon < at_sign => {
-                ranges.push(scheme_end + colon + 1..scheme_end + at_sign);
-            }
-            // A user without a password, or a password without its `:`: all of it.
-            (_, Some(at_sign)) => ranges.push(scheme_end..scheme_end + at_sign),
-            // No `@`: `host:port`, or a url cut short after its password.
-            (Some(colon), None) => {
-                let after = &line[colon + 1..];
-                let end = after
-                    .find(['/', '"', '\'', ' ', '\t', '\r'])
-                    .unwrap_or(after.len());
-                if !after[..end].bytes().all(|b| b.is_ascii_digit()) {
-                    ranges.push(scheme_end + colon + 1..scheme_end + colon + 1 + end);
-                }
-            }
-            _ => {}
-        }
         at = scheme_end;
+        if scheme_end < covered {
+            continue;
+        }
+        let (line_end, last_at) = match line {
+            Some((end, last_at)) if scheme_end <= end => (end, last_at),
+            _ => {
+                let end = text[scheme_end..]
+                    .find('\n')
+                    .map_or(text.len(), |n| scheme_end + n);
+                let last_at = text[scheme_end..end].rfind('@').map(|n| scheme_end + n);
+                line = Some((end, last_at));
+                (end, last_at)
+            }
+        };
+        match last_at.filter(|a| *a >= scheme_end) {
+            Some(at_sign) => {
+                let password = text[scheme_end..at_sign]
+                    .find(':')
+                    .map_or(scheme_end, |colon| scheme_end + colon + 1);
+                ranges.push(password..at_sign);
+                covered = at_sign;
+            }
+            None => {
+                let authority_end = text[scheme_end..line_end]
+                    .find(['/', '"', '\'', ' ', '\t', '\r'])
+                    .map_or(line_end, |n| scheme_end + n);
+                if let Some(colon) = text[scheme_end..authority_end].find(':') {
+                    let after = scheme_end + colon + 1;
+                    if !text[after..authority_end]
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                    {
+                        ranges.push(after..authority_end);
+                    }
+                }
+                covered = authority_end;
+            }
+        }
     }
     ranges
 }
@@ -1110,6 +1139,25 @@ mod tests {
         assert!(
             errors > 500,
             "only {errors} damaged configs failed to parse"
+        );
+    }
+
+    /// Finding the secrets walks the text a bounded number of times: a broken 600 KB line
+    /// full of `=`, `@` and `://` is rendered at once, not in quadratic time.
+    #[test]
+    fn masking_a_huge_broken_line_takes_linear_time() {
+        let text = format!("token = 1 {}\n", "a=b@c://d:e/ ".repeat(50_000));
+        let began = std::time::Instant::now();
+        let shown = Config::from_toml(&text, "x").unwrap_err().to_string();
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            began.elapsed()
+        );
+        assert!(
+            shown.contains("line 1") && !shown.contains("d:e"),
+            "{}",
+            &shown[..200]
         );
     }
 
