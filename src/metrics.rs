@@ -199,7 +199,7 @@ impl Metrics {
             leases_dropped: counter(
                 r,
                 "cachet_leases_dropped_total",
-                "Misses of rule-matched keys that got no read lease (their connection held leases for 4096 keys): their writes are not checked against invalidations",
+                "Misses of rule-matched keys that got no read lease (their connection held leases for 4096 keys or 1 MiB): their writes are not checked against invalidations",
             ),
             clients: gauge(r, "cachet_clients_connected", "Clients connected to cachet"),
             upstream_connections: gauge(

@@ -44,11 +44,15 @@ use crate::tags::index::{self, FastSet, WriteCall, WriteKey};
 /// How long a miss's epochs are kept for the write that usually follows (a memcache lease
 /// lives 10 s too). A recompute slower than this writes unchecked.
 const SNAPSHOT_TTL: Duration = Duration::from_secs(10);
-/// Most keys with remembered misses per client connection (with [`MISSES_PER_KEY`], at most
-/// 262,144 leases). A miss past it gets no lease: its write is not checked against
-/// invalidations. Such misses are counted (`cachet_leases_dropped_total`, `leases_dropped` in
-/// INFO) and logged, at most once per [`SNAPSHOT_TTL`] per process.
+/// Most keys with remembered misses per client connection. A miss past it, or past
+/// [`SNAPSHOT_BYTES`], gets no lease: its write is not checked against invalidations. Such
+/// misses are counted (`cachet_leases_dropped_total`, `leases_dropped` in INFO) and logged, at
+/// most once per [`SNAPSHOT_TTL`] per process.
 pub(crate) const SNAPSHOT_CAP: usize = 4096;
+/// Most bytes the leases of one client connection may hold (keys, epochs and bookkeeping, see
+/// [`key_bytes`] and [`miss_bytes`]): 4,096 leases of keys up to about 140 bytes with two tags
+/// fit; big keys hit this first.
+pub(crate) const SNAPSHOT_BYTES: usize = 1 << 20;
 /// Most outstanding misses remembered for one key of one connection.
 const MISSES_PER_KEY: usize = 64;
 /// Most tagged SETs gathered into one transaction ([`index::FastBatch`]).
@@ -103,41 +107,79 @@ impl Inspect {
 #[derive(Debug, Default)]
 pub(super) struct Snapshots {
     by_key: HashMap<Bytes, VecDeque<(Vec<u64>, Instant)>>,
-    /// While full: no miss expires before this, so a new key need not look for one (a full
-    /// map is walked at most once per expiry, not once per miss).
+    /// What the leases hold, as [`key_bytes`] and [`miss_bytes`] count it.
+    bytes: usize,
+    /// While full: no miss expires before this, so a new lease need not look for one (a
+    /// full map is walked at most once per expiry, not once per miss).
     full_until: Option<Instant>,
 }
 
+/// What a key's entry costs against [`SNAPSHOT_BYTES`]: its bytes and the map's share.
+fn key_bytes(key: &[u8]) -> usize {
+    key.len() + 64
+}
+
+/// What one remembered miss costs against [`SNAPSHOT_BYTES`].
+fn miss_bytes(epochs: &[u64]) -> usize {
+    48 + 8 * epochs.len()
+}
+
 impl Snapshots {
-    /// Remembers a miss of `key`; false if the connection holds [`SNAPSHOT_CAP`] other keys'
-    /// leases, none expired, and this miss gets none.
+    /// Remembers a miss of `key`; false if that would take the connection past
+    /// [`SNAPSHOT_CAP`] keys or [`SNAPSHOT_BYTES`] with no lease expired, and this miss gets
+    /// none.
     #[must_use]
     fn insert(&mut self, key: Bytes, epochs: Vec<u64>) -> bool {
-        if self.by_key.len() >= SNAPSHOT_CAP && !self.by_key.contains_key(&key) {
+        let cost = |s: &Self| match s.by_key.contains_key(&key) {
+            true => miss_bytes(&epochs),
+            false => miss_bytes(&epochs) + key_bytes(&key),
+        };
+        let fits = |s: &Self| {
+            (s.by_key.len() < SNAPSHOT_CAP || s.by_key.contains_key(&key))
+                && s.bytes + cost(s) <= SNAPSHOT_BYTES
+        };
+        if !fits(self) {
             let now = Instant::now();
             if self.full_until.is_some_and(|until| now < until) {
                 return false;
             }
-            let mut oldest: Option<Instant> = None;
-            self.by_key.retain(|_, misses| {
-                misses.retain(|(_, at)| now.duration_since(*at) < SNAPSHOT_TTL);
-                if let Some((_, at)) = misses.front() {
-                    oldest = Some(oldest.map_or(*at, |o| o.min(*at)));
-                }
-                !misses.is_empty()
-            });
-            if self.by_key.len() >= SNAPSHOT_CAP {
-                self.full_until = oldest.map(|at| at + SNAPSHOT_TTL);
+            self.expire(now);
+            if !fits(self) {
                 return false;
             }
-            self.full_until = None;
         }
-        let misses = self.by_key.entry(key).or_default();
-        if misses.len() == MISSES_PER_KEY {
-            misses.pop_front();
+        self.bytes += cost(self);
+        // Copied: the key is a slice of its request, which must not live as long as the lease.
+        let misses = self.by_key.entry(Bytes::copy_from_slice(&key)).or_default();
+        if misses.len() == MISSES_PER_KEY
+            && let Some((old, _)) = misses.pop_front()
+        {
+            self.bytes -= miss_bytes(&old);
         }
         misses.push_back((epochs, Instant::now()));
         true
+    }
+
+    /// Drops every expired miss, and notes when the next one expires.
+    fn expire(&mut self, now: Instant) {
+        let mut oldest: Option<Instant> = None;
+        let mut freed = 0;
+        self.by_key.retain(|key, misses| {
+            while let Some((epochs, _)) = misses
+                .front()
+                .filter(|(_, at)| now.duration_since(*at) >= SNAPSHOT_TTL)
+            {
+                freed += miss_bytes(epochs);
+                misses.pop_front();
+            }
+            match misses.front() {
+                Some((_, at)) => oldest = Some(oldest.map_or(*at, |o| o.min(*at))),
+                None => freed += key_bytes(key),
+            }
+            !misses.is_empty()
+        });
+        self.bytes -= freed;
+        self.full_until = oldest.map(|at| at + SNAPSHOT_TTL);
     }
 
     /// Whether a write of `key` has a lease to check (the newest miss has not expired).
@@ -155,10 +197,12 @@ impl Snapshots {
     /// from before an invalidation keeps guarding the writes after it until it expires.
     fn take(&mut self, key: &[u8]) -> Option<Vec<u64>> {
         let misses = self.by_key.get_mut(key)?;
-        while misses
+        let mut freed = 0;
+        while let Some((epochs, _)) = misses
             .front()
-            .is_some_and(|(_, at)| at.elapsed() >= SNAPSHOT_TTL)
+            .filter(|(_, at)| at.elapsed() >= SNAPSHOT_TTL)
         {
+            freed += miss_bytes(epochs);
             misses.pop_front();
         }
         let mut oldest: Option<Vec<u64>> = None;
@@ -174,15 +218,19 @@ impl Snapshots {
                 Some(_) => {}
             }
         }
-        misses.pop_back();
+        if let Some((epochs, _)) = misses.pop_back() {
+            freed += miss_bytes(&epochs);
+        }
         if misses.is_empty() {
             self.by_key.remove(key);
+            freed += key_bytes(key);
         }
+        self.bytes -= freed;
         oldest
     }
 }
 
-/// Counts a miss that got no lease ([`SNAPSHOT_CAP`]), and says so in the log at most once
+/// Counts a miss that got no lease ([`SNAPSHOT_CAP`], [`SNAPSHOT_BYTES`]), and says so in the log at most once
 /// per [`SNAPSHOT_TTL`] in this process.
 #[cold]
 fn lease_dropped(client: i64, metrics: &crate::metrics::Metrics) {
@@ -193,10 +241,11 @@ fn lease_dropped(client: i64, metrics: &crate::metrics::Metrics) {
     if warn_now(&NEXT_WARNING_MS, now_ms, SNAPSHOT_TTL.as_millis() as u64) {
         tracing::warn!(
             client,
-            cap = SNAPSHOT_CAP,
+            max_keys = SNAPSHOT_CAP,
+            max_bytes = SNAPSHOT_BYTES,
             dropped_total = metrics.leases_dropped.get(),
-            "a connection holds read leases for {SNAPSHOT_CAP} keys: its new misses get none, \
-             so their writes are not checked against invalidations (stale sets possible)"
+            "a connection holds all the read leases it may: its new misses get none, so their \
+             writes are not checked against invalidations (stale sets possible)"
         );
     }
 }
@@ -967,6 +1016,7 @@ mod tests {
         assert_eq!(leases.take(b"k"), Some(vec![7]));
         assert_eq!(leases.take(b"k"), None, "a lease is used once");
         assert!(leases.by_key.is_empty());
+        assert_eq!(leases.bytes, 0);
     }
 
     #[test]
@@ -1018,6 +1068,33 @@ mod tests {
     }
 
     #[test]
+    fn leases_are_bounded_in_bytes_and_give_back_what_they_held() {
+        let mut leases = Snapshots::default();
+        let big = |i: u8| Bytes::from(vec![i; 100_000]);
+        let mut held = 0;
+        while leases.insert(big(held as u8), vec![1, 2]) {
+            held += 1;
+        }
+        assert_eq!(
+            held,
+            SNAPSHOT_BYTES / (100_000 + key_bytes(b"") + miss_bytes(&[1, 2]))
+        );
+        assert!(leases.bytes <= SNAPSHOT_BYTES);
+        // Small keys still fit in what is left, and another miss of a held key too.
+        assert!(leases.insert(Bytes::from_static(b"small"), vec![1, 2]));
+        assert!(leases.insert(big(0), vec![3, 4]));
+        for i in 0..held {
+            while leases.take(&big(i as u8)).is_some() {}
+        }
+        assert!(leases.take(b"small").is_some());
+        assert_eq!((leases.by_key.len(), leases.bytes), (0, 0));
+        // Expiry gives bytes back too.
+        assert!(leases.insert(big(1), vec![1]));
+        leases.expire(Instant::now() + SNAPSHOT_TTL);
+        assert_eq!((leases.by_key.len(), leases.bytes), (0, 0));
+    }
+
+    #[test]
     fn the_dropped_lease_warning_is_rate_limited() {
         let next = AtomicU64::new(0);
         assert!(warn_now(&next, 5, 10_000));
@@ -1033,5 +1110,9 @@ mod tests {
             assert!(leases.insert(Bytes::from_static(b"k"), vec![i]));
         }
         assert_eq!(leases.by_key[&b"k"[..]].len(), MISSES_PER_KEY);
+        assert_eq!(
+            leases.bytes,
+            key_bytes(b"k") + MISSES_PER_KEY * miss_bytes(&[0])
+        );
     }
 }
