@@ -167,13 +167,18 @@ struct Live {
 }
 
 impl Backend for Live {
-    fn key_tags(&self, key: &[u8]) -> Vec<Vec<u8>> {
+    fn key_tags(&self, key: &[u8], budget: Duration) -> Vec<Vec<u8>> {
         let key = Bytes::copy_from_slice(key);
         let shared = &self.shared;
         let control = shared.upstream.control();
-        let tags = self
-            .runtime
-            .block_on(index_op(shared, || shared.index.tags(control, &key)));
+        let tags = self.runtime.block_on(async {
+            tokio::time::timeout(
+                budget,
+                index_op(shared, || shared.index.tags(control, &key)),
+            )
+            .await
+            .unwrap_or_else(|_| Err("no reply within the host-time budget".to_owned()))
+        });
         match tags {
             Ok(tags) => tags.into_iter().map(|t| t.to_vec()).collect(),
             Err(error) => {
@@ -183,13 +188,15 @@ impl Backend for Live {
         }
     }
 
-    fn tag_size(&self, tag: &[u8]) -> u64 {
+    fn tag_size(&self, tag: &[u8], budget: Duration) -> u64 {
         let set = self.shared.index.names().tag_keys(tag);
         let control = self.shared.upstream.control();
-        let size: Result<u64, _> = self.runtime.block_on(async {
-            control
-                .custom(fred::cmd!("ZCARD"), vec![Value::Bytes(set)])
-                .await
+        let size: Result<u64, String> = self.runtime.block_on(async {
+            let zcard = control.custom(fred::cmd!("ZCARD"), vec![Value::Bytes(set)]);
+            match tokio::time::timeout(budget, zcard).await {
+                Ok(size) => size.map_err(|e| e.to_string()),
+                Err(_) => Err("no reply within the host-time budget".to_owned()),
+            }
         });
         size.unwrap_or_else(|error| {
             tracing::warn!(%error, "policy host: tag-size failed; answering 0");
@@ -231,8 +238,8 @@ pub async fn run(shared: &Arc<Shared>, root: Event, only: Option<Arc<Entry>>) ->
             let (event, backend) = (event.clone(), backend.clone());
             let submitted = shared.policies.workers.submit(move || {
                 let began = Instant::now();
-                let result = version.module.call(&event, backend);
-                (result, began.elapsed())
+                let (result, host_calls) = version.module.call_counted(&event, backend);
+                (result, began.elapsed(), host_calls)
             });
             calls.push((entry.clone(), submitted));
         }
@@ -245,11 +252,11 @@ pub async fn run(shared: &Arc<Shared>, root: Event, only: Option<Arc<Entry>>) ->
                 Ok(done) => done.await.map_err(|_| crate::policy::Busy),
                 Err(busy) => Err(busy),
             };
-            let (result, took) = match result {
+            let (result, took, host_calls) = match result {
                 Ok(ran) => ran,
-                Err(busy) => (Err(CallError::Limit(busy.to_string())), Duration::ZERO),
+                Err(busy) => (Err(CallError::Limit(busy.to_string())), Duration::ZERO, 0),
             };
-            record(shared, &entry, took, result.as_ref().err());
+            record(shared, &entry, took, host_calls, result.as_ref().err());
             match result {
                 Ok(actions) => {
                     outcome.succeeded += 1;
@@ -285,11 +292,21 @@ pub async fn run(shared: &Arc<Shared>, root: Event, only: Option<Arc<Entry>>) ->
     outcome
 }
 
-fn record(shared: &Shared, entry: &Entry, took: Duration, error: Option<&CallError>) {
+fn record(
+    shared: &Shared,
+    entry: &Entry,
+    took: Duration,
+    host_calls: u32,
+    error: Option<&CallError>,
+) {
     let name = entry.name();
     entry.stats.record(took, error);
     let metrics = &shared.metrics;
     metrics.policy_calls.with_label_values(&[name]).inc();
+    metrics
+        .policy_host_calls
+        .with_label_values(&[name])
+        .inc_by(u64::from(host_calls));
     metrics
         .policy_duration
         .with_label_values(&[name])

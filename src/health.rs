@@ -253,6 +253,7 @@ impl Report {
                     "version": env!("CARGO_PKG_VERSION"),
                     "upstream": shared.config.upstream.url.to_string(),
                     "clients": shared.clients.len(),
+                    "clientProtocolErrors": t.client_protocol_errors,
                     "rules": shared.rules.len(),
                     "thresholds": thresholds_json(&shared.config.health.thresholds),
                 },
@@ -293,6 +294,8 @@ pub fn info_section(shared: &Shared) -> String {
     line("hit_rate", &hit_rate);
     line("errors", &t.errors);
     line("error_rate", &format!("{:.2}", t.error_rate()));
+    line("client_protocol_errors", &t.client_protocol_errors);
+    line("leases_dropped", &shared.metrics.leases_dropped.get());
     line(
         "avg_response_time_ms",
         &format!("{:.3}", t.avg_response_ms()),

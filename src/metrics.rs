@@ -50,8 +50,15 @@ pub struct Metrics {
     /// Lookups (GET-like reads) that found a value / found nil, by rule.
     pub hits: RuleCounters,
     pub misses: RuleCounters,
-    /// Error replies cachet produced itself or passed on for an upstream failure.
+    /// Error replies cachet produced itself or passed on for an upstream failure: what
+    /// `/health`'s error rate counts.
     pub errors: IntCounter,
+    /// Clients closed for sending what is not RESP: the client's fault, kept out of `errors`
+    /// so that no client can make cachet look unhealthy by sending garbage.
+    pub client_protocol_errors: IntCounter,
+    /// Misses that got no read lease because their connection held the most it may: their
+    /// writes are not checked against invalidations (see `session::tagging`).
+    pub leases_dropped: IntCounter,
     /// Clients connected to cachet now.
     pub clients: IntGauge,
     /// Pooled connections to Redis that are up, as of the last health check.
@@ -67,6 +74,8 @@ pub struct Metrics {
     pub health_overall: IntGauge,
     /// Policy calls, by policy.
     pub policy_calls: IntCounterVec,
+    /// Host calls policies made (refused ones included), by policy.
+    pub policy_host_calls: IntCounterVec,
     /// Failed policy calls, by policy and kind (error, trap, timeout, memory, limit).
     pub policy_errors: IntCounterVec,
     /// Time of one policy call on its thread, by policy.
@@ -182,6 +191,16 @@ impl Metrics {
                 "cachet_errors_total",
                 "Error replies cachet produced itself or passed on for an upstream failure",
             ),
+            client_protocol_errors: counter(
+                r,
+                "cachet_client_protocol_errors_total",
+                "Clients closed after a protocol error (not counted in cachet_errors_total)",
+            ),
+            leases_dropped: counter(
+                r,
+                "cachet_leases_dropped_total",
+                "Misses of rule-matched keys that got no read lease (their connection held leases for 4096 keys or 1 MiB): their writes are not checked against invalidations",
+            ),
             clients: gauge(r, "cachet_clients_connected", "Clients connected to cachet"),
             upstream_connections: gauge(
                 r,
@@ -217,6 +236,12 @@ impl Metrics {
                 r,
                 "cachet_policy_calls_total",
                 "Policy calls, by policy",
+                "policy",
+            ),
+            policy_host_calls: counter_vec(
+                r,
+                "cachet_policy_host_calls_total",
+                "Host calls (key-tags, tag-size, key-heat, log) made by policy calls, by policy",
                 "policy",
             ),
             policy_errors: counter_vec_n(
@@ -265,6 +290,7 @@ impl Metrics {
             hits: self.hits.total(),
             misses: self.misses.total(),
             errors: self.errors.get(),
+            client_protocol_errors: self.client_protocol_errors.get(),
             commands: self.commands.total(),
             invalidations: self.invalidations.get(),
             keys_invalidated: self.keys_invalidated.get(),
@@ -286,6 +312,8 @@ pub struct Totals {
     pub hits: u64,
     pub misses: u64,
     pub errors: u64,
+    /// Clients closed after a protocol error; not part of the error rate.
+    pub client_protocol_errors: u64,
     pub commands: u64,
     pub invalidations: u64,
     pub keys_invalidated: u64,

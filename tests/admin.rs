@@ -380,6 +380,54 @@ async fn healthy_degraded_and_unhealthy() {
     }
 }
 
+/// A client's bad input is the client's problem: 300 connections that send what is not RESP
+/// (unauthenticated, with `upstream.password` set), after 1,000 good commands, leave
+/// `/health` healthy with an error rate of 0, and are counted on their own.
+#[tokio::test]
+async fn garbage_from_clients_does_not_make_cachet_unhealthy() {
+    let redis = RedisServer::start_with(&["--requirepass", "pw"]);
+    let cachet = Cachet::start(&redis, |config| {
+        config.upstream.password = Some(cachet::config::Secret::new("pw"));
+    })
+    .await;
+    let mut good = RawClient::connect(cachet.addr).await.unwrap();
+    assert_eq!(good.text(&["AUTH", "pw"]).await, "+OK\r\n");
+    for i in 0..1_000 {
+        good.send(&["SET", &format!("k{i}"), "v"]).await.unwrap();
+    }
+    for _ in 0..1_000 {
+        assert_eq!(&good.read_frame().await.unwrap()[..], b"+OK\r\n");
+    }
+    const GARBAGE: [&[u8]; 3] = [b"*x\r\n", b"*1\r\n$y\r\n", b"*1\r\n$-7\r\n"];
+    for n in 0..300 {
+        let mut bad = RawClient::connect(cachet.addr).await.unwrap();
+        bad.send_raw(GARBAGE[n % GARBAGE.len()]).await.unwrap();
+        let reply = bad.read_frame().await.unwrap();
+        assert!(reply.starts_with(b"-ERR Protocol error"), "{reply:?}");
+        assert!(bad.closed_within(Duration::from_secs(5)).await);
+    }
+    // Counted before the error reply is sent, and `/health` reads the counters as it answers.
+    let (status, json) = cachet.health().await;
+    assert_eq!(json["data"]["health"]["overall"], "healthy", "{json:#}");
+    assert_eq!(status, 200, "{json:#}");
+    assert_eq!(
+        json["data"]["cachet"]["clientProtocolErrors"], 300,
+        "{json:#}"
+    );
+    assert_eq!(
+        json["data"]["health"]["cache"]["errorRate"], 0.0,
+        "{json:#}"
+    );
+    assert_eq!(json["data"]["metrics"]["errors"], 0, "{json:#}");
+    let scrape = cachet.metrics().await;
+    assert_eq!(
+        sample(&scrape, "cachet_client_protocol_errors_total", &[]),
+        300.0
+    );
+    assert_eq!(sample(&scrape, "cachet_errors_total", &[]), 0.0);
+    assert_eq!(good.text(&["GET", "k1"]).await, "$1\r\nv\r\n");
+}
+
 #[tokio::test]
 async fn a_crossed_warning_threshold_is_degraded_but_still_200() {
     let redis = RedisServer::start();

@@ -90,3 +90,151 @@ fn flags_beat_the_environment() {
         "{stderr}"
     );
 }
+
+/// Configs whose error is on a secret's line, one for every field that holds a secret
+/// (`upstream.password`, the password in `upstream.url`, `admin.token`, and a warmer url with
+/// credentials), each written wrong in the ways that used to print the secret.
+const SECRET_CONFIGS: &[&str] = &[
+    "[upstream]\npassword = [\"Zq8Xw3Kp\"]\n",
+    "[upstream]\npassword = \"Zq8Xw3Kp\n",
+    "[upstream]\npassword = \"\"\"Zq8Xw3Kp",
+    "[upstream]\npasword = \"Zq8Xw3Kp\"\n",
+    "[upstream]\npassword = \"Zq8Xw3Kp\"\npassword = \"Zq8Xw3Kp\"\n",
+    "upstream = { url = \"redis://x\", password = 0.5Zq8Xw3Kp }\n",
+    "[upstream]\nurl = \"redis://app:Zq8Xw3Kp@db:99999\"\n",
+    "[upstream]\nurl = \"redis://app:Zq8Xw3Kp@db:6379/x\"\n",
+    "[upstream]\nurl = \"redis:/app:Zq8Xw3Kp@db\"\n",
+    "[admin]\ntoken = 8675309\n",
+    "[admin]\ntoken = [\"Zq8Xw3Kp\"]\n",
+    "[warmers.w]\nhttp = \"http://u:Zq8Xw3Kp@h/x\"\n",
+];
+
+/// Runs `command` to its exit, or kills it after 10 s (a config cachet should refuse but
+/// accepts would otherwise start serving and never exit).
+fn output_within_10s(command: &mut Command) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut child = command
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: std::fs::read(out).unwrap(),
+        stderr: std::fs::read(err).unwrap(),
+    }
+}
+
+fn assert_masked(output: &std::process::Output, secrets: &[&str], what: &str) {
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(1), "{what}: {printed}");
+    for secret in secrets {
+        assert!(
+            !printed.contains(secret),
+            "{what} printed {secret}:\n{printed}"
+        );
+    }
+    assert!(printed.contains("****"), "{what}: no mask in\n{printed}");
+}
+
+#[test]
+fn config_errors_print_secrets_masked() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = ["Zq8Xw3Kp", "8675309"];
+    for (n, text) in SECRET_CONFIGS.iter().enumerate() {
+        let path = dir.path().join(format!("{n}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let check = output_within_10s(
+            Command::new(env!("CARGO_BIN_EXE_cachet"))
+                .arg("check-config")
+                .arg(&path),
+        );
+        assert_masked(&check, &secrets, &format!("check-config {text:?}"));
+        let start = output_within_10s(
+            Command::new(env!("CARGO_BIN_EXE_cachet"))
+                .arg("--config")
+                .arg(&path)
+                .env("CACHET_ADMIN_LISTEN", "")
+                .env("RUST_LOG", "trace"),
+        );
+        assert_masked(&start, &secrets, &format!("--config {text:?}"));
+    }
+    for url in [
+        "redis://app:Zq8Xw3Kp@db:99999",
+        "redis://app:Zq8Xw3Kp@db/256",
+        ":Zq8Xw3Kp@db",
+    ] {
+        let start = output_within_10s(
+            Command::new(env!("CARGO_BIN_EXE_cachet"))
+                .args(["--upstream", url])
+                .env("CACHET_ADMIN_LISTEN", "")
+                .env("CACHET_LISTEN", "127.0.0.1:0"),
+        );
+        assert_masked(&start, &secrets, &format!("--upstream {url}"));
+    }
+}
+
+/// A valid config whose password Redis refuses: nothing cachet or fred logs while it retries,
+/// at the most verbose level, holds the password.
+#[test]
+fn a_refused_password_is_never_logged() {
+    let redis = RedisServer::start_with(&["--requirepass", "the-right-one"]);
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cachet.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"\"\n\
+             [upstream]\nurl = \"redis://default:Zq8Xw3Kp@127.0.0.1:{}/3\"\n",
+            redis.port
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "trace")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start cachet");
+    wait_for_port(port);
+    // A client's command makes the pool's handshake run and fail too.
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut client, b"*1\r\n$4\r\nPING\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    let output = child.wait_with_output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        printed.contains("WRONGPASS"),
+        "the refusal was logged:\n{printed}"
+    );
+    assert!(!printed.contains("Zq8Xw3Kp"), "{printed}");
+    assert!(
+        printed.contains("redis://default:****@127.0.0.1"),
+        "{printed}"
+    );
+}

@@ -173,6 +173,74 @@ async fn host_imports_read_the_tag_index() {
     assert!(strings(&field(&sizes, "errors")).is_empty());
 }
 
+/// A policy that makes host calls without end is stopped at the host-call cap (64 by
+/// default): the EMIT fails as a limit, fast, the calls are counted in
+/// `cachet_policy_host_calls_total`, and the next call behaves.
+#[tokio::test]
+async fn host_calls_are_capped_per_call_and_counted() {
+    let redis = RedisServer::start();
+    let mut config = cachet::Config::default();
+    config.upstream.url = cachet::config::RedisUrl::parse(&redis.url()).expect("url");
+    config.policies = vec![policy(&policy_wasm("misbehave"))];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(cachet::run_with_admin(
+        config,
+        listener,
+        Some(admin),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut client = loop {
+        if let Ok(mut client) = RawClient::connect(addr).await
+            && client.text(&["PING"]).await == "+PONG\r\n"
+        {
+            break client;
+        }
+        assert!(Instant::now() < deadline, "cachet did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let began = Instant::now();
+    let reply = client.text(&["EMIT", "misbehave.host-loop"]).await;
+    assert!(
+        reply.starts_with("-ERR policy misbehave: more than 64 host calls in one call"),
+        "{reply}"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        began.elapsed()
+    );
+    let ok = client.text(&["EMIT", "misbehave.ok", "tag", "t"]).await;
+    assert!(ok.contains("misbehave"), "{ok}");
+    let metrics = reqwest::get(format!("http://{admin_addr}/metrics"))
+        .await
+        .expect("admin answers")
+        .text()
+        .await
+        .expect("body");
+    let value = |name: &str, labels: &[&str]| -> String {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{metrics}"))
+            .to_owned()
+    };
+    // 64 made, the 65th refused; misbehave.ok makes none.
+    let policy = "policy=\"misbehave\"";
+    assert_eq!(value("cachet_policy_host_calls_total", &[policy]), "65");
+    assert_eq!(
+        value("cachet_policy_errors_total", &[policy, "kind=\"limit\""]),
+        "1"
+    );
+    let _ = stop.send(());
+}
+
 /// Times a GET/SET loop on its own connection; returns the longest gap between replies.
 fn traffic(proxy: &Proxy, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(Duration, u64)> {
     let addr = proxy.addr;
@@ -564,6 +632,52 @@ async fn time_waiting_for_redis_does_not_count_against_the_deadline() {
     );
     assert_eq!(strings(&field(&reply, "tags")), ["u1"]);
     busy.await.expect("busy script");
+}
+
+/// Host calls wait for Redis off the deadline, but within a budget of their own: with
+/// `host_timeout_ms = 50` and Redis busy for 300 ms, the host call gives up at 50 ms and the
+/// call fails as a limit instead of holding a policy thread for the whole wait.
+#[tokio::test]
+async fn a_host_call_past_the_host_time_budget_fails_the_call() {
+    let redis = RedisServer::start();
+    let module = policy_wasm("misbehave");
+    let proxy = Proxy::start_with(&redis.url(), move |config| {
+        config.policies = vec![
+            toml::from_str(&format!(
+                "name = \"misbehave\"\nmodule = {:?}\nevents = [\"misbehave.*\"]\n\
+                 timeout_ms = {SANDBOX_MS}\nhost_timeout_ms = 50\n",
+                module.display().to_string()
+            ))
+            .expect("policy config"),
+        ];
+    })
+    .await;
+    let mut client = RawClient::connect(proxy.addr).await.expect("connect");
+    let direct = fred_client(&redis.url(), false).await;
+    let busy = tokio::spawn(async move {
+        let script = "local s = redis.call('TIME') local t = s repeat t = redis.call('TIME') \
+                      until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > 300000 return 1";
+        let _: Value = direct
+            .custom(cmd!("EVAL"), vec![script, "0"])
+            .await
+            .expect("EVAL");
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let began = Instant::now();
+    let reply = client
+        .text(&["EMIT", "misbehave.tags-of", "key", "x"])
+        .await;
+    let took = began.elapsed();
+    assert!(
+        reply.starts_with("-ERR policy misbehave: host calls waited more than 50 ms"),
+        "{reply}"
+    );
+    // The EMIT's own reply needs Redis too (its dead letter), so it ends after the script;
+    // the policy thread was free long before.
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    busy.await.expect("busy script");
+    let ok = client.text(&["EMIT", "misbehave.ok", "tag", "t"]).await;
+    assert!(ok.contains("misbehave"), "{ok}");
 }
 
 #[tokio::test]

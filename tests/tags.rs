@@ -1250,6 +1250,56 @@ async fn no_stale_set_after_a_miss_and_an_invalidation() {
     assert_unindexed(&mut d, "session:x", &[b"session:x"]).await;
 }
 
+/// A connection holds read leases for at most 4,096 keys at once. The misses past that get
+/// none: they are counted (INFO's `leases_dropped`, `cachet_leases_dropped_total`) and their
+/// fills are not checked, while the leases within the bound still refuse a stale fill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_past_the_cap_are_counted_and_those_within_it_still_guard() {
+    let redis = RedisServer::start();
+    let p1 = start_proxy(&redis).await;
+    let mut a = Conn::connect(p1.addr).await;
+    let mut b = Conn::connect(p1.addr).await;
+    let mut d = Conn::connect(redis.addr()).await;
+    let leases_dropped = |info: String| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix("leases_dropped:"))
+            .unwrap_or_else(|| panic!("no leases_dropped in {info}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(a.text(&["GET", "sessions:teacher:0"]).await, "$-1\r\n");
+    let misses: Vec<Vec<String>> = (1..=4_200)
+        .map(|i| vec!["GET".to_owned(), format!("sessions:teacher:{i}")])
+        .collect();
+    for reply in a.pipeline(&misses).await {
+        assert_eq!(text(&reply), "$-1\r\n");
+    }
+    // 4,201 keys missed, 4,096 got a lease.
+    assert_eq!(leases_dropped(b.text(&["INFO", "cachet"]).await), 105);
+
+    // The first miss's lease still guards its fill.
+    assert_eq!(b.text(&["TAGINVALIDATE", "teacher:0"]).await, ":0\r\n");
+    assert_eq!(a.text(&["SET", "sessions:teacher:0", "stale"]).await, ok());
+    assert_eq!(d.int(&["EXISTS", "sessions:teacher:0"]).await, 0);
+    // The last miss got none: its fill stands, and that is what the count reports.
+    assert_eq!(b.text(&["TAGINVALIDATE", "teacher:4200"]).await, ":0\r\n");
+    assert_eq!(
+        a.text(&["SET", "sessions:teacher:4200", "stale"]).await,
+        ok()
+    );
+    assert_eq!(d.int(&["EXISTS", "sessions:teacher:4200"]).await, 1);
+    // A fill used a lease up, so the next new key's miss gets one again.
+    assert_eq!(a.text(&["GET", "sessions:teacher:5000"]).await, "$-1\r\n");
+    assert_eq!(leases_dropped(b.text(&["INFO", "cachet"]).await), 105);
+    assert_eq!(b.text(&["TAGINVALIDATE", "teacher:5000"]).await, ":0\r\n");
+    assert_eq!(
+        a.text(&["SET", "sessions:teacher:5000", "stale"]).await,
+        ok()
+    );
+    assert_eq!(d.int(&["EXISTS", "sessions:teacher:5000"]).await, 0);
+}
+
 // ---- 4. property 3: a bounded index ---------------------------------------------------------
 
 const GROUPS: [&str; 3] = ["g0", "g1", "g2"];

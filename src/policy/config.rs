@@ -30,6 +30,14 @@ pub struct PolicyConfig {
     /// calls.
     #[serde(default = "default_timeout_ms", deserialize_with = "timeout_ms")]
     pub timeout_ms: u64,
+    /// Most host calls (`key-tags`, `tag-size`, `key-heat`, `log`) one call may make; the
+    /// one past it traps and the call fails as `limit`.
+    #[serde(default = "default_max_host_calls")]
+    pub max_host_calls: u32,
+    /// Most time one call's host calls may wait for Redis, all together (the deadline does
+    /// not count it); a host call that ends past it traps and the call fails as `limit`.
+    #[serde(default = "default_host_timeout_ms", deserialize_with = "timeout_ms")]
+    pub host_timeout_ms: u64,
     /// Cap on each linear memory of the component; a grow beyond it traps.
     #[serde(default = "default_memory_mb", deserialize_with = "memory_mb")]
     pub memory_mb: u64,
@@ -92,6 +100,16 @@ fn default_timeout_ms() -> u64 {
     10
 }
 
+fn default_max_host_calls() -> u32 {
+    64
+}
+
+/// Generous against a Redis busy for a moment (a slow script), still a bound on how long one
+/// call may hold a policy thread waiting.
+fn default_host_timeout_ms() -> u64 {
+    1_000
+}
+
 fn default_memory_mb() -> u64 {
     32
 }
@@ -142,7 +160,7 @@ fn timeout_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     let ms = u64::deserialize(d)?;
     if ms == 0 || ms > MAX_TIMEOUT_MS {
         return Err(serde::de::Error::custom(format!(
-            "timeout_ms must be 1 to {MAX_TIMEOUT_MS}"
+            "a timeout is 1 to {MAX_TIMEOUT_MS} ms, not {ms}"
         )));
     }
     Ok(ms)
@@ -206,6 +224,7 @@ mod tests {
             (policy.timeout_ms, policy.memory_mb, policy.fuel),
             (10, 32, None)
         );
+        assert_eq!((policy.max_host_calls, policy.host_timeout_ms), (64, 1_000));
         assert_eq!(file.events.max_depth, 4);
         assert!(validate(&file.policies, &file.events).is_empty());
     }
@@ -215,7 +234,9 @@ mod tests {
         for (text, expect) in [
             ("events = [\"a[\"]", "is not a glob"),
             ("events = []", "at least one"),
-            ("events = [\"a\"]\ntimeout_ms = 0", "timeout_ms"),
+            ("events = [\"a\"]\ntimeout_ms = 0", "a timeout is 1 to"),
+            ("events = [\"a\"]\nhost_timeout_ms = 0", "a timeout is 1 to"),
+            ("events = [\"a\"]\nmax_host_calls = -1", "invalid value"),
             ("events = [\"a\"]\nmemory_mb = 100000", "memory_mb"),
             ("events = [\"a\"]\nfoo = 1", "unknown field"),
         ] {

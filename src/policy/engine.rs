@@ -4,7 +4,9 @@
 //!
 //! A call runs on the thread that calls [`Module::call`], which must not be a thread serving
 //! clients (see [`super::Workers`]). Host imports that need Redis block that thread; the time
-//! they wait is not counted against the deadline.
+//! they wait is not counted against the deadline but against a budget of its own
+//! (`host_timeout_ms`), and one call may make at most `max_host_calls` host calls (all but
+//! `monotonic-ns`): past either, the host call traps and the policy call fails as `limit`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,6 +25,8 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "policy",
+        // A host call past the call's host-call cap or host-time budget traps.
+        imports: { default: trappable },
     });
 }
 
@@ -37,12 +41,13 @@ const PACKAGE: &str = "cachet:policy/";
 const TICK: Duration = Duration::from_millis(1);
 
 /// What a policy may read while it decides. cachet's implementation asks Redis and the
-/// read-heat sketch; `cachet policy check` answers with nothing.
+/// read-heat sketch; `cachet policy check` answers with nothing. `budget` is what is left of
+/// the call's host time: an answer not ready by then may be given up (as none).
 pub trait Backend: Send + Sync {
     /// The tags of a key, from the tag index.
-    fn key_tags(&self, key: &[u8]) -> Vec<Vec<u8>>;
+    fn key_tags(&self, key: &[u8], budget: Duration) -> Vec<Vec<u8>>;
     /// How many keys the tag index holds under a tag.
-    fn tag_size(&self, tag: &[u8]) -> u64;
+    fn tag_size(&self, tag: &[u8], budget: Duration) -> u64;
     /// The key's recent read count.
     fn key_heat(&self, key: &[u8]) -> u32;
 }
@@ -51,10 +56,10 @@ pub trait Backend: Send + Sync {
 pub struct Offline;
 
 impl Backend for Offline {
-    fn key_tags(&self, _key: &[u8]) -> Vec<Vec<u8>> {
+    fn key_tags(&self, _key: &[u8], _budget: Duration) -> Vec<Vec<u8>> {
         Vec::new()
     }
-    fn tag_size(&self, _tag: &[u8]) -> u64 {
+    fn tag_size(&self, _tag: &[u8], _budget: Duration) -> u64 {
         0
     }
     fn key_heat(&self, _key: &[u8]) -> u32 {
@@ -77,7 +82,8 @@ pub enum CallError {
     /// A memory grew past its cap.
     #[error("memory limit of {0} MiB reached")]
     Memory(u64),
-    /// Fuel ran out, or the actions returned were too many or too large.
+    /// Fuel ran out, the actions returned were too many or too large, or the host calls
+    /// were too many or waited too long.
     #[error("{0}")]
     Limit(String),
 }
@@ -251,6 +257,10 @@ pub struct Compiled {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub timeout: Duration,
+    /// Most host calls (all imports but `monotonic-ns`) one call may make.
+    pub max_host_calls: u32,
+    /// Most time one call's host calls may wait (for Redis), all together.
+    pub host_timeout: Duration,
     pub memory_bytes: usize,
     pub fuel: Option<u64>,
     pub max_actions: usize,
@@ -262,6 +272,8 @@ impl Limits {
     pub fn from_config(config: &PolicyConfig) -> Self {
         Limits {
             timeout: Duration::from_millis(config.timeout_ms),
+            max_host_calls: config.max_host_calls,
+            host_timeout: Duration::from_millis(config.host_timeout_ms),
             memory_bytes: (config.memory_mb as usize) << 20,
             fuel: config.fuel,
             max_actions: config.max_actions,
@@ -307,6 +319,10 @@ impl Module {
             started: Instant::now(),
             budget,
             waited: Duration::ZERO,
+            host_calls: 0,
+            max_host_calls: self.limits.max_host_calls,
+            host_budget: self.limits.host_timeout,
+            host_refused: None,
             timed_out: false,
             memory_refused: false,
             backend: None,
@@ -337,10 +353,22 @@ impl Module {
     /// Runs `on-event` with every limit in force. The instance is kept for the next call
     /// unless the call trapped (a trapped instance is poisoned).
     pub fn call(&self, event: &Event, backend: Arc<dyn Backend>) -> Result<Vec<Action>, CallError> {
+        self.call_counted(event, backend).0
+    }
+
+    /// [`Self::call`], and how many host calls it made (refused ones included).
+    pub fn call_counted(
+        &self,
+        event: &Event,
+        backend: Arc<dyn Backend>,
+    ) -> (Result<Vec<Action>, CallError>, u32) {
         let idle = self.idle.lock().expect("instance pool").pop();
         let mut instance = match idle {
             Some(instance) => instance,
-            None => self.instantiate()?,
+            None => match self.instantiate() {
+                Ok(instance) => instance,
+                Err(error) => return (Err(error), 0),
+            },
         };
         let store = &mut instance.store;
         {
@@ -348,6 +376,8 @@ impl Module {
             state.started = Instant::now();
             state.budget = self.limits.timeout;
             state.waited = Duration::ZERO;
+            state.host_calls = 0;
+            state.host_refused = None;
             state.timed_out = false;
             state.memory_refused = false;
             state.event = event.name.clone();
@@ -359,20 +389,21 @@ impl Module {
         }
         let result = instance.bindings.call_on_event(&mut *store, event);
         store.data_mut().backend = None;
+        let host_calls = store.data().host_calls;
         let outcome = match result {
             Ok(Ok(actions)) => self.check(actions),
             Ok(Err(message)) => Err(CallError::Error(message)),
             Err(error) => {
                 let error = classify(store.data(), &self.limits, &error, "call");
                 // Poisoned: drop this instance, the next call gets a fresh one.
-                return Err(error);
+                return (Err(error), host_calls);
             }
         };
         let mut idle = self.idle.lock().expect("instance pool");
         if idle.len() < self.limits.instances {
             idle.push(instance);
         }
-        outcome
+        (outcome, host_calls)
     }
 
     /// Refuses results beyond the action caps.
@@ -412,6 +443,9 @@ fn classify(state: &State, limits: &Limits, error: &wasmtime::Error, during: &st
     }
     if state.memory_refused {
         return CallError::Memory((limits.memory_bytes >> 20) as u64);
+    }
+    if let Some(refused) = &state.host_refused {
+        return CallError::Limit(refused.clone());
     }
     if let Some(wasmtime::Trap::OutOfFuel) = error.downcast_ref::<wasmtime::Trap>() {
         return CallError::Limit(format!(
@@ -476,23 +510,63 @@ struct State {
     /// How long it may run: the call's deadline, or [`INSTANTIATE_BUDGET`] while a fresh
     /// instance is made.
     budget: Duration,
-    /// Time spent in host imports waiting for Redis: not counted against the deadline.
+    /// Time spent in host imports waiting for Redis: not counted against the deadline, but
+    /// against `host_budget`.
     waited: Duration,
+    /// Host calls made so far in this call, and the most it may make.
+    host_calls: u32,
+    max_host_calls: u32,
+    /// How long this call's host imports may wait, all together.
+    host_budget: Duration,
+    /// Why a host call was refused (and trapped), when one was.
+    host_refused: Option<String>,
     timed_out: bool,
     memory_refused: bool,
     backend: Option<Arc<dyn Backend>>,
 }
 
 impl State {
-    /// Runs a host import that may wait, keeping its time off the deadline.
-    fn waiting<R>(&mut self, read: impl FnOnce(&dyn Backend) -> R, otherwise: R) -> R {
+    /// Counts a host call; a trap once there are more than `max_host_calls`.
+    fn host_call(&mut self) -> wasmtime::Result<()> {
+        self.host_calls = self.host_calls.saturating_add(1);
+        if self.host_calls > self.max_host_calls {
+            return Err(self.refuse(format!(
+                "more than {} host calls in one call",
+                self.max_host_calls
+            )));
+        }
+        Ok(())
+    }
+
+    fn refuse(&mut self, why: String) -> wasmtime::Error {
+        let error = wasmtime::Error::msg(why.clone());
+        self.host_refused = Some(why);
+        error
+    }
+
+    /// Runs a host import that may wait (a counted host call), keeping its time off the
+    /// deadline and on the host-time budget; the backend is given what is left of the budget,
+    /// and a call that ends past it traps.
+    fn waiting<R>(
+        &mut self,
+        read: impl FnOnce(&dyn Backend, Duration) -> R,
+        otherwise: R,
+    ) -> wasmtime::Result<R> {
+        self.host_call()?;
         let Some(backend) = self.backend.clone() else {
-            return otherwise;
+            return Ok(otherwise);
         };
+        let left = self.host_budget.saturating_sub(self.waited);
         let began = Instant::now();
-        let result = read(backend.as_ref());
+        let result = read(backend.as_ref(), left);
         self.waited += began.elapsed();
-        result
+        if self.waited >= self.host_budget {
+            return Err(self.refuse(format!(
+                "host calls waited more than {} ms in one call",
+                self.host_budget.as_millis()
+            )));
+        }
+        Ok(result)
     }
 }
 
@@ -524,28 +598,31 @@ impl ResourceLimiter for State {
 impl bindings::cachet::policy::types::Host for State {}
 
 impl bindings::cachet::policy::host::Host for State {
-    fn key_tags(&mut self, key: Name) -> Vec<Vec<u8>> {
+    fn key_tags(&mut self, key: Name) -> wasmtime::Result<Vec<Vec<u8>>> {
         let key = name_to_bytes(key);
-        self.waiting(|b| b.key_tags(&key), Vec::new())
+        self.waiting(|b, left| b.key_tags(&key, left), Vec::new())
     }
 
-    fn tag_size(&mut self, tag: Name) -> u64 {
+    fn tag_size(&mut self, tag: Name) -> wasmtime::Result<u64> {
         let tag = name_to_bytes(tag);
-        self.waiting(|b| b.tag_size(&tag), 0)
+        self.waiting(|b, left| b.tag_size(&tag, left), 0)
     }
 
-    fn key_heat(&mut self, key: Name) -> u32 {
+    fn key_heat(&mut self, key: Name) -> wasmtime::Result<u32> {
+        self.host_call()?;
         let key = name_to_bytes(key);
-        self.backend.as_ref().map_or(0, |b| b.key_heat(&key))
+        Ok(self.backend.as_ref().map_or(0, |b| b.key_heat(&key)))
     }
 
-    fn log(&mut self, level: Level, message: String) {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.host_call()?;
         log_line(&self.policy, &self.event, level, &message);
+        Ok(())
     }
 
-    fn monotonic_ns(&mut self) -> u64 {
+    fn monotonic_ns(&mut self) -> wasmtime::Result<u64> {
         static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-        ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
+        Ok(ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64)
     }
 }
 
@@ -556,5 +633,133 @@ pub fn log_line(policy: &str, event: &str, level: Level, message: &str) {
         Level::Info => tracing::info!(policy, event, message, "policy log"),
         Level::Warn => tracing::warn!(policy, event, message, "policy log"),
         Level::Error => tracing::error!(policy, event, message, "policy log"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bindings::cachet::policy::host::Host as _;
+    use super::*;
+
+    /// Answers after `delay` (or when the budget it is given runs out, like cachet's own),
+    /// and remembers the budgets it was given.
+    struct Slow {
+        delay: Duration,
+        budgets: Mutex<Vec<Duration>>,
+    }
+
+    impl Backend for Slow {
+        fn key_tags(&self, _key: &[u8], budget: Duration) -> Vec<Vec<u8>> {
+            self.budgets.lock().unwrap().push(budget);
+            std::thread::sleep(self.delay.min(budget));
+            vec![b"t".to_vec()]
+        }
+        fn tag_size(&self, tag: &[u8], budget: Duration) -> u64 {
+            self.key_tags(tag, budget).len() as u64
+        }
+        fn key_heat(&self, _key: &[u8]) -> u32 {
+            1
+        }
+    }
+
+    fn state(limits: &Limits, backend: Arc<Slow>) -> State {
+        State {
+            policy: "p".into(),
+            event: "e".into(),
+            memory_cap: limits.memory_bytes,
+            started: Instant::now(),
+            budget: limits.timeout,
+            waited: Duration::ZERO,
+            host_calls: 0,
+            max_host_calls: limits.max_host_calls,
+            host_budget: limits.host_timeout,
+            host_refused: None,
+            timed_out: false,
+            memory_refused: false,
+            backend: Some(backend),
+        }
+    }
+
+    fn limits(max_host_calls: u32, host_timeout: Duration) -> Limits {
+        Limits {
+            timeout: Duration::from_millis(10),
+            max_host_calls,
+            host_timeout,
+            memory_bytes: 1 << 20,
+            fuel: None,
+            max_actions: 10,
+            max_action_bytes: 1000,
+            instances: 1,
+        }
+    }
+
+    fn key() -> Name {
+        Name::Text("k".into())
+    }
+
+    #[test]
+    fn host_calls_past_the_cap_trap_and_reach_no_backend() {
+        let limits = limits(64, Duration::from_secs(10));
+        let backend = Arc::new(Slow {
+            delay: Duration::ZERO,
+            budgets: Mutex::new(Vec::new()),
+        });
+        let mut state = state(&limits, backend.clone());
+        for n in 0..64 {
+            let answer = match n % 4 {
+                0 => state.key_tags(key()).map(|t| t.len() as u64),
+                1 => state.tag_size(key()),
+                2 => state.key_heat(key()).map(u64::from),
+                _ => state.log(Level::Debug, "x".into()).map(|()| 1),
+            };
+            assert_eq!(answer.expect("within the cap"), 1);
+            // The clock is free: it reaches nothing outside the sandbox.
+            state.monotonic_ns().unwrap();
+        }
+        let error = state.key_tags(key()).expect_err("the 65th host call traps");
+        assert!(
+            error.to_string().contains("more than 64 host calls"),
+            "{error}"
+        );
+        assert!(state.tag_size(key()).is_err() && state.log(Level::Info, "x".into()).is_err());
+        assert_eq!(
+            backend.budgets.lock().unwrap().len(),
+            32,
+            "key-tags and tag-size"
+        );
+        assert_eq!(state.host_calls, 67);
+        assert_eq!(
+            classify(&state, &limits, &error, "call"),
+            CallError::Limit("more than 64 host calls in one call".into())
+        );
+        assert_eq!(CallError::Limit(String::new()).kind(), "limit");
+    }
+
+    #[test]
+    fn host_calls_share_one_time_budget_and_trap_past_it() {
+        let limits = limits(64, Duration::from_millis(100));
+        let backend = Arc::new(Slow {
+            delay: Duration::from_millis(40),
+            budgets: Mutex::new(Vec::new()),
+        });
+        let mut state = state(&limits, backend.clone());
+        assert!(state.key_tags(key()).is_ok());
+        assert!(state.tag_size(key()).is_ok());
+        let error = state.key_tags(key()).expect_err("past 100 ms of host time");
+        assert!(
+            error.to_string().contains("waited more than 100 ms"),
+            "{error}"
+        );
+        // The third call was given what was left (at most 20 ms), not another 40.
+        let budgets = backend.budgets.lock().unwrap().clone();
+        assert_eq!(budgets.len(), 3);
+        assert_eq!(budgets[0], Duration::from_millis(100));
+        assert!(budgets[2] <= Duration::from_millis(20), "{budgets:?}");
+        assert!(matches!(
+            classify(&state, &limits, &error, "call"),
+            CallError::Limit(why) if why.contains("waited more than 100 ms")
+        ));
+        // Waiting never counted against the 10 ms deadline itself.
+        assert!(!state.timed_out);
     }
 }

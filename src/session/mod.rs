@@ -532,7 +532,7 @@ impl Session {
                         Ok(None) => break,
                         Err(error) => {
                             tracing::debug!(client = self.id, %error, "closing client after protocol error");
-                            self.count_errors(1);
+                            self.count_protocol_error();
                             self.reply_local(Reply::error(format!("ERR {error}")));
                             self.closing = true;
                             break;

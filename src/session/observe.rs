@@ -145,6 +145,12 @@ impl Session {
         self.command_counters = shared.metrics.commands.snapshot();
     }
 
+    /// Counts a client closed for a protocol error: the client's fault, so its own counter,
+    /// not the error rate `/health` judges cachet by.
+    pub(super) fn count_protocol_error(&self) {
+        self.shared.metrics.client_protocol_errors.inc();
+    }
+
     /// Counts `n` error replies cachet produced or passed on for an upstream failure.
     pub(super) fn count_errors(&self, n: usize) {
         self.shared.metrics.errors.inc_by(n as u64);

@@ -305,7 +305,12 @@ async fn run_setup(
 fn control_client(config: &UpstreamConfig) -> anyhow::Result<Client> {
     let mut fred_config = Config {
         server: ServerConfig::new_centralized(&config.url.host, config.url.port),
-        database: (config.url.db != 0).then_some(config.url.db as u8),
+        database: match config.url.db {
+            0 => None,
+            db => Some(u8::try_from(db).map_err(|_| {
+                anyhow::anyhow!("upstream database {db}: at most {}", crate::config::MAX_DB)
+            })?),
+        },
         // Redis may come up after cachet: keep following the reconnect policy after a failed
         // first connect (fred's default gives up, and cachet would never become ready).
         fail_fast: false,

@@ -80,6 +80,10 @@ impl Guest for Misbehave {
                     message: format!("size={size} heat={heat}"),
                 })])
             }
+            "misbehave.host-loop" => loop {
+                // Host calls without end: the host-call cap stops it.
+                std::hint::black_box(host::key_tags(&Name::Text("misbehave:k".to_owned())));
+            },
             "misbehave.loop" => {
                 let mut n: u64 = 0;
                 loop {
