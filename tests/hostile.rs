@@ -317,3 +317,36 @@ async fn request_buffers_of_all_clients_are_capped() {
     let value = "y".repeat(800_000);
     assert_eq!(third.text(&["SET", "c", &value]).await, "+OK\r\n");
 }
+
+/// Redis's limits for clients that have not authenticated end when Redis accepts an AUTH,
+/// whichever user it names; a refused AUTH leaves them in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_before_auth_end_with_any_accepted_user() {
+    let redis = RedisServer::start_with(&["--requirepass", "pw"]);
+    let mut admin = Conn::connect(redis.addr()).await.unwrap();
+    assert_eq!(admin.text(&["AUTH", "pw"]).await, "+OK\r\n");
+    let reply = admin
+        .text(&["ACL", "SETUSER", "app", "on", ">apppw", "~*", "+@all"])
+        .await;
+    assert_eq!(reply, "+OK\r\n");
+    let proxy = Proxy::start_with(&redis.url(), |c| {
+        c.upstream.password = Some(cachet::config::Secret::new("pw"));
+    })
+    .await;
+    let big = "v".repeat(100_000);
+    let mut app = Conn::connect(proxy.addr).await.unwrap();
+    assert_eq!(app.text(&["AUTH", "app", "apppw"]).await, "+OK\r\n");
+    assert_eq!(app.text(&["SET", "k", &big]).await, "+OK\r\n");
+    let mut keys = vec!["DEL"];
+    keys.extend(["a"; 20]);
+    assert_eq!(app.text(&keys).await, ":0\r\n");
+
+    let mut wrong = Conn::connect(proxy.addr).await.unwrap();
+    let reply = wrong.text(&["AUTH", "app", "nope"]).await;
+    assert!(reply.starts_with("-WRONGPASS"), "{reply}");
+    let reply = wrong.text(&["SET", "k", &big]).await;
+    assert_eq!(
+        reply,
+        "-ERR Protocol error: unauthenticated bulk length\r\n"
+    );
+}

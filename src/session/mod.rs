@@ -58,6 +58,9 @@ enum Slot {
     Hello,
     /// One command on the dedicated connection.
     Dedicated,
+    /// AUTH (or HELLO ... AUTH) on the dedicated connection: a reply that is not an error
+    /// means Redis signed the client in, as some user.
+    SignIn,
     /// RESET on the dedicated connection: its reply ends the connection's use.
     Reset,
     /// One command on the dedicated connection whose reply the client must not see: it
@@ -193,6 +196,9 @@ pub struct Session {
     protocol: Protocol,
     name: Option<Bytes>,
     authenticated: bool,
+    /// Redis accepted an AUTH of this client's as another user (on its dedicated
+    /// connection): Redis's limits for clients not yet authenticated no longer apply.
+    signed_in: bool,
     /// The pooled connection this client's batches go to (sticky, so they stay in order).
     pool_index: usize,
     batch: BytesMut,
@@ -277,6 +283,7 @@ impl Session {
         let session = Session {
             id,
             authenticated: shared.upstream.config.credentials().is_none(),
+            signed_in: false,
             shared,
             handle: handle.clone(),
             reader,
@@ -524,10 +531,11 @@ impl Session {
                     if self.in_flight >= max_pipeline {
                         break;
                     }
-                    match self
-                        .parser
-                        .parse(&mut self.input, &limits, self.authenticated)
-                    {
+                    match self.parser.parse(
+                        &mut self.input,
+                        &limits,
+                        self.authenticated || self.signed_in,
+                    ) {
                         Ok(Some(request)) => request,
                         Ok(None) => break,
                         Err(error) => {
@@ -982,6 +990,7 @@ impl Session {
         self.protocol = Protocol::Resp2;
         self.name = None;
         self.authenticated = self.shared.upstream.config.credentials().is_none();
+        self.signed_in = false;
         self.divergence = Divergence::default();
     }
 
@@ -1080,6 +1089,7 @@ impl Session {
         let other_db = name == b"select" && !self.is_pool_db(request.arg(1));
         let d = &mut self.divergence;
         let was_subscribed = d.pubsub();
+        let mut signs_in = false;
         match name {
             b"multi" => d.multi = true,
             b"exec" | b"discard" if d.multi => {
@@ -1101,7 +1111,10 @@ impl Session {
                 // Queued in MULTI it may yet fail: stay pinned rather than guess.
                 d.database = other_db || (d.multi && d.database);
             }
-            b"auth" => d.user = true,
+            b"auth" => {
+                d.user = true;
+                signs_in = !d.multi;
+            }
             b"hello" => {
                 match request.arg(1) {
                     Some(b"2") => self.protocol = Protocol::Resp2,
@@ -1110,6 +1123,7 @@ impl Session {
                 }
                 if request.args.iter().any(|a| a.eq_ignore_ascii_case(b"auth")) {
                     d.user = true;
+                    signs_in = !d.multi;
                 }
             }
             // Marked at once so the confirmations route as pub/sub traffic; the real counts
@@ -1150,9 +1164,10 @@ impl Session {
         link.outstanding += frames;
         self.in_flight += frames;
         for _ in 0..frames {
-            self.slots.push_back(match is_reset {
-                true => Slot::Reset,
-                false => Slot::Dedicated,
+            self.slots.push_back(match (is_reset, signs_in) {
+                (true, _) => Slot::Reset,
+                (false, true) => Slot::SignIn,
+                (false, false) => Slot::Dedicated,
             });
         }
     }
@@ -1354,6 +1369,10 @@ impl Session {
                 self.in_flight -= 1;
                 match self.slots.pop_front() {
                     Some(Slot::Dedicated) => self.output.extend_from_slice(&frame),
+                    Some(Slot::SignIn) => {
+                        self.signed_in |= !matches!(frame.first(), Some(b'-' | b'!'));
+                        self.output.extend_from_slice(&frame);
+                    }
                     Some(Slot::DedicatedReplaced(instead)) => {
                         self.output.extend_from_slice(&instead)
                     }
@@ -1433,7 +1452,7 @@ impl Session {
         for slot in self.slots.iter_mut() {
             if matches!(
                 slot,
-                Slot::Dedicated | Slot::DedicatedReplaced(_) | Slot::Reset
+                Slot::Dedicated | Slot::SignIn | Slot::DedicatedReplaced(_) | Slot::Reset
             ) {
                 *slot = Slot::Local(frame.clone());
                 lost += 1;
