@@ -350,3 +350,40 @@ async fn limits_before_auth_end_with_any_accepted_user() {
         "-ERR Protocol error: unauthenticated bulk length\r\n"
     );
 }
+
+/// Found by the fuzzer: `MULTI ""` (refused by Redis for its arity) was taken as the start of
+/// a transaction, so the `CLIENT REPLY SKIP` after it waited for a reply Redis never sends;
+/// a protocol error then closed the session for reading, and it never noticed its client
+/// leave. With `max_clients = 1` it locked everyone out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_session_still_notices_its_client_leave() {
+    let redis = RedisServer::start();
+    let proxy = Proxy::start_with(&redis.url(), |c| c.proxy.max_clients = 1).await;
+    // The readiness probe's connection may hold the one slot for a moment.
+    let mut reply = String::new();
+    for _ in 0..100 {
+        let mut hostile = Conn::connect(proxy.addr).await.unwrap();
+        hostile
+            .send_raw(b"MULTI \"\"\r\nCLIENT REPLY SKIP\r\n*\r\n")
+            .await
+            .unwrap();
+        reply = text(&hostile.read_frame().await.unwrap());
+        if !reply.contains("max number of clients") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reply.starts_with("-ERR wrong number of arguments"), "{reply}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut c = Conn::connect(proxy.addr).await.unwrap();
+        match c.command(&["PING"]).await {
+            Ok(reply) if text(&reply) == "+PONG\r\n" => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "the hostile client's session is still there: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -349,7 +349,10 @@ impl Session {
             let can_take = self.held.is_none()
                 && matches!(self.wait, Wait::Nothing)
                 && self.in_flight < max_pipeline;
-            let can_read = !stopping && (can_take || self.input.len() < READ_AHEAD);
+            // A session closing after a protocol error or QUIT still reads (and drops what it
+            // reads), so that it notices its client leave while it waits for replies.
+            let can_read = (!stopping && (can_take || self.input.len() < READ_AHEAD))
+                || (self.closing && !self.draining);
             let read_upstream = self.output.len() < self.handle.replies.limits.budget * 8
                 || self.divergence.pubsub()
                 || self.divergence.stream;
@@ -405,6 +408,7 @@ impl Session {
                     self.client_gone = true;
                     self.draining = true;
                 }
+                Event::ClientRead(Ok(_)) if self.closing => self.input.clear(),
                 Event::ClientRead(Ok(_)) => {
                     self.last_activity = Instant::now();
                     self.process_input();
@@ -1091,12 +1095,13 @@ impl Session {
         let was_subscribed = d.pubsub();
         let mut signs_in = false;
         match name {
-            b"multi" => d.multi = true,
+            // Only what Redis accepts changes the state: `MULTI x` is refused for its arity.
+            b"multi" if request.args.len() == 1 => d.multi = true,
             b"exec" | b"discard" if d.multi => {
                 d.multi = false;
                 d.watch = false;
             }
-            b"watch" if !d.multi => d.watch = true,
+            b"watch" if !d.multi && request.args.len() > 1 => d.watch = true,
             b"unwatch" if !d.multi => d.watch = false,
             b"monitor" | b"sync" | b"psync" => d.stream = true,
             b"script"
