@@ -93,9 +93,12 @@ pub struct ProxyConfig {
     pub reply_buffer_limit: u64,
     /// How long shutdown waits for in-flight replies before closing connections anyway.
     pub shutdown_grace_ms: u64,
-    /// Worker threads (0 = one per core). One thread is the default: measured on a 2-core
-    /// machine shared with Redis it costs a third less CPU per command than two (no
-    /// cross-thread wake-ups); raise it where cores are to spare.
+    /// Worker threads (0 = one per core, the default). One per core keeps one client's
+    /// large command or a storm of connections from stalling the others: on a 2-core machine
+    /// shared with Redis, a 21 MB command held a neighbour's p99 at 60-78 ms with one thread
+    /// and 7-45 ms with two, and 5,000 connections opening at 14-59 ms against 1.9 ms
+    /// (bench/hostile.sh). One thread costs about a third less CPU per command (no
+    /// cross-thread wake-ups): set 1 where isolation matters less than CPU.
     pub threads: usize,
 }
 
@@ -114,7 +117,7 @@ impl Default for ProxyConfig {
             client_reply_limit: 64 << 20,
             reply_buffer_limit: 256 << 20,
             shutdown_grace_ms: 10_000,
-            threads: 1,
+            threads: 0,
         }
     }
 }

@@ -1175,6 +1175,11 @@ impl Session {
                 (false, false) => Slot::Dedicated,
             });
         }
+        if request.args.len() > SHARED_MAX_ARGS {
+            // Freeing millions of arguments takes tens of milliseconds: not on the thread
+            // that serves the other clients.
+            tokio::task::spawn_blocking(move || drop(request));
+        }
     }
 
     /// Replies on the dedicated connection are not one per command: forward them as they come.
