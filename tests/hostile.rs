@@ -373,7 +373,10 @@ async fn a_closing_session_still_notices_its_client_leave() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(reply.starts_with("-ERR wrong number of arguments"), "{reply}");
+    assert!(
+        reply.starts_with("-ERR wrong number of arguments"),
+        "{reply}"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut c = Conn::connect(proxy.addr).await.unwrap();
