@@ -97,8 +97,8 @@ pub struct ProxyConfig {
     /// large command or a storm of connections from stalling the others: on a 2-core machine
     /// shared with Redis, a 21 MB command held a neighbour's p99 at 60-78 ms with one thread
     /// and 7-45 ms with two, and 5,000 connections opening at 14-59 ms against 1.9 ms
-    /// (bench/hostile.sh). One thread costs about a third less CPU per command (no
-    /// cross-thread wake-ups): set 1 where isolation matters less than CPU.
+    /// (bench/hostile.sh). In bench/run.sh the two cost about the same CPU per request;
+    /// one thread gave somewhat more SET throughput (BENCHMARKS.md, "Hostile clients").
     pub threads: usize,
 }
 
