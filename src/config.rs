@@ -97,8 +97,10 @@ pub struct ProxyConfig {
     /// large command or a storm of connections from stalling the others: on a 2-core machine
     /// shared with Redis, a 21 MB command held a neighbour's p99 at 60-78 ms with one thread
     /// and 7-45 ms with two, and 5,000 connections opening at 14-59 ms against 1.9 ms
-    /// (bench/hostile.sh). In bench/run.sh the two cost about the same CPU per request;
-    /// one thread gave somewhat more SET throughput (BENCHMARKS.md, "Hostile clients").
+    /// (bench/hostile.sh). The price on that machine, shared with Redis and the benchmark
+    /// client: 20-50% more CPU per request and a quarter to a third less throughput at
+    /// pipeline depth 1 (BENCHMARKS.md, "Hostile clients"). Set 1 where cores are shared
+    /// and throughput matters more than that isolation.
     pub threads: usize,
 }
 
