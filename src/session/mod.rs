@@ -408,7 +408,10 @@ impl Session {
                     self.client_gone = true;
                     self.draining = true;
                 }
-                Event::ClientRead(Ok(_)) if self.closing => self.input.clear(),
+                Event::ClientRead(Ok(_)) if self.closing => {
+                    self.input.clear();
+                    self.buffered.set(0);
+                }
                 Event::ClientRead(Ok(_)) => {
                     self.last_activity = Instant::now();
                     self.process_input();
@@ -1066,7 +1069,7 @@ impl Session {
                     .store(conn.upstream_id, Ordering::Relaxed);
                 self.dedicated = Some(DedicatedLink {
                     conn,
-                    incoming: BytesMut::with_capacity(16 * 1024),
+                    incoming: BytesMut::new(),
                     outgoing: BytesMut::new(),
                     frame: resp::FrameScanner::default(),
                     outstanding: 0,
