@@ -611,15 +611,7 @@ async fn time_waiting_for_redis_does_not_count_against_the_deadline() {
         .expect("TAGSET");
     // Redis busy for 200 ms (a script spinning on TIME) while the policy asks it for a key's
     // tags: the host import waits far beyond the policy's deadline.
-    let direct = fred_client(&redis.url(), false).await;
-    let busy = tokio::spawn(async move {
-        let script = "local s = redis.call('TIME') local t = s repeat t = redis.call('TIME') \
-                      until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > 200000 return 1";
-        let _: Value = direct
-            .custom(cmd!("EVAL"), vec![script, "0"])
-            .await
-            .expect("EVAL");
-    });
+    let busy = keep_busy(&redis, 200).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let began = Instant::now();
     let reply = emit(&client, &["misbehave.tags-of", "key", "x"])
@@ -632,6 +624,23 @@ async fn time_waiting_for_redis_does_not_count_against_the_deadline() {
     );
     assert_eq!(strings(&field(&reply, "tags")), ["u1"]);
     busy.await.expect("busy script");
+}
+
+/// Keeps Redis busy for `ms` milliseconds (a script spinning on TIME), from a connection of
+/// its own; await the handle to know it is over.
+async fn keep_busy(redis: &RedisServer, ms: u64) -> tokio::task::JoinHandle<()> {
+    let direct = fred_client(&redis.url(), false).await;
+    let script = format!(
+        "local s = redis.call('TIME') local t = s repeat t = redis.call('TIME') \
+         until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > {} return 1",
+        ms * 1000
+    );
+    tokio::spawn(async move {
+        let _: Value = direct
+            .custom(cmd!("EVAL"), vec![script.as_str(), "0"])
+            .await
+            .expect("EVAL");
+    })
 }
 
 /// Host calls wait for Redis off the deadline, but within a budget of their own: with
@@ -653,15 +662,7 @@ async fn a_host_call_past_the_host_time_budget_fails_the_call() {
     })
     .await;
     let mut client = RawClient::connect(proxy.addr).await.expect("connect");
-    let direct = fred_client(&redis.url(), false).await;
-    let busy = tokio::spawn(async move {
-        let script = "local s = redis.call('TIME') local t = s repeat t = redis.call('TIME') \
-                      until (t[1] - s[1]) * 1000000 + (t[2] - s[2]) > 300000 return 1";
-        let _: Value = direct
-            .custom(cmd!("EVAL"), vec![script, "0"])
-            .await
-            .expect("EVAL");
-    });
+    let busy = keep_busy(&redis, 300).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let began = Instant::now();
     let reply = client
