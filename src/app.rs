@@ -9,12 +9,19 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Config, admin, events, health, metrics, policy, resp, server, tags, upstream, warm};
+use crate::{
+    Config, admin, events, health, metrics, policy, resp, server, session, tags, upstream, warm,
+};
 
 /// Walks the tag index now and then, removing entries of keys that vanished behind cachet's
 /// back (evicted, deleted by a client that bypassed cachet). One SCAN page per step keeps
 /// each step short; a full pass every `SWEEP_PAUSE`.
-async fn sweep(shared: Arc<server::Shared>, shutdown: CancellationToken) {
+async fn sweep(
+    index: Arc<tags::index::TagIndex>,
+    upstream: Arc<upstream::Upstream>,
+    metrics: Arc<metrics::Metrics>,
+    shutdown: CancellationToken,
+) {
     const SWEEP_PAGE: u64 = 200;
     const SWEEP_STEP: std::time::Duration = std::time::Duration::from_millis(100);
     const SWEEP_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -26,12 +33,11 @@ async fn sweep(shared: Arc<server::Shared>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
-        if !shared.upstream.is_ready() {
+        if !upstream.is_ready() {
             continue;
         }
-        match shared
-            .index
-            .sweep_step(shared.upstream.control(), cursor, SWEEP_PAGE)
+        match index
+            .sweep_step(upstream.control(), cursor, SWEEP_PAGE)
             .await
         {
             Ok((next, stats)) => {
@@ -40,7 +46,7 @@ async fn sweep(shared: Arc<server::Shared>, shutdown: CancellationToken) {
                 }
                 seen += stats.scanned as i64;
                 if next == 0 {
-                    shared.metrics.index_keys.set(seen);
+                    metrics.index_keys.set(seen);
                     seen = 0;
                 }
                 cursor = next;
@@ -108,35 +114,66 @@ pub async fn run_with_admin(
     let heat = warm::Heat::new(&config.heat);
     let warming = warm::Warming::new(&config.warmers, heat.clone(), &metrics.registry);
     let request_buffers = resp::request::RequestBuffers::new(config.proxy.max_query_buffer_total);
-    let shared = Arc::new(server::Shared {
-        config,
-        limits,
-        request_buffers,
-        index: tags::index::TagIndex::new(tags::index::DEFAULT_PREFIX)?.with_rules(rules.clone()),
-        rules,
-        metrics,
-        upstream,
-        clients: server::ClientRegistry::default(),
-        warming,
-        heat,
+    let metrics = Arc::new(metrics);
+    let warming = Arc::new(warming);
+    let index = Arc::new(
+        tags::index::TagIndex::new(tags::index::DEFAULT_PREFIX)?.with_rules(rules.clone()),
+    );
+    let health = Arc::new(health::Health::new(
+        config.health.clone(),
+        upstream.clone(),
+        metrics.clone(),
+        rules.len(),
+    ));
+    let events = Arc::new(events::Events {
+        config: config.events.clone(),
         policies: Arc::new(policies),
-        health: health::Health::default(),
+        index: index.clone(),
+        upstream: upstream.clone(),
+        warming: warming.clone(),
+        heat: heat.clone(),
+        metrics: metrics.clone(),
     });
+    let clients = session::ClientRegistry::new(metrics.clients.clone());
     let token = CancellationToken::new();
     let trigger = token.clone();
     tokio::spawn(async move {
         shutdown.await;
         trigger.cancel();
     });
-    tokio::spawn(sweep(shared.clone(), token.clone()));
-    shared
-        .warming
-        .start(shared.upstream.control(), token.clone());
-    tokio::spawn(events::watch(shared.clone(), token.clone()));
-    tokio::spawn(health::monitor(shared.clone(), token.clone()));
-    if let Some(admin) = admin {
-        tokio::spawn(admin::serve(shared.clone(), admin, token.clone()));
+    tokio::spawn(sweep(
+        index.clone(),
+        upstream.clone(),
+        metrics.clone(),
+        token.clone(),
+    ));
+    warming.start(upstream.control(), token.clone());
+    tokio::spawn(events::watch(events.clone(), token.clone()));
+    tokio::spawn(health::monitor(health.clone(), token.clone()));
+    if let Some(listener) = admin {
+        let admin = Arc::new(admin::Admin {
+            token: config.admin.token.clone(),
+            health: health.clone(),
+            metrics: metrics.clone(),
+            upstream: upstream.clone(),
+        });
+        tokio::spawn(admin::serve(admin, listener, token.clone()));
     }
+    let shared = Arc::new(session::Services {
+        proxy: config.proxy,
+        ttl: config.ttl,
+        limits,
+        request_buffers,
+        rules,
+        index,
+        metrics,
+        upstream,
+        clients,
+        warming,
+        heat,
+        events,
+        health,
+    });
     server::serve(shared, listener, token).await;
     Ok(())
 }

@@ -20,43 +20,39 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fred::interfaces::ClientLike;
 use fred::types::Value;
 
-use crate::policy::engine::{self, Action, Event, Field, name_to_bytes};
+use crate::metrics::Metrics;
+use crate::policy::EventsConfig;
+use crate::policy::Policies;
+use crate::policy::engine::{self, Action, Event, name_to_bytes};
 use crate::policy::{Backend, CallError, Entry, Reloaded};
 use crate::resp::Protocol;
 use crate::resp::reply::Reply;
-use crate::server::Shared;
 use crate::session::tagging::index_op;
-use crate::tags::index::{WriteCall, WriteKey};
-use crate::warm::{Submitted, WarmRequest};
+use crate::tags::index::{TagIndex, WriteCall, WriteKey};
+use crate::upstream::Upstream;
+use crate::warm::{Heat, Submitted, WarmRequest, Warming};
+
+/// What running events uses: the policies, and what their actions reach.
+pub struct Events {
+    pub config: EventsConfig,
+    pub policies: Arc<Policies>,
+    pub index: Arc<TagIndex>,
+    pub upstream: Arc<Upstream>,
+    pub warming: Arc<Warming>,
+    pub heat: Heat,
+    pub metrics: Arc<Metrics>,
+}
+
+type Shared = Events;
 
 /// Keys deleted per index call: well inside Lua's `unpack` limit.
 const DELETE_CHUNK: usize = 500;
-
-/// A client's event (depth 0) with its fields as sent.
-pub fn event(name: String, fields: Vec<(String, Bytes)>) -> Event {
-    let time_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    Event {
-        name,
-        fields: fields
-            .into_iter()
-            .map(|(name, raw)| Field {
-                name,
-                value: String::from_utf8_lossy(&raw).into_owned(),
-                raw: raw.to_vec(),
-            })
-            .collect(),
-        time_ms,
-        depth: 0,
-    }
-}
 
 /// What an EMIT (or a replay) did.
 #[derive(Debug, Default)]
@@ -140,7 +136,7 @@ impl Merged {
                     }
                 }
                 Action::Emit(follow) => {
-                    let mut next = self::event(
+                    let mut next = engine::client_event(
                         follow.name,
                         follow
                             .fields
@@ -174,7 +170,7 @@ impl Backend for Live {
         let tags = self.runtime.block_on(async {
             tokio::time::timeout(
                 budget,
-                index_op(shared, || shared.index.tags(control, &key)),
+                index_op(&shared.upstream, || shared.index.tags(control, &key)),
             )
             .await
             .unwrap_or_else(|_| Err("no reply within the host-time budget".to_owned()))
@@ -219,7 +215,7 @@ pub async fn run(shared: &Arc<Shared>, root: Event, only: Option<Arc<Entry>>) ->
         runtime: tokio::runtime::Handle::current(),
     });
     let replay = only.is_some();
-    let max_depth = shared.config.events.max_depth;
+    let max_depth = shared.config.max_depth;
     let mut queue = VecDeque::from([(only, root)]);
     let mut first = true;
     while let Some((only, event)) = queue.pop_front() {
@@ -331,7 +327,7 @@ async fn apply(
     let mut failure = None;
     if !merged.tags.is_empty() {
         let tags = &merged.tags;
-        match index_op(shared, || shared.index.invalidate(control, tags)).await {
+        match index_op(&shared.upstream, || shared.index.invalidate(control, tags)).await {
             Ok(n) => {
                 shared.metrics.invalidations.inc_by(tags.len() as u64);
                 shared.metrics.keys_invalidated.inc_by(n);
@@ -392,7 +388,7 @@ async fn delete_keys(shared: &Arc<Shared>, keys: &[Bytes]) -> Result<u64, String
         allow_oom: true,
     });
     let control = shared.upstream.control();
-    index_op(shared, || async {
+    index_op(&shared.upstream, || async {
         let args: Vec<Value> = call[1..].iter().cloned().map(Value::Bytes).collect();
         let reply: Result<Value, _> = control.custom(fred::cmd!("FCALL"), args).await;
         reply.map_err(crate::tags::index::IndexError::from)
@@ -403,7 +399,7 @@ async fn delete_keys(shared: &Arc<Shared>, keys: &[Bytes]) -> Result<u64, String
 
 /// Keeps a failed event in the dead-letter stream for `POLICY REPLAY`.
 async fn dead_letter(shared: &Shared, event: &Event, policy: &str, error: &str) {
-    let events = &shared.config.events;
+    let events = &shared.config;
     let mut args = vec![
         Value::from(events.dead_letter_stream.as_str()),
         Value::from("MAXLEN"),
@@ -514,7 +510,7 @@ pub fn outcome_reply(outcome: &Outcome) -> Reply {
 
 /// Appends the EMIT and its outcome to `[events] log_stream`, when configured.
 async fn log_event(shared: &Shared, name: &str, outcome: &Outcome) {
-    let Some(stream) = &shared.config.events.log_stream else {
+    let Some(stream) = &shared.config.log_stream else {
         return;
     };
     let join = |items: &[Bytes]| {
@@ -528,7 +524,7 @@ async fn log_event(shared: &Shared, name: &str, outcome: &Outcome) {
         Value::from(stream.as_str()),
         Value::from("MAXLEN"),
         Value::from("~"),
-        Value::from(shared.config.events.log_maxlen as i64),
+        Value::from(shared.config.log_maxlen as i64),
         Value::from("*"),
         Value::from("event"),
         Value::from(name),
@@ -572,7 +568,7 @@ pub async fn replay(
     policy: Option<&str>,
     count: u64,
 ) -> Result<Replayed, String> {
-    let stream = shared.config.events.dead_letter_stream.as_str();
+    let stream = shared.config.dead_letter_stream.as_str();
     let control = shared.upstream.control();
     let mut done = Replayed::default();
     let mut start = "-".to_owned();
@@ -670,7 +666,7 @@ fn parse_letter(item: Value) -> Option<(String, Letter)> {
             }
         }
     }
-    let mut event = event(name, event_fields);
+    let mut event = engine::client_event(name, event_fields);
     event.depth = depth;
     event.time_ms = time_ms;
     Some((id, Letter { policy, event }))
@@ -700,7 +696,7 @@ pub async fn watch(shared: Arc<Shared>, shutdown: tokio_util::sync::Cancellation
         return;
     }
     let mut hangup = signal(SignalKind::hangup()).ok();
-    let every = Duration::from_millis(shared.config.events.watch_ms);
+    let every = Duration::from_millis(shared.config.watch_ms);
     let mut tick = (!every.is_zero()).then(|| tokio::time::interval(every));
     loop {
         let force = tokio::select! {

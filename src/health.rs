@@ -23,8 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Totals;
-use crate::server::Shared;
+use crate::metrics::{Metrics, Totals};
+use crate::upstream::Upstream;
 
 /// The original system's check interval.
 pub const DEFAULT_INTERVAL_MS: u64 = 30_000;
@@ -144,14 +144,40 @@ pub struct Check {
     pub at_ms: u64,
 }
 
-/// The monitor's state, shared with the admin endpoint and INFO.
-#[derive(Default)]
+/// The monitor's handle: what it reads (Redis through the control client, the counters) and
+/// what it found, shared with the admin endpoint and INFO.
 pub struct Health {
+    config: HealthConfig,
+    upstream: Arc<Upstream>,
+    metrics: Arc<Metrics>,
+    /// `[[rules]]` in force, for the report.
+    rules: usize,
     last: Mutex<Option<Check>>,
     overall: Mutex<Option<Overall>>,
 }
 
 impl Health {
+    pub fn new(
+        config: HealthConfig,
+        upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+        rules: usize,
+    ) -> Self {
+        Health {
+            config,
+            upstream,
+            metrics,
+            rules,
+            last: Mutex::default(),
+            overall: Mutex::default(),
+        }
+    }
+
+    /// Clients connected to cachet now.
+    fn clients(&self) -> i64 {
+        self.metrics.clients.get()
+    }
+
     pub fn last_check(&self) -> Option<Check> {
         self.last.lock().expect("health lock").clone()
     }
@@ -178,16 +204,16 @@ pub struct Report {
 /// Computes the report from the last check and the counters as they are now. Redis counts
 /// as connected only if the last check reached it and the pool is up at this moment (a pooled
 /// connection notices a dead Redis at once; the check may be 30 s old).
-pub fn report(shared: &Shared) -> Report {
-    let check = shared.health.last_check().unwrap_or_default();
-    let totals = shared.metrics.totals();
-    let pool_up = shared.upstream.is_ready();
-    let overall = assess(&shared.config.health.thresholds, &check, pool_up, &totals);
+pub fn report(health: &Health) -> Report {
+    let check = health.last_check().unwrap_or_default();
+    let totals = health.metrics.totals();
+    let pool_up = health.upstream.is_ready();
+    let overall = assess(&health.config.thresholds, &check, pool_up, &totals);
     Report {
         overall,
         check,
         totals,
-        uptime_ms: shared.metrics.started.elapsed().as_millis() as u64,
+        uptime_ms: health.metrics.started.elapsed().as_millis() as u64,
         pool_up,
     }
 }
@@ -214,7 +240,7 @@ fn round2(value: f64) -> f64 {
 
 impl Report {
     /// The original system's `/health` body, field for field, plus cachet's own keys.
-    pub fn to_json(&self, shared: &Shared) -> serde_json::Value {
+    pub fn to_json(&self, health: &Health) -> serde_json::Value {
         let t = &self.totals;
         let hit_rate = t.hit_rate().map(round2);
         let connected = self.check.connected && self.pool_up;
@@ -251,11 +277,11 @@ impl Report {
                 },
                 "cachet": {
                     "version": env!("CARGO_PKG_VERSION"),
-                    "upstream": shared.config.upstream.url.to_string(),
-                    "clients": shared.clients.len(),
+                    "upstream": health.upstream.config.url.to_string(),
+                    "clients": health.clients(),
                     "clientProtocolErrors": t.client_protocol_errors,
-                    "rules": shared.rules.len(),
-                    "thresholds": thresholds_json(&shared.config.health.thresholds),
+                    "rules": health.rules,
+                    "thresholds": thresholds_json(&health.config.thresholds),
                 },
             }
         })
@@ -273,8 +299,8 @@ fn thresholds_json(t: &Thresholds) -> serde_json::Value {
 }
 
 /// The `# cachet` section appended to INFO (lines end in CRLF, as Redis's do).
-pub fn info_section(shared: &Shared) -> String {
-    let r = report(shared);
+pub fn info_section(health: &Health) -> String {
+    let r = report(health);
     let t = &r.totals;
     let mut out = String::from("# cachet\r\n");
     let mut line = |name: &str, value: &dyn std::fmt::Display| {
@@ -286,7 +312,7 @@ pub fn info_section(shared: &Shared) -> String {
     line("cachet_version", &env!("CARGO_PKG_VERSION"));
     line("overall", &r.overall.as_str());
     line("uptime_in_ms", &r.uptime_ms);
-    line("clients", &shared.clients.len());
+    line("clients", &health.clients());
     line("total_commands", &t.commands);
     line("hits", &t.hits);
     line("misses", &t.misses);
@@ -295,7 +321,7 @@ pub fn info_section(shared: &Shared) -> String {
     line("errors", &t.errors);
     line("error_rate", &format!("{:.2}", t.error_rate()));
     line("client_protocol_errors", &t.client_protocol_errors);
-    line("leases_dropped", &shared.metrics.leases_dropped.get());
+    line("leases_dropped", &health.metrics.leases_dropped.get());
     line(
         "avg_response_time_ms",
         &format!("{:.3}", t.avg_response_ms()),
@@ -314,11 +340,11 @@ pub fn info_section(shared: &Shared) -> String {
 }
 
 /// One check of Redis on the control connection.
-async fn check(shared: &Shared) -> Check {
+async fn check(health: &Health) -> Check {
     let at_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let control = shared.upstream.control();
+    let control = health.upstream.control();
     let measured = async {
         // Timed from a connected client: a PING queued while fred connects measures the connect.
         control.wait_for_connect().await?;
@@ -331,7 +357,7 @@ async fn check(shared: &Shared) -> Check {
             let started = Instant::now();
             let _: String = control.ping(None).await?;
             let took = started.elapsed();
-            shared.metrics.upstream_latency.observe(took.as_secs_f64());
+            health.metrics.upstream_latency.observe(took.as_secs_f64());
             latency = latency.min(took);
         }
         let memory: String = control.info(Some(InfoKind::Memory)).await?;
@@ -382,9 +408,9 @@ async fn check(shared: &Shared) -> Check {
 
 /// Counts the control connection's reconnects. fred announces the first connect too, which
 /// is not one: it is drained once the client is connected, and every later event counts.
-async fn count_reconnects(shared: Arc<Shared>, shutdown: CancellationToken) {
+async fn count_reconnects(health: Arc<Health>, shutdown: CancellationToken) {
     use tokio::sync::broadcast::error::RecvError;
-    let control = shared.upstream.control();
+    let control = health.upstream.control();
     let mut events = control.reconnect_rx();
     tokio::select! {
         _ = shutdown.cancelled() => return,
@@ -395,8 +421,8 @@ async fn count_reconnects(shared: Arc<Shared>, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             event = events.recv() => match event {
-                Ok(_) => shared.metrics.upstream_reconnects.inc(),
-                Err(RecvError::Lagged(n)) => shared.metrics.upstream_reconnects.inc_by(n),
+                Ok(_) => health.metrics.upstream_reconnects.inc(),
+                Err(RecvError::Lagged(n)) => health.metrics.upstream_reconnects.inc_by(n),
                 Err(RecvError::Closed) => return,
             },
         }
@@ -405,25 +431,25 @@ async fn count_reconnects(shared: Arc<Shared>, shutdown: CancellationToken) {
 
 /// Checks Redis now and every `interval_ms`, updates the upstream gauges, and logs every
 /// change of `overall`.
-pub async fn monitor(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let interval = Duration::from_millis(shared.config.health.interval_ms.max(1));
-    tokio::spawn(count_reconnects(shared.clone(), shutdown.clone()));
+pub async fn monitor(health: Arc<Health>, shutdown: CancellationToken) {
+    let interval = Duration::from_millis(health.config.interval_ms.max(1));
+    tokio::spawn(count_reconnects(health.clone(), shutdown.clone()));
     // The command table's large replies come first on the control connection at start; the
     // first check waits for them (not longer than a check may take: Redis may be down).
-    let _ = tokio::time::timeout(CHECK_TIMEOUT, shared.upstream.table_loaded()).await;
+    let _ = tokio::time::timeout(CHECK_TIMEOUT, health.upstream.table_loaded()).await;
     loop {
-        let found = check(&shared).await;
-        let m = &shared.metrics;
+        let found = check(&health).await;
+        let m = &health.metrics;
         if found.connected {
             m.upstream_keys.set(found.key_count as i64);
             m.upstream_memory_bytes.set(found.used_memory as i64);
         }
-        let up = shared.upstream.pooled_connections_up();
+        let up = health.upstream.pooled_connections_up();
         m.upstream_connections.set(up as i64);
-        *shared.health.last.lock().expect("health lock") = Some(found);
-        let r = report(&shared);
+        *health.last.lock().expect("health lock") = Some(found);
+        let r = report(&health);
         m.health_overall.set(r.overall as i64);
-        if let Some(before) = shared.health.set_overall(r.overall) {
+        if let Some(before) = health.set_overall(r.overall) {
             let before = before.map_or("unknown", Overall::as_str);
             let hit_rate = r.totals.hit_rate();
             let error = r.check.error.as_deref();

@@ -4,10 +4,8 @@
 //! it owes, and closes. `run` returns when all sessions have ended, or when
 //! `shutdown_grace_ms` has passed.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -17,110 +15,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::resp::Limits;
-use crate::session::{ClientHandle, Inbox, Session};
-use crate::tags::Rules;
-use crate::tags::index::TagIndex;
-use crate::upstream::Upstream;
-
-/// cachet's client ids start here, far above any id Redis hands out, so a `CLIENT KILL ID`
-/// can tell cachet's clients from Redis's connections.
-const FIRST_CLIENT_ID: i64 = 1 << 32;
-
-/// What every session shares.
-pub struct Shared {
-    pub config: Config,
-    pub limits: Limits,
-    pub request_buffers: crate::resp::request::RequestBuffers,
-    pub rules: Arc<Rules>,
-    pub index: TagIndex,
-    pub metrics: Metrics,
-    pub upstream: Arc<Upstream>,
-    pub clients: ClientRegistry,
-    pub warming: crate::warm::Warming,
-    pub heat: crate::warm::Heat,
-    pub policies: Arc<crate::policy::Policies>,
-    pub health: crate::health::Health,
-}
-
-/// Live clients by cachet client id.
-pub struct ClientRegistry {
-    clients: Mutex<HashMap<i64, Arc<ClientHandle>>>,
-    next_id: AtomicI64,
-    /// Bytes of replies all clients owe (see `upstream::pool::ReplyAccount`).
-    pub reply_bytes: prometheus::IntGauge,
-}
-
-impl Default for ClientRegistry {
-    fn default() -> Self {
-        ClientRegistry {
-            clients: Mutex::default(),
-            next_id: AtomicI64::default(),
-            reply_bytes: prometheus::IntGauge::new(
-                "cachet_client_reply_bytes",
-                "Bytes of replies cachet holds for clients that have not read them yet",
-            )
-            .expect("a valid metric name"),
-        }
-    }
-}
-
-impl ClientRegistry {
-    fn next_id(&self) -> i64 {
-        FIRST_CLIENT_ID + self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    fn insert(&self, id: i64, handle: Arc<ClientHandle>) {
-        self.clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, handle);
-    }
-
-    /// Removes a client; its handle if it was still registered.
-    pub fn remove(&self, id: i64) -> Option<Arc<ClientHandle>> {
-        self.clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id)
-    }
-
-    /// Sends every live client a message (shutdown, or kill once the grace period is over).
-    fn broadcast(&self, message: impl Fn() -> Inbox) {
-        for client in self
-            .clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-        {
-            let _ = client.inbox.send(message());
-        }
-    }
-
-    pub fn get(&self, id: i64) -> Option<Arc<ClientHandle>> {
-        self.clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .cloned()
-    }
-
-    pub fn len(&self) -> usize {
-        self.clients
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+use crate::session::{ClientRegistry, Inbox, Services, Session};
 
 /// Accepts clients on `listener` until `shutdown` is cancelled, then waits for them to finish.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn serve(shared: Arc<Services>, listener: TcpListener, shutdown: CancellationToken) {
     if let Err(error) = shared
         .metrics
         .registry
@@ -128,7 +26,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancell
     {
         tracing::warn!(%error, "cachet_client_reply_bytes not registered");
     }
-    let slots = Arc::new(Semaphore::new(shared.config.proxy.max_clients));
+    let slots = Arc::new(Semaphore::new(shared.proxy.max_clients));
     let sessions = TaskTracker::new();
     loop {
         let (stream, addr) = tokio::select! {
@@ -157,7 +55,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancell
     drop(listener);
     sessions.close();
     shared.clients.broadcast(|| Inbox::Shutdown);
-    let grace = Duration::from_millis(shared.config.proxy.shutdown_grace_ms);
+    let grace = Duration::from_millis(shared.proxy.shutdown_grace_ms);
     tracing::info!(
         clients = sessions.len(),
         "shutting down: finishing in-flight replies"
@@ -174,7 +72,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancell
 }
 
 async fn serve_client(
-    shared: Arc<Shared>,
+    shared: Arc<Services>,
     stream: TcpStream,
     addr: SocketAddr,
     shutdown: CancellationToken,
@@ -217,11 +115,16 @@ async fn refuse(mut stream: TcpStream) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicI64;
+
     use super::*;
+    use crate::session::ClientHandle;
 
     #[tokio::test]
     async fn a_session_that_panics_leaves_the_registry() {
-        let registry = Arc::new(ClientRegistry::default());
+        let registry = Arc::new(ClientRegistry::new(
+            prometheus::IntGauge::new("c", "c").unwrap(),
+        ));
         let id = registry.next_id();
         let (inbox, _inbox) = tokio::sync::mpsc::unbounded_channel();
         let limits = crate::upstream::pool::ReplyLimits {
@@ -229,11 +132,20 @@ mod tests {
             client: 1,
             total: 1,
         };
+        let (pool_tx, _pool_replies) = tokio::sync::mpsc::unbounded_channel();
+        let addr = "127.0.0.1:1".parse().unwrap();
         let handle = ClientHandle {
             inbox,
             upstream_id: AtomicI64::new(0),
-            addr: "127.0.0.1:1".parse().unwrap(),
-            replies: crate::upstream::pool::ReplyAccount::new(limits, registry.reply_bytes.clone()),
+            addr,
+            pooled: Arc::new(crate::upstream::ReplyTo {
+                tx: pool_tx,
+                account: crate::upstream::pool::ReplyAccount::new(
+                    limits,
+                    registry.reply_bytes.clone(),
+                ),
+                addr,
+            }),
         };
         registry.insert(id, Arc::new(handle));
         assert_eq!(registry.len(), 1);

@@ -1,7 +1,7 @@
 //! The admin HTTP listener (axum): `/health`, `/metrics`, `/live`, `/ready`, the dashboard at
 //! `/` and the small JSON it polls, `/api/series`.
 //!
-//! [`router`] builds the whole thing from the shared state; tests call it directly, and
+//! [`router`] builds the whole thing from an [`Admin`] handle; tests call it directly, and
 //! [`serve`] runs it on a listener of its own, apart from the RESP port. With `[admin] token`
 //! set, every data route wants `Authorization: Bearer <token>`; `/live` never does (a process
 //! check carries no data), nor does the dashboard page itself, a static file that holds no
@@ -24,8 +24,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Secret;
-use crate::health::{self, Overall};
-use crate::server::Shared;
+use crate::health::{self, Health, Overall};
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
 
 /// The original system's admin port is an HTTP API; cachet's is 9121 by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9121";
@@ -79,8 +80,17 @@ impl<'de> Deserialize<'de> for AdminListen {
     }
 }
 
-/// The admin routes over `shared`.
-pub fn router(shared: Arc<Shared>) -> Router {
+/// What the admin routes read: nothing else of cachet reaches them.
+pub struct Admin {
+    /// `[admin] token`: the bearer token data routes want, if any.
+    pub token: Option<Secret>,
+    pub health: Arc<Health>,
+    pub metrics: Arc<Metrics>,
+    pub upstream: Arc<Upstream>,
+}
+
+/// The admin routes over `admin`.
+pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/live", get(live))
@@ -88,14 +98,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/health", get(health_json))
         .route("/metrics", get(metrics))
         .route("/api/series", get(series))
-        .with_state(shared)
+        .with_state(admin)
 }
 
 /// Serves the admin routes on `listener` until `shutdown` is cancelled.
-pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: CancellationToken) {
+pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationToken) {
     let addr = listener.local_addr().ok();
     tracing::info!(listen = ?addr, "admin HTTP listening");
-    let served = axum::serve(listener, router(shared))
+    let served = axum::serve(listener, router(admin))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
     if let Err(error) = served {
@@ -104,8 +114,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener, shutdown: Cancell
 }
 
 /// `None` when the request may go on, else the 401 to send.
-fn refuse(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
-    let token = shared.config.admin.token.as_ref()?;
+fn refuse(admin: &Admin, headers: &HeaderMap) -> Option<Response> {
+    let token = admin.token.as_ref()?;
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -137,11 +147,11 @@ async fn live() -> &'static str {
 }
 
 /// Ready once the command table is loaded and a pooled connection to Redis is up.
-async fn ready(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refuse(&shared, &headers) {
+async fn ready(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refuse(&admin, &headers) {
         return refusal;
     }
-    if shared.upstream.is_ready() {
+    if admin.upstream.is_ready() {
         (StatusCode::OK, "ready\n").into_response()
     } else {
         (
@@ -153,29 +163,28 @@ async fn ready(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respons
 }
 
 /// The original system's health JSON; 503 when unhealthy.
-async fn health_json(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refuse(&shared, &headers) {
+async fn health_json(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refuse(&admin, &headers) {
         return refusal;
     }
-    let report = health::report(&shared);
+    let report = health::report(&admin.health);
     let status = match report.overall {
         Overall::Unhealthy => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::OK,
     };
-    (status, axum::Json(report.to_json(&shared))).into_response()
+    (status, axum::Json(report.to_json(&admin.health))).into_response()
 }
 
 /// Every metric in the registry, Prometheus text format.
-async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refuse(&shared, &headers) {
+async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refuse(&admin, &headers) {
         return refusal;
     }
-    shared.metrics.clients.set(shared.clients.len() as i64);
-    let overall = health::report(&shared).overall;
-    shared.metrics.health_overall.set(overall as i64);
+    let overall = health::report(&admin.health).overall;
+    admin.metrics.health_overall.set(overall as i64);
     let encoder = prometheus::TextEncoder::new();
     let mut body = Vec::new();
-    if let Err(error) = encoder.encode(&shared.metrics.registry.gather(), &mut body) {
+    if let Err(error) = encoder.encode(&admin.metrics.registry.gather(), &mut body) {
         return (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response();
     }
     (
@@ -187,13 +196,13 @@ async fn metrics(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respo
 
 /// What the dashboard plots: cumulative counters and histogram buckets at one instant; the
 /// page turns two of them into rates and windowed quantiles.
-async fn series(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refuse(&shared, &headers) {
+async fn series(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = refuse(&admin, &headers) {
         return refusal;
     }
-    let report = health::report(&shared);
+    let report = health::report(&admin.health);
     let t = &report.totals;
-    let families = shared.metrics.registry.gather();
+    let families = admin.metrics.registry.gather();
     let histogram_json = |h: &prometheus::proto::Histogram| {
         json!({
             "count": h.get_sample_count(),
@@ -243,7 +252,7 @@ async fn series(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respon
         "errors": t.errors,
         "invalidations": t.invalidations,
         "keysInvalidated": t.keys_invalidated,
-        "clients": shared.clients.len(),
+        "clients": admin.metrics.clients.get(),
         "latency": latency,
         "policies": policies,
     }))

@@ -42,7 +42,7 @@ pub fn check(
         path.display().to_string()
     ))
     .map_err(|e| e.to_string())?;
-    let event = crate::events::event(
+    let event = super::engine::client_event(
         event.to_owned(),
         fields
             .iter()

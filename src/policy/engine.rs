@@ -492,6 +492,26 @@ fn action_bytes(action: &Action) -> usize {
     }
 }
 
+/// A client's event (depth 0) with its fields as sent.
+pub fn client_event(name: String, fields: Vec<(String, bytes::Bytes)>) -> Event {
+    let time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Event {
+        name,
+        fields: fields
+            .into_iter()
+            .map(|(name, raw)| Field {
+                name,
+                value: String::from_utf8_lossy(&raw).into_owned(),
+                raw: raw.to_vec(),
+            })
+            .collect(),
+        time_ms,
+        depth: 0,
+    }
+}
+
 /// The bytes a name stands for.
 pub fn name_to_bytes(name: Name) -> Vec<u8> {
     match name {

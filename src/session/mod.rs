@@ -17,10 +17,13 @@
 //! pools) first waits until every earlier reply has arrived: commands never overtake each
 //! other on two connections.
 
+mod clients;
 mod observe;
 mod policy;
 pub(crate) mod tagging;
 mod warm;
+
+pub use clients::ClientRegistry;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -42,10 +45,29 @@ use crate::resp::commands::CommandInfo;
 use crate::resp::reply::Reply;
 use crate::resp::request::{BufferShare, RequestParser};
 use crate::resp::{self, Protocol, Request, lowercase_name};
-use crate::server::Shared;
 use crate::upstream::pool::{ReplyAccount, ReplyLimits};
-use crate::upstream::{Dedicated, PoolRequest, UpstreamError, UpstreamReply};
+use crate::upstream::{Dedicated, PoolReply, PoolRequest, ReplyTo, UpstreamError, UpstreamReply};
 use tagging::{Inspect, Snapshots};
+
+/// What every session uses, built once by `crate::app`.
+pub struct Services {
+    pub proxy: crate::config::ProxyConfig,
+    /// TTL classes, for TAGSET's `TTL class`.
+    pub ttl: crate::config::TtlConfig,
+    pub limits: resp::Limits,
+    pub request_buffers: crate::resp::request::RequestBuffers,
+    pub rules: Arc<crate::tags::Rules>,
+    pub index: Arc<crate::tags::index::TagIndex>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub upstream: Arc<crate::upstream::Upstream>,
+    pub clients: ClientRegistry,
+    pub warming: Arc<crate::warm::Warming>,
+    pub heat: crate::warm::Heat,
+    pub events: Arc<crate::events::Events>,
+    pub health: Arc<crate::health::Health>,
+}
+
+type Shared = Services;
 
 /// Where the reply to a command (or batch) will come from.
 enum Slot {
@@ -159,16 +181,12 @@ enum Wait {
 /// on one thing only.
 #[derive(Debug)]
 pub enum Inbox {
-    /// Replies to a batch this client sent to the pool.
-    Reply(UpstreamReply),
     /// Another client ran `CLIENT KILL ID` on this one.
     Kill,
     /// cachet is shutting down: answer what was received, then close.
     Shutdown,
     /// The reply to the command cachet ran itself for slot `Slot::Async(id)`.
     Done(u64, Bytes),
-    /// This client owes more replies than its limit: the pool drops them; close at once.
-    Overflow,
 }
 
 /// The handle the server and other sessions use to reach this one.
@@ -177,8 +195,9 @@ pub struct ClientHandle {
     /// The `CLIENT ID` of this client's dedicated connection at Redis, 0 when it has none.
     pub upstream_id: AtomicI64,
     pub addr: SocketAddr,
-    /// The replies it owes, counted by the pool and this session.
-    pub replies: ReplyAccount,
+    /// Where the pool sends its replies; the bytes it owes, counted by the pool and this
+    /// session.
+    pub pooled: Arc<ReplyTo>,
 }
 
 pub struct Session {
@@ -227,6 +246,8 @@ pub struct Session {
     in_flight: usize,
     inbox: mpsc::UnboundedReceiver<Inbox>,
     reply_tx: mpsc::UnboundedSender<Inbox>,
+    /// Replies from the pool (see `upstream::pool`).
+    pool_replies: mpsc::UnboundedReceiver<PoolReply>,
     dedicated: Option<DedicatedLink>,
     divergence: Divergence,
     held: Option<Request>,
@@ -246,6 +267,7 @@ pub struct Session {
 
 enum Event {
     Inbox(Option<Inbox>),
+    Pool(Option<PoolReply>),
     ClientRead(std::io::Result<usize>),
     ClientWrote(std::io::Result<usize>),
     UpstreamRead(std::io::Result<usize>),
@@ -264,7 +286,8 @@ impl Session {
         stream.set_nodelay(true).ok();
         let (reader, writer) = stream.into_split();
         let (reply_tx, inbox) = mpsc::unbounded_channel();
-        let proxy = &shared.config.proxy;
+        let (pool_tx, pool_replies) = mpsc::unbounded_channel();
+        let proxy = &shared.proxy;
         let limits = ReplyLimits {
             budget: proxy.client_reply_budget as usize,
             client: proxy.client_reply_limit as usize,
@@ -274,7 +297,11 @@ impl Session {
             inbox: reply_tx.clone(),
             upstream_id: AtomicI64::new(0),
             addr,
-            replies: ReplyAccount::new(limits, shared.clients.reply_bytes.clone()),
+            pooled: Arc::new(ReplyTo {
+                tx: pool_tx,
+                account: ReplyAccount::new(limits, shared.clients.reply_bytes.clone()),
+                addr,
+            }),
         });
         let pool_size = shared.upstream.config.pool_size.get();
         let command_counters = observe::counters(&shared);
@@ -311,6 +338,7 @@ impl Session {
             in_flight: 0,
             inbox,
             reply_tx,
+            pool_replies,
             dedicated: None,
             divergence: Divergence::default(),
             held: None,
@@ -329,13 +357,13 @@ impl Session {
         if shutting_down {
             self.draining = true;
         }
-        let idle_limit = match self.shared.config.proxy.client_idle_timeout_secs {
+        let idle_limit = match self.shared.proxy.client_idle_timeout_secs {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
         let idle = tokio::time::sleep(idle_limit.unwrap_or(Duration::from_secs(86_400)));
         tokio::pin!(idle);
-        let max_pipeline = self.shared.config.proxy.max_pipeline.get();
+        let max_pipeline = self.shared.proxy.max_pipeline.get();
         loop {
             let stopping = self.closing || self.draining;
             let owes_nothing =
@@ -353,7 +381,7 @@ impl Session {
             // reads), so that it notices its client leave while it waits for replies.
             let can_read = (!stopping && (can_take || self.input.len() < READ_AHEAD))
                 || (self.closing && !self.draining);
-            let read_upstream = self.output.len() < self.handle.replies.limits.budget * 8
+            let read_upstream = self.output.len() < self.handle.pooled.account.limits.budget * 8
                 || self.divergence.pubsub()
                 || self.divergence.stream;
             let event = {
@@ -363,6 +391,7 @@ impl Session {
                     input,
                     output,
                     inbox,
+                    pool_replies,
                     dedicated,
                     wait,
                     ..
@@ -370,6 +399,7 @@ impl Session {
                 tokio::select! {
                     biased;
                     message = inbox.recv() => Event::Inbox(message),
+                    reply = pool_replies.recv() => Event::Pool(reply),
                     event = dedicated_io(dedicated, read_upstream) => event,
                     conn = acquire(wait) => Event::Acquired(conn),
                     wrote = writer.write(output), if !output.is_empty() => Event::ClientWrote(wrote),
@@ -378,10 +408,11 @@ impl Session {
                 }
             };
             match event {
-                Event::Inbox(Some(Inbox::Reply(reply))) => self.on_pool_reply(reply),
+                Event::Pool(Some(PoolReply::Reply(reply))) => self.on_pool_reply(reply),
+                Event::Pool(Some(PoolReply::Overflow)) => break,
+                Event::Pool(None) => unreachable!("the session's handle holds a sender"),
                 Event::Inbox(Some(Inbox::Done(id, bytes))) => self.on_done(id, bytes),
                 Event::Inbox(Some(Inbox::Kill)) => break,
-                Event::Inbox(Some(Inbox::Overflow)) => break,
                 Event::Inbox(Some(Inbox::Shutdown)) => {
                     // A subscriber or MONITOR is owed nothing but a stream: close it now.
                     if self.divergence.pubsub() || self.divergence.stream {
@@ -470,7 +501,7 @@ impl Session {
             // Last, after the write: a budget freed by it must resume parsing now, as no
             // event may come to wake the session later.
             self.check_budget();
-            self.handle.replies.publish_output(self.output.len());
+            self.handle.pooled.account.publish_output(self.output.len());
         }
         let _ = self.writer.shutdown().await;
         self.finish().await;
@@ -494,7 +525,7 @@ impl Session {
     /// in flight.
     fn over_budget(&self, pending: usize) -> bool {
         let expected = (self.in_flight + pending) * self.reply_estimate;
-        self.output.len() + expected > self.handle.replies.limits.budget
+        self.output.len() + expected > self.handle.pooled.account.limits.budget
     }
 
     /// Learns what this client's replies cost from `bytes` for `count` of them: a rise is
@@ -506,18 +537,18 @@ impl Session {
     }
 
     async fn finish(mut self) {
-        // Replies still in the inbox are nobody's now: take them off the count. Closed first,
+        // Pool replies still queued are nobody's now: take them off the count. Closed first,
         // so the pool's later replies fail to arrive and are taken off by the pool.
-        self.inbox.close();
-        while let Ok(message) = self.inbox.try_recv() {
-            if let Inbox::Reply(UpstreamReply {
+        self.pool_replies.close();
+        while let Ok(message) = self.pool_replies.try_recv() {
+            if let PoolReply::Reply(UpstreamReply {
                 result: Ok(bytes), ..
             }) = message
             {
-                self.handle.replies.taken(bytes.len());
+                self.handle.pooled.account.taken(bytes.len());
             }
         }
-        self.handle.replies.publish_output(0);
+        self.handle.pooled.account.publish_output(0);
         self.handle.upstream_id.store(0, Ordering::Relaxed);
         if let Some(link) = self.dedicated.take()
             && self.is_clean(&link)
@@ -529,7 +560,7 @@ impl Session {
     /// Parses and dispatches buffered commands until input runs out or the session must wait.
     fn process_input(&mut self) {
         let limits = self.shared.limits;
-        let max_pipeline = self.shared.config.proxy.max_pipeline.get();
+        let max_pipeline = self.shared.proxy.max_pipeline.get();
         self.fast_clock_ms = None;
         while !self.closing && matches!(self.wait, Wait::Nothing) {
             let request = match self.held.take() {
@@ -1028,7 +1059,7 @@ impl Session {
         handle.send(PoolRequest {
             payload: self.batch.split().freeze(),
             count: self.batch_count,
-            client: self.handle.clone(),
+            client: self.handle.pooled.clone(),
             partial: matches!(slot, Slot::Pool),
         });
         self.slots.push_back(slot);
@@ -1220,7 +1251,7 @@ impl Session {
 
     fn on_pool_reply(&mut self, reply: UpstreamReply) {
         if let Ok(bytes) = &reply.result {
-            self.handle.replies.taken(bytes.len());
+            self.handle.pooled.account.taken(bytes.len());
             self.note_replies(bytes.len(), reply.count);
         }
         if !reply.last {

@@ -168,7 +168,7 @@ impl Session {
         }
         let others: Vec<Bytes> = sections.iter().filter(|s| !ours(s)).cloned().collect();
         if !sections.is_empty() && others.is_empty() {
-            let text = Bytes::from(crate::health::info_section(&self.shared));
+            let text = Bytes::from(crate::health::info_section(&self.shared.health));
             let bytes = info_reply(text, self.protocol);
             return self.reply_local_bytes(bytes);
         }
@@ -196,7 +196,7 @@ impl Session {
 }
 
 /// A fresh snapshot for a new session.
-pub(super) fn counters(shared: &crate::server::Shared) -> Arc<CommandMap> {
+pub(super) fn counters(shared: &super::Services) -> Arc<CommandMap> {
     shared.metrics.commands.snapshot()
 }
 

@@ -30,7 +30,7 @@ impl Session {
     }
 
     fn emit(&mut self, request: Request) {
-        let limits = &self.shared.config.events;
+        let limits = &self.shared.events.config;
         let args = &request.args;
         if args.len() < 2 || !args.len().is_multiple_of(2) {
             return self.reply_local(arity_error("emit"));
@@ -58,8 +58,10 @@ impl Session {
             };
             fields.push((field.to_owned(), pair[1].clone()));
         }
-        let event = events::event(event_name.to_owned(), fields);
-        self.reply_later(request, move |shared| events::emit(shared, event));
+        let event = crate::policy::engine::client_event(event_name.to_owned(), fields);
+        self.reply_later(request, move |shared| {
+            events::emit(shared.events.clone(), event)
+        });
     }
 
     fn policy(&mut self, request: Request) {
@@ -74,17 +76,17 @@ impl Session {
             b"reload" if args.len() <= 3 => {
                 let only = args.get(2).map(|n| String::from_utf8_lossy(n).into_owned());
                 if let Some(name) = &only
-                    && self.shared.policies.get(name).is_none()
+                    && self.shared.events.policies.get(name).is_none()
                 {
                     return self.reply_local(Reply::error(format!("ERR no policy named '{name}'")));
                 }
                 self.reply_later(request, move |shared| async move {
                     let mut replies = Vec::new();
-                    for entry in &shared.policies.entries {
+                    for entry in &shared.events.policies.entries {
                         if only.as_deref().is_some_and(|n| n != entry.name()) {
                             continue;
                         }
-                        let reloaded = events::reload(&shared, entry, true).await;
+                        let reloaded = events::reload(&shared.events, entry, true).await;
                         if let (Some(_), Reloaded::Failed(error)) = (&only, &reloaded) {
                             return Reply::error(format!(
                                 "ERR policy {}: reload failed, the previous version keeps serving: {error}",
@@ -124,7 +126,7 @@ impl Session {
                     _ => return self.reply_local(Reply::error("ERR syntax error")),
                 }
                 self.reply_later(request, move |shared| async move {
-                    match events::replay(&shared, policy.as_deref(), count).await {
+                    match events::replay(&shared.events, policy.as_deref(), count).await {
                         Err(error) => Reply::error(error),
                         Ok(done) => Reply::Map(vec![
                             (bulk("replayed"), Reply::Integer(done.replayed as i64)),
@@ -167,9 +169,9 @@ fn reload_reply(name: &str, reloaded: &Reloaded) -> Reply {
 }
 
 /// `POLICY LIST`: one map per policy.
-fn list(shared: &crate::server::Shared) -> Reply {
+fn list(shared: &super::Services) -> Reply {
     use std::sync::atomic::Ordering::Relaxed;
-    let policies = shared.policies.entries.iter().map(|entry| {
+    let policies = shared.events.policies.entries.iter().map(|entry| {
         let version = entry.current();
         let stats = &entry.stats;
         let (mean, p99) = stats.durations();

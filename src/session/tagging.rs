@@ -38,8 +38,8 @@ use super::{Session, Slot};
 use crate::resp::Request;
 use crate::resp::commands::CommandInfo;
 use crate::resp::reply::Reply;
-use crate::server::Shared;
 use crate::tags::index::{self, FastSet, WriteCall, WriteKey};
+use crate::upstream::Upstream;
 
 /// How long a miss's epochs are kept for the write that usually follows (a memcache lease
 /// lives 10 s too). A recompute slower than this writes unchecked.
@@ -281,20 +281,19 @@ fn sets_ttl_explicitly(name: &[u8], request: &Request) -> bool {
 /// first if this cachet has not yet, and again if Redis lost it (a restart without
 /// persistence, FUNCTION FLUSH). Errors come back as reply text.
 pub(crate) async fn index_op<T, Fut>(
-    shared: &Shared,
+    upstream: &Upstream,
     mut operation: impl FnMut() -> Fut,
 ) -> Result<T, String>
 where
     Fut: Future<Output = Result<T, index::IndexError>>,
 {
     let load = || async {
-        shared
-            .upstream
+        upstream
             .load_tag_index()
             .await
             .map_err(|e| format!("ERR upstream: {e}"))
     };
-    if !shared.upstream.tag_index_loaded() {
+    if !upstream.tag_index_loaded() {
         load().await?;
     }
     match operation().await {
@@ -677,7 +676,7 @@ impl Session {
                 }
                 Inspect::Info => {
                     let end = frame_end(at);
-                    let section = crate::health::info_section(&self.shared);
+                    let section = crate::health::info_section(&self.shared.health);
                     match observe::append_section(&bytes[at..end], &section) {
                         Some(info) => self.output.extend_from_slice(&info),
                         None => self.output.extend_from_slice(&bytes[at..end]),
@@ -764,7 +763,7 @@ impl Session {
                     let tags = &args[1..];
                     let control = shared.upstream.control();
                     let deleted =
-                        index_op(&shared, || shared.index.invalidate(control, tags)).await;
+                        index_op(&shared.upstream, || shared.index.invalidate(control, tags)).await;
                     if let Ok(n) = deleted {
                         shared.metrics.invalidations.inc_by(tags.len() as u64);
                         shared.metrics.keys_invalidated.inc_by(n);
@@ -777,8 +776,10 @@ impl Session {
                 Some(error) => self.reply_local(error),
                 None => self.reply_later(request, move |shared| async move {
                     let control = shared.upstream.control();
-                    let added =
-                        index_op(&shared, || shared.index.tag(control, &args[1], &args[2..])).await;
+                    let added = index_op(&shared.upstream, || {
+                        shared.index.tag(control, &args[1], &args[2..])
+                    })
+                    .await;
                     added.map_or_else(Reply::error, |n| Reply::Integer(n as i64))
                 }),
             },
@@ -786,7 +787,8 @@ impl Session {
                 Some(error) => self.reply_local(error),
                 None => self.reply_later(request, move |shared| async move {
                     let control = shared.upstream.control();
-                    let tags = index_op(&shared, || shared.index.tags(control, &args[1])).await;
+                    let tags =
+                        index_op(&shared.upstream, || shared.index.tags(control, &args[1])).await;
                     tags.map_or_else(Reply::error, |tags| {
                         Reply::Array(tags.into_iter().map(Reply::Bulk).collect())
                     })
@@ -829,7 +831,7 @@ impl Session {
         let tag = request.args[1].clone();
         self.reply_later(request, move |shared| async move {
             let control = shared.upstream.control();
-            let page = index_op(&shared, || {
+            let page = index_op(&shared.upstream, || {
                 shared.index.tagkeys(control, &tag, cursor, count)
             })
             .await;
@@ -853,7 +855,7 @@ impl Session {
             return self.reply_local(Reply::error("ERR syntax error"));
         }
         let mut set = vec![Bytes::from_static(b"SET"), args[1].clone(), args[2].clone()];
-        let mut ttl_secs = self.shared.config.ttl.default_secs();
+        let mut ttl_secs = self.shared.ttl.default_secs();
         let mut explicit = false;
         let mut i = 3;
         while i < tags_at {
@@ -870,7 +872,7 @@ impl Session {
                 }
                 b"ttlclass" if i + 1 < tags_at => {
                     let class = String::from_utf8_lossy(&args[i + 1]).into_owned();
-                    match self.shared.config.ttl.get(&class) {
+                    match self.shared.ttl.get(&class) {
                         Some(secs) => ttl_secs = secs,
                         None => {
                             return self.reply_local(Reply::error(format!(
@@ -910,7 +912,7 @@ impl Session {
                     control.custom(fred::cmd!("FCALL"), args).await;
                 reply.map_err(index::IndexError::from)
             };
-            index_op(&shared, fcall)
+            index_op(&shared.upstream, fcall)
                 .await
                 .map_or_else(Reply::error, |_| Reply::ok())
         });

@@ -29,7 +29,7 @@ use crate::resp::commands::CommandTable;
 use crate::resp::{self, Protocol};
 
 pub use dedicated::Dedicated;
-pub use pool::{PoolHandle, PoolRequest, UpstreamReply};
+pub use pool::{PoolHandle, PoolReply, PoolRequest, ReplyTo, UpstreamReply};
 
 /// Why talking to Redis failed; its `Display` is what the client reads after `-ERR upstream`.
 #[derive(Debug, Clone, thiserror::Error)]

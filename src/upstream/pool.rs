@@ -16,6 +16,7 @@
 //! they are measured, never buffered. The connection itself keeps serving everyone else.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,7 +29,6 @@ use tokio::time::Instant;
 
 use super::{Upstream, UpstreamError, args};
 use crate::resp::{self, Protocol};
-use crate::session::{ClientHandle, Inbox};
 
 /// Stop taking new batches while this much is waiting to be written.
 const WRITE_HIGH_WATER: usize = 1 << 20;
@@ -42,7 +42,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 pub struct PoolRequest {
     pub payload: Bytes,
     pub count: usize,
-    pub client: Arc<ClientHandle>,
+    pub client: Arc<ReplyTo>,
     /// Its replies may reach the client in parts (a plain batch; one that is inspected or
     /// rewritten needs them whole).
     pub partial: bool,
@@ -55,6 +55,23 @@ pub struct UpstreamReply {
     pub result: Result<Bytes, UpstreamError>,
     pub count: usize,
     pub last: bool,
+}
+
+/// What a pooled connection sends a client.
+#[derive(Debug)]
+pub enum PoolReply {
+    /// Replies to a batch it sent (or a part of them).
+    Reply(UpstreamReply),
+    /// It owes more replies than its limit: the pool drops them; the client must close.
+    Overflow,
+}
+
+/// Where one client's pooled replies go, and what it owes.
+pub struct ReplyTo {
+    pub tx: mpsc::UnboundedSender<PoolReply>,
+    pub account: ReplyAccount,
+    /// The client's address, for the log line when it is cut off.
+    pub addr: SocketAddr,
 }
 
 /// The limits on what clients may owe in replies (`[proxy]`'s `client_reply_*` knobs).
@@ -72,7 +89,7 @@ pub struct ReplyLimits {
 /// socket. The pool adds a batch's bytes as it hands them over; the session takes them off
 /// as it moves them to its output, and publishes its output's length once per event.
 pub struct ReplyAccount {
-    /// Handed over by the pool, not yet taken from the session's inbox.
+    /// Handed over by the pool, not yet taken from the session's queue.
     queued: AtomicUsize,
     /// The session's unwritten output, as last published.
     output: AtomicUsize,
@@ -109,7 +126,7 @@ impl ReplyAccount {
         self.total.add(bytes as i64);
     }
 
-    /// The session took `bytes` of replies from its inbox (or they never reached it).
+    /// The session took `bytes` of replies from its queue (or they never reached it).
     pub fn taken(&self, bytes: usize) {
         self.queued.fetch_sub(bytes, Ordering::Relaxed);
         self.total.sub(bytes as i64);
@@ -153,7 +170,7 @@ impl PoolHandle {
 }
 
 fn fail(request: PoolRequest, error: &UpstreamError) {
-    let _ = request.client.inbox.send(Inbox::Reply(UpstreamReply {
+    let _ = request.client.tx.send(PoolReply::Reply(UpstreamReply {
         result: Err(error.clone()),
         count: request.count,
         last: true,
@@ -245,7 +262,7 @@ async fn run(
 struct Pending {
     /// Replies still to hand over.
     count: usize,
-    client: Arc<ClientHandle>,
+    client: Arc<ReplyTo>,
     partial: bool,
     /// When it was sent, or when its last part was handed over.
     sent: Instant,
@@ -331,7 +348,7 @@ async fn serve(
     };
     if let Err(error) = &result {
         for p in pending.drain(..) {
-            let _ = p.client.inbox.send(Inbox::Reply(UpstreamReply {
+            let _ = p.client.tx.send(PoolReply::Reply(UpstreamReply {
                 result: Err(error.clone()),
                 count: p.count,
                 last: true,
@@ -360,14 +377,14 @@ fn deliver(
         };
         // What the client owed when this read came in: it reads concurrently, so this only
         // errs on the generous side.
-        let owed = front.client.replies.owed();
-        if scan.frames == 0 && front.client.replies.overflowed() {
+        let owed = front.client.account.owed();
+        if scan.frames == 0 && front.client.account.overflowed() {
             scan.dropping = true;
         }
         while scan.frames < front.count {
             // Checked before each reply is measured, so one large reply alone never cuts a
             // client off: only what it already owes does.
-            if !scan.dropping && front.client.replies.over_limit(owed + scan.end) {
+            if !scan.dropping && front.client.account.over_limit(owed + scan.end) {
                 cut_off(&front.client, owed + scan.end);
                 scan.dropping = true;
             }
@@ -408,30 +425,30 @@ fn deliver(
     }
 }
 
-fn hand_over(client: &ClientHandle, payload: Bytes, count: usize, last: bool) {
+fn hand_over(client: &ReplyTo, payload: Bytes, count: usize, last: bool) {
     let bytes = payload.len();
-    client.replies.queue(bytes);
-    let reply = Inbox::Reply(UpstreamReply {
+    client.account.queue(bytes);
+    let reply = PoolReply::Reply(UpstreamReply {
         result: Ok(payload),
         count,
         last,
     });
-    if client.inbox.send(reply).is_err() {
+    if client.tx.send(reply).is_err() {
         // The session is gone: nobody will take them.
-        client.replies.taken(bytes);
+        client.account.taken(bytes);
     }
 }
 
 /// Marks a client that owes too much: its session closes, and its replies are dropped.
-fn cut_off(client: &ClientHandle, owed: usize) {
-    if !client.replies.overflowed.swap(true, Ordering::Relaxed) {
+fn cut_off(client: &ReplyTo, owed: usize) {
+    if !client.account.overflowed.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             client = %client.addr,
             owed,
-            limit = client.replies.limits.client,
+            limit = client.account.limits.client,
             "disconnecting a client that does not read its replies"
         );
-        let _ = client.inbox.send(Inbox::Overflow);
+        let _ = client.tx.send(PoolReply::Overflow);
     }
 }
 
