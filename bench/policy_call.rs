@@ -26,7 +26,7 @@ fn main() {
         std::process::exit(2);
     }
     let host = cachet::policy::Host::new(false).expect("a wasmtime engine");
-    let event = cachet::events::event(
+    let event = cachet::policy::engine::client_event(
         "session.created".into(),
         vec![
             ("sessionId".into(), bytes::Bytes::from("42")),
