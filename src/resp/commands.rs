@@ -95,6 +95,17 @@ impl CommandTable {
     }
 }
 
+/// A table of the given commands (tests build small ones).
+impl FromIterator<CommandInfo> for CommandTable {
+    fn from_iter<I: IntoIterator<Item = CommandInfo>>(infos: I) -> Self {
+        let commands = infos
+            .into_iter()
+            .map(|info| (info.name.clone().into_bytes().into(), info))
+            .collect();
+        CommandTable { commands }
+    }
+}
+
 fn parse_entry(entry: &Value) -> Result<CommandInfo, String> {
     let Value::Array(fields) = entry else {
         return Err(format!("COMMAND entry {entry:?} is not an array"));

@@ -1,0 +1,311 @@
+//! Commands about the connection itself that cachet answers or rewrites on the pool: CLIENT
+//! (ID, GETNAME, SETNAME, KILL, UNBLOCK, TRACKING ... REDIRECT), AUTH and HELLO with the pool's
+//! credentials, RESET. Whatever needs Redis's own answer for this client goes to a dedicated
+//! connection instead (`pinning`).
+
+use super::*;
+
+impl Session {
+    pub(super) fn client_command(&mut self, request: Request) {
+        let sub = request
+            .arg(1)
+            .map(|s| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        let dedicated = self.dedicated.is_some();
+        if self.divergence.multi {
+            // Queued like any command, so EXEC's reply has one entry per command; inside a
+            // transaction CLIENT ID therefore reports the Redis connection's own id.
+            if sub == b"setname" && request.args.len() == 3 {
+                let name = request.args[2].clone();
+                self.name = (!name.is_empty()).then_some(name);
+            }
+            return self.send_dedicated(request, b"client");
+        }
+        match (sub.as_slice(), request.args.len()) {
+            (b"id", 2) => self.reply_local(Reply::Integer(self.id)),
+            (b"getname", 2) if !dedicated => self.reply_local(match &self.name {
+                Some(name) => Reply::Bulk(name.clone()),
+                None => Reply::Null,
+            }),
+            (b"setname", 3) => {
+                let name = request.args[2].clone();
+                if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+                    return self.reply_local(Reply::error(
+                        "ERR Client names cannot contain spaces, newlines or special characters.",
+                    ));
+                }
+                self.name = (!name.is_empty()).then_some(name);
+                if dedicated {
+                    self.send_dedicated(request, b"client");
+                } else {
+                    self.reply_local(Reply::ok());
+                }
+            }
+            // A client authenticated as another user goes to Redis, which checks its rights.
+            (b"kill", 4)
+                if !self.divergence.user
+                    && request
+                        .arg(2)
+                        .is_some_and(|a| a.eq_ignore_ascii_case(b"id")) =>
+            {
+                let target = std::str::from_utf8(&request.args[3])
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok());
+                // Unregistered at once, as Redis frees a killed client at once: a second KILL of
+                // the same id finds nothing.
+                match target.and_then(|id| self.shared.clients.remove(id)) {
+                    Some(client) => {
+                        let _ = client.inbox.send(Inbox::Kill);
+                        self.reply_local(Reply::Integer(1));
+                    }
+                    None => self.route(request, b"client"),
+                }
+            }
+            (b"unblock", 3 | 4) => {
+                let target = std::str::from_utf8(&request.args[2])
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .and_then(|id| self.shared.clients.get(id));
+                match target {
+                    // Unblock the client's dedicated connection, where it is blocked.
+                    Some(client) => {
+                        let real = client.upstream_id.load(Ordering::Relaxed);
+                        let mut args = request.args.clone();
+                        args[2] = Bytes::from(real.to_string());
+                        self.route(Request::from_args(args), b"client");
+                    }
+                    None => self.route(request, b"client"),
+                }
+            }
+            (b"tracking", _) => {
+                let on = request
+                    .arg(2)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
+                if on || dedicated {
+                    let request = match self.translate_redirect(request) {
+                        Ok(request) => request,
+                        Err(refusal) => return self.reply_local(refusal),
+                    };
+                    self.divergence.client_mode |= on;
+                    self.route_dedicated(request, b"client");
+                } else {
+                    self.forward(request);
+                }
+            }
+            (b"reply", 3) => {
+                let mode = request.args[2].to_ascii_lowercase();
+                if matches!(mode.as_slice(), b"off" | b"skip") {
+                    self.divergence.reply_mode = true;
+                    self.divergence.client_mode = true;
+                }
+                self.route_dedicated(request, b"client");
+            }
+            (b"no-evict" | b"no-touch" | b"info", _) => {
+                self.divergence.client_mode = true;
+                self.route_dedicated(request, b"client");
+            }
+            _ => self.route(request, b"client"),
+        }
+    }
+
+    /// CLIENT TRACKING ... REDIRECT <id>: cachet's client ids are its own; Redis needs the
+    /// id of the target client's dedicated connection.
+    /// Redirecting to an id that is not one of cachet's clients is refused: it could only
+    /// name one of cachet's own upstream connections, which must never receive pushes.
+    pub(super) fn translate_redirect(&self, request: Request) -> Result<Request, Reply> {
+        let Some(pos) = request
+            .args
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"redirect"))
+        else {
+            return Ok(request);
+        };
+        let Some(id) = request
+            .arg(pos + 1)
+            .and_then(|a| std::str::from_utf8(a).ok())
+            .and_then(|s| s.parse::<i64>().ok())
+        else {
+            // Let Redis word the syntax error.
+            return Ok(request);
+        };
+        let real = self
+            .shared
+            .clients
+            .get(id)
+            .map(|target| target.upstream_id.load(Ordering::Relaxed))
+            .filter(|&real| real != 0)
+            .ok_or_else(|| Reply::error("ERR The client ID you want redirect to does not exist"))?;
+        let mut args = request.args;
+        args[pos + 1] = Bytes::from(real.to_string());
+        Ok(Request::from_args(args))
+    }
+
+    pub(super) fn credentials_match(&self, user: &[u8], password: &[u8]) -> bool {
+        self.shared
+            .upstream
+            .config
+            .credentials()
+            .is_some_and(|(u, p)| {
+                // Both compared, always: which one differs must not show in the time taken.
+                let user_matches = secret_eq(u.as_bytes(), user);
+                let password_matches = secret_eq(p.expose().as_bytes(), password);
+                user_matches & password_matches
+            })
+    }
+
+    pub(super) fn auth(&mut self, request: Request) {
+        let (user, password): (&[u8], Option<&[u8]>) = match request.args.len() {
+            2 => (b"default", request.arg(1)),
+            3 => (&request.args[1], request.arg(2)),
+            _ => (b"", None),
+        };
+        match password {
+            Some(password) if self.credentials_match(user, password) => {
+                self.authenticated = true;
+                self.reply_local(Reply::ok());
+            }
+            // Wrong arity goes to Redis for its own error; anything else is another user
+            // (or a wrong password): only Redis can say, on a connection of the client's own.
+            None if request.args.len() != 2 && request.args.len() != 3 => self.forward(request),
+            _ => {
+                self.divergence.user = true;
+                self.switch_to_dedicated(request);
+            }
+        }
+    }
+
+    /// HELLO [protover [AUTH user pass] [SETNAME name]]: the protocol picks the pool, the
+    /// name is kept by cachet, credentials other than the pool's need a dedicated connection.
+    pub(super) fn hello(&mut self, request: Request) {
+        let version = match request.arg(1) {
+            None => None,
+            Some(b"2") => Some(Protocol::Resp2),
+            Some(b"3") => Some(Protocol::Resp3),
+            // Redis answers NOPROTO (or a syntax error) without changing anything.
+            Some(_) => return self.forward(request),
+        };
+        let mut name = None;
+        let mut authenticated_here = false;
+        let mut i = 2;
+        while i < request.args.len() {
+            let option = request.args[i].to_ascii_lowercase();
+            match (option.as_slice(), request.args.len() - i) {
+                (b"auth", 3..) => {
+                    if !self.credentials_match(&request.args[i + 1], &request.args[i + 2]) {
+                        self.divergence.user = true;
+                        return self.switch_to_dedicated(request);
+                    }
+                    authenticated_here = true;
+                    i += 3;
+                }
+                (b"setname", 2..) => {
+                    name = Some(request.args[i + 1].clone());
+                    i += 2;
+                }
+                // Let Redis word the syntax error.
+                _ => return self.forward(request),
+            }
+        }
+        if !self.authenticated && !authenticated_here {
+            return self.reply_local(Reply::error(
+                "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
+            ));
+        }
+        if let Some(name) = &name
+            && name.iter().any(|&c| !(b'!'..=b'~').contains(&c))
+        {
+            return self.reply_local(Reply::error(
+                "ERR Client names cannot contain spaces, newlines or special characters.",
+            ));
+        }
+        let version = version.unwrap_or(self.protocol);
+        self.flush_batch();
+        if version != self.protocol && !self.slots.is_empty() {
+            self.held = Some(request);
+            self.wait = Wait::Drain;
+            return;
+        }
+        self.authenticated = true;
+        if let Some(name) = name {
+            self.name = (!name.is_empty()).then_some(name);
+        }
+        self.protocol = version;
+        let plain = if request.args.len() == 1 {
+            request
+        } else {
+            Request::from_args(vec![request.args[0].clone(), request.args[1].clone()])
+        };
+        self.flush_batch();
+        self.forward(plain);
+        self.flush_batch();
+        if let Some(slot) = self.slots.back_mut() {
+            *slot = Slot::Hello;
+        }
+    }
+
+    /// RESET on the pool: cachet's own state goes back to a new connection's.
+    pub(super) fn reset_local(&mut self, request: Request) {
+        if request.args.len() != 1 {
+            return self.reply_local(Reply::error(
+                "ERR wrong number of arguments for 'reset' command",
+            ));
+        }
+        self.flush_batch();
+        if !self.slots.is_empty() && self.protocol != Protocol::Resp2 {
+            self.held = Some(request);
+            self.wait = Wait::Drain;
+            return;
+        }
+        self.reset_state();
+        self.reply_local(Reply::Simple("RESET"));
+    }
+
+    pub(super) fn reset_state(&mut self) {
+        self.protocol = Protocol::Resp2;
+        self.name = None;
+        self.authenticated = self.shared.upstream.config.credentials().is_none();
+        self.signed_in = false;
+        self.divergence = Divergence::default();
+    }
+}
+
+/// Whether a client's guess equals a secret, in time that depends on neither the secret nor
+/// where the two differ: both are hashed (SHA-256, so the secret's length does not show
+/// either) and the digests compared with no early exit.
+fn secret_eq(secret: &[u8], guess: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(secret), Sha256::digest(guess));
+    let difference = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Kept opaque, so the compiler cannot turn the fold back into an early-exit comparison.
+    std::hint::black_box(difference) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    pub(super) fn secrets_compare_equal_only_when_identical() {
+        assert!(secret_eq(b"s3cret", b"s3cret"));
+        assert!(secret_eq(b"", b""));
+        for guess in [
+            &b"S3cret"[..],
+            b"s3creT",
+            b"s3cre",
+            b"s3crett",
+            b"",
+            b"s3cret\0",
+        ] {
+            assert!(!secret_eq(b"s3cret", guess), "{guess:?}");
+        }
+        // Long secrets hash to the same digest length: no difference in how they compare.
+        let long = vec![b'x'; 10_000];
+        let mut almost = long.clone();
+        almost[9_999] = b'y';
+        assert!(secret_eq(&long, &long.clone()));
+        assert!(!secret_eq(&long, &almost));
+    }
+}

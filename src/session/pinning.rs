@@ -1,0 +1,422 @@
+//! Pinning: a client whose connection state differs from the pool's (MULTI, WATCH,
+//! subscriptions, another user or database, MONITOR, CLIENT modes, blocking commands) holds a
+//! dedicated connection (`DedicatedLink`) until its state is the pool's again. Switching
+//! between the pool and a dedicated connection first waits until every earlier reply has
+//! arrived (`Wait::Drain`): commands never overtake each other on two connections.
+
+use super::*;
+
+pub(super) struct DedicatedLink {
+    pub(super) conn: Dedicated,
+    pub(super) incoming: BytesMut,
+    pub(super) outgoing: BytesMut,
+    /// The reply frame being measured at the front of `incoming`.
+    pub(super) frame: resp::FrameScanner,
+    /// Replies still expected, one per slot of kind `Dedicated`.
+    pub(super) outstanding: usize,
+    /// RESET commands sent whose `+RESET` has not come back.
+    pub(super) resets: usize,
+    /// Has been subscribed or a stream (MONITOR, CLIENT REPLY, SCRIPT DEBUG): its replies
+    /// were not one per command, so it never goes back to the pool or the spares; the
+    /// client keeps it until RESET or disconnect.
+    pub(super) streamed: bool,
+}
+
+pub(super) type Acquire = Pin<Box<dyn Future<Output = Result<Dedicated, UpstreamError>> + Send>>;
+
+/// What the session waits for before it parses the next command.
+pub(super) enum Wait {
+    Nothing,
+    /// All earlier replies, before `held` may go to another connection.
+    Drain,
+    /// A dedicated connection being opened for `held`.
+    Acquire(Acquire),
+    /// The `+RESET` reply, after which the dedicated connection is dropped.
+    Reset,
+    /// The client owes more replies than its budget: it is sent nothing more until it reads.
+    Budget,
+}
+
+impl Session {
+    /// Sends to the dedicated connection if there is one, else to the pool.
+    pub(super) fn route(&mut self, request: Request, name: &[u8]) {
+        if self.dedicated.is_some() {
+            self.send_dedicated(request, name);
+        } else {
+            self.forward(request);
+        }
+    }
+
+    pub(super) fn route_dedicated(&mut self, request: Request, name: &[u8]) {
+        if self.dedicated.is_some() {
+            self.send_dedicated(request, name);
+        } else {
+            self.switch_to_dedicated(request);
+        }
+    }
+
+    /// Holds `request` until earlier replies are in, then opens a dedicated connection.
+    pub(super) fn switch_to_dedicated(&mut self, request: Request) {
+        if self.client_gone {
+            // Nobody will read its reply, and a connection opened now could outlive the
+            // session (a BLPOP that blocks): stop here, as Redis would have at EOF.
+            self.closing = true;
+            return;
+        }
+        self.flush_batch();
+        self.held = Some(request);
+        if !self.slots.is_empty() {
+            self.wait = Wait::Drain;
+            return;
+        }
+        let upstream = self.shared.upstream.clone();
+        let protocol = self.protocol;
+        let name = self.name.clone();
+        let authenticate = self.authenticated;
+        self.wait = Wait::Acquire(Box::pin(async move {
+            upstream.dedicated(protocol, name, authenticate).await
+        }));
+    }
+
+    pub(super) fn on_acquired(&mut self, result: Result<Dedicated, UpstreamError>) {
+        self.wait = Wait::Nothing;
+        match result {
+            Ok(conn) => {
+                self.handle
+                    .upstream_id
+                    .store(conn.upstream_id, Ordering::Relaxed);
+                self.dedicated = Some(DedicatedLink {
+                    conn,
+                    incoming: BytesMut::new(),
+                    outgoing: BytesMut::new(),
+                    frame: resp::FrameScanner::default(),
+                    outstanding: 0,
+                    resets: 0,
+                    streamed: false,
+                });
+            }
+            Err(error) => {
+                self.count_errors(1);
+                self.held = None;
+                // The state the command would have entered was not entered.
+                self.divergence = Divergence {
+                    subscriptions: (0, 0),
+                    ..Divergence::default()
+                };
+                self.reply_local(Reply::Error(format!("ERR {error}")));
+            }
+        }
+        self.process_input();
+    }
+
+    /// Writes a command to the dedicated connection and notes how it changes the state.
+    pub(super) fn send_dedicated(&mut self, request: Request, name: &[u8]) {
+        let other_db =
+            name == b"select" && !route::is_db(request.arg(1), self.shared.upstream.config.url.db);
+        let d = &mut self.divergence;
+        let was_subscribed = d.pubsub();
+        let mut signs_in = false;
+        match name {
+            // Only what Redis accepts changes the state: `MULTI x` is refused for its arity.
+            b"multi" if request.args.len() == 1 => d.multi = true,
+            b"exec" | b"discard" if d.multi => {
+                d.multi = false;
+                d.watch = false;
+            }
+            b"watch" if !d.multi && request.args.len() > 1 => d.watch = true,
+            b"unwatch" if !d.multi => d.watch = false,
+            b"monitor" | b"sync" | b"psync" => d.stream = true,
+            b"script"
+                if request
+                    .arg(1)
+                    .is_some_and(|a| a.eq_ignore_ascii_case(b"debug")) =>
+            {
+                d.stream = true
+            }
+            // Inside MULTI too: after EXEC the connection is on that database.
+            b"select" => {
+                // Queued in MULTI it may yet fail: stay pinned rather than guess.
+                d.database = other_db || (d.multi && d.database);
+            }
+            b"auth" => {
+                d.user = true;
+                signs_in = !d.multi;
+            }
+            b"hello" => {
+                match request.arg(1) {
+                    Some(b"2") => self.protocol = Protocol::Resp2,
+                    Some(b"3") => self.protocol = Protocol::Resp3,
+                    _ => {}
+                }
+                if request.args.iter().any(|a| a.eq_ignore_ascii_case(b"auth")) {
+                    d.user = true;
+                    signs_in = !d.multi;
+                }
+            }
+            // Marked at once so the confirmations route as pub/sub traffic; the real counts
+            // come from Redis's confirmations (`track_subscriptions`).
+            b"subscribe" | b"psubscribe" => d.subscriptions.0 = d.subscriptions.0.max(1),
+            b"ssubscribe" => d.subscriptions.1 = d.subscriptions.1.max(1),
+            _ => {}
+        }
+        // RESET with arguments is refused by Redis before it acts (wrong arity): an error
+        // like any other, not the end of the connection's use.
+        let is_reset = name == b"reset" && request.args.len() == 1;
+        let raw = self.raw_replies() || self.divergence.pubsub();
+        if let Some(link) = &mut self.dedicated {
+            link.streamed |= raw;
+        }
+        let frames = match name {
+            _ if self.raw_replies() => 0,
+            // Confirmations are pushes in RESP3, and subscribing in RESP2 makes the stream raw.
+            b"subscribe" | b"psubscribe" | b"ssubscribe" => 0,
+            b"unsubscribe" | b"punsubscribe" | b"sunsubscribe"
+                if self.protocol == Protocol::Resp3 || was_subscribed =>
+            {
+                0
+            }
+            b"unsubscribe" | b"punsubscribe" | b"sunsubscribe" => request.args.len().max(2) - 1,
+            _ => 1,
+        };
+        let link = self.dedicated.as_mut().expect("dedicated connection");
+        link.outgoing.extend_from_slice(&request.raw);
+        // The name the connection will carry at Redis, so a spare is renamed for its next user.
+        if let Some(set) = name_set_by(name, &request) {
+            link.conn.name = set;
+        }
+        if is_reset {
+            link.resets += 1;
+            self.wait = Wait::Reset;
+        }
+        link.outstanding += frames;
+        self.in_flight += frames;
+        for _ in 0..frames {
+            self.slots.push_back(match (is_reset, signs_in) {
+                (true, _) => Slot::Reset,
+                (false, true) => Slot::SignIn,
+                (false, false) => Slot::Dedicated,
+            });
+        }
+        if request.args.len() > SHARED_MAX_ARGS {
+            // Freeing millions of arguments takes tens of milliseconds: not on the thread
+            // that serves the other clients.
+            tokio::task::spawn_blocking(move || drop(request));
+        }
+    }
+
+    /// Replies on the dedicated connection are not one per command: forward them as they come.
+    pub(super) fn raw_replies(&self) -> bool {
+        let d = &self.divergence;
+        d.stream || d.reply_mode || (d.pubsub() && self.protocol == Protocol::Resp2)
+    }
+
+    pub(super) fn is_clean(&self, link: &DedicatedLink) -> bool {
+        !self.divergence.any()
+            && !link.streamed
+            && link.outstanding == 0
+            && link.outgoing.is_empty()
+            && link.incoming.is_empty()
+            && link.conn.protocol == self.protocol
+    }
+
+    /// Gives the dedicated connection back once the client's state is the pool's again.
+    pub(super) fn try_leave_dedicated(&mut self) {
+        let Some(link) = &self.dedicated else { return };
+        if !self.is_clean(link)
+            || !matches!(self.wait, Wait::Nothing)
+            || self.closing
+            || self.draining
+        {
+            return;
+        }
+        let link = self.dedicated.take().expect("checked");
+        self.handle.upstream_id.store(0, Ordering::Relaxed);
+        let upstream = self.shared.upstream.clone();
+        tokio::spawn(async move { upstream.release(link.conn).await });
+    }
+
+    pub(super) fn on_dedicated_data(&mut self) {
+        loop {
+            let Some(link) = &mut self.dedicated else {
+                return;
+            };
+            let info = match link.frame.scan(&link.incoming) {
+                Ok(Some(info)) => info,
+                Ok(None) => return,
+                Err(e) => return self.dedicated_lost(&e.to_string()),
+            };
+            let frame = link.incoming.split_to(info.len).freeze();
+            let is_reset_reply = &frame[..] == b"+RESET\r\n";
+            // RESET's own reply: whatever answers its slot. In a raw stream it has no slot:
+            // only its exact reply says it is done. Redis refuses a RESET it parses only for
+            // its arity, which `send_dedicated` does not count as a reset (every ACL user may
+            // RESET); on a connection that SYNCed Redis answers nothing, and the wait lasts
+            // until the client leaves, as its replication stream would.
+            let answers_reset = !info.push
+                && link.outstanding > 0
+                && matches!(self.slots.front(), Some(Slot::Reset));
+            if answers_reset || (link.resets > 0 && link.outstanding == 0 && is_reset_reply) {
+                link.resets -= 1;
+                if answers_reset {
+                    link.outstanding -= 1;
+                    self.in_flight -= 1;
+                    self.slots.pop_front();
+                }
+                self.output.extend_from_slice(&frame);
+                if is_reset_reply {
+                    self.after_reset();
+                } else {
+                    self.wait = Wait::Nothing;
+                    self.after_reply();
+                }
+                continue;
+            }
+            self.track_subscriptions(&frame);
+            // Replies expected before the stream turned raw (subscribed, MONITOR) still come
+            // first, in order; pushes never answer a command.
+            let link = self.dedicated.as_mut().expect("still there");
+            if !info.push && link.outstanding > 0 {
+                link.outstanding -= 1;
+                self.in_flight -= 1;
+                match self.slots.pop_front() {
+                    Some(Slot::Dedicated) => self.output.extend_from_slice(&frame),
+                    Some(Slot::SignIn) => {
+                        self.signed_in |= !matches!(frame.first(), Some(b'-' | b'!'));
+                        self.output.extend_from_slice(&frame);
+                    }
+                    Some(Slot::DedicatedReplaced(instead)) => {
+                        self.output.extend_from_slice(&instead)
+                    }
+                    _ => unreachable!("dedicated replies answer the front slot"),
+                }
+                self.after_reply();
+            } else {
+                self.output.extend_from_slice(&frame);
+            }
+        }
+    }
+
+    /// Follows subscription counts in (un)subscribe confirmations, so the client returns to
+    /// the pool once it has unsubscribed from everything.
+    pub(super) fn track_subscriptions(&mut self, frame: &Bytes) {
+        if !self.divergence.pubsub() || !matches!(frame.first(), Some(b'*' | b'>')) {
+            return;
+        }
+        let Ok(Some((decoded, _))) = resp::decode_reply(frame) else {
+            return;
+        };
+        let items = match decoded {
+            BytesFrame::Array { data, .. } | BytesFrame::Push { data, .. } => data,
+            _ => return,
+        };
+        let (Some(kind), Some(count)) = (items.first(), items.get(2)) else {
+            return;
+        };
+        let kind = match kind {
+            BytesFrame::BlobString { data, .. } | BytesFrame::SimpleString { data, .. } => {
+                data.to_ascii_lowercase()
+            }
+            _ => return,
+        };
+        let BytesFrame::Number { data: count, .. } = count else {
+            return;
+        };
+        match kind.as_slice() {
+            b"subscribe" | b"psubscribe" | b"unsubscribe" | b"punsubscribe" => {
+                self.divergence.subscriptions.0 = *count
+            }
+            b"ssubscribe" | b"sunsubscribe" => self.divergence.subscriptions.1 = *count,
+            _ => {}
+        }
+    }
+
+    pub(super) fn after_reset(&mut self) {
+        // Drop the connection: it is authenticated as Redis's default user now, which may
+        // not be the pool's user.
+        if let Some(link) = self.dedicated.take() {
+            self.in_flight -= link.outstanding;
+        }
+        self.slots
+            .retain(|s| matches!(s, Slot::Local(_) | Slot::Async(_)));
+        self.handle.upstream_id.store(0, Ordering::Relaxed);
+        self.reset_state();
+        self.wait = Wait::Nothing;
+        self.after_reply();
+        self.process_input();
+    }
+
+    /// The dedicated connection broke: its state is gone, so the client's connection ends
+    /// too, after an error for each command still waiting. Nothing is retried.
+    pub(super) fn dedicated_lost(&mut self, reason: &str) {
+        let Some(link) = self.dedicated.take() else {
+            return;
+        };
+        tracing::warn!(
+            client = self.id,
+            reason,
+            "dedicated upstream connection lost"
+        );
+        self.handle.upstream_id.store(0, Ordering::Relaxed);
+        // Each command still waiting gets the error in its own place in the order.
+        let frame = UpstreamError::Lost(reason.to_owned()).to_frame();
+        let mut lost = 0;
+        for slot in self.slots.iter_mut() {
+            if matches!(
+                slot,
+                Slot::Dedicated | Slot::SignIn | Slot::DedicatedReplaced(_) | Slot::Reset
+            ) {
+                *slot = Slot::Local(frame.clone());
+                lost += 1;
+            }
+        }
+        self.count_errors(lost);
+        self.in_flight -= link.outstanding;
+        self.wait = Wait::Nothing;
+        self.held = None;
+        self.closing = true;
+        self.after_reply();
+    }
+}
+
+/// The client name a command gives its connection: `Some(None)` clears it.
+pub(super) fn name_set_by(name: &[u8], request: &Request) -> Option<Option<Bytes>> {
+    let value = match name {
+        b"client" if request.args.len() == 3 => request
+            .arg(1)
+            .filter(|s| s.eq_ignore_ascii_case(b"setname"))
+            .map(|_| request.args[2].clone()),
+        b"hello" => request
+            .args
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"setname"))
+            .and_then(|i| request.args.get(i + 1).cloned()),
+        _ => None,
+    }?;
+    Some((!value.is_empty()).then_some(value))
+}
+
+/// Reads from, or writes to, the dedicated connection if there is one.
+pub(super) async fn dedicated_io(link: &mut Option<DedicatedLink>, read: bool) -> Event {
+    let Some(DedicatedLink {
+        conn,
+        incoming,
+        outgoing,
+        ..
+    }) = link
+    else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        got = crate::net::read_available(&conn.reader, incoming), if read => Event::UpstreamRead(got),
+        wrote = conn.writer.write(outgoing), if !outgoing.is_empty() => Event::UpstreamWrote(wrote),
+        // Neither (output backed up and nothing to write): wait for the other events.
+        else => std::future::pending().await,
+    }
+}
+
+pub(super) async fn acquire(wait: &mut Wait) -> Result<Dedicated, UpstreamError> {
+    match wait {
+        Wait::Acquire(future) => future.await,
+        _ => std::future::pending().await,
+    }
+}

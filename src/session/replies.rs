@@ -1,0 +1,157 @@
+//! Phase 4, **reply**: every command has a place in `slots`, in the order it was sent, and
+//! its reply is written to the client only when every reply before it has been. Pool batches,
+//! dedicated replies, replies cachet makes itself and cachet's own commands run off this task
+//! all take their turn here. This is also where a client that does not read is held back: it
+//! is sent no more commands while it owes more than its reply budget.
+
+use super::*;
+
+impl Session {
+    /// Holds the client's further commands while it owes more than its reply budget: what
+    /// it has not read, plus what its commands in flight are expected to return.
+    pub(super) fn check_budget(&mut self) {
+        let over = self.over_budget(0);
+        match self.wait {
+            Wait::Nothing if over => self.wait = Wait::Budget,
+            Wait::Budget if !over => {
+                self.wait = Wait::Nothing;
+                self.process_input();
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the client owes more than its budget, counting `pending` commands not yet
+    /// in flight.
+    pub(super) fn over_budget(&self, pending: usize) -> bool {
+        let expected = (self.in_flight + pending) * self.reply_estimate;
+        self.output.len() + expected > self.handle.pooled.account.limits.budget
+    }
+
+    /// Learns what this client's replies cost from `bytes` for `count` of them: a rise is
+    /// believed at once, a fall halves the estimate per batch, so a client cannot lower it
+    /// in one step before asking for large replies.
+    pub(super) fn note_replies(&mut self, bytes: usize, count: usize) {
+        let average = bytes / count.max(1);
+        self.reply_estimate = average.max(self.reply_estimate / 2).max(1);
+    }
+
+    pub(super) fn on_pool_reply(&mut self, reply: UpstreamReply) {
+        if let Ok(bytes) = &reply.result {
+            self.handle.pooled.account.taken(bytes.len());
+            self.note_replies(bytes.len(), reply.count);
+        }
+        if !reply.last {
+            // A part of a plain batch: its slot stays until the last part.
+            self.in_flight -= reply.count;
+            if let Ok(bytes) = &reply.result {
+                self.output.extend_from_slice(bytes);
+            }
+            return;
+        }
+        let (hello, plan) = match self.slots.pop_front() {
+            Some(Slot::Pool) => (false, None),
+            Some(Slot::Hello) => (true, None),
+            Some(Slot::Inspect(plan)) => (false, Some(plan)),
+            _ => unreachable!("a pool reply always answers the front slot"),
+        };
+        self.in_flight -= reply.count;
+        if let Some(sent) = self.sent.pop_front() {
+            let secs = sent.elapsed().as_secs_f64();
+            for _ in 0..reply.count {
+                self.latency.observe(secs);
+            }
+            self.latency.flush();
+        }
+        match reply.result {
+            Ok(bytes) if plan.is_some() => self.inspect_reply(bytes, plan.expect("checked")),
+            Ok(bytes) if hello => {
+                let bytes = resp::reply::replace_hello_id(&bytes, self.id).unwrap_or(bytes);
+                self.output.extend_from_slice(&bytes);
+            }
+            Ok(bytes) => self.output.extend_from_slice(&bytes),
+            Err(error) => {
+                // cachet's own commands in the batch (epoch reads, the frames of a fast write
+                // beyond the SET's, trims) owe the client no reply.
+                let hidden = plan
+                    .as_ref()
+                    .map_or(0, |plan| plan.iter().map(Inspect::hidden_frames).sum());
+                let frame = error.to_frame();
+                self.count_errors(reply.count - hidden);
+                for _ in 0..reply.count - hidden {
+                    self.output.extend_from_slice(&frame);
+                }
+            }
+        }
+        self.after_reply();
+    }
+
+    /// Writes local replies that have reached the front, and resumes a held command once
+    /// nothing is outstanding.
+    pub(super) fn after_reply(&mut self) {
+        while let Some(Slot::Local(_)) = self.slots.front() {
+            if let Some(Slot::Local(bytes)) = self.slots.pop_front() {
+                self.output.extend_from_slice(&bytes);
+            }
+        }
+        if matches!(self.wait, Wait::Drain) && self.slots.is_empty() {
+            self.wait = Wait::Nothing;
+            self.process_input();
+        } else if self.held.is_none()
+            && matches!(self.wait, Wait::Nothing)
+            && !self.input.is_empty()
+        {
+            // Parsing may have stopped at the pipeline limit.
+            self.process_input();
+        }
+    }
+
+    /// Runs a command of cachet's own (on the control client, off this task) and answers
+    /// it in order. Earlier commands finish first and later ones wait for it, so it acts on
+    /// the data as the client's pipeline left it.
+    pub(crate) fn reply_later<F>(&mut self, request: Request, work: impl FnOnce(Arc<Shared>) -> F)
+    where
+        F: Future<Output = Reply> + Send + 'static,
+    {
+        self.flush_batch();
+        if !self.slots.is_empty() {
+            self.held = Some(request);
+            self.wait = Wait::Drain;
+            return;
+        }
+        self.next_async += 1;
+        let id = self.next_async;
+        self.slots.push_back(Slot::Async(id));
+        self.in_flight += 1;
+        self.wait = Wait::Drain;
+        let inbox = self.reply_tx.clone();
+        let protocol = self.protocol;
+        let work = work(self.shared.clone());
+        tokio::spawn(async move {
+            let reply = work.await;
+            let _ = inbox.send(Inbox::Done(id, reply.encode(protocol)));
+        });
+    }
+
+    pub(super) fn on_done(&mut self, id: u64, bytes: Bytes) {
+        if let Some(slot) = self
+            .slots
+            .iter_mut()
+            .find(|s| matches!(s, Slot::Async(a) if *a == id))
+        {
+            *slot = Slot::Local(bytes);
+            self.in_flight -= 1;
+        }
+        self.after_reply();
+    }
+
+    pub(super) fn reply_local(&mut self, reply: Reply) {
+        self.flush_batch();
+        let bytes = reply.encode(self.protocol);
+        if self.slots.is_empty() {
+            self.output.extend_from_slice(&bytes);
+        } else {
+            self.slots.push_back(Slot::Local(bytes));
+        }
+    }
+}
