@@ -11,8 +11,8 @@ impl Session {
             .arg(1)
             .map(|s| s.to_ascii_lowercase())
             .unwrap_or_default();
-        let dedicated = self.dedicated.is_some();
-        if self.divergence.multi {
+        let dedicated = self.pinning.link.is_some();
+        if self.pinning.divergence.multi {
             // Queued like any command, so EXEC's reply has one entry per command; inside a
             // transaction CLIENT ID therefore reports the Redis connection's own id.
             if sub == b"setname" && request.args.len() == 3 {
@@ -43,7 +43,7 @@ impl Session {
             }
             // A client authenticated as another user goes to Redis, which checks its rights.
             (b"kill", 4)
-                if !self.divergence.user
+                if !self.pinning.divergence.user
                     && request
                         .arg(2)
                         .is_some_and(|a| a.eq_ignore_ascii_case(b"id")) =>
@@ -86,7 +86,7 @@ impl Session {
                         Ok(request) => request,
                         Err(refusal) => return self.reply_local(refusal),
                     };
-                    self.divergence.client_mode |= on;
+                    self.pinning.divergence.client_mode |= on;
                     self.route_dedicated(request, b"client");
                 } else {
                     self.forward(request);
@@ -95,13 +95,13 @@ impl Session {
             (b"reply", 3) => {
                 let mode = request.args[2].to_ascii_lowercase();
                 if matches!(mode.as_slice(), b"off" | b"skip") {
-                    self.divergence.reply_mode = true;
-                    self.divergence.client_mode = true;
+                    self.pinning.divergence.reply_mode = true;
+                    self.pinning.divergence.client_mode = true;
                 }
                 self.route_dedicated(request, b"client");
             }
             (b"no-evict" | b"no-touch" | b"info", _) => {
-                self.divergence.client_mode = true;
+                self.pinning.divergence.client_mode = true;
                 self.route_dedicated(request, b"client");
             }
             _ => self.route(request, b"client"),
@@ -168,7 +168,7 @@ impl Session {
             // (or a wrong password): only Redis can say, on a connection of the client's own.
             None if request.args.len() != 2 && request.args.len() != 3 => self.forward(request),
             _ => {
-                self.divergence.user = true;
+                self.pinning.divergence.user = true;
                 self.switch_to_dedicated(request);
             }
         }
@@ -192,7 +192,7 @@ impl Session {
             match (option.as_slice(), request.args.len() - i) {
                 (b"auth", 3..) => {
                     if !self.credentials_match(&request.args[i + 1], &request.args[i + 2]) {
-                        self.divergence.user = true;
+                        self.pinning.divergence.user = true;
                         return self.switch_to_dedicated(request);
                     }
                     authenticated_here = true;
@@ -220,9 +220,9 @@ impl Session {
         }
         let version = version.unwrap_or(self.protocol);
         self.flush_batch();
-        if version != self.protocol && !self.slots.is_empty() {
-            self.held = Some(request);
-            self.wait = Wait::Drain;
+        if version != self.protocol && !self.replies.slots.is_empty() {
+            self.pinning.held = Some(request);
+            self.pinning.wait = Wait::Drain;
             return;
         }
         self.authenticated = true;
@@ -238,7 +238,7 @@ impl Session {
         self.flush_batch();
         self.forward(plain);
         self.flush_batch();
-        if let Some(slot) = self.slots.back_mut() {
+        if let Some(slot) = self.replies.slots.back_mut() {
             *slot = Slot::Hello;
         }
     }
@@ -251,9 +251,9 @@ impl Session {
             ));
         }
         self.flush_batch();
-        if !self.slots.is_empty() && self.protocol != Protocol::Resp2 {
-            self.held = Some(request);
-            self.wait = Wait::Drain;
+        if !self.replies.slots.is_empty() && self.protocol != Protocol::Resp2 {
+            self.pinning.held = Some(request);
+            self.pinning.wait = Wait::Drain;
             return;
         }
         self.reset_state();
@@ -265,7 +265,7 @@ impl Session {
         self.name = None;
         self.authenticated = self.shared.upstream.config.credentials().is_none();
         self.signed_in = false;
-        self.divergence = Divergence::default();
+        self.pinning.divergence = Divergence::default();
     }
 }
 

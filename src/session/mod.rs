@@ -51,7 +51,9 @@ use crate::resp::request::{BufferShare, RequestParser};
 use crate::resp::{self, Protocol, Request, lowercase_name};
 use crate::upstream::pool::{ReplyAccount, ReplyLimits};
 use crate::upstream::{Dedicated, PoolReply, PoolRequest, ReplyTo, UpstreamError, UpstreamReply};
-use pinning::{DedicatedLink, Wait, acquire, dedicated_io};
+use batch::Batch;
+use pinning::{Pinning, Wait, acquire, dedicated_io};
+use replies::ReplyQueue;
 use route::{ClientState, Divergence, Own, Route, SHARED_MAX_ARGS, route};
 use tagging::{Inspect, Snapshots};
 
@@ -105,10 +107,6 @@ const OUTPUT_STREAM_LIMIT: usize = 32 << 20;
 /// A client that may not send more commands now (waiting, or over its reply budget) is still
 /// read this far ahead, so that its leaving is noticed: no session outlives its client.
 const READ_AHEAD: usize = 64 * 1024;
-/// What a command's reply is taken to cost before this client's replies have been measured:
-/// a new client has at most `client_reply_budget / 16 KiB` (64) commands in flight until its
-/// first replies come back.
-const FIRST_REPLY_ESTIMATE: usize = 16 * 1024;
 
 /// What reaches a session from outside its own sockets, in one queue so the session waits
 /// on one thing only.
@@ -151,40 +149,21 @@ pub struct Session {
     /// Redis accepted an AUTH of this client's as another user (on its dedicated
     /// connection): Redis's limits for clients not yet authenticated no longer apply.
     signed_in: bool,
-    /// The pooled connection this client's batches go to (sticky, so they stay in order).
-    pool_index: usize,
-    batch: BytesMut,
-    batch_count: usize,
-    /// The inspection plan of the batch being gathered, if it needs one.
-    batch_inspect: Option<Vec<Inspect>>,
-    /// Reply frames gathered since the plan's last entry.
-    batch_plain: usize,
-    /// Tagged SETs waiting to join the batch as one transaction (see `tagging`).
-    fast: crate::tags::index::FastBatch,
-    /// cachet's clock (ms since the Unix epoch) as the tagged SETs of the client read being
-    /// processed read it: the scores of their index entries start from it.
-    fast_clock_ms: Option<u64>,
+    /// Phase 3: the commands for the pool gathered from this read.
+    batch: Batch,
     snapshots: Snapshots,
     /// Inspection plans of answered batches, kept for reuse.
     spare_plans: Vec<Vec<Inspect>>,
     /// This session's view of the per-command counters (see `observe`).
     command_counters: Arc<crate::metrics::CommandMap>,
-    /// When each pooled batch still unanswered was sent, in slot order.
-    sent: VecDeque<std::time::Instant>,
-    /// Command latencies, flushed to the shared histogram once per batch of replies.
-    latency: prometheus::local::LocalHistogram,
-    slots: VecDeque<Slot>,
-    next_async: u64,
-    /// Commands whose replies are still expected (the pipeline depth).
-    in_flight: usize,
+    /// Phase 4: the replies owed, in command order.
+    replies: ReplyQueue,
     inbox: mpsc::UnboundedReceiver<Inbox>,
     reply_tx: mpsc::UnboundedSender<Inbox>,
     /// Replies from the pool (see `upstream::pool`).
     pool_replies: mpsc::UnboundedReceiver<PoolReply>,
-    dedicated: Option<DedicatedLink>,
-    divergence: Divergence,
-    held: Option<Request>,
-    wait: Wait,
+    /// The dedicated connection, why the client holds it, and what the session waits for.
+    pinning: Pinning,
     /// The client half-closed or cachet is shutting down: read no more, but answer every
     /// command already received, then close.
     draining: bool,
@@ -193,8 +172,6 @@ pub struct Session {
     closing: bool,
     /// The client closed its side: nothing more goes to a dedicated connection for it.
     client_gone: bool,
-    /// Bytes one command's reply is expected to take (see `note_replies`).
-    reply_estimate: usize,
     last_activity: Instant,
 }
 
@@ -253,32 +230,18 @@ impl Session {
             output: BytesMut::new(),
             protocol: Protocol::Resp2,
             name: None,
-            pool_index: id as usize % pool_size,
-            batch: BytesMut::new(),
-            batch_count: 0,
-            fast: Default::default(),
-            fast_clock_ms: None,
-            batch_inspect: None,
-            batch_plain: 0,
+            batch: Batch::new(id as usize % pool_size),
             snapshots: Snapshots::default(),
             spare_plans: Vec::new(),
             command_counters,
-            sent: VecDeque::new(),
-            latency,
-            slots: VecDeque::new(),
-            next_async: 0,
-            in_flight: 0,
+            replies: ReplyQueue::new(latency),
             inbox,
             reply_tx,
             pool_replies,
-            dedicated: None,
-            divergence: Divergence::default(),
-            held: None,
-            wait: Wait::Nothing,
+            pinning: Pinning::default(),
             draining: false,
             closing: false,
             client_gone: false,
-            reply_estimate: FIRST_REPLY_ESTIMATE,
             last_activity: Instant::now(),
         };
         (session, handle)
@@ -298,24 +261,25 @@ impl Session {
         let max_pipeline = self.shared.proxy.max_pipeline.get();
         loop {
             let stopping = self.closing || self.draining;
-            let owes_nothing =
-                self.slots.is_empty() && self.held.is_none() && matches!(self.wait, Wait::Nothing);
+            let owes_nothing = self.replies.slots.is_empty()
+                && self.pinning.held.is_none()
+                && matches!(self.pinning.wait, Wait::Nothing);
             if stopping && owes_nothing && self.output.is_empty() {
                 break;
             }
             // Back-pressure: a client that does not read its replies is sent no more commands
             // (`Wait::Budget`) and read no further than `READ_AHEAD`, and its dedicated
             // connection is not read, instead of filling cachet's memory.
-            let can_take = self.held.is_none()
-                && matches!(self.wait, Wait::Nothing)
-                && self.in_flight < max_pipeline;
+            let can_take = self.pinning.held.is_none()
+                && matches!(self.pinning.wait, Wait::Nothing)
+                && self.replies.in_flight < max_pipeline;
             // A session closing after a protocol error or QUIT still reads (and drops what it
             // reads), so that it notices its client leave while it waits for replies.
             let can_read = (!stopping && (can_take || self.input.len() < READ_AHEAD))
                 || (self.closing && !self.draining);
             let read_upstream = self.output.len() < self.handle.pooled.account.limits.budget * 8
-                || self.divergence.pubsub()
-                || self.divergence.stream;
+                || self.pinning.divergence.pubsub()
+                || self.pinning.divergence.stream;
             let event = {
                 let Session {
                     reader,
@@ -324,16 +288,15 @@ impl Session {
                     output,
                     inbox,
                     pool_replies,
-                    dedicated,
-                    wait,
+                    pinning,
                     ..
                 } = &mut self;
                 tokio::select! {
                     biased;
                     message = inbox.recv() => Event::Inbox(message),
                     reply = pool_replies.recv() => Event::Pool(reply),
-                    event = dedicated_io(dedicated, read_upstream) => event,
-                    conn = acquire(wait) => Event::Acquired(conn),
+                    event = dedicated_io(&mut pinning.link, read_upstream) => event,
+                    conn = acquire(&mut pinning.wait) => Event::Acquired(conn),
                     wrote = writer.write(output), if !output.is_empty() => Event::ClientWrote(wrote),
                     read = crate::net::read_available(reader, input), if can_read => Event::ClientRead(read),
                     _ = &mut idle, if idle_limit.is_some() => Event::Idle,
@@ -347,7 +310,7 @@ impl Session {
                 Event::Inbox(Some(Inbox::Kill)) => break,
                 Event::Inbox(Some(Inbox::Shutdown)) => {
                     // A subscriber or MONITOR is owed nothing but a stream: close it now.
-                    if self.divergence.pubsub() || self.divergence.stream {
+                    if self.pinning.divergence.pubsub() || self.pinning.divergence.stream {
                         break;
                     }
                     self.draining = true;
@@ -359,13 +322,15 @@ impl Session {
                     // connection (a BLPOP would still pop an element for nobody; a RESET
                     // whose reply may never come) takes the connection with it, and so does
                     // one being opened. Pooled replies are just let through.
-                    let waits_on_dedicated = matches!(self.wait, Wait::Acquire(_) | Wait::Reset)
-                        || self
-                            .dedicated
-                            .as_ref()
-                            .is_some_and(|l| l.outstanding > 0 || l.resets > 0);
+                    let waits_on_dedicated =
+                        matches!(self.pinning.wait, Wait::Acquire(_) | Wait::Reset)
+                            || self
+                                .pinning
+                                .link
+                                .as_ref()
+                                .is_some_and(|l| l.outstanding > 0 || l.resets > 0);
                     if waits_on_dedicated {
-                        self.dedicated = None;
+                        self.pinning.link = None;
                         break;
                     }
                     self.client_gone = true;
@@ -385,7 +350,7 @@ impl Session {
                 Event::UpstreamRead(Err(e)) => self.dedicated_lost(&e.to_string()),
                 Event::UpstreamRead(Ok(_)) => self.on_dedicated_data(),
                 Event::UpstreamWrote(Ok(n)) => {
-                    if let Some(link) = &mut self.dedicated {
+                    if let Some(link) = &mut self.pinning.link {
                         link.outgoing.advance(n);
                     }
                 }
@@ -393,9 +358,11 @@ impl Session {
                 Event::Acquired(result) => self.on_acquired(result),
                 Event::Idle => {
                     let limit = idle_limit.expect("armed only with a limit");
-                    let blocked_or_subscribed = !self.slots.is_empty()
-                        || self.dedicated.as_ref().is_some_and(|l| {
-                            l.outstanding > 0 || self.divergence.pubsub() || self.divergence.stream
+                    let blocked_or_subscribed = !self.replies.slots.is_empty()
+                        || self.pinning.link.as_ref().is_some_and(|l| {
+                            l.outstanding > 0
+                                || self.pinning.divergence.pubsub()
+                                || self.pinning.divergence.stream
                         });
                     if self.last_activity.elapsed() >= limit && !blocked_or_subscribed {
                         tracing::debug!(client = self.id, "closing idle client");
@@ -413,7 +380,7 @@ impl Session {
             self.try_leave_dedicated();
             // Redis's own client-output-buffer-limit for pub/sub: a subscriber this far
             // behind is disconnected rather than buffered for without end.
-            let streaming = self.divergence.pubsub() || self.divergence.stream;
+            let streaming = self.pinning.divergence.pubsub() || self.pinning.divergence.stream;
             if streaming && self.output.len() > OUTPUT_STREAM_LIMIT {
                 tracing::warn!(
                     client = self.id,
@@ -453,7 +420,7 @@ impl Session {
         }
         self.handle.pooled.account.publish_output(0);
         self.handle.upstream_id.store(0, Ordering::Relaxed);
-        if let Some(link) = self.dedicated.take()
+        if let Some(link) = self.pinning.link.take()
             && self.is_clean(&link)
         {
             self.shared.upstream.release(link.conn).await;
@@ -464,12 +431,12 @@ impl Session {
     pub(super) fn process_input(&mut self) {
         let limits = self.shared.limits;
         let max_pipeline = self.shared.proxy.max_pipeline.get();
-        self.fast_clock_ms = None;
-        while !self.closing && matches!(self.wait, Wait::Nothing) {
-            let request = match self.held.take() {
+        self.batch.clock_ms = None;
+        while !self.closing && matches!(self.pinning.wait, Wait::Nothing) {
+            let request = match self.pinning.held.take() {
                 Some(request) => request,
                 None => {
-                    if self.in_flight >= max_pipeline {
+                    if self.replies.in_flight >= max_pipeline {
                         break;
                     }
                     match self.parser.parse(
@@ -521,13 +488,13 @@ impl Session {
     }
 
     pub(super) fn dispatch(&mut self, request: Request) {
-        if self.over_budget(self.batch_count) {
+        if self.over_budget(self.batch.count) {
             // Checked per command, so one read cannot send more than the budget allows.
-            self.held = Some(request);
-            self.wait = Wait::Budget;
+            self.pinning.held = Some(request);
+            self.pinning.wait = Wait::Budget;
             return;
         }
-        if self.client_gone && self.dedicated.is_some() {
+        if self.client_gone && self.pinning.link.is_some() {
             // Nobody will read its reply (see `switch_to_dedicated`).
             self.closing = true;
             return;
@@ -538,8 +505,8 @@ impl Session {
         let table = self.shared.upstream.commands();
         let state = ClientState {
             authenticated: self.authenticated,
-            pinned: self.dedicated.is_some(),
-            divergence: self.divergence,
+            pinned: self.pinning.link.is_some(),
+            divergence: self.pinning.divergence,
             pool_db: self.shared.upstream.config.url.db,
         };
         let name = name.unwrap_or_default();
@@ -564,7 +531,7 @@ impl Session {
             Route::Own(Own::Tag) => self.tag_command(request, name),
             Route::RefuseQueued(reason) => {
                 self.send_dedicated(request, name);
-                if let Some(slot) = self.slots.back_mut() {
+                if let Some(slot) = self.replies.slots.back_mut() {
                     *slot = Slot::DedicatedReplaced(reason.encode(self.protocol));
                 }
             }

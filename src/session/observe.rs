@@ -187,10 +187,10 @@ impl Session {
     /// Queues reply bytes cachet made, in command order.
     fn reply_local_bytes(&mut self, bytes: Bytes) {
         self.flush_batch();
-        if self.slots.is_empty() {
+        if self.replies.slots.is_empty() {
             self.output.extend_from_slice(&bytes);
         } else {
-            self.slots.push_back(super::Slot::Local(bytes));
+            self.replies.slots.push_back(super::Slot::Local(bytes));
         }
     }
 }

@@ -6,6 +6,16 @@
 
 use super::*;
 
+/// A client's dedicated connection, if it holds one, and why.
+#[derive(Default)]
+pub(super) struct Pinning {
+    pub link: Option<DedicatedLink>,
+    pub divergence: Divergence,
+    /// The command parsed but not yet dispatched, waiting for `wait`.
+    pub held: Option<Request>,
+    pub wait: Wait,
+}
+
 pub(super) struct DedicatedLink {
     pub(super) conn: Dedicated,
     pub(super) incoming: BytesMut,
@@ -25,7 +35,9 @@ pub(super) struct DedicatedLink {
 pub(super) type Acquire = Pin<Box<dyn Future<Output = Result<Dedicated, UpstreamError>> + Send>>;
 
 /// What the session waits for before it parses the next command.
+#[derive(Default)]
 pub(super) enum Wait {
+    #[default]
     Nothing,
     /// All earlier replies, before `held` may go to another connection.
     Drain,
@@ -40,7 +52,7 @@ pub(super) enum Wait {
 impl Session {
     /// Sends to the dedicated connection if there is one, else to the pool.
     pub(super) fn route(&mut self, request: Request, name: &[u8]) {
-        if self.dedicated.is_some() {
+        if self.pinning.link.is_some() {
             self.send_dedicated(request, name);
         } else {
             self.forward(request);
@@ -48,7 +60,7 @@ impl Session {
     }
 
     pub(super) fn route_dedicated(&mut self, request: Request, name: &[u8]) {
-        if self.dedicated.is_some() {
+        if self.pinning.link.is_some() {
             self.send_dedicated(request, name);
         } else {
             self.switch_to_dedicated(request);
@@ -64,28 +76,28 @@ impl Session {
             return;
         }
         self.flush_batch();
-        self.held = Some(request);
-        if !self.slots.is_empty() {
-            self.wait = Wait::Drain;
+        self.pinning.held = Some(request);
+        if !self.replies.slots.is_empty() {
+            self.pinning.wait = Wait::Drain;
             return;
         }
         let upstream = self.shared.upstream.clone();
         let protocol = self.protocol;
         let name = self.name.clone();
         let authenticate = self.authenticated;
-        self.wait = Wait::Acquire(Box::pin(async move {
+        self.pinning.wait = Wait::Acquire(Box::pin(async move {
             upstream.dedicated(protocol, name, authenticate).await
         }));
     }
 
     pub(super) fn on_acquired(&mut self, result: Result<Dedicated, UpstreamError>) {
-        self.wait = Wait::Nothing;
+        self.pinning.wait = Wait::Nothing;
         match result {
             Ok(conn) => {
                 self.handle
                     .upstream_id
                     .store(conn.upstream_id, Ordering::Relaxed);
-                self.dedicated = Some(DedicatedLink {
+                self.pinning.link = Some(DedicatedLink {
                     conn,
                     incoming: BytesMut::new(),
                     outgoing: BytesMut::new(),
@@ -97,9 +109,9 @@ impl Session {
             }
             Err(error) => {
                 self.count_errors(1);
-                self.held = None;
+                self.pinning.held = None;
                 // The state the command would have entered was not entered.
-                self.divergence = Divergence {
+                self.pinning.divergence = Divergence {
                     subscriptions: (0, 0),
                     ..Divergence::default()
                 };
@@ -113,7 +125,7 @@ impl Session {
     pub(super) fn send_dedicated(&mut self, request: Request, name: &[u8]) {
         let other_db =
             name == b"select" && !route::is_db(request.arg(1), self.shared.upstream.config.url.db);
-        let d = &mut self.divergence;
+        let d = &mut self.pinning.divergence;
         let was_subscribed = d.pubsub();
         let mut signs_in = false;
         match name {
@@ -162,8 +174,8 @@ impl Session {
         // RESET with arguments is refused by Redis before it acts (wrong arity): an error
         // like any other, not the end of the connection's use.
         let is_reset = name == b"reset" && request.args.len() == 1;
-        let raw = self.raw_replies() || self.divergence.pubsub();
-        if let Some(link) = &mut self.dedicated {
+        let raw = self.raw_replies() || self.pinning.divergence.pubsub();
+        if let Some(link) = &mut self.pinning.link {
             link.streamed |= raw;
         }
         let frames = match name {
@@ -178,7 +190,7 @@ impl Session {
             b"unsubscribe" | b"punsubscribe" | b"sunsubscribe" => request.args.len().max(2) - 1,
             _ => 1,
         };
-        let link = self.dedicated.as_mut().expect("dedicated connection");
+        let link = self.pinning.link.as_mut().expect("dedicated connection");
         link.outgoing.extend_from_slice(&request.raw);
         // The name the connection will carry at Redis, so a spare is renamed for its next user.
         if let Some(set) = name_set_by(name, &request) {
@@ -186,12 +198,12 @@ impl Session {
         }
         if is_reset {
             link.resets += 1;
-            self.wait = Wait::Reset;
+            self.pinning.wait = Wait::Reset;
         }
         link.outstanding += frames;
-        self.in_flight += frames;
+        self.replies.in_flight += frames;
         for _ in 0..frames {
-            self.slots.push_back(match (is_reset, signs_in) {
+            self.replies.slots.push_back(match (is_reset, signs_in) {
                 (true, _) => Slot::Reset,
                 (false, true) => Slot::SignIn,
                 (false, false) => Slot::Dedicated,
@@ -206,12 +218,12 @@ impl Session {
 
     /// Replies on the dedicated connection are not one per command: forward them as they come.
     pub(super) fn raw_replies(&self) -> bool {
-        let d = &self.divergence;
+        let d = &self.pinning.divergence;
         d.stream || d.reply_mode || (d.pubsub() && self.protocol == Protocol::Resp2)
     }
 
     pub(super) fn is_clean(&self, link: &DedicatedLink) -> bool {
-        !self.divergence.any()
+        !self.pinning.divergence.any()
             && !link.streamed
             && link.outstanding == 0
             && link.outgoing.is_empty()
@@ -221,15 +233,17 @@ impl Session {
 
     /// Gives the dedicated connection back once the client's state is the pool's again.
     pub(super) fn try_leave_dedicated(&mut self) {
-        let Some(link) = &self.dedicated else { return };
+        let Some(link) = &self.pinning.link else {
+            return;
+        };
         if !self.is_clean(link)
-            || !matches!(self.wait, Wait::Nothing)
+            || !matches!(self.pinning.wait, Wait::Nothing)
             || self.closing
             || self.draining
         {
             return;
         }
-        let link = self.dedicated.take().expect("checked");
+        let link = self.pinning.link.take().expect("checked");
         self.handle.upstream_id.store(0, Ordering::Relaxed);
         let upstream = self.shared.upstream.clone();
         tokio::spawn(async move { upstream.release(link.conn).await });
@@ -237,7 +251,7 @@ impl Session {
 
     pub(super) fn on_dedicated_data(&mut self) {
         loop {
-            let Some(link) = &mut self.dedicated else {
+            let Some(link) = &mut self.pinning.link else {
                 return;
             };
             let info = match link.frame.scan(&link.incoming) {
@@ -254,19 +268,19 @@ impl Session {
             // until the client leaves, as its replication stream would.
             let answers_reset = !info.push
                 && link.outstanding > 0
-                && matches!(self.slots.front(), Some(Slot::Reset));
+                && matches!(self.replies.slots.front(), Some(Slot::Reset));
             if answers_reset || (link.resets > 0 && link.outstanding == 0 && is_reset_reply) {
                 link.resets -= 1;
                 if answers_reset {
                     link.outstanding -= 1;
-                    self.in_flight -= 1;
-                    self.slots.pop_front();
+                    self.replies.in_flight -= 1;
+                    self.replies.slots.pop_front();
                 }
                 self.output.extend_from_slice(&frame);
                 if is_reset_reply {
                     self.after_reset();
                 } else {
-                    self.wait = Wait::Nothing;
+                    self.pinning.wait = Wait::Nothing;
                     self.after_reply();
                 }
                 continue;
@@ -274,11 +288,11 @@ impl Session {
             self.track_subscriptions(&frame);
             // Replies expected before the stream turned raw (subscribed, MONITOR) still come
             // first, in order; pushes never answer a command.
-            let link = self.dedicated.as_mut().expect("still there");
+            let link = self.pinning.link.as_mut().expect("still there");
             if !info.push && link.outstanding > 0 {
                 link.outstanding -= 1;
-                self.in_flight -= 1;
-                match self.slots.pop_front() {
+                self.replies.in_flight -= 1;
+                match self.replies.slots.pop_front() {
                     Some(Slot::Dedicated) => self.output.extend_from_slice(&frame),
                     Some(Slot::SignIn) => {
                         self.signed_in |= !matches!(frame.first(), Some(b'-' | b'!'));
@@ -299,7 +313,7 @@ impl Session {
     /// Follows subscription counts in (un)subscribe confirmations, so the client returns to
     /// the pool once it has unsubscribed from everything.
     pub(super) fn track_subscriptions(&mut self, frame: &Bytes) {
-        if !self.divergence.pubsub() || !matches!(frame.first(), Some(b'*' | b'>')) {
+        if !self.pinning.divergence.pubsub() || !matches!(frame.first(), Some(b'*' | b'>')) {
             return;
         }
         let Ok(Some((decoded, _))) = resp::decode_reply(frame) else {
@@ -323,9 +337,9 @@ impl Session {
         };
         match kind.as_slice() {
             b"subscribe" | b"psubscribe" | b"unsubscribe" | b"punsubscribe" => {
-                self.divergence.subscriptions.0 = *count
+                self.pinning.divergence.subscriptions.0 = *count
             }
-            b"ssubscribe" | b"sunsubscribe" => self.divergence.subscriptions.1 = *count,
+            b"ssubscribe" | b"sunsubscribe" => self.pinning.divergence.subscriptions.1 = *count,
             _ => {}
         }
     }
@@ -333,14 +347,15 @@ impl Session {
     pub(super) fn after_reset(&mut self) {
         // Drop the connection: it is authenticated as Redis's default user now, which may
         // not be the pool's user.
-        if let Some(link) = self.dedicated.take() {
-            self.in_flight -= link.outstanding;
+        if let Some(link) = self.pinning.link.take() {
+            self.replies.in_flight -= link.outstanding;
         }
-        self.slots
+        self.replies
+            .slots
             .retain(|s| matches!(s, Slot::Local(_) | Slot::Async(_)));
         self.handle.upstream_id.store(0, Ordering::Relaxed);
         self.reset_state();
-        self.wait = Wait::Nothing;
+        self.pinning.wait = Wait::Nothing;
         self.after_reply();
         self.process_input();
     }
@@ -348,7 +363,7 @@ impl Session {
     /// The dedicated connection broke: its state is gone, so the client's connection ends
     /// too, after an error for each command still waiting. Nothing is retried.
     pub(super) fn dedicated_lost(&mut self, reason: &str) {
-        let Some(link) = self.dedicated.take() else {
+        let Some(link) = self.pinning.link.take() else {
             return;
         };
         tracing::warn!(
@@ -360,7 +375,7 @@ impl Session {
         // Each command still waiting gets the error in its own place in the order.
         let frame = UpstreamError::Lost(reason.to_owned()).to_frame();
         let mut lost = 0;
-        for slot in self.slots.iter_mut() {
+        for slot in self.replies.slots.iter_mut() {
             if matches!(
                 slot,
                 Slot::Dedicated | Slot::SignIn | Slot::DedicatedReplaced(_) | Slot::Reset
@@ -370,9 +385,9 @@ impl Session {
             }
         }
         self.count_errors(lost);
-        self.in_flight -= link.outstanding;
-        self.wait = Wait::Nothing;
-        self.held = None;
+        self.replies.in_flight -= link.outstanding;
+        self.pinning.wait = Wait::Nothing;
+        self.pinning.held = None;
         self.closing = true;
         self.after_reply();
     }

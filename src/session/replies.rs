@@ -6,15 +6,48 @@
 
 use super::*;
 
+/// What a command's reply is taken to cost before this client's replies have been measured:
+/// a new client has at most `client_reply_budget / 16 KiB` (64) commands in flight until its
+/// first replies come back.
+const FIRST_REPLY_ESTIMATE: usize = 16 * 1024;
+
+/// The replies a client is owed, one slot per expected reply source, in command order.
+pub(super) struct ReplyQueue {
+    pub slots: VecDeque<Slot>,
+    /// The id of the last command cachet ran itself (`Slot::Async`).
+    pub next_async: u64,
+    /// Commands whose replies are still expected (the pipeline depth).
+    pub in_flight: usize,
+    /// When each pooled batch still unanswered was sent, in slot order.
+    pub sent: VecDeque<std::time::Instant>,
+    /// Command latencies, flushed to the shared histogram once per batch of replies.
+    pub latency: prometheus::local::LocalHistogram,
+    /// Bytes one command's reply is expected to take (see `note_replies`).
+    pub estimate: usize,
+}
+
+impl ReplyQueue {
+    pub fn new(latency: prometheus::local::LocalHistogram) -> Self {
+        ReplyQueue {
+            slots: VecDeque::new(),
+            next_async: 0,
+            in_flight: 0,
+            sent: VecDeque::new(),
+            latency,
+            estimate: FIRST_REPLY_ESTIMATE,
+        }
+    }
+}
+
 impl Session {
     /// Holds the client's further commands while it owes more than its reply budget: what
     /// it has not read, plus what its commands in flight are expected to return.
     pub(super) fn check_budget(&mut self) {
         let over = self.over_budget(0);
-        match self.wait {
-            Wait::Nothing if over => self.wait = Wait::Budget,
+        match self.pinning.wait {
+            Wait::Nothing if over => self.pinning.wait = Wait::Budget,
             Wait::Budget if !over => {
-                self.wait = Wait::Nothing;
+                self.pinning.wait = Wait::Nothing;
                 self.process_input();
             }
             _ => {}
@@ -24,7 +57,7 @@ impl Session {
     /// Whether the client owes more than its budget, counting `pending` commands not yet
     /// in flight.
     pub(super) fn over_budget(&self, pending: usize) -> bool {
-        let expected = (self.in_flight + pending) * self.reply_estimate;
+        let expected = (self.replies.in_flight + pending) * self.replies.estimate;
         self.output.len() + expected > self.handle.pooled.account.limits.budget
     }
 
@@ -33,7 +66,7 @@ impl Session {
     /// in one step before asking for large replies.
     pub(super) fn note_replies(&mut self, bytes: usize, count: usize) {
         let average = bytes / count.max(1);
-        self.reply_estimate = average.max(self.reply_estimate / 2).max(1);
+        self.replies.estimate = average.max(self.replies.estimate / 2).max(1);
     }
 
     pub(super) fn on_pool_reply(&mut self, reply: UpstreamReply) {
@@ -43,25 +76,25 @@ impl Session {
         }
         if !reply.last {
             // A part of a plain batch: its slot stays until the last part.
-            self.in_flight -= reply.count;
+            self.replies.in_flight -= reply.count;
             if let Ok(bytes) = &reply.result {
                 self.output.extend_from_slice(bytes);
             }
             return;
         }
-        let (hello, plan) = match self.slots.pop_front() {
+        let (hello, plan) = match self.replies.slots.pop_front() {
             Some(Slot::Pool) => (false, None),
             Some(Slot::Hello) => (true, None),
             Some(Slot::Inspect(plan)) => (false, Some(plan)),
             _ => unreachable!("a pool reply always answers the front slot"),
         };
-        self.in_flight -= reply.count;
-        if let Some(sent) = self.sent.pop_front() {
+        self.replies.in_flight -= reply.count;
+        if let Some(sent) = self.replies.sent.pop_front() {
             let secs = sent.elapsed().as_secs_f64();
             for _ in 0..reply.count {
-                self.latency.observe(secs);
+                self.replies.latency.observe(secs);
             }
-            self.latency.flush();
+            self.replies.latency.flush();
         }
         match reply.result {
             Ok(bytes) if plan.is_some() => self.inspect_reply(bytes, plan.expect("checked")),
@@ -89,16 +122,16 @@ impl Session {
     /// Writes local replies that have reached the front, and resumes a held command once
     /// nothing is outstanding.
     pub(super) fn after_reply(&mut self) {
-        while let Some(Slot::Local(_)) = self.slots.front() {
-            if let Some(Slot::Local(bytes)) = self.slots.pop_front() {
+        while let Some(Slot::Local(_)) = self.replies.slots.front() {
+            if let Some(Slot::Local(bytes)) = self.replies.slots.pop_front() {
                 self.output.extend_from_slice(&bytes);
             }
         }
-        if matches!(self.wait, Wait::Drain) && self.slots.is_empty() {
-            self.wait = Wait::Nothing;
+        if matches!(self.pinning.wait, Wait::Drain) && self.replies.slots.is_empty() {
+            self.pinning.wait = Wait::Nothing;
             self.process_input();
-        } else if self.held.is_none()
-            && matches!(self.wait, Wait::Nothing)
+        } else if self.pinning.held.is_none()
+            && matches!(self.pinning.wait, Wait::Nothing)
             && !self.input.is_empty()
         {
             // Parsing may have stopped at the pipeline limit.
@@ -114,16 +147,16 @@ impl Session {
         F: Future<Output = Reply> + Send + 'static,
     {
         self.flush_batch();
-        if !self.slots.is_empty() {
-            self.held = Some(request);
-            self.wait = Wait::Drain;
+        if !self.replies.slots.is_empty() {
+            self.pinning.held = Some(request);
+            self.pinning.wait = Wait::Drain;
             return;
         }
-        self.next_async += 1;
-        let id = self.next_async;
-        self.slots.push_back(Slot::Async(id));
-        self.in_flight += 1;
-        self.wait = Wait::Drain;
+        self.replies.next_async += 1;
+        let id = self.replies.next_async;
+        self.replies.slots.push_back(Slot::Async(id));
+        self.replies.in_flight += 1;
+        self.pinning.wait = Wait::Drain;
         let inbox = self.reply_tx.clone();
         let protocol = self.protocol;
         let work = work(self.shared.clone());
@@ -135,12 +168,13 @@ impl Session {
 
     pub(super) fn on_done(&mut self, id: u64, bytes: Bytes) {
         if let Some(slot) = self
+            .replies
             .slots
             .iter_mut()
             .find(|s| matches!(s, Slot::Async(a) if *a == id))
         {
             *slot = Slot::Local(bytes);
-            self.in_flight -= 1;
+            self.replies.in_flight -= 1;
         }
         self.after_reply();
     }
@@ -148,10 +182,10 @@ impl Session {
     pub(super) fn reply_local(&mut self, reply: Reply) {
         self.flush_batch();
         let bytes = reply.encode(self.protocol);
-        if self.slots.is_empty() {
+        if self.replies.slots.is_empty() {
             self.output.extend_from_slice(&bytes);
         } else {
-            self.slots.push_back(Slot::Local(bytes));
+            self.replies.slots.push_back(Slot::Local(bytes));
         }
     }
 }

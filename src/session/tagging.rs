@@ -467,7 +467,7 @@ impl Session {
             return false;
         }
         // One reading of the clock per client read: the batch goes out at its end.
-        let now_ms = *self.fast_clock_ms.get_or_insert_with(|| {
+        let now_ms = *self.batch.clock_ms.get_or_insert_with(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64)
@@ -483,12 +483,14 @@ impl Session {
         if indexed.is_empty() {
             // Every tag names the key (or there is none): nothing to index, only the TTL.
             self.close_fast();
-            self.fast.encode_set(request, add_ex_secs, &mut self.batch);
-            self.batch_count += 1;
-            self.batch_plain += 1;
+            self.batch
+                .fast
+                .encode_set(request, add_ex_secs, &mut self.batch.bytes);
+            self.batch.count += 1;
+            self.batch.plain += 1;
             return true;
         }
-        self.fast.push(&FastSet {
+        self.batch.fast.push(&FastSet {
             request,
             tags: &indexed,
             key_set: indexed.len() > 1,
@@ -496,7 +498,7 @@ impl Session {
             now_ms,
             ttl_ms,
         });
-        if self.fast.len() >= FAST_BATCH_MAX {
+        if self.batch.fast.len() >= FAST_BATCH_MAX {
             self.close_fast();
         }
         true
@@ -506,21 +508,24 @@ impl Session {
     /// one transaction. Called before anything else joins the batch, so replies keep the
     /// client's order.
     pub(super) fn close_fast(&mut self) {
-        if self.fast.is_empty() {
+        if self.batch.fast.is_empty() {
             return;
         }
-        let mut fast = std::mem::take(&mut self.fast);
+        let mut fast = std::mem::take(&mut self.batch.fast);
         let frames = fast.frames();
         self.plan_step(Inspect::Fast {
             frames,
             sets: fast.len(),
             tags: fast.tags(),
         });
-        let encoded = self.shared.index.encode_fast_batch(&fast, &mut self.batch);
+        let encoded = self
+            .shared
+            .index
+            .encode_fast_batch(&fast, &mut self.batch.bytes);
         debug_assert_eq!(encoded, frames);
-        self.batch_count += frames;
+        self.batch.count += frames;
         fast.clear();
-        self.fast = fast;
+        self.batch.fast = fast;
     }
 
     /// The `cachet_write` call for a write whose keys match rules, or `None` when none does.
@@ -591,21 +596,21 @@ impl Session {
     fn forward_raw_inspected(&mut self, raw: &[u8], frames: usize, inspect: Inspect) {
         self.close_fast();
         self.plan_step(inspect);
-        self.batch.extend_from_slice(raw);
-        self.batch_count += frames;
+        self.batch.bytes.extend_from_slice(raw);
+        self.batch.count += frames;
     }
 
     /// Adds a step to the batch's reply plan, after a `Pass` for the plain commands queued
     /// since the last step.
     fn plan_step(&mut self, inspect: Inspect) {
-        if self.batch_inspect.is_none() {
+        if self.batch.inspect.is_none() {
             // A plan used before, so a batch with lookups does not allocate one.
-            self.batch_inspect = Some(self.spare_plans.pop().unwrap_or_default());
+            self.batch.inspect = Some(self.spare_plans.pop().unwrap_or_default());
         }
-        let plan = self.batch_inspect.as_mut().expect("set above");
-        if self.batch_plain > 0 {
-            plan.push(Inspect::Pass(self.batch_plain));
-            self.batch_plain = 0;
+        let plan = self.batch.inspect.as_mut().expect("set above");
+        if self.batch.plain > 0 {
+            plan.push(Inspect::Pass(self.batch.plain));
+            self.batch.plain = 0;
         }
         plan.push(inspect);
     }
@@ -920,16 +925,16 @@ impl Session {
 
     /// Slot for a batch, with its inspection plan if it has one.
     pub(super) fn batch_slot(&mut self) -> Slot {
-        match self.batch_inspect.take() {
+        match self.batch.inspect.take() {
             None => {
-                self.batch_plain = 0;
+                self.batch.plain = 0;
                 Slot::Pool
             }
             Some(mut plan) => {
-                if self.batch_plain > 0 {
-                    plan.push(Inspect::Pass(self.batch_plain));
+                if self.batch.plain > 0 {
+                    plan.push(Inspect::Pass(self.batch.plain));
                 }
-                self.batch_plain = 0;
+                self.batch.plain = 0;
                 Slot::Inspect(plan)
             }
         }
@@ -943,7 +948,7 @@ impl Session {
     /// need that user to have rights on cachet's keys), and so do clients in another
     /// database, where TAG commands, which run on cachet's own connection, cannot reach.
     pub(super) fn send_dedicated_tracked(&mut self, request: Request, name: &[u8]) {
-        let own_state = self.divergence.user || self.divergence.database;
+        let own_state = self.pinning.divergence.user || self.pinning.divergence.database;
         if !self.shared.rules.is_empty() && !own_state {
             let table = self.shared.upstream.commands();
             if let Some(info) = table.get(name).filter(|i| wrappable(i, name, &request))
