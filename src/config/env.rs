@@ -3,7 +3,7 @@
 //! (`CACHET_LISTEN`, `CACHET_ADMIN_LISTEN`), applied over the file.
 
 use super::rules::{TtlSecs, ttl_secs};
-use super::{Config, ConfigError, Secret};
+use super::{AdminListen, Config, ConfigError, Secret};
 
 impl Config {
     /// Applies `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `CACHE_DEFAULT_TTL`,
@@ -52,15 +52,13 @@ impl Config {
         }
         if let Some(listen) = env("CACHET_ADMIN_LISTEN") {
             self.admin.listen = match listen.as_str() {
-                "" => crate::admin::AdminListen(None),
-                text => {
-                    crate::admin::AdminListen(Some(text.parse().map_err(|_| ConfigError::Env {
-                        name: "CACHET_ADMIN_LISTEN",
-                        message: format!(
-                            "{listen:?} is not an address like 127.0.0.1:9121 (or empty to disable)"
-                        ),
-                    })?))
-                }
+                "" => AdminListen(None),
+                text => AdminListen(Some(text.parse().map_err(|_| ConfigError::Env {
+                    name: "CACHET_ADMIN_LISTEN",
+                    message: format!(
+                        "{listen:?} is not an address like 127.0.0.1:9121 (or empty to disable)"
+                    ),
+                })?)),
             };
         }
         Ok(())

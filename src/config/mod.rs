@@ -13,9 +13,11 @@
 //! original system (`REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `CACHE_DEFAULT_TTL`) plus
 //! `CACHET_LISTEN`, then the command line.
 //!
-//! One file per part: [`proxy`], [`upstream`], [`rules`] (`[ttl]` and `[[rules]]`), `env`
-//! (overrides), `error` (errors and their places in the file), `mask` (secrets in error
-//! messages).
+//! One file per part: the sections [`proxy`], [`upstream`], [`rules`] (`[ttl]` and
+//! `[[rules]]`), [`policy`] (`[[policies]]`, `[events]`), [`warm`] (`[warmers.NAME]`, `[heat]`),
+//! [`admin`] and [`health`]; `env` (overrides), `error` (errors and their places in the file)
+//! and `mask` (secrets in error messages). This module is plain data: it imports nothing else
+//! of cachet, and each subsystem takes its section from here.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,20 +29,28 @@ use toml::Spanned;
 
 use crate::tags::Rules;
 
+pub mod admin;
 mod env;
 mod error;
+pub mod health;
 mod mask;
+pub mod policy;
 pub mod proxy;
 pub mod rules;
 #[cfg(test)]
 mod tests;
 pub mod upstream;
+pub mod warm;
 
+pub use admin::{AdminConfig, AdminListen};
 pub use error::{ConfigError, Invalid};
+pub use health::{HealthConfig, Levels, Thresholds};
 pub use mask::mask_url_passwords;
+pub use policy::{EventsConfig, PolicyConfig};
 pub use proxy::ProxyConfig;
 pub use rules::{DEFAULT_TTL_SECS, MAX_TTL_SECS, RuleConfig, TtlConfig, TtlRef};
 pub use upstream::{MAX_DB, RedisUrl, UpstreamConfig};
+pub use warm::{HeatConfig, WarmerConfig};
 
 use mask::render_toml_error;
 
@@ -52,14 +62,14 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub ttl: TtlConfig,
     pub rules: Vec<RuleConfig>,
-    /// `[warmers.NAME]`: where warm requests go (see [`crate::warm::config`]).
-    pub warmers: BTreeMap<String, crate::warm::WarmerConfig>,
+    /// `[warmers.NAME]`: where warm requests go (see [`warm`]).
+    pub warmers: BTreeMap<String, WarmerConfig>,
     /// `[heat]`: read counting for heat-aware warmers.
-    pub heat: crate::warm::HeatConfig,
-    pub policies: Vec<crate::policy::PolicyConfig>,
-    pub events: crate::policy::EventsConfig,
-    pub admin: crate::admin::AdminConfig,
-    pub health: crate::health::HealthConfig,
+    pub heat: HeatConfig,
+    pub policies: Vec<PolicyConfig>,
+    pub events: EventsConfig,
+    pub admin: AdminConfig,
+    pub health: HealthConfig,
 }
 
 /// A value that must never be printed: `Debug` and `Display` show `****`.
@@ -100,7 +110,7 @@ impl Config {
             path: origin.to_owned(),
             errors: errors.iter().map(|e| Invalid::locate(text, e)).collect(),
         })?;
-        let errors = crate::policy::config::validate(&config.policies, &config.events);
+        let errors = policy::validate(&config.policies, &config.events);
         if !errors.is_empty() {
             return Err(ConfigError::Policies {
                 path: origin.to_owned(),
