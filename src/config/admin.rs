@@ -59,7 +59,7 @@ impl<'de> Deserialize<'de> for AdminListen {
 
 #[cfg(test)]
 mod tests {
-    use crate::Config;
+    use crate::config::Config;
 
     #[test]
     fn admin_and_health_sections_parse_with_their_defaults() {

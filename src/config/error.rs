@@ -1,10 +1,11 @@
 //! Configuration errors, and placing a problem found after parsing in the text: line, column,
 //! and an excerpt with a caret under the offending text, as `toml` places its own errors.
+//!
+//! The problems come from outside: `crate::app::validate` compiles the rules and hands each
+//! rule error over as a [`Problem`], plain byte ranges of the text and messages.
 
 use std::fmt;
 use std::ops::Range;
-
-use crate::tags::RuleError;
 
 /// Where a configuration problem was found; `Display` gives a message fit for a terminal.
 #[derive(Debug, thiserror::Error)]
@@ -14,15 +15,42 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    /// `message` is `toml`'s error, rendered with every secret masked ([`render_toml_error`]).
+    /// `message` is `toml`'s error, rendered with every secret masked (`mask::render_toml_error`).
     #[error("{path}: {message}")]
     Parse { path: String, message: String },
     #[error("environment variable {name}: {message}")]
     Env { name: &'static str, message: String },
     #[error("{}", Invalid::list(path, errors))]
     Invalid { path: String, errors: Vec<Invalid> },
+    /// Rule problems in a config that has no text to place them in (one built in code).
+    #[error("invalid rules: {}", errors.join("; "))]
+    Rules { errors: Vec<String> },
     #[error("{path}: {}", errors.join("; "))]
     Policies { path: String, errors: Vec<String> },
+}
+
+/// A problem found after parsing, not yet placed. Spans are byte ranges of the configuration
+/// text, as [`toml::Spanned`] gives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The value the problem is in.
+    pub span: Range<usize>,
+    /// The bytes of that string value (not of the file) the problem is about, when narrower.
+    pub within: Option<Range<usize>>,
+    pub message: String,
+    /// Other places that explain the problem, such as the earlier rule that shadows this one.
+    pub notes: Vec<(Range<usize>, String)>,
+}
+
+impl Problem {
+    /// Whether every place it names is in `text` (it could come from another text).
+    pub(super) fn fits(&self, text: &str) -> bool {
+        text.get(self.span.clone()).is_some()
+            && self
+                .notes
+                .iter()
+                .all(|(span, _)| text.get(span.clone()).is_some())
+    }
 }
 
 /// A problem found after parsing, placed in the file like `toml` places its own errors.
@@ -38,7 +66,7 @@ pub struct Invalid {
 }
 
 impl Invalid {
-    pub(super) fn locate(text: &str, error: &RuleError) -> Invalid {
+    pub(super) fn locate(text: &str, error: &Problem) -> Invalid {
         let span = narrow(text, error.span.clone(), error.within.clone());
         let (line, column) = line_column(text, span.start);
         let start = line_start(text, span.start);
@@ -101,7 +129,11 @@ fn narrow(text: &str, span: Range<usize>, within: Option<Range<usize>>) -> Range
         Some(within) if plain => {
             let start = span.start + 1 + within.start;
             // An empty range (an empty pattern) still gets one caret, on the closing quote.
-            start..(span.start + 1 + within.end).max(start + 1)
+            let narrowed = start..(span.start + 1 + within.end).max(start + 1);
+            match text.get(narrowed.clone()) {
+                Some(_) => narrowed,
+                None => span,
+            }
         }
         _ => span,
     }

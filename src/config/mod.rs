@@ -5,9 +5,12 @@
 //! masked (`Secret`'s `Debug` and `Display`), so a config can be logged whole.
 //!
 //! `[ttl]` and `[[rules]]` need a second step: whether a rule's TTL class exists or its pattern
-//! is shadowed by an earlier rule depends on other entries, so [`Config::from_toml`] parses, then
-//! validates them with [`Rules::compile`]. Their fields are [`Spanned`], so those errors carry a
-//! line and column too, and all of them are reported at once.
+//! is shadowed by an earlier rule depends on other entries. [`Config::from_toml`] only parses,
+//! and keeps the text; `crate::app::validate` compiles the rules and hands their errors back as
+//! [`Problem`]s to be placed in that text ([`Config::invalid_rules`]). Rule fields are
+//! [`Spanned`](toml::Spanned), so those errors carry a line and column too, and all of them are
+//! reported at once. `[[policies]]` and
+//! `[events]` as a whole are checked in the same step ([`Config::check_policies`]).
 //!
 //! Precedence, lowest first: built-in defaults, the file, the environment variables of the
 //! original system (`REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`, `CACHE_DEFAULT_TTL`) plus
@@ -22,12 +25,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::Deserialize;
-#[cfg(doc)]
-use toml::Spanned;
-
-use crate::tags::Rules;
 
 pub mod admin;
 mod env;
@@ -43,7 +43,7 @@ pub mod upstream;
 pub mod warm;
 
 pub use admin::{AdminConfig, AdminListen};
-pub use error::{ConfigError, Invalid};
+pub use error::{ConfigError, Invalid, Problem};
 pub use health::{HealthConfig, Levels, Thresholds};
 pub use mask::mask_url_passwords;
 pub use policy::{EventsConfig, PolicyConfig};
@@ -70,6 +70,26 @@ pub struct Config {
     pub events: EventsConfig,
     pub admin: AdminConfig,
     pub health: HealthConfig,
+    /// The text this config was parsed from, to place the problems validation finds; none for
+    /// a config built in code.
+    #[serde(skip)]
+    pub source: Option<Source>,
+}
+
+/// A config's text and its name (a file's path) in messages.
+#[derive(Clone)]
+pub struct Source {
+    pub origin: String,
+    pub text: Arc<str>,
+}
+
+/// The origin only: the text holds secrets.
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Source")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A value that must never be printed: `Debug` and `Display` show `****`.
@@ -100,23 +120,17 @@ impl fmt::Display for Secret {
 }
 
 impl Config {
-    /// Parses a TOML document, then validates its rules; `origin` names it in error messages.
+    /// Parses a TOML document; `origin` names it in error messages. Checks that need more than
+    /// one value at a time are `crate::app::validate`'s; the config keeps the text for them.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
             path: origin.to_owned(),
             message: render_toml_error(text, &error),
         })?;
-        Rules::compile(&config.ttl, &config.rules).map_err(|errors| ConfigError::Invalid {
-            path: origin.to_owned(),
-            errors: errors.iter().map(|e| Invalid::locate(text, e)).collect(),
-        })?;
-        let errors = policy::validate(&config.policies, &config.events);
-        if !errors.is_empty() {
-            return Err(ConfigError::Policies {
-                path: origin.to_owned(),
-                errors,
-            });
-        }
+        config.source = Some(Source {
+            origin: origin.to_owned(),
+            text: text.into(),
+        });
         Ok(config)
     }
 
@@ -126,5 +140,38 @@ impl Config {
             source,
         })?;
         Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The error for `problems` found in `[[rules]]`, each placed in the text with a line,
+    /// column and excerpt; listed without places when there is no text they fit in.
+    pub fn invalid_rules(&self, problems: Vec<Problem>) -> ConfigError {
+        match &self.source {
+            Some(source) if problems.iter().all(|p| p.fits(&source.text)) => ConfigError::Invalid {
+                path: source.origin.clone(),
+                errors: problems
+                    .iter()
+                    .map(|p| Invalid::locate(&source.text, p))
+                    .collect(),
+            },
+            _ => ConfigError::Rules {
+                errors: problems.into_iter().map(|p| p.message).collect(),
+            },
+        }
+    }
+
+    /// Checks `[[policies]]` and `[events]` as a whole ([`policy::validate`]): every problem.
+    pub fn check_policies(&self) -> Result<(), ConfigError> {
+        let errors = policy::validate(&self.policies, &self.events);
+        if errors.is_empty() {
+            return Ok(());
+        }
+        Err(ConfigError::Policies {
+            path: self
+                .source
+                .as_ref()
+                .map_or("config", |s| s.origin.as_str())
+                .to_owned(),
+            errors,
+        })
     }
 }

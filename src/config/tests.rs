@@ -1,5 +1,5 @@
 //! Whole-config tests: defaults, parse errors with their places, masked secrets, environment
-//! overrides, and rule errors as `check-config` prints them.
+//! overrides. Rule errors, found by validation, are tested with it in `crate::app`.
 
 use std::time::Duration;
 
@@ -263,81 +263,4 @@ fn ttl_values_are_checked_where_they_are() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("line 3") && err.contains("patern"), "{err}");
-}
-
-/// Every rule error, with the line and column `check-config` prints for it.
-fn rule_errors(text: &str) -> Vec<(usize, usize, String)> {
-    match Config::from_toml(text, "x.toml") {
-        Err(ConfigError::Invalid { errors, .. }) => errors
-            .into_iter()
-            .map(|e| (e.line, e.column, e.message))
-            .collect(),
-        other => panic!("expected rule errors, got {other:?}"),
-    }
-}
-
-#[test]
-fn rule_errors_point_into_the_file_and_are_all_reported() {
-    let text = "[ttl]\n\
-                short = 5\n\
-                \n\
-                [[rules]]\n\
-                pattern = 'a:{x'\n\
-                \n\
-                [[rules]]\n\
-                pattern = \"b:{id}\"\n\
-                tags = [\"b\", \"b:{ID}\"]\n\
-                ttl = \"long\"\n\
-                [[rules]]\n\
-                pattern = \"c:{}\"\n\
-                [[rules]]\n\
-                pattern = \"\\\\\\\\d:{a}{a}\"\n";
-    let errors = rule_errors(text);
-    let places: Vec<(usize, usize)> = errors.iter().map(|e| (e.0, e.1)).collect();
-    // Plain strings point at the offending characters; one with an escape (`\\`) cannot
-    // be mapped character by character, so it points at the value.
-    assert_eq!(
-        places,
-        [(5, 14), (9, 17), (10, 7), (12, 14), (14, 11)],
-        "{errors:#?}"
-    );
-    assert!(errors[0].2.contains("unclosed `{`"));
-    assert!(errors[1].2.contains("uses capture `{ID}`"));
-    assert!(errors[2].2.contains("unknown TTL class \"long\""));
-    assert!(errors[3].2.contains("empty capture name"));
-    assert!(errors[4].2.contains("duplicate capture name `{a}`"));
-
-    let shown = Config::from_toml(text, "x.toml").unwrap_err().to_string();
-    assert!(
-        shown.contains(
-            "x.toml: error at line 10, column 7\n   |\n10 | ttl = \"long\"\n   |       ^^^^^^\n\
-             unknown TTL class"
-        ),
-        "{shown}"
-    );
-    assert_eq!(shown.matches("x.toml: error at line").count(), 5, "{shown}");
-}
-
-#[test]
-fn shadowing_names_both_rules_and_ambiguity_gives_a_key() {
-    let text = "[[rules]]\n\
-                pattern = \"session:*\"\n\
-                [[rules]]\n\
-                pattern = \"session:{id}\"\n\
-                [[rules]]\n\
-                pattern = \"x:{a}-{b}\"\n";
-    let errors = rule_errors(text);
-    assert_eq!(errors.len(), 2, "{errors:#?}");
-    assert_eq!((errors[0].0, errors[0].1), (4, 11));
-    assert!(errors[0].2.contains("can never match"), "{errors:#?}");
-    assert_eq!((errors[1].0, errors[1].1), (6, 11));
-    assert!(
-        errors[1].2.contains("is ambiguous: the key \"x:"),
-        "{errors:#?}"
-    );
-    let shown = Config::from_toml(text, "x.toml").unwrap_err().to_string();
-    assert!(
-        shown.contains("note: line 2, column 11: the earlier rule `session:*`"),
-        "{shown}"
-    );
 }
