@@ -14,7 +14,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cachet::policy::{Backend, PolicyConfig, engine::Offline};
+use cachet::config::PolicyConfig;
+use cachet::policy::{Backend, engine::Offline};
 
 fn main() {
     let files: Vec<String> = std::env::args()

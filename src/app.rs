@@ -1,14 +1,17 @@
 //! The composition root: turns a [`Config`] into running services and wires them together.
 //!
 //! Everything cachet builds at start is built here, once, and each subsystem is handed only
-//! what it uses.
+//! what it uses. That starts with [`validate`]: the rules it compiles to check a config are the
+//! rules cachet serves with.
 
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{ConfigError, Problem};
 use crate::{
     Config, admin, events, health, metrics, policy, resp, server, session, tags, upstream, warm,
 };
@@ -79,17 +82,23 @@ pub async fn run_with_admin(
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_validated(validate(config)?, listener, admin, shutdown).await
+}
+
+/// [`run_with_admin`] for a config [`validate`] has already checked (the binary's, checked
+/// after the environment and the command line had their say).
+pub async fn run_validated(
+    validated: Validated,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let Validated { config, rules } = validated;
     let limits = resp::Limits {
         max_bulk_len: config.proxy.max_bulk_len,
         max_array_len: config.proxy.max_array_len,
         max_query_buffer: config.proxy.max_query_buffer,
     };
-    // Compiled again here (from_file compiled them to validate) because CACHE_DEFAULT_TTL
-    // may have changed the default class since.
-    let rules = tags::Rules::compile(&config.ttl, &config.rules).map_err(|errors| {
-        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        anyhow::anyhow!("invalid rules: {}", messages.join("; "))
-    })?;
     let policy_configs = config.policies.clone();
     let threads = config.events.threads;
     let policies =
@@ -176,4 +185,125 @@ pub async fn run_with_admin(
     });
     server::serve(shared, listener, token).await;
     Ok(())
+}
+
+/// A config that passed every check, with what checking it built.
+#[derive(Debug)]
+pub struct Validated {
+    pub config: Config,
+    /// `[[rules]]` compiled against `[ttl]`.
+    pub rules: tags::Rules,
+}
+
+/// Checks what parsing cannot, each once: compiles `[[rules]]` against `[ttl]`, then checks
+/// `[[policies]]` and `[events]` as a whole. Every rule problem is reported, placed in the
+/// text the config was parsed from (line, column, excerpt), as `check-config` prints it.
+pub fn validate(config: Config) -> Result<Validated, ConfigError> {
+    let rules = tags::Rules::compile(&config.ttl, &config.rules).map_err(|errors| {
+        config.invalid_rules(
+            errors
+                .into_iter()
+                .map(|e| Problem {
+                    span: e.span,
+                    within: e.within,
+                    message: e.message,
+                    notes: e.notes,
+                })
+                .collect(),
+        )
+    })?;
+    config.check_policies()?;
+    Ok(Validated { config, rules })
+}
+
+/// Parses a TOML document, then [`validate`]s it; `origin` names it in error messages.
+pub fn load_toml(text: &str, origin: &str) -> Result<Validated, ConfigError> {
+    validate(Config::from_toml(text, origin)?)
+}
+
+/// Reads and parses a file, then [`validate`]s it (no environment overrides: `check-config`).
+pub fn load_file(path: &Path) -> Result<Validated, ConfigError> {
+    validate(Config::from_file(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every rule error, with the line and column `check-config` prints for it.
+    fn rule_errors(text: &str) -> Vec<(usize, usize, String)> {
+        match load_toml(text, "x.toml") {
+            Err(ConfigError::Invalid { errors, .. }) => errors
+                .into_iter()
+                .map(|e| (e.line, e.column, e.message))
+                .collect(),
+            other => panic!("expected rule errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rule_errors_point_into_the_file_and_are_all_reported() {
+        let text = "[ttl]\n\
+                    short = 5\n\
+                    \n\
+                    [[rules]]\n\
+                    pattern = 'a:{x'\n\
+                    \n\
+                    [[rules]]\n\
+                    pattern = \"b:{id}\"\n\
+                    tags = [\"b\", \"b:{ID}\"]\n\
+                    ttl = \"long\"\n\
+                    [[rules]]\n\
+                    pattern = \"c:{}\"\n\
+                    [[rules]]\n\
+                    pattern = \"\\\\\\\\d:{a}{a}\"\n";
+        let errors = rule_errors(text);
+        let places: Vec<(usize, usize)> = errors.iter().map(|e| (e.0, e.1)).collect();
+        // Plain strings point at the offending characters; one with an escape (`\\`) cannot
+        // be mapped character by character, so it points at the value.
+        assert_eq!(
+            places,
+            [(5, 14), (9, 17), (10, 7), (12, 14), (14, 11)],
+            "{errors:#?}"
+        );
+        assert!(errors[0].2.contains("unclosed `{`"));
+        assert!(errors[1].2.contains("uses capture `{ID}`"));
+        assert!(errors[2].2.contains("unknown TTL class \"long\""));
+        assert!(errors[3].2.contains("empty capture name"));
+        assert!(errors[4].2.contains("duplicate capture name `{a}`"));
+
+        let shown = load_toml(text, "x.toml").unwrap_err().to_string();
+        assert!(
+            shown.contains(
+                "x.toml: error at line 10, column 7\n   |\n10 | ttl = \"long\"\n   |       ^^^^^^\n\
+                 unknown TTL class"
+            ),
+            "{shown}"
+        );
+        assert_eq!(shown.matches("x.toml: error at line").count(), 5, "{shown}");
+    }
+
+    #[test]
+    fn shadowing_names_both_rules_and_ambiguity_gives_a_key() {
+        let text = "[[rules]]\n\
+                    pattern = \"session:*\"\n\
+                    [[rules]]\n\
+                    pattern = \"session:{id}\"\n\
+                    [[rules]]\n\
+                    pattern = \"x:{a}-{b}\"\n";
+        let errors = rule_errors(text);
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_eq!((errors[0].0, errors[0].1), (4, 11));
+        assert!(errors[0].2.contains("can never match"), "{errors:#?}");
+        assert_eq!((errors[1].0, errors[1].1), (6, 11));
+        assert!(
+            errors[1].2.contains("is ambiguous: the key \"x:"),
+            "{errors:#?}"
+        );
+        let shown = load_toml(text, "x.toml").unwrap_err().to_string();
+        assert!(
+            shown.contains("note: line 2, column 11: the earlier rule `session:*`"),
+            "{shown}"
+        );
+    }
 }

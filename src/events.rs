@@ -26,8 +26,8 @@ use bytes::Bytes;
 use fred::interfaces::ClientLike;
 use fred::types::Value;
 
+use crate::config::EventsConfig;
 use crate::metrics::Metrics;
-use crate::policy::EventsConfig;
 use crate::policy::Policies;
 use crate::policy::engine::{self, Action, Event, name_to_bytes};
 use crate::policy::{Backend, CallError, Entry, Reloaded};

@@ -19,76 +19,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fred::interfaces::{ClientLike, EventInterface, ServerInterface};
 use fred::types::InfoKind;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::health::{HealthConfig, Levels, Thresholds};
 use crate::metrics::{Metrics, Totals};
 use crate::upstream::Upstream;
 
-/// The original system's check interval.
-pub const DEFAULT_INTERVAL_MS: u64 = 30_000;
 /// A check that takes longer than this counts as Redis unreachable.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// PINGs per health check; the fastest is the latency that `/health` reports.
 const PINGS_PER_CHECK: usize = 3;
 
-/// `[health]`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthConfig {
-    /// How often the monitor checks Redis (ms); env `CACHE_HEALTH_CHECK_INTERVAL`.
-    pub interval_ms: u64,
-    pub thresholds: Thresholds,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig {
-            interval_ms: DEFAULT_INTERVAL_MS,
-            thresholds: Thresholds::default(),
-        }
-    }
-}
-
-/// `[health.thresholds]`, defaulting to the original system's `DEFAULT_THRESHOLDS`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Thresholds {
-    /// Percent of lookups that hit; below is bad.
-    pub hit_rate: Levels,
-    /// Percent of commands answered with an error; above is bad.
-    pub error_rate: Levels,
-    /// PING round trip in ms; above is bad.
-    pub redis_latency_ms: Levels,
-    /// Percent of memory used; above is bad.
-    pub memory_usage: Levels,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Thresholds {
-            hit_rate: Levels::new(80.0, 60.0),
-            error_rate: Levels::new(1.0, 5.0),
-            redis_latency_ms: Levels::new(10.0, 50.0),
-            memory_usage: Levels::new(80.0, 95.0),
-        }
-    }
-}
-
-/// A warning and a critical threshold.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Levels {
-    pub warning: f64,
-    pub critical: f64,
-}
-
+// The thresholds are config data (`crate::config::health`); what level a figure reaches is
+// decided here.
 impl Levels {
-    const fn new(warning: f64, critical: f64) -> Self {
-        Levels { warning, critical }
-    }
-
     /// The level of `value` where lower is worse.
     fn below(&self, value: f64) -> Overall {
         match value {

@@ -8,7 +8,8 @@
 //!
 //! * [`app`]: the composition root: validates the config once, builds every service, runs.
 //! * [`admin`]: the admin HTTP listener: `/health`, `/metrics`, `/live`, `/ready`, dashboard.
-//! * [`config`]: the TOML configuration, environment overrides, validation.
+//! * [`config`]: the TOML configuration as plain data, a file per section; environment
+//!   overrides; errors placed in the file, secrets masked.
 //! * [`events`]: EMIT: routing events to policies, merging and applying their actions,
 //!   dead letters and `POLICY REPLAY`, reloading modules.
 //! * [`health`]: the monitor loop, thresholds and `overall`; the `# cachet` INFO section.

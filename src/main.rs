@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use cachet::app::{self, Validated};
 use cachet::config::{Config, RedisUrl};
 
 /// A caching proxy for Redis.
@@ -86,7 +87,7 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &std::path::Path) -> ExitCode {
-    match Config::from_file(file) {
+    match app::load_file(file) {
         Ok(_) => {
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
@@ -146,7 +147,9 @@ fn check_policy(
     }
 }
 
-fn load_config(cli: &Cli) -> anyhow::Result<Config> {
+/// The file (or the defaults), then the environment, then the command line; validated once,
+/// after all three.
+fn load_config(cli: &Cli) -> anyhow::Result<Validated> {
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -161,12 +164,12 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(url) = &cli.upstream {
         config.upstream.url = RedisUrl::parse(url).map_err(anyhow::Error::msg)?;
     }
-    Ok(config)
+    Ok(app::validate(config)?)
 }
 
 fn serve(cli: Cli) -> anyhow::Result<()> {
-    let config = load_config(&cli)?;
-    let mut builder = match config.proxy.threads {
+    let validated = load_config(&cli)?;
+    let mut builder = match validated.config.proxy.threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         0 => tokio::runtime::Builder::new_multi_thread(),
         n => {
@@ -180,10 +183,11 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("starting the tokio runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.proxy.listen)
+        let listen = validated.config.proxy.listen;
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("listening on {}", config.proxy.listen))?;
-        let admin = match config.admin.listen.0 {
+            .with_context(|| format!("listening on {listen}"))?;
+        let admin = match validated.config.admin.listen.0 {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
                     .await
@@ -191,7 +195,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        cachet::run_with_admin(config, listener, admin, shutdown_signal()).await
+        app::run_validated(validated, listener, admin, shutdown_signal()).await
     })
 }
 

@@ -432,7 +432,7 @@ async fn renaming_a_student_refreshes_the_rosters_listing_them() {
         "{} is missing: run policies/build.sh",
         module.display()
     );
-    let policy: cachet::policy::PolicyConfig = toml::from_str(&format!(
+    let policy: cachet::config::PolicyConfig = toml::from_str(&format!(
         "name = \"sessions\"\nmodule = {:?}\nevents = [\"user.updated\"]\n",
         module.display().to_string()
     ))

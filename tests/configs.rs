@@ -23,7 +23,7 @@ fn example_configs_are_valid() {
         "expected example configs, found {files:?}"
     );
     for file in files {
-        cachet::Config::from_file(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        cachet::app::load_file(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     }
 }
 
@@ -40,7 +40,7 @@ fn invalid_configs_are_refused_with_their_reason() {
             .lines()
             .find_map(|l| l.strip_prefix("# expect: "))
             .unwrap_or_else(|| panic!("{} has no '# expect:' line", file.display()));
-        let err = cachet::Config::from_file(&file)
+        let err = cachet::app::load_file(&file)
             .err()
             .unwrap_or_else(|| panic!("{} was accepted", file.display()))
             .to_string();

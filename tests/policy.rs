@@ -25,11 +25,11 @@ const RELAXED_MS: u64 = 500;
 /// far below the 100 ms gap the concurrent traffic must never see.
 const SANDBOX_MS: u64 = 50;
 
-fn policy(module: &Path) -> cachet::policy::PolicyConfig {
+fn policy(module: &Path) -> cachet::config::PolicyConfig {
     policy_with(module, RELAXED_MS)
 }
 
-fn policy_with(module: &Path, timeout_ms: u64) -> cachet::policy::PolicyConfig {
+fn policy_with(module: &Path, timeout_ms: u64) -> cachet::config::PolicyConfig {
     toml::from_str(&format!(
         "name = \"misbehave\"\nmodule = {:?}\nevents = [\"misbehave.*\"]\ntimeout_ms = {timeout_ms}\n",
         module.display().to_string()

@@ -247,7 +247,7 @@ fn a_missing_field_is_the_same_error_in_every_language() {
 /// A proxy with examples/cachet.toml's rules (which tag the keys written through it) and the
 /// sessions policy of one language.
 async fn proxy(redis: &RedisServer, module: &Path) -> Proxy {
-    let policy: cachet::policy::PolicyConfig = toml::from_str(&format!(
+    let policy: cachet::config::PolicyConfig = toml::from_str(&format!(
         "name = \"sessions\"\nmodule = {:?}\n\
          events = [\"session.*\", \"user.updated\", \"roster.changed\", \"school.updated\"]\n",
         module.display().to_string()

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::config::PolicyConfig;
 use super::engine::{Action, Host, Name, Offline, Shape};
+use crate::config::PolicyConfig;
 
 /// The event checked when none is named: the original system's `sessionCreated`.
 pub const SAMPLE_EVENT: &str = "session.created";

@@ -18,7 +18,7 @@ use wasmtime::{
     UpdateDeadline,
 };
 
-use super::config::{MAX_MEMORY_MB, PolicyConfig};
+use crate::config::policy::{MAX_MEMORY_MB, PolicyConfig};
 
 /// The bindings `bindgen!` makes from `wit/`, the same folder the guests build against.
 pub mod bindings {

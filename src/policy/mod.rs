@@ -1,6 +1,5 @@
 //! Policies: WebAssembly components that decide what an event means for the cache.
 //!
-//! * [`config`]: `[[policies]]` and `[events]`.
 //! * [`engine`]: the wasmtime sandbox: compile and check a component, call it within limits.
 //! * [`check`]: `cachet policy check`, a component's report before it is deployed.
 //! * This file: the loaded policies ([`Policies`]), which events each one handles, reloading
@@ -11,7 +10,6 @@
 //! in [`crate::events`].
 
 pub mod check;
-pub mod config;
 pub mod engine;
 
 use std::collections::VecDeque;
@@ -25,7 +23,8 @@ use arc_swap::ArcSwap;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use sha2::{Digest, Sha256};
 
-pub use config::{EventsConfig, PolicyConfig};
+use crate::config::PolicyConfig;
+
 pub use engine::{Backend, CallError, Host, LoadError, Module};
 
 /// How many recent call durations each policy keeps for `POLICY LIST`'s p99.

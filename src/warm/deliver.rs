@@ -13,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::WarmRequest;
-use super::config::{HttpMethod, Target, UrlTemplate};
+use crate::config::warm::{HttpMethod, Target, UrlTemplate};
 
 /// An application's answer body is read (so the connection can be reused) up to this much.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -28,7 +28,7 @@ pub(super) enum Failure {
 /// Where one warmer's requests go.
 pub(super) enum Sender {
     /// hyper's client follows no redirects, and only ever connects to the authority of the
-    /// URI it is given, which [`super::config::UrlTemplate::render`] pins to the configured one.
+    /// URI it is given, which [`UrlTemplate::render`] pins to the configured one.
     Http {
         client: Client<HttpConnector, Full<Bytes>>,
         url: Box<UrlTemplate>,

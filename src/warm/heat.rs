@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::config::HeatConfig;
+use crate::config::HeatConfig;
 
 /// Counters per block: 16 × 4 bytes = one cache line.
 const SLOTS: usize = 16;

@@ -5,7 +5,6 @@
 //! application, or a Redis Stream for workers). [`Heat`] counts reads of rule-matched keys so
 //! a warmer can skip keys nobody reads.
 //!
-//! * [`config`]: `[warmers.NAME]` and `[heat]`, and the URL templates of `http` warmers.
 //! * [`heat`]: the read-count sketch.
 //! * `worker`: one task per warmer: the delay, the concurrency cap, retries.
 //! * `deliver`: one attempt: an HTTP call, or an XADD on the control client.
@@ -17,7 +16,6 @@
 //! by a counter (`queue`). Requests still waiting at shutdown are dropped: warming is an
 //! optimisation, and the next read recomputes what was not warmed.
 
-pub mod config;
 mod deliver;
 pub mod heat;
 pub mod metrics;
@@ -32,7 +30,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{HeatConfig, WarmerConfig};
+use crate::config::WarmerConfig;
+
 pub use heat::Heat;
 
 /// One request to warm, as a policy's `warm` action or a `WARM` command made it.
