@@ -1,21 +1,30 @@
 //! One client connection: its state, and the path each of its commands takes.
 //!
-//! A command goes through these phases, in order:
+//! [`Session::run`] is the event loop: it waits on the client's socket, the dedicated
+//! connection, the pool's replies and the inbox, and hands each event to one phase. A command
+//! goes through these phases, in order; each may do only what its line says:
 //!
-//! 1. **parse** (`resp::request`): a whole frame, within the size limits, or a protocol error
-//!    that is answered and closes the connection, as Redis does.
-//! 2. **classify** (`dispatch`): does cachet answer it (CLIENT SETNAME/GETNAME/ID, AUTH with the
-//!    pool's credentials, RESET, QUIT), can it share the pool, or does it change connection
-//!    state so that this client needs a connection of its own (see `needs_dedicated`)?
-//! 3. **upstream**: pooled commands from one read are sent as one batch; on a dedicated
-//!    connection they are written as they come.
-//! 4. **reply**: `slots` keeps one entry per expected reply source in command order, so
-//!    replies cachet makes itself and replies from Redis reach the client in the order the
-//!    commands were sent.
+//! 1. **parse** (`resp::request`, called by `process_input`): a whole request within the size
+//!    limits, or a protocol error that is answered and closes the connection, as Redis does.
+//!    Reads the input buffer only.
+//! 2. **route** (`route::route`): a pure function of the request and the client's state that says
+//!    where the command goes: a reply cachet makes, cachet's own commands behind one gate,
+//!    the pool, the dedicated connection, or a switch to one. `dispatch` then calls one
+//!    handler per answer; nothing else chooses a connection.
+//! 3. **rules** (`tagging`): for the pool and the dedicated connection, a write of a
+//!    rule-matched key becomes an index call and a read gets its epoch check; everything else
+//!    passes unchanged. May add frames of cachet's own to the batch, never reorder the
+//!    client's.
+//! 4. **upstream**: pooled commands from one read go to the pool as one batch (`batch`); on a
+//!    dedicated connection they are written as they come (`pinning`, which also owns when a
+//!    client gets and gives back a dedicated connection).
+//! 5. **reply** (`replies`): one slot per expected reply source in command order, so replies
+//!    cachet makes itself, replies from Redis and cachet's own commands reach the client in
+//!    the order the commands were sent. Also where a client over its reply budget is held.
 //!
-//! Switching between the pool and a dedicated connection (or between the RESP2 and RESP3
-//! pools) first waits until every earlier reply has arrived: commands never overtake each
-//! other on two connections.
+//! Commands about the connection that cachet answers itself (CLIENT, AUTH, HELLO, RESET) are
+//! in `local`; what a session counts, and INFO, in `observe`; EMIT/POLICY and WARM in
+//! `policy` and `warm`.
 
 mod batch;
 mod clients;
