@@ -20,6 +20,7 @@ use fred::clients::Client;
 use fred::cmd;
 use fred::interfaces::ClientLike;
 use fred::types::Value;
+use support::resp::Value as R;
 use support::{Proxy, RawClient, RedisServer, fred_client};
 
 /// ClassWaves-like rules, plus a short-lived one and one full of characters that mean
@@ -84,102 +85,7 @@ async fn start_proxy(redis: &RedisServer) -> Proxy {
     .await
 }
 
-// ---- a reply parser (RESP2 and RESP3) -------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq)]
-enum R {
-    Simple(String),
-    Error(String),
-    Int(i64),
-    Bulk(Vec<u8>),
-    Double(String),
-    Nil,
-    Array(Vec<R>),
-}
-
-impl R {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            R::Bulk(b) => b,
-            R::Simple(s) => s.as_bytes(),
-            other => panic!("not a string: {other:?}"),
-        }
-    }
-
-    fn items(&self) -> &[R] {
-        match self {
-            R::Array(items) => items,
-            other => panic!("not an array: {other:?}"),
-        }
-    }
-
-    fn int(&self) -> i64 {
-        match self {
-            R::Int(n) => *n,
-            other => panic!("not an integer: {other:?}"),
-        }
-    }
-
-    /// An array of strings, as byte vectors.
-    fn strings(&self) -> Vec<Vec<u8>> {
-        self.items().iter().map(|i| i.bytes().to_vec()).collect()
-    }
-}
-
-fn split_line(b: &[u8]) -> (&[u8], &[u8]) {
-    let end = b
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .unwrap_or_else(|| panic!("no line end in {:?}", String::from_utf8_lossy(b)));
-    (&b[..end], &b[end + 2..])
-}
-
-fn parse_at(b: &[u8]) -> (R, &[u8]) {
-    let (head, rest) = split_line(&b[1..]);
-    let head = std::str::from_utf8(head).expect("header is text");
-    let number = || head.parse::<i64>().expect("length");
-    match b[0] {
-        b'+' => (R::Simple(head.to_owned()), rest),
-        b'-' => (R::Error(head.to_owned()), rest),
-        b':' => (R::Int(number()), rest),
-        b',' => (R::Double(head.to_owned()), rest),
-        b'#' => (R::Int(i64::from(head == "t")), rest),
-        b'_' => (R::Nil, rest),
-        b'$' | b'=' | b'!' => match number() {
-            n if n < 0 => (R::Nil, rest),
-            n => {
-                let n = n as usize;
-                (R::Bulk(rest[..n].to_vec()), &rest[n + 2..])
-            }
-        },
-        b'*' | b'~' | b'>' | b'%' | b'|' => {
-            let n = number();
-            if n < 0 {
-                return (R::Nil, rest);
-            }
-            let n = if matches!(b[0], b'%' | b'|') {
-                2 * n
-            } else {
-                n
-            };
-            let mut items = Vec::with_capacity(n as usize);
-            let mut rest = rest;
-            for _ in 0..n {
-                let (item, after) = parse_at(rest);
-                items.push(item);
-                rest = after;
-            }
-            (R::Array(items), rest)
-        }
-        other => panic!("unknown frame type {:?}", other as char),
-    }
-}
-
-fn parse(bytes: &[u8]) -> R {
-    let (reply, rest) = parse_at(bytes);
-    assert!(rest.is_empty(), "trailing bytes after one frame");
-    reply
-}
+// ---- replies, read by support's RESP reader -------------------------------------------------
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -211,7 +117,7 @@ impl Conn {
     }
 
     async fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> R {
-        parse(&self.raw(args).await)
+        R::parse(&self.raw(args).await)
     }
 
     async fn int<A: AsRef<[u8]>>(&mut self, args: &[A]) -> i64 {
@@ -1884,8 +1790,8 @@ async fn tagged_write_replies_match_redis_in_both_protocols() {
     for protocol in ["2", "3"] {
         let mut c = Conn::connect(proxy.addr).await;
         let mut d = Conn::connect(direct.addr()).await;
-        let hello_c = parse(&c.raw(&["HELLO", protocol]).await);
-        let hello_d = parse(&d.raw(&["HELLO", protocol]).await);
+        let hello_c = R::parse(&c.raw(&["HELLO", protocol]).await);
+        let hello_d = R::parse(&d.raw(&["HELLO", protocol]).await);
         assert!(matches!(hello_c, R::Array(_)) && matches!(hello_d, R::Array(_)));
         let h = format!("session:h{protocol}");
         let z = format!("session:z{protocol}");

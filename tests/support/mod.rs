@@ -1,23 +1,20 @@
 //! The test harness: real `redis-server` processes on free ports, cachet started in-process on
-//! port 0, and a raw RESP client that reads replies frame by frame.
+//! port 0, and a raw RESP client that reads replies frame by frame with the tests' own RESP
+//! reader ([`resp`], independent of `cachet::resp`).
 //!
 //! Each fixture owns what it starts: a `RedisServer` kills and reaps its process on drop, a
 //! `Proxy` shuts cachet down on drop. Failure messages carry the server's log.
 #![allow(dead_code)]
 
-pub mod conn;
 pub mod policies;
-#[allow(unused_imports)]
-pub use conn::Conn;
+pub mod resp;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use redis_protocol::resp3::decode::complete::decode_bytes_mut;
-use redis_protocol::resp3::types::BytesFrame;
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -227,12 +224,16 @@ impl Drop for Proxy {
     }
 }
 
-/// A minimal RESP client that writes raw bytes and reads whole reply frames, so tests can
-/// compare replies byte for byte and send malformed input.
+/// A minimal RESP client that writes raw bytes and reads whole reply frames (RESP2 and RESP3,
+/// through [`resp::Reader`]), so tests can compare replies byte for byte and send malformed
+/// input.
 pub struct RawClient {
     pub stream: TcpStream,
-    buf: BytesMut,
+    reader: resp::Reader,
 }
+
+/// The same client under the name some tests know it by.
+pub type Conn = RawClient;
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
@@ -240,7 +241,7 @@ impl RawClient {
         stream.set_nodelay(true)?;
         Ok(RawClient {
             stream,
-            buf: BytesMut::with_capacity(16 * 1024),
+            reader: resp::Reader::default(),
         })
     }
 
@@ -269,38 +270,9 @@ impl RawClient {
         self.read_frame_timeout(Duration::from_secs(10)).await
     }
 
+    /// Reads one whole frame; on a timeout what arrived of it stays for the next call.
     pub async fn read_frame_timeout(&mut self, timeout: Duration) -> std::io::Result<Bytes> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match cachet::resp::reply_frame(&self.buf) {
-                Ok(Some(info)) => return Ok(self.buf.split_to(info.len).freeze()),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("bad frame: {e}"),
-                    ));
-                }
-            }
-            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply"))??;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed",
-                ));
-            }
-        }
-    }
-
-    /// Reads one frame and decodes it (RESP3 decoder: not for RESP2 nulls).
-    pub async fn read_decoded(&mut self) -> std::io::Result<BytesFrame> {
-        let mut raw = BytesMut::from(&self.read_frame().await?[..]);
-        Ok(decode_bytes_mut(&mut raw)
-            .expect("valid frame")
-            .expect("complete frame")
-            .0)
+        self.reader.read(&mut self.stream, timeout).await
     }
 
     /// Sends one command and returns its reply's raw bytes.
@@ -309,9 +281,14 @@ impl RawClient {
         self.read_frame().await
     }
 
-    /// Sends one command and returns its reply as text (handy in assertions).
+    /// Sends one command and returns its reply as text (handy in assertions); panics, naming
+    /// the command, if no reply comes.
     pub async fn text(&mut self, args: &[&str]) -> String {
-        String::from_utf8_lossy(&self.command(args).await.expect("reply")).into_owned()
+        let reply = self
+            .command(args)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?}: no reply: {e}"));
+        String::from_utf8_lossy(&reply).into_owned()
     }
 
     /// True once the peer has closed the connection (reads EOF within `timeout`).
