@@ -304,14 +304,114 @@ async fn fred_run(c: &Client, args: &[&str]) -> Result<Value, fred::error::Error
 
 // ---- 1. the tagging flow --------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tagging_flow() {
+/// A Redis and cachet in front of it, held for the length of a case.
+struct Flow {
+    _redis: RedisServer,
+    _proxy: Proxy,
+}
+
+/// Where each case of the tagging flow starts: a fresh Redis, cachet in front of it, a
+/// connection to cachet (`c`) and one straight to Redis (`d`).
+async fn flow() -> (Flow, Conn, Conn) {
     let redis = RedisServer::start();
     let proxy = start_proxy(&redis).await;
-    let mut c = Conn::connect(proxy.addr).await;
-    let mut d = Conn::connect(redis.addr()).await;
+    let c = Conn::connect(proxy.addr).await;
+    let d = Conn::connect(redis.addr()).await;
+    let flow = Flow {
+        _redis: redis,
+        _proxy: proxy,
+    };
+    (flow, c, d)
+}
 
-    // Keys that match no rule go through untouched: no TTL, no index keys.
+/// Sends each command through cachet; none may fail.
+async fn write_all(c: &mut Conn, commands: &[&[&str]]) {
+    for command in commands {
+        let reply = c.text(command).await;
+        assert!(!reply.starts_with('-'), "{command:?}: {reply}");
+    }
+}
+
+/// The writes of the first cases below (rule-less keys; rule-matched SETs with and without
+/// a TTL of their own, one overwritten; HSET, EXPIRE and HSET again; one MSET): the keys the
+/// cases that read, page, invalidate and tag them start from.
+async fn write_rule_examples(c: &mut Conn) {
+    write_all(
+        c,
+        &[
+            &["SET", "plain:1", "v"],
+            &["HSET", "plain:h", "f", "v"],
+            &["INCR", "plain:n"],
+            &["SET", "sessions:teacher:123", "v"],
+            &["SET", "sessions:teacher:124", "v", "EX", "50"],
+            &["SET", "sessions:teacher:125", "v", "PX", "40000"],
+            &["SET", "sessions:teacher:124", "v2"],
+            &["HSET", "session:abc", "f", "v"],
+            &["EXPIRE", "session:abc", "40"],
+            &["HSET", "session:abc", "g", "w"],
+            &[
+                "MSET",
+                "sessions:teacher:200",
+                "a",
+                "session:s1",
+                "b",
+                "plain:2",
+                "c",
+                "odd:[x]?{y}:42",
+                "d",
+            ],
+        ],
+    )
+    .await;
+}
+
+/// The writes of the TAGSET case: `ts:1` to `ts:5`, all tagged `a`.
+async fn write_tagset_examples(c: &mut Conn) {
+    write_all(
+        c,
+        &[
+            &[
+                "TAGSET",
+                "ts:1",
+                "v",
+                "TTLCLASS",
+                "session-detail",
+                "TAGS",
+                "a",
+                "b",
+            ],
+            &["TAGSET", "ts:2", "v", "EX", "50", "TAGS", "a"],
+            &["TAGSET", "ts:3", "v", "TAGS", "a"],
+            &[
+                "TAGSET",
+                "ts:4",
+                "v",
+                "PX",
+                "20000",
+                "TTLCLASS",
+                "session-detail",
+                "TAGS",
+                "a",
+            ],
+            &[
+                "tagset",
+                "ts:5",
+                "v",
+                "ttlclass",
+                "session-detail",
+                "tags",
+                "a",
+            ],
+            &["TAGSET", "ts:1", "v2", "KEEPTTL", "TAGS", "c"],
+        ],
+    )
+    .await;
+}
+
+/// Keys that match no rule go through untouched: no TTL, no index keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_less_writes_get_no_ttl_and_no_index_keys() {
+    let (_flow, mut c, mut d) = flow().await;
     assert_eq!(c.text(&["SET", "plain:1", "v"]).await, ok());
     assert_eq!(c.text(&["HSET", "plain:h", "f", "v"]).await, ":1\r\n");
     assert_eq!(c.text(&["INCR", "plain:n"]).await, ":1\r\n");
@@ -321,8 +421,12 @@ async fn tagging_flow() {
         keys_matching(&mut d, "cachet:*").await.is_empty(),
         "rule-less writes created index keys"
     );
+}
 
-    // A rule-matched SET: the rule's TTL and tags.
+/// A rule-matched SET: the rule's TTL and tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_matched_set_gets_the_rules_ttl_and_tags() {
+    let (_flow, mut c, mut d) = flow().await;
     assert_eq!(c.text(&["SET", "sessions:teacher:123", "v"]).await, ok());
     assert_ttl(&mut d, "sessions:teacher:123", 300).await;
     assert_eq!(
@@ -335,8 +439,12 @@ async fn tagging_flow() {
         &[b"teacher:123", b"sessions"],
     )
     .await;
+}
 
-    // An explicit TTL wins over the rule's.
+/// An explicit TTL wins over the rule's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_explicit_ttl_wins_over_the_rules() {
+    let (_flow, mut c, mut d) = flow().await;
     assert_eq!(
         c.text(&["SET", "sessions:teacher:124", "v", "EX", "50"])
             .await,
@@ -364,8 +472,12 @@ async fn tagging_flow() {
         &[b"teacher:124", b"sessions"],
     )
     .await;
+}
 
-    // HSET creating a hash: the rule's TTL; a later HSET keeps whatever TTL it has.
+/// HSET creating a hash: the rule's TTL; a later HSET keeps whatever TTL it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hset_creating_a_hash_gets_the_rules_ttl_and_later_ones_keep_its_ttl() {
+    let (_flow, mut c, mut d) = flow().await;
     assert_eq!(c.text(&["HSET", "session:abc", "f", "v"]).await, ":1\r\n");
     assert_ttl(&mut d, "session:abc", 900).await;
     assert_eq!(tags_of(&mut c, "session:abc").await, ["session:abc"]);
@@ -374,8 +486,12 @@ async fn tagging_flow() {
     assert_eq!(c.text(&["HSET", "session:abc", "g", "w"]).await, ":1\r\n");
     assert_ttl(&mut d, "session:abc", 40).await;
     assert_indexed(&mut d, "session:abc", &[b"session:abc"]).await;
+}
 
-    // MSET: each key by its own rule, the rule-less one untouched.
+/// MSET: each key by its own rule, the rule-less one untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mset_tags_each_key_by_its_own_rule() {
+    let (_flow, mut c, mut d) = flow().await;
     assert_eq!(
         c.text(&[
             "MSET",
@@ -412,10 +528,15 @@ async fn tagging_flow() {
         "$1\r\nd\r\n",
         "the value is the client's"
     );
+}
 
-    // Per-key sets belong to rule-matched keys with a tag that does not name them (those
-    // with two such tags always have one; a fast SET with one writes none): nothing for
-    // plain ones.
+/// Per-key sets belong to rule-matched keys with a tag that does not name them (those
+/// with two such tags always have one; a fast SET with one writes none): nothing for
+/// plain ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_sets_exist_only_for_rule_matched_keys() {
+    let (_flow, mut c, mut d) = flow().await;
+    write_rule_examples(&mut c).await;
     let per_key: BTreeSet<Vec<u8>> = keys_matching(&mut d, "cachet:k:*")
         .await
         .iter()
@@ -440,8 +561,13 @@ async fn tagging_flow() {
             text(&name)
         );
     }
+}
 
-    // TAGKEYS pages: 200 more keys make the set a real hash table, so COUNT matters.
+/// TAGKEYS pages: 200 more keys make the set a real hash table, so COUNT matters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagkeys_pages_through_a_tag_with_cursor_and_count() {
+    let (_flow, mut c, _d) = flow().await;
+    write_rule_examples(&mut c).await;
     let mut sessions: BTreeSet<Vec<u8>> = [
         "sessions:teacher:123",
         "sessions:teacher:124",
@@ -488,8 +614,13 @@ async fn tagging_flow() {
         c.text(&["TAGKEYS", "no-such-tag"]).await,
         "*2\r\n$1\r\n0\r\n*0\r\n"
     );
+}
 
-    // TAGINVALIDATE: the count, and exactly those keys.
+/// TAGINVALIDATE: the count, and exactly those keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taginvalidate_counts_and_deletes_exactly_the_tagged_keys() {
+    let (_flow, mut c, mut d) = flow().await;
+    write_rule_examples(&mut c).await;
     assert_eq!(
         c.text(&["TAGSET", "extra:1", "v", "TAGS", "teacher:123", "other"])
             .await,
@@ -520,8 +651,12 @@ async fn tagging_flow() {
         ":2\r\n"
     );
     assert_eq!(d.int(&["EXISTS", "session:abc", "session:s1"]).await, 0);
+}
 
-    // TAGSET: TTL class, explicit TTLs, the default class, KEEPTTL, tags accumulating.
+/// TAGSET: TTL class, explicit TTLs, the default class, KEEPTTL, tags accumulating.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagset_takes_ttl_classes_explicit_ttls_keepttl_and_more_tags() {
+    let (_flow, mut c, mut d) = flow().await;
     assert_eq!(
         c.text(&[
             "TAGSET",
@@ -596,8 +731,13 @@ async fn tagging_flow() {
             .map(b)
             .collect()
     );
+}
 
-    // TAG: attaches to an existing key, counts new tags, refuses a missing key.
+/// TAG: attaches to an existing key, counts new tags, refuses a missing key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_attaches_to_existing_keys_and_refuses_missing_ones() {
+    let (_flow, mut c, mut d) = flow().await;
+    write_rule_examples(&mut c).await;
     assert_eq!(c.text(&["TAG", "plain:1", "t1", "t2"]).await, ":2\r\n");
     assert_eq!(tags_of(&mut c, "plain:1").await, ["t1", "t2"]);
     assert_eq!(c.text(&["TAG", "plain:1", "t1", "t3"]).await, ":1\r\n");
@@ -624,8 +764,12 @@ async fn tagging_flow() {
     assert_unindexed(&mut d, "plain:1", &[b"t1", b"t2", b"t3"]).await;
     assert_eq!(c.text(&["TAGINVALIDATE", "extra"]).await, ":1\r\n");
     assert_eq!(d.int(&["EXISTS", "sessions:teacher:124"]).await, 0);
+}
 
-    // Errors, worded as Redis words them; nothing is written.
+/// Errors, worded as Redis words them; nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tag_commands_get_redis_style_errors_and_write_nothing() {
+    let (_flow, mut c, mut d) = flow().await;
     let arity = |name: &str| format!("-ERR wrong number of arguments for '{name}' command\r\n");
     let syntax = "-ERR syntax error\r\n".to_owned();
     let not_integer = "-ERR value is not an integer or out of range\r\n".to_owned();
@@ -661,8 +805,13 @@ async fn tagging_flow() {
     assert_eq!(d.int(&["EXISTS", "k"]).await, 0);
     // The connection is still in step after all those local replies.
     assert_eq!(c.text(&["PING"]).await, "+PONG\r\n");
+}
 
-    // TAG commands inside MULTI are refused.
+/// TAG commands inside MULTI are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_commands_inside_multi_are_refused() {
+    let (_flow, mut c, mut d) = flow().await;
+    write_tagset_examples(&mut c).await;
     assert_eq!(c.text(&["MULTI"]).await, ok());
     assert_eq!(c.text(&["SET", "m:1", "v"]).await, "+QUEUED\r\n");
     for command in [
