@@ -179,26 +179,86 @@ async fn tags_of(cache: &fred::clients::Client, key: &str) -> Vec<String> {
     tags
 }
 
+/// Where each classwaves case starts: a fresh Redis, cachet with the example's rules in
+/// front of it, the app (built once, started and seeded afresh) in front of cachet, and
+/// clients of cachet and of Redis. Each case takes it apart into those names, and ends by
+/// closing the clients, stopping the app and shutting cachet down cleanly.
+struct Stack {
+    redis: RedisServer,
+    proxy: Proxy,
+    app: App,
+    http: reqwest::Client,
+    via_cachet: fred::clients::Client,
+    direct: fred::clients::Client,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        assert!(
+            npm_available(),
+            "npm and node not found: install Node.js 20 and npm (.ci/run does) to run the example app"
+        );
+        let app_dir = build_app();
+        let redis = RedisServer::start();
+        let proxy = Proxy::start_with(&redis.url(), |config| {
+            let example = cachet::Config::from_file(Path::new("examples/cachet.toml"))
+                .expect("example config");
+            config.ttl = example.ttl;
+            config.rules = example.rules;
+        })
+        .await;
+        let mut app = App::start(&app_dir, proxy.addr.port());
+        let http = reqwest::Client::new();
+        app.wait_ready(&http).await;
+        let via_cachet = fred_client(&proxy.url(), false).await;
+        let direct = fred_client(&redis.url(), false).await;
+        Stack {
+            redis,
+            proxy,
+            app,
+            http,
+            via_cachet,
+            direct,
+        }
+    }
+}
+
+/// The reads of `classwaves_app_reads_through_cachet_with_the_rules_tags_and_ttls` (teacher
+/// 1's sessions, one session, its roster, a profile, a school, its sessions): what the later
+/// cases find cached. Returns that session's id.
+async fn read_through<F, R>(get: &F) -> u64
+where
+    F: Fn(&str) -> R,
+    R: std::future::Future<Output = (u16, Json)>,
+{
+    let (status, list) = get("/api/v1/teachers/1/sessions").await;
+    assert_eq!(status, 200, "{list}");
+    let session = list["data"]["sessions"][0]["id"].as_u64().expect("id");
+    for path in [
+        format!("/api/v1/sessions/{session}"),
+        format!("/api/v1/schools/1/sessions/{session}/roster"),
+        "/api/v1/users/1/profile".to_owned(),
+        "/api/v1/schools/1".to_owned(),
+        "/api/v1/schools/1/sessions".to_owned(),
+    ] {
+        let (status, body) = get(&path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    session
+}
+
+/// The app's cache-aside reads go through cachet: a miss, then a hit that costs no query;
+/// the keys the app wrote with plain SETs carry the rules' tags and TTL classes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn classwaves_app_reads_through_cachet_writes_emit_and_warms() {
-    assert!(
-        npm_available(),
-        "npm and node not found: install Node.js 20 and npm (.ci/run does) to run the example app"
-    );
-    let app_dir = build_app();
-    let redis = RedisServer::start();
-    let proxy = Proxy::start_with(&redis.url(), |config| {
-        let example =
-            cachet::Config::from_file(Path::new("examples/cachet.toml")).expect("example config");
-        config.ttl = example.ttl;
-        config.rules = example.rules;
-    })
-    .await;
-    let mut app = App::start(&app_dir, proxy.addr.port());
-    let http = reqwest::Client::new();
-    app.wait_ready(&http).await;
-    let via_cachet = fred_client(&proxy.url(), false).await;
-    let direct = fred_client(&redis.url(), false).await;
+async fn classwaves_app_reads_through_cachet_with_the_rules_tags_and_ttls() {
+    let Stack {
+        redis,
+        proxy,
+        app,
+        http,
+        via_cachet,
+        direct,
+    } = Stack::start().await;
     let base = app.base.clone();
     let log = || format!("{}\n--- redis\n{}", app.log(), redis.log());
     let get = |path: &str| call(&http, reqwest::Method::GET, format!("{base}{path}"), None);
@@ -270,9 +330,32 @@ async fn classwaves_app_reads_through_cachet_writes_emit_and_warms() {
             "{path}: {body}"
         );
     }
+    via_cachet.quit().await.unwrap();
+    direct.quit().await.unwrap();
+    drop(app);
+    proxy.shutdown().await.expect("clean shutdown");
+}
 
-    // A write commits, answers with the new version, and sends exactly one EMIT (whose
-    // outcome depends on the policies this cachet has; the app counts either).
+/// A write commits, answers with the new version, and sends exactly one EMIT (whose
+/// outcome depends on the policies this cachet has; the app counts either). Then, on that
+/// state, the invalidation the sessions policy would do, and the warm requests that
+/// recompute what it removed: one case, each step reads what the one before left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classwaves_write_emits_once_and_a_warm_recomputes_the_invalidated_list() {
+    let Stack {
+        redis,
+        proxy,
+        app,
+        http,
+        via_cachet,
+        direct,
+    } = Stack::start().await;
+    let base = app.base.clone();
+    let log = || format!("{}\n--- redis\n{}", app.log(), redis.log());
+    let get = |path: &str| call(&http, reqwest::Method::GET, format!("{base}{path}"), None);
+    let stats = || async { get("/internal/stats").await.1 };
+
+    let session = read_through(&get).await;
     let (status, updated) = call(
         &http,
         reqwest::Method::PATCH,
@@ -346,9 +429,30 @@ async fn classwaves_app_reads_through_cachet_writes_emit_and_warms() {
     );
     let (_, list) = get("/api/v1/teachers/1/sessions").await;
     assert_eq!(list["cache"], "hit", "the warmed list is served: {list}");
+    via_cachet.quit().await.unwrap();
+    direct.quit().await.unwrap();
+    drop(app);
+    proxy.shutdown().await.expect("clean shutdown");
+}
 
-    // Every other kind of entry the sessions policy invalidates has its warm endpoint, which
-    // recomputes the key through cachet.
+/// Every other kind of entry the sessions policy invalidates has its warm endpoint, which
+/// recomputes the key through cachet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_classwaves_warm_endpoint_recomputes_its_key_through_cachet() {
+    let Stack {
+        redis,
+        proxy,
+        app,
+        http,
+        via_cachet,
+        direct,
+    } = Stack::start().await;
+    let base = app.base.clone();
+    let log = || format!("{}\n--- redis\n{}", app.log(), redis.log());
+    let get = |path: &str| call(&http, reqwest::Method::GET, format!("{base}{path}"), None);
+    let stats = || async { get("/internal/stats").await.1 };
+
+    let session = read_through(&get).await;
     let warms = [
         (
             "/internal/warm/school/1/sessions".to_string(),
@@ -385,8 +489,27 @@ async fn classwaves_app_reads_through_cachet_writes_emit_and_warms() {
         let s = stats().await;
         assert_eq!(s["cache"]["byKind"][kind]["warmed"], 1, "{path}: {s}");
     }
+    via_cachet.quit().await.unwrap();
+    direct.quit().await.unwrap();
+    drop(app);
+    proxy.shutdown().await.expect("clean shutdown");
+}
 
-    // Bad input: a clear 4xx, and the app keeps serving.
+/// Bad input: a clear 4xx, and the app keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classwaves_answers_bad_input_with_a_clear_4xx_and_keeps_serving() {
+    let Stack {
+        redis,
+        proxy,
+        app,
+        http,
+        via_cachet,
+        direct,
+    } = Stack::start().await;
+    let base = app.base.clone();
+    let log = || format!("{}\n--- redis\n{}", app.log(), redis.log());
+    let get = |path: &str| call(&http, reqwest::Method::GET, format!("{base}{path}"), None);
+
     let (status, body) = get("/api/v1/sessions/abc").await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -412,7 +535,6 @@ async fn classwaves_app_reads_through_cachet_writes_emit_and_warms() {
     assert_eq!(status, 404);
     let (status, _) = get("/api/v1/teachers/1/sessions").await;
     assert_eq!(status, 200, "{}", log());
-
     via_cachet.quit().await.unwrap();
     direct.quit().await.unwrap();
     drop(app);

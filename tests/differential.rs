@@ -7,8 +7,8 @@
 //! side for WATCH aborts, blocking pops woken by another client, and pub/sub), and once pipelined:
 //! every command of connection 0 in a single write, all replies read afterwards.
 //!
-//! Replies are read with a small RESP2/RESP3 frame parser of this file (the harness's
-//! `RawClient::read_frame` uses a RESP3-only decoder that rejects RESP2 nulls `$-1` / `*-1`).
+//! Replies are read, and decoded for the normalizers, by the tests' own RESP2/RESP3 reader
+//! (`support::resp`), independent of cachet's.
 //!
 //! # Normalizers
 //!
@@ -39,9 +39,10 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use support::resp::{Frame, Reader, decode_whole, escape as esc};
 use support::{Proxy, RawClient, RedisServer};
 
 /// How long one reply may take on either side before the run is declared broken.
@@ -79,136 +80,10 @@ const INFO_SERVER_KEEP: &[&str] = &[
 // RESP frames
 // ---------------------------------------------------------------------------------------------
 
-/// One parsed RESP2/RESP3 frame. Maps and attributes keep their 2n children flat.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Node {
-    /// `+ - : , # ( _`: a type byte and the text up to CRLF.
-    Line(u8, Vec<u8>),
-    /// `$ ! =`: a type byte and the payload (`None` for RESP2's `$-1`).
-    Blob(u8, Option<Vec<u8>>),
-    /// `* ~ % > |`: a type byte and the children (`None` for RESP2's `*-1`).
-    Agg(u8, Option<Vec<Node>>),
-}
-
-/// Parses the frame starting at `pos`: `Ok(None)` while incomplete, else the frame and its end.
-fn parse_frame(buf: &[u8], pos: usize) -> Result<Option<(Node, usize)>, String> {
-    let Some(&kind) = buf.get(pos) else {
-        return Ok(None);
-    };
-    let Some(rel) = buf[pos + 1..].windows(2).position(|w| w == b"\r\n") else {
-        return Ok(None);
-    };
-    let line = &buf[pos + 1..pos + 1 + rel];
-    let mut next = pos + 1 + rel + 2;
-    let len = || -> Result<i64, String> {
-        std::str::from_utf8(line)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("bad length line {:?} at byte {pos}", esc(line)))
-    };
-    match kind {
-        b'+' | b'-' | b':' | b',' | b'#' | b'(' | b'_' => {
-            Ok(Some((Node::Line(kind, line.to_vec()), next)))
-        }
-        b'$' | b'!' | b'=' => {
-            let n = len()?;
-            if n < 0 {
-                return Ok(Some((Node::Blob(kind, None), next)));
-            }
-            let n = n as usize;
-            if buf.len() < next + n + 2 {
-                return Ok(None);
-            }
-            if &buf[next + n..next + n + 2] != b"\r\n" {
-                return Err(format!(
-                    "bulk of {n} bytes at byte {pos} not followed by CRLF"
-                ));
-            }
-            Ok(Some((
-                Node::Blob(kind, Some(buf[next..next + n].to_vec())),
-                next + n + 2,
-            )))
-        }
-        b'*' | b'~' | b'>' | b'%' | b'|' => {
-            let n = len()?;
-            if n < 0 {
-                return Ok(Some((Node::Agg(kind, None), next)));
-            }
-            let count = if kind == b'%' || kind == b'|' {
-                2 * n as usize
-            } else {
-                n as usize
-            };
-            let mut children = Vec::with_capacity(count.min(4096));
-            for _ in 0..count {
-                match parse_frame(buf, next)? {
-                    Some((child, end)) => {
-                        children.push(child);
-                        next = end;
-                    }
-                    None => return Ok(None),
-                }
-            }
-            Ok(Some((Node::Agg(kind, Some(children)), next)))
-        }
-        other => Err(format!(
-            "unknown frame type byte {:?} at byte {pos}",
-            other as char
-        )),
-    }
-}
-
-/// Parses a buffer holding exactly one frame.
-fn parse_whole(raw: &[u8]) -> Result<Node, String> {
-    match parse_frame(raw, 0)? {
-        Some((node, end)) if end == raw.len() => Ok(node),
-        Some((_, end)) => Err(format!(
-            "{} trailing bytes after the frame",
-            raw.len() - end
-        )),
-        None => Err("incomplete frame".into()),
-    }
-}
-
-/// Reads one whole frame from `rd`, buffering in `buf`; returns its raw bytes.
-async fn read_one<R: AsyncRead + Unpin>(rd: &mut R, buf: &mut Vec<u8>) -> std::io::Result<Vec<u8>> {
-    use std::io::{Error, ErrorKind};
-    let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
-    loop {
-        match parse_frame(buf, 0) {
-            Ok(Some((_, end))) => return Ok(buf.drain(..end).collect()),
-            Ok(None) => {}
-            Err(e) => {
-                return Err(Error::new(
-                    ErrorKind::InvalidData,
-                    format!("unparsable reply ({e}); buffered: {}", esc(buf)),
-                ));
-            }
-        }
-        let n = tokio::time::timeout_at(deadline, rd.read_buf(buf))
-            .await
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::TimedOut,
-                    format!(
-                        "no complete reply within {READ_TIMEOUT:?}; buffered: {}",
-                        esc(buf)
-                    ),
-                )
-            })??;
-        if n == 0 {
-            return Err(Error::new(
-                ErrorKind::UnexpectedEof,
-                format!("connection closed; buffered: {}", esc(buf)),
-            ));
-        }
-    }
-}
-
 /// A client connection that reads whole RESP2/RESP3 frames as raw bytes.
 struct Conn {
     stream: TcpStream,
-    buf: Vec<u8>,
+    reader: Reader,
 }
 
 impl Conn {
@@ -217,7 +92,7 @@ impl Conn {
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream,
-            buf: Vec::with_capacity(16 * 1024),
+            reader: Reader::default(),
         })
     }
 
@@ -226,7 +101,8 @@ impl Conn {
     }
 
     async fn read_frame(&mut self) -> std::io::Result<Vec<u8>> {
-        read_one(&mut self.stream, &mut self.buf).await
+        let raw = self.reader.read(&mut self.stream, READ_TIMEOUT).await?;
+        Ok(raw.to_vec())
     }
 
     async fn call(&mut self, args: &[&[u8]]) -> std::io::Result<Vec<u8>> {
@@ -248,13 +124,13 @@ async fn pipeline(
         Err(e) => return (Vec::new(), Some(e)),
     };
     let (mut rd, mut wr) = conn.stream.split();
-    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut reader = Reader::default();
     let write = async { wr.write_all(payload).await };
     let read = async {
         let mut replies = Vec::with_capacity(frames);
         for _ in 0..frames {
-            match read_one(&mut rd, &mut buf).await {
-                Ok(raw) => replies.push(raw),
+            match reader.read(&mut rd, READ_TIMEOUT).await {
+                Ok(raw) => replies.push(raw.to_vec()),
                 Err(e) => return (replies, Some(e)),
             }
         }
@@ -266,20 +142,6 @@ async fn pipeline(
         (Err(e), None) => (replies, Some(e)),
         (Ok(()), None) => (replies, None),
     }
-}
-
-/// Bytes as an escaped string, cut at 1500 characters.
-fn esc(bytes: &[u8]) -> String {
-    let mut out: String = bytes
-        .iter()
-        .flat_map(|&b| std::ascii::escape_default(b))
-        .map(char::from)
-        .collect();
-    if out.len() > 1500 {
-        out.truncate(1500);
-        out.push_str(&format!("... ({} bytes in all)", bytes.len()));
-    }
-    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -297,59 +159,67 @@ enum Norm {
     Fields(&'static [&'static str]),
 }
 
-fn shape(node: &Node) -> String {
+fn shape(node: &Frame) -> String {
     match node {
-        Node::Line(t, _) => (*t as char).to_string(),
-        Node::Blob(t, None) => format!("{}nil", *t as char),
-        Node::Blob(t, Some(_)) => (*t as char).to_string(),
-        Node::Agg(t, None) => format!("{}nil", *t as char),
-        Node::Agg(t, Some(children)) => format!(
+        Frame::Line(t, _) => (*t as char).to_string(),
+        Frame::Blob(t, None) => format!("{}nil", *t as char),
+        Frame::Blob(t, Some(_)) => (*t as char).to_string(),
+        Frame::Agg(t, None) => format!("{}nil", *t as char),
+        Frame::Agg(t, Some(children)) => format!(
             "{}{}[{}]",
             *t as char,
             children.len(),
             children.iter().map(shape).collect::<Vec<_>>().join(",")
         ),
+        Frame::Attr(attributes, described) => format!(
+            "|{}[{}]{}",
+            attributes.len(),
+            attributes.iter().map(shape).collect::<Vec<_>>().join(","),
+            shape(described)
+        ),
     }
 }
 
 /// Sorts every aggregate's elements (map entries as key/value pairs), recursively.
-fn canonical(node: &Node) -> Node {
+fn canonical(node: &Frame) -> Frame {
+    let sort_pairs = |children: &[Frame]| {
+        let children: Vec<Frame> = children.iter().map(canonical).collect();
+        let mut pairs: Vec<Vec<Frame>> = children.chunks(2).map(|c| c.to_vec()).collect();
+        pairs.sort();
+        pairs.concat()
+    };
     match node {
-        Node::Agg(t, Some(children)) => {
-            let children: Vec<Node> = children.iter().map(canonical).collect();
-            let children = if *t == b'%' || *t == b'|' {
-                let mut pairs: Vec<Vec<Node>> = children.chunks(2).map(|c| c.to_vec()).collect();
-                pairs.sort();
-                pairs.concat()
-            } else {
-                let mut children = children;
-                children.sort();
-                children
-            };
-            Node::Agg(*t, Some(children))
+        Frame::Agg(b'%', Some(children)) => Frame::Agg(b'%', Some(sort_pairs(children))),
+        Frame::Agg(t, Some(children)) => {
+            let mut children: Vec<Frame> = children.iter().map(canonical).collect();
+            children.sort();
+            Frame::Agg(*t, Some(children))
+        }
+        Frame::Attr(attributes, described) => {
+            Frame::Attr(sort_pairs(attributes), Box::new(canonical(described)))
         }
         other => other.clone(),
     }
 }
 
-fn scalar_text(node: &Node) -> Option<&[u8]> {
+fn scalar_text(node: &Frame) -> Option<&[u8]> {
     match node {
-        Node::Line(_, text) | Node::Blob(_, Some(text)) => Some(text),
+        Frame::Line(_, text) | Frame::Blob(_, Some(text)) => Some(text),
         _ => None,
     }
 }
 
 /// HELLO's reply (a map in RESP3, a flat array in RESP2) with the `id` value replaced by 0.
-fn mask_hello(node: &Node) -> Node {
+fn mask_hello(node: &Frame) -> Frame {
     match node {
-        Node::Agg(t, Some(children)) if *t == b'%' || *t == b'*' => {
+        Frame::Agg(t, Some(children)) if *t == b'%' || *t == b'*' => {
             let mut children = children.clone();
             for i in (0..children.len().saturating_sub(1)).step_by(2) {
                 if scalar_text(&children[i]) == Some(b"id") {
-                    children[i + 1] = Node::Line(b':', b"0".to_vec());
+                    children[i + 1] = Frame::Line(b':', b"0".to_vec());
                 }
             }
-            Node::Agg(*t, Some(children))
+            Frame::Agg(*t, Some(children))
         }
         other => other.clone(),
     }
@@ -357,8 +227,8 @@ fn mask_hello(node: &Node) -> Node {
 
 /// `INFO` text (`key:value` lines, `# Section` headers) or `CLIENT INFO` text (`key=value`
 /// separated by spaces) as a list of pairs. Verbatim strings lose their `txt:` prefix.
-fn fields(node: &Node) -> Option<Vec<(String, String)>> {
-    let Node::Blob(kind, Some(data)) = node else {
+fn fields(node: &Frame) -> Option<Vec<(String, String)>> {
+    let Frame::Blob(kind, Some(data)) = node else {
         return None;
     };
     let data = if *kind == b'=' {
@@ -394,8 +264,8 @@ fn compare(norm: Norm, direct: &[u8], proxied: &[u8]) -> Result<(), String> {
     if norm == Norm::Exact {
         return Err("bytes differ".into());
     }
-    let a = parse_whole(direct).map_err(|e| format!("direct reply unparsable: {e}"))?;
-    let b = parse_whole(proxied).map_err(|e| format!("proxied reply unparsable: {e}"))?;
+    let a = decode_whole(direct).map_err(|e| format!("direct reply unparsable: {e}"))?;
+    let b = decode_whole(proxied).map_err(|e| format!("proxied reply unparsable: {e}"))?;
     match norm {
         Norm::Exact => unreachable!(),
         Norm::Shape => {
@@ -407,7 +277,7 @@ fn compare(norm: Norm, direct: &[u8], proxied: &[u8]) -> Result<(), String> {
             }
         }
         Norm::Near(tolerance) => match (&a, &b) {
-            (Node::Line(b':', x), Node::Line(b':', y)) => {
+            (Frame::Line(b':', x), Frame::Line(b':', y)) => {
                 let parse = |v: &[u8]| String::from_utf8_lossy(v).parse::<i64>().ok();
                 match (parse(x), parse(y)) {
                     (Some(x), Some(y)) if (x - y).abs() <= tolerance => Ok(()),
@@ -431,10 +301,7 @@ fn compare(norm: Norm, direct: &[u8], proxied: &[u8]) -> Result<(), String> {
             }
         }
         Norm::Fields(keep) => {
-            let type_of = |n: &Node| match n {
-                Node::Blob(t, _) | Node::Line(t, _) | Node::Agg(t, _) => *t,
-            };
-            if type_of(&a) != type_of(&b) {
+            if a.kind() != b.kind() {
                 return Err("frame types differ".into());
             }
             let (Some(fa), Some(fb)) = (fields(&a), fields(&b)) else {
@@ -1480,9 +1347,9 @@ async fn make_payloads(addr: SocketAddr) -> Payloads {
     let mut c = Conn::connect(addr).await.expect("connect for payloads");
     let mut bulk = async |args: &[&[u8]]| -> Vec<u8> {
         let raw = c.call(args).await.expect("payload reply");
-        match parse_whole(&raw) {
-            Ok(Node::Blob(b'$', Some(data))) => data,
-            Ok(Node::Line(b'+', _)) => Vec::new(),
+        match decode_whole(&raw) {
+            Ok(Frame::Blob(b'$', Some(data))) => data,
+            Ok(Frame::Line(b'+', _)) => Vec::new(),
             other => panic!(
                 "unexpected reply {other:?} to {:?}",
                 args.iter().map(|a| esc(a)).collect::<Vec<_>>()
@@ -1777,7 +1644,7 @@ async fn differential_covers_at_least_150_commands() {
     let mut args: Vec<&[u8]> = vec![b"COMMAND", b"INFO"];
     args.extend(names.iter().map(|n| n.as_bytes()));
     let raw = c.call(&args).await.expect("COMMAND INFO");
-    let Ok(Node::Agg(b'*', Some(infos))) = parse_whole(&raw) else {
+    let Ok(Frame::Agg(b'*', Some(infos))) = decode_whole(&raw) else {
         panic!("unexpected COMMAND INFO reply: {}", esc(&raw));
     };
     assert_eq!(infos.len(), names.len());
@@ -1787,7 +1654,7 @@ async fn differential_covers_at_least_150_commands() {
         .filter(|(_, info)| {
             matches!(
                 info,
-                Node::Agg(_, None) | Node::Blob(_, None) | Node::Line(b'_', _)
+                Frame::Agg(_, None) | Frame::Blob(_, None) | Frame::Line(b'_', _)
             )
         })
         .map(|(n, _)| n)

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use support::conn::frame_len;
+use support::resp::frame_len;
 use support::{Conn, Proxy, RawClient, RedisServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -289,166 +289,32 @@ fn rule_tags(i: usize) -> Vec<Bytes> {
     tags(&[&format!("g:{}", i % 7), &format!("h:{}", i % 11)])
 }
 
+/// How many `data:*` keys the load of `concurrent_writers_and_invalidations_keep_the_index_whole`
+/// writes to.
+const KEYS: usize = 300;
+
 /// Properties 1 and 3 under load: writers (SET with and without TTL, stale-checked fills,
 /// EXPIRE, PERSIST, GETEX, KEEPTTL, DEL, RENAME, TAG, errors, deletes behind cachet's back),
 /// invalidations and a sweeper for 3 s, while a checker asserts at random instants that every
 /// existing key is reachable from each of its tags. Then, at rest, every index entry is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_and_invalidations_keep_the_index_whole() {
-    const KEYS: usize = 300;
     let fx = Arc::new(fixture_alone().await);
     let stop = Arc::new(AtomicBool::new(false));
     let ops = Arc::new(AtomicU64::new(0));
     let invalidated = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-
     for w in 0..4u64 {
-        let fx = fx.clone();
-        let stop = stop.clone();
-        let ops = ops.clone();
         let client = fred_client(&fx.server.url(), false).await;
-        tasks.push(tokio::spawn(async move {
-            let mut rng = fastrand::Rng::with_seed(w);
-            while !stop.load(Ordering::Relaxed) {
-                let i = rng.usize(..KEYS);
-                let k = format!("data:{i}");
-                let mut wk = key(&k, rule_tags(i), 2);
-                let (command, explicit, mut keys): (Vec<String>, bool, Vec<WriteKey>) =
-                    match rng.u8(..12) {
-                        0..=2 => (vec!["SET".into(), k.clone(), "v".into()], false, vec![]),
-                        3 => {
-                            let ex = rng.u8(1..4).to_string();
-                            (
-                                vec!["SET".into(), k.clone(), "v".into(), "EX".into(), ex],
-                                true,
-                                vec![],
-                            )
-                        }
-                        4 => {
-                            // A fill after a miss: snapshot, then write with it.
-                            let snapshot = fx.index.epochs(&client, &wk.tags).await.unwrap();
-                            wk.snapshot = Some(snapshot);
-                            (
-                                vec!["SET".into(), k.clone(), "filled".into()],
-                                false,
-                                vec![],
-                            )
-                        }
-                        5 => (
-                            vec!["EXPIRE".into(), k.clone(), rng.u8(1..5).to_string()],
-                            true,
-                            vec![],
-                        ),
-                        6 => (vec!["PERSIST".into(), k.clone()], true, vec![]),
-                        7 => (
-                            vec!["GETEX".into(), k.clone(), "EX".into(), "3".into()],
-                            true,
-                            vec![],
-                        ),
-                        8 => (
-                            vec!["SET".into(), k.clone(), "kept".into(), "KEEPTTL".into()],
-                            true,
-                            vec![],
-                        ),
-                        9 => (vec!["DEL".into(), k.clone()], true, vec![]),
-                        10 => {
-                            let j = rng.usize(..KEYS);
-                            let dst = format!("data:{j}");
-                            let mut to = key(&dst, rule_tags(j), 2);
-                            to.inherit_from = Some(0);
-                            let cmd = vec!["RENAME".into(), k.clone(), dst];
-                            (cmd, true, vec![to])
-                        }
-                        _ => {
-                            if rng.bool() {
-                                let extra = tags(&[&format!("x:{}", rng.u8(..5))]);
-                                let _ = fx.index.tag(&client, &b(&k), &extra).await;
-                            } else {
-                                // Eviction, or a client bypassing cachet.
-                                let _ = try_redis(&client, &[b"DEL", k.as_bytes()]).await;
-                            }
-                            ops.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                    };
-                keys.insert(0, wk);
-                let command: Vec<Bytes> = command.iter().map(b).collect();
-                let call = fx.index.write_call(&WriteCall {
-                    command: &command,
-                    keys: &keys,
-                    protocol: Protocol::Resp2,
-                    explicit_ttl: explicit,
-                    allow_oom: false,
-                });
-                match send_call(&client, call).await {
-                    Ok(_) => {}
-                    Err(e) if e.details().contains("no such key") => {}
-                    Err(e) => panic!("write failed: {e}"),
-                }
-                ops.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
+        let load = writer(fx.clone(), client, w, stop.clone(), ops.clone());
+        tasks.push(tokio::spawn(load));
     }
     for n in 0..2u64 {
-        let fx = fx.clone();
-        let stop = stop.clone();
-        let invalidated = invalidated.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rng = fastrand::Rng::with_seed(100 + n);
-            while !stop.load(Ordering::Relaxed) {
-                let tag = if rng.bool() {
-                    format!("g:{}", rng.u8(..7))
-                } else {
-                    format!("h:{}", rng.u8(..11))
-                };
-                let deleted = fx.index.invalidate(&fx.client, &[b(tag)]).await.unwrap();
-                invalidated.fetch_add(deleted, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(rng.u64(5..40))).await;
-            }
-        }));
+        let load = invalidator(fx.clone(), n, stop.clone(), invalidated.clone());
+        tasks.push(tokio::spawn(load));
     }
-    {
-        let fx = fx.clone();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                sweep_all(&fx).await;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }));
-    }
-    let checks = {
-        let fx = fx.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut rng = fastrand::Rng::with_seed(999);
-            let mut checks = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let i = rng.usize(..KEYS);
-                let k = format!("data:{i}");
-                let mut args = vec![Value::from("cachet")];
-                args.extend(rule_tags(i).into_iter().map(Value::Bytes));
-                let reply: Value = fx
-                    .client
-                    .eval(
-                        REACHABLE,
-                        vec![
-                            k.clone(),
-                            String::from_utf8(fx.index.names().key_tags(k.as_bytes()).to_vec())
-                                .unwrap(),
-                        ],
-                        args,
-                    )
-                    .await
-                    .expect("check script");
-                if let Value::Array(problems) = &reply {
-                    assert!(problems.is_empty(), "{k}: {reply:?}");
-                }
-                checks += 1;
-            }
-            checks
-        })
-    };
+    tasks.push(tokio::spawn(sweeper(fx.clone(), stop.clone())));
+    let checks = tokio::spawn(checker(fx.clone(), stop.clone()));
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Relaxed);
@@ -466,6 +332,156 @@ async fn concurrent_writers_and_invalidations_keep_the_index_whole() {
         "too little happened: {ops} ops, {checks} checks"
     );
 
+    assert_exact_at_rest(fx).await;
+}
+
+/// A writer of the load: random writes of every kind (SET with and without TTL, fills
+/// after a miss, EXPIRE, PERSIST, GETEX, KEEPTTL, DEL, RENAME, TAG, deletes behind cachet's
+/// back) to `data:*` until `stop`, each counted in `ops`.
+async fn writer(
+    fx: Arc<Fixture>,
+    client: Client,
+    w: u64,
+    stop: Arc<AtomicBool>,
+    ops: Arc<AtomicU64>,
+) {
+    let mut rng = fastrand::Rng::with_seed(w);
+    while !stop.load(Ordering::Relaxed) {
+        let i = rng.usize(..KEYS);
+        let k = format!("data:{i}");
+        let mut wk = key(&k, rule_tags(i), 2);
+        let (command, explicit, mut keys): (Vec<String>, bool, Vec<WriteKey>) = match rng.u8(..12) {
+            0..=2 => (vec!["SET".into(), k.clone(), "v".into()], false, vec![]),
+            3 => {
+                let ex = rng.u8(1..4).to_string();
+                (
+                    vec!["SET".into(), k.clone(), "v".into(), "EX".into(), ex],
+                    true,
+                    vec![],
+                )
+            }
+            4 => {
+                // A fill after a miss: snapshot, then write with it.
+                let snapshot = fx.index.epochs(&client, &wk.tags).await.unwrap();
+                wk.snapshot = Some(snapshot);
+                (
+                    vec!["SET".into(), k.clone(), "filled".into()],
+                    false,
+                    vec![],
+                )
+            }
+            5 => (
+                vec!["EXPIRE".into(), k.clone(), rng.u8(1..5).to_string()],
+                true,
+                vec![],
+            ),
+            6 => (vec!["PERSIST".into(), k.clone()], true, vec![]),
+            7 => (
+                vec!["GETEX".into(), k.clone(), "EX".into(), "3".into()],
+                true,
+                vec![],
+            ),
+            8 => (
+                vec!["SET".into(), k.clone(), "kept".into(), "KEEPTTL".into()],
+                true,
+                vec![],
+            ),
+            9 => (vec!["DEL".into(), k.clone()], true, vec![]),
+            10 => {
+                let j = rng.usize(..KEYS);
+                let dst = format!("data:{j}");
+                let mut to = key(&dst, rule_tags(j), 2);
+                to.inherit_from = Some(0);
+                let cmd = vec!["RENAME".into(), k.clone(), dst];
+                (cmd, true, vec![to])
+            }
+            _ => {
+                if rng.bool() {
+                    let extra = tags(&[&format!("x:{}", rng.u8(..5))]);
+                    let _ = fx.index.tag(&client, &b(&k), &extra).await;
+                } else {
+                    // Eviction, or a client bypassing cachet.
+                    let _ = try_redis(&client, &[b"DEL", k.as_bytes()]).await;
+                }
+                ops.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        keys.insert(0, wk);
+        let command: Vec<Bytes> = command.iter().map(b).collect();
+        let call = fx.index.write_call(&WriteCall {
+            command: &command,
+            keys: &keys,
+            protocol: Protocol::Resp2,
+            explicit_ttl: explicit,
+            allow_oom: false,
+        });
+        match send_call(&client, call).await {
+            Ok(_) => {}
+            Err(e) if e.details().contains("no such key") => {}
+            Err(e) => panic!("write failed: {e}"),
+        }
+        ops.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An invalidator of the load: a random tag every 5 to 40 ms until `stop`; the keys it
+/// deletes are counted in `invalidated`.
+async fn invalidator(fx: Arc<Fixture>, n: u64, stop: Arc<AtomicBool>, invalidated: Arc<AtomicU64>) {
+    let mut rng = fastrand::Rng::with_seed(100 + n);
+    while !stop.load(Ordering::Relaxed) {
+        let tag = if rng.bool() {
+            format!("g:{}", rng.u8(..7))
+        } else {
+            format!("h:{}", rng.u8(..11))
+        };
+        let deleted = fx.index.invalidate(&fx.client, &[b(tag)]).await.unwrap();
+        invalidated.fetch_add(deleted, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(rng.u64(5..40))).await;
+    }
+}
+
+/// The sweeper of the load: a full pass every 200 ms until `stop`.
+async fn sweeper(fx: Arc<Fixture>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        sweep_all(&fx).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The checker of the load: at random instants until `stop`, one key is reachable from each
+/// of its tags (checked atomically, in a script). Returns how many checks it made.
+async fn checker(fx: Arc<Fixture>, stop: Arc<AtomicBool>) -> u64 {
+    let mut rng = fastrand::Rng::with_seed(999);
+    let mut checks = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let i = rng.usize(..KEYS);
+        let k = format!("data:{i}");
+        let mut args = vec![Value::from("cachet")];
+        args.extend(rule_tags(i).into_iter().map(Value::Bytes));
+        let reply: Value = fx
+            .client
+            .eval(
+                REACHABLE,
+                vec![
+                    k.clone(),
+                    String::from_utf8(fx.index.names().key_tags(k.as_bytes()).to_vec()).unwrap(),
+                ],
+                args,
+            )
+            .await
+            .expect("check script");
+        if let Value::Array(problems) = &reply {
+            assert!(problems.is_empty(), "{k}: {reply:?}");
+        }
+        checks += 1;
+    }
+    checks
+}
+
+/// After the load, at rest: every key is indexed exactly, no invalidation is left half done,
+/// and after one sweep every entry is a live key.
+async fn assert_exact_at_rest(fx: Arc<Fixture>) {
     // At rest: every key is indexed exactly, and no invalidation is left half done.
     let c = &fx.client;
     let names = fx.index.names();

@@ -1,23 +1,20 @@
 //! The test harness: real `redis-server` processes on free ports, cachet started in-process on
-//! port 0, and a raw RESP client that reads replies frame by frame.
+//! port 0, and a raw RESP client that reads replies frame by frame with the tests' own RESP
+//! reader ([`resp`], independent of `cachet::resp`).
 //!
 //! Each fixture owns what it starts: a `RedisServer` kills and reaps its process on drop, a
 //! `Proxy` shuts cachet down on drop. Failure messages carry the server's log.
 #![allow(dead_code)]
 
-pub mod conn;
 pub mod policies;
-#[allow(unused_imports)]
-pub use conn::Conn;
+pub mod resp;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use redis_protocol::resp3::decode::complete::decode_bytes_mut;
-use redis_protocol::resp3::types::BytesFrame;
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,11 +28,27 @@ pub fn free_port() -> u16 {
 }
 
 /// A `redis-server` of our own: no persistence, log in a temp dir, killed on drop.
+///
+/// Ready means the server answering on `port` is this fixture's child (its `INFO` names the
+/// child's pid), not some other test's Redis that took the port in between. A child that exits
+/// while starting fails the test at once, with its log; one that lost the port to another
+/// process is started again on another port (a few times).
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+}
+
+/// How many ports `start_on` tries when another process takes the port first.
+const PORT_TRIES: usize = 5;
+
+/// Why a `redis-server` child did not come up.
+enum StartFailure {
+    /// It exited because the port was taken ("Address already in use" in its log).
+    PortTaken,
+    /// It exited for another reason, or never answered: the message says which.
+    Other(String),
 }
 
 impl RedisServer {
@@ -45,15 +58,32 @@ impl RedisServer {
 
     /// Starts with extra `redis-server` arguments, e.g. `["--requirepass", "pw"]`.
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Starts on `port` if it is free, else on another free port.
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer {
-            port: free_port(),
+            port,
             child: None,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
-        server.spawn();
-        server
+        for attempt in 1..=PORT_TRIES {
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(StartFailure::PortTaken) if attempt < PORT_TRIES => {
+                    server.port = free_port();
+                }
+                Err(StartFailure::PortTaken) => panic!(
+                    "redis-server lost its port to another process {PORT_TRIES} times; log:\n{}",
+                    server.log()
+                ),
+                Err(StartFailure::Other(why)) => panic!("{why}"),
+            }
+        }
+        unreachable!("every attempt returns or panics")
     }
 
     pub fn url(&self) -> String {
@@ -73,7 +103,11 @@ impl RedisServer {
         std::fs::read_to_string(self.log_path()).unwrap_or_else(|e| format!("(no log: {e})"))
     }
 
-    fn spawn(&mut self) {
+    /// Starts a child on `self.port` and waits until it is ready.
+    fn spawn(&mut self) -> Result<(), StartFailure> {
+        // The log is appended to across restarts and retries: only what this child writes
+        // says why it stopped.
+        let log_from = std::fs::metadata(self.log_path()).map_or(0, |m| m.len() as usize);
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
@@ -90,33 +124,105 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
         self.child = Some(child);
-        self.wait_ready();
+        let ready = self.wait_ready(log_from);
+        if ready.is_err() {
+            self.stop();
+        }
+        ready
     }
 
-    fn wait_ready(&self) {
+    /// Waits until our child answers on the port; fails as soon as it exits.
+    fn wait_ready(&mut self, log_from: usize) -> Result<(), StartFailure> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(self.addr()) {
-                use std::io::{Read, Write};
-                s.set_read_timeout(Some(Duration::from_millis(500))).ok();
-                let mut buf = [0u8; 64];
-                if s.write_all(b"PING\r\n").is_ok()
-                    && let Ok(n) = s.read(&mut buf)
-                {
-                    // +PONG, or -NOAUTH when a password is required: up either way.
-                    if n > 0 {
-                        return;
+            let child = self.child.as_mut().expect("a child was spawned");
+            let pid = child.id();
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                let log = self.log();
+                let ours = log.get(log_from..).unwrap_or(&log);
+                if ours.contains("Address already in use") {
+                    return Err(StartFailure::PortTaken);
+                }
+                return Err(StartFailure::Other(format!(
+                    "redis-server on port {} exited while starting ({status}); log:\n{log}",
+                    self.port
+                )));
+            }
+            match self.answering_pid() {
+                Ok(Some(answered)) if answered == pid => return Ok(()),
+                // Another process's Redis (ours lost the port race, or has not bound it yet):
+                // ours exits, or binds, shortly.
+                Ok(Some(_)) => {}
+                // Up, but it would not say its pid (an ACL setup the fixture cannot log in
+                // to): ours is the one answering if its own log says it listens and it is
+                // still running.
+                Ok(None) => {
+                    let log = self.log();
+                    let ours = log.get(log_from..).unwrap_or(&log);
+                    if ours.contains("Ready to accept connections")
+                        && matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+                    {
+                        return Ok(());
                     }
                 }
+                Err(_) => {}
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not come up; log:\n{}",
-                self.port,
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                return Err(StartFailure::Other(format!(
+                    "redis-server on port {} did not come up within 10 s; log:\n{}",
+                    self.port,
+                    self.log()
+                )));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The pid of this fixture's `redis-server` child, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The pid of the Redis answering on the port, from `INFO server` (logging in first
+    /// with `--requirepass`'s password, if any); `Ok(None)` if it answers with an error.
+    pub fn answering_pid(&self) -> std::io::Result<Option<u32>> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.addr())?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))?;
+        let password = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| self.extra.get(i + 1));
+        let mut out = Vec::new();
+        if let Some(password) = password {
+            out.extend(RawClient::encode(&["AUTH", password]));
+        }
+        out.extend(RawClient::encode(&["INFO", "server"]));
+        s.write_all(&out)?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut replies = Vec::new();
+        while replies.len() < 1 + usize::from(password.is_some()) {
+            match resp::frame_len(&buf) {
+                Ok(Some(len)) => replies.push(buf.drain(..len).collect::<Vec<u8>>()),
+                Ok(None) => match s.read(&mut chunk)? {
+                    0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    n => buf.extend_from_slice(&chunk[..n]),
+                },
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+        }
+        let info = replies.pop().expect("the INFO reply");
+        let text = match resp::decode_whole(&info) {
+            Ok(resp::Frame::Blob(_, Some(text))) => String::from_utf8_lossy(&text).into_owned(),
+            _ => return Ok(None),
+        };
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .and_then(|pid| pid.trim().parse().ok()))
     }
 
     /// Kills the server and waits for it to exit.
@@ -127,10 +233,19 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port (after `stop`).
+    /// Starts the server again on the same port (after `stop`). The port cannot move (clients
+    /// know it): if another process took it meanwhile, that is a failure.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        match self.spawn() {
+            Ok(()) => {}
+            Err(StartFailure::PortTaken) => panic!(
+                "redis-server could not restart: another process took port {}; log:\n{}",
+                self.port,
+                self.log()
+            ),
+            Err(StartFailure::Other(why)) => panic!("{why}"),
+        }
     }
 }
 
@@ -227,12 +342,16 @@ impl Drop for Proxy {
     }
 }
 
-/// A minimal RESP client that writes raw bytes and reads whole reply frames, so tests can
-/// compare replies byte for byte and send malformed input.
+/// A minimal RESP client that writes raw bytes and reads whole reply frames (RESP2 and RESP3,
+/// through [`resp::Reader`]), so tests can compare replies byte for byte and send malformed
+/// input.
 pub struct RawClient {
     pub stream: TcpStream,
-    buf: BytesMut,
+    reader: resp::Reader,
 }
+
+/// The same client under the name some tests know it by.
+pub type Conn = RawClient;
 
 impl RawClient {
     pub async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
@@ -240,7 +359,7 @@ impl RawClient {
         stream.set_nodelay(true)?;
         Ok(RawClient {
             stream,
-            buf: BytesMut::with_capacity(16 * 1024),
+            reader: resp::Reader::default(),
         })
     }
 
@@ -269,38 +388,9 @@ impl RawClient {
         self.read_frame_timeout(Duration::from_secs(10)).await
     }
 
+    /// Reads one whole frame; on a timeout what arrived of it stays for the next call.
     pub async fn read_frame_timeout(&mut self, timeout: Duration) -> std::io::Result<Bytes> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match cachet::resp::reply_frame(&self.buf) {
-                Ok(Some(info)) => return Ok(self.buf.split_to(info.len).freeze()),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("bad frame: {e}"),
-                    ));
-                }
-            }
-            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf))
-                .await
-                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply"))??;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed",
-                ));
-            }
-        }
-    }
-
-    /// Reads one frame and decodes it (RESP3 decoder: not for RESP2 nulls).
-    pub async fn read_decoded(&mut self) -> std::io::Result<BytesFrame> {
-        let mut raw = BytesMut::from(&self.read_frame().await?[..]);
-        Ok(decode_bytes_mut(&mut raw)
-            .expect("valid frame")
-            .expect("complete frame")
-            .0)
+        self.reader.read(&mut self.stream, timeout).await
     }
 
     /// Sends one command and returns its reply's raw bytes.
@@ -309,9 +399,14 @@ impl RawClient {
         self.read_frame().await
     }
 
-    /// Sends one command and returns its reply as text (handy in assertions).
+    /// Sends one command and returns its reply as text (handy in assertions); panics, naming
+    /// the command, if no reply comes.
     pub async fn text(&mut self, args: &[&str]) -> String {
-        String::from_utf8_lossy(&self.command(args).await.expect("reply")).into_owned()
+        let reply = self
+            .command(args)
+            .await
+            .unwrap_or_else(|e| panic!("{args:?}: no reply: {e}"));
+        String::from_utf8_lossy(&reply).into_owned()
     }
 
     /// True once the peer has closed the connection (reads EOF within `timeout`).
