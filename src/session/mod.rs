@@ -17,6 +17,8 @@
 //! pools) first waits until every earlier reply has arrived: commands never overtake each
 //! other on two connections.
 
+mod inspect;
+mod leases;
 mod observe;
 mod policy;
 pub(crate) mod tagging;
@@ -45,7 +47,8 @@ use crate::resp::{self, Protocol, Request, lowercase_name};
 use crate::server::Shared;
 use crate::upstream::pool::{ReplyAccount, ReplyLimits};
 use crate::upstream::{Dedicated, PoolRequest, UpstreamError, UpstreamReply};
-use tagging::{Inspect, Snapshots};
+use inspect::Inspect;
+use leases::Snapshots;
 
 /// Where the reply to a command (or batch) will come from.
 enum Slot {
