@@ -61,29 +61,11 @@ where
         load().await?;
     }
     match operation().await {
-        Err(e) if e.to_string().contains("Function not found") => {
+        Err(index::IndexError::FunctionMissing(_)) => {
             load().await?;
-            operation().await.map_err(reply_text)
+            operation().await.map_err(|e| e.reply_text())
         }
-        result => result.map_err(reply_text),
-    }
-}
-
-/// An index error as the client reads it: Redis's own words when Redis refused the command
-/// (`ERR no such key`, `ERR value is not an integer ...`), `ERR upstream: ...` when cachet
-/// could not reach Redis.
-fn reply_text(error: index::IndexError) -> String {
-    use fred::error::ErrorKind;
-    match &error {
-        index::IndexError::Redis(e)
-            if !matches!(
-                e.kind(),
-                ErrorKind::IO | ErrorKind::Timeout | ErrorKind::Canceled | ErrorKind::Protocol
-            ) && e.details().starts_with(|c: char| c.is_ascii_uppercase()) =>
-        {
-            e.details().to_owned()
-        }
-        _ => format!("ERR upstream: {error}"),
+        result => result.map_err(|e| e.reply_text()),
     }
 }
 
