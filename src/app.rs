@@ -29,11 +29,7 @@ async fn sweep(shared: Arc<server::Shared>, shutdown: CancellationToken) {
         if !shared.upstream.is_ready() {
             continue;
         }
-        match shared
-            .index
-            .sweep_step(shared.upstream.control(), cursor, SWEEP_PAGE)
-            .await
-        {
+        match shared.index.sweep_step(cursor, SWEEP_PAGE).await {
             Ok((next, stats)) => {
                 if stats.members_removed + stats.key_sets_removed + stats.drained > 0 {
                     tracing::info!(?stats, "tag index sweep removed entries of vanished keys");
@@ -90,8 +86,19 @@ pub async fn run_with_admin(
         tokio::task::spawn_blocking(move || policy::Policies::load(&policy_configs, threads))
             .await?
             .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
-    let upstream = upstream::Upstream::start(config.upstream.clone(), !rules.is_empty())?;
+    let upstream = upstream::Upstream::new(config.upstream.clone())?;
     let rules = Arc::new(rules);
+    let index =
+        tags::index::TagIndex::new(upstream.control().clone(), tags::index::DEFAULT_PREFIX)?
+            .with_rules(rules.clone());
+    let library = index.clone();
+    upstream.start(vec![upstream::SetupStep::new(
+        "cachet's function library (tagged writes fail without it)",
+        move || {
+            let index = library.clone();
+            async move { index.reload().await }
+        },
+    )]);
     tracing::info!(
         listen = %listener.local_addr()?,
         upstream = %config.upstream.url,
@@ -112,7 +119,7 @@ pub async fn run_with_admin(
         config,
         limits,
         request_buffers,
-        index: tags::index::TagIndex::new(tags::index::DEFAULT_PREFIX)?.with_rules(rules.clone()),
+        index,
         rules,
         metrics,
         upstream,

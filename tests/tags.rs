@@ -72,7 +72,7 @@ fn rules() -> Rules {
 }
 
 fn names() -> Names {
-    TagIndex::new("cachet").expect("prefix").names().clone()
+    Names::new("cachet").expect("prefix")
 }
 
 async fn start_proxy(redis: &RedisServer) -> Proxy {
@@ -1500,13 +1500,10 @@ async fn the_index_stays_bounded_as_keys_expire() {
         }
     }
     let sweeper = fred_client(&redis.url(), false).await;
-    let index = TagIndex::default();
+    let index = TagIndex::new(sweeper, "cachet").expect("prefix");
     let mut cursor = 0;
     loop {
-        let (next, _) = index
-            .sweep_step(&sweeper, cursor, 100)
-            .await
-            .expect("sweep step");
+        let (next, _) = index.sweep_step(cursor, 100).await.expect("sweep step");
         cursor = next;
         if cursor == 0 {
             break;

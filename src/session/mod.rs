@@ -21,7 +21,7 @@ mod inspect;
 mod leases;
 mod observe;
 mod policy;
-pub(crate) mod tagging;
+mod tagging;
 mod warm;
 
 use std::collections::VecDeque;

@@ -10,10 +10,7 @@
 //! Before a read of a rule-matched key the epoch read goes first, so that a miss leaves a
 //! lease ([`super::leases`]) for the write that follows.
 
-use std::future::Future;
-
 use bytes::Bytes;
-use fred::interfaces::ClientLike;
 
 use super::Session;
 use super::inspect::Inspect;
@@ -21,11 +18,15 @@ use super::observe::{self, Lookup};
 use crate::resp::Request;
 use crate::resp::commands::CommandInfo;
 use crate::resp::reply::Reply;
-use crate::server::Shared;
-use crate::tags::index::{self, FastSet, WriteCall, WriteKey};
+use crate::tags::index::{FastSet, IndexError, WriteCall, WriteKey};
 
 /// Most tagged SETs gathered into one transaction ([`crate::tags::index::FastBatch`]).
 const FAST_BATCH_MAX: usize = 64;
+
+/// An index error as the client's reply.
+fn error_reply(error: IndexError) -> Reply {
+    Reply::error(error.reply_text())
+}
 
 /// Commands that set or clear a TTL on purpose: the rule's TTL must not replace what they did.
 fn sets_ttl_explicitly(name: &[u8], request: &Request) -> bool {
@@ -37,35 +38,6 @@ fn sets_ttl_explicitly(name: &[u8], request: &Request) -> bool {
             matches!(a.as_slice(), b"ex" | b"px" | b"exat" | b"pxat" | b"keepttl")
         }),
         _ => false,
-    }
-}
-
-/// Runs an index operation on the control connection, loading cachet's function library
-/// first if this cachet has not yet, and again if Redis lost it (a restart without
-/// persistence, FUNCTION FLUSH). Errors come back as reply text.
-pub(crate) async fn index_op<T, Fut>(
-    shared: &Shared,
-    mut operation: impl FnMut() -> Fut,
-) -> Result<T, String>
-where
-    Fut: Future<Output = Result<T, index::IndexError>>,
-{
-    let load = || async {
-        shared
-            .upstream
-            .load_tag_index()
-            .await
-            .map_err(|e| format!("ERR upstream: {e}"))
-    };
-    if !shared.upstream.tag_index_loaded() {
-        load().await?;
-    }
-    match operation().await {
-        Err(index::IndexError::FunctionMissing(_)) => {
-            load().await?;
-            operation().await.map_err(|e| e.reply_text())
-        }
-        result => result.map_err(|e| e.reply_text()),
     }
 }
 
@@ -94,8 +66,8 @@ impl Session {
         info: Option<&CommandInfo>,
     ) {
         // RENAME and COPY carry a key's tags along, whether a rule or TAGSET gave them.
-        let carries_tags = matches!(name, b"rename" | b"renamenx" | b"copy")
-            && self.shared.upstream.tag_index_loaded();
+        let carries_tags =
+            matches!(name, b"rename" | b"renamenx" | b"copy") && self.shared.index.is_loaded();
         let lookup = observe::lookup(name);
         if self.shared.rules.is_empty() && !carries_tags {
             return self.forward_lookup(request, lookup);
@@ -213,9 +185,9 @@ impl Session {
         true
     }
 
-    /// Adds the tagged SETs gathered so far ([`crate::tags::index::FastBatch`]) to the batch for the pool, as
-    /// one transaction. Called before anything else joins the batch, so replies keep the
-    /// client's order.
+    /// Adds the tagged SETs gathered so far ([`crate::tags::index::FastBatch`]) to the batch
+    /// for the pool, as one transaction. Called before anything else joins the batch, so
+    /// replies keep the client's order.
     pub(super) fn close_fast(&mut self) {
         if self.fast.is_empty() {
             return;
@@ -311,32 +283,27 @@ impl Session {
                 Some(error) => self.reply_local(error),
                 None => self.reply_later(request, move |shared| async move {
                     let tags = &args[1..];
-                    let control = shared.upstream.control();
-                    let deleted =
-                        index_op(&shared, || shared.index.invalidate(control, tags)).await;
+                    let deleted = shared.index.invalidate(tags).await;
                     if let Ok(n) = deleted {
                         shared.metrics.invalidations.inc_by(tags.len() as u64);
                         shared.metrics.keys_invalidated.inc_by(n);
                         tracing::info!(tags = tags.len(), keys = n, "TAGINVALIDATE");
                     }
-                    deleted.map_or_else(Reply::error, |n| Reply::Integer(n as i64))
+                    deleted.map_or_else(error_reply, |n| Reply::Integer(n as i64))
                 }),
             },
             b"tag" => match arity(3, false) {
                 Some(error) => self.reply_local(error),
                 None => self.reply_later(request, move |shared| async move {
-                    let control = shared.upstream.control();
-                    let added =
-                        index_op(&shared, || shared.index.tag(control, &args[1], &args[2..])).await;
-                    added.map_or_else(Reply::error, |n| Reply::Integer(n as i64))
+                    let added = shared.index.tag(&args[1], &args[2..]).await;
+                    added.map_or_else(error_reply, |n| Reply::Integer(n as i64))
                 }),
             },
             b"tags" => match arity(2, true) {
                 Some(error) => self.reply_local(error),
                 None => self.reply_later(request, move |shared| async move {
-                    let control = shared.upstream.control();
-                    let tags = index_op(&shared, || shared.index.tags(control, &args[1])).await;
-                    tags.map_or_else(Reply::error, |tags| {
+                    let tags = shared.index.tags(&args[1]).await;
+                    tags.map_or_else(error_reply, |tags| {
                         Reply::Array(tags.into_iter().map(Reply::Bulk).collect())
                     })
                 }),
@@ -377,12 +344,8 @@ impl Session {
         }
         let tag = request.args[1].clone();
         self.reply_later(request, move |shared| async move {
-            let control = shared.upstream.control();
-            let page = index_op(&shared, || {
-                shared.index.tagkeys(control, &tag, cursor, count)
-            })
-            .await;
-            page.map_or_else(Reply::error, |(next, keys)| {
+            let page = shared.index.tagkeys(&tag, cursor, count).await;
+            page.map_or_else(error_reply, |(next, keys)| {
                 Reply::Array(vec![
                     Reply::Bulk(Bytes::from(next.to_string())),
                     Reply::Array(keys.into_iter().map(Reply::Bulk).collect()),
@@ -440,28 +403,16 @@ impl Session {
             named: 0,
             inherit_from: None,
         };
-        let call = self.shared.index.write_call(&WriteCall {
-            command: &set,
-            keys: &[write],
-            protocol: crate::resp::Protocol::Resp2,
-            explicit_ttl: explicit,
-            allow_oom: false,
-        });
         self.reply_later(request, move |shared| async move {
-            let control = shared.upstream.control();
-            let fcall = || async {
-                let args: Vec<fred::types::Value> = call[1..]
-                    .iter()
-                    .cloned()
-                    .map(fred::types::Value::Bytes)
-                    .collect();
-                let reply: Result<fred::types::Value, _> =
-                    control.custom(fred::cmd!("FCALL"), args).await;
-                reply.map_err(index::IndexError::from)
+            let call = WriteCall {
+                command: &set,
+                keys: &[write],
+                protocol: crate::resp::Protocol::Resp2,
+                explicit_ttl: explicit,
+                allow_oom: false,
             };
-            index_op(&shared, fcall)
-                .await
-                .map_or_else(Reply::error, |_| Reply::ok())
+            let written = shared.index.write(&call).await;
+            written.map_or_else(error_reply, |_| Reply::ok())
         });
     }
 }

@@ -28,6 +28,9 @@ pub enum IndexError {
     /// No reply from Redis: not reachable, the connection broke, no reply in time.
     #[error(transparent)]
     Transport(RedisError),
+    /// Loading the function library failed.
+    #[error(transparent)]
+    Load(RedisError),
     #[error("unexpected reply from {function}: {reply}")]
     Reply {
         function: &'static str,
@@ -60,7 +63,7 @@ impl From<RedisError> for IndexError {
 impl IndexError {
     /// The error as a client reads it: Redis's own words when Redis refused the command
     /// (`ERR no such key`, `ERR value is not an integer ...`), `ERR upstream: ...` when
-    /// cachet could not reach Redis or read the reply.
+    /// cachet could not reach Redis, load the library, or read the reply.
     pub fn reply_text(&self) -> String {
         match self {
             IndexError::FunctionMissing(error) | IndexError::Refused(error) => {
@@ -114,5 +117,10 @@ mod tests {
             assert!(matches!(error, IndexError::Transport(_)), "{error:?}");
             assert_eq!(error.reply_text(), format!("ERR upstream: {error}"));
         }
+        let load = IndexError::Load(RedisError::new(ErrorKind::Unknown, "OOM no memory"));
+        assert_eq!(
+            load.reply_text(),
+            "ERR upstream: Unknown Error: OOM no memory"
+        );
     }
 }

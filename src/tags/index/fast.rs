@@ -395,7 +395,7 @@ mod tests {
 
     #[test]
     fn fast_set_layout() {
-        let index = TagIndex::default();
+        let index = TagIndex::offline();
         let tags = [Bytes::from_static(b"a"), Bytes::from_static(b"b}")];
         let now_ms = 1_700_000_000_000;
         // The command, how many tags, key_set, the rule's EX, the TTL, what goes out.
@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn fast_batches_share_zadds_and_reuse_their_buffers() {
-        let index = TagIndex::default();
+        let index = TagIndex::offline();
         let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
         let set = |request: &Request, tags: Vec<Bytes>, add_ex_secs, now_ms, ttl_ms| {
             (request.clone(), tags, add_ex_secs, now_ms, ttl_ms)

@@ -225,7 +225,7 @@ mod tests {
 
     #[test]
     fn write_call_layout() {
-        let index = TagIndex::default();
+        let index = TagIndex::offline();
         let command = [
             Bytes::from_static(b"SET"),
             Bytes::from_static(b"k"),
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn epoch_replies_parse_in_both_protocols() {
-        let index = TagIndex::default();
+        let index = TagIndex::offline();
         let tags = [Bytes::from_static(b"a"), Bytes::from_static(b"b}")];
         let read = index.epoch_read(&tags);
         let read: Vec<&[u8]> = read.iter().map(|b| &b[..]).collect();

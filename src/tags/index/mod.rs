@@ -7,17 +7,19 @@
 //! Reading a key never touches the index: a read only needs the epochs of the tags its rule
 //! names ([`TagIndex::epoch_keys`]), and only when the proxy wants to fill the key after a miss.
 //!
-//! [`TagIndex`] names the index's keys, encodes what the proxy sends, and runs the index's
-//! operations over the fred client it is given.
+//! [`TagIndex`] is the index's one owner. It holds the connection it talks to Redis on
+//! (cachet's control client), whether this cachet uses the library, and the encoding of
+//! everything it sends; callers ask for what they want (`index.invalidate(&tags)`,
+//! `index.tags(&key)`) and get an [`IndexError`] that says where a failure came from.
 //!
 //! * `names`: the index's key names in Redis (**Keys**, **Slots**).
 //! * `functions`: the functions' calling conventions (**Functions**); the `FCALL` vectors
 //!   and epoch reads the proxy sends through its pool.
 //! * `fast`: tagged SETs without a function call (**Fast writes**), batched.
-//! * `ops`: what the index runs over a fred client: invalidation, the TAG commands, the
-//!   sweeper.
-//! * `library`: loading `index.lua`.
-//! * `error`: [`IndexError`].
+//! * `ops`: what the index does on its own connection: invalidation, the TAG commands,
+//!   the sweeper.
+//! * `library`: loading `index.lua`, and the one retry after Redis lost it.
+//! * `error`: [`IndexError`], classified once from what Redis answered.
 //!
 //! # Tags that name their key
 //!
@@ -85,6 +87,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fred::clients::Client;
 
 use crate::tags::Rules;
 
@@ -104,7 +107,8 @@ pub const DEFAULT_CALL_BUDGET: Duration = Duration::from_millis(2);
 /// How long an epoch outlives its tag's last invalidation.
 pub const DEFAULT_EPOCH_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The tag index, over any fred client connected to the Redis that holds the data.
+/// The tag index, over one fred client connected to the Redis that holds the data (cachet's
+/// control client). Clones share the client and whether the library is in use.
 #[derive(Debug, Clone)]
 pub struct TagIndex {
     names: Names,
@@ -113,28 +117,32 @@ pub struct TagIndex {
     epoch_ttl: Duration,
     /// The rules, for the keys that tags name ([`TagIndex::with_rules`]).
     rules: Option<Arc<Rules>>,
-}
-
-impl Default for TagIndex {
-    fn default() -> Self {
-        TagIndex::new(DEFAULT_PREFIX).expect("the default prefix is valid")
-    }
+    client: Client,
+    in_use: library::InUse,
 }
 
 impl TagIndex {
-    pub fn new(prefix: &str) -> Result<Self, IndexError> {
+    /// The index under `prefix`, talking to Redis on `client`.
+    pub fn new(client: Client, prefix: &str) -> Result<Self, IndexError> {
         Ok(TagIndex {
             names: Names::new(prefix)?,
             chunk: DEFAULT_CHUNK,
             call_budget: DEFAULT_CALL_BUDGET,
             epoch_ttl: DEFAULT_EPOCH_TTL,
             rules: None,
+            client,
+            in_use: library::InUse::default(),
         })
     }
 
     /// The rules whose naming tags ([`crate::tags::Match::named`]) writes leave out of the
-    /// index: invalidation, `TAGS` and `TAGKEYS` then find those keys from the rules.
+    /// index: invalidation, `TAGS` and `TAGKEYS` then find those keys from the rules. Rules
+    /// turn writes into calls of the library's functions, so with any rule the library is in
+    /// use from the start ([`TagIndex::is_loaded`]).
     pub fn with_rules(mut self, rules: Arc<Rules>) -> Self {
+        if !rules.is_empty() {
+            self.in_use.set();
+        }
         self.rules = Some(rules);
         self
     }
@@ -166,5 +174,13 @@ impl TagIndex {
 
     pub fn names(&self) -> &Names {
         &self.names
+    }
+}
+
+#[cfg(test)]
+impl TagIndex {
+    /// An index whose client never connects, for tests of what it encodes.
+    fn offline() -> Self {
+        TagIndex::new(Client::default(), DEFAULT_PREFIX).expect("the default prefix is valid")
     }
 }

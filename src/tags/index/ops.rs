@@ -1,8 +1,11 @@
-//! What [`TagIndex`] does over a fred client (cachet's control client), for the TAG commands,
-//! policies and the sweeper: invalidation, `TAG`, `TAGS`, `TAGKEYS`, epoch reads, sweeping.
+//! What [`TagIndex`] does on its own connection (cachet's control client), for the TAG
+//! commands, policies and the sweeper: invalidation, `TAG`, `TAGS`, `TAGKEYS`, writes through
+//! `cachet_write` that are not a client's (TAGSET, deletes by policies), epoch reads, tag set
+//! sizes, and sweeping. Those that call the library's functions for a client load it first
+//! when needed and try once more after Redis lost it ([`TagIndex::install`]); the sweeper only
+//! cleans up what is there and never loads it.
 
 use bytes::Bytes;
-use fred::clients::Client;
 use fred::cmd;
 use fred::interfaces::{ClientLike, FunctionInterface};
 use fred::types::{Key, Value};
@@ -26,7 +29,7 @@ pub struct SweepStats {
 
 impl TagIndex {
     /// The tags' epochs now (0 for a tag never invalidated).
-    pub async fn epochs(&self, client: &Client, tags: &[Bytes]) -> Result<Vec<u64>, IndexError> {
+    pub async fn epochs(&self, tags: &[Bytes]) -> Result<Vec<u64>, IndexError> {
         if tags.is_empty() {
             return Ok(Vec::new());
         }
@@ -35,7 +38,7 @@ impl TagIndex {
             .into_iter()
             .map(Value::Bytes)
             .collect();
-        let reply: Value = client.custom(cmd!("MGET"), keys).await?;
+        let reply: Value = self.client.custom(cmd!("MGET"), keys).await?;
         match reply {
             Value::Array(values) => Ok(values
                 .iter()
@@ -45,19 +48,23 @@ impl TagIndex {
         }
     }
 
-    /// Deletes every key tagged with any of `tags`, chunk by chunk. Returns how many it
-    /// deleted (keys that expired meanwhile do not count).
+    /// Deletes every key tagged with any of `tags`, chunk by chunk (`TAGINVALIDATE`).
+    /// Returns how many it deleted (keys that expired meanwhile do not count).
     #[tracing::instrument(skip_all, fields(tags = tags.len()))]
-    pub async fn invalidate(&self, client: &Client, tags: &[Bytes]) -> Result<u64, IndexError> {
+    pub async fn invalidate(&self, tags: &[Bytes]) -> Result<u64, IndexError> {
+        self.with_library(|| self.invalidate_all(tags)).await
+    }
+
+    async fn invalidate_all(&self, tags: &[Bytes]) -> Result<u64, IndexError> {
         let mut deleted = 0;
         for tag in tags {
-            deleted += self.invalidate_tag(client, tag).await?;
+            deleted += self.invalidate_tag(tag).await?;
         }
         tracing::debug!(deleted, "invalidated");
         Ok(deleted)
     }
 
-    async fn invalidate_tag(&self, client: &Client, tag: &Bytes) -> Result<u64, IndexError> {
+    async fn invalidate_tag(&self, tag: &Bytes) -> Result<u64, IndexError> {
         let mut keys = vec![
             Key::from(self.names.tag_keys(tag)),
             Key::from(self.names.epoch(tag)),
@@ -78,20 +85,19 @@ impl TagIndex {
             args.extend(indexed.into_iter().cloned().map(Value::Bytes));
             keys.push(Key::from(key));
         }
-        let reply: Value = client.fcall("cachet_invalidate", keys, args).await?;
+        let reply: Value = self.client.fcall("cachet_invalidate", keys, args).await?;
         let [mut deleted, remaining, epoch] = integers("cachet_invalidate", &reply)?;
         if remaining > 0 {
-            deleted += self
-                .drain(client, self.names.drain(tag, epoch as u64))
-                .await? as i64;
+            deleted += self.drain(self.names.drain(tag, epoch as u64)).await? as i64;
         }
         Ok(deleted as u64)
     }
 
-    async fn drain(&self, client: &Client, set: Bytes) -> Result<u64, IndexError> {
+    async fn drain(&self, set: Bytes) -> Result<u64, IndexError> {
         let mut deleted = 0;
         loop {
-            let reply: Value = client
+            let reply: Value = self
+                .client
                 .fcall(
                     "cachet_drain",
                     vec![Key::from(set.clone())],
@@ -112,12 +118,11 @@ impl TagIndex {
 
     /// Attaches `tags` to an existing key (`TAG key tag...`). Returns how many it did not
     /// have yet; Redis answers `ERR no such key` for a missing key.
-    pub async fn tag(
-        &self,
-        client: &Client,
-        key: &Bytes,
-        tags: &[Bytes],
-    ) -> Result<u64, IndexError> {
+    pub async fn tag(&self, key: &Bytes, tags: &[Bytes]) -> Result<u64, IndexError> {
+        self.with_library(|| self.tag_once(key, tags)).await
+    }
+
+    async fn tag_once(&self, key: &Bytes, tags: &[Bytes]) -> Result<u64, IndexError> {
         if tags.is_empty() {
             return Ok(0);
         }
@@ -125,7 +130,7 @@ impl TagIndex {
         keys.extend(tags.iter().map(|t| Key::from(self.names.tag_keys(t))));
         let mut args = vec![Value::Bytes(self.names.prefix().clone())];
         args.extend(tags.iter().cloned().map(Value::Bytes));
-        let reply: Value = client.fcall("cachet_tag", keys, args).await?;
+        let reply: Value = self.client.fcall("cachet_tag", keys, args).await?;
         reply
             .as_u64()
             .ok_or_else(|| unexpected("cachet_tag", &reply))
@@ -133,12 +138,17 @@ impl TagIndex {
 
     /// A key's tags, sorted (`TAGS key`): its rule's and those in its per-key set; none
     /// when the key does not exist.
-    pub async fn tags(&self, client: &Client, key: &Bytes) -> Result<Vec<Bytes>, IndexError> {
+    pub async fn tags(&self, key: &Bytes) -> Result<Vec<Bytes>, IndexError> {
+        self.with_library(|| self.tags_once(key)).await
+    }
+
+    async fn tags_once(&self, key: &Bytes) -> Result<Vec<Bytes>, IndexError> {
         let mut args = vec![Value::Bytes(self.names.prefix().clone())];
         if let Some(found) = self.rules.as_ref().and_then(|r| r.match_key(key)) {
             args.extend(found.tags.into_iter().map(Value::Bytes));
         }
-        let reply: Value = client
+        let reply: Value = self
+            .client
             .fcall_ro(
                 "cachet_tags",
                 vec![Key::from(key.clone()), Key::from(self.names.key_tags(key))],
@@ -156,7 +166,16 @@ impl TagIndex {
     /// iteration is returned at least once. The keys the tag names come on the first page.
     pub async fn tagkeys(
         &self,
-        client: &Client,
+        tag: &[u8],
+        cursor: u64,
+        count: u64,
+    ) -> Result<(u64, Vec<Bytes>), IndexError> {
+        self.with_library(|| self.tagkeys_once(tag, cursor, count))
+            .await
+    }
+
+    async fn tagkeys_once(
+        &self,
         tag: &[u8],
         cursor: u64,
         count: u64,
@@ -165,7 +184,8 @@ impl TagIndex {
         if cursor == 0 {
             keys.extend(self.keys_named_by(tag).into_iter().map(Key::from));
         }
-        let reply: Value = client
+        let reply: Value = self
+            .client
             .fcall_ro(
                 "cachet_tagkeys",
                 keys,
@@ -183,6 +203,29 @@ impl TagIndex {
         }
     }
 
+    /// Runs one write through `cachet_write` on the index's connection (TAGSET, deletes
+    /// decided by policies), and returns Redis's reply to it.
+    pub async fn write(&self, call: &WriteCall<'_>) -> Result<Value, IndexError> {
+        let call = self.write_call(call);
+        self.with_library(|| self.fcall(&call)).await
+    }
+
+    /// Sends a `FCALL ...` vector built by [`TagIndex::write_call`].
+    async fn fcall(&self, call: &[Bytes]) -> Result<Value, IndexError> {
+        let args: Vec<Value> = call[1..].iter().cloned().map(Value::Bytes).collect();
+        Ok(self.client.custom(cmd!("FCALL"), args).await?)
+    }
+
+    /// How many keys `tag`'s set holds (`ZCARD`): the keys tagged `t` in the index, which
+    /// leaves out those the tag names.
+    pub async fn tag_size(&self, tag: &[u8]) -> Result<u64, IndexError> {
+        let set = self.names.tag_keys(tag);
+        Ok(self
+            .client
+            .custom(cmd!("ZCARD"), vec![Value::Bytes(set)])
+            .await?)
+    }
+
     /// One step of the sweeper: one SCAN page (`count`) over cachet's own keys. Tag sets lose
     /// members whose key is gone, per-key sets of gone keys go, and drain sets left by an
     /// invalidation that did not finish (its cachet died) are finished. Call with cursor 0,
@@ -190,11 +233,11 @@ impl TagIndex {
     #[tracing::instrument(skip_all, fields(cursor))]
     pub async fn sweep_step(
         &self,
-        client: &Client,
         cursor: u64,
         count: u64,
     ) -> Result<(u64, SweepStats), IndexError> {
-        let reply: Value = client
+        let reply: Value = self
+            .client
             .custom(
                 cmd!("SCAN"),
                 vec![
@@ -222,8 +265,8 @@ impl TagIndex {
         let mut data_keys = Vec::new();
         for name in &names {
             match name.get(self.names.prefix().len() + 1) {
-                Some(b't') => stats.members_removed += self.sweep_tag_set(client, name).await?,
-                Some(b'd') => stats.drained += self.drain(client, name.clone()).await?,
+                Some(b't') => stats.members_removed += self.sweep_tag_set(name).await?,
+                Some(b'd') => stats.drained += self.drain(name.clone()).await?,
                 Some(b'k') => {
                     if let Some(key) = self.names.parse_key_tags(name) {
                         data_keys.push(WriteKey {
@@ -243,16 +286,7 @@ impl TagIndex {
                 explicit_ttl: true,
                 allow_oom: true,
             });
-            let reply: Value = client
-                .custom(
-                    cmd!("FCALL"),
-                    call[1..]
-                        .iter()
-                        .cloned()
-                        .map(Value::Bytes)
-                        .collect::<Vec<_>>(),
-                )
-                .await?;
+            let reply = self.fcall(&call).await?;
             stats.key_sets_removed = reply
                 .as_u64()
                 .ok_or_else(|| unexpected("cachet_write_oom", &reply))?;
@@ -260,11 +294,12 @@ impl TagIndex {
         Ok((next, stats))
     }
 
-    async fn sweep_tag_set(&self, client: &Client, set: &Bytes) -> Result<u64, IndexError> {
+    async fn sweep_tag_set(&self, set: &Bytes) -> Result<u64, IndexError> {
         let mut cursor = Bytes::from_static(b"0");
         let mut removed = 0;
         loop {
-            let reply: Value = client
+            let reply: Value = self
+                .client
                 .fcall(
                     "cachet_sweep",
                     vec![Key::from(set.clone())],
