@@ -71,7 +71,7 @@ pub const FAST_SCORE_SLACK_MS: u64 = 250;
 
 /// A tagged `SET` that needs no function call: `MULTI`, the SET, one `ZADD` per tag,
 /// `SADD` and `PEXPIREAT` (or `PERSIST`) of the per-key set, `EXEC`. Only for writes with no
-/// lease to check ([`WriteKey::snapshot`] `None`) whose expiry cachet knows in advance.
+/// lease to check ([`super::WriteKey::snapshot`] `None`) whose expiry cachet knows in advance.
 #[derive(Debug, Clone, Copy)]
 pub struct FastSet<'a> {
     /// `SET key value`, optionally followed by `EX s` or `PX ms`, as the client sent it.

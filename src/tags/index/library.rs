@@ -46,7 +46,8 @@ impl TagIndex {
     }
 
     /// Whether this cachet uses the library: it has rules, or has loaded the library for a
-    /// command since. Then Redis has it, barring a loss [`TagIndex::with_library`] repairs.
+    /// command since. Redis then has it, barring a loss that the next TAG command, invalidation
+    /// or policy delete repairs.
     pub fn is_loaded(&self) -> bool {
         self.in_use.get()
     }
