@@ -39,10 +39,7 @@ async fn sweep(
         if !upstream.is_ready() {
             continue;
         }
-        match index
-            .sweep_step(upstream.control(), cursor, SWEEP_PAGE)
-            .await
-        {
+        match index.sweep_step(cursor, SWEEP_PAGE).await {
             Ok((next, stats)) => {
                 if stats.members_removed + stats.key_sets_removed + stats.drained > 0 {
                     tracing::info!(?stats, "tag index sweep removed entries of vanished keys");
@@ -105,8 +102,19 @@ pub async fn run_validated(
         tokio::task::spawn_blocking(move || policy::Policies::load(&policy_configs, threads))
             .await?
             .map_err(|e| anyhow::anyhow!("policies: {e}"))?;
-    let upstream = upstream::Upstream::start(config.upstream.clone(), !rules.is_empty())?;
+    let upstream = upstream::Upstream::new(config.upstream.clone())?;
     let rules = Arc::new(rules);
+    let index =
+        tags::index::TagIndex::new(upstream.control().clone(), tags::index::DEFAULT_PREFIX)?
+            .with_rules(rules.clone());
+    let library = index.clone();
+    upstream.start(vec![upstream::SetupStep::new(
+        "cachet's function library (tagged writes fail without it)",
+        move || {
+            let index = library.clone();
+            async move { index.reload().await }
+        },
+    )]);
     tracing::info!(
         listen = %listener.local_addr()?,
         upstream = %config.upstream.url,
@@ -125,9 +133,7 @@ pub async fn run_validated(
     let request_buffers = resp::request::RequestBuffers::new(config.proxy.max_query_buffer_total);
     let metrics = Arc::new(metrics);
     let warming = Arc::new(warming);
-    let index = Arc::new(
-        tags::index::TagIndex::new(tags::index::DEFAULT_PREFIX)?.with_rules(rules.clone()),
-    );
+    let index = Arc::new(index);
     let health = Arc::new(health::Health::new(
         config.health.clone(),
         upstream.clone(),

@@ -33,7 +33,6 @@ use crate::policy::engine::{self, Action, Event, name_to_bytes};
 use crate::policy::{Backend, CallError, Entry, Reloaded};
 use crate::resp::Protocol;
 use crate::resp::reply::Reply;
-use crate::session::tagging::index_op;
 use crate::tags::index::{TagIndex, WriteCall, WriteKey};
 use crate::upstream::Upstream;
 use crate::warm::{Heat, Submitted, WarmRequest, Warming};
@@ -165,15 +164,11 @@ struct Live {
 impl Backend for Live {
     fn key_tags(&self, key: &[u8], budget: Duration) -> Vec<Vec<u8>> {
         let key = Bytes::copy_from_slice(key);
-        let shared = &self.shared;
-        let control = shared.upstream.control();
         let tags = self.runtime.block_on(async {
-            tokio::time::timeout(
-                budget,
-                index_op(&shared.upstream, || shared.index.tags(control, &key)),
-            )
-            .await
-            .unwrap_or_else(|_| Err("no reply within the host-time budget".to_owned()))
+            match tokio::time::timeout(budget, self.shared.index.tags(&key)).await {
+                Ok(tags) => tags.map_err(|e| e.reply_text()),
+                Err(_) => Err("no reply within the host-time budget".to_owned()),
+            }
         });
         match tags {
             Ok(tags) => tags.into_iter().map(|t| t.to_vec()).collect(),
@@ -185,11 +180,8 @@ impl Backend for Live {
     }
 
     fn tag_size(&self, tag: &[u8], budget: Duration) -> u64 {
-        let set = self.shared.index.names().tag_keys(tag);
-        let control = self.shared.upstream.control();
         let size: Result<u64, String> = self.runtime.block_on(async {
-            let zcard = control.custom(fred::cmd!("ZCARD"), vec![Value::Bytes(set)]);
-            match tokio::time::timeout(budget, zcard).await {
+            match tokio::time::timeout(budget, self.shared.index.tag_size(tag)).await {
                 Ok(size) => size.map_err(|e| e.to_string()),
                 Err(_) => Err("no reply within the host-time budget".to_owned()),
             }
@@ -323,18 +315,17 @@ async fn apply(
     policies: &[String],
     outcome: &mut Outcome,
 ) {
-    let control = shared.upstream.control();
     let mut failure = None;
     if !merged.tags.is_empty() {
         let tags = &merged.tags;
-        match index_op(&shared.upstream, || shared.index.invalidate(control, tags)).await {
+        match shared.index.invalidate(tags).await {
             Ok(n) => {
                 shared.metrics.invalidations.inc_by(tags.len() as u64);
                 shared.metrics.keys_invalidated.inc_by(n);
                 outcome.deleted += n;
                 outcome.tags.extend(tags.iter().cloned());
             }
-            Err(error) => failure = Some(error),
+            Err(error) => failure = Some(error.reply_text()),
         }
     }
     for chunk in merged.keys.chunks(DELETE_CHUNK) {
@@ -380,21 +371,17 @@ async fn delete_keys(shared: &Arc<Shared>, keys: &[Bytes]) -> Result<u64, String
             ..WriteKey::default()
         })
         .collect();
-    let call = shared.index.write_call(&WriteCall {
+    let call = WriteCall {
         command: &command,
         keys: &writes,
         protocol: Protocol::Resp2,
         explicit_ttl: false,
         allow_oom: true,
-    });
-    let control = shared.upstream.control();
-    index_op(&shared.upstream, || async {
-        let args: Vec<Value> = call[1..].iter().cloned().map(Value::Bytes).collect();
-        let reply: Result<Value, _> = control.custom(fred::cmd!("FCALL"), args).await;
-        reply.map_err(crate::tags::index::IndexError::from)
-    })
-    .await
-    .map(|deleted| deleted.as_u64().unwrap_or(0))
+    };
+    match shared.index.write(&call).await {
+        Ok(deleted) => Ok(deleted.as_u64().unwrap_or(0)),
+        Err(error) => Err(error.reply_text()),
+    }
 }
 
 /// Keeps a failed event in the dead-letter stream for `POLICY REPLAY`.

@@ -57,7 +57,7 @@ pub struct Metrics {
     /// so that no client can make cachet look unhealthy by sending garbage.
     pub client_protocol_errors: IntCounter,
     /// Misses that got no read lease because their connection held the most it may: their
-    /// writes are not checked against invalidations (see `session::tagging`).
+    /// writes are not checked against invalidations (see `session::leases`).
     pub leases_dropped: IntCounter,
     /// Clients connected to cachet now.
     pub clients: IntGauge,

@@ -53,8 +53,8 @@ async fn fixture_alone() -> Fixture {
 async fn start() -> Fixture {
     let server = RedisServer::start();
     let client = fred_client(&server.url(), false).await;
-    let index = TagIndex::default();
-    index.install(&client).await.expect("FUNCTION LOAD");
+    let index = TagIndex::new(client.clone(), "cachet").expect("prefix");
+    index.install().await.expect("FUNCTION LOAD");
     Fixture {
         server,
         client,
@@ -197,11 +197,7 @@ async fn scan_all(client: &Client, pattern: &str) -> Vec<Bytes> {
 async fn sweep_all(fx: &Fixture) {
     let mut cursor = 0;
     loop {
-        let (next, _) = fx
-            .index
-            .sweep_step(&fx.client, cursor, 100)
-            .await
-            .expect("sweep");
+        let (next, _) = fx.index.sweep_step(cursor, 100).await.expect("sweep");
         if next == 0 {
             return;
         }
@@ -345,6 +341,7 @@ async fn writer(
     stop: Arc<AtomicBool>,
     ops: Arc<AtomicU64>,
 ) {
+    let index = TagIndex::new(client.clone(), "cachet").expect("prefix");
     let mut rng = fastrand::Rng::with_seed(w);
     while !stop.load(Ordering::Relaxed) {
         let i = rng.usize(..KEYS);
@@ -362,7 +359,7 @@ async fn writer(
             }
             4 => {
                 // A fill after a miss: snapshot, then write with it.
-                let snapshot = fx.index.epochs(&client, &wk.tags).await.unwrap();
+                let snapshot = index.epochs(&wk.tags).await.unwrap();
                 wk.snapshot = Some(snapshot);
                 (
                     vec!["SET".into(), k.clone(), "filled".into()],
@@ -398,7 +395,7 @@ async fn writer(
             _ => {
                 if rng.bool() {
                     let extra = tags(&[&format!("x:{}", rng.u8(..5))]);
-                    let _ = fx.index.tag(&client, &b(&k), &extra).await;
+                    let _ = index.tag(&b(&k), &extra).await;
                 } else {
                     // Eviction, or a client bypassing cachet.
                     let _ = try_redis(&client, &[b"DEL", k.as_bytes()]).await;
@@ -435,7 +432,7 @@ async fn invalidator(fx: Arc<Fixture>, n: u64, stop: Arc<AtomicBool>, invalidate
         } else {
             format!("h:{}", rng.u8(..11))
         };
-        let deleted = fx.index.invalidate(&fx.client, &[b(tag)]).await.unwrap();
+        let deleted = fx.index.invalidate(&[b(tag)]).await.unwrap();
         invalidated.fetch_add(deleted, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(rng.u64(5..40))).await;
     }
@@ -596,7 +593,7 @@ async fn a_stale_fill_gets_its_reply_but_does_not_survive() {
         let miss = raw.command(&["GET", k]).await.unwrap();
         assert_eq!(&miss[..], if resp3 { &b"_\r\n"[..] } else { b"$-1\r\n" });
         // Another cachet invalidates one of the key's tags meanwhile.
-        fx.index.invalidate(&fx.client, &user[1..]).await.unwrap();
+        fx.index.invalidate(&user[1..]).await.unwrap();
         // The fill: Redis's genuine reply (INCR's count), and the value is gone.
         let reply = raw.command(&fill(&["INCR", k], Some(seen))).await.unwrap();
         assert_eq!(&reply[..], b":1\r\n");
@@ -613,7 +610,7 @@ async fn a_stale_fill_gets_its_reply_but_does_not_survive() {
         assert_indexed(&fx, k, &["user:1", "class:9"]).await;
 
         // A write with no earlier miss is the application's own: never checked.
-        fx.index.invalidate(&fx.client, &user[..1]).await.unwrap();
+        fx.index.invalidate(&user[..1]).await.unwrap();
         let reply = raw.command(&fill(&["SET", k, "app"], None)).await.unwrap();
         assert_eq!(&reply[..], b"+OK\r\n");
         assert_indexed(&fx, k, &["user:1", "class:9"]).await;
@@ -628,13 +625,13 @@ async fn a_stale_fill_gets_its_reply_but_does_not_survive() {
         assert_unindexed(&fx, k, &["user:1", "class:9"]).await;
     }
     // Epochs survive FLUSHDB's wipe: the next invalidation still outranks old snapshots.
-    let seen = fx.index.epochs(&fx.client, &user).await.unwrap();
+    let seen = fx.index.epochs(&user).await.unwrap();
     assert!(
         seen.iter().all(|&e| e > 1_600_000_000_000),
         "epochs are times: {seen:?}"
     );
     redis(&fx.client, &[b"FLUSHDB"]).await;
-    fx.index.invalidate(&fx.client, &user[..1]).await.unwrap();
+    fx.index.invalidate(&user[..1]).await.unwrap();
     let stale = write(
         &fx,
         &["SET", "profile:9", "old"],
@@ -748,17 +745,13 @@ async fn ttl_changes_keep_scores_and_key_sets_right() {
 
     assert_eq!(
         fx.index
-            .tag(c, &b("s:1"), &tags(&["t:extra", "t:a"]))
+            .tag(&b("s:1"), &tags(&["t:extra", "t:a"]))
             .await
             .unwrap(),
         1
     );
     assert_indexed(&fx, "s:1", &["t:a", "t:extra"]).await;
-    let err = fx
-        .index
-        .tag(c, &b("nope"), &tags(&["t:a"]))
-        .await
-        .unwrap_err();
+    let err = fx.index.tag(&b("nope"), &tags(&["t:a"])).await.unwrap_err();
     assert!(err.to_string().contains("no such key"), "{err}");
 
     write(&fx, &["EXPIRE", "s:1", "500"], &ks(), true)
@@ -843,7 +836,7 @@ async fn ttl_changes_keep_scores_and_key_sets_right() {
     .unwrap();
     assert_indexed(&fx, "s:2", &["t:b"]).await;
     assert_eq!(
-        fx.index.tagkeys(c, b"t:b", 0, 10).await.unwrap().1.len(),
+        fx.index.tagkeys(b"t:b", 0, 10).await.unwrap().1.len(),
         2,
         "both keys are reachable"
     );
@@ -875,6 +868,7 @@ async fn tags_with_special_bytes_match_only_themselves() {
     let c = &fx.client;
     // The index's own calls over RESP3, the checks over RESP2.
     let c3 = &fred_client(&fx.server.url(), true).await;
+    let index3 = TagIndex::new(c3.clone(), "cachet").expect("prefix");
     let names = fx.index.names().clone();
     let alphabet: &[u8] = b":*?[]{} %\\\0\xffa7D}";
     let mut rng = fastrand::Rng::with_seed(42);
@@ -920,7 +914,7 @@ async fn tags_with_special_bytes_match_only_themselves() {
         });
         send_call(c, call).await.unwrap();
         if !attached.is_empty() {
-            fx.index.tag(c3, &k, &attached).await.unwrap();
+            index3.tag(&k, &attached).await.unwrap();
         }
         expected.insert(k, own);
     }
@@ -935,7 +929,7 @@ async fn tags_with_special_bytes_match_only_themselves() {
     assert_eq!(actual, predicted);
 
     for (k, own) in &expected {
-        let got: BTreeSet<Bytes> = fx.index.tags(c3, k).await.unwrap().into_iter().collect();
+        let got: BTreeSet<Bytes> = index3.tags(k).await.unwrap().into_iter().collect();
         assert_eq!(&got, own, "TAGS {k:?}");
     }
     for tag in &all_tags {
@@ -947,7 +941,7 @@ async fn tags_with_special_bytes_match_only_themselves() {
         let mut got = BTreeSet::new();
         let mut cursor = 0;
         loop {
-            let (next, keys) = fx.index.tagkeys(c3, tag, cursor, 7).await.unwrap();
+            let (next, keys) = index3.tagkeys(tag, cursor, 7).await.unwrap();
             got.extend(keys);
             if next == 0 {
                 break;
@@ -969,11 +963,7 @@ async fn tags_with_special_bytes_match_only_themselves() {
             .filter(|(_, own)| own.contains(tag))
             .map(|(k, _)| k.clone())
             .collect();
-        let deleted = fx
-            .index
-            .invalidate(c3, std::slice::from_ref(tag))
-            .await
-            .unwrap();
+        let deleted = index3.invalidate(std::slice::from_ref(tag)).await.unwrap();
         assert_eq!(deleted, doomed.len() as u64, "invalidating {tag:?}");
         for k in &doomed {
             let own = alive.remove(k).unwrap();
@@ -1063,7 +1053,7 @@ async fn invalidate_100k(fx: &Fixture) -> Vec<i64> {
     redis(c, &[b"SLOWLOG", b"RESET"]).await;
     redis(c, &[b"CONFIG", b"RESETSTAT"]).await;
     let started = Instant::now();
-    let deleted = fx.index.invalidate(c, &tags(&["big"])).await.unwrap();
+    let deleted = fx.index.invalidate(&tags(&["big"])).await.unwrap();
     let took = started.elapsed();
     redis(
         c,
@@ -1181,10 +1171,7 @@ async fn keys_that_go_take_their_entries_along() {
     write(&fx, &["SET", "b:1", "v"], &[bk()], false)
         .await
         .unwrap();
-    fx.index
-        .tag(c, &b("a:1"), &tags(&["t:extra"]))
-        .await
-        .unwrap();
+    fx.index.tag(&b("a:1"), &tags(&["t:extra"])).await.unwrap();
     write(
         &fx,
         &["RENAME", "a:1", "b:1"],
@@ -1367,11 +1354,13 @@ async fn no_call_deletes_more_than_a_chunk() {
         }));
     }
     send_calls(c, calls).await;
-    let index = TagIndex::default()
+    let index = fx
+        .index
+        .clone()
         .with_chunk(10)
         .with_call_budget(Duration::from_secs(1));
     redis(c, &[b"CONFIG", b"RESETSTAT"]).await;
-    assert_eq!(index.invalidate(c, &tags(&["chunky"])).await.unwrap(), 95);
+    assert_eq!(index.invalidate(&tags(&["chunky"])).await.unwrap(), 95);
     let stats = redis(c, &[b"INFO", b"commandstats"]).await;
     let stats = String::from_utf8_lossy(stats.as_bytes().unwrap()).into_owned();
     assert!(stats.contains("cmdstat_fcall:calls=10,"), "{stats}");

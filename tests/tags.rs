@@ -73,7 +73,7 @@ fn rules() -> Rules {
 }
 
 fn names() -> Names {
-    TagIndex::new("cachet").expect("prefix").names().clone()
+    Names::new("cachet").expect("prefix")
 }
 
 async fn start_proxy(redis: &RedisServer) -> Proxy {
@@ -1573,13 +1573,10 @@ async fn a_sweep_removes_what_keys_deleted_behind_cachets_back_left() {
         }
     }
     let sweeper = fred_client(&redis.url(), false).await;
-    let index = TagIndex::default();
+    let index = TagIndex::new(sweeper, "cachet").expect("prefix");
     let mut cursor = 0;
     loop {
-        let (next, _) = index
-            .sweep_step(&sweeper, cursor, 100)
-            .await
-            .expect("sweep step");
+        let (next, _) = index.sweep_step(cursor, 100).await.expect("sweep step");
         cursor = next;
         if cursor == 0 {
             break;

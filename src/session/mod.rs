@@ -28,13 +28,15 @@
 
 mod batch;
 mod clients;
+mod inspect;
+mod leases;
 mod local;
 mod observe;
 mod pinning;
 mod policy;
 mod replies;
 mod route;
-pub(crate) mod tagging;
+mod tagging;
 mod warm;
 
 pub use clients::ClientRegistry;
@@ -61,10 +63,11 @@ use crate::resp::{self, Protocol, Request, lowercase_name};
 use crate::upstream::pool::{ReplyAccount, ReplyLimits};
 use crate::upstream::{Dedicated, PoolReply, PoolRequest, ReplyTo, UpstreamError, UpstreamReply};
 use batch::Batch;
+use inspect::Inspect;
+use leases::Snapshots;
 use pinning::{Pinning, Wait, acquire, dedicated_io};
 use replies::ReplyQueue;
 use route::{ClientState, Divergence, Own, Route, SHARED_MAX_ARGS, route};
-use tagging::{Inspect, Snapshots};
 
 /// What every session uses, built once by `crate::app`.
 pub struct Services {

@@ -179,7 +179,7 @@ impl Session {
             args.extend(others);
             Request::from_args(args)
         };
-        self.forward_inspected(request, super::tagging::Inspect::Info);
+        self.forward_inspected(request, super::inspect::Inspect::Info);
     }
 }
 

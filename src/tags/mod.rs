@@ -14,6 +14,7 @@
 //!   (ambiguity, one set of patterns covering another).
 //! * [`rules`]: the compiled rule set: validation with every error at once, and
 //!   [`Rules::match_key`], the first matching rule for a key, on the proxy's hot path.
+//! * [`index`]: the tag index kept in Redis, and [`index::TagIndex`], its one owner.
 
 mod pattern;
 pub mod rules;

@@ -6,12 +6,15 @@
 //! * [`dedicated`]: a connection owned by one client for as long as its state differs from the
 //!   pool's (MULTI/WATCH, subscriptions, a blocking command, SELECT, AUTH as another user,
 //!   CLIENT TRACKING, ...). Clean ones are kept as spares so the next MULTI does not connect.
-//! * the control client (fred), for cachet's own work: loading the command table and the tag
-//!   index's function library (again after every reconnect), invalidations, the sweeper.
+//! * the control client (fred), for cachet's own work: loading the command table (again after
+//!   every reconnect), the [`SetupStep`]s the composition root gives it (the tag index's
+//!   function library), invalidations, the sweeper.
 
 pub mod dedicated;
 pub mod pool;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -51,6 +54,36 @@ impl UpstreamError {
     }
 }
 
+/// Something to set up in Redis on the control client at its first connect, before the pool
+/// serves, and again after every reconnect (a restarted Redis may have lost it): the tag
+/// index's function library, say. The composition root registers them, so this module need
+/// not know what they set up.
+pub struct SetupStep {
+    /// What it sets up, for the log when it fails.
+    what: &'static str,
+    run: Box<dyn Fn() -> StepFuture + Send + Sync>,
+}
+
+type StepFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+impl SetupStep {
+    /// A step that runs `run` (which holds the handles it needs) and reports its error.
+    pub fn new<F, Fut, E>(what: &'static str, run: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        SetupStep {
+            what,
+            run: Box::new(move || {
+                let step = run();
+                Box::pin(async move { step.await.map_err(|e| e.to_string()) })
+            }),
+        }
+    }
+}
+
 /// Everything cachet holds towards one Redis server.
 pub struct Upstream {
     pub config: UpstreamConfig,
@@ -59,8 +92,6 @@ pub struct Upstream {
     commands: ArcSwap<CommandTable>,
     table_ready: watch::Sender<bool>,
     control: Client,
-    /// Load the tag index's function library on every (re)connect.
-    tag_index: AtomicBool,
     shut: AtomicBool,
     /// Pooled connections brought back up after they were lost (registered with the
     /// metrics by whoever exposes them, as `cachet_upstream_pool_reconnects_total`).
@@ -68,46 +99,33 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Creates the upstream side and starts the control client and the RESP2 pool.
-    /// With `tag_index`, cachet's function library is loaded at every (re)connect, before the
-    /// pool serves: rules turn writes into calls of its functions.
-    pub fn start(config: UpstreamConfig, tag_index: bool) -> anyhow::Result<Arc<Self>> {
+    /// Creates the upstream side. Nothing connects before [`Upstream::start`], so the
+    /// control client ([`Upstream::control`]) can be handed out first.
+    pub fn new(config: UpstreamConfig) -> anyhow::Result<Arc<Self>> {
         let control = control_client(&config)?;
         let (table_ready, _) = watch::channel(false);
-        let upstream = Arc::new(Upstream {
+        Ok(Arc::new(Upstream {
             config,
             pools: Default::default(),
             spares: Mutex::new(Vec::new()),
             commands: ArcSwap::from_pointee(CommandTable::default()),
             table_ready,
             control,
-            tag_index: AtomicBool::new(tag_index),
             shut: AtomicBool::new(false),
             pool_reconnects: prometheus::IntCounter::new(
                 "cachet_upstream_pool_reconnects_total",
                 "Pooled connections to Redis brought back up after they were lost",
             )
             .expect("a valid metric name"),
-        });
-        tokio::spawn(load_commands(upstream.clone()));
-        upstream.pool(Protocol::Resp2);
-        Ok(upstream)
+        }))
     }
 
-    /// Loads (or replaces) the tag index's function library, and keeps doing so after every
-    /// reconnect from now on.
-    pub async fn load_tag_index(&self) -> Result<(), fred::error::Error> {
-        let _: Value = self
-            .control
-            .function_load(true, crate::tags::index::LIBRARY)
-            .await?;
-        self.tag_index.store(true, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Whether this cachet has loaded the tag index's library (and reloads it on reconnect).
-    pub fn tag_index_loaded(&self) -> bool {
-        self.tag_index.load(Ordering::Relaxed)
+    /// Connects the control client and starts the RESP2 pool; call it once. `setup` runs on
+    /// the control client at its first connect, before the pool serves, and again after
+    /// every reconnect.
+    pub fn start(self: &Arc<Self>, setup: Vec<SetupStep>) {
+        tokio::spawn(load_commands(self.clone(), setup));
+        self.pool(Protocol::Resp2);
     }
 
     /// The command table as last loaded from Redis (empty until the first load).
@@ -336,8 +354,9 @@ fn control_client(config: &UpstreamConfig) -> anyhow::Result<Client> {
 }
 
 /// Loads the command table once the control client connects, and again after every
-/// reconnect (the server may have been upgraded or loaded a module).
-async fn load_commands(upstream: Arc<Upstream>) {
+/// reconnect (the server may have been upgraded or loaded a module), then runs the setup
+/// steps.
+async fn load_commands(upstream: Arc<Upstream>, setup: Vec<SetupStep>) {
     let control = upstream.control.clone();
     let mut reconnects = control.reconnect_rx();
     control.connect();
@@ -355,12 +374,16 @@ async fn load_commands(upstream: Arc<Upstream>) {
                 Ok(table) => {
                     tracing::info!(commands = table.len(), "command table loaded from upstream");
                     upstream.commands.store(Arc::new(table));
-                    // The tag index's functions: loaded before any pooled connection serves,
-                    // so no tagged write meets "Function not found".
-                    if upstream.tag_index.load(Ordering::Relaxed)
-                        && let Err(error) = upstream.load_tag_index().await
-                    {
-                        tracing::warn!(%error, "loading cachet's function library failed; tagged writes will fail");
+                    // Before any pooled connection serves, so that no command through the
+                    // pool finds them missing (no tagged write meets "Function not found").
+                    for step in &setup {
+                        if let Err(error) = (step.run)().await {
+                            tracing::warn!(
+                                %error,
+                                step = step.what,
+                                "a setup step of the control connection failed"
+                            );
+                        }
                     }
                     upstream.table_ready.send_replace(true);
                     if reconnects.recv().await.is_err() {
