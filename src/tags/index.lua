@@ -1,7 +1,7 @@
 #!lua name=cachet
 -- cachet's tag index, kept in Redis so every cachet instance shares it. Key names, the
--- KEYS/ARGV layout of each function and their replies are documented in src/tags/index.rs;
--- the naming below must stay byte-for-byte equal to `Names` there (a test checks it).
+-- KEYS/ARGV layout of each function and their replies are documented in src/tags/index/;
+-- the naming below must stay byte-for-byte equal to `Names` (names.rs; a test checks it).
 --
 -- Names come from the prefix (ARGV[1]) and raw bytes. A function uses the names it is given
 -- in KEYS for the keys it is given, and builds names itself only for keys it discovers (the
@@ -9,6 +9,8 @@
 
 -- Most members whose score says "expired" one write re-checks per tag set.
 local TRIM = 16
+-- How far ahead of Redis's clock a tag's epoch starts again once its key was lost (ms).
+local EPOCH_RESTART_MS = 1000
 
 -- `%` and `}` percent-encoded, so the result is `}`-free and the mapping injective. The
 -- empty string becomes a lone `%`, which no other input produces.
@@ -349,7 +351,11 @@ redis.register_function('cachet_invalidate', function(keys, args)
   local p, tag = args[1], args[2]
   local chunk, budget_us, epoch_ttl = tonumber(args[3]), tonumber(args[4]), tonumber(args[5])
   local te, tk = keys[2], keys[1]
-  local epoch = math.max(now_ms(), (tonumber(redis.call('GET', te)) or 0) + 1)
+  -- An epoch only grows. Once its key is gone (FLUSHDB, eviction) its last value is unknown,
+  -- and a fill may still hold a snapshot of it taken this very millisecond (or a few ms
+  -- ahead, after several invalidations in one ms): the new epoch starts a second ahead.
+  local current = tonumber(redis.call('GET', te))
+  local epoch = current and math.max(now_ms(), current + 1) or now_ms() + EPOCH_RESTART_MS
   if epoch_ttl > 0 then
     redis.call('SET', te, digits(epoch), 'PX', digits(epoch_ttl))
   else

@@ -38,10 +38,12 @@
 //!
 //! # Why it stays right
 //!
-//! * Epochs are times, not counters: a bump sets `max(now_ms, old + 1)`. An epoch can then
-//!   expire (bounding the keys of one-off tags) or vanish with `FLUSHDB`, and the next bump
-//!   still exceeds every epoch anyone saw before: those are at most the time of the last bump
-//!   (plus 1 per extra bump within the same millisecond), and a missing epoch reads as 0.
+//! * Epochs are times, not counters: a bump sets `max(now_ms, old + 1)`, or `now_ms + 1000`
+//!   when the old one is gone. An epoch can then expire (bounding the keys of one-off tags)
+//!   or vanish with `FLUSHDB`, and the next bump still exceeds every epoch anyone saw before:
+//!   those are at most the time of the last bump plus 1 per extra bump within the same
+//!   millisecond, which may be this very millisecond (hence the second's head start), and a
+//!   missing epoch reads as 0.
 //! * Invalidation renames the tag set away before deleting, so it deletes exactly the keys
 //!   tagged when it began, however fast writers add new ones (looping "until the set is empty"
 //!   could run forever on a hot tag). A fill that read before the bump fails the epoch check;
