@@ -174,7 +174,7 @@ pub async fn run_validated(
         });
         tokio::spawn(admin::serve(admin, listener, token.clone()));
     }
-    let shared = Arc::new(session::Services {
+    let services = Arc::new(session::Services {
         proxy: config.proxy,
         ttl: config.ttl,
         limits,
@@ -189,7 +189,7 @@ pub async fn run_validated(
         events,
         health,
     });
-    server::serve(shared, listener, token).await;
+    server::serve(services, listener, token).await;
     Ok(())
 }
 

@@ -48,8 +48,6 @@ pub struct Events {
     pub metrics: Arc<Metrics>,
 }
 
-type Shared = Events;
-
 /// Keys deleted per index call: well inside Lua's `unpack` limit.
 const DELETE_CHUNK: usize = 500;
 
@@ -157,7 +155,7 @@ impl Merged {
 /// Answers host imports from Redis (blocking the policy thread, never a client's) and from
 /// the read-heat sketch.
 struct Live {
-    shared: Arc<Shared>,
+    events: Arc<Events>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -165,7 +163,7 @@ impl Backend for Live {
     fn key_tags(&self, key: &[u8], budget: Duration) -> Vec<Vec<u8>> {
         let key = Bytes::copy_from_slice(key);
         let tags = self.runtime.block_on(async {
-            match tokio::time::timeout(budget, self.shared.index.tags(&key)).await {
+            match tokio::time::timeout(budget, self.events.index.tags(&key)).await {
                 Ok(tags) => tags.map_err(|e| e.reply_text()),
                 Err(_) => Err("no reply within the host-time budget".to_owned()),
             }
@@ -181,7 +179,7 @@ impl Backend for Live {
 
     fn tag_size(&self, tag: &[u8], budget: Duration) -> u64 {
         let size: Result<u64, String> = self.runtime.block_on(async {
-            match tokio::time::timeout(budget, self.shared.index.tag_size(tag)).await {
+            match tokio::time::timeout(budget, self.events.index.tag_size(tag)).await {
                 Ok(size) => size.map_err(|e| e.to_string()),
                 Err(_) => Err("no reply within the host-time budget".to_owned()),
             }
@@ -193,21 +191,21 @@ impl Backend for Live {
     }
 
     fn key_heat(&self, key: &[u8]) -> u32 {
-        self.shared.heat.estimate(key)
+        self.events.heat.estimate(key)
     }
 }
 
 /// Runs `event` through its policies (or through `only`, for a replay) and everything that
 /// follows from it.
-pub async fn run(shared: &Arc<Shared>, root: Event, only: Option<Arc<Entry>>) -> Outcome {
+pub async fn run(events: &Arc<Events>, root: Event, only: Option<Arc<Entry>>) -> Outcome {
     let started = Instant::now();
     let mut outcome = Outcome::default();
     let backend: Arc<dyn Backend> = Arc::new(Live {
-        shared: shared.clone(),
+        events: events.clone(),
         runtime: tokio::runtime::Handle::current(),
     });
     let replay = only.is_some();
-    let max_depth = shared.config.max_depth;
+    let max_depth = events.config.max_depth;
     let mut queue = VecDeque::from([(only, root)]);
     let mut first = true;
     while let Some((only, event)) = queue.pop_front() {
@@ -215,7 +213,7 @@ pub async fn run(shared: &Arc<Shared>, root: Event, only: Option<Arc<Entry>>) ->
         let keep_failures = !(replay && std::mem::take(&mut first));
         let entries = match only {
             Some(entry) => vec![entry],
-            None => shared.policies.subscribed(&event.name),
+            None => events.policies.subscribed(&event.name),
         };
         let mut merged = Merged::default();
         let mut succeeded = Vec::new();
@@ -224,7 +222,7 @@ pub async fn run(shared: &Arc<Shared>, root: Event, only: Option<Arc<Entry>>) ->
         for entry in &entries {
             let version = entry.current();
             let (event, backend) = (event.clone(), backend.clone());
-            let submitted = shared.policies.workers.submit(move || {
+            let submitted = events.policies.workers.submit(move || {
                 let began = Instant::now();
                 let (result, host_calls) = version.module.call_counted(&event, backend);
                 (result, began.elapsed(), host_calls)
@@ -244,7 +242,7 @@ pub async fn run(shared: &Arc<Shared>, root: Event, only: Option<Arc<Entry>>) ->
                 Ok(ran) => ran,
                 Err(busy) => (Err(CallError::Limit(busy.to_string())), Duration::ZERO, 0),
             };
-            record(shared, &entry, took, host_calls, result.as_ref().err());
+            record(events, &entry, took, host_calls, result.as_ref().err());
             match result {
                 Ok(actions) => {
                     outcome.succeeded += 1;
@@ -256,13 +254,13 @@ pub async fn run(shared: &Arc<Shared>, root: Event, only: Option<Arc<Entry>>) ->
                     let message = format!("policy {name}: {error}");
                     tracing::warn!(policy = name, event = %event.name, kind = error.kind(), %error, "policy call failed");
                     if keep_failures {
-                        dead_letter(shared, &event, name, &message).await;
+                        dead_letter(events, &event, name, &message).await;
                     }
                     outcome.errors.push(message);
                 }
             }
         }
-        apply(shared, &event, &mut merged, &succeeded, &mut outcome).await;
+        apply(events, &event, &mut merged, &succeeded, &mut outcome).await;
         for (policy, next) in merged.followups {
             if next.depth > max_depth {
                 outcome.dropped += 1;
@@ -281,7 +279,7 @@ pub async fn run(shared: &Arc<Shared>, root: Event, only: Option<Arc<Entry>>) ->
 }
 
 fn record(
-    shared: &Shared,
+    events: &Events,
     entry: &Entry,
     took: Duration,
     host_calls: u32,
@@ -289,7 +287,7 @@ fn record(
 ) {
     let name = entry.name();
     entry.stats.record(took, error);
-    let metrics = &shared.metrics;
+    let metrics = &events.metrics;
     metrics.policy_calls.with_label_values(&[name]).inc();
     metrics
         .policy_host_calls
@@ -309,7 +307,7 @@ fn record(
 
 /// Applies one event's merged actions.
 async fn apply(
-    shared: &Arc<Shared>,
+    events: &Arc<Events>,
     event: &Event,
     merged: &mut Merged,
     policies: &[String],
@@ -318,10 +316,10 @@ async fn apply(
     let mut failure = None;
     if !merged.tags.is_empty() {
         let tags = &merged.tags;
-        match shared.index.invalidate(tags).await {
+        match events.index.invalidate(tags).await {
             Ok(n) => {
-                shared.metrics.invalidations.inc_by(tags.len() as u64);
-                shared.metrics.keys_invalidated.inc_by(n);
+                events.metrics.invalidations.inc_by(tags.len() as u64);
+                events.metrics.keys_invalidated.inc_by(n);
                 outcome.deleted += n;
                 outcome.tags.extend(tags.iter().cloned());
             }
@@ -329,7 +327,7 @@ async fn apply(
         }
     }
     for chunk in merged.keys.chunks(DELETE_CHUNK) {
-        match delete_keys(shared, chunk).await {
+        match delete_keys(events, chunk).await {
             Ok(n) => {
                 outcome.deleted += n;
                 outcome.keys.extend(chunk.iter().cloned());
@@ -339,7 +337,7 @@ async fn apply(
     }
     for request in merged.warm.drain(..) {
         let counts = &mut outcome.warm;
-        match shared.warming.submit(request) {
+        match events.warming.submit(request) {
             Submitted::Queued => counts.queued += 1,
             Submitted::Deduplicated => counts.deduplicated += 1,
             Submitted::Cold => counts.cold += 1,
@@ -353,7 +351,7 @@ async fn apply(
         // The decision was made but not carried out: keep the event, or data stays stale.
         for policy in policies {
             let message = format!("policy {policy}: applying its actions failed: {error}");
-            dead_letter(shared, event, policy, &message).await;
+            dead_letter(events, event, policy, &message).await;
             outcome.errors.push(message);
         }
     }
@@ -361,7 +359,7 @@ async fn apply(
 
 /// Deletes keys as a DEL through cachet would: inside the index function, so their index
 /// entries go with them.
-async fn delete_keys(shared: &Arc<Shared>, keys: &[Bytes]) -> Result<u64, String> {
+async fn delete_keys(events: &Arc<Events>, keys: &[Bytes]) -> Result<u64, String> {
     let mut command = vec![Bytes::from_static(b"DEL")];
     command.extend(keys.iter().cloned());
     let writes: Vec<WriteKey> = keys
@@ -378,20 +376,20 @@ async fn delete_keys(shared: &Arc<Shared>, keys: &[Bytes]) -> Result<u64, String
         explicit_ttl: false,
         allow_oom: true,
     };
-    match shared.index.write(&call).await {
+    match events.index.write(&call).await {
         Ok(deleted) => Ok(deleted.as_u64().unwrap_or(0)),
         Err(error) => Err(error.reply_text()),
     }
 }
 
 /// Keeps a failed event in the dead-letter stream for `POLICY REPLAY`.
-async fn dead_letter(shared: &Shared, event: &Event, policy: &str, error: &str) {
-    let events = &shared.config;
+async fn dead_letter(events: &Events, event: &Event, policy: &str, error: &str) {
+    let config = &events.config;
     let mut args = vec![
-        Value::from(events.dead_letter_stream.as_str()),
+        Value::from(config.dead_letter_stream.as_str()),
         Value::from("MAXLEN"),
         Value::from("~"),
-        Value::from(events.dead_letter_maxlen as i64),
+        Value::from(config.dead_letter_maxlen as i64),
         Value::from("*"),
         Value::from("event"),
         Value::from(event.name.as_str()),
@@ -408,12 +406,12 @@ async fn dead_letter(shared: &Shared, event: &Event, policy: &str, error: &str) 
         args.push(Value::from(format!("field:{}", field.name)));
         args.push(Value::Bytes(Bytes::from(field.raw.clone())));
     }
-    let added: Result<Value, _> = shared
+    let added: Result<Value, _> = events
         .upstream
         .control()
         .custom(fred::cmd!("XADD"), args)
         .await;
-    shared.metrics.dead_letters.inc();
+    events.metrics.dead_letters.inc();
     if let Err(failure) = added {
         // The event is lost for replay; say so loudly with everything needed to redo it.
         tracing::error!(%failure, event = %event.name, policy, error, "cannot keep a dead letter");
@@ -421,9 +419,9 @@ async fn dead_letter(shared: &Shared, event: &Event, policy: &str, error: &str) 
 }
 
 /// EMIT: runs the event, logs it, answers the client.
-pub async fn emit(shared: Arc<Shared>, event: Event) -> Reply {
-    if shared.policies.subscribed(&event.name).is_empty() {
-        shared
+pub async fn emit(events: Arc<Events>, event: Event) -> Reply {
+    if events.policies.subscribed(&event.name).is_empty() {
+        events
             .metrics
             .events
             .with_label_values(&["unsubscribed"])
@@ -434,13 +432,13 @@ pub async fn emit(shared: Arc<Shared>, event: Event) -> Reply {
         ));
     }
     let name = event.name.clone();
-    let outcome = run(&shared, event, None).await;
+    let outcome = run(&events, event, None).await;
     let label = match (outcome.succeeded, outcome.errors.is_empty()) {
         (_, true) => "ok",
         (0, false) => "failed",
         _ => "partial",
     };
-    shared.metrics.events.with_label_values(&[label]).inc();
+    events.metrics.events.with_label_values(&[label]).inc();
     tracing::info!(
         event = %name,
         policies = %outcome.policies.join(","),
@@ -452,7 +450,7 @@ pub async fn emit(shared: Arc<Shared>, event: Event) -> Reply {
         duration_us = outcome.duration.as_micros() as u64,
         "EMIT"
     );
-    log_event(&shared, &name, &outcome).await;
+    log_event(&events, &name, &outcome).await;
     if outcome.succeeded == 0 {
         return Reply::error(format!("ERR {}", outcome.errors.join("; ")));
     }
@@ -496,8 +494,8 @@ pub fn outcome_reply(outcome: &Outcome) -> Reply {
 }
 
 /// Appends the EMIT and its outcome to `[events] log_stream`, when configured.
-async fn log_event(shared: &Shared, name: &str, outcome: &Outcome) {
-    let Some(stream) = &shared.config.log_stream else {
+async fn log_event(events: &Events, name: &str, outcome: &Outcome) {
+    let Some(stream) = &events.config.log_stream else {
         return;
     };
     let join = |items: &[Bytes]| {
@@ -511,7 +509,7 @@ async fn log_event(shared: &Shared, name: &str, outcome: &Outcome) {
         Value::from(stream.as_str()),
         Value::from("MAXLEN"),
         Value::from("~"),
-        Value::from(shared.config.log_maxlen as i64),
+        Value::from(events.config.log_maxlen as i64),
         Value::from("*"),
         Value::from("event"),
         Value::from(name),
@@ -530,7 +528,7 @@ async fn log_event(shared: &Shared, name: &str, outcome: &Outcome) {
         Value::from("duration_us"),
         Value::from(outcome.duration.as_micros() as i64),
     ];
-    let added: Result<Value, _> = shared
+    let added: Result<Value, _> = events
         .upstream
         .control()
         .custom(fred::cmd!("XADD"), args)
@@ -551,12 +549,12 @@ pub struct Replayed {
 /// Runs up to `count` dead letters again (only `policy`'s, when given), oldest first. A
 /// replay that succeeds removes its entry; one that fails leaves it where it was.
 pub async fn replay(
-    shared: &Arc<Shared>,
+    events: &Arc<Events>,
     policy: Option<&str>,
     count: u64,
 ) -> Result<Replayed, String> {
-    let stream = shared.config.dead_letter_stream.as_str();
-    let control = shared.upstream.control();
+    let stream = events.config.dead_letter_stream.as_str();
+    let control = events.upstream.control();
     let mut done = Replayed::default();
     let mut start = "-".to_owned();
     while done.replayed < count {
@@ -589,12 +587,12 @@ pub async fn replay(
                 break;
             }
             done.replayed += 1;
-            let Some(entry) = shared.policies.get(&letter.policy).cloned() else {
+            let Some(entry) = events.policies.get(&letter.policy).cloned() else {
                 done.errors
                     .push(format!("{id}: no policy named '{}'", letter.policy));
                 continue;
             };
-            let outcome = run(shared, letter.event, Some(entry)).await;
+            let outcome = run(events, letter.event, Some(entry)).await;
             if outcome.failed == 0 {
                 done.succeeded += 1;
                 let _: Result<Value, _> = control
@@ -660,14 +658,14 @@ fn parse_letter(item: Value) -> Option<(String, Letter)> {
 }
 
 /// Reloads one policy and counts the outcome.
-pub async fn reload(shared: &Shared, entry: &Arc<Entry>, force: bool) -> Reloaded {
-    let reloaded = shared.policies.reload(entry, force).await;
+pub async fn reload(events: &Events, entry: &Arc<Entry>, force: bool) -> Reloaded {
+    let reloaded = events.policies.reload(entry, force).await;
     let outcome = match &reloaded {
         Reloaded::Replaced { .. } => "ok",
         Reloaded::Unchanged => "unchanged",
         Reloaded::Failed(_) => "failed",
     };
-    shared
+    events
         .metrics
         .policy_reloads
         .with_label_values(&[entry.name(), outcome])
@@ -677,13 +675,13 @@ pub async fn reload(shared: &Shared, entry: &Arc<Entry>, force: bool) -> Reloade
 
 /// Reloads every policy whose module file changed, every `[events] watch_ms`, and every
 /// policy on SIGHUP, until `shutdown`.
-pub async fn watch(shared: Arc<Shared>, shutdown: tokio_util::sync::CancellationToken) {
+pub async fn watch(events: Arc<Events>, shutdown: tokio_util::sync::CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
-    if shared.policies.is_empty() {
+    if events.policies.is_empty() {
         return;
     }
     let mut hangup = signal(SignalKind::hangup()).ok();
-    let every = Duration::from_millis(shared.config.watch_ms);
+    let every = Duration::from_millis(events.config.watch_ms);
     let mut tick = (!every.is_zero()).then(|| tokio::time::interval(every));
     loop {
         let force = tokio::select! {
@@ -694,8 +692,8 @@ pub async fn watch(shared: Arc<Shared>, shutdown: tokio_util::sync::Cancellation
                 true
             }
         };
-        for entry in &shared.policies.entries {
-            reload(&shared, entry, force).await;
+        for entry in &events.policies.entries {
+            reload(&events, entry, force).await;
         }
     }
 }

@@ -18,15 +18,15 @@ use tracing::Instrument;
 use crate::session::{ClientRegistry, Inbox, Services, Session};
 
 /// Accepts clients on `listener` until `shutdown` is cancelled, then waits for them to finish.
-pub async fn serve(shared: Arc<Services>, listener: TcpListener, shutdown: CancellationToken) {
-    if let Err(error) = shared
+pub async fn serve(services: Arc<Services>, listener: TcpListener, shutdown: CancellationToken) {
+    if let Err(error) = services
         .metrics
         .registry
-        .register(Box::new(shared.clients.reply_bytes.clone()))
+        .register(Box::new(services.clients.reply_bytes.clone()))
     {
         tracing::warn!(%error, "cachet_client_reply_bytes not registered");
     }
-    let slots = Arc::new(Semaphore::new(shared.proxy.max_clients));
+    let slots = Arc::new(Semaphore::new(services.proxy.max_clients));
     let sessions = TaskTracker::new();
     loop {
         let (stream, addr) = tokio::select! {
@@ -45,17 +45,17 @@ pub async fn serve(shared: Arc<Services>, listener: TcpListener, shutdown: Cance
             tokio::spawn(refuse(stream));
             continue;
         };
-        let shared = shared.clone();
+        let services = services.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
             let _permit = permit;
-            serve_client(shared, stream, addr, shutdown).await;
+            serve_client(services, stream, addr, shutdown).await;
         });
     }
     drop(listener);
     sessions.close();
-    shared.clients.broadcast(|| Inbox::Shutdown);
-    let grace = Duration::from_millis(shared.proxy.shutdown_grace_ms);
+    services.clients.broadcast(|| Inbox::Shutdown);
+    let grace = Duration::from_millis(services.proxy.shutdown_grace_ms);
     tracing::info!(
         clients = sessions.len(),
         "shutting down: finishing in-flight replies"
@@ -65,23 +65,23 @@ pub async fn serve(shared: Arc<Services>, listener: TcpListener, shutdown: Cance
             clients = sessions.len(),
             "shutdown grace period over; closing the rest"
         );
-        shared.clients.broadcast(|| Inbox::Kill);
+        services.clients.broadcast(|| Inbox::Kill);
         sessions.wait().await;
     }
-    shared.upstream.shutdown().await;
+    services.upstream.shutdown().await;
 }
 
 async fn serve_client(
-    shared: Arc<Services>,
+    services: Arc<Services>,
     stream: TcpStream,
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) {
-    let id = shared.clients.next_id();
-    let (session, handle) = Session::new(shared.clone(), stream, addr, id);
-    shared.clients.insert(id, handle);
+    let id = services.clients.next_id();
+    let (session, handle) = Session::new(services.clone(), stream, addr, id);
+    services.clients.insert(id, handle);
     let _registered = Registered {
-        registry: &shared.clients,
+        registry: &services.clients,
         id,
     };
     // Registered first, then checked: a client accepted as shutdown began either got the

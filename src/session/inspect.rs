@@ -132,7 +132,7 @@ impl Session {
                 .flatten()
                 .map_or(bytes.len(), |f| at + f.len)
         };
-        let metrics = &self.shared.metrics;
+        let metrics = &self.services.metrics;
         for step in plan.drain(..) {
             match step {
                 Inspect::Pass(frames) => {
@@ -185,7 +185,7 @@ impl Session {
                 }
                 Inspect::Info => {
                     let end = frame_end(at);
-                    let section = crate::health::info_section(&self.shared.health);
+                    let section = crate::health::info_section(&self.services.health);
                     match observe::append_section(&bytes[at..end], &section) {
                         Some(info) => self.output.extend_from_slice(&info),
                         None => self.output.extend_from_slice(&bytes[at..end]),
@@ -245,7 +245,7 @@ impl Session {
         if !grown.is_empty() {
             grown.sort();
             grown.dedup();
-            let trim = Request::from_args(self.shared.index.trim_call(&grown));
+            let trim = Request::from_args(self.services.index.trim_call(&grown));
             self.forward_inspected(trim, Inspect::Drop);
             self.flush_batch();
         }

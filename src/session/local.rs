@@ -53,7 +53,7 @@ impl Session {
                     .and_then(|s| s.parse::<i64>().ok());
                 // Unregistered at once, as Redis frees a killed client at once: a second KILL of
                 // the same id finds nothing.
-                match target.and_then(|id| self.shared.clients.remove(id)) {
+                match target.and_then(|id| self.services.clients.remove(id)) {
                     Some(client) => {
                         let _ = client.inbox.send(Inbox::Kill);
                         self.reply_local(Reply::Integer(1));
@@ -65,7 +65,7 @@ impl Session {
                 let target = std::str::from_utf8(&request.args[2])
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok())
-                    .and_then(|id| self.shared.clients.get(id));
+                    .and_then(|id| self.services.clients.get(id));
                 match target {
                     // Unblock the client's dedicated connection, where it is blocked.
                     Some(client) => {
@@ -129,7 +129,7 @@ impl Session {
             return Ok(request);
         };
         let real = self
-            .shared
+            .services
             .clients
             .get(id)
             .map(|target| target.upstream_id.load(Ordering::Relaxed))
@@ -141,7 +141,7 @@ impl Session {
     }
 
     pub(super) fn credentials_match(&self, user: &[u8], password: &[u8]) -> bool {
-        self.shared
+        self.services
             .upstream
             .config
             .credentials()
@@ -263,7 +263,7 @@ impl Session {
     pub(super) fn reset_state(&mut self) {
         self.protocol = Protocol::Resp2;
         self.name = None;
-        self.authenticated = self.shared.upstream.config.credentials().is_none();
+        self.authenticated = self.services.upstream.config.credentials().is_none();
         self.signed_in = false;
         self.pinning.divergence = Divergence::default();
     }

@@ -87,8 +87,6 @@ pub struct Services {
     pub health: Arc<crate::health::Health>,
 }
 
-type Shared = Services;
-
 /// Where the reply to a command (or batch) will come from.
 enum Slot {
     /// A batch of commands sent to the pool.
@@ -145,7 +143,7 @@ pub struct ClientHandle {
 
 pub struct Session {
     id: i64,
-    shared: Arc<Shared>,
+    services: Arc<Services>,
     handle: Arc<ClientHandle>,
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
@@ -199,7 +197,7 @@ enum Event {
 }
 impl Session {
     pub fn new(
-        shared: Arc<Shared>,
+        services: Arc<Services>,
         stream: TcpStream,
         addr: SocketAddr,
         id: i64,
@@ -208,7 +206,7 @@ impl Session {
         let (reader, writer) = stream.into_split();
         let (reply_tx, inbox) = mpsc::unbounded_channel();
         let (pool_tx, pool_replies) = mpsc::unbounded_channel();
-        let proxy = &shared.proxy;
+        let proxy = &services.proxy;
         let limits = ReplyLimits {
             budget: proxy.client_reply_budget as usize,
             client: proxy.client_reply_limit as usize,
@@ -220,19 +218,19 @@ impl Session {
             addr,
             pooled: Arc::new(ReplyTo {
                 tx: pool_tx,
-                account: ReplyAccount::new(limits, shared.clients.reply_bytes.clone()),
+                account: ReplyAccount::new(limits, services.clients.reply_bytes.clone()),
                 addr,
             }),
         });
-        let pool_size = shared.upstream.config.pool_size.get();
-        let command_counters = observe::counters(&shared);
-        let latency = shared.metrics.command_latency.local();
-        let buffered = shared.request_buffers.share();
+        let pool_size = services.upstream.config.pool_size.get();
+        let command_counters = observe::counters(&services);
+        let latency = services.metrics.command_latency.local();
+        let buffered = services.request_buffers.share();
         let session = Session {
             id,
-            authenticated: shared.upstream.config.credentials().is_none(),
+            authenticated: services.upstream.config.credentials().is_none(),
             signed_in: false,
-            shared,
+            services,
             handle: handle.clone(),
             reader,
             writer,
@@ -264,13 +262,13 @@ impl Session {
         if shutting_down {
             self.draining = true;
         }
-        let idle_limit = match self.shared.proxy.client_idle_timeout_secs {
+        let idle_limit = match self.services.proxy.client_idle_timeout_secs {
             0 => None,
             secs => Some(Duration::from_secs(secs)),
         };
         let idle = tokio::time::sleep(idle_limit.unwrap_or(Duration::from_secs(86_400)));
         tokio::pin!(idle);
-        let max_pipeline = self.shared.proxy.max_pipeline.get();
+        let max_pipeline = self.services.proxy.max_pipeline.get();
         loop {
             let stopping = self.closing || self.draining;
             let owes_nothing = self.replies.slots.is_empty()
@@ -435,14 +433,14 @@ impl Session {
         if let Some(link) = self.pinning.link.take()
             && self.is_clean(&link)
         {
-            self.shared.upstream.release(link.conn).await;
+            self.services.upstream.release(link.conn).await;
         }
     }
 
     /// Parses and dispatches buffered commands until input runs out or the session must wait.
     pub(super) fn process_input(&mut self) {
-        let limits = self.shared.limits;
-        let max_pipeline = self.shared.proxy.max_pipeline.get();
+        let limits = self.services.limits;
+        let max_pipeline = self.services.proxy.max_pipeline.get();
         self.batch.clock_ms = None;
         while !self.closing && matches!(self.pinning.wait, Wait::Nothing) {
             let request = match self.pinning.held.take() {
@@ -514,12 +512,12 @@ impl Session {
         let mut scratch = [0u8; 64];
         let name = lowercase_name(request.name(), &mut scratch);
         self.count_command(name);
-        let table = self.shared.upstream.commands();
+        let table = self.services.upstream.commands();
         let state = ClientState {
             authenticated: self.authenticated,
             pinned: self.pinning.link.is_some(),
             divergence: self.pinning.divergence,
-            pool_db: self.shared.upstream.config.url.db,
+            pool_db: self.services.upstream.config.url.db,
         };
         let name = name.unwrap_or_default();
         match route(

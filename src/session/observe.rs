@@ -134,26 +134,26 @@ impl Session {
         if let Some(counter) = self.command_counters.get(name) {
             return counter.inc();
         }
-        let shared = &self.shared;
-        shared.metrics.commands.count(name, || {
-            shared.upstream.commands().get(name).is_some()
+        let services = &self.services;
+        services.metrics.commands.count(name, || {
+            services.upstream.commands().get(name).is_some()
                 || matches!(
                     name,
                     b"taginvalidate" | b"tagset" | b"tag" | b"tags" | b"tagkeys"
                 )
         });
-        self.command_counters = shared.metrics.commands.snapshot();
+        self.command_counters = services.metrics.commands.snapshot();
     }
 
     /// Counts a client closed for a protocol error: the client's fault, so its own counter,
     /// not the error rate `/health` judges cachet by.
     pub(super) fn count_protocol_error(&self) {
-        self.shared.metrics.client_protocol_errors.inc();
+        self.services.metrics.client_protocol_errors.inc();
     }
 
     /// Counts `n` error replies cachet produced or passed on for an upstream failure.
     pub(super) fn count_errors(&self, n: usize) {
-        self.shared.metrics.errors.inc_by(n as u64);
+        self.services.metrics.errors.inc_by(n as u64);
     }
 
     /// `INFO [section ...]` on the pool: Redis's reply, with cachet's section appended when
@@ -168,7 +168,7 @@ impl Session {
         }
         let others: Vec<Bytes> = sections.iter().filter(|s| !ours(s)).cloned().collect();
         if !sections.is_empty() && others.is_empty() {
-            let text = Bytes::from(crate::health::info_section(&self.shared.health));
+            let text = Bytes::from(crate::health::info_section(&self.services.health));
             let bytes = info_reply(text, self.protocol);
             return self.reply_local_bytes(bytes);
         }
@@ -196,8 +196,8 @@ impl Session {
 }
 
 /// A fresh snapshot for a new session.
-pub(super) fn counters(shared: &super::Services) -> Arc<CommandMap> {
-    shared.metrics.commands.snapshot()
+pub(super) fn counters(services: &super::Services) -> Arc<CommandMap> {
+    services.metrics.commands.snapshot()
 }
 
 #[cfg(test)]

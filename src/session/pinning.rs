@@ -81,7 +81,7 @@ impl Session {
             self.pinning.wait = Wait::Drain;
             return;
         }
-        let upstream = self.shared.upstream.clone();
+        let upstream = self.services.upstream.clone();
         let protocol = self.protocol;
         let name = self.name.clone();
         let authenticate = self.authenticated;
@@ -123,8 +123,8 @@ impl Session {
 
     /// Writes a command to the dedicated connection and notes how it changes the state.
     pub(super) fn send_dedicated(&mut self, request: Request, name: &[u8]) {
-        let other_db =
-            name == b"select" && !route::is_db(request.arg(1), self.shared.upstream.config.url.db);
+        let other_db = name == b"select"
+            && !route::is_db(request.arg(1), self.services.upstream.config.url.db);
         let d = &mut self.pinning.divergence;
         let was_subscribed = d.pubsub();
         let mut signs_in = false;
@@ -245,7 +245,7 @@ impl Session {
         }
         let link = self.pinning.link.take().expect("checked");
         self.handle.upstream_id.store(0, Ordering::Relaxed);
-        let upstream = self.shared.upstream.clone();
+        let upstream = self.services.upstream.clone();
         tokio::spawn(async move { upstream.release(link.conn).await });
     }
 

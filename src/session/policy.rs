@@ -30,7 +30,7 @@ impl Session {
     }
 
     fn emit(&mut self, request: Request) {
-        let limits = &self.shared.events.config;
+        let limits = &self.services.events.config;
         let args = &request.args;
         if args.len() < 2 || !args.len().is_multiple_of(2) {
             return self.reply_local(arity_error("emit"));
@@ -59,8 +59,8 @@ impl Session {
             fields.push((field.to_owned(), pair[1].clone()));
         }
         let event = crate::policy::engine::client_event(event_name.to_owned(), fields);
-        self.reply_later(request, move |shared| {
-            events::emit(shared.events.clone(), event)
+        self.reply_later(request, move |services| {
+            events::emit(services.events.clone(), event)
         });
     }
 
@@ -71,22 +71,22 @@ impl Session {
         };
         match sub.to_ascii_lowercase().as_slice() {
             b"list" if args.len() == 2 => {
-                self.reply_later(request, |shared| async move { list(&shared) })
+                self.reply_later(request, |services| async move { list(&services) })
             }
             b"reload" if args.len() <= 3 => {
                 let only = args.get(2).map(|n| String::from_utf8_lossy(n).into_owned());
                 if let Some(name) = &only
-                    && self.shared.events.policies.get(name).is_none()
+                    && self.services.events.policies.get(name).is_none()
                 {
                     return self.reply_local(Reply::error(format!("ERR no policy named '{name}'")));
                 }
-                self.reply_later(request, move |shared| async move {
+                self.reply_later(request, move |services| async move {
                     let mut replies = Vec::new();
-                    for entry in &shared.events.policies.entries {
+                    for entry in &services.events.policies.entries {
                         if only.as_deref().is_some_and(|n| n != entry.name()) {
                             continue;
                         }
-                        let reloaded = events::reload(&shared.events, entry, true).await;
+                        let reloaded = events::reload(&services.events, entry, true).await;
                         if let (Some(_), Reloaded::Failed(error)) = (&only, &reloaded) {
                             return Reply::error(format!(
                                 "ERR policy {}: reload failed, the previous version keeps serving: {error}",
@@ -125,8 +125,8 @@ impl Session {
                     }
                     _ => return self.reply_local(Reply::error("ERR syntax error")),
                 }
-                self.reply_later(request, move |shared| async move {
-                    match events::replay(&shared.events, policy.as_deref(), count).await {
+                self.reply_later(request, move |services| async move {
+                    match events::replay(&services.events, policy.as_deref(), count).await {
                         Err(error) => Reply::error(error),
                         Ok(done) => Reply::Map(vec![
                             (bulk("replayed"), Reply::Integer(done.replayed as i64)),
@@ -169,9 +169,9 @@ fn reload_reply(name: &str, reloaded: &Reloaded) -> Reply {
 }
 
 /// `POLICY LIST`: one map per policy.
-fn list(shared: &super::Services) -> Reply {
+fn list(services: &super::Services) -> Reply {
     use std::sync::atomic::Ordering::Relaxed;
-    let policies = shared.events.policies.entries.iter().map(|entry| {
+    let policies = services.events.policies.entries.iter().map(|entry| {
         let version = entry.current();
         let stats = &entry.stats;
         let (mean, p99) = stats.durations();

@@ -142,7 +142,7 @@ impl Session {
     /// Runs a command of cachet's own (on the control client, off this task) and answers
     /// it in order. Earlier commands finish first and later ones wait for it, so it acts on
     /// the data as the client's pipeline left it.
-    pub(crate) fn reply_later<F>(&mut self, request: Request, work: impl FnOnce(Arc<Shared>) -> F)
+    pub(crate) fn reply_later<F>(&mut self, request: Request, work: impl FnOnce(Arc<Services>) -> F)
     where
         F: Future<Output = Reply> + Send + 'static,
     {
@@ -159,7 +159,7 @@ impl Session {
         self.pinning.wait = Wait::Drain;
         let inbox = self.reply_tx.clone();
         let protocol = self.protocol;
-        let work = work(self.shared.clone());
+        let work = work(self.services.clone());
         tokio::spawn(async move {
             let reply = work.await;
             let _ = inbox.send(Inbox::Done(id, reply.encode(protocol)));

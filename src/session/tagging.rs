@@ -67,9 +67,9 @@ impl Session {
     ) {
         // RENAME and COPY carry a key's tags along, whether a rule or TAGSET gave them.
         let carries_tags =
-            matches!(name, b"rename" | b"renamenx" | b"copy") && self.shared.index.is_loaded();
+            matches!(name, b"rename" | b"renamenx" | b"copy") && self.services.index.is_loaded();
         let lookup = observe::lookup(name);
-        if self.shared.rules.is_empty() && !carries_tags {
+        if self.services.rules.is_empty() && !carries_tags {
             return self.forward_lookup(request, lookup);
         }
         let Some(info) = info else {
@@ -85,20 +85,20 @@ impl Session {
         } else if info.readonly && info.first_key > 0 && info.first_key == info.last_key {
             let key = request.args.get(info.first_key as usize).cloned();
             if let Some(key) = key
-                && let Some(found) = self.shared.rules.match_key(&key)
+                && let Some(found) = self.services.rules.match_key(&key)
             {
-                self.shared.heat.record(&key);
-                let epochs = Request::from_args(self.shared.index.epoch_read(&found.tags));
-                let counted = lookup.map(|l| (l, self.shared.metrics.hits.of_rule(found.rule)));
+                self.services.heat.record(&key);
+                let epochs = Request::from_args(self.services.index.epoch_read(&found.tags));
+                let counted = lookup.map(|l| (l, self.services.metrics.hits.of_rule(found.rule)));
                 self.forward_inspected(epochs, Inspect::Epochs);
                 return self.forward_inspected(request, Inspect::Read(key, counted));
             }
-        } else if lookup == Some(Lookup::Each) && !self.shared.rules.is_empty() {
-            let metrics = &self.shared.metrics;
+        } else if lookup == Some(Lookup::Each) && !self.services.rules.is_empty() {
+            let metrics = &self.services.metrics;
             let rules: Vec<u16> = info
                 .key_positions(request.args.len())
                 .map(|at| {
-                    let found = self.shared.rules.match_key(&request.args[at]);
+                    let found = self.services.rules.match_key(&request.args[at]);
                     found.map_or(0, |found| metrics.hits.of_rule(found.rule))
                 })
                 .collect();
@@ -143,7 +143,7 @@ impl Session {
             None
         };
         let key = &args[1];
-        let Some(found) = self.shared.rules.match_indexed(key) else {
+        let Some(found) = self.services.rules.match_indexed(key) else {
             return false;
         };
         if self.snapshots.holds(key) {
@@ -160,7 +160,7 @@ impl Session {
             None if found.ttl_secs > 0 => (found.ttl_secs, Some(found.ttl_secs * 1000)),
             None => (0, None),
         };
-        let writes = &self.shared.metrics.tagged_writes;
+        let writes = &self.services.metrics.tagged_writes;
         writes.inc(writes.of_rule(found.rule), 1);
         let indexed = found.tags;
         if indexed.is_empty() {
@@ -202,7 +202,7 @@ impl Session {
             tags: fast.tags(),
         });
         let encoded = self
-            .shared
+            .services
             .index
             .encode_fast_batch(&fast, &mut self.batch.bytes);
         debug_assert_eq!(encoded, frames);
@@ -222,8 +222,8 @@ impl Session {
         let mut writes = Vec::new();
         for &position in &positions {
             let key = &request.args[position];
-            if let Some(found) = self.shared.rules.match_key(key) {
-                let counted = &self.shared.metrics.tagged_writes;
+            if let Some(found) = self.services.rules.match_key(key) {
+                let counted = &self.services.metrics.tagged_writes;
                 counted.inc(counted.of_rule(found.rule), 1);
                 writes.push(WriteKey {
                     key: key.clone(),
@@ -261,7 +261,7 @@ impl Session {
                 }),
             }
         }
-        Some(self.shared.index.write_call(&WriteCall {
+        Some(self.services.index.write_call(&WriteCall {
             command: &request.args,
             keys: &writes,
             protocol: self.protocol,
@@ -286,12 +286,12 @@ impl Session {
         match name {
             b"taginvalidate" => match arity(2, false) {
                 Some(error) => self.reply_local(error),
-                None => self.reply_later(request, move |shared| async move {
+                None => self.reply_later(request, move |services| async move {
                     let tags = &args[1..];
-                    let deleted = shared.index.invalidate(tags).await;
+                    let deleted = services.index.invalidate(tags).await;
                     if let Ok(n) = deleted {
-                        shared.metrics.invalidations.inc_by(tags.len() as u64);
-                        shared.metrics.keys_invalidated.inc_by(n);
+                        services.metrics.invalidations.inc_by(tags.len() as u64);
+                        services.metrics.keys_invalidated.inc_by(n);
                         tracing::info!(tags = tags.len(), keys = n, "TAGINVALIDATE");
                     }
                     deleted.map_or_else(error_reply, |n| Reply::Integer(n as i64))
@@ -299,15 +299,15 @@ impl Session {
             },
             b"tag" => match arity(3, false) {
                 Some(error) => self.reply_local(error),
-                None => self.reply_later(request, move |shared| async move {
-                    let added = shared.index.tag(&args[1], &args[2..]).await;
+                None => self.reply_later(request, move |services| async move {
+                    let added = services.index.tag(&args[1], &args[2..]).await;
                     added.map_or_else(error_reply, |n| Reply::Integer(n as i64))
                 }),
             },
             b"tags" => match arity(2, true) {
                 Some(error) => self.reply_local(error),
-                None => self.reply_later(request, move |shared| async move {
-                    let tags = shared.index.tags(&args[1]).await;
+                None => self.reply_later(request, move |services| async move {
+                    let tags = services.index.tags(&args[1]).await;
                     tags.map_or_else(error_reply, |tags| {
                         Reply::Array(tags.into_iter().map(Reply::Bulk).collect())
                     })
@@ -348,8 +348,8 @@ impl Session {
             }
         }
         let tag = request.args[1].clone();
-        self.reply_later(request, move |shared| async move {
-            let page = shared.index.tagkeys(&tag, cursor, count).await;
+        self.reply_later(request, move |services| async move {
+            let page = services.index.tagkeys(&tag, cursor, count).await;
             page.map_or_else(error_reply, |(next, keys)| {
                 Reply::Array(vec![
                     Reply::Bulk(Bytes::from(next.to_string())),
@@ -370,7 +370,7 @@ impl Session {
             return self.reply_local(Reply::error("ERR syntax error"));
         }
         let mut set = vec![Bytes::from_static(b"SET"), args[1].clone(), args[2].clone()];
-        let mut ttl_secs = self.shared.ttl.default_secs();
+        let mut ttl_secs = self.services.ttl.default_secs();
         let mut explicit = false;
         let mut i = 3;
         while i < tags_at {
@@ -387,7 +387,7 @@ impl Session {
                 }
                 b"ttlclass" if i + 1 < tags_at => {
                     let class = String::from_utf8_lossy(&args[i + 1]).into_owned();
-                    match self.shared.ttl.get(&class) {
+                    match self.services.ttl.get(&class) {
                         Some(secs) => ttl_secs = secs,
                         None => {
                             return self.reply_local(Reply::error(format!(
@@ -408,7 +408,7 @@ impl Session {
             named: 0,
             inherit_from: None,
         };
-        self.reply_later(request, move |shared| async move {
+        self.reply_later(request, move |services| async move {
             let call = WriteCall {
                 command: &set,
                 keys: &[write],
@@ -416,7 +416,7 @@ impl Session {
                 explicit_ttl: explicit,
                 allow_oom: false,
             };
-            let written = shared.index.write(&call).await;
+            let written = services.index.write(&call).await;
             written.map_or_else(error_reply, |_| Reply::ok())
         });
     }
@@ -430,8 +430,8 @@ impl Session {
     /// database, where TAG commands, which run on cachet's own connection, cannot reach.
     pub(super) fn send_dedicated_tracked(&mut self, request: Request, name: &[u8]) {
         let own_state = self.pinning.divergence.user || self.pinning.divergence.database;
-        if !self.shared.rules.is_empty() && !own_state {
-            let table = self.shared.upstream.commands();
+        if !self.services.rules.is_empty() && !own_state {
+            let table = self.services.upstream.commands();
             if let Some(info) = table.get(name).filter(|i| wrappable(i, name, &request))
                 && let Some(call) = self.tagged_write(&request, name, info)
             {

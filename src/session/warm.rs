@@ -48,7 +48,7 @@ impl Session {
     pub(super) fn warm_command(&mut self, request: Request) {
         let reply = match parse(&request.args) {
             Err(error) => Reply::error(error),
-            Ok(warm) => match self.shared.warming.submit(warm) {
+            Ok(warm) => match self.services.warming.submit(warm) {
                 Submitted::Queued => Reply::Simple("QUEUED"),
                 Submitted::Deduplicated => Reply::Simple("DEDUPLICATED"),
                 Submitted::Cold => Reply::Simple("COLD"),
