@@ -16,50 +16,6 @@ use crate::{
     Config, admin, events, health, metrics, policy, resp, server, session, tags, upstream, warm,
 };
 
-/// Walks the tag index now and then, removing entries of keys that vanished behind cachet's
-/// back (evicted, deleted by a client that bypassed cachet). One SCAN page per step keeps
-/// each step short; a full pass every `SWEEP_PAUSE`.
-async fn sweep(
-    index: Arc<tags::index::TagIndex>,
-    upstream: Arc<upstream::Upstream>,
-    metrics: Arc<metrics::Metrics>,
-    shutdown: CancellationToken,
-) {
-    const SWEEP_PAGE: u64 = 200;
-    const SWEEP_STEP: std::time::Duration = std::time::Duration::from_millis(100);
-    const SWEEP_PAUSE: std::time::Duration = std::time::Duration::from_secs(60);
-    let mut cursor = 0;
-    let mut seen = 0;
-    loop {
-        let pause = if cursor == 0 { SWEEP_PAUSE } else { SWEEP_STEP };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-        if !upstream.is_ready() {
-            continue;
-        }
-        match index.sweep_step(cursor, SWEEP_PAGE).await {
-            Ok((next, stats)) => {
-                if stats.members_removed + stats.key_sets_removed + stats.drained > 0 {
-                    tracing::info!(?stats, "tag index sweep removed entries of vanished keys");
-                }
-                seen += stats.scanned as i64;
-                if next == 0 {
-                    metrics.index_keys.set(seen);
-                    seen = 0;
-                }
-                cursor = next;
-            }
-            Err(error) => {
-                tracing::debug!(%error, "tag index sweep step failed");
-                cursor = 0;
-                seen = 0;
-            }
-        }
-    }
-}
-
 /// Runs cachet on `listener` until `shutdown` completes, then finishes in-flight replies and
 /// returns. Tests bind `127.0.0.1:0` and pass the listener in. No admin HTTP listener: see
 /// [`run_with_admin`].
@@ -156,12 +112,16 @@ pub async fn run_validated(
         shutdown.await;
         trigger.cancel();
     });
-    tokio::spawn(sweep(
-        index.clone(),
-        upstream.clone(),
-        metrics.clone(),
-        token.clone(),
-    ));
+    tokio::spawn({
+        let (index, upstream) = (index.clone(), upstream.clone());
+        let swept = metrics.index_keys.clone();
+        let shutdown = token.clone();
+        async move {
+            index
+                .sweep(move || upstream.is_ready(), swept, shutdown)
+                .await
+        }
+    });
     warming.start(upstream.control(), token.clone());
     tokio::spawn(events::watch(events.clone(), token.clone()));
     tokio::spawn(health::monitor(health.clone(), token.clone()));

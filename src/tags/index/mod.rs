@@ -84,6 +84,7 @@ mod functions;
 mod library;
 mod names;
 mod ops;
+mod sweep;
 
 use std::sync::Arc;
 use std::time::Duration;
