@@ -1,8 +1,12 @@
 //! cachet: a caching proxy for Redis.
 //!
 //! Applications keep their Redis clients and point them at cachet. It speaks RESP2 and RESP3,
-//! forwards every command to Redis, and (as later modules land) adds tags and TTL classes on
-//! writes, tag invalidation, WebAssembly policies and a health endpoint.
+//! forwards every command to Redis, and adds tags and TTL classes on writes, tag
+//! invalidation, WebAssembly policies, warming and a health endpoint.
+//!
+//! Modules depend on lower layers only (docs/ARCHITECTURE.md, "Layers"; `tests/layers.rs`
+//! enforces it): `resp`, `config`, `net` → `metrics` → `tags`, `upstream`, `policy`, `warm` →
+//! `health`, `events` → `session` → `server`, `admin` → `app`.
 //!
 //! # Module map
 //!
@@ -19,8 +23,10 @@
 //! * [`resp`]: frames on the wire (requests, replies, locally built replies) and the command
 //!   table learned from Redis.
 //! * [`server`]: the accept loop, client limits, graceful shutdown.
-//! * [`session`]: one client connection and the phases each command goes through.
-//! * [`tags`]: `[[rules]]` and TTL classes: which keys get which tags and TTL.
+//! * [`session`]: one client connection and the phases each command goes through (its
+//!   module header is the request path, top to bottom).
+//! * [`tags`]: `[[rules]]` and TTL classes (which keys get which tags and TTL), and the tag
+//!   index cachet keeps in Redis: its functions, calls, retries and sweeper.
 //! * [`upstream`]: connections to Redis: the shared pipelined pool, dedicated connections for
 //!   clients with their own state, and the control client.
 //! * [`warm`]: warm requests from policies and operators, and read heat.
@@ -28,7 +34,7 @@
 //! # Request flow
 //!
 //! ```text
-//! client ──▶ session: parse ─▶ classify ─┬─▶ local reply (CLIENT ID, AUTH, RESET, ...)
+//! client ──▶ session: parse ─▶ route ────┬─▶ local reply (CLIENT ID, AUTH, RESET, ...)
 //!                                         ├─▶ batch ─▶ pool connection ─▶ Redis
 //!                                         └─▶ dedicated connection ─────▶ Redis
 //! client ◀── session: replies in command order ◀───────────────────────────┘
