@@ -206,3 +206,79 @@ async fn series(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response
     }))
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::{HealthConfig, RedisUrl, UpstreamConfig};
+
+    /// The routes over a Redis that was never reached: no live upstream is needed to build
+    /// or test them.
+    async fn serve_unreached(token: Option<&str>) -> std::net::SocketAddr {
+        let config = UpstreamConfig {
+            // Never connected: `Upstream::new` builds the clients without dialling.
+            url: RedisUrl::parse("redis://127.0.0.1:1").unwrap(),
+            ..UpstreamConfig::default()
+        };
+        let upstream = Upstream::new(config).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::new(
+            HealthConfig::default(),
+            upstream.clone(),
+            metrics.clone(),
+            0,
+        ));
+        let admin = Arc::new(Admin {
+            token: token.map(Secret::new),
+            health,
+            metrics,
+            upstream,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router(admin)).await });
+        addr
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str, auth: Option<&str>) -> String {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let auth = auth.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        response
+    }
+
+    #[tokio::test]
+    async fn the_routes_answer_without_a_live_upstream() {
+        let addr = serve_unreached(None).await;
+        let live = get(addr, "/live", None).await;
+        assert!(live.starts_with("HTTP/1.1 200"), "{live}");
+        let ready = get(addr, "/ready", None).await;
+        assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+        let health = get(addr, "/health", None).await;
+        assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+        assert!(health.contains(r#""overall":"unhealthy""#), "{health}");
+        assert!(health.contains(r#""connected":false"#), "{health}");
+        let metrics = get(addr, "/metrics", None).await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("cachet_clients_connected 0"), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn a_token_guards_every_data_route_but_live() {
+        let addr = serve_unreached(Some("s3cret")).await;
+        for path in ["/health", "/metrics", "/ready", "/api/series"] {
+            let refused = get(addr, path, None).await;
+            assert!(refused.starts_with("HTTP/1.1 401"), "{path}: {refused}");
+            let wrong = get(addr, path, Some("guess")).await;
+            assert!(wrong.starts_with("HTTP/1.1 401"), "{path}: {wrong}");
+            let allowed = get(addr, path, Some("s3cret")).await;
+            assert!(!allowed.starts_with("HTTP/1.1 401"), "{path}: {allowed}");
+        }
+        assert!(get(addr, "/live", None).await.starts_with("HTTP/1.1 200"));
+    }
+}
