@@ -21,7 +21,7 @@ fn arity_error(name: &str) -> Reply {
 
 impl Session {
     /// `EMIT event [field value ...]` and `POLICY LIST | RELOAD [name] | REPLAY [name]
-    /// [COUNT n]`, past `Session::own_command`'s checks.
+    /// [COUNT n]`, past the gate of cachet's own commands (`route::gate`).
     pub(super) fn policy_command(&mut self, request: Request, name: &[u8]) {
         match name {
             b"emit" => self.emit(request),

@@ -44,7 +44,7 @@ fn parse(args: &[Bytes]) -> Result<WarmRequest, String> {
 }
 
 impl Session {
-    /// Past `Session::own_command`'s checks.
+    /// Past the gate of cachet's own commands (`route::gate`).
     pub(super) fn warm_command(&mut self, request: Request) {
         let reply = match parse(&request.args) {
             Err(error) => Reply::error(error),
