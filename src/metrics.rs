@@ -2,6 +2,9 @@
 //! bounded sets (command names from Redis's `COMMAND` table, rule names from the config),
 //! never keys or tags.
 //!
+//! A client's malformed input is counted in `cachet_client_protocol_errors_total`, not in
+//! `cachet_errors_total`, so it never moves `/health`'s error rate.
+//!
 //! The registry is public: the policy host and the warmers register their own metrics into
 //! [`Metrics::registry`], and `/metrics` (see `crate::admin`) serves all of it through the
 //! `prometheus` crate's text encoder.

@@ -48,13 +48,11 @@ pub struct ProxyConfig {
     /// How long shutdown waits for in-flight replies before closing connections anyway.
     pub shutdown_grace_ms: u64,
     /// Worker threads (0 = one per core, the default). One per core keeps one client's
-    /// large command or a storm of connections from stalling the others: on a 2-core machine
-    /// shared with Redis, a 21 MB command held a neighbour's p99 at 60-78 ms with one thread
-    /// and 7-45 ms with two, and 5,000 connections opening at 14-59 ms against 1.9 ms
-    /// (bench/hostile.sh). The price on that machine, shared with Redis and the benchmark
-    /// client: 20-50% more CPU per request and a quarter to a third less throughput at
-    /// pipeline depth 1 (BENCHMARKS.md, "Hostile clients"). Set 1 where cores are shared
-    /// and throughput matters more than that isolation.
+    /// large command (a 21 MB command split into 3 million arguments) or a storm of
+    /// connections (5,000 opening at once) from stalling the others, at the price of
+    /// more CPU per request and less throughput at pipeline depth 1 where cores are shared;
+    /// both are measured in BENCHMARKS.md, "Hostile clients" (bench/hostile.sh). Set 1 where
+    /// cores are shared and throughput matters more than that isolation.
     pub threads: usize,
 }
 

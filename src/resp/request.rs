@@ -13,7 +13,8 @@
 //!   leading zero; a `*` count of 0 or less is an empty request, skipped; a `$` length must be
 //!   0 or more. Each header line and each bulk ends with CRLF.
 //! * answers each malformed request with Redis's own words (`Protocol error: expected '$',
-//!   got '*'`, `invalid bulk length`, ...), at the first bad header, before the body arrives.
+//!   got '*'`, `invalid bulk length`, ...), at the first bad header, before the body arrives;
+//!   the session writes the replies owed before it, then closes the connection.
 //! * applies Redis's limits for clients that have not authenticated: at most 10 arguments
 //!   and 16 KiB per argument, so an unauthenticated client can never make cachet buffer more
 //!   than about 160 KiB.
@@ -21,7 +22,9 @@
 //!   each byte is looked at once (plus once more when the request is split into arguments),
 //!   so a 21 MB command costs the same whether it comes in one read or a thousand.
 //!
-//! What leaves this module is a request Redis will frame exactly as cachet did.
+//! What leaves this module is a request Redis will frame exactly as cachet did, so a pooled
+//! connection is never closed by Redis because of a client's bytes. Inline commands are
+//! encoded by cachet (as multibulk), like the commands cachet builds itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,6 +2,30 @@
 //! (ID, GETNAME, SETNAME, KILL, UNBLOCK, TRACKING ... REDIRECT), AUTH and HELLO with the pool's
 //! credentials, RESET. Whatever needs Redis's own answer for this client goes to a dedicated
 //! connection instead (`pinning`).
+//!
+//! Some connection state is common enough that pinning for it would defeat the pool, so
+//! cachet virtualises it:
+//!
+//! * `CLIENT SETNAME` / `GETNAME`: kept per client, replayed on a dedicated connection.
+//!   Inside MULTI every CLIENT command is queued at Redis like any other, so EXEC's reply has
+//!   one entry per queued command (CLIENT ID there reports the Redis connection's id).
+//! * `CLIENT ID`: each client has an id of cachet's own (from 2³² up, so it never collides
+//!   with an id Redis hands out); `HELLO`'s reply carries the same id. `CLIENT KILL ID` and
+//!   `CLIENT UNBLOCK` of such an id act on that cachet client (`UNBLOCK` is translated to its
+//!   dedicated connection's Redis id); `CLIENT TRACKING ... REDIRECT id` likewise.
+//! * `AUTH` with the pool's credentials is answered by cachet, which compares them in
+//!   constant time (`secret_eq`); when `upstream.password` is set, clients that have not
+//!   authenticated get `-NOAUTH`, as from Redis. An AUTH that Redis accepts as another user
+//!   (on the client's dedicated connection) ends the limits for unauthenticated clients; a
+//!   refused one does not.
+//! * `HELLO 2|3` picks the RESP2 or RESP3 pool; `SETNAME` in it is kept as above.
+//! * `RESET` and `QUIT` on the pool are answered by cachet; on a dedicated connection `RESET`
+//!   goes to Redis and the connection is dropped after its `+RESET`. `RESET` with arguments
+//!   gets Redis's arity error and changes nothing, subscribers included.
+//!
+//! Commands that act on *other* connections (`CLIENT LIST`, `CLIENT KILL` with filters other
+//! than `ID`, `CLIENT PAUSE`) reach Redis and see cachet's upstream connections, not cachet's
+//! clients.
 
 use super::*;
 

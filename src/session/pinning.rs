@@ -2,7 +2,27 @@
 //! subscriptions, another user or database, MONITOR, CLIENT modes, blocking commands) holds a
 //! dedicated connection (`DedicatedLink`) until its state is the pool's again. Switching
 //! between the pool and a dedicated connection first waits until every earlier reply has
-//! arrived (`Wait::Drain`): commands never overtake each other on two connections.
+//! arrived (`Wait::Drain`): commands never overtake each other on two connections. That holds
+//! for every move: pool → dedicated, dedicated → pool, RESP2 pool → RESP3 pool.
+//!
+//! Which commands pin, and what releases them, is the table in docs/ARCHITECTURE.md,
+//! "Dedicated connections" (an operator's reference; the code is `route::needs_dedicated` and the state this
+//! file follows).
+//!
+//! * A dedicated connection goes back to the spares only when its state is the pool's again:
+//!   no transaction, no WATCH, no subscription, same database, same user, no reply
+//!   outstanding. One that was ever subscribed or a stream (MONITOR, CLIENT REPLY, SCRIPT
+//!   DEBUG) is never reused, since a reply racing the last unsubscribe could reach its next
+//!   user; the client keeps it until RESET or disconnect.
+//! * When it breaks, the client's state at Redis (transaction, subscriptions, ...) is gone:
+//!   each command still waiting gets `-ERR upstream connection lost` and the client's
+//!   connection is closed; its library reconnects and re-establishes that state itself.
+//!   Nothing is silently retried.
+//! * A client that disconnects while a command waits on its dedicated connection (BLPOP)
+//!   takes that connection with it, as Redis frees a client at EOF: nothing is popped for it.
+//!   Its leaving is noticed even while its session waits (RESET's reply, a connection being
+//!   opened, earlier replies): the session ends and closes the dedicated connection at once,
+//!   and nothing is sent to a dedicated connection after EOF. No session outlives its client.
 
 use super::*;
 

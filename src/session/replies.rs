@@ -3,6 +3,12 @@
 //! dedicated replies, replies cachet makes itself and cachet's own commands run off this task
 //! all take their turn here. This is also where a client that does not read is held back: it
 //! is sent no more commands while it owes more than its reply budget.
+//!
+//! A slot is one reply source: a pool batch (its replies arrive together), one command on the
+//! dedicated connection (replies arrive frame by frame), or a reply cachet made itself, kept
+//! until everything before it has been written. RESP3 push frames (pub/sub messages,
+//! tracking invalidations) never answer a command and go straight to the client; on a RESP2
+//! subscribed or MONITOR connection the stream is forwarded as it comes (both in `pinning`).
 
 use super::*;
 

@@ -179,7 +179,11 @@ fn own<'t>(command: Own, name: &[u8], state: &ClientState) -> Route<'t> {
 
 /// The one gate every command of cachet's own passes: cachet runs them with its own upstream
 /// credentials, on its own connection, in the pool's database, so only a client that is
-/// that user there may ask for them. `Some` is the refusal.
+/// that user there may ask for them. `Some` is the refusal: `-NOAUTH Authentication
+/// required.`, `-NOPERM only the user cachet connects as may run cachet's 'x' command`
+/// (another user, or a refused AUTH: only Redis knows which), `-ERR cachet's 'x' command
+/// works in database N only`, `-ERR cachet's 'x' command cannot run inside MULTI` (queued at
+/// Redis as well, so EXEC aborts). [`route`] applies it, so no handler can skip it.
 pub(super) fn gate(name: &[u8], state: &ClientState) -> Option<Reply> {
     let name = String::from_utf8_lossy(name);
     let d = &state.divergence;

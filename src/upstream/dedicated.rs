@@ -1,6 +1,11 @@
 //! A connection to Redis owned by one client while its connection state differs from the
-//! pool's. The client's session drives it directly (see `session.rs`); this module opens it,
-//! replays the client's state onto it, and checks a spare is still usable.
+//! pool's. The client's session drives it directly (see `crate::session::pinning`); this
+//! module opens it, replays the client's state onto it, and checks a spare is still usable.
+//!
+//! A client gets one of a small set of clean spares or a newly opened connection, with its
+//! state replayed: the pool's credentials (when the client authenticated with them),
+//! `HELLO 3` for RESP3 clients, the client name. Only connections authenticated with the
+//! pool's credentials become spares.
 
 use bytes::Bytes;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
