@@ -5,13 +5,17 @@
 //! back can race a `TAGINVALIDATE` (on any cachet instance): the value it computed predates
 //! the invalidation. Before such a read cachet reads the epochs of the key's tags on the same
 //! connection (so they are no newer than the read), keeps them when the read misses, and
-//! hands them to the write; the index function then refuses to let the value survive if any
-//! tag was invalidated since. Like a memcache lease, this is per client connection.
+//! hands them to the write; the index function then deletes the value again (after running
+//! the command, so the client still gets Redis's reply) if any tag was invalidated since.
+//! Epochs live in Redis, so an invalidation through any cachet instance counts. Like a
+//! memcache lease, this is per client connection: a write from another connection is not
+//! checked.
 //!
 //! One connection may carry several requests at once (ioredis, fred and most clients
 //! multiplex one connection), so two misses of the same key can be outstanding and cachet
 //! cannot tell which write answers which miss. A key's lease therefore keeps every
-//! outstanding miss, and a write is checked against the oldest epochs among them, and uses
+//! outstanding miss (up to `MISSES_PER_KEY`, each for `SNAPSHOT_TTL`; a recompute slower than
+//! that writes unchecked), and a write is checked against the oldest epochs among them, and uses
 //! up the newest miss: a value that may have been computed before an invalidation never
 //! survives it, whatever order the writes come in. The price: while a miss from before an
 //! invalidation is outstanding (at most `SNAPSHOT_TTL`), writes of that key on that

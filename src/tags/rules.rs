@@ -6,7 +6,7 @@
 //! in file order, whose pattern matches a key. It only tries the rules whose literal prefix
 //! starts with the key's first byte (plus those without a literal prefix), and each of those
 //! checks prefix, suffix and length before matching, so a key that no rule wants costs a table
-//! lookup and a few comparisons.
+//! lookup and a few comparisons (tens of ns).
 
 use std::collections::HashMap;
 use std::fmt;

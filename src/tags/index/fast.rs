@@ -31,9 +31,13 @@
 //! re-checked, never whether a live key stays, so an estimate is safe either way; an expired
 //! member waits at most one step longer for its re-check.
 //!
-//! The tagged SETs of one client read share one transaction ([`FastBatch`]): `MULTI`, the
-//! SETs in order, one `ZADD` per tag with every key of the batch under it, the per-key
-//! sets, `EXEC`.
+//! The tagged SETs of one client read share one transaction ([`FastBatch`], at most 64 SETs):
+//! `MULTI`, the SETs in order, one `ZADD` per tag with every key of the batch under it, the
+//! per-key sets, `EXEC`. Anything else the client sent in between closes the transaction
+//! first, so replies keep their order; cachet's clock is read once per client read. When
+//! Redis refuses one SET while queueing it (out of memory), the transaction is discarded:
+//! that SET gets its own refusal, the others EXEC's `EXECABORT` error, and nothing of it is
+//! written.
 //!
 //! The per-key set is what lets a drain of one of `K`'s tags take `K` out of its other
 //! tags' sets. With one indexed tag there is no other set to leave (the rule's other tags

@@ -7,7 +7,10 @@
 //! every (re)connect, before the pool serves at the first one. Redis can still be without it
 //! (`FUNCTION FLUSH`, a call that races the reload after a restart): a call then fails with
 //! [`IndexError::FunctionMissing`], and [`TagIndex::with_library`] loads the library and
-//! makes the call once more.
+//! makes the call once more. A client's tagged write, which goes through the pool, is not
+//! retried: after a `FUNCTION FLUSH` it gets Redis's `ERR Function not found` until the
+//! control client reconnects or a call of the index's own (a TAG command, an invalidation,
+//! a policy's action) loads the library again.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -23,8 +23,9 @@
 //!
 //! # Tags that name their key
 //!
-//! A rule tag whose template holds every capture of a pattern without `*`
-//! (`session:{id}` of `session:{id}`, `teacher:{t}` of `sessions:teacher:{t}`) *names* the
+//! A rule tag whose template holds every capture of a pattern without `*`, each capture
+//! followed by `:` or the end (`session:{id}` of `session:{id}`, `teacher:{t}` of
+//! `sessions:teacher:{t}`), *names* the
 //! key: the tag reads back into the one key of that rule that carries it
 //! ([`crate::tags::Rules::keys_named_by`]). Such tags get no entry in the index: a write
 //! only checks their epochs (for stale sets), and invalidation, `TAGS` and `TAGKEYS` find
@@ -65,7 +66,10 @@
 //!   proxy checks those against its command table before wrapping. In RESP2 a null array
 //!   (`*-1`, LMPOP on nothing) comes back as a null bulk (`$-1`); in RESP3 a null *inside* an
 //!   array ends it (BITFIELD ... OVERFLOW FAIL): such commands must not be wrapped.
-//! * Lua's `unpack` takes about 8000 values: commands with more arguments cannot be wrapped.
+//! * Lua's `unpack` takes about 8000 values: commands with more arguments cannot be wrapped
+//!   (the proxy wraps a write only below 7000 arguments, with the arity Redis expects, when
+//!   it is not blocking, not BITFIELD and not LPOP/RPOP with a count: `wrappable` in
+//!   `crate::session::tagging`; other writes of rule-matched keys go to Redis unwrapped).
 //! * The library is not persisted by a Redis without RDB/AOF: re-install after reconnecting
 //!   (`FCALL` otherwise fails with `ERR Function not found`).
 //! * Under `allkeys-*` eviction Redis may evict a tag set, and that tag's keys then escape

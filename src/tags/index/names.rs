@@ -3,14 +3,10 @@
 //!
 //! # Keys
 //!
-//! With prefix `P` (default `cachet`), tag `t` and data key `K`:
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `P:t:{esc(t)}` | ZSET | the keys tagged `t`; score = the key's expiry in ms, `+inf` without one |
-//! | `P:e:{esc(t)}` | string | `t`'s epoch: when it was last invalidated (ms, strictly increasing) |
-//! | `P:d:{esc(t)}:E` | ZSET | a drain set: `t`'s keys as they were at the invalidation with epoch `E` |
-//! | `P:k:{S(K)}:K` | SET | `K`'s tags; expires with `K` |
+//! With prefix `P` (`cachet`), tag `t` and data key `K`, the four kinds of key are
+//! `P:t:{esc(t)}`, `P:e:{esc(t)}`, `P:d:{esc(t)}:E` and `P:k:{S(K)}:K`; what each holds is
+//! the key table in docs/ARCHITECTURE.md, "Tag index" (an operator's reference, kept there
+//! only).
 //!
 //! `esc` percent-encodes `%` and `}` and maps the empty tag to a lone `%`, so it is injective
 //! and its output never closes a hash tag early. `S(K)` is `K`'s own hash tag when it has a
