@@ -3,6 +3,10 @@
 //!
 //! cachet reads from it what decides routing: whether a command may block (it then runs on a
 //! dedicated connection so it cannot stall the shared pool), and whether it writes.
+//! Routing reads the `blocking` flag, so module commands are classified like built-in ones,
+//! and pooled connections do not serve until the table is loaded (`crate::upstream::pool`
+//! waits for it before connecting), so no blocking command reaches a shared connection
+//! unrecognised.
 
 use rustc_hash::FxHashMap;
 

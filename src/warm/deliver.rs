@@ -1,5 +1,11 @@
 //! Sending one warm request, once: an HTTP call to the application, or an XADD to a stream.
 //! Retries, timeouts and the concurrency cap are the worker's (`worker.rs`).
+//!
+//! HTTP goes through hyper-util's client: it follows no redirects, reads no proxy settings
+//! from the environment, and connects only to the authority of the URI it is given, which the
+//! template fixes (values are percent-encoded, everything but RFC 3986's unreserved
+//! characters, `.` included; the rendered URI's authority is checked against the configured
+//! one before use: `crate::config::warm`). Stream warmers XADD on the control client.
 
 use std::time::Duration;
 

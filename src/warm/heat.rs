@@ -8,8 +8,14 @@
 //! bump the same counter at once: counters are plain relaxed loads and stores, which is what
 //! keeps [`Heat::record`] to one cache line and no locked instruction on the read path.
 //!
-//! The counters of one key sit in one 64-byte block (a "blocked" sketch): the hash picks the
-//! block and four distinct counters in it.
+//! The counters of one key sit in one 64-byte block (a "blocked" sketch) of sixteen `u32`
+//! counters: the key's FxHash picks the block and four distinct counters in it. Each window
+//! has `memory_kib / 2`; a task clears the older window and makes it current every
+//! `window_secs`, and an estimate is the minimum over the four counters of both windows' sum.
+//!
+//! [`Heat::record`] runs on the read path of rule-matched single-key reads (next to the epoch
+//! read, in `crate::session::tagging`), so it must stay within a few tens of nanoseconds;
+//! what it costs is measured in BENCHMARKS.md, "Read heat".
 
 use std::hash::Hasher;
 use std::sync::Arc;

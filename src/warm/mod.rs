@@ -10,11 +10,27 @@
 //! * `deliver`: one attempt: an HTTP call, or an XADD on the control client.
 //! * [`metrics`]: the `cachet_warm_*` families.
 //!
-//! `submit` is synchronous and never waits: the policy host calls it from its own threads. It
-//! checks the request (warmer, parameters, heat), collapses it into an identical pending one,
-//! and hands it to the warmer's worker through an unbounded channel whose length is capped
-//! by a counter (`queue`). Requests still waiting at shutdown are dropped: warming is an
-//! optimisation, and the next read recomputes what was not warmed.
+//! `submit` is synchronous and never waits: the policy host calls it from its own threads,
+//! which are not tokio's. It refuses an unknown warmer or a missing placeholder, answers
+//! `Cold` when the request names a key whose heat is below `min_reads`, and looks the request
+//! up in the warmer's de-duplication map (its key: the sorted parameters and the key; event
+//! and reason do not count):
+//!
+//! * identical to a request still waiting: `Deduplicated`;
+//! * identical to one sent less than `dedup_ms` ago: queued, due after `delay_ms` but not
+//!   before that window ends, so a storm of invalidations becomes one request per window and
+//!   the last invalidation is still warmed;
+//! * otherwise: queued, due after `delay_ms`.
+//!
+//! It hands the request to the warmer's worker through an unbounded channel whose length is
+//! capped by a counter (`queue`): the cap counts requests in the channel, delayed, or waiting
+//! for a sender. The map holds at most those plus the requests sent in the last `dedup_ms`
+//! (each entry's window end is a timer in the worker's `DelayQueue`). The flow is drawn in
+//! docs/ARCHITECTURE.md, "Warming".
+//!
+//! Shutdown cancels the workers: requests waiting and retries in progress are dropped, and a
+//! delivery in flight is abandoned. Warming is an optimisation: the next read after a dropped
+//! request recomputes as it would without cachet.
 
 mod deliver;
 pub mod heat;

@@ -1,5 +1,11 @@
 //! One task per warmer: holds each request for its delay, then sends it with at most
 //! `concurrency` in flight, retrying with exponential backoff and jitter.
+//!
+//! The worker takes a semaphore permit before it dequeues a due request, so at most
+//! `concurrency` deliveries run and the rest wait, still counted in the queue depth. A
+//! delivery retries timeouts, connection errors and 5xx/408/429 answers up to `retries`
+//! times, waiting `backoff_ms × 2ⁿ` (its upper half jittered, capped at [`MAX_BACKOFF`]); a
+//! redirect or another 4xx fails at once (`deliver` says which failure is which).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
