@@ -7,7 +7,8 @@
 //!    module version is taken now and used to the end, whatever a reload does meanwhile.
 //! 2. **call**: one call per policy on the policy threads ([`crate::policy::Workers`]), all
 //!    at once. A call that fails (error, trap, timeout, memory, limits) contributes nothing:
-//!    it is reported, counted, and its event kept in the dead-letter stream.
+//!    it is reported, counted, and its event kept in the dead-letter stream. Actions are
+//!    values a call returns, so a call that traps midway has produced nothing to apply.
 //! 3. **merge**: tags, keys and warm requests of the successful calls, each named once; log
 //!    actions are written to the log.
 //! 4. **apply**: tags through the tag index (as TAGINVALIDATE, with its stale-set

@@ -12,6 +12,14 @@
 //! `overall` is the worst level any figure reaches: Redis unreachable, or a figure past its
 //! critical threshold, is `unhealthy`; past a warning threshold is `degraded`. With no lookups
 //! yet there is no hit rate, and it raises nothing. Every change of `overall` is logged.
+//!
+//! The monitor ([`monitor`]) checks at start and every `interval_ms` (every second while Redis
+//! is unreachable), on the control client, with a 2 s limit per check (`CHECK_TIMEOUT`), and
+//! stores the result. `/health` and INFO compute `overall` when asked, from that check, the
+//! pool's state at that moment (a pooled connection sees Redis go away at once; the check may
+//! be `interval_ms` old) and the cumulative counters, so a request never waits on Redis. The
+//! monitor also sets the `cachet_health_overall` and `cachet_upstream_*` gauges; the
+//! reconnects it counts are the control connection's (fred's reconnect notifications).
 
 use std::sync::Arc;
 use std::sync::Mutex;

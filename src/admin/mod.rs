@@ -1,8 +1,10 @@
 //! The admin HTTP listener (axum): `/health`, `/metrics`, `/live`, `/ready`, the dashboard at
 //! `/` and the small JSON it polls, `/api/series`.
 //!
-//! [`router`] builds the whole thing from an [`Admin`] handle; tests call it directly, and
-//! [`serve`] runs it on a listener of its own, apart from the RESP port. With `[admin] token`
+//! [`router`] builds the whole thing from an [`Admin`] handle; tests call it directly (or
+//! `cachet::run_with_admin` with a listener bound to port 0), and [`serve`] runs it on a
+//! listener of its own, apart from the RESP port. `/live` is the process; `/ready` is the
+//! command table loaded and a pooled connection up. With `[admin] token`
 //! set, every data route wants `Authorization: Bearer <token>`; `/live` never does (a process
 //! check carries no data), nor does the dashboard page itself, a static file that holds no
 //! figures: it reads the token from the URL fragment (`/#token=...`, never sent to a server)

@@ -2,6 +2,16 @@
 //! components compiled once and pre-instantiated, a few instances per module reused across
 //! calls, and every limit of a call (deadline, memory, fuel, actions) enforced here.
 //!
+//! * **One engine**: the pooling allocator (slots for 128 component instances, memories of
+//!   up to 256 MiB (`MAX_MEMORY_MB`) of address space each), epoch interruption (a 1 ms ticker
+//!   thread), the component model's async support (QuickJS components need its intrinsics),
+//!   and fuel only when some policy sets `fuel` (it costs 15-70% per call). Each module is
+//!   compiled once; `InstancePre` makes instantiation a copy of prepared state. A trap
+//!   poisons its instance, which is dropped; after a success or an error it is kept.
+//! * **Import check**: before linking, the component's import names are listed, and anything
+//!   but [`ALLOWED_IMPORTS`] is refused by name. The linker has no WASI, so nothing else could
+//!   be satisfied anyway; the check turns a link error into a message that names the import.
+//!
 //! A call runs on the thread that calls [`Module::call`], which must not be a thread serving
 //! clients (see [`super::Workers`]). Host imports that need Redis block that thread; the time
 //! they wait is not counted against the deadline but against a budget of its own

@@ -8,6 +8,17 @@
 //!
 //! The contract is `wit/policy.wit`; EMIT itself (routing, merging and applying actions) is
 //! in [`crate::events`].
+//!
+//! **Why threads, not tokio tasks.** A call may run up to its deadline (`timeout_ms`, 10 ms by
+//! default) and host imports block on Redis; on a thread serving clients either would stall
+//! every client on it. The policy threads are plain OS threads fed by a bounded channel
+//! ([`Workers`]); the session's task awaits a oneshot. A full queue answers
+//! `policy threads are busy` ([`Busy`], kind `limit`).
+//!
+//! **Reload.** Each policy's module is an `ArcSwap<Version>`. A reload compiles on a blocking
+//! thread, then stores the new version; an event holds the `Arc` it took at routing, so it
+//! finishes on that version. Reloads of one policy are serialised; a failure leaves the old
+//! version.
 
 pub mod check;
 pub mod engine;

@@ -1,14 +1,38 @@
 //! What a session counts for `/metrics`, `/health` and INFO, and the `# cachet` INFO section.
 //!
-//! Kept cheap, since it runs for every command: a command's name is counted through the
-//! session's own snapshot of the counters (a hash lookup and an atomic add); a lookup's
-//! reply (GET-like reads, below) is classified by its first bytes while the batch's replies
-//! are walked anyway; latency goes into a per-session `LocalHistogram` that is flushed once
-//! per batch of replies.
+//! Kept to a few tens of ns, since it runs for every command:
+//!
+//! * a command's name is counted through the session's own snapshot of the per-name counters
+//!   (an `Arc` of a hash map): one lookup and one atomic add. A name not in the snapshot takes
+//!   the slow path once: it is added if Redis's command table knows it (or it is one of the
+//!   TAG commands), so labels stay bounded, otherwise counted as `other`; then the session
+//!   refreshes its snapshot.
+//! * a lookup (below) joins the batch's inspection plan, the mechanism tagged reads already
+//!   use (`Slot::Inspect`): when the batch's replies come back they are walked frame by frame
+//!   (only measured, never decoded), and each lookup's frame is a hit or a miss by its first
+//!   bytes (`$-1`, `_` are nil). Plans are recycled, so batches with lookups allocate nothing.
+//!   A key matching a rule is counted under the rule (the rule lookup the index phase already
+//!   made); others under `none`.
+//! * the time a pooled batch left the session is queued beside its slot; when its replies
+//!   arrive, each command in it is observed in a per-session `LocalHistogram` (no atomics),
+//!   flushed to the shared histogram once per batch.
 //!
 //! **Lookups** are the reads whose reply says whether the key (or field) held a value: GET,
 //! GETEX, GETDEL and HGET (nil = miss), and each element of MGET and HMGET. An error reply
-//! (WRONGTYPE, ...) is neither a hit nor a miss.
+//! (`-` or `!`: WRONGTYPE, ...) is neither a hit nor a miss.
+//!
+//! **Errors.** `cachet_errors_total` counts the upstream failures answered to clients
+//! (`-ERR upstream ...` for each command of a failed batch, for each command waiting on a lost
+//! dedicated connection, for a dedicated connection that could not be opened). A client's
+//! protocol error has its own counter (see `crate::metrics`). Redis's own error replies pass
+//! through uncounted: they describe the application's command, not cachet's health.
+//!
+//! **INFO through cachet.** On the pool, `INFO` with no section, or with `all`, `everything`,
+//! `default` or `cachet` among its sections, becomes an inspected command whose reply (a
+//! bulk string in RESP2, a verbatim string in RESP3) is re-encoded with cachet's section
+//! appended; `cachet` is removed from the sections sent to Redis, and `INFO cachet` alone is
+//! answered by cachet. On a dedicated connection (inside MULTI, say) INFO goes to Redis
+//! untouched.
 
 use std::sync::Arc;
 
