@@ -183,6 +183,19 @@ async fn tags_of(cache: &fred::clients::Client, key: &str) -> Vec<String> {
 /// front of it, the app (built once, started and seeded afresh) in front of cachet, and
 /// clients of cachet and of Redis. Each case takes it apart into those names, and ends by
 /// closing the clients, stopping the app and shutting cachet down cleanly.
+/// Ends a case: the clients quit, the app stops, then cachet shuts down cleanly.
+async fn close(
+    proxy: Proxy,
+    app: App,
+    via_cachet: fred::clients::Client,
+    direct: fred::clients::Client,
+) {
+    via_cachet.quit().await.unwrap();
+    direct.quit().await.unwrap();
+    drop(app);
+    proxy.shutdown().await.expect("clean shutdown");
+}
+
 struct Stack {
     redis: RedisServer,
     proxy: Proxy,
@@ -330,10 +343,7 @@ async fn classwaves_app_reads_through_cachet_with_the_rules_tags_and_ttls() {
             "{path}: {body}"
         );
     }
-    via_cachet.quit().await.unwrap();
-    direct.quit().await.unwrap();
-    drop(app);
-    proxy.shutdown().await.expect("clean shutdown");
+    close(proxy, app, via_cachet, direct).await;
 }
 
 /// A write commits, answers with the new version, and sends exactly one EMIT (whose
@@ -429,10 +439,7 @@ async fn a_classwaves_write_emits_once_and_a_warm_recomputes_the_invalidated_lis
     );
     let (_, list) = get("/api/v1/teachers/1/sessions").await;
     assert_eq!(list["cache"], "hit", "the warmed list is served: {list}");
-    via_cachet.quit().await.unwrap();
-    direct.quit().await.unwrap();
-    drop(app);
-    proxy.shutdown().await.expect("clean shutdown");
+    close(proxy, app, via_cachet, direct).await;
 }
 
 /// Every other kind of entry the sessions policy invalidates has its warm endpoint, which
@@ -489,10 +496,7 @@ async fn every_classwaves_warm_endpoint_recomputes_its_key_through_cachet() {
         let s = stats().await;
         assert_eq!(s["cache"]["byKind"][kind]["warmed"], 1, "{path}: {s}");
     }
-    via_cachet.quit().await.unwrap();
-    direct.quit().await.unwrap();
-    drop(app);
-    proxy.shutdown().await.expect("clean shutdown");
+    close(proxy, app, via_cachet, direct).await;
 }
 
 /// Bad input: a clear 4xx, and the app keeps serving.
@@ -535,10 +539,7 @@ async fn classwaves_answers_bad_input_with_a_clear_4xx_and_keeps_serving() {
     assert_eq!(status, 404);
     let (status, _) = get("/api/v1/teachers/1/sessions").await;
     assert_eq!(status, 200, "{}", log());
-    via_cachet.quit().await.unwrap();
-    direct.quit().await.unwrap();
-    drop(app);
-    proxy.shutdown().await.expect("clean shutdown");
+    close(proxy, app, via_cachet, direct).await;
 }
 
 /// Rosters show their students' names: renaming a student must refresh every cached roster
