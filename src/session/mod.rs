@@ -519,13 +519,10 @@ impl Session {
             divergence: self.pinning.divergence,
             pool_db: self.services.upstream.config.url.db,
         };
+        let route = route(&request, name, &state, &table);
+        // Only the routes of a name longer than any command's have no name.
         let name = name.unwrap_or_default();
-        match route(
-            &request,
-            Some(name).filter(|n| !n.is_empty()),
-            &state,
-            &table,
-        ) {
+        match route {
             Route::Refuse(reason) => self.reply_local(reason),
             Route::Quit => {
                 self.reply_local(Reply::ok());

@@ -380,6 +380,9 @@ mod tests {
             (&["NOSUCHCOMMAND"], SIGNED_IN, "tracked false"),
             (&["GET", "k"], pinned, "dedicated"),
             (&[&long], SIGNED_IN, "pool 1"),
+            // An empty name is a name Redis does not know, like any other.
+            (&[""], SIGNED_IN, "tracked false"),
+            (&[""], stranger, "refuse NOAUTH"),
             (&[&long], pinned, "dedicatedplain"),
             (&["BLPOP", "q", "0"], SIGNED_IN, "pin"),
             (&["MULTI"], SIGNED_IN, "pin"),
