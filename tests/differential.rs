@@ -1633,6 +1633,111 @@ async fn differential_resp3_pipelined() {
     pipelined(true).await;
 }
 
+// ---- issue 15: framing edges and the replication stream (bugs 4, 5)
+
+/// Bug 5: Redis skips a multibulk whose count is zero or negative and answers the next
+/// command; so must cachet, byte for byte, with the connection still open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_positive_multibulk_counts_are_skipped_as_redis_skips_them() {
+    let f = Fixture::start().await;
+    for prefix in ["*-10\r\n", "*-1\r\n", "*0\r\n", "*-10\r\n*0\r\n"] {
+        let mut replies = Vec::new();
+        for addr in [f.direct.addr(), f.proxy.addr] {
+            let mut c = RawClient::connect(addr).await.expect("connect");
+            let mut bytes = prefix.as_bytes().to_vec();
+            bytes.extend_from_slice(b"*1\r\n$4\r\nPING\r\n");
+            c.send_raw(&bytes).await.expect("send");
+            let reply = c.read_frame_timeout(READ_TIMEOUT).await;
+            let pong = c.command(&["ECHO", "still here"]).await;
+            let text = |r: std::io::Result<bytes::Bytes>| r.map(|r| esc(&r));
+            replies.push(format!("{:?} then {:?}", text(reply), text(pong)));
+        }
+        assert_eq!(
+            replies[0], replies[1],
+            "after {prefix:?}: direct, then cachet"
+        );
+        assert!(replies[0].starts_with("Ok(\"+PONG"), "{}", replies[0]);
+    }
+}
+
+async fn read_more(c: &mut RawClient, got: &mut Vec<u8>, deadline: tokio::time::Instant) {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 64 * 1024];
+    let n = tokio::time::timeout_at(deadline, c.stream.read(&mut chunk))
+        .await
+        .expect("the replication stream stalled")
+        .expect("read");
+    assert!(n > 0, "closed mid-stream after {:?}", esc(got));
+    got.extend_from_slice(&chunk[..n]);
+}
+
+/// What a replication stream looked like: the reply line before the payload (PSYNC's
+/// `+FULLRESYNC`, without its run id and offset), the payload's header kind and magic, and
+/// whether a write made afterwards arrived as a command.
+async fn replication_stream(addr: SocketAddr, psync: bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut c = RawClient::connect(addr).await.expect("connect");
+    match psync {
+        true => c.send(&["PSYNC", "?", "-1"]).await,
+        false => c.send(&["SYNC"]).await,
+    }
+    .expect("send");
+    let mut got: Vec<u8> = Vec::new();
+    let mut shape = String::new();
+    // Newlines are keepalives while Redis writes the RDB file.
+    loop {
+        while got.first() == Some(&b'\n') {
+            got.remove(0);
+        }
+        if let Some(end) = got.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&got[..end]).into_owned();
+            got.drain(..end + 2);
+            if line.starts_with("+FULLRESYNC") {
+                shape.push_str("+FULLRESYNC; ");
+                continue;
+            }
+            let len: usize = line
+                .strip_prefix('$')
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not a payload header: {line:?}"));
+            while got.len() < len {
+                read_more(&mut c, &mut got, deadline).await;
+            }
+            shape.push_str(&format!("payload {}; ", String::from_utf8_lossy(&got[..5])));
+            got.drain(..len);
+            break;
+        }
+        read_more(&mut c, &mut got, deadline).await;
+    }
+    let mut writer = RawClient::connect(addr).await.expect("connect");
+    assert_eq!(
+        writer.text(&["SET", "replicated-key", "v"]).await,
+        "+OK\r\n"
+    );
+    while !got.windows(14).any(|w| w == b"replicated-key") {
+        read_more(&mut c, &mut got, deadline).await;
+    }
+    shape.push_str("then the write as a command");
+    shape
+}
+
+/// Bug 4: SYNC and PSYNC deliver the replication stream (an RDB payload with no closing CRLF,
+/// then the commands) through cachet as directly; before, cachet could not frame the payload
+/// and the client got "invalid RESP from Redis".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_and_psync_stream_replication_through_cachet() {
+    let f = Fixture::start().await;
+    for psync in [false, true] {
+        let direct = replication_stream(f.direct.addr(), psync).await;
+        let proxied = replication_stream(f.proxy.addr, psync).await;
+        assert_eq!(direct, proxied, "psync: {psync}");
+        assert!(direct.contains("payload REDIS"), "{direct}");
+    }
+    // Everyone else is still served.
+    let mut c = RawClient::connect(f.proxy.addr).await.expect("connect");
+    assert_eq!(c.text(&["PING"]).await, "+PONG\r\n");
+}
+
 /// The sequence keeps covering at least `MIN_DISTINCT_COMMANDS` distinct commands, each one that
 /// Redis knows (checked with COMMAND INFO, so a typo cannot count).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

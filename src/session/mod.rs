@@ -287,9 +287,12 @@ impl Session {
             // reads), so that it notices its client leave while it waits for replies.
             let can_read = (!stopping && (can_take || self.input.len() < READ_AHEAD))
                 || (self.closing && !self.draining);
+            // A replication stream is read no faster than its client takes it: Redis applies
+            // its own replica output limits to what waits on its side.
+            let replicating = self.pinning.link.as_ref().is_some_and(|l| l.replication);
             let read_upstream = self.output.len() < self.handle.pooled.account.limits.budget * 8
-                || self.pinning.divergence.pubsub()
-                || self.pinning.divergence.stream;
+                || (!replicating
+                    && (self.pinning.divergence.pubsub() || self.pinning.divergence.stream));
             let event = {
                 let Session {
                     reader,
@@ -390,7 +393,8 @@ impl Session {
             self.try_leave_dedicated();
             // Redis's own client-output-buffer-limit for pub/sub: a subscriber this far
             // behind is disconnected rather than buffered for without end.
-            let streaming = self.pinning.divergence.pubsub() || self.pinning.divergence.stream;
+            let streaming = (self.pinning.divergence.pubsub() || self.pinning.divergence.stream)
+                && !self.pinning.link.as_ref().is_some_and(|l| l.replication);
             if streaming && self.output.len() > OUTPUT_STREAM_LIMIT {
                 tracing::warn!(
                     client = self.id,

@@ -50,6 +50,10 @@ pub(super) struct DedicatedLink {
     /// were not one per command, so it never goes back to the pool or the spares; the
     /// client keeps it until RESET or disconnect.
     pub(super) streamed: bool,
+    /// SYNC or PSYNC was sent: once the replies owed before it are in, everything Redis
+    /// sends is the replication stream (an RDB payload with no closing CRLF, newlines as
+    /// keepalives, then the command stream), passed to the client byte for byte, unframed.
+    pub(super) replication: bool,
 }
 
 pub(super) type Acquire = Pin<Box<dyn Future<Output = Result<Dedicated, UpstreamError>> + Send>>;
@@ -125,6 +129,7 @@ impl Session {
                     outstanding: 0,
                     resets: 0,
                     streamed: false,
+                    replication: false,
                 });
             }
             Err(error) => {
@@ -210,7 +215,10 @@ impl Session {
             b"unsubscribe" | b"punsubscribe" | b"sunsubscribe" => request.args.len().max(2) - 1,
             _ => 1,
         };
+        let in_multi = self.pinning.divergence.multi;
         let link = self.pinning.link.as_mut().expect("dedicated connection");
+        // Inside MULTI Redis refuses it with a framed error: no stream follows.
+        link.replication |= matches!(name, b"sync" | b"psync") && !in_multi;
         link.outgoing.extend_from_slice(&request.raw);
         // The name the connection will carry at Redis, so a spare is renamed for its next user.
         if let Some(set) = name_set_by(name, &request) {
@@ -274,6 +282,11 @@ impl Session {
             let Some(link) = &mut self.pinning.link else {
                 return;
             };
+            if link.replication && link.outstanding == 0 {
+                let stream = link.incoming.split();
+                self.output.extend_from_slice(&stream);
+                return;
+            }
             let info = match link.frame.scan(&link.incoming) {
                 Ok(Some(info)) => info,
                 Ok(None) => return,
