@@ -1738,6 +1738,169 @@ async fn sync_and_psync_stream_replication_through_cachet() {
     assert_eq!(c.text(&["PING"]).await, "+PONG\r\n");
 }
 
+// ---- issue 15: CLIENT LIST / INFO / KILL over cachet's clients (bugs 7, 8)
+
+/// The field names of a CLIENT LIST line, in order.
+fn field_names(line: &str) -> Vec<String> {
+    line.split(' ')
+        .map(|f| f.split('=').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The CLIENT LIST reply's lines (RESP2 bulk).
+async fn client_lines(c: &mut RawClient) -> Vec<String> {
+    let reply = c.text(&["CLIENT", "LIST"]).await;
+    let body = reply.split_once("\r\n").map(|(_, b)| b).unwrap_or_default();
+    body.lines()
+        .filter(|l| l.starts_with("id="))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn field<'l>(line: &'l str, name: &str) -> &'l str {
+    line.split(' ')
+        .find_map(|f| f.strip_prefix(name).and_then(|f| f.strip_prefix('=')))
+        .unwrap_or_default()
+}
+
+/// Bad arguments get Redis's own errors, and the kinds of reply match, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_list_and_kill_errors_are_redis_errors() {
+    let f = Fixture::start().await;
+    for resp3 in [false, true] {
+        let mut sides = Vec::new();
+        for addr in [f.direct.addr(), f.proxy.addr] {
+            let mut c = RawClient::connect(addr).await.expect("connect");
+            if resp3 {
+                c.command(&["HELLO", "3"]).await.expect("hello");
+            }
+            let mut replies = Vec::new();
+            for args in [
+                &["CLIENT", "KILL", "id", "abc"][..],
+                &["CLIENT", "KILL", "id", "0"],
+                &["CLIENT", "KILL", "type", "foo"],
+                &["CLIENT", "KILL", "skipme", "maybe"],
+                &["CLIENT", "KILL", "foo", "bar"],
+                &["CLIENT", "KILL", "id", "5", "type"],
+                &["CLIENT", "KILL", "1.1.1.1:1"],
+                &["CLIENT", "KILL", "id", "99999"],
+                &["CLIENT", "KILL", "type", "master"],
+                &["CLIENT", "KILL"],
+                &["CLIENT", "LIST", "type", "foo"],
+                &["CLIENT", "LIST", "id", "x"],
+                &["CLIENT", "LIST", "foo"],
+                &["CLIENT", "LIST", "type"],
+                &["CLIENT", "LIST", "id", "99999"],
+                &["CLIENT", "LIST", "type", "replica"],
+            ] {
+                let reply = c.command(args).await.expect("reply");
+                replies.push(format!("{args:?} -> {}", esc(&reply)));
+            }
+            sides.push(replies);
+        }
+        assert_eq!(sides[0], sides[1], "resp3: {resp3}: direct, then cachet");
+    }
+}
+
+/// CLIENT LIST and CLIENT INFO through cachet show cachet's clients, with the ids CLIENT ID
+/// gives, their own addresses and names, in Redis's format; CLIENT KILL finds them by id,
+/// address (old and new form), type and user, and a client that kills itself is answered
+/// first. No filter reaches cachet's own connections to Redis: the pool connection that
+/// served before is the one serving after (before, `SKIPME no` killed it and every other
+/// client got `-ERR upstream unavailable`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_list_and_kill_act_on_cachets_clients_only() {
+    let f = Fixture::start().await;
+    let mut admin = RawClient::connect(f.upstream.addr())
+        .await
+        .expect("connect");
+    let pool_before: Vec<String> = client_lines(&mut admin)
+        .await
+        .into_iter()
+        .filter(|l| field(l, "name") == "cachet:pool")
+        .map(|l| field(&l, "id").to_owned())
+        .collect();
+    assert!(!pool_before.is_empty(), "no pool connection at Redis");
+
+    let mut direct = RawClient::connect(f.direct.addr()).await.expect("connect");
+    let direct_line = client_lines(&mut direct).await.remove(0);
+
+    let mut a = RawClient::connect(f.proxy.addr).await.expect("connect");
+    let mut b = RawClient::connect(f.proxy.addr).await.expect("connect");
+    assert_eq!(a.text(&["CLIENT", "SETNAME", "c1"]).await, "+OK\r\n");
+    assert_eq!(b.text(&["CLIENT", "SETNAME", "c2"]).await, "+OK\r\n");
+    let b_id = b.text(&["CLIENT", "ID"]).await;
+    let b_id = b_id.trim_start_matches(':').trim_end();
+    // Until the readiness probe's connection (from `Proxy::start`) has been noticed gone.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut lines = client_lines(&mut a).await;
+    while lines.len() != 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lines = client_lines(&mut a).await;
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(field_names(&lines[0]), field_names(&direct_line));
+    let b_line = lines
+        .iter()
+        .find(|l| field(l, "name") == "c2")
+        .expect("c2 listed");
+    assert_eq!(field(b_line, "id"), b_id);
+    assert_eq!(
+        field(b_line, "addr"),
+        b.stream.local_addr().unwrap().to_string(),
+        "the client's own address"
+    );
+    assert_eq!(field(b_line, "cmd"), "client|id");
+    let mine = a.text(&["CLIENT", "INFO"]).await;
+    assert!(
+        mine.contains(" name=c1 ") && mine.contains(" cmd=client|info "),
+        "{mine}"
+    );
+    let by_id = a.text(&["CLIENT", "LIST", "ID", b_id]).await;
+    assert!(
+        by_id.contains(" name=c2 ") && !by_id.contains(" name=c1 "),
+        "{by_id}"
+    );
+
+    // Old form by address: +OK, and B is gone.
+    let b_addr = field(b_line, "addr").to_owned();
+    assert_eq!(a.text(&["CLIENT", "KILL", &b_addr]).await, "+OK\r\n");
+    assert!(b.closed_within(Duration::from_secs(2)).await);
+    assert_eq!(
+        a.text(&["CLIENT", "KILL", &b_addr]).await,
+        "-ERR No such client\r\n"
+    );
+
+    // New form: a subscriber by TYPE, then everyone but the caller, then the caller itself.
+    let mut sub = RawClient::connect(f.proxy.addr).await.expect("connect");
+    sub.command(&["SUBSCRIBE", "ch"]).await.expect("subscribed");
+    let mut other = RawClient::connect(f.proxy.addr).await.expect("connect");
+    assert_eq!(other.text(&["PING"]).await, "+PONG\r\n");
+    assert_eq!(
+        a.text(&["CLIENT", "KILL", "TYPE", "pubsub"]).await,
+        ":1\r\n"
+    );
+    assert!(sub.closed_within(Duration::from_secs(2)).await);
+    assert_eq!(
+        a.text(&["CLIENT", "KILL", "USER", "default"]).await,
+        ":1\r\n"
+    );
+    assert!(other.closed_within(Duration::from_secs(2)).await);
+    assert_eq!(a.text(&["CLIENT", "KILL", "SKIPME", "no"]).await, ":1\r\n");
+    assert!(a.closed_within(Duration::from_secs(2)).await);
+
+    // cachet's own connection to Redis was never touched, and serves at once.
+    let mut fresh = RawClient::connect(f.proxy.addr).await.expect("connect");
+    assert_eq!(fresh.text(&["SET", "k", "v"]).await, "+OK\r\n");
+    let pool_after: Vec<String> = client_lines(&mut admin)
+        .await
+        .into_iter()
+        .filter(|l| field(l, "name") == "cachet:pool")
+        .map(|l| field(&l, "id").to_owned())
+        .collect();
+    assert_eq!(pool_before, pool_after);
+}
+
 /// The sequence keeps covering at least `MIN_DISTINCT_COMMANDS` distinct commands, each one that
 /// Redis knows (checked with COMMAND INFO, so a typo cannot count).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

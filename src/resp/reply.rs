@@ -17,6 +17,9 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A map in RESP3; a flat array of keys and values in RESP2, as HGETALL replies.
     Map(Vec<(Reply, Reply)>),
+    /// Text: a verbatim string (`=len\r\ntxt:...`) in RESP3, a bulk string in RESP2, as
+    /// Redis answers INFO or CLIENT LIST.
+    Verbatim(Bytes),
 }
 
 impl Reply {
@@ -48,7 +51,7 @@ impl Reply {
             Reply::Simple(s) => Frame2::SimpleString(Bytes::from_static(s.as_bytes())),
             Reply::Error(e) => Frame2::Error(e.as_str().into()),
             Reply::Integer(i) => Frame2::Integer(*i),
-            Reply::Bulk(b) => Frame2::BulkString(b.clone()),
+            Reply::Bulk(b) | Reply::Verbatim(b) => Frame2::BulkString(b.clone()),
             Reply::Null => Frame2::Null,
             Reply::Array(items) => Frame2::Array(items.iter().map(Reply::to_resp2).collect()),
             Reply::Map(pairs) => Frame2::Array(
@@ -76,6 +79,12 @@ impl Reply {
                     key.extend_resp3(out);
                     value.extend_resp3(out);
                 }
+                return;
+            }
+            Reply::Verbatim(text) => {
+                out.extend_from_slice(format!("={}\r\ntxt:", text.len() + 4).as_bytes());
+                out.extend_from_slice(text);
+                out.extend_from_slice(b"\r\n");
                 return;
             }
             Reply::Simple(s) => Frame3::SimpleString {

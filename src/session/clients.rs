@@ -76,6 +76,16 @@ impl ClientRegistry {
             .cloned()
     }
 
+    /// Every live client, for `CLIENT LIST` and `CLIENT KILL`.
+    pub fn all(&self) -> Vec<(i64, Arc<ClientHandle>)> {
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, client)| (*id, client.clone()))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.clients
             .lock()

@@ -23,9 +23,10 @@
 //!   goes to Redis and the connection is dropped after its `+RESET`. `RESET` with arguments
 //!   gets Redis's arity error and changes nothing, subscribers included.
 //!
-//! Commands that act on *other* connections (`CLIENT LIST`, `CLIENT KILL` with filters other
-//! than `ID`, `CLIENT PAUSE`) reach Redis and see cachet's upstream connections, not cachet's
-//! clients.
+//! * `CLIENT LIST`, `CLIENT INFO` and `CLIENT KILL` list and kill cachet's clients, never
+//!   cachet's own connections to Redis (`client_list`).
+//!
+//! `CLIENT PAUSE` reaches Redis and pauses every client of Redis, cachet's included.
 
 use super::*;
 
@@ -65,26 +66,11 @@ impl Session {
                     self.reply_local(Reply::ok());
                 }
             }
-            // A client authenticated as another user goes to Redis, which checks its rights.
-            (b"kill", 4)
-                if !self.pinning.divergence.user
-                    && request
-                        .arg(2)
-                        .is_some_and(|a| a.eq_ignore_ascii_case(b"id")) =>
-            {
-                let target = std::str::from_utf8(&request.args[3])
-                    .ok()
-                    .and_then(|s| s.parse::<i64>().ok());
-                // Unregistered at once, as Redis frees a killed client at once: a second KILL of
-                // the same id finds nothing.
-                match target.and_then(|id| self.services.clients.remove(id)) {
-                    Some(client) => {
-                        let _ = client.inbox.send(Inbox::Kill);
-                        self.reply_local(Reply::Integer(1));
-                    }
-                    None => self.route(request, b"client"),
-                }
-            }
+            // cachet's clients, not its connections to Redis (`client_list`). A client
+            // authenticated as another user goes to Redis, which checks its rights.
+            (b"list", _) if !self.pinning.divergence.user => self.client_list(request),
+            (b"info", 2) if !self.pinning.divergence.user => self.client_info(),
+            (b"kill", 3..) if !self.pinning.divergence.user => self.client_kill(request),
             (b"unblock", 3 | 4) => {
                 let target = std::str::from_utf8(&request.args[2])
                     .ok()
@@ -111,6 +97,10 @@ impl Session {
                         Err(refusal) => return self.reply_local(refusal),
                     };
                     self.pinning.divergence.client_mode |= on;
+                    self.redirect = match on {
+                        true => redirect_of(&request).unwrap_or(-1),
+                        false => -1,
+                    };
                     self.route_dedicated(request, b"client");
                 } else {
                     self.forward(request);
@@ -287,10 +277,25 @@ impl Session {
     pub(super) fn reset_state(&mut self) {
         self.protocol = Protocol::Resp2;
         self.name = None;
+        self.db = self.services.upstream.config.url.db;
+        self.user = None;
+        self.redirect = -1;
         self.authenticated = self.services.upstream.config.credentials().is_none();
         self.signed_in = false;
         self.pinning.divergence = Divergence::default();
     }
+}
+
+/// The id after `REDIRECT` in a CLIENT TRACKING command, as the client wrote it.
+fn redirect_of(request: &Request) -> Option<i64> {
+    let pos = request
+        .args
+        .iter()
+        .position(|a| a.eq_ignore_ascii_case(b"redirect"))?;
+    std::str::from_utf8(request.arg(pos + 1)?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Whether a client's guess equals a secret, in time that depends on neither the secret nor

@@ -27,6 +27,7 @@
 //! `policy` and `warm`.
 
 mod batch;
+mod client_list;
 mod clients;
 mod inspect;
 mod leases;
@@ -128,6 +129,10 @@ pub enum Inbox {
     Shutdown,
     /// The reply to the command cachet ran itself for slot `Slot::Async(id)`.
     Done(u64, Bytes),
+    /// Another client's `CLIENT LIST` or `CLIENT KILL` asks how this one looks.
+    Describe(tokio::sync::oneshot::Sender<client_list::ClientView>),
+    /// This client killed itself with `CLIENT KILL`: close once the replies owed are written.
+    CloseAfterReply,
 }
 
 /// The handle the server and other sessions use to reach this one.
@@ -183,6 +188,16 @@ pub struct Session {
     /// The client closed its side: nothing more goes to a dedicated connection for it.
     client_gone: bool,
     last_activity: Instant,
+    /// For `CLIENT LIST` (`client_list`): cachet's own address of this connection, when it
+    /// connected, its database, its last command, the user it signed in as at Redis (`None`:
+    /// the pool's), the one an AUTH on its way claims, and its tracking redirection.
+    laddr: SocketAddr,
+    created: Instant,
+    db: u32,
+    last_command: client_list::LastCommand,
+    user: Option<Bytes>,
+    pending_user: Option<Bytes>,
+    redirect: i64,
 }
 
 enum Event {
@@ -203,6 +218,7 @@ impl Session {
         id: i64,
     ) -> (Self, Arc<ClientHandle>) {
         stream.set_nodelay(true).ok();
+        let laddr = stream.local_addr().unwrap_or(addr);
         let (reader, writer) = stream.into_split();
         let (reply_tx, inbox) = mpsc::unbounded_channel();
         let (pool_tx, pool_replies) = mpsc::unbounded_channel();
@@ -226,6 +242,7 @@ impl Session {
         let command_counters = observe::counters(&services);
         let latency = services.metrics.command_latency.local();
         let buffered = services.request_buffers.share();
+        let services_db = services.upstream.config.url.db;
         let session = Session {
             id,
             authenticated: services.upstream.config.credentials().is_none(),
@@ -253,6 +270,13 @@ impl Session {
             closing: false,
             client_gone: false,
             last_activity: Instant::now(),
+            laddr,
+            created: Instant::now(),
+            db: services_db,
+            last_command: client_list::LastCommand::default(),
+            user: None,
+            pending_user: None,
+            redirect: -1,
         };
         (session, handle)
     }
@@ -321,6 +345,10 @@ impl Session {
                 Event::Pool(None) => unreachable!("the session's handle holds a sender"),
                 Event::Inbox(Some(Inbox::Done(id, bytes))) => self.on_done(id, bytes),
                 Event::Inbox(Some(Inbox::Kill)) => break,
+                Event::Inbox(Some(Inbox::Describe(tx))) => {
+                    let _ = tx.send(self.view());
+                }
+                Event::Inbox(Some(Inbox::CloseAfterReply)) => self.closing = true,
                 Event::Inbox(Some(Inbox::Shutdown)) => {
                     // A subscriber or MONITOR is owed nothing but a stream: close it now.
                     if self.pinning.divergence.pubsub() || self.pinning.divergence.stream {
@@ -516,6 +544,9 @@ impl Session {
         let mut scratch = [0u8; 64];
         let name = lowercase_name(request.name(), &mut scratch);
         self.count_command(name);
+        if let Some(name) = name {
+            self.last_command.set(name, &request);
+        }
         let table = self.services.upstream.commands();
         let state = ClientState {
             authenticated: self.authenticated,

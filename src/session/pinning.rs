@@ -174,10 +174,21 @@ impl Session {
             b"select" => {
                 // Queued in MULTI it may yet fail: stay pinned rather than guess.
                 d.database = other_db || (d.multi && d.database);
+                if let Some(db) = request
+                    .arg(1)
+                    .and_then(|a| std::str::from_utf8(a).ok())
+                    .and_then(|s| s.parse().ok())
+                {
+                    self.db = db;
+                }
             }
             b"auth" => {
                 d.user = true;
                 signs_in = !d.multi;
+                self.pending_user = match request.args.len() {
+                    3 => Some(request.args[1].clone()),
+                    _ => Some(Bytes::from_static(b"default")),
+                };
             }
             b"hello" => {
                 match request.arg(1) {
@@ -185,9 +196,14 @@ impl Session {
                     Some(b"3") => self.protocol = Protocol::Resp3,
                     _ => {}
                 }
-                if request.args.iter().any(|a| a.eq_ignore_ascii_case(b"auth")) {
+                if let Some(pos) = request
+                    .args
+                    .iter()
+                    .position(|a| a.eq_ignore_ascii_case(b"auth"))
+                {
                     d.user = true;
                     signs_in = !d.multi;
+                    self.pending_user = request.arg(pos + 1).map(Bytes::copy_from_slice);
                 }
             }
             // Marked at once so the confirmations route as pub/sub traffic; the real counts
@@ -328,7 +344,11 @@ impl Session {
                 match self.replies.slots.pop_front() {
                     Some(Slot::Dedicated) => self.output.extend_from_slice(&frame),
                     Some(Slot::SignIn) => {
-                        self.signed_in |= !matches!(frame.first(), Some(b'-' | b'!'));
+                        let accepted = !matches!(frame.first(), Some(b'-' | b'!'));
+                        self.signed_in |= accepted;
+                        if accepted {
+                            self.user = self.pending_user.take();
+                        }
                         self.output.extend_from_slice(&frame);
                     }
                     Some(Slot::DedicatedReplaced(instead)) => {
