@@ -25,7 +25,8 @@
 //!
 //! Commands that act on *other* connections (`CLIENT LIST`, `CLIENT KILL` with filters other
 //! than `ID`, `CLIENT PAUSE`) reach Redis and see cachet's upstream connections, not cachet's
-//! clients.
+//! clients. `CLIENT PAUSE`, `UNPAUSE` and `UNBLOCK` of a client on the pool go out of band
+//! (`aside`); here they arrive only from a client holding a dedicated connection.
 
 use super::*;
 
@@ -85,21 +86,9 @@ impl Session {
                     None => self.route(request, b"client"),
                 }
             }
-            (b"unblock", 3 | 4) => {
-                let target = std::str::from_utf8(&request.args[2])
-                    .ok()
-                    .and_then(|s| s.parse::<i64>().ok())
-                    .and_then(|id| self.services.clients.get(id));
-                match target {
-                    // Unblock the client's dedicated connection, where it is blocked.
-                    Some(client) => {
-                        let real = client.upstream_id.load(Ordering::Relaxed);
-                        let mut args = request.args.clone();
-                        args[2] = Bytes::from(real.to_string());
-                        self.route(Request::from_args(args), b"client");
-                    }
-                    None => self.route(request, b"client"),
-                }
+            (b"unblock", _) => {
+                let request = self.translate_unblock(request);
+                self.route(request, b"client");
             }
             (b"tracking", _) => {
                 let on = request
@@ -129,6 +118,28 @@ impl Session {
                 self.route_dedicated(request, b"client");
             }
             _ => self.route(request, b"client"),
+        }
+    }
+
+    /// CLIENT UNBLOCK <id> [TIMEOUT|ERROR]: a cachet client id becomes the Redis id of that
+    /// client's dedicated connection, where it is blocked; any other id (or arity) goes to
+    /// Redis as it is, for Redis's own answer.
+    pub(super) fn translate_unblock(&self, request: Request) -> Request {
+        if !matches!(request.args.len(), 3 | 4) {
+            return request;
+        }
+        let target = std::str::from_utf8(&request.args[2])
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .and_then(|id| self.services.clients.get(id));
+        match target {
+            Some(client) => {
+                let real = client.upstream_id.load(Ordering::Relaxed);
+                let mut args = request.args;
+                args[2] = Bytes::from(real.to_string());
+                Request::from_args(args)
+            }
+            None => request,
         }
     }
 
