@@ -1941,3 +1941,400 @@ async fn differential_covers_at_least_150_commands() {
         names.len()
     );
 }
+
+// ---- issue 15: work on other connections (bugs 2, 3)
+
+/// Commands that act on other connections' work (SCRIPT KILL, FUNCTION KILL, CLIENT UNPAUSE,
+/// SHUTDOWN, ...) must reach Redis while cachet's shared connection waits behind that work,
+/// and answer as Redis does. Each scenario runs on its own connections against Redis A
+/// directly, then against cachet in front of Redis B; every reply is compared byte for byte,
+/// and the kill or unpause must be answered within [`PROMPT`] on both sides.
+mod issue15_other_connections {
+    use std::time::Instant;
+
+    use super::*;
+
+    /// What a kill or unpause may take while the pool is blocked.
+    const PROMPT: Duration = Duration::from_millis(100);
+    /// Long enough for Redis to call a script busy (`lua-time-limit` is set to 100 ms).
+    const BUSY_AFTER: Duration = Duration::from_millis(300);
+    /// The pool's timeout in these tests: shorter than the pauses, so a pause cachet knows of
+    /// must hold it off.
+    const POOL_TIMEOUT_MS: u64 = 1_000;
+
+    /// One reply as a scenario saw it: what was asked, the bytes (or why none came), and
+    /// whether it had to be prompt.
+    struct Seen {
+        what: &'static str,
+        reply: Vec<u8>,
+        took: Duration,
+        prompt: bool,
+    }
+
+    struct Side {
+        addr: SocketAddr,
+        resp3: bool,
+        seen: Vec<Seen>,
+    }
+
+    impl Side {
+        async fn open(&self) -> Conn {
+            let mut conn = Conn::connect(self.addr).await.expect("connect");
+            if self.resp3 {
+                conn.call(&[b"HELLO", b"3"]).await.expect("HELLO 3");
+            }
+            conn
+        }
+
+        /// Reads one reply (or notes why there is none: EOF, timeout) and records it.
+        async fn read(
+            &mut self,
+            conn: &mut Conn,
+            what: &'static str,
+            since: Instant,
+            prompt: bool,
+        ) {
+            let reply = match conn
+                .reader
+                .read(&mut conn.stream, Duration::from_secs(10))
+                .await
+            {
+                Ok(bytes) => bytes.to_vec(),
+                Err(e) => format!("<no reply: {:?}>", e.kind()).into_bytes(),
+            };
+            self.seen.push(Seen {
+                what,
+                reply,
+                took: since.elapsed(),
+                prompt,
+            });
+        }
+
+        /// Sends one command and records its reply.
+        async fn call(
+            &mut self,
+            conn: &mut Conn,
+            what: &'static str,
+            args: &[&[u8]],
+            prompt: bool,
+        ) {
+            let since = Instant::now();
+            conn.send(&RawClient::encode(args)).await.expect("send");
+            self.read(conn, what, since, prompt).await;
+        }
+    }
+
+    /// Runs `scenario` on both sides and compares what each saw.
+    async fn compare_sides<F>(label: &str, resp3: bool, scenario: F)
+    where
+        F: AsyncFn(&mut Side),
+    {
+        let direct = RedisServer::start();
+        let upstream = RedisServer::start();
+        let proxy = Proxy::start_with(&upstream.url(), |c| {
+            c.upstream.command_timeout_ms = POOL_TIMEOUT_MS;
+        })
+        .await;
+        let mut a = Side {
+            addr: direct.addr(),
+            resp3,
+            seen: Vec::new(),
+        };
+        let mut b = Side {
+            addr: proxy.addr,
+            resp3,
+            seen: Vec::new(),
+        };
+        scenario(&mut a).await;
+        scenario(&mut b).await;
+        let mut problems = Vec::new();
+        for (da, db) in a.seen.iter().zip(&b.seen) {
+            if da.reply != db.reply {
+                problems.push(format!(
+                    "{}: replies differ\n    direct : {}\n    cachet : {}",
+                    da.what,
+                    esc(&da.reply),
+                    esc(&db.reply)
+                ));
+            }
+            for (side, seen) in [("direct", da), ("cachet", db)] {
+                if seen.prompt && seen.took > PROMPT {
+                    problems.push(format!(
+                        "{}: answered after {:?} {side} (at most {PROMPT:?}): {}",
+                        seen.what,
+                        seen.took,
+                        esc(&seen.reply)
+                    ));
+                }
+            }
+        }
+        assert_eq!(
+            a.seen.len(),
+            b.seen.len(),
+            "[{label}] the scenario is not deterministic"
+        );
+        assert!(
+            problems.is_empty(),
+            "[{label}] {} problem(s):\n{}\n--- Redis B (behind cachet) log, tail ---\n{}",
+            problems.len(),
+            problems.join("\n"),
+            tail(&upstream.log(), 20)
+        );
+        eprintln!(
+            "[{label}] {} replies compared, all equal and in time",
+            a.seen.len()
+        );
+    }
+
+    /// Bug 2: a busy script is killed through cachet at once; the EVAL gets Redis's own error.
+    async fn script_kill(side: &mut Side) {
+        let mut admin = side.open().await;
+        let mut runner = side.open().await;
+        let mut killer = side.open().await;
+        side.call(
+            &mut admin,
+            "CONFIG SET lua-time-limit",
+            &[b"CONFIG", b"SET", b"lua-time-limit", b"100"],
+            false,
+        )
+        .await;
+        side.call(
+            &mut killer,
+            "SCRIPT KILL, nothing running",
+            &[b"SCRIPT", b"KILL"],
+            true,
+        )
+        .await;
+        let since = Instant::now();
+        runner
+            .send(&RawClient::encode(&[
+                b"EVAL" as &[u8],
+                b"while true do end",
+                b"0",
+            ]))
+            .await
+            .expect("send EVAL");
+        tokio::time::sleep(BUSY_AFTER).await;
+        side.call(
+            &mut killer,
+            "SCRIPT KILL x (wrong arity)",
+            &[b"SCRIPT", b"KILL", b"x"],
+            true,
+        )
+        .await;
+        side.call(
+            &mut killer,
+            "FUNCTION KILL of an EVAL",
+            &[b"FUNCTION", b"KILL"],
+            true,
+        )
+        .await;
+        side.call(
+            &mut killer,
+            "FUNCTION STATS",
+            &[b"FUNCTION", b"STATS"],
+            true,
+        )
+        .await;
+        side.call(
+            &mut killer,
+            "CLIENT UNPAUSE while busy",
+            &[b"CLIENT", b"UNPAUSE"],
+            true,
+        )
+        .await;
+        side.call(
+            &mut killer,
+            "SHUTDOWN BOGUS while busy",
+            &[b"SHUTDOWN", b"BOGUS"],
+            true,
+        )
+        .await;
+        side.call(&mut killer, "SCRIPT KILL", &[b"SCRIPT", b"KILL"], true)
+            .await;
+        side.read(&mut runner, "the killed EVAL", since, false)
+            .await;
+        side.call(&mut runner, "GET after the kill", &[b"GET", b"k"], true)
+            .await;
+        side.call(
+            &mut killer,
+            "SCRIPT KILL after the kill",
+            &[b"SCRIPT", b"KILL"],
+            true,
+        )
+        .await;
+    }
+
+    /// Bug 2: a script that wrote cannot be killed (`-UNKILLABLE`); SHUTDOWN NOSAVE ends it,
+    /// and Redis closes the connection that asked.
+    async fn unkillable_then_shutdown(side: &mut Side) {
+        let mut admin = side.open().await;
+        let mut runner = side.open().await;
+        let mut killer = side.open().await;
+        side.call(
+            &mut admin,
+            "CONFIG SET lua-time-limit",
+            &[b"CONFIG", b"SET", b"lua-time-limit", b"100"],
+            false,
+        )
+        .await;
+        runner
+            .send(&RawClient::encode(&[
+                b"EVAL" as &[u8],
+                b"redis.call('SET', 'w', '1') while true do end",
+                b"0",
+            ]))
+            .await
+            .expect("send EVAL");
+        tokio::time::sleep(BUSY_AFTER).await;
+        side.call(
+            &mut killer,
+            "SCRIPT KILL of a script that wrote",
+            &[b"SCRIPT", b"KILL"],
+            true,
+        )
+        .await;
+        side.call(
+            &mut killer,
+            "SHUTDOWN NOSAVE",
+            &[b"SHUTDOWN", b"NOSAVE"],
+            false,
+        )
+        .await;
+    }
+
+    /// Bug 3: under a WRITE pause, reads keep flowing, UNPAUSE is answered at once and the
+    /// paused write completes after it; bad input gets Redis's errors.
+    async fn write_pause(side: &mut Side) {
+        let mut admin = side.open().await;
+        let mut writer = side.open().await;
+        let mut reader = side.open().await;
+        side.call(
+            &mut admin,
+            "CLIENT PAUSE x (bad timeout)",
+            &[b"CLIENT", b"PAUSE", b"x"],
+            true,
+        )
+        .await;
+        side.call(
+            &mut admin,
+            "CLIENT UNPAUSE x (wrong arity)",
+            &[b"CLIENT", b"UNPAUSE", b"x"],
+            true,
+        )
+        .await;
+        side.call(
+            &mut admin,
+            "CLIENT PAUSE 20000 WRITE",
+            &[b"CLIENT", b"PAUSE", b"20000", b"WRITE"],
+            true,
+        )
+        .await;
+        let since = Instant::now();
+        writer
+            .send(&RawClient::encode(&[b"SET" as &[u8], b"a", b"1"]))
+            .await
+            .expect("send SET");
+        let mut publisher = side.open().await;
+        publisher
+            .send(&RawClient::encode(&[b"PUBLISH" as &[u8], b"c", b"m"]))
+            .await
+            .expect("send PUBLISH");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        side.call(&mut reader, "GET during the pause", &[b"GET", b"a"], true)
+            .await;
+        side.call(
+            &mut reader,
+            "EVAL_RO during the pause",
+            &[b"EVAL_RO", b"return 7", b"0"],
+            true,
+        )
+        .await;
+        side.call(&mut reader, "PING during the pause", &[b"PING"], true)
+            .await;
+        side.call(&mut admin, "CLIENT UNPAUSE", &[b"CLIENT", b"UNPAUSE"], true)
+            .await;
+        side.read(&mut writer, "the paused SET", since, false).await;
+        side.read(&mut publisher, "the paused PUBLISH", since, false)
+            .await;
+        side.call(&mut reader, "GET after the pause", &[b"GET", b"a"], true)
+            .await;
+        side.call(
+            &mut writer,
+            "SET after the pause",
+            &[b"SET", b"a", b"2"],
+            true,
+        )
+        .await;
+    }
+
+    /// Bug 3: under a pause ALL (longer than the pool's timeout), Redis postpones everything,
+    /// CLIENT UNPAUSE included, until it ends: through cachet the same, not a timeout.
+    async fn all_pause(side: &mut Side) {
+        let mut admin = side.open().await;
+        let mut reader = side.open().await;
+        let mut other = side.open().await;
+        side.call(
+            &mut admin,
+            "CLIENT PAUSE 1500 ALL",
+            &[b"CLIENT", b"PAUSE", b"1500", b"ALL"],
+            true,
+        )
+        .await;
+        let since = Instant::now();
+        reader
+            .send(&RawClient::encode(&[b"GET" as &[u8], b"a"]))
+            .await
+            .expect("send GET");
+        other
+            .send(&RawClient::encode(&[b"CLIENT" as &[u8], b"UNPAUSE"]))
+            .await
+            .expect("send UNPAUSE");
+        side.read(&mut reader, "GET during a pause ALL", since, false)
+            .await;
+        side.read(
+            &mut other,
+            "CLIENT UNPAUSE during a pause ALL",
+            since,
+            false,
+        )
+        .await;
+        let waited = since.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1_000),
+            "the pause ALL held for {waited:?} only"
+        );
+        side.call(&mut reader, "GET after a pause ALL", &[b"GET", b"a"], true)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn script_kill_reaches_a_busy_script_resp2() {
+        compare_sides("SCRIPT KILL, RESP2", false, script_kill).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn script_kill_reaches_a_busy_script_resp3() {
+        compare_sides("SCRIPT KILL, RESP3", true, script_kill).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unkillable_script_and_shutdown_nosave() {
+        compare_sides("UNKILLABLE, SHUTDOWN", false, unkillable_then_shutdown).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_pause_lets_reads_and_unpause_through_resp2() {
+        compare_sides("CLIENT PAUSE WRITE, RESP2", false, write_pause).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_pause_lets_reads_and_unpause_through_resp3() {
+        compare_sides("CLIENT PAUSE WRITE, RESP3", true, write_pause).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pause_all_longer_than_the_pool_timeout_ends_as_at_redis() {
+        compare_sides("CLIENT PAUSE ALL", false, all_pause).await;
+    }
+}

@@ -12,6 +12,11 @@ use rustc_hash::FxHashMap;
 
 use fred::types::Value;
 
+/// Commands Redis 7.0 flags `may_replicate` (not shown by `COMMAND`): checked one by one
+/// against a `CLIENT PAUSE ... WRITE` on 7.0.15, which postponed each of them. EVAL and FCALL
+/// run at once when the script declares `no-writes` (see `session::route`).
+pub const MAY_REPLICATE: &[&str] = &["eval", "evalsha", "fcall", "publish", "spublish", "pfcount"];
+
 /// What cachet knows of one command (or subcommand, named `container|sub`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandInfo {
@@ -21,6 +26,10 @@ pub struct CommandInfo {
     pub readonly: bool,
     /// Flagged `blocking` by Redis: may wait for other clients' writes.
     pub blocking: bool,
+    /// May replicate something though it does not write (Redis's `may_replicate`): a
+    /// `CLIENT PAUSE ... WRITE` postpones it like a write. Redis hides the flag from
+    /// `COMMAND`, so it is read from there if a server shows it, else from [`MAY_REPLICATE`].
+    pub may_replicate: bool,
     /// Flagged `denyoom`: refused when Redis is out of memory.
     pub denyoom: bool,
     pub pubsub: bool,
@@ -130,6 +139,7 @@ fn parse_entry(entry: &Value) -> Result<CommandInfo, String> {
         write: has("write"),
         readonly: has("readonly"),
         blocking: has("blocking"),
+        may_replicate: has("may_replicate") || MAY_REPLICATE.contains(&name.as_str()),
         denyoom: has("denyoom"),
         pubsub: has("pubsub"),
         first_key: int(fields.get(3)),
@@ -180,10 +190,21 @@ mod tests {
         let table = CommandTable::from_command_reply(&Value::Array(vec![
             entry("blpop", &["write", "blocking"]),
             entry("get", &["readonly", "fast"]),
+            entry("publish", &["pubsub", "fast"]),
+            entry("lolwut", &["readonly", "may_replicate"]),
         ]))
         .unwrap();
         assert!(table.get(b"BLPOP").unwrap().blocking);
         assert!(table.get(b"Get").unwrap().readonly);
         assert!(table.get(b"nope").is_none());
+        assert!(!table.get(b"get").unwrap().may_replicate);
+        assert!(
+            table.get(b"publish").unwrap().may_replicate,
+            "hidden: from the list"
+        );
+        assert!(
+            table.get(b"lolwut").unwrap().may_replicate,
+            "shown: from the flag"
+        );
     }
 }

@@ -27,6 +27,8 @@
 //!   cachet's own connections to Redis (`client_list`).
 //!
 //! `CLIENT PAUSE` reaches Redis and pauses every client of Redis, cachet's included.
+//! `CLIENT PAUSE`, `UNPAUSE` and `UNBLOCK` of a client on the pool go out of band (`aside`);
+//! here they arrive only from a client holding a dedicated connection.
 
 use super::*;
 
@@ -71,21 +73,9 @@ impl Session {
             (b"list", _) if !self.pinning.divergence.user => self.client_list(request),
             (b"info", 2) if !self.pinning.divergence.user => self.client_info(),
             (b"kill", 3..) if !self.pinning.divergence.user => self.client_kill(request),
-            (b"unblock", 3 | 4) => {
-                let target = std::str::from_utf8(&request.args[2])
-                    .ok()
-                    .and_then(|s| s.parse::<i64>().ok())
-                    .and_then(|id| self.services.clients.get(id));
-                match target {
-                    // Unblock the client's dedicated connection, where it is blocked.
-                    Some(client) => {
-                        let real = client.upstream_id.load(Ordering::Relaxed);
-                        let mut args = request.args.clone();
-                        args[2] = Bytes::from(real.to_string());
-                        self.route(Request::from_args(args), b"client");
-                    }
-                    None => self.route(request, b"client"),
-                }
+            (b"unblock", _) => {
+                let request = self.translate_unblock(request);
+                self.route(request, b"client");
             }
             (b"tracking", _) => {
                 let on = request
@@ -119,6 +109,28 @@ impl Session {
                 self.route_dedicated(request, b"client");
             }
             _ => self.route(request, b"client"),
+        }
+    }
+
+    /// CLIENT UNBLOCK <id> [TIMEOUT|ERROR]: a cachet client id becomes the Redis id of that
+    /// client's dedicated connection, where it is blocked; any other id (or arity) goes to
+    /// Redis as it is, for Redis's own answer.
+    pub(super) fn translate_unblock(&self, request: Request) -> Request {
+        if !matches!(request.args.len(), 3 | 4) {
+            return request;
+        }
+        let target = std::str::from_utf8(&request.args[2])
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .and_then(|id| self.services.clients.get(id));
+        match target {
+            Some(client) => {
+                let real = client.upstream_id.load(Ordering::Relaxed);
+                let mut args = request.args;
+                args[2] = Bytes::from(real.to_string());
+                Request::from_args(args)
+            }
+            None => request,
         }
     }
 

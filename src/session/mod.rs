@@ -23,9 +23,11 @@
 //!    the order the commands were sent. Also where a client over its reply budget is held.
 //!
 //! Commands about the connection that cachet answers itself (CLIENT, AUTH, HELLO, RESET) are
-//! in `local`; what a session counts, and INFO, in `observe`; EMIT/POLICY and WARM in
+//! in `local`; commands that act on other connections' work (SCRIPT KILL, CLIENT UNPAUSE,
+//! ...) go out of band in `aside`; what a session counts, and INFO, in `observe`; EMIT/POLICY and WARM in
 //! `policy` and `warm`.
 
+mod aside;
 mod batch;
 mod client_list;
 mod clients;
@@ -133,6 +135,9 @@ pub enum Inbox {
     Describe(tokio::sync::oneshot::Sender<client_list::ClientView>),
     /// This client killed itself with `CLIENT KILL`: close once the replies owed are written.
     CloseAfterReply,
+    /// The command for slot `Slot::Async(id)` ended Redis's side without a reply (a
+    /// SHUTDOWN that succeeded): the client's connection closes too, as Redis closed it.
+    Closed(u64),
 }
 
 /// The handle the server and other sessions use to reach this one.
@@ -344,6 +349,10 @@ impl Session {
                 Event::Pool(Some(PoolReply::Overflow)) => break,
                 Event::Pool(None) => unreachable!("the session's handle holds a sender"),
                 Event::Inbox(Some(Inbox::Done(id, bytes))) => self.on_done(id, bytes),
+                Event::Inbox(Some(Inbox::Closed(id))) => {
+                    self.closing = true;
+                    self.on_done(id, Bytes::new());
+                }
                 Event::Inbox(Some(Inbox::Kill)) => break,
                 Event::Inbox(Some(Inbox::Describe(tx))) => {
                     let _ = tx.send(self.view());
@@ -553,6 +562,7 @@ impl Session {
             pinned: self.pinning.link.is_some(),
             divergence: self.pinning.divergence,
             pool_db: self.services.upstream.config.url.db,
+            writes_paused: self.services.upstream.pauses.writes_paused(),
         };
         let route = route(&request, name, &state, &table);
         // Only the routes of a name longer than any command's have no name.
@@ -564,6 +574,7 @@ impl Session {
                 self.closing = true;
             }
             Route::Client => self.client_command(request),
+            Route::Aside => self.aside_command(request, name),
             Route::Reset => self.reset_local(request),
             Route::Auth => self.auth(request),
             Route::Hello => self.hello(request),

@@ -5,12 +5,15 @@
 //! The answers, in the order they are checked:
 //! 1. a client not yet authenticated may only sign in (AUTH, HELLO), QUIT or RESET;
 //! 2. commands about the connection itself that cachet answers (QUIT, CLIENT, and on the
-//!    pool RESET, AUTH, HELLO, INFO);
+//!    pool RESET, AUTH, HELLO, INFO), and, on the pool, commands that act on other
+//!    connections' work, which go out of band ([`acts_on_others`]);
 //! 3. cachet's own commands (WARM, EMIT, POLICY, the TAG commands), through the one gate
 //!    ([`gate`]) that decides who may run them;
 //! 4. a client with a dedicated connection sends everything else there;
 //! 5. a command that would change its connection's state at Redis, block it, or hold it up
-//!    for everyone (see [`needs_dedicated`]) takes the client to a dedicated connection;
+//!    for everyone (see [`needs_dedicated`], and [`postponed_by_write_pause`] while a
+//!    `CLIENT PAUSE ... WRITE` sent through cachet holds) takes the client to a dedicated
+//!    connection;
 //! 6. everything else joins the pool's batch.
 
 use crate::resp::Request;
@@ -69,6 +72,8 @@ pub(super) struct ClientState {
     pub divergence: Divergence,
     /// The database the pool's connections use.
     pub pool_db: u32,
+    /// A `CLIENT PAUSE ... WRITE` sent through cachet holds Redis now.
+    pub writes_paused: bool,
 }
 
 /// cachet's own commands.
@@ -95,6 +100,9 @@ pub(super) enum Route<'t> {
     Auth,
     Hello,
     Info,
+    /// A command that acts on other connections' work, on the out-of-band lane
+    /// (`upstream::aside`), answered in order.
+    Aside,
     /// A command of cachet's own, past the gate.
     Own(Own),
     /// Refused by the gate inside MULTI on the dedicated connection. It is queued at Redis
@@ -141,6 +149,7 @@ pub(super) fn route<'t>(
     let pinned = state.pinned;
     match name {
         b"quit" => Route::Quit,
+        b"client" if !pinned && acts_on_others(name, request) => Route::Aside,
         b"client" => Route::Client,
         b"reset" if !pinned => Route::Reset,
         b"auth" if !pinned => Route::Auth,
@@ -150,6 +159,9 @@ pub(super) fn route<'t>(
             frames: request.args.len().max(2) - 1,
         },
         b"info" if !pinned => Route::Info,
+        b"script" | b"function" | b"shutdown" if !pinned && acts_on_others(name, request) => {
+            Route::Aside
+        }
         b"warm" => own(Own::Warm, name, state),
         b"emit" | b"policy" => own(Own::Policy, name, state),
         b"taginvalidate" | b"tagset" | b"tag" | b"tags" | b"tagkeys" => own(Own::Tag, name, state),
@@ -157,7 +169,8 @@ pub(super) fn route<'t>(
         _ => {
             // One table lookup serves both the routing and the index phase.
             let info = table.get(name);
-            match needs_dedicated(request, name, info, state.pool_db) {
+            let paused = state.writes_paused && postponed_by_write_pause(request, name, info);
+            match paused || needs_dedicated(request, name, info, state.pool_db) {
                 true => Route::Pin,
                 false => Route::Tracked(info),
             }
@@ -235,6 +248,51 @@ pub(super) fn needs_dedicated(
     }
 }
 
+/// Commands that exist to act on other connections' work, so must reach Redis while the
+/// pool waits behind that work: a busy script (Redis flags these `allow_busy`: SCRIPT KILL,
+/// FUNCTION KILL, FUNCTION STATS, SHUTDOWN) or a pause (CLIENT PAUSE and UNPAUSE, which
+/// Redis answers during a `WRITE` pause; CLIENT UNBLOCK, for a client blocked elsewhere).
+pub(super) fn acts_on_others(name: &[u8], request: &Request) -> bool {
+    if name == b"shutdown" {
+        return true;
+    }
+    let sub = request.arg(1).unwrap_or_default().to_ascii_lowercase();
+    matches!(
+        (name, sub.as_slice()),
+        (b"script", b"kill")
+            | (b"function", b"kill" | b"stats")
+            | (b"client", b"pause" | b"unpause" | b"unblock")
+    )
+}
+
+/// Commands Redis 7 postpones during a `CLIENT PAUSE ... WRITE` (its `processCommand`:
+/// flagged `write` or `may_replicate`; EVAL unless the script declares `no-writes`). On the
+/// pool one would hold every client's commands until the pause ends. FCALL and EVALSHA count
+/// as writes whatever their flags (cachet does not know them): on a dedicated connection a
+/// read-only one is answered at once all the same. EXEC runs where MULTI pinned it.
+pub(super) fn postponed_by_write_pause(
+    request: &Request,
+    name: &[u8],
+    info: Option<&CommandInfo>,
+) -> bool {
+    match (name, info) {
+        (_, None) => false,
+        (b"eval", Some(_)) => !declares_no_writes(request.arg(1).unwrap_or_default()),
+        (_, Some(info)) => info.write || info.may_replicate,
+    }
+}
+
+/// Whether a script's shebang line (`#!lua flags=no-writes,...`) declares `no-writes`.
+fn declares_no_writes(script: &[u8]) -> bool {
+    let Some(rest) = script.strip_prefix(b"#!") else {
+        return false;
+    };
+    let line = rest.split(|&c| c == b'\n').next().unwrap_or_default();
+    line.split(|c| c.is_ascii_whitespace())
+        .filter_map(|word| word.strip_prefix(b"flags="))
+        .any(|flags| flags.split(|&c| c == b',').any(|f| f == b"no-writes"))
+}
+
 /// Whether a SELECT argument names database `db` (as a number, as Redis reads it).
 pub(super) fn is_db(arg: Option<&[u8]>, db: u32) -> bool {
     arg.and_then(|a| std::str::from_utf8(a).ok())
@@ -254,14 +312,25 @@ mod tests {
             name: name.to_owned(),
             arity: -2,
             blocking,
+            write: matches!(name, "set" | "blpop"),
+            readonly: matches!(name, "get" | "eval_ro"),
+            may_replicate: matches!(name, "eval" | "fcall" | "publish"),
             first_key: 1,
             last_key: 1,
             key_step: 1,
             ..CommandInfo::default()
         };
-        [info("get", false), info("set", false), info("blpop", true)]
-            .into_iter()
-            .collect()
+        [
+            info("get", false),
+            info("set", false),
+            info("blpop", true),
+            info("eval", false),
+            info("eval_ro", false),
+            info("fcall", false),
+            info("publish", false),
+        ]
+        .into_iter()
+        .collect()
     }
 
     fn request(args: &[&str]) -> Request {
@@ -310,6 +379,7 @@ mod tests {
             reply_mode: false,
         },
         pool_db: 0,
+        writes_paused: false,
     };
 
     #[test]
@@ -344,6 +414,10 @@ mod tests {
                 database: true,
                 ..Divergence::default()
             },
+            ..SIGNED_IN
+        };
+        let paused = ClientState {
+            writes_paused: true,
             ..SIGNED_IN
         };
         let long = "x".repeat(65);
@@ -401,6 +475,41 @@ mod tests {
                 "pin",
             ),
             (&["XREAD", "STREAMS", "s", "0"], SIGNED_IN, "tracked false"),
+            // Work on other connections: out of band, unless a dedicated connection is held
+            // (inside MULTI it is queued there like any command).
+            (&["SCRIPT", "KILL"], SIGNED_IN, "aside"),
+            (&["script", "kill", "x"], SIGNED_IN, "aside"),
+            (&["FUNCTION", "KILL"], SIGNED_IN, "aside"),
+            (&["FUNCTION", "STATS"], SIGNED_IN, "aside"),
+            (&["FUNCTION", "LIST"], SIGNED_IN, "tracked false"),
+            (&["SHUTDOWN", "NOSAVE"], SIGNED_IN, "aside"),
+            (&["SHUTDOWN"], SIGNED_IN, "aside"),
+            (&["CLIENT", "PAUSE", "100", "WRITE"], SIGNED_IN, "aside"),
+            (&["client", "unpause"], SIGNED_IN, "aside"),
+            (&["CLIENT", "UNBLOCK", "7"], SIGNED_IN, "aside"),
+            (&["CLIENT", "UNPAUSE"], pinned, "client"),
+            (&["CLIENT", "UNPAUSE"], in_multi, "client"),
+            (&["SCRIPT", "KILL"], in_multi, "dedicated"),
+            (&["SHUTDOWN"], other_user, "dedicated"),
+            (&["SCRIPT", "KILL"], stranger, "refuse NOAUTH"),
+            (&["CLIENT", "UNPAUSE"], stranger, "refuse NOAUTH"),
+            // A WRITE pause sent through cachet: what Redis postpones waits on a dedicated
+            // connection, never on the pool.
+            (&["SET", "k", "v"], paused, "pin"),
+            (&["GET", "k"], paused, "tracked true"),
+            (&["PUBLISH", "c", "m"], paused, "pin"),
+            (&["EVAL", "return 1", "0"], paused, "pin"),
+            (
+                &["EVAL", "#!lua flags=no-writes\nreturn 1", "0"],
+                paused,
+                "tracked true",
+            ),
+            (&["EVAL", "#!lua name=x\nreturn 1", "0"], paused, "pin"),
+            (&["EVAL_RO", "return 1", "0"], paused, "tracked true"),
+            (&["FCALL", "f", "0"], paused, "pin"),
+            (&["NOSUCHCOMMAND"], paused, "tracked false"),
+            (&["SET", "k", "v"], pinned, "dedicated"),
+            (&["PUBLISH", "c", "m"], SIGNED_IN, "tracked true"),
         ];
         let mut wrong = Vec::new();
         for (args, state, expected) in cases {

@@ -6,10 +6,14 @@
 //! * [`dedicated`]: a connection owned by one client for as long as its state differs from the
 //!   pool's (MULTI/WATCH, subscriptions, a blocking command, SELECT, AUTH as another user,
 //!   CLIENT TRACKING, ...). Clean ones are kept as spares so the next MULTI does not connect.
+//! * [`aside`]: the out-of-band lane, one connection per protocol for the commands that act
+//!   on other connections' work (SCRIPT KILL, CLIENT UNPAUSE, ...), which must not queue
+//!   behind that work on the pool; it also keeps the pause issued through cachet.
 //! * the control client (fred), for cachet's own work: loading the command table (again after
 //!   every reconnect), the [`SetupStep`]s the composition root gives it (the tag index's
 //!   function library), invalidations, the sweeper.
 
+pub mod aside;
 pub mod dedicated;
 pub mod pool;
 
@@ -31,6 +35,7 @@ use crate::config::UpstreamConfig;
 use crate::resp::commands::CommandTable;
 use crate::resp::{self, Protocol};
 
+pub use aside::{AsideError, AsideHandle, Effect, Pauses};
 pub use dedicated::Dedicated;
 pub use pool::{PoolHandle, PoolReply, PoolRequest, ReplyTo, UpstreamReply};
 
@@ -88,6 +93,9 @@ impl SetupStep {
 pub struct Upstream {
     pub config: UpstreamConfig,
     pools: [std::sync::OnceLock<Vec<PoolHandle>>; 2],
+    asides: [std::sync::OnceLock<AsideHandle>; 2],
+    /// The pause issued through cachet that Redis holds now, if any (see [`aside`]).
+    pub pauses: Pauses,
     spares: Mutex<Vec<Dedicated>>,
     commands: ArcSwap<CommandTable>,
     table_ready: watch::Sender<bool>,
@@ -107,6 +115,8 @@ impl Upstream {
         Ok(Arc::new(Upstream {
             config,
             pools: Default::default(),
+            asides: Default::default(),
+            pauses: Pauses::default(),
             spares: Mutex::new(Vec::new()),
             commands: ArcSwap::from_pointee(CommandTable::default()),
             table_ready,
@@ -162,6 +172,11 @@ impl Upstream {
                 .map(|index| pool::spawn(self.clone(), protocol, index))
                 .collect()
         })
+    }
+
+    /// The out-of-band lane for `protocol`, started on first use.
+    pub fn aside(self: &Arc<Self>, protocol: Protocol) -> &AsideHandle {
+        self.asides[protocol.index()].get_or_init(|| AsideHandle::spawn(self.clone(), protocol))
     }
 
     /// Waits until the command table has been loaded (pool connections wait for it, so that

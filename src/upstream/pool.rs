@@ -17,7 +17,8 @@
 //! the bookkeeping needed: the task measures frames (never re-encodes them) until the front
 //! batch has all its replies, splits those bytes off and sends them to the client.
 //!
-//! When the connection breaks or a reply is late beyond `command_timeout_ms`, every pending
+//! When the connection breaks or a reply is late beyond `command_timeout_ms` (counted from
+//! the end of a pause cachet knows of, `super::aside`, if one holds Redis), every pending
 //! batch gets an error (`-ERR upstream connection lost: ...` / `-ERR upstream timeout ...`),
 //! and until the reconnect succeeds (exponential backoff: 25 ms doubling to 2 s, plus up to
 //! 50% jitter), new batches are answered `-ERR upstream unavailable: ...` at once: never a
@@ -238,7 +239,7 @@ async fn run(
                     up.store(true, Ordering::Relaxed);
                     backoff = BACKOFF_MIN;
                     let timeout = upstream.config.command_timeout();
-                    match serve(stream, &mut rx, timeout).await {
+                    match serve(stream, &mut rx, timeout, &upstream.pauses).await {
                         Ok(()) => return,
                         Err(error) => {
                             tracing::warn!(?protocol, index, %error, "pooled connection lost");
@@ -299,6 +300,7 @@ async fn serve(
     stream: TcpStream,
     rx: &mut mpsc::UnboundedReceiver<PoolRequest>,
     timeout: Option<Duration>,
+    pauses: &super::Pauses,
 ) -> Result<(), UpstreamError> {
     let (reader, mut writer) = stream.into_split();
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -355,7 +357,11 @@ async fn serve(
             },
             _ = tick.tick(), if timeout.is_some() && !pending.is_empty() => {
                 let limit = timeout.expect("checked");
-                if pending.front().is_some_and(|p| p.sent.elapsed() >= limit) {
+                // Redis answers what a pause (known to cachet) postponed only when it ends.
+                if pending
+                    .front()
+                    .is_some_and(|p| Instant::now() >= pauses.late_after(p.sent, limit))
+                {
                     break Err(UpstreamError::Timeout(limit.as_millis() as u64));
                 }
             }
