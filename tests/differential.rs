@@ -1673,3 +1673,232 @@ async fn differential_covers_at_least_150_commands() {
         names.len()
     );
 }
+
+// ---- issue 15: identity (bugs 1, 6, 8)
+//
+// Connection identity through cachet: signing in after `CONFIG SET requirepass` (bug 6),
+// `CLIENT TRACKING ... REDIRECT` to cachet's own client ids (bug 1), and `CLIENT KILL` with
+// filters, which must never reach cachet's own connections (bug 8). Each step goes to Redis
+// directly and through cachet (in front of a Redis of its own), and the replies are compared
+// byte for byte (`Norm::Hello` for HELLO, whose `id` differs).
+
+/// Redis A (direct), Redis B, and cachet in front of B's database `db`.
+async fn identity_servers(db: u32) -> (RedisServer, RedisServer, Proxy) {
+    let direct = RedisServer::start();
+    let upstream = RedisServer::start();
+    let proxy = Proxy::start(&format!("{}/{db}", upstream.url())).await;
+    (direct, upstream, proxy)
+}
+
+/// One connection to each side.
+struct Pair {
+    direct: Conn,
+    proxied: Conn,
+}
+
+impl Pair {
+    async fn open(direct: SocketAddr, proxied: SocketAddr) -> Pair {
+        Pair {
+            direct: Conn::connect(direct).await.expect("connect to Redis"),
+            proxied: Conn::connect(proxied).await.expect("connect to cachet"),
+        }
+    }
+
+    /// Sends `direct` to Redis and `proxied` to cachet; panics unless the replies match.
+    async fn same_each(&mut self, norm: Norm, direct: &[&str], proxied: &[&str]) -> Vec<u8> {
+        fn bytes<'a>(args: &[&'a str]) -> Vec<&'a [u8]> {
+            args.iter().map(|a| a.as_bytes()).collect()
+        }
+        let a = self.direct.call(&bytes(direct)).await;
+        let b = self.proxied.call(&bytes(proxied)).await;
+        self.check(norm, &format!("{direct:?}"), a, b)
+    }
+
+    async fn same(&mut self, norm: Norm, args: &[&str]) -> Vec<u8> {
+        self.same_each(norm, args, args).await
+    }
+
+    /// The next frame on both sides (a push, a pub/sub message), compared.
+    async fn same_next(&mut self, norm: Norm, what: &str) -> Vec<u8> {
+        let a = self.direct.read_frame().await;
+        let b = self.proxied.read_frame().await;
+        self.check(norm, what, a, b)
+    }
+
+    /// Every command in one write on each side; the replies compared one by one.
+    async fn same_pipelined(&mut self, commands: &[&[&str]]) {
+        let mut payload = Vec::new();
+        for command in commands {
+            payload.extend(RawClient::encode(command));
+        }
+        self.direct.send(&payload).await.expect("write to Redis");
+        self.proxied.send(&payload).await.expect("write to cachet");
+        for command in commands {
+            self.same_next(Norm::Exact, &format!("pipelined {command:?}"))
+                .await;
+        }
+    }
+
+    fn check(
+        &self,
+        norm: Norm,
+        what: &str,
+        direct: std::io::Result<Vec<u8>>,
+        proxied: std::io::Result<Vec<u8>>,
+    ) -> Vec<u8> {
+        let direct = direct.unwrap_or_else(|e| panic!("{what}: Redis did not answer: {e}"));
+        let proxied = proxied.unwrap_or_else(|e| panic!("{what}: cachet did not answer: {e}"));
+        if let Err(why) = compare(norm, &direct, &proxied) {
+            panic!(
+                "{what}: {why}\n  Redis:  {}\n  cachet: {}",
+                esc(&direct),
+                esc(&proxied)
+            );
+        }
+        direct
+    }
+
+    /// `CLIENT ID` on each side, as text.
+    async fn ids(&mut self) -> (String, String) {
+        let id = |reply: Vec<u8>| String::from_utf8_lossy(&reply[1..reply.len() - 2]).into_owned();
+        let a = self
+            .direct
+            .call(&[b"CLIENT", b"ID"])
+            .await
+            .expect("CLIENT ID");
+        let b = self
+            .proxied
+            .call(&[b"CLIENT", b"ID"])
+            .await
+            .expect("CLIENT ID");
+        (id(a), id(b))
+    }
+
+    /// Both sides closed the connection within a second.
+    async fn both_closed(&mut self, what: &str) {
+        let second = Duration::from_secs(1);
+        assert!(
+            support::closed_within(&mut self.direct.stream, second).await,
+            "{what}: Redis kept the connection"
+        );
+        assert!(
+            support::closed_within(&mut self.proxied.stream, second).await,
+            "{what}: cachet kept the connection"
+        );
+    }
+}
+
+/// Bug 6: after `CONFIG SET requirepass`, AUTH opened a connection that sent HELLO 3 (and
+/// SELECT, CLIENT SETNAME) before the client's AUTH: `-ERR upstream refused the connection
+/// setup: HELLO: NOAUTH`. A refused AUTH leaves the client signed in as before, as in Redis.
+async fn sign_in_after_requirepass(resp3: bool) {
+    let (direct, _upstream, proxy) = identity_servers(0).await;
+    let mut c = Pair::open(direct.addr(), proxy.addr).await;
+    let version = if resp3 { "3" } else { "2" };
+    if resp3 {
+        c.same(Norm::Hello, &["HELLO", "3"]).await;
+    }
+    c.same(Norm::Exact, &["CLIENT", "SETNAME", "before"]).await;
+    c.same(Norm::Exact, &["SET", "who", "me"]).await;
+    c.same(Norm::Exact, &["CONFIG", "SET", "requirepass", "pw"])
+        .await;
+    c.same(Norm::Exact, &["AUTH", "wrong"]).await;
+    c.same(Norm::Exact, &["GET", "who"]).await;
+    c.same(Norm::Exact, &["AUTH", "pw"]).await;
+    c.same(Norm::Exact, &["GET", "who"]).await;
+    c.same(Norm::Exact, &["ACL", "WHOAMI"]).await;
+    c.same(Norm::Exact, &["CLIENT", "GETNAME"]).await;
+    c.same(Norm::Exact, &["PING"]).await;
+    c.same(Norm::Hello, &["HELLO", version]).await;
+    c.same(
+        Norm::Hello,
+        &[
+            "HELLO", version, "AUTH", "default", "pw", "SETNAME", "after",
+        ],
+    )
+    .await;
+    c.same(Norm::Exact, &["CLIENT", "GETNAME"]).await;
+    c.same(Norm::Exact, &["AUTH", "default", "nope"]).await;
+    c.same(Norm::Exact, &["GET", "who"]).await;
+
+    // A client that arrives now signs in with HELLO ... AUTH ... SETNAME. (Before it does,
+    // Redis says NOAUTH and cachet, which has no password configured, lets it through: see
+    // README, "What is transparent".)
+    let mut late = Pair::open(direct.addr(), proxy.addr).await;
+    late.same_pipelined(&[&["AUTH", "bad"], &["AUTH", "default", "bad"]])
+        .await;
+    late.same(
+        Norm::Hello,
+        &["HELLO", version, "AUTH", "default", "pw", "SETNAME", "late"],
+    )
+    .await;
+    late.same(Norm::Exact, &["CLIENT", "GETNAME"]).await;
+    late.same(Norm::Exact, &["GET", "who"]).await;
+    late.same(Norm::Exact, &["ACL", "WHOAMI"]).await;
+
+    // A client signed in before the password was set: a refused AUTH and the command after
+    // it, in one write, see the connection as it was.
+    late.same(Norm::Exact, &["CONFIG", "SET", "requirepass", ""])
+        .await;
+    let mut early = Pair::open(direct.addr(), proxy.addr).await;
+    if resp3 {
+        early.same(Norm::Hello, &["HELLO", "3"]).await;
+    }
+    late.same(Norm::Exact, &["CONFIG", "SET", "requirepass", "pw"])
+        .await;
+    early
+        .same_pipelined(&[
+            &["AUTH", "bad"],
+            &["GET", "who"],
+            &["AUTH", "pw"],
+            &["GET", "who"],
+        ])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_sign_in_after_requirepass_resp2() {
+    sign_in_after_requirepass(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_sign_in_after_requirepass_resp3() {
+    sign_in_after_requirepass(true).await;
+}
+
+/// Bug 6 as reported, with redis-cli in RESP3; and the connection a sign-in opens is put
+/// in the pool's database after the AUTH, not before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_redis_cli_auth_after_requirepass_and_the_pools_database() {
+    let (direct, _upstream, proxy) = identity_servers(0).await;
+    let run = |port: u16| async move {
+        let mut child = tokio::process::Command::new("redis-cli")
+            .args(["-3", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-cli");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"config set requirepass pw\nauth pw\nping\nacl whoami\n")
+            .await
+            .expect("write");
+        drop(stdin);
+        let out = child.wait_with_output().await.expect("redis-cli ran");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let expected = run(direct.addr().port()).await;
+    assert_eq!(expected, "OK\nOK\nPONG\ndefault\n");
+    assert_eq!(run(proxy.addr.port()).await, expected);
+
+    let (direct, _upstream, proxy) = identity_servers(2).await;
+    let mut c = Pair::open(direct.addr(), proxy.addr).await;
+    c.same(Norm::Exact, &["SELECT", "2"]).await;
+    c.same(Norm::Hello, &["HELLO", "3"]).await;
+    c.same(Norm::Exact, &["SET", "in:two", "yes"]).await;
+    c.same(Norm::Exact, &["CONFIG", "SET", "requirepass", "pw"])
+        .await;
+    c.same(Norm::Exact, &["AUTH", "default", "pw"]).await;
+    c.same(Norm::Exact, &["GET", "in:two"]).await;
+    c.same(Norm::Exact, &["HGETALL", "none"]).await;
+}

@@ -17,7 +17,9 @@
 //!   constant time (`secret_eq`); when `upstream.password` is set, clients that have not
 //!   authenticated get `-NOAUTH`, as from Redis. An AUTH that Redis accepts as another user
 //!   (on the client's dedicated connection) ends the limits for unauthenticated clients; a
-//!   refused one does not.
+//!   refused one does not. Such an AUTH is the first command on a bare connection, and a
+//!   refusal closes that connection and puts the client back where it was, as a refused
+//!   AUTH leaves a Redis connection as it was (`pinning`, "Signing in as someone else").
 //! * `HELLO 2|3` picks the RESP2 or RESP3 pool; `SETNAME` in it is kept as above.
 //! * `RESET` and `QUIT` on the pool are answered by cachet; on a dedicated connection `RESET`
 //!   goes to Redis and the connection is dropped after its `+RESET`. `RESET` with arguments

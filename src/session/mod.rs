@@ -102,6 +102,14 @@ enum Slot {
     /// means Redis signed the client in, as some user.
     SignIn,
     /// RESET on the dedicated connection: its reply ends the connection's use.
+    /// The client's AUTH (or HELLO ... AUTH) as the first command on a bare connection:
+    /// refused, the connection is dropped and the client is back where it was; accepted,
+    /// the commands that put the connection in the client's state follow (`Hidden`).
+    FirstSignIn,
+    /// A command cachet sent on the dedicated connection itself: its reply is dropped.
+    Hidden,
+    /// cachet's own `CLIENT ID` on the dedicated connection: the reply is its Redis id.
+    UpstreamId,
     Reset,
     /// One command on the dedicated connection whose reply the client must not see: it
     /// reads these bytes instead.

@@ -172,23 +172,27 @@ impl Upstream {
     }
 
     /// A connection for one client alone, from the spares or newly opened, set up for
-    /// `protocol`, `name`, and authenticated as the pool is when `authenticate`.
+    /// `protocol` and `name` and authenticated as the pool is.
     pub async fn dedicated(
         &self,
         protocol: Protocol,
         name: Option<Bytes>,
-        authenticate: bool,
     ) -> Result<Dedicated, UpstreamError> {
-        if authenticate {
-            let mut spares = self.spares.lock().await;
-            while let Some(conn) = spares.pop() {
-                if conn.protocol == protocol && conn.is_alive() {
-                    drop(spares);
-                    return conn.rename(name, self.config.connect_timeout()).await;
-                }
+        let mut spares = self.spares.lock().await;
+        while let Some(conn) = spares.pop() {
+            if conn.protocol == protocol && conn.is_alive() {
+                drop(spares);
+                return conn.rename(name, self.config.connect_timeout()).await;
             }
         }
-        Dedicated::open(self, protocol, name, authenticate).await
+        drop(spares);
+        Dedicated::open(self, protocol, name).await
+    }
+
+    /// A newly opened connection with nothing sent on it, for a client that signs in as
+    /// someone else: its own AUTH must be the first command Redis reads.
+    pub async fn bare(&self) -> Result<Dedicated, UpstreamError> {
+        Dedicated::open_bare(self).await
     }
 
     /// Takes back a dedicated connection whose state is the default one again.
@@ -243,9 +247,9 @@ impl Upstream {
     }
 
     /// The setup commands that put a new connection in the pool's state.
-    pub(crate) fn setup_commands(&self, protocol: Protocol, authenticate: bool) -> Vec<Vec<Bytes>> {
+    pub(crate) fn setup_commands(&self, protocol: Protocol) -> Vec<Vec<Bytes>> {
         let mut setup = Vec::new();
-        let credentials = self.config.credentials().filter(|_| authenticate);
+        let credentials = self.config.credentials();
         match (protocol, credentials) {
             (Protocol::Resp3, Some((user, password))) => {
                 setup.push(args(&["HELLO", "3", "AUTH", &user, password.expose()]))

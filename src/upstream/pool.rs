@@ -225,7 +225,7 @@ async fn run(
                 upstream.config.url.address()
             ));
         } else {
-            let mut setup = upstream.setup_commands(protocol, true);
+            let mut setup = upstream.setup_commands(protocol);
             let required = setup.len();
             setup.push(args(&["CLIENT", "SETNAME", "cachet:pool"]));
             match upstream.connect(&setup, required).await {
