@@ -1902,3 +1902,119 @@ async fn issue15_redis_cli_auth_after_requirepass_and_the_pools_database() {
     c.same(Norm::Exact, &["GET", "in:two"]).await;
     c.same(Norm::Exact, &["HGETALL", "none"]).await;
 }
+
+/// Bug 1: `CLIENT TRACKING on REDIRECT <id>` was refused for the client's own id and for a
+/// client on the pool. Invalidations reach a client that redirects to itself (RESP3) and a
+/// RESP2 target subscribed to `__redis__:invalidate`, as from Redis; an id that is no
+/// client's keeps Redis's error; the pool never receives a push.
+async fn tracking_redirect(resp3: bool) {
+    let (direct, _upstream, proxy) = identity_servers(0).await;
+    let (d, p) = (direct.addr(), proxy.addr);
+    let mut t = Pair::open(d, p).await;
+    let mut target = Pair::open(d, p).await;
+    let mut writer = Pair::open(d, p).await;
+    if resp3 {
+        t.same(Norm::Hello, &["HELLO", "3"]).await;
+        target.same(Norm::Hello, &["HELLO", "3"]).await;
+    }
+    let (td, tp) = t.ids().await;
+    t.same_each(
+        Norm::Exact,
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &td],
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &tp],
+    )
+    .await;
+    t.same(Norm::Exact, &["GET", "tr:self"]).await;
+    writer.same(Norm::Exact, &["SET", "tr:self", "1"]).await;
+    if resp3 {
+        t.same_next(Norm::Exact, "the invalidation push").await;
+    }
+    t.same(Norm::Exact, &["CLIENT", "TRACKING", "off"]).await;
+
+    // A target on the pool, then off with a REDIRECT (Redis checks the id then too).
+    let (od, op) = target.ids().await;
+    t.same_each(
+        Norm::Exact,
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &od],
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &op],
+    )
+    .await;
+    t.same_each(
+        Norm::Exact,
+        &["CLIENT", "TRACKING", "off", "REDIRECT", &od],
+        &["CLIENT", "TRACKING", "off", "REDIRECT", &op],
+    )
+    .await;
+    let mut fresh = Pair::open(d, p).await;
+    fresh
+        .same_each(
+            Norm::Exact,
+            &["CLIENT", "TRACKING", "off", "REDIRECT", &od],
+            &["CLIENT", "TRACKING", "off", "REDIRECT", &op],
+        )
+        .await;
+    let (fd, fp) = fresh.ids().await;
+    fresh
+        .same_each(
+            Norm::Exact,
+            &[
+                "CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "tr:", "REDIRECT", &fd,
+            ],
+            &[
+                "CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "tr:", "REDIRECT", &fp,
+            ],
+        )
+        .await;
+    fresh
+        .same(Norm::Exact, &["CLIENT", "TRACKING", "off"])
+        .await;
+    for args in [
+        &["CLIENT", "TRACKING", "on", "REDIRECT", "987654321"][..],
+        &["CLIENT", "TRACKING", "on", "REDIRECT", "x"],
+        &["CLIENT", "TRACKING", "on", "REDIRECT"],
+        &["CLIENT", "TRACKING", "on", "BOGUS", "REDIRECT", "987654321"],
+    ] {
+        fresh.same(Norm::Exact, args).await;
+    }
+
+    // The RESP2 way: the target subscribes to __redis__:invalidate.
+    let mut sub = Pair::open(d, p).await;
+    let (sd, sp) = sub.ids().await;
+    sub.same(Norm::Exact, &["SUBSCRIBE", "__redis__:invalidate"])
+        .await;
+    let mut t2 = Pair::open(d, p).await;
+    t2.same_each(
+        Norm::Exact,
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &sd],
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &sp],
+    )
+    .await;
+    t2.same(Norm::Exact, &["GET", "tr:sub"]).await;
+    writer.same(Norm::Exact, &["SET", "tr:sub", "1"]).await;
+    sub.same_next(Norm::Exact, "the invalidation message").await;
+
+    // Invalidations redirected to the pool's clients leave the pool working for everyone.
+    t.same_each(
+        Norm::Exact,
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &od],
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &op],
+    )
+    .await;
+    t.same(Norm::Exact, &["GET", "tr:pool"]).await;
+    writer.same(Norm::Exact, &["SET", "tr:pool", "1"]).await;
+    writer.same(Norm::Exact, &["FLUSHALL"]).await;
+    for _ in 0..3 {
+        writer.same(Norm::Exact, &["PING"]).await;
+        fresh.same(Norm::Exact, &["GET", "tr:pool"]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_tracking_redirect_resp2() {
+    tracking_redirect(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_tracking_redirect_resp3() {
+    tracking_redirect(true).await;
+}

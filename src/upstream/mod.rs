@@ -160,6 +160,29 @@ impl Upstream {
         self.pools[protocol.index()].get_or_init(|| {
             (0..self.config.pool_size.get())
                 .map(|index| pool::spawn(self.clone(), protocol, index))
+    /// The Redis client ids of cachet's own connections that are up now: the pooled ones
+    /// and the spares (not the control client's, which only it can ask).
+    pub async fn own_connection_ids(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .pools
+            .iter()
+            .filter_map(|p| p.get())
+            .flat_map(|p| p.iter().filter_map(PoolHandle::redis_id))
+            .collect();
+        ids.extend(self.spares.lock().await.iter().map(|c| c.upstream_id));
+        ids
+    }
+
+    /// A connection Redis can never send a tracking invalidation on: a RESP2 pooled
+    /// connection, which is never subscribed, so Redis drops what is redirected to it
+    /// (`tracking.c`, `sendTrackingMessage`). `None` while the RESP2 pool is down.
+    pub fn tracking_sink(&self) -> Option<i64> {
+        self.pools[Protocol::Resp2.index()]
+            .get()?
+            .iter()
+            .find_map(PoolHandle::redis_id)
+    }
+
                 .collect()
         })
     }
