@@ -138,6 +138,7 @@ mod tests {
             inbox,
             upstream_id: AtomicI64::new(0),
             addr,
+            local: None,
             pooled: Arc::new(crate::upstream::ReplyTo {
                 tx: pool_tx,
                 account: crate::upstream::pool::ReplyAccount::new(

@@ -2018,3 +2018,156 @@ async fn issue15_tracking_redirect_resp2() {
 async fn issue15_tracking_redirect_resp3() {
     tracking_redirect(true).await;
 }
+
+/// Bug 8: CLIENT KILL with filters counts and closes clients as Redis does (cachet's
+/// clients stand for their connections), refuses bad filters in Redis's words, and never
+/// touches cachet's own connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_client_kill_filters_like_redis() {
+    let (direct, _upstream, proxy) = identity_servers(0).await;
+    let (d, p) = (direct.addr(), proxy.addr);
+    let mut killer = Pair::open(d, p).await;
+    for args in [
+        &["CLIENT", "KILL"][..],
+        &["CLIENT", "KILL", "TYPE", "bogus"],
+        &["CLIENT", "KILL", "USER", "nosuch"],
+        &["CLIENT", "KILL", "ID", "0"],
+        &["CLIENT", "KILL", "ID", "abc"],
+        &["CLIENT", "KILL", "SKIPME", "maybe"],
+        &["CLIENT", "KILL", "TYPE", "normal", "SKIPME"],
+        &["CLIENT", "KILL", "TYPE", "bogus", "USER"],
+        &["CLIENT", "KILL", "FOO", "bar"],
+        &["CLIENT", "KILL", "1.2.3.4:5"],
+        &["CLIENT", "KILL", "TYPE"],
+        &["CLIENT", "KILL", "ID", "987654321"],
+        &["CLIENT", "KILL", "TYPE", "pubsub"],
+        &["CLIENT", "KILL", "TYPE", "master", "SKIPME", "no"],
+    ] {
+        killer.same(Norm::Exact, args).await;
+    }
+    // The caller is spared (SKIPME yes), on the pool and on its own connection alike.
+    let (kd, kp) = killer.ids().await;
+    killer
+        .same_each(
+            Norm::Exact,
+            &["CLIENT", "KILL", "ID", &kd],
+            &["CLIENT", "KILL", "ID", &kp],
+        )
+        .await;
+    killer
+        .same(Norm::Exact, &["CLIENT", "KILL", "TYPE", "normal"])
+        .await;
+    killer.same(Norm::Exact, &["SELECT", "1"]).await;
+    killer
+        .same(Norm::Exact, &["CLIENT", "KILL", "TYPE", "normal"])
+        .await;
+    killer.same(Norm::Exact, &["PING"]).await;
+    killer.same(Norm::Exact, &["SELECT", "0"]).await;
+
+    // Another client of the same user and type is killed; the subscriber only by its type.
+    let mut bystander = Pair::open(d, p).await;
+    bystander.same(Norm::Exact, &["PING"]).await;
+    let mut subscriber = Pair::open(d, p).await;
+    subscriber.same(Norm::Exact, &["SUBSCRIBE", "ch"]).await;
+    killer
+        .same(Norm::Exact, &["CLIENT", "KILL", "TYPE", "normal"])
+        .await;
+    bystander.both_closed("TYPE normal").await;
+    killer
+        .same(Norm::Exact, &["CLIENT", "KILL", "TYPE", "pubsub"])
+        .await;
+    subscriber.both_closed("TYPE pubsub").await;
+    killer.same(Norm::Exact, &["PING"]).await;
+
+    // The old form by address, and SKIPME no: the caller itself, after its reply.
+    let mut other = Pair::open(d, p).await;
+    let addr = |conn: &Conn| conn.stream.local_addr().expect("addr").to_string();
+    let (od, op) = (addr(&other.direct), addr(&other.proxied));
+    killer
+        .same_each(
+            Norm::Exact,
+            &["CLIENT", "KILL", &od],
+            &["CLIENT", "KILL", &op],
+        )
+        .await;
+    other.both_closed("the old form").await;
+    killer
+        .same(
+            Norm::Exact,
+            &["CLIENT", "KILL", "USER", "default", "SKIPME", "no"],
+        )
+        .await;
+    killer.both_closed("SKIPME no").await;
+}
+
+/// Bug 8: killing cachet's pooled connection by its id or address (as CLIENT LIST shows
+/// them) finds no such client, and other clients' commands never fail meanwhile. A
+/// connection of Redis's own (not through cachet) is still killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_cachets_own_connections_cannot_be_killed() {
+    let (_direct, upstream, proxy) = identity_servers(0).await;
+    let mut killer = RawClient::connect(proxy.addr).await.expect("connect");
+    let list = killer.text(&["CLIENT", "LIST"]).await;
+    let field = |line: &str, key: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{key}=")).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let pool = list
+        .lines()
+        .find(|l| l.contains("name=cachet:pool"))
+        .unwrap_or_else(|| panic!("no pooled connection in CLIENT LIST: {list}"));
+    let (pool_id, pool_addr) = (field(pool, "id"), field(pool, "addr"));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        let addr = proxy.addr;
+        tokio::spawn(async move {
+            let mut c = RawClient::connect(addr).await.expect("connect");
+            let mut failures = Vec::new();
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let reply = c.text(&["PING"]).await;
+                sent += 1;
+                if reply != "+PONG\r\n" {
+                    failures.push(reply);
+                }
+            }
+            (sent, failures)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let redis_addr = upstream.addr().to_string();
+    for (args, expected) in [
+        (vec!["CLIENT", "KILL", "ID", &pool_id], ":0\r\n"),
+        (
+            vec!["CLIENT", "KILL", &pool_addr],
+            "-ERR No such client\r\n",
+        ),
+        (
+            vec!["CLIENT", "KILL", "ADDR", &pool_addr, "SKIPME", "no"],
+            ":0\r\n",
+        ),
+        (vec!["CLIENT", "KILL", "LADDR", &redis_addr], ":0\r\n"),
+    ] {
+        assert_eq!(killer.text(&args).await, expected, "{args:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut outsider = RawClient::connect(upstream.addr()).await.expect("connect");
+    let outsider_addr = outsider.stream.local_addr().expect("addr").to_string();
+    assert_eq!(
+        killer
+            .text(&["CLIENT", "KILL", "ADDR", &outsider_addr])
+            .await,
+        ":1\r\n"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failures) = hammer.await.expect("hammer");
+    assert!(
+        sent > 0 && failures.is_empty(),
+        "{sent} PINGs, failures: {failures:?}"
+    );
+    assert!(outsider.closed_within(Duration::from_secs(1)).await);
+    assert_eq!(killer.text(&["PING"]).await, "+PONG\r\n");
+}

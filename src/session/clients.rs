@@ -76,6 +76,16 @@ impl ClientRegistry {
             .cloned()
     }
 
+    /// Every live client (at most `proxy.max_clients`).
+    pub fn all(&self) -> Vec<(i64, Arc<ClientHandle>)> {
+        self.clients
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, handle)| (*id, handle.clone()))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.clients
             .lock()

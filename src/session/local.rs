@@ -26,9 +26,10 @@
 //!   goes to Redis and the connection is dropped after its `+RESET`. `RESET` with arguments
 //!   gets Redis's arity error and changes nothing, subscribers included.
 //!
-//! Commands that act on *other* connections (`CLIENT LIST`, `CLIENT KILL` with filters other
-//! than `ID`, `CLIENT PAUSE`) reach Redis and see cachet's upstream connections, not cachet's
-//! clients.
+//! `CLIENT KILL` with filters, or by address, is evaluated by cachet over cachet's clients and
+//! Redis's other connections, never cachet's own (`kill`). Other commands that see other
+//! connections (`CLIENT LIST`, `INFO clients`, `CLIENT PAUSE`) reach Redis and see cachet's
+//! upstream connections, not cachet's clients: only Redis knows what it lists there.
 
 use super::*;
 
@@ -79,15 +80,19 @@ impl Session {
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok());
                 // Unregistered at once, as Redis frees a killed client at once: a second KILL of
-                // the same id finds nothing.
-                match target.and_then(|id| self.services.clients.remove(id)) {
+                // the same id finds nothing. Itself (SKIPME yes by default) and ids that are
+                // not cachet's clients are the filters' business.
+                let other = target.filter(|&id| id != self.id);
+                match other.and_then(|id| self.services.clients.remove(id)) {
                     Some(client) => {
                         let _ = client.inbox.send(Inbox::Kill);
                         self.reply_local(Reply::Integer(1));
                     }
-                    None => self.route(request, b"client"),
+                    None => self.client_kill(request),
                 }
             }
+            // Filters would match cachet's own connections at Redis: cachet evaluates them.
+            (b"kill", 3..) if !self.pinning.divergence.user => self.client_kill(request),
             (b"unblock", 3 | 4) => {
                 let target = std::str::from_utf8(&request.args[2])
                     .ok()
@@ -108,11 +113,11 @@ impl Session {
                 let on = request
                     .arg(2)
                     .is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
-                if on || dedicated {
                 let request = match self.translate_redirect(request, on && !dedicated) {
                     Ok(request) => request,
                     Err(refusal) => return self.reply_local(refusal),
                 };
+                if on || dedicated {
                     self.pinning.divergence.client_mode |= on;
                     self.route_dedicated(request, b"client");
                 } else {

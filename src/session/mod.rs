@@ -29,6 +29,7 @@
 mod batch;
 mod clients;
 mod inspect;
+mod kill;
 mod leases;
 mod local;
 mod observe;
@@ -101,7 +102,6 @@ enum Slot {
     /// AUTH (or HELLO ... AUTH) on the dedicated connection: a reply that is not an error
     /// means Redis signed the client in, as some user.
     SignIn,
-    /// RESET on the dedicated connection: its reply ends the connection's use.
     /// The client's AUTH (or HELLO ... AUTH) as the first command on a bare connection:
     /// refused, the connection is dropped and the client is back where it was; accepted,
     /// the commands that put the connection in the client's state follow (`Hidden`).
@@ -110,6 +110,7 @@ enum Slot {
     Hidden,
     /// cachet's own `CLIENT ID` on the dedicated connection: the reply is its Redis id.
     UpstreamId,
+    /// RESET on the dedicated connection: its reply ends the connection's use.
     Reset,
     /// One command on the dedicated connection whose reply the client must not see: it
     /// reads these bytes instead.
@@ -132,6 +133,9 @@ const READ_AHEAD: usize = 64 * 1024;
 pub enum Inbox {
     /// Another client ran `CLIENT KILL ID` on this one.
     Kill,
+    /// This client killed itself (`CLIENT KILL ... SKIPME no`): it runs nothing more and
+    /// closes once the replies it is owed, that one included, are written.
+    Close,
     /// cachet is shutting down: answer what was received, then close.
     Shutdown,
     /// The reply to the command cachet ran itself for slot `Slot::Async(id)`.
@@ -144,6 +148,8 @@ pub struct ClientHandle {
     /// The `CLIENT ID` of this client's dedicated connection at Redis, 0 when it has none.
     pub upstream_id: AtomicI64,
     pub addr: SocketAddr,
+    /// cachet's own address on this connection (what `laddr` means to the client).
+    pub local: Option<SocketAddr>,
     /// Where the pool sends its replies; the bytes it owes, counted by the pool and this
     /// session.
     pub pooled: Arc<ReplyTo>,
@@ -211,6 +217,7 @@ impl Session {
         id: i64,
     ) -> (Self, Arc<ClientHandle>) {
         stream.set_nodelay(true).ok();
+        let local = stream.local_addr().ok();
         let (reader, writer) = stream.into_split();
         let (reply_tx, inbox) = mpsc::unbounded_channel();
         let (pool_tx, pool_replies) = mpsc::unbounded_channel();
@@ -224,6 +231,7 @@ impl Session {
             inbox: reply_tx.clone(),
             upstream_id: AtomicI64::new(0),
             addr,
+            local,
             pooled: Arc::new(ReplyTo {
                 tx: pool_tx,
                 account: ReplyAccount::new(limits, services.clients.reply_bytes.clone()),
@@ -326,6 +334,7 @@ impl Session {
                 Event::Pool(None) => unreachable!("the session's handle holds a sender"),
                 Event::Inbox(Some(Inbox::Done(id, bytes))) => self.on_done(id, bytes),
                 Event::Inbox(Some(Inbox::Kill)) => break,
+                Event::Inbox(Some(Inbox::Close)) => self.closing = true,
                 Event::Inbox(Some(Inbox::Shutdown)) => {
                     // A subscriber or MONITOR is owed nothing but a stream: close it now.
                     if self.pinning.divergence.pubsub() || self.pinning.divergence.stream {

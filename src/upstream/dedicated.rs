@@ -98,9 +98,12 @@ impl Dedicated {
             Bytes::from_static(b"SETNAME"),
             name.clone().unwrap_or_default(),
         ];
-        tokio::time::timeout(timeout, super::run_setup(&mut stream, &[command], 1))
-            .await
-            .map_err(|_| UpstreamError::Timeout(timeout.as_millis() as u64))??;
+        tokio::time::timeout(
+            timeout,
+            super::run_setup(&mut stream, &[command], 1, super::SETUP_REPLY_LIMIT),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout(timeout.as_millis() as u64))??;
         let (reader, writer) = stream.into_split();
         Ok(Dedicated {
             reader,

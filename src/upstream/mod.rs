@@ -138,6 +138,11 @@ impl Upstream {
         &self.control
     }
 
+    /// The control client's Redis client id, if it answers.
+    pub async fn control_id(&self) -> Option<i64> {
+        self.control.custom(cmd!("CLIENT"), vec!["ID"]).await.ok()
+    }
+
     /// True once the command table is loaded and at least one pooled connection is up.
     pub fn is_ready(&self) -> bool {
         *self.table_ready.borrow()
@@ -155,11 +160,6 @@ impl Upstream {
             .sum()
     }
 
-    /// The pooled connections for `protocol`, started on first use.
-    pub fn pool(self: &Arc<Self>, protocol: Protocol) -> &[PoolHandle] {
-        self.pools[protocol.index()].get_or_init(|| {
-            (0..self.config.pool_size.get())
-                .map(|index| pool::spawn(self.clone(), protocol, index))
     /// The Redis client ids of cachet's own connections that are up now: the pooled ones
     /// and the spares (not the control client's, which only it can ask).
     pub async fn own_connection_ids(&self) -> Vec<i64> {
@@ -183,6 +183,11 @@ impl Upstream {
             .find_map(PoolHandle::redis_id)
     }
 
+    /// The pooled connections for `protocol`, started on first use.
+    pub fn pool(self: &Arc<Self>, protocol: Protocol) -> &[PoolHandle] {
+        self.pools[protocol.index()].get_or_init(|| {
+            (0..self.config.pool_size.get())
+                .map(|index| pool::spawn(self.clone(), protocol, index))
                 .collect()
         })
     }
@@ -256,7 +261,7 @@ impl Upstream {
                 .await
                 .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?;
             stream.set_nodelay(true).ok();
-            let replies = run_setup(&mut stream, setup, required).await?;
+            let replies = run_setup(&mut stream, setup, required, SETUP_REPLY_LIMIT).await?;
             Ok((stream, replies))
         };
         tokio::time::timeout(timeout, attempt)
@@ -267,6 +272,22 @@ impl Upstream {
                     timeout.as_millis()
                 )))
             })
+    }
+
+    /// A connection of cachet's own for a few commands, set up as a pooled one (credentials,
+    /// database) and closed when dropped: for rare commands that must neither queue behind
+    /// the pool's traffic nor touch a connection other clients use (CLIENT KILL with
+    /// filters).
+    pub async fn own_connection(&self) -> Result<OwnConnection, UpstreamError> {
+        let setup = self.setup_commands(Protocol::Resp2);
+        let (stream, _) = self.connect(&setup, setup.len()).await?;
+        Ok(OwnConnection {
+            stream,
+            timeout: self
+                .config
+                .command_timeout()
+                .unwrap_or(Duration::from_secs(5)),
+        })
     }
 
     /// The setup commands that put a new connection in the pool's state.
@@ -290,6 +311,33 @@ impl Upstream {
     }
 }
 
+/// See [`Upstream::own_connection`].
+pub struct OwnConnection {
+    stream: TcpStream,
+    timeout: Duration,
+}
+
+impl OwnConnection {
+    /// Sends `commands` in one write and returns their replies in order, error replies
+    /// included (RESP2 frames). Fails past `max_bytes` of replies or the command timeout.
+    pub async fn run(
+        &mut self,
+        commands: &[Vec<Bytes>],
+        max_bytes: usize,
+    ) -> Result<Vec<Bytes>, UpstreamError> {
+        tokio::time::timeout(
+            self.timeout,
+            run_setup(&mut self.stream, commands, 0, max_bytes),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout(self.timeout.as_millis() as u64))?
+    }
+}
+
+/// Replies to setup commands are a few bytes each; this bounds what a misbehaving server
+/// can make cachet buffer during a handshake.
+pub(crate) const SETUP_REPLY_LIMIT: usize = 1 << 20;
+
 /// Builds an argument vector from string slices.
 pub(crate) fn args(parts: &[&str]) -> Vec<Bytes> {
     parts
@@ -302,6 +350,7 @@ async fn run_setup(
     stream: &mut TcpStream,
     setup: &[Vec<Bytes>],
     required: usize,
+    max_bytes: usize,
 ) -> Result<Vec<Bytes>, UpstreamError> {
     if setup.is_empty() {
         return Ok(Vec::new());
@@ -331,6 +380,11 @@ async fn run_setup(
                 replies.push(frame);
             }
             Ok(None) => {
+                if buf.len() > max_bytes {
+                    return Err(UpstreamError::Lost(format!(
+                        "a reply of over {max_bytes} bytes"
+                    )));
+                }
                 let n = stream
                     .read_buf(&mut buf)
                     .await
