@@ -139,6 +139,7 @@ mod tests {
             upstream_id: AtomicI64::new(0),
             addr,
             local: None,
+            connected: std::time::Instant::now(),
             pooled: Arc::new(crate::upstream::ReplyTo {
                 tx: pool_tx,
                 account: crate::upstream::pool::ReplyAccount::new(

@@ -1,4 +1,5 @@
-//! `CLIENT KILL` with filters (`ID`, `TYPE`, `USER`, `ADDR`, `LADDR`, `SKIPME`) and the old
+//! `CLIENT KILL` with filters (`ID`, `TYPE`, `USER`, `ADDR`, `LADDR`, `SKIPME`, and `MAXAGE`
+//! where Redis has it, from 7.4) and the old
 //! `CLIENT KILL addr:port`, evaluated by cachet for clients signed in as the pool's user.
 //! Sent to Redis as they are, they would match cachet's own connections (a pooled one is a
 //! `normal` client of the pool's user), and every client behind cachet would get
@@ -20,7 +21,12 @@
 //! with `ID 9223372036854775807` appended (no client has that id, and a later `ID`
 //! replaces an earlier one), so every refusal is Redis's own, worded by Redis, in the order
 //! Redis checks. A dangling last argument is left out of that check and refused with
-//! Redis's `syntax error` when nothing before it was refused.
+//! Redis's `syntax error` when nothing before it was refused. A filter that Redis accepts
+//! but cachet does not know (a newer Redis's) is refused rather than ignored, which would
+//! kill more than asked.
+//!
+//! A connection being opened or given back to the spares at that very moment is neither a
+//! client's nor a spare yet: it may be counted, and killed, as one of Redis's.
 //!
 //! It runs off the session's task (`Session::reply_later`) on a connection of its own
 //! (`Upstream::own_connection`), which queues behind no other client's commands. The
@@ -76,21 +82,24 @@ struct Filters {
     addr: Option<String>,
     laddr: Option<String>,
     user: Option<String>,
+    /// Only clients connected at least this many seconds.
+    maxage: Option<i64>,
     skipme: bool,
     /// `CLIENT KILL addr:port`: `+OK` or `-ERR No such client`.
     old_form: bool,
 }
 
 impl Filters {
-    /// Reads the filters as Redis does: later ones replace earlier ones.
-    fn parse(args: &[Bytes]) -> Filters {
+    /// Reads the filters as Redis does: later ones replace earlier ones. `Err` names a
+    /// filter cachet does not know.
+    fn parse(args: &[Bytes]) -> Result<Filters, String> {
         let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
         if args.len() == 3 {
-            return Filters {
+            return Ok(Filters {
                 addr: Some(text(&args[2])),
                 old_form: true,
                 ..Filters::default()
-            };
+            });
         }
         let mut filters = Filters {
             skipme: true,
@@ -104,11 +113,12 @@ impl Filters {
                 b"addr" => filters.addr = Some(text(value)),
                 b"laddr" => filters.laddr = Some(text(value)),
                 b"user" => filters.user = Some(text(value)),
+                b"maxage" => filters.maxage = text(value).parse().ok(),
                 b"skipme" => filters.skipme = value.eq_ignore_ascii_case(b"yes"),
-                _ => {}
+                _ => return Err(text(&pair[0])),
             }
         }
-        filters
+        Ok(filters)
     }
 
     fn matches(&self, client: &Candidate) -> bool {
@@ -117,6 +127,7 @@ impl Filters {
             && self.kind.is_none_or(|k| k == client.kind)
             && self.id.is_none_or(|id| id == client.id)
             && self.user.as_ref().is_none_or(|u| *u == client.user)
+            && self.maxage.is_none_or(|age| client.age >= age)
             && !(self.skipme && client.is_caller)
     }
 }
@@ -129,6 +140,8 @@ struct Candidate {
     laddr: String,
     user: String,
     kind: Kind,
+    /// Seconds connected.
+    age: i64,
     is_caller: bool,
     /// One of cachet's clients (closed by cachet), or a connection of Redis's (killed there).
     session: bool,
@@ -143,6 +156,7 @@ struct Listed {
     name: String,
     flags: String,
     user: String,
+    age: i64,
 }
 
 fn parse_list(text: &str) -> Vec<Listed> {
@@ -158,6 +172,7 @@ fn parse_list(text: &str) -> Vec<Listed> {
                     "name" => entry.name = value.to_owned(),
                     "flags" => entry.flags = value.to_owned(),
                     "user" => entry.user = value.to_owned(),
+                    "age" => entry.age = value.parse().unwrap_or(0),
                     _ => {}
                 }
             }
@@ -227,6 +242,13 @@ async fn kill(services: &Services, args: &[Bytes], me: i64) -> (Reply, bool) {
     if dangling {
         return (Reply::error("ERR syntax error"), false);
     }
+    let filters = match Filters::parse(args) {
+        Ok(filters) => filters,
+        Err(unknown) => {
+            let refusal = format!("ERR cachet cannot evaluate the CLIENT KILL filter '{unknown}'");
+            return (Reply::error(refusal), false);
+        }
+    };
     if let Some(refusal) = error_text(&replies[2]) {
         return (Reply::error(refusal), false);
     }
@@ -257,6 +279,7 @@ async fn kill(services: &Services, args: &[Bytes], me: i64) -> (Reply, bool) {
             laddr: handle.local.map(|a| a.to_string()).unwrap_or_default(),
             user: entry.map_or_else(|| pool_user.clone(), |e| e.user.clone()),
             kind: entry.map_or(Kind::Normal, |e| Kind::from_flags(&e.flags)),
+            age: handle.connected.elapsed().as_secs() as i64,
             is_caller: *id == me,
             session: true,
         });
@@ -275,12 +298,12 @@ async fn kill(services: &Services, args: &[Bytes], me: i64) -> (Reply, bool) {
             laddr: entry.laddr,
             user: entry.user,
             kind: Kind::from_flags(&entry.flags),
+            age: entry.age,
             is_caller: false,
             session: false,
         });
     }
 
-    let filters = Filters::parse(args);
     let mut killed = 0;
     let mut kills_caller = false;
     let mut at_redis = Vec::new();
@@ -323,6 +346,10 @@ mod tests {
         crate::upstream::args(parts)
     }
 
+    fn filters(parts: &[&str]) -> Filters {
+        Filters::parse(&args(parts)).expect("filters cachet knows")
+    }
+
     fn candidate(id: i64, kind: Kind, user: &str, is_caller: bool) -> Candidate {
         Candidate {
             id,
@@ -330,6 +357,7 @@ mod tests {
             laddr: "127.0.0.1:6380".into(),
             user: user.into(),
             kind,
+            age: id,
             is_caller,
             session: true,
         }
@@ -337,16 +365,16 @@ mod tests {
 
     #[test]
     fn filters_are_read_as_redis_reads_them() {
-        let f = Filters::parse(&args(&["CLIENT", "KILL", "127.0.0.1:5"]));
+        let f = filters(&["CLIENT", "KILL", "127.0.0.1:5"]);
         assert!(f.old_form && !f.skipme);
         assert_eq!(f.addr.as_deref(), Some("127.0.0.1:5"));
-        let f = Filters::parse(&args(&[
+        let f = filters(&[
             "client", "kill", "type", "Replica", "id", "4", "ID", "7", "skipme", "NO",
-        ]));
+        ]);
         assert_eq!(f.kind, Some(Kind::Replica));
         assert_eq!(f.id, Some(7), "a later ID replaces an earlier one");
         assert!(!f.skipme && !f.old_form);
-        assert!(Filters::parse(&args(&["CLIENT", "KILL", "USER", "x"])).skipme);
+        assert!(filters(&["CLIENT", "KILL", "USER", "x"]).skipme);
     }
 
     #[test]
@@ -354,16 +382,21 @@ mod tests {
         let me = candidate(10, Kind::Normal, "default", true);
         let other = candidate(11, Kind::Normal, "default", false);
         let subscriber = candidate(12, Kind::Pubsub, "app", false);
-        let normal = Filters::parse(&args(&["CLIENT", "KILL", "TYPE", "normal"]));
+        let normal = filters(&["CLIENT", "KILL", "TYPE", "normal"]);
         assert!(!normal.matches(&me) && normal.matches(&other) && !normal.matches(&subscriber));
-        let all = Filters::parse(&args(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no"]));
+        let all = filters(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "no"]);
         assert!(all.matches(&me));
-        let app = Filters::parse(&args(&["CLIENT", "KILL", "USER", "app", "ID", "12"]));
+        let app = filters(&["CLIENT", "KILL", "USER", "app", "ID", "12"]);
         assert!(app.matches(&subscriber) && !app.matches(&other));
-        let addr = Filters::parse(&args(&["CLIENT", "KILL", "ADDR", "127.0.0.1:11"]));
+        let addr = filters(&["CLIENT", "KILL", "ADDR", "127.0.0.1:11"]);
         assert!(addr.matches(&other) && !addr.matches(&subscriber));
-        let old = Filters::parse(&args(&["CLIENT", "KILL", "127.0.0.1:10"]));
+        let old = filters(&["CLIENT", "KILL", "127.0.0.1:10"]);
         assert!(old.matches(&me), "the old form can kill the caller");
+        // `age` is the id in these candidates: 11 and 12 seconds.
+        let old_enough = filters(&["CLIENT", "KILL", "MAXAGE", "12"]);
+        assert!(old_enough.matches(&subscriber) && !old_enough.matches(&other));
+        let unknown = Filters::parse(&args(&["CLIENT", "KILL", "NOT-ID", "3"]));
+        assert_eq!(unknown, Err("NOT-ID".to_owned()), "never ignored");
     }
 
     #[test]

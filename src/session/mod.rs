@@ -150,6 +150,8 @@ pub struct ClientHandle {
     pub addr: SocketAddr,
     /// cachet's own address on this connection (what `laddr` means to the client).
     pub local: Option<SocketAddr>,
+    /// When the client connected (its `age` for `CLIENT KILL MAXAGE`).
+    pub connected: std::time::Instant,
     /// Where the pool sends its replies; the bytes it owes, counted by the pool and this
     /// session.
     pub pooled: Arc<ReplyTo>,
@@ -232,6 +234,7 @@ impl Session {
             upstream_id: AtomicI64::new(0),
             addr,
             local,
+            connected: std::time::Instant::now(),
             pooled: Arc::new(ReplyTo {
                 tx: pool_tx,
                 account: ReplyAccount::new(limits, services.clients.reply_bytes.clone()),
