@@ -1846,8 +1846,12 @@ async fn sign_in_after_requirepass(resp3: bool) {
     }
     late.same(Norm::Exact, &["CONFIG", "SET", "requirepass", "pw"])
         .await;
+    // A refused HELLO ... AUTH changes nothing, the protocol included.
+    let other_version = if resp3 { "2" } else { "3" };
     early
         .same_pipelined(&[
+            &["HELLO", other_version, "AUTH", "default", "bad"],
+            &["HGETALL", "none"],
             &["AUTH", "bad"],
             &["GET", "who"],
             &["AUTH", "pw"],
