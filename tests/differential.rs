@@ -2338,3 +2338,508 @@ mod issue15_other_connections {
         compare_sides("CLIENT PAUSE ALL", false, all_pause).await;
     }
 }
+// ---- issue 15: identity (bugs 1, 6, 8)
+//
+// Connection identity through cachet: signing in after `CONFIG SET requirepass` (bug 6),
+// `CLIENT TRACKING ... REDIRECT` to cachet's own client ids (bug 1), and `CLIENT KILL` with
+// filters, which must never reach cachet's own connections (bug 8). Each step goes to Redis
+// directly and through cachet (in front of a Redis of its own), and the replies are compared
+// byte for byte (`Norm::Hello` for HELLO, whose `id` differs).
+
+/// Redis A (direct), Redis B, and cachet in front of B's database `db`.
+async fn identity_servers(db: u32) -> (RedisServer, RedisServer, Proxy) {
+    let direct = RedisServer::start();
+    let upstream = RedisServer::start();
+    let proxy = Proxy::start(&format!("{}/{db}", upstream.url())).await;
+    (direct, upstream, proxy)
+}
+
+/// One connection to each side.
+struct Pair {
+    direct: Conn,
+    proxied: Conn,
+}
+
+impl Pair {
+    async fn open(direct: SocketAddr, proxied: SocketAddr) -> Pair {
+        Pair {
+            direct: Conn::connect(direct).await.expect("connect to Redis"),
+            proxied: Conn::connect(proxied).await.expect("connect to cachet"),
+        }
+    }
+
+    /// Sends `direct` to Redis and `proxied` to cachet; panics unless the replies match.
+    async fn same_each(&mut self, norm: Norm, direct: &[&str], proxied: &[&str]) -> Vec<u8> {
+        fn bytes<'a>(args: &[&'a str]) -> Vec<&'a [u8]> {
+            args.iter().map(|a| a.as_bytes()).collect()
+        }
+        let a = self.direct.call(&bytes(direct)).await;
+        let b = self.proxied.call(&bytes(proxied)).await;
+        self.check(norm, &format!("{direct:?}"), a, b)
+    }
+
+    async fn same(&mut self, norm: Norm, args: &[&str]) -> Vec<u8> {
+        self.same_each(norm, args, args).await
+    }
+
+    /// The next frame on both sides (a push, a pub/sub message), compared.
+    async fn same_next(&mut self, norm: Norm, what: &str) -> Vec<u8> {
+        let a = self.direct.read_frame().await;
+        let b = self.proxied.read_frame().await;
+        self.check(norm, what, a, b)
+    }
+
+    /// Every command in one write on each side; the replies compared one by one.
+    async fn same_pipelined(&mut self, commands: &[&[&str]]) {
+        let mut payload = Vec::new();
+        for command in commands {
+            payload.extend(RawClient::encode(command));
+        }
+        self.direct.send(&payload).await.expect("write to Redis");
+        self.proxied.send(&payload).await.expect("write to cachet");
+        for command in commands {
+            self.same_next(Norm::Exact, &format!("pipelined {command:?}"))
+                .await;
+        }
+    }
+
+    fn check(
+        &self,
+        norm: Norm,
+        what: &str,
+        direct: std::io::Result<Vec<u8>>,
+        proxied: std::io::Result<Vec<u8>>,
+    ) -> Vec<u8> {
+        let direct = direct.unwrap_or_else(|e| panic!("{what}: Redis did not answer: {e}"));
+        let proxied = proxied.unwrap_or_else(|e| panic!("{what}: cachet did not answer: {e}"));
+        if let Err(why) = compare(norm, &direct, &proxied) {
+            panic!(
+                "{what}: {why}\n  Redis:  {}\n  cachet: {}",
+                esc(&direct),
+                esc(&proxied)
+            );
+        }
+        direct
+    }
+
+    /// `CLIENT ID` on each side, as text.
+    async fn ids(&mut self) -> (String, String) {
+        let id = |reply: Vec<u8>| String::from_utf8_lossy(&reply[1..reply.len() - 2]).into_owned();
+        let a = self
+            .direct
+            .call(&[b"CLIENT", b"ID"])
+            .await
+            .expect("CLIENT ID");
+        let b = self
+            .proxied
+            .call(&[b"CLIENT", b"ID"])
+            .await
+            .expect("CLIENT ID");
+        (id(a), id(b))
+    }
+
+    /// Both sides closed the connection within a second.
+    async fn both_closed(&mut self, what: &str) {
+        let second = Duration::from_secs(1);
+        assert!(
+            support::closed_within(&mut self.direct.stream, second).await,
+            "{what}: Redis kept the connection"
+        );
+        assert!(
+            support::closed_within(&mut self.proxied.stream, second).await,
+            "{what}: cachet kept the connection"
+        );
+    }
+}
+
+/// Bug 6: after `CONFIG SET requirepass`, AUTH opened a connection that sent HELLO 3 (and
+/// SELECT, CLIENT SETNAME) before the client's AUTH: `-ERR upstream refused the connection
+/// setup: HELLO: NOAUTH`. A refused AUTH leaves the client signed in as before, as in Redis.
+async fn sign_in_after_requirepass(resp3: bool) {
+    let (direct, _upstream, proxy) = identity_servers(0).await;
+    let mut c = Pair::open(direct.addr(), proxy.addr).await;
+    let version = if resp3 { "3" } else { "2" };
+    if resp3 {
+        c.same(Norm::Hello, &["HELLO", "3"]).await;
+    }
+    c.same(Norm::Exact, &["CLIENT", "SETNAME", "before"]).await;
+    c.same(Norm::Exact, &["SET", "who", "me"]).await;
+    c.same(Norm::Exact, &["CONFIG", "SET", "requirepass", "pw"])
+        .await;
+    c.same(Norm::Exact, &["AUTH", "wrong"]).await;
+    c.same(Norm::Exact, &["GET", "who"]).await;
+    c.same(Norm::Exact, &["AUTH", "pw"]).await;
+    c.same(Norm::Exact, &["GET", "who"]).await;
+    c.same(Norm::Exact, &["ACL", "WHOAMI"]).await;
+    c.same(Norm::Exact, &["CLIENT", "GETNAME"]).await;
+    c.same(Norm::Exact, &["PING"]).await;
+    c.same(Norm::Hello, &["HELLO", version]).await;
+    c.same(
+        Norm::Hello,
+        &[
+            "HELLO", version, "AUTH", "default", "pw", "SETNAME", "after",
+        ],
+    )
+    .await;
+    c.same(Norm::Exact, &["CLIENT", "GETNAME"]).await;
+    c.same(Norm::Exact, &["AUTH", "default", "nope"]).await;
+    c.same(Norm::Exact, &["GET", "who"]).await;
+
+    // A client that arrives now signs in with HELLO ... AUTH ... SETNAME. (Before it does,
+    // Redis says NOAUTH and cachet, which has no password configured, lets it through: see
+    // README, "What is transparent".)
+    let mut late = Pair::open(direct.addr(), proxy.addr).await;
+    late.same_pipelined(&[&["AUTH", "bad"], &["AUTH", "default", "bad"]])
+        .await;
+    late.same(
+        Norm::Hello,
+        &["HELLO", version, "AUTH", "default", "pw", "SETNAME", "late"],
+    )
+    .await;
+    late.same(Norm::Exact, &["CLIENT", "GETNAME"]).await;
+    late.same(Norm::Exact, &["GET", "who"]).await;
+    late.same(Norm::Exact, &["ACL", "WHOAMI"]).await;
+
+    // A client signed in before the password was set: a refused AUTH and the command after
+    // it, in one write, see the connection as it was.
+    late.same(Norm::Exact, &["CONFIG", "SET", "requirepass", ""])
+        .await;
+    let mut early = Pair::open(direct.addr(), proxy.addr).await;
+    if resp3 {
+        early.same(Norm::Hello, &["HELLO", "3"]).await;
+    }
+    late.same(Norm::Exact, &["CONFIG", "SET", "requirepass", "pw"])
+        .await;
+    // A refused HELLO ... AUTH changes nothing, the protocol included.
+    let other_version = if resp3 { "2" } else { "3" };
+    early
+        .same_pipelined(&[
+            &["HELLO", other_version, "AUTH", "default", "bad"],
+            &["HGETALL", "none"],
+            &["AUTH", "bad"],
+            &["GET", "who"],
+            &["AUTH", "pw"],
+            &["GET", "who"],
+        ])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_sign_in_after_requirepass_resp2() {
+    sign_in_after_requirepass(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_sign_in_after_requirepass_resp3() {
+    sign_in_after_requirepass(true).await;
+}
+
+/// Bug 6 as reported, with redis-cli in RESP3; and the connection a sign-in opens is put
+/// in the pool's database after the AUTH, not before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_redis_cli_auth_after_requirepass_and_the_pools_database() {
+    let (direct, _upstream, proxy) = identity_servers(0).await;
+    let run = |port: u16| async move {
+        let mut child = tokio::process::Command::new("redis-cli")
+            .args(["-3", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("redis-cli");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"config set requirepass pw\nauth pw\nping\nacl whoami\n")
+            .await
+            .expect("write");
+        drop(stdin);
+        let out = child.wait_with_output().await.expect("redis-cli ran");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let expected = run(direct.addr().port()).await;
+    assert_eq!(expected, "OK\nOK\nPONG\ndefault\n");
+    assert_eq!(run(proxy.addr.port()).await, expected);
+
+    let (direct, _upstream, proxy) = identity_servers(2).await;
+    let mut c = Pair::open(direct.addr(), proxy.addr).await;
+    c.same(Norm::Exact, &["SELECT", "2"]).await;
+    c.same(Norm::Hello, &["HELLO", "3"]).await;
+    c.same(Norm::Exact, &["SET", "in:two", "yes"]).await;
+    c.same(Norm::Exact, &["CONFIG", "SET", "requirepass", "pw"])
+        .await;
+    c.same(Norm::Exact, &["AUTH", "default", "pw"]).await;
+    c.same(Norm::Exact, &["GET", "in:two"]).await;
+    c.same(Norm::Exact, &["HGETALL", "none"]).await;
+}
+
+/// Bug 1: `CLIENT TRACKING on REDIRECT <id>` was refused for the client's own id and for a
+/// client on the pool. Invalidations reach a client that redirects to itself (RESP3) and a
+/// RESP2 target subscribed to `__redis__:invalidate`, as from Redis; an id that is no
+/// client's keeps Redis's error; the pool never receives a push.
+async fn tracking_redirect(resp3: bool) {
+    let (direct, _upstream, proxy) = identity_servers(0).await;
+    let (d, p) = (direct.addr(), proxy.addr);
+    let mut t = Pair::open(d, p).await;
+    let mut target = Pair::open(d, p).await;
+    let mut writer = Pair::open(d, p).await;
+    if resp3 {
+        t.same(Norm::Hello, &["HELLO", "3"]).await;
+        target.same(Norm::Hello, &["HELLO", "3"]).await;
+    }
+    let (td, tp) = t.ids().await;
+    t.same_each(
+        Norm::Exact,
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &td],
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &tp],
+    )
+    .await;
+    t.same(Norm::Exact, &["GET", "tr:self"]).await;
+    writer.same(Norm::Exact, &["SET", "tr:self", "1"]).await;
+    if resp3 {
+        t.same_next(Norm::Exact, "the invalidation push").await;
+    }
+    t.same(Norm::Exact, &["CLIENT", "TRACKING", "off"]).await;
+
+    // A target on the pool, then off with a REDIRECT (Redis checks the id then too).
+    let (od, op) = target.ids().await;
+    t.same_each(
+        Norm::Exact,
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &od],
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &op],
+    )
+    .await;
+    t.same_each(
+        Norm::Exact,
+        &["CLIENT", "TRACKING", "off", "REDIRECT", &od],
+        &["CLIENT", "TRACKING", "off", "REDIRECT", &op],
+    )
+    .await;
+    let mut fresh = Pair::open(d, p).await;
+    fresh
+        .same_each(
+            Norm::Exact,
+            &["CLIENT", "TRACKING", "off", "REDIRECT", &od],
+            &["CLIENT", "TRACKING", "off", "REDIRECT", &op],
+        )
+        .await;
+    let (fd, fp) = fresh.ids().await;
+    fresh
+        .same_each(
+            Norm::Exact,
+            &[
+                "CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "tr:", "REDIRECT", &fd,
+            ],
+            &[
+                "CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "tr:", "REDIRECT", &fp,
+            ],
+        )
+        .await;
+    fresh
+        .same(Norm::Exact, &["CLIENT", "TRACKING", "off"])
+        .await;
+    for args in [
+        &["CLIENT", "TRACKING", "on", "REDIRECT", "987654321"][..],
+        &["CLIENT", "TRACKING", "on", "REDIRECT", "x"],
+        &["CLIENT", "TRACKING", "on", "REDIRECT"],
+        &["CLIENT", "TRACKING", "on", "BOGUS", "REDIRECT", "987654321"],
+    ] {
+        fresh.same(Norm::Exact, args).await;
+    }
+
+    // The RESP2 way: the target subscribes to __redis__:invalidate.
+    let mut sub = Pair::open(d, p).await;
+    let (sd, sp) = sub.ids().await;
+    sub.same(Norm::Exact, &["SUBSCRIBE", "__redis__:invalidate"])
+        .await;
+    let mut t2 = Pair::open(d, p).await;
+    t2.same_each(
+        Norm::Exact,
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &sd],
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &sp],
+    )
+    .await;
+    t2.same(Norm::Exact, &["GET", "tr:sub"]).await;
+    writer.same(Norm::Exact, &["SET", "tr:sub", "1"]).await;
+    sub.same_next(Norm::Exact, "the invalidation message").await;
+
+    // Invalidations redirected to the pool's clients leave the pool working for everyone.
+    t.same_each(
+        Norm::Exact,
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &od],
+        &["CLIENT", "TRACKING", "on", "REDIRECT", &op],
+    )
+    .await;
+    t.same(Norm::Exact, &["GET", "tr:pool"]).await;
+    writer.same(Norm::Exact, &["SET", "tr:pool", "1"]).await;
+    writer.same(Norm::Exact, &["FLUSHALL"]).await;
+    for _ in 0..3 {
+        writer.same(Norm::Exact, &["PING"]).await;
+        fresh.same(Norm::Exact, &["GET", "tr:pool"]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_tracking_redirect_resp2() {
+    tracking_redirect(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_tracking_redirect_resp3() {
+    tracking_redirect(true).await;
+}
+
+/// Bug 8: CLIENT KILL with filters counts and closes clients as Redis does (cachet's
+/// clients stand for their connections), refuses bad filters in Redis's words, and never
+/// touches cachet's own connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_client_kill_filters_like_redis() {
+    let (direct, _upstream, proxy) = identity_servers(0).await;
+    let (d, p) = (direct.addr(), proxy.addr);
+    let mut killer = Pair::open(d, p).await;
+    for args in [
+        &["CLIENT", "KILL"][..],
+        &["CLIENT", "KILL", "TYPE", "bogus"],
+        &["CLIENT", "KILL", "USER", "nosuch"],
+        &["CLIENT", "KILL", "ID", "0"],
+        &["CLIENT", "KILL", "ID", "abc"],
+        &["CLIENT", "KILL", "SKIPME", "maybe"],
+        &["CLIENT", "KILL", "TYPE", "normal", "SKIPME"],
+        &["CLIENT", "KILL", "TYPE", "bogus", "USER"],
+        &["CLIENT", "KILL", "FOO", "bar"],
+        &["CLIENT", "KILL", "1.2.3.4:5"],
+        &["CLIENT", "KILL", "TYPE"],
+        &["CLIENT", "KILL", "ID", "987654321"],
+        &["CLIENT", "KILL", "TYPE", "pubsub"],
+        &["CLIENT", "KILL", "TYPE", "master", "SKIPME", "no"],
+    ] {
+        killer.same(Norm::Exact, args).await;
+    }
+    // The caller is spared (SKIPME yes), on the pool and on its own connection alike.
+    let (kd, kp) = killer.ids().await;
+    killer
+        .same_each(
+            Norm::Exact,
+            &["CLIENT", "KILL", "ID", &kd],
+            &["CLIENT", "KILL", "ID", &kp],
+        )
+        .await;
+    killer
+        .same(Norm::Exact, &["CLIENT", "KILL", "TYPE", "normal"])
+        .await;
+    killer.same(Norm::Exact, &["SELECT", "1"]).await;
+    killer
+        .same(Norm::Exact, &["CLIENT", "KILL", "TYPE", "normal"])
+        .await;
+    killer.same(Norm::Exact, &["PING"]).await;
+    killer.same(Norm::Exact, &["SELECT", "0"]).await;
+
+    // Another client of the same user and type is killed; the subscriber only by its type.
+    let mut bystander = Pair::open(d, p).await;
+    bystander.same(Norm::Exact, &["PING"]).await;
+    let mut subscriber = Pair::open(d, p).await;
+    subscriber.same(Norm::Exact, &["SUBSCRIBE", "ch"]).await;
+    killer
+        .same(Norm::Exact, &["CLIENT", "KILL", "TYPE", "normal"])
+        .await;
+    bystander.both_closed("TYPE normal").await;
+    killer
+        .same(Norm::Exact, &["CLIENT", "KILL", "TYPE", "pubsub"])
+        .await;
+    subscriber.both_closed("TYPE pubsub").await;
+    killer.same(Norm::Exact, &["PING"]).await;
+
+    // The old form by address, and SKIPME no: the caller itself, after its reply.
+    let mut other = Pair::open(d, p).await;
+    let addr = |conn: &Conn| conn.stream.local_addr().expect("addr").to_string();
+    let (od, op) = (addr(&other.direct), addr(&other.proxied));
+    killer
+        .same_each(
+            Norm::Exact,
+            &["CLIENT", "KILL", &od],
+            &["CLIENT", "KILL", &op],
+        )
+        .await;
+    other.both_closed("the old form").await;
+    killer
+        .same(
+            Norm::Exact,
+            &["CLIENT", "KILL", "USER", "default", "SKIPME", "no"],
+        )
+        .await;
+    killer.both_closed("SKIPME no").await;
+}
+
+/// Bug 8: killing cachet's pooled connection by its id or address (as Redis's own CLIENT
+/// LIST shows them) finds no such client through cachet, and other clients' commands never
+/// fail meanwhile. Through cachet, CLIENT KILL acts on cachet's clients only: a connection
+/// made to Redis directly is not one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue15_cachets_own_connections_cannot_be_killed() {
+    let (_direct, upstream, proxy) = identity_servers(0).await;
+    let mut killer = RawClient::connect(proxy.addr).await.expect("connect");
+    let mut at_redis = RawClient::connect(upstream.addr()).await.expect("connect");
+    let list = at_redis.text(&["CLIENT", "LIST"]).await;
+    let field = |line: &str, key: &str| {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{key}=")).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let pool = list
+        .lines()
+        .find(|l| l.contains("name=cachet:pool"))
+        .unwrap_or_else(|| panic!("no pooled connection in CLIENT LIST: {list}"));
+    let (pool_id, pool_addr) = (field(pool, "id"), field(pool, "addr"));
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hammer = {
+        let stop = stop.clone();
+        let addr = proxy.addr;
+        tokio::spawn(async move {
+            let mut c = RawClient::connect(addr).await.expect("connect");
+            let mut failures = Vec::new();
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let reply = c.text(&["PING"]).await;
+                sent += 1;
+                if reply != "+PONG\r\n" {
+                    failures.push(reply);
+                }
+            }
+            (sent, failures)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let redis_addr = upstream.addr().to_string();
+    for (args, expected) in [
+        (vec!["CLIENT", "KILL", "ID", &pool_id], ":0\r\n"),
+        (
+            vec!["CLIENT", "KILL", &pool_addr],
+            "-ERR No such client\r\n",
+        ),
+        (
+            vec!["CLIENT", "KILL", "ADDR", &pool_addr, "SKIPME", "no"],
+            ":0\r\n",
+        ),
+        (vec!["CLIENT", "KILL", "LADDR", &redis_addr], ":0\r\n"),
+    ] {
+        assert_eq!(killer.text(&args).await, expected, "{args:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut outsider = RawClient::connect(upstream.addr()).await.expect("connect");
+    let outsider_addr = outsider.stream.local_addr().expect("addr").to_string();
+    assert_eq!(
+        killer
+            .text(&["CLIENT", "KILL", "ADDR", &outsider_addr])
+            .await,
+        ":0\r\n"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, failures) = hammer.await.expect("hammer");
+    assert!(
+        sent > 0 && failures.is_empty(),
+        "{sent} PINGs, failures: {failures:?}"
+    );
+    assert_eq!(outsider.text(&["PING"]).await, "+PONG\r\n");
+    assert_eq!(killer.text(&["PING"]).await, "+PONG\r\n");
+    let after = at_redis.text(&["CLIENT", "LIST"]).await;
+    assert!(after.contains(&format!("id={pool_id} ")), "the pool connection was replaced: {after}");
+}

@@ -290,8 +290,9 @@ async fn cachet_commands_are_refused_for_every_reason_and_do_nothing() {
         &["TAGKEYS", "t"],
     ];
     let noauth = |_: &str| "-NOAUTH Authentication required.\r\n".to_owned();
-    // A failed AUTH and another user read the same: cachet cannot tell them apart (only Redis
-    // saw whether the AUTH succeeded), and neither is the user cachet acts as.
+    // Another user is not the user cachet acts as. A failed AUTH leaves the client as it was,
+    // as in Redis: not authenticated, so NOAUTH (it used to read as another user's NOPERM,
+    // when the AUTH stayed on a connection of the client's own).
     let other_user = |name: &str| {
         format!("-NOPERM only the user cachet connects as may run cachet's '{name}' command\r\n")
     };
@@ -299,7 +300,7 @@ async fn cachet_commands_are_refused_for_every_reason_and_do_nothing() {
     type Reason<'a> = (&'a str, &'a [&'a [&'a str]], &'a dyn Fn(&str) -> String);
     let reasons: &[Reason] = &[
         ("not authenticated", &[], &noauth),
-        ("failed AUTH", &[&["AUTH", "wrong"]], &other_user),
+        ("failed AUTH", &[&["AUTH", "wrong"]], &noauth),
         (
             "another ACL user",
             &[&["AUTH", "app", "apppw"]],

@@ -392,12 +392,18 @@ impl Session {
         let inbox = self.reply_tx.clone();
         self.reply_later(request, move |services| async move {
             let views = gather(&services, me).await;
+            if let Some(user) = &filter.user
+                && !views.iter().any(|v| v.user == *user)
+                && !user_exists(&services, user).await
+            {
+                return Reply::error(format!("ERR No such user '{user}'"));
+            }
             let mut killed = 0;
             for view in views.iter().filter(|v| filter.matches(v, own_id)) {
                 killed += 1;
                 if view.id == own_id {
                     // Answered first, then closed, as Redis closes a client that kills itself.
-                    let _ = inbox.send(Inbox::CloseAfterReply);
+                    let _ = inbox.send(Inbox::Close);
                 } else if let Some(client) = services.clients.remove(view.id) {
                     // Unregistered at once, as Redis frees a killed client at once.
                     let _ = client.inbox.send(Inbox::Kill);
@@ -410,6 +416,18 @@ impl Session {
             }
         });
     }
+}
+
+/// Whether Redis knows the ACL user `name` (`ACL GETUSER` on the control client). If
+/// cachet's user may not ask, it is taken to exist: the filter then matches no one, `:0`.
+async fn user_exists(services: &Services, name: &str) -> bool {
+    use fred::prelude::*;
+    let reply: Result<Value, _> = services
+        .upstream
+        .control()
+        .custom(fred::cmd!("ACL"), vec!["GETUSER", name])
+        .await;
+    !matches!(reply, Ok(Value::Null))
 }
 
 /// Every live client's line, this one's (`me`) included, in id order.

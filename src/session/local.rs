@@ -12,12 +12,15 @@
 //! * `CLIENT ID`: each client has an id of cachet's own (from 2³² up, so it never collides
 //!   with an id Redis hands out); `HELLO`'s reply carries the same id. `CLIENT KILL ID` and
 //!   `CLIENT UNBLOCK` of such an id act on that cachet client (`UNBLOCK` is translated to its
-//!   dedicated connection's Redis id); `CLIENT TRACKING ... REDIRECT id` likewise.
+//!   dedicated connection's Redis id); `CLIENT TRACKING ... REDIRECT id` likewise, with what
+//!   it means for a target on the pool in `translate_redirect`.
 //! * `AUTH` with the pool's credentials is answered by cachet, which compares them in
 //!   constant time (`secret_eq`); when `upstream.password` is set, clients that have not
 //!   authenticated get `-NOAUTH`, as from Redis. An AUTH that Redis accepts as another user
 //!   (on the client's dedicated connection) ends the limits for unauthenticated clients; a
-//!   refused one does not.
+//!   refused one does not. Such an AUTH is the first command on a bare connection, and a
+//!   refusal closes that connection and puts the client back where it was, as a refused
+//!   AUTH leaves a Redis connection as it was (`pinning`, "Signing in as someone else").
 //! * `HELLO 2|3` picks the RESP2 or RESP3 pool; `SETNAME` in it is kept as above.
 //! * `RESET` and `QUIT` on the pool are answered by cachet; on a dedicated connection `RESET`
 //!   goes to Redis and the connection is dropped after its `+RESET`. `RESET` with arguments
@@ -81,11 +84,11 @@ impl Session {
                 let on = request
                     .arg(2)
                     .is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
+                let request = match self.translate_redirect(request, on && !dedicated) {
+                    Ok(request) => request,
+                    Err(refusal) => return self.reply_local(refusal),
+                };
                 if on || dedicated {
-                    let request = match self.translate_redirect(request) {
-                        Ok(request) => request,
-                        Err(refusal) => return self.reply_local(refusal),
-                    };
                     self.pinning.divergence.client_mode |= on;
                     self.redirect = match on {
                         true => redirect_of(&request).unwrap_or(-1),
@@ -134,35 +137,73 @@ impl Session {
         }
     }
 
-    /// CLIENT TRACKING ... REDIRECT <id>: cachet's client ids are its own; Redis needs the
-    /// id of the target client's dedicated connection.
-    /// Redirecting to an id that is not one of cachet's clients is refused: it could only
-    /// name one of cachet's own upstream connections, which must never receive pushes.
-    pub(super) fn translate_redirect(&self, request: Request) -> Result<Request, Reply> {
-        let Some(pos) = request
-            .args
-            .iter()
-            .position(|a| a.eq_ignore_ascii_case(b"redirect"))
-        else {
+    /// CLIENT TRACKING on|off [options] REDIRECT <id>: cachet's client ids are its own, and
+    /// Redis needs the id of a connection, so the first REDIRECT's id becomes:
+    ///
+    /// * the Redis id of the target's dedicated connection, when it holds one: the target
+    ///   receives what Redis sends (pushes in RESP3, `__redis__:invalidate` messages when it
+    ///   is subscribed in RESP2). If it later gives that connection back, Redis keeps
+    ///   redirecting to the connection, not to the client;
+    /// * unchanged while the client is about to get its own dedicated connection
+    ///   (`deferred`): the command is dispatched again once the connection is acquired,
+    ///   and translated then (a client naming itself has a Redis id only from then on);
+    /// * a RESP2 pooled connection (`Upstream::tracking_sink`) for any other of cachet's
+    ///   clients: Redis drops what it would send there, as it does for a RESP2 target that
+    ///   is not subscribed (which any pooled client is). A RESP3 target on the pool does not
+    ///   get the pushes Redis would have sent it (README, "What is transparent"), and no
+    ///   pooled connection ever receives a push it could not frame;
+    /// * Redis's own error for an id that is no client's: it could only name one of
+    ///   cachet's upstream connections.
+    ///
+    /// Options before REDIRECT that Redis would refuse, and an id that is not a number, are
+    /// left for Redis to word.
+    pub(super) fn translate_redirect(
+        &self,
+        request: Request,
+        deferred: bool,
+    ) -> Result<Request, Reply> {
+        let mut pos = None;
+        let mut i = 3;
+        while i < request.args.len() {
+            let option = request.args[i].to_ascii_lowercase();
+            let more = i + 1 < request.args.len();
+            match option.as_slice() {
+                b"redirect" if more => {
+                    pos = Some(i + 1);
+                    break;
+                }
+                b"prefix" if more => i += 2,
+                b"bcast" | b"optin" | b"optout" | b"noloop" => i += 1,
+                _ => break,
+            }
+        }
+        let Some(pos) = pos else {
             return Ok(request);
         };
-        let Some(id) = request
-            .arg(pos + 1)
-            .and_then(|a| std::str::from_utf8(a).ok())
+        let Some(id) = std::str::from_utf8(&request.args[pos])
+            .ok()
             .and_then(|s| s.parse::<i64>().ok())
         else {
-            // Let Redis word the syntax error.
             return Ok(request);
         };
-        let real = self
-            .services
-            .clients
-            .get(id)
-            .map(|target| target.upstream_id.load(Ordering::Relaxed))
-            .filter(|&real| real != 0)
-            .ok_or_else(|| Reply::error("ERR The client ID you want redirect to does not exist"))?;
+        let target =
+            self.services.clients.get(id).ok_or_else(|| {
+                Reply::error("ERR The client ID you want redirect to does not exist")
+            })?;
+        if deferred {
+            return Ok(request);
+        }
+        let real = match target.upstream_id.load(Ordering::Relaxed) {
+            0 => self.services.upstream.tracking_sink().ok_or_else(|| {
+                Reply::error(format!(
+                    "ERR {}",
+                    UpstreamError::Unavailable("no pooled connection is up".into())
+                ))
+            })?,
+            real => real,
+        };
         let mut args = request.args;
-        args[pos + 1] = Bytes::from(real.to_string());
+        args[pos] = Bytes::from(real.to_string());
         Ok(Request::from_args(args))
     }
 

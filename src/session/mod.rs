@@ -104,6 +104,17 @@ enum Slot {
     /// AUTH (or HELLO ... AUTH) on the dedicated connection: a reply that is not an error
     /// means Redis signed the client in, as some user.
     SignIn,
+    /// The client's AUTH (or HELLO ... AUTH) as the first command on a bare connection:
+    /// refused, the connection is dropped and the client is back where it was; accepted,
+    /// the commands that put the connection in the client's state follow (`Hidden`).
+    FirstSignIn,
+    /// A command cachet sent on the dedicated connection itself: its reply is dropped.
+    Hidden,
+    /// cachet's own `CLIENT ID` on the dedicated connection: the reply is its Redis id.
+    UpstreamId,
+    /// SELECT on the dedicated connection: its `+OK` moves the client to that database
+    /// (as `CLIENT LIST` shows it).
+    Select(u32),
     /// RESET on the dedicated connection: its reply ends the connection's use.
     Reset,
     /// One command on the dedicated connection whose reply the client must not see: it
@@ -127,14 +138,15 @@ const READ_AHEAD: usize = 64 * 1024;
 pub enum Inbox {
     /// Another client ran `CLIENT KILL ID` on this one.
     Kill,
+    /// This client killed itself (`CLIENT KILL ... SKIPME no`): it runs nothing more and
+    /// closes once the replies it is owed, that one included, are written.
+    Close,
     /// cachet is shutting down: answer what was received, then close.
     Shutdown,
     /// The reply to the command cachet ran itself for slot `Slot::Async(id)`.
     Done(u64, Bytes),
     /// Another client's `CLIENT LIST` or `CLIENT KILL` asks how this one looks.
     Describe(tokio::sync::oneshot::Sender<client_list::ClientView>),
-    /// This client killed itself with `CLIENT KILL`: close once the replies owed are written.
-    CloseAfterReply,
     /// The command for slot `Slot::Async(id)` ended Redis's side without a reply (a
     /// SHUTDOWN that succeeded): the client's connection closes too, as Redis closed it.
     Closed(u64),
@@ -357,7 +369,7 @@ impl Session {
                 Event::Inbox(Some(Inbox::Describe(tx))) => {
                     let _ = tx.send(self.view());
                 }
-                Event::Inbox(Some(Inbox::CloseAfterReply)) => self.closing = true,
+                Event::Inbox(Some(Inbox::Close)) => self.closing = true,
                 Event::Inbox(Some(Inbox::Shutdown)) => {
                     // A subscriber or MONITOR is owed nothing but a stream: close it now.
                     if self.pinning.divergence.pubsub() || self.pinning.divergence.stream {

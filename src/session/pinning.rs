@@ -14,6 +14,17 @@
 //!   outstanding. One that was ever subscribed or a stream (MONITOR, CLIENT REPLY, SCRIPT
 //!   DEBUG) is never reused, since a reply racing the last unsubscribe could reach its next
 //!   user; the client keeps it until RESET or disconnect.
+//! * **Signing in as someone else** (AUTH or HELLO ... AUTH with other credentials than the
+//!   pool's): the client gets a bare connection, and its AUTH is the first command Redis
+//!   reads on it, since Redis may refuse anything before it (after `CONFIG SET requirepass`,
+//!   say). Nothing else is sent until Redis answers (`Slot::FirstSignIn`). Accepted: cachet
+//!   follows it with what the client's state needs (`HELLO 3` for a RESP3 client that sent
+//!   AUTH, `SELECT` of the pool's database, `CLIENT SETNAME`, `CLIENT ID`), whose replies the
+//!   client never reads, and the client's next command waits for them. Refused: a Redis
+//!   connection stays as it was, signed in as before, so the bare connection (signed in as
+//!   nobody, or the default user) is closed and the client is back on the pool with its
+//!   state (protocol included) as before. (A client that already holds a dedicated
+//!   connection sends its AUTH there, where Redis judges it as it would directly.)
 //! * When it breaks, the client's state at Redis (transaction, subscriptions, ...) is gone:
 //!   each command still waiting gets `-ERR upstream connection lost` and the client's
 //!   connection is closed; its library reconnects and re-establishes that state itself.
@@ -54,6 +65,9 @@ pub(super) struct DedicatedLink {
     /// sends is the replication stream (an RDB payload with no closing CRLF, newlines as
     /// keepalives, then the command stream), passed to the client byte for byte, unframed.
     pub(super) replication: bool,
+    /// Opened bare for the client's sign-in, which has not been answered yet: the client's
+    /// protocol before it, to restore if Redis refuses it.
+    pub(super) signing_in: Option<Protocol>,
 }
 
 pub(super) type Acquire = Pin<Box<dyn Future<Output = Result<Dedicated, UpstreamError>> + Send>>;
@@ -108,9 +122,14 @@ impl Session {
         let upstream = self.services.upstream.clone();
         let protocol = self.protocol;
         let name = self.name.clone();
-        let authenticate = self.authenticated;
+        // Only a sign-in as someone else sets `user` before the client holds a connection:
+        // it gets a bare one, so that its AUTH is the first thing Redis reads.
+        let bare = self.pinning.divergence.user;
         self.pinning.wait = Wait::Acquire(Box::pin(async move {
-            upstream.dedicated(protocol, name, authenticate).await
+            match bare {
+                true => upstream.bare().await,
+                false => upstream.dedicated(protocol, name).await,
+            }
         }));
     }
 
@@ -121,6 +140,7 @@ impl Session {
                 self.handle
                     .upstream_id
                     .store(conn.upstream_id, Ordering::Relaxed);
+                let signing_in = (!conn.authenticated).then_some(self.protocol);
                 self.pinning.link = Some(DedicatedLink {
                     conn,
                     incoming: BytesMut::new(),
@@ -130,6 +150,7 @@ impl Session {
                     resets: 0,
                     streamed: false,
                     replication: false,
+                    signing_in,
                 });
             }
             Err(error) => {
@@ -174,13 +195,7 @@ impl Session {
             b"select" => {
                 // Queued in MULTI it may yet fail: stay pinned rather than guess.
                 d.database = other_db || (d.multi && d.database);
-                if let Some(db) = request
-                    .arg(1)
-                    .and_then(|a| std::str::from_utf8(a).ok())
-                    .and_then(|s| s.parse().ok())
-                {
-                    self.db = db;
-                }
+
             }
             b"auth" => {
                 d.user = true;
@@ -235,6 +250,13 @@ impl Session {
         let link = self.pinning.link.as_mut().expect("dedicated connection");
         // Inside MULTI Redis refuses it with a framed error: no stream follows.
         link.replication |= matches!(name, b"sync" | b"psync") && !in_multi;
+        // The sign-in a bare connection was opened for: nothing more goes out until Redis
+        // has answered it (refused, the next commands belong on the pool).
+        let first_sign_in = signs_in && link.signing_in.is_some() && link.outstanding == 0;
+        if first_sign_in && name == b"hello" {
+            // Accepted, the connection speaks what the HELLO asked for.
+            link.conn.protocol = self.protocol;
+        }
         link.outgoing.extend_from_slice(&request.raw);
         // The name the connection will carry at Redis, so a spare is renamed for its next user.
         if let Some(set) = name_set_by(name, &request) {
@@ -249,9 +271,21 @@ impl Session {
         for _ in 0..frames {
             self.replies.slots.push_back(match (is_reset, signs_in) {
                 (true, _) => Slot::Reset,
+                (false, true) if first_sign_in => Slot::FirstSignIn,
                 (false, true) => Slot::SignIn,
+                // Outside MULTI a SELECT's `+OK` says which database the client is in.
+                (false, false) if name == b"select" && !in_multi => Slot::Select(
+                    request
+                        .arg(1)
+                        .and_then(|a| std::str::from_utf8(a).ok())
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(self.db),
+                ),
                 (false, false) => Slot::Dedicated,
             });
+        }
+        if first_sign_in {
+            self.pinning.wait = Wait::Drain;
         }
         if request.args.len() > SHARED_MAX_ARGS {
             // Freeing millions of arguments takes tens of milliseconds: not on the thread
@@ -343,6 +377,12 @@ impl Session {
                 self.replies.in_flight -= 1;
                 match self.replies.slots.pop_front() {
                     Some(Slot::Dedicated) => self.output.extend_from_slice(&frame),
+                    Some(Slot::Select(db)) => {
+                        if &frame[..] == b"+OK\r\n" {
+                            self.db = db;
+                        }
+                        self.output.extend_from_slice(&frame);
+                    }
                     Some(Slot::SignIn) => {
                         let accepted = !matches!(frame.first(), Some(b'-' | b'!'));
                         self.signed_in |= accepted;
@@ -354,12 +394,94 @@ impl Session {
                     Some(Slot::DedicatedReplaced(instead)) => {
                         self.output.extend_from_slice(&instead)
                     }
+                    Some(Slot::Hidden) => {}
+                    Some(Slot::UpstreamId) => {
+                        if let Some(id) = crate::upstream::dedicated::parse_integer(&frame) {
+                            self.handle.upstream_id.store(id, Ordering::Relaxed);
+                            link.conn.upstream_id = id;
+                        }
+                    }
+                    Some(Slot::FirstSignIn) => {
+                        let before = link.signing_in.take().expect("opened for a sign-in");
+                        if matches!(frame.first(), Some(b'-' | b'!')) {
+                            self.output.extend_from_slice(&frame);
+                            self.sign_in_refused(before);
+                        } else {
+                            // HELLO's reply names the connection: the client's id is cachet's.
+                            let frame =
+                                resp::reply::replace_hello_id(&frame, self.id).unwrap_or(frame);
+                            self.output.extend_from_slice(&frame);
+                            self.signed_in = true;
+                            self.after_sign_in();
+                        }
+                    }
                     _ => unreachable!("dedicated replies answer the front slot"),
                 }
                 self.after_reply();
             } else {
                 self.output.extend_from_slice(&frame);
             }
+        }
+    }
+
+    /// Redis refused the sign-in a bare connection was opened for. In Redis a refused AUTH
+    /// leaves the connection as it was, signed in as before: the bare connection (signed in
+    /// as nobody, or as the default user) is closed, and the client goes back to the pool
+    /// with its state as before the AUTH (protocol included: a refused HELLO changes nothing).
+    fn sign_in_refused(&mut self, protocol_before: Protocol) {
+        self.pinning.link = None;
+        self.handle.upstream_id.store(0, Ordering::Relaxed);
+        self.pinning.divergence = Divergence::default();
+        self.protocol = protocol_before;
+    }
+
+    /// Redis accepted the sign-in on a bare connection: what the pool's connections (or a
+    /// spare) would have been set up with follows now, as commands whose replies the
+    /// client never reads: `HELLO 3` for a RESP3 client that signed in with AUTH, the pool's
+    /// database, the client's name, and `CLIENT ID` for the id `CLIENT UNBLOCK` and
+    /// `TRACKING ... REDIRECT` translate to. The session waits for them (`Wait::Drain`).
+    fn after_sign_in(&mut self) {
+        let db = self.services.upstream.config.url.db;
+        let protocol = self.protocol;
+        let name = self.name.clone();
+        let link = self.pinning.link.as_mut().expect("signed in on it");
+        let mut hidden = Vec::new();
+        if link.conn.protocol != protocol {
+            let version = if protocol == Protocol::Resp3 {
+                "3"
+            } else {
+                "2"
+            };
+            hidden.push((
+                crate::resp::encode_command(&crate::upstream::args(&["HELLO", version])),
+                Slot::Hidden,
+            ));
+            link.conn.protocol = protocol;
+        }
+        if db != 0 {
+            hidden.push((
+                crate::resp::encode_command(&crate::upstream::args(&["SELECT", &db.to_string()])),
+                Slot::Hidden,
+            ));
+        }
+        if let Some(name) = name.filter(|_| link.conn.name.is_none()) {
+            let command = [
+                Bytes::from_static(b"CLIENT"),
+                Bytes::from_static(b"SETNAME"),
+                name.clone(),
+            ];
+            hidden.push((crate::resp::encode_command(&command), Slot::Hidden));
+            link.conn.name = Some(name);
+        }
+        hidden.push((
+            crate::resp::encode_command(&crate::upstream::args(&["CLIENT", "ID"])),
+            Slot::UpstreamId,
+        ));
+        for (command, slot) in hidden {
+            link.outgoing.extend_from_slice(&command);
+            link.outstanding += 1;
+            self.replies.in_flight += 1;
+            self.replies.slots.push_back(slot);
         }
     }
 
@@ -429,12 +551,19 @@ impl Session {
         let frame = UpstreamError::Lost(reason.to_owned()).to_frame();
         let mut lost = 0;
         for slot in self.replies.slots.iter_mut() {
-            if matches!(
-                slot,
-                Slot::Dedicated | Slot::SignIn | Slot::DedicatedReplaced(_) | Slot::Reset
-            ) {
-                *slot = Slot::Local(frame.clone());
-                lost += 1;
+            match slot {
+                Slot::Dedicated
+                | Slot::Select(_)
+                | Slot::SignIn
+                | Slot::FirstSignIn
+                | Slot::DedicatedReplaced(_)
+                | Slot::Reset => {
+                    *slot = Slot::Local(frame.clone());
+                    lost += 1;
+                }
+                // cachet's own commands owe the client nothing.
+                Slot::Hidden | Slot::UpstreamId => *slot = Slot::Local(Bytes::new()),
+                _ => {}
             }
         }
         self.count_errors(lost);

@@ -194,15 +194,18 @@ fn own<'t>(command: Own, name: &[u8], state: &ClientState) -> Route<'t> {
 /// credentials, on its own connection, in the pool's database, so only a client that is
 /// that user there may ask for them. `Some` is the refusal: `-NOAUTH Authentication
 /// required.`, `-NOPERM only the user cachet connects as may run cachet's 'x' command`
-/// (another user, or a refused AUTH: only Redis knows which), `-ERR cachet's 'x' command
+/// (another user, or an AUTH refused on a dedicated connection the client held already:
+/// only Redis knows which), `-ERR cachet's 'x' command
 /// works in database N only`, `-ERR cachet's 'x' command cannot run inside MULTI` (queued at
 /// Redis as well, so EXEC aborts). [`route`] applies it, so no handler can skip it.
 pub(super) fn gate(name: &[u8], state: &ClientState) -> Option<Reply> {
     let name = String::from_utf8_lossy(name);
     let d = &state.divergence;
     if d.user {
-        // AUTH as another user, or a failed AUTH (only Redis knew which, on the client's own
-        // connection): either way not cachet's user, whose rights cachet acts with.
+        // AUTH as another user, or one refused on a dedicated connection the client held
+        // already (only Redis knew which): either way not cachet's user, whose rights cachet
+        // acts with. An AUTH refused on the connection opened for it leaves `user` unset:
+        // the client is back as it was (`pinning`, "Signing in as someone else").
         Some(Reply::error(format!(
             "NOPERM only the user cachet connects as may run cachet's '{name}' command"
         )))

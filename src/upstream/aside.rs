@@ -207,7 +207,7 @@ async fn run(upstream: Arc<Upstream>, protocol: Protocol, mut rx: mpsc::Receiver
             )));
             continue;
         }
-        let mut setup = upstream.setup_commands(protocol, true);
+        let mut setup = upstream.setup_commands(protocol);
         let required = setup.len();
         setup.push(args(&["CLIENT", "SETNAME", "cachet:aside"]));
         match upstream.connect(&setup, required).await {

@@ -3,9 +3,14 @@
 //! module opens it, replays the client's state onto it, and checks a spare is still usable.
 //!
 //! A client gets one of a small set of clean spares or a newly opened connection, with its
-//! state replayed: the pool's credentials (when the client authenticated with them),
-//! `HELLO 3` for RESP3 clients, the client name. Only connections authenticated with the
-//! pool's credentials become spares.
+//! state replayed: the pool's credentials, `HELLO 3` for RESP3 clients, the pool's database,
+//! the client name. Only connections authenticated with the pool's credentials become spares.
+//!
+//! A client signing in as someone else (AUTH or HELLO ... AUTH with other credentials than
+//! the pool's) gets a bare connection instead ([`Dedicated::open_bare`]): nothing is sent
+//! before its own AUTH, since Redis may refuse anything before it (a `requirepass` set since
+//! the pool connected, a default user switched off). What puts the connection in the
+//! client's state follows the AUTH, unseen by the client (`crate::session::pinning`).
 
 use bytes::Bytes;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -30,35 +35,42 @@ impl Dedicated {
         upstream: &Upstream,
         protocol: Protocol,
         name: Option<Bytes>,
-        authenticate: bool,
     ) -> Result<Self, UpstreamError> {
-        let mut setup = upstream.setup_commands(protocol, authenticate);
+        let mut setup = upstream.setup_commands(protocol);
         let required = setup.len();
-        // A client that has not authenticated yet gets a bare connection: its own AUTH (or
-        // HELLO AUTH) comes next, and Redis would refuse anything before it.
-        if authenticate {
-            if let Some(name) = &name {
-                setup.push(vec![
-                    Bytes::from_static(b"CLIENT"),
-                    Bytes::from_static(b"SETNAME"),
-                    name.clone(),
-                ]);
-            }
-            setup.push(args(&["CLIENT", "ID"]));
+        if let Some(name) = &name {
+            setup.push(vec![
+                Bytes::from_static(b"CLIENT"),
+                Bytes::from_static(b"SETNAME"),
+                name.clone(),
+            ]);
         }
+        setup.push(args(&["CLIENT", "ID"]));
         let (stream, replies) = upstream.connect(&setup, required).await?;
-        let upstream_id = match authenticate {
-            true => replies.last().and_then(|r| parse_integer(r)).unwrap_or(0),
-            false => 0,
-        };
+        let upstream_id = replies.last().and_then(|r| parse_integer(r)).unwrap_or(0);
         let (reader, writer) = stream.into_split();
         Ok(Dedicated {
             reader,
             writer,
             protocol,
             name,
-            authenticated: authenticate,
+            authenticated: true,
             upstream_id,
+        })
+    }
+
+    /// A connection with nothing sent on it yet, for a client's own sign-in: RESP2, no name,
+    /// Redis's default user (or none), id unknown until the session asks.
+    pub(super) async fn open_bare(upstream: &Upstream) -> Result<Self, UpstreamError> {
+        let (stream, _) = upstream.connect(&[], 0).await?;
+        let (reader, writer) = stream.into_split();
+        Ok(Dedicated {
+            reader,
+            writer,
+            protocol: Protocol::Resp2,
+            name: None,
+            authenticated: false,
+            upstream_id: 0,
         })
     }
 
@@ -86,9 +98,12 @@ impl Dedicated {
             Bytes::from_static(b"SETNAME"),
             name.clone().unwrap_or_default(),
         ];
-        tokio::time::timeout(timeout, super::run_setup(&mut stream, &[command], 1))
-            .await
-            .map_err(|_| UpstreamError::Timeout(timeout.as_millis() as u64))??;
+        tokio::time::timeout(
+            timeout,
+            super::run_setup(&mut stream, &[command], 1, super::SETUP_REPLY_LIMIT),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout(timeout.as_millis() as u64))??;
         let (reader, writer) = stream.into_split();
         Ok(Dedicated {
             reader,
@@ -99,7 +114,8 @@ impl Dedicated {
     }
 }
 
-fn parse_integer(frame: &[u8]) -> Option<i64> {
+/// The value of an integer reply (`:42\r\n`).
+pub fn parse_integer(frame: &[u8]) -> Option<i64> {
     let text = std::str::from_utf8(frame.strip_prefix(b":")?).ok()?;
     text.trim_end().parse().ok()
 }

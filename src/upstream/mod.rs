@@ -165,6 +165,16 @@ impl Upstream {
             .sum()
     }
 
+    /// A connection Redis can never send a tracking invalidation on: a RESP2 pooled
+    /// connection, which is never subscribed, so Redis drops what is redirected to it
+    /// (`tracking.c`, `sendTrackingMessage`). `None` while the RESP2 pool is down.
+    pub fn tracking_sink(&self) -> Option<i64> {
+        self.pools[Protocol::Resp2.index()]
+            .get()?
+            .iter()
+            .find_map(PoolHandle::redis_id)
+    }
+
     /// The pooled connections for `protocol`, started on first use.
     pub fn pool(self: &Arc<Self>, protocol: Protocol) -> &[PoolHandle] {
         self.pools[protocol.index()].get_or_init(|| {
@@ -187,23 +197,27 @@ impl Upstream {
     }
 
     /// A connection for one client alone, from the spares or newly opened, set up for
-    /// `protocol`, `name`, and authenticated as the pool is when `authenticate`.
+    /// `protocol` and `name` and authenticated as the pool is.
     pub async fn dedicated(
         &self,
         protocol: Protocol,
         name: Option<Bytes>,
-        authenticate: bool,
     ) -> Result<Dedicated, UpstreamError> {
-        if authenticate {
-            let mut spares = self.spares.lock().await;
-            while let Some(conn) = spares.pop() {
-                if conn.protocol == protocol && conn.is_alive() {
-                    drop(spares);
-                    return conn.rename(name, self.config.connect_timeout()).await;
-                }
+        let mut spares = self.spares.lock().await;
+        while let Some(conn) = spares.pop() {
+            if conn.protocol == protocol && conn.is_alive() {
+                drop(spares);
+                return conn.rename(name, self.config.connect_timeout()).await;
             }
         }
-        Dedicated::open(self, protocol, name, authenticate).await
+        drop(spares);
+        Dedicated::open(self, protocol, name).await
+    }
+
+    /// A newly opened connection with nothing sent on it, for a client that signs in as
+    /// someone else: its own AUTH must be the first command Redis reads.
+    pub async fn bare(&self) -> Result<Dedicated, UpstreamError> {
+        Dedicated::open_bare(self).await
     }
 
     /// Takes back a dedicated connection whose state is the default one again.
@@ -244,7 +258,7 @@ impl Upstream {
                 .await
                 .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?;
             stream.set_nodelay(true).ok();
-            let replies = run_setup(&mut stream, setup, required).await?;
+            let replies = run_setup(&mut stream, setup, required, SETUP_REPLY_LIMIT).await?;
             Ok((stream, replies))
         };
         tokio::time::timeout(timeout, attempt)
@@ -258,9 +272,9 @@ impl Upstream {
     }
 
     /// The setup commands that put a new connection in the pool's state.
-    pub(crate) fn setup_commands(&self, protocol: Protocol, authenticate: bool) -> Vec<Vec<Bytes>> {
+    pub(crate) fn setup_commands(&self, protocol: Protocol) -> Vec<Vec<Bytes>> {
         let mut setup = Vec::new();
-        let credentials = self.config.credentials().filter(|_| authenticate);
+        let credentials = self.config.credentials();
         match (protocol, credentials) {
             (Protocol::Resp3, Some((user, password))) => {
                 setup.push(args(&["HELLO", "3", "AUTH", &user, password.expose()]))
@@ -278,6 +292,10 @@ impl Upstream {
     }
 }
 
+/// Replies to setup commands are a few bytes each; this bounds what a misbehaving server
+/// can make cachet buffer during a handshake.
+pub(crate) const SETUP_REPLY_LIMIT: usize = 1 << 20;
+
 /// Builds an argument vector from string slices.
 pub(crate) fn args(parts: &[&str]) -> Vec<Bytes> {
     parts
@@ -290,6 +308,7 @@ async fn run_setup(
     stream: &mut TcpStream,
     setup: &[Vec<Bytes>],
     required: usize,
+    max_bytes: usize,
 ) -> Result<Vec<Bytes>, UpstreamError> {
     if setup.is_empty() {
         return Ok(Vec::new());
@@ -319,6 +338,11 @@ async fn run_setup(
                 replies.push(frame);
             }
             Ok(None) => {
+                if buf.len() > max_bytes {
+                    return Err(UpstreamError::Lost(format!(
+                        "a reply of over {max_bytes} bytes"
+                    )));
+                }
                 let n = stream
                     .read_buf(&mut buf)
                     .await

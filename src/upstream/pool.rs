@@ -34,7 +34,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -166,6 +166,8 @@ impl ReplyAccount {
 pub struct PoolHandle {
     tx: mpsc::UnboundedSender<PoolRequest>,
     up: Arc<AtomicBool>,
+    /// The connection's `CLIENT ID` at Redis, learnt at every (re)connect; 0 while down.
+    id: Arc<AtomicI64>,
 }
 
 impl PoolHandle {
@@ -183,6 +185,11 @@ impl PoolHandle {
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
+
+    /// The connection's Redis client id, `None` while it is down.
+    pub fn redis_id(&self) -> Option<i64> {
+        Some(self.id.load(Ordering::Relaxed)).filter(|&id| id != 0)
+    }
 }
 
 fn fail(request: PoolRequest, error: &UpstreamError) {
@@ -197,8 +204,9 @@ fn fail(request: PoolRequest, error: &UpstreamError) {
 pub fn spawn(upstream: Arc<Upstream>, protocol: Protocol, index: usize) -> PoolHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let up = Arc::new(AtomicBool::new(false));
-    tokio::spawn(run(upstream, protocol, index, rx, up.clone()));
-    PoolHandle { tx, up }
+    let id = Arc::new(AtomicI64::new(0));
+    tokio::spawn(run(upstream, protocol, index, rx, up.clone(), id.clone()));
+    PoolHandle { tx, up, id }
 }
 
 async fn run(
@@ -207,6 +215,7 @@ async fn run(
     index: usize,
     mut rx: mpsc::UnboundedReceiver<PoolRequest>,
     up: Arc<AtomicBool>,
+    id: Arc<AtomicI64>,
 ) {
     let mut backoff = BACKOFF_MIN;
     let mut was_up = false;
@@ -226,11 +235,17 @@ async fn run(
                 upstream.config.url.address()
             ));
         } else {
-            let mut setup = upstream.setup_commands(protocol, true);
+            let mut setup = upstream.setup_commands(protocol);
             let required = setup.len();
             setup.push(args(&["CLIENT", "SETNAME", "cachet:pool"]));
+            // Its id, so that CLIENT KILL through cachet can leave it alone.
+            setup.push(args(&["CLIENT", "ID"]));
             match upstream.connect(&setup, required).await {
-                Ok((stream, _)) => {
+                Ok((stream, replies)) => {
+                    let redis_id = replies
+                        .last()
+                        .and_then(|r| super::dedicated::parse_integer(r));
+                    id.store(redis_id.unwrap_or(0), Ordering::Relaxed);
                     tracing::info!(?protocol, index, "pooled connection up");
                     if was_up {
                         upstream.pool_reconnects.inc();
@@ -247,6 +262,7 @@ async fn run(
                         }
                     }
                     up.store(false, Ordering::Relaxed);
+                    id.store(0, Ordering::Relaxed);
                 }
                 Err(error) => {
                     tracing::debug!(?protocol, index, %error, "pooled connection failed");
