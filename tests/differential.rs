@@ -1901,6 +1901,36 @@ async fn client_list_and_kill_act_on_cachets_clients_only() {
     assert_eq!(pool_before, pool_after);
 }
 
+/// CLIENT GETREDIR answers the id the client redirected to, as it knows it (cachet's id
+/// through cachet), 0 when tracking without a redirect, -1 with tracking off; as Redis does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getredir_names_the_redirect_as_the_client_gave_it() {
+    let f = Fixture::start().await;
+    for addr in [f.direct.addr(), f.proxy.addr] {
+        let mut target = RawClient::connect(addr).await.expect("connect");
+        let mut tracker = RawClient::connect(addr).await.expect("connect");
+        let id = target.text(&["CLIENT", "ID"]).await;
+        let id = id.trim_start_matches(':').trim_end().to_owned();
+        assert_eq!(tracker.text(&["CLIENT", "GETREDIR"]).await, ":-1\r\n");
+        assert_eq!(
+            tracker
+                .text(&["CLIENT", "TRACKING", "on", "REDIRECT", &id])
+                .await,
+            "+OK\r\n"
+        );
+        assert_eq!(
+            tracker.text(&["CLIENT", "GETREDIR"]).await,
+            format!(":{id}\r\n"),
+            "{addr}"
+        );
+        assert_eq!(
+            tracker.text(&["CLIENT", "TRACKING", "off"]).await,
+            "+OK\r\n"
+        );
+        assert_eq!(tracker.text(&["CLIENT", "GETREDIR"]).await, ":-1\r\n");
+    }
+}
+
 /// The sequence keeps covering at least `MIN_DISTINCT_COMMANDS` distinct commands, each one that
 /// Redis knows (checked with COMMAND INFO, so a typo cannot count).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2841,5 +2871,8 @@ async fn issue15_cachets_own_connections_cannot_be_killed() {
     assert_eq!(outsider.text(&["PING"]).await, "+PONG\r\n");
     assert_eq!(killer.text(&["PING"]).await, "+PONG\r\n");
     let after = at_redis.text(&["CLIENT", "LIST"]).await;
-    assert!(after.contains(&format!("id={pool_id} ")), "the pool connection was replaced: {after}");
+    assert!(
+        after.contains(&format!("id={pool_id} ")),
+        "the pool connection was replaced: {after}"
+    );
 }

@@ -2306,3 +2306,48 @@ async fn one_error_per_command_when_a_fast_write_fails() {
         "an extra reply arrived"
     );
 }
+
+/// A client's `FUNCTION FLUSH` (or DELETE, RESTORE) through cachet takes cachet's library
+/// with it; cachet loads it again before answering, so the tagged writes and RENAMEs after
+/// it work (before, they got `ERR Function not found` until the control client reconnected:
+/// ioredis's suite flushes functions between tests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_writes_survive_a_function_flush_through_cachet() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut client = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(client.text(&["SET", "sessions:teacher:1", "v"]).await, ok());
+    for flush in [
+        &["FUNCTION", "FLUSH"][..],
+        &["FUNCTION", "DELETE", "cachet"],
+        &["FUNCTION", "FLUSH", "SYNC"],
+    ] {
+        // Pipelined: the write right behind the flush must find the library.
+        client
+            .send_raw(
+                &[
+                    RawClient::encode(flush),
+                    RawClient::encode(&["SET", "sessions:teacher:2", "w"]),
+                    RawClient::encode(&["RENAME", "sessions:teacher:2", "sessions:teacher:3"]),
+                ]
+                .concat(),
+            )
+            .await
+            .unwrap();
+        for expected in ["+OK\r\n", "+OK\r\n", "+OK\r\n"] {
+            let reply = client.read_frame().await.unwrap();
+            assert_eq!(text(&reply), expected, "after {flush:?}");
+        }
+    }
+    // The renamed key kept its tags: invalidating the teacher's tag deletes it.
+    assert_eq!(client.text(&["TAGINVALIDATE", "teacher:3"]).await, ":1\r\n");
+    assert_eq!(
+        client.text(&["EXISTS", "sessions:teacher:3"]).await,
+        ":0\r\n"
+    );
+    // Redis's own error for a library that is not there, unchanged.
+    assert_eq!(
+        client.text(&["FUNCTION", "DELETE", "nosuchlib"]).await,
+        "-ERR Library not found\r\n"
+    );
+}

@@ -60,3 +60,46 @@ impl Session {
         });
     }
 }
+
+impl Session {
+    /// `FUNCTION FLUSH`, `DELETE` or `RESTORE`: once this client's earlier replies are in,
+    /// sent on the out-of-band lane, and before its reply goes out (and before this client's
+    /// next command), cachet loads its own function library again if it uses it, so a tagged
+    /// write after it does not meet `ERR Function not found`. Other clients' tagged writes
+    /// in the millisecond between the two can (README, "What is transparent").
+    pub(super) fn functions_command(&mut self, request: Request) {
+        if self.client_gone {
+            self.closing = true;
+            return;
+        }
+        self.flush_batch();
+        if !self.replies.slots.is_empty() {
+            // Dispatched again once they are (`process_input`), through the same route.
+            self.pinning.held = Some(request);
+            self.pinning.wait = Wait::Drain;
+            return;
+        }
+        self.replies.next_async += 1;
+        let id = self.replies.next_async;
+        self.replies.slots.push_back(Slot::Async(id));
+        self.replies.in_flight += 1;
+        self.pinning.wait = Wait::Drain;
+        let services = self.services.clone();
+        let inbox = self.reply_tx.clone();
+        let protocol = self.protocol;
+        tokio::spawn(async move {
+            let lane = services.upstream.aside(protocol);
+            let reply = match lane.call(request.raw.clone(), Effect::None).await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    services.metrics.errors.inc();
+                    error.to_frame()
+                }
+            };
+            if let Err(error) = services.index.reload().await {
+                tracing::warn!(%error, "loading cachet's function library after FUNCTION FLUSH/DELETE/RESTORE failed");
+            }
+            let _ = inbox.send(Inbox::Done(id, reply));
+        });
+    }
+}

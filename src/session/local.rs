@@ -75,6 +75,10 @@ impl Session {
             // authenticated as another user goes to Redis, which checks its rights.
             (b"list", _) if !self.pinning.divergence.user => self.client_list(request),
             (b"info", 2) if !self.pinning.divergence.user => self.client_info(),
+            // The redirection in cachet's ids, as the client gave it.
+            (b"getredir", 2) if !self.pinning.divergence.user => {
+                self.reply_local(Reply::Integer(self.redirect))
+            }
             (b"kill", 3..) if !self.pinning.divergence.user => self.client_kill(request),
             (b"unblock", _) => {
                 let request = self.translate_unblock(request);
@@ -84,14 +88,17 @@ impl Session {
                 let on = request
                     .arg(2)
                     .is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
+                let original = request.clone();
                 let request = match self.translate_redirect(request, on && !dedicated) {
                     Ok(request) => request,
                     Err(refusal) => return self.reply_local(refusal),
                 };
                 if on || dedicated {
                     self.pinning.divergence.client_mode |= on;
+                    // As CLIENT GETREDIR and CLIENT LIST's `redir` show it: the client's
+                    // own id for the target, 0 for none, -1 with tracking off.
                     self.redirect = match on {
-                        true => redirect_of(&request).unwrap_or(-1),
+                        true => redirect_of(&original).unwrap_or(0),
                         false => -1,
                     };
                     self.route_dedicated(request, b"client");

@@ -587,6 +587,7 @@ impl Session {
             }
             Route::Client => self.client_command(request),
             Route::Aside => self.aside_command(request, name),
+            Route::Functions => self.functions_command(request),
             Route::Reset => self.reset_local(request),
             Route::Auth => self.auth(request),
             Route::Hello => self.hello(request),

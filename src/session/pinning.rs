@@ -195,7 +195,6 @@ impl Session {
             b"select" => {
                 // Queued in MULTI it may yet fail: stay pinned rather than guess.
                 d.database = other_db || (d.multi && d.database);
-
             }
             b"auth" => {
                 d.user = true;

@@ -103,6 +103,9 @@ pub(super) enum Route<'t> {
     /// A command that acts on other connections' work, on the out-of-band lane
     /// (`upstream::aside`), answered in order.
     Aside,
+    /// FUNCTION FLUSH, DELETE or RESTORE: may remove cachet's own library, which is loaded
+    /// again before the reply (`Session::functions_command`).
+    Functions,
     /// A command of cachet's own, past the gate.
     Own(Own),
     /// Refused by the gate inside MULTI on the dedicated connection. It is queued at Redis
@@ -159,6 +162,7 @@ pub(super) fn route<'t>(
             frames: request.args.len().max(2) - 1,
         },
         b"info" if !pinned => Route::Info,
+        b"function" if !pinned && drops_functions(request) => Route::Functions,
         b"script" | b"function" | b"shutdown" if !pinned && acts_on_others(name, request) => {
             Route::Aside
         }
@@ -266,6 +270,16 @@ pub(super) fn acts_on_others(name: &[u8], request: &Request) -> bool {
             | (b"function", b"kill" | b"stats")
             | (b"client", b"pause" | b"unpause" | b"unblock")
     )
+}
+
+/// FUNCTION FLUSH, DELETE and RESTORE: they may take cachet's library away with the
+/// client's (DELETE of another library cannot, but is rare enough to treat alike).
+pub(super) fn drops_functions(request: &Request) -> bool {
+    request.arg(1).is_some_and(|sub| {
+        sub.eq_ignore_ascii_case(b"flush")
+            || sub.eq_ignore_ascii_case(b"delete")
+            || sub.eq_ignore_ascii_case(b"restore")
+    })
 }
 
 /// Commands Redis 7 postpones during a `CLIENT PAUSE ... WRITE` (its `processCommand`:
@@ -484,6 +498,15 @@ mod tests {
             (&["script", "kill", "x"], SIGNED_IN, "aside"),
             (&["FUNCTION", "KILL"], SIGNED_IN, "aside"),
             (&["FUNCTION", "STATS"], SIGNED_IN, "aside"),
+            (&["FUNCTION", "FLUSH"], SIGNED_IN, "functions"),
+            (&["function", "delete", "lib"], SIGNED_IN, "functions"),
+            (
+                &["FUNCTION", "RESTORE", "payload", "REPLACE"],
+                SIGNED_IN,
+                "functions",
+            ),
+            (&["FUNCTION", "FLUSH"], pinned, "dedicated"),
+            (&["FUNCTION", "LIST"], SIGNED_IN, "tracked false"),
             (&["FUNCTION", "LIST"], SIGNED_IN, "tracked false"),
             (&["SHUTDOWN", "NOSAVE"], SIGNED_IN, "aside"),
             (&["SHUTDOWN"], SIGNED_IN, "aside"),

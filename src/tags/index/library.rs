@@ -8,9 +8,11 @@
 //! (`FUNCTION FLUSH`, a call that races the reload after a restart): a call then fails with
 //! [`IndexError::FunctionMissing`], and [`TagIndex::with_library`] loads the library and
 //! makes the call once more. A client's tagged write, which goes through the pool, is not
-//! retried: after a `FUNCTION FLUSH` it gets Redis's `ERR Function not found` until the
-//! control client reconnects or a call of the index's own (a TAG command, an invalidation,
-//! a policy's action) loads the library again.
+//! retried: a `FUNCTION FLUSH`, `DELETE` or `RESTORE` through cachet is followed by a reload
+//! before its reply (`session::aside`), but after one sent to Redis directly a tagged write
+//! gets Redis's `ERR Function not found` until the control client reconnects or a call of
+//! the index's own (a TAG command, an invalidation, a policy's action) loads the library
+//! again.
 
 use std::future::Future;
 use std::sync::Arc;
