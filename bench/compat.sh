@@ -75,6 +75,9 @@ export IOREDIS_TIMEOUT
     test_scripting.py test_function.py test_connection.py test_connection_pool.py
     test_encoding.py test_monitor.py test_hash.py test_keyspace_notifications.py
     test_retry.py test_hello_fallback.py test_cwe_404.py test_command_parser.py}"
+# The test runner, pinned (coverage: only so the project's pytest filterwarnings entry loads).
+PYTEST_PINS="pytest==9.2.0 pytest-asyncio==1.5.0 pytest-timeout==2.4.0 coverage==7.11.0"
+PYTEST_PINS_RE=$(sed 's/ /|/g; s/\./\\./g' <<<"$PYTEST_PINS")
 REDIS_PY_MARKERS="not onlycluster and not redismod and not ssl and not replica"
 # What the redis-servers run with: DEBUG is allowed, as in redis-py's and ioredis's CI.
 REDIS_SERVER_ARGS=${REDIS_SERVER_ARGS:---enable-debug-command yes}
@@ -155,11 +158,12 @@ setup_redis_py() {
             "redis==$REDIS_PY_VERSION" && tar xzf "redis-$REDIS_PY_VERSION.tar.gz") \
             || die "cannot get the redis-py sdist"
     fi
-    if [[ ! -x $venv/bin/python ]] || ! "$venv/bin/python" -c 'import pytest_timeout, pytest_asyncio' 2>/dev/null; then
+    if [[ ! -x $venv/bin/python ]] \
+        || [[ $("$venv/bin/python" -m pip freeze 2>/dev/null | grep -ciE "^($PYTEST_PINS_RE)$") != 4 ]]; then
         log "creating the venv in $venv"
         python3 -m venv "$venv"
-        "$venv/bin/pip" install -q "pytest" "pytest-asyncio>=0.24" "pytest-timeout" \
-            "coverage<7.11.1" "packaging" >"$run_dir/pip.log" 2>&1 \
+        # shellcheck disable=SC2086
+        "$venv/bin/pip" install -q $PYTEST_PINS packaging >"$run_dir/pip.log" 2>&1 \
             || die "pip install failed; see $run_dir/pip.log"
     fi
     redis_py_src=$src
