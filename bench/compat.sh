@@ -32,7 +32,7 @@
 #   IOREDIS_GIT_DIR=DIR   a git directory holding IOREDIS_COMMIT (else it is cloned from
 #                         IOREDIS_URL=https://github.com/redis/ioredis.git)
 #   PYTEST_TIMEOUT=60     seconds per redis-py test (pytest-timeout): a hang is a failure
-#   PYTEST_ARGS=...       extra pytest arguments (e.g. -k 'pubsub')
+#   PYTEST_ARGS=...       extra pytest arguments, shell-quoted (e.g. "-k 'pubsub or lock'")
 #   SUITE_TIMEOUT=3600    seconds before a whole suite run is killed
 #   IOREDIS_TIMEOUT=2400  the same for one ioredis run
 #
@@ -178,15 +178,16 @@ run_redis_py() { # suite protocol mode
     else
         for f in $REDIS_PY_ASYNC_TESTS; do files+=("tests/test_asyncio/$f"); done
     fi
+    # PYTEST_ARGS is split as the shell would: -k 'a or b' stays one argument.
+    eval "local pytest_extra=($PYTEST_ARGS)"
     start_target "$name" "$mode"
     log "$name: pytest ${#files[@]} files"
     # -o addopts="": drop the project's -s so output is captured per test.
-    # shellcheck disable=SC2086
     (cd "$redis_py_src" && timeout --kill-after=30 "$SUITE_TIMEOUT" \
         "$redis_py_python" -m pytest -p no:cacheprovider -o addopts="" -q -rfE -W ignore \
         --timeout="$PYTEST_TIMEOUT" -m "$REDIS_PY_MARKERS" \
         --redis-url="redis://127.0.0.1:$target_port/0" --protocol="$proto" \
-        --junitxml="$out/$name.xml" $PYTEST_ARGS "${files[@]}") \
+        --junitxml="$out/$name.xml" "${pytest_extra[@]}" "${files[@]}") \
         >"$run_dir/$name.log" 2>&1 || true
     tail -n 1 "$run_dir/$name.log" | sed "s/^/[$name] /" >&2
     stop_all
@@ -258,5 +259,11 @@ for suite in $SUITES; do
 done
 
 export SUITES PROTOCOLS
-IOREDIS_ROOT=${ioredis_src:-} python3 "$here/compat/summarize.py" "$out" | tee "$out/summary.md"
+{
+    echo "Run \`$stamp\`:"
+    echo
+    sed 's/^/    /' "$out/env.txt"
+    echo
+    IOREDIS_ROOT=${ioredis_src:-} python3 "$here/compat/summarize.py" "$out"
+} | tee "$out/summary.md"
 log "summary: $out/summary.md"
