@@ -207,7 +207,8 @@ setup_ioredis() {
             IOREDIS_GIT_DIR=$tmp/git
         fi
         mkdir -p "$tmp/tree"
-        # Only what the tests need (the docs are large and not always in a snapshot).
+        # Only what the tests need (the docs are large and not always in a snapshot; git may
+        # still print "invalid object ... docs/..." for such a snapshot: harmless).
         git --git-dir="$IOREDIS_GIT_DIR" archive "$IOREDIS_COMMIT" -- lib test bin \
             package.json package-lock.json tsconfig.json | tar x -C "$tmp/tree" \
             || die "cannot extract ioredis $IOREDIS_COMMIT"
