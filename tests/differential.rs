@@ -2538,6 +2538,9 @@ async fn sign_in_after_requirepass(resp3: bool) {
     if resp3 {
         early.same(Norm::Hello, &["HELLO", "3"]).await;
     }
+    // Answered, so Redis has accepted the direct connection while the password is unset (it
+    // may otherwise accept it after the CONFIG SET below, and answer it NOAUTH).
+    early.same(Norm::Exact, &["PING"]).await;
     late.same(Norm::Exact, &["CONFIG", "SET", "requirepass", "pw"])
         .await;
     // A refused HELLO ... AUTH changes nothing, the protocol included.
