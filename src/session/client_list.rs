@@ -31,24 +31,28 @@ use super::*;
 /// How long a listing waits for the other sessions' lines.
 const DESCRIBE_WAIT: Duration = Duration::from_secs(1);
 
-/// Container commands, whose `cmd=` names the subcommand too (`client|list`).
-const CONTAINERS: &[&[u8]] = &[
-    b"acl",
-    b"client",
-    b"cluster",
-    b"command",
-    b"config",
-    b"function",
-    b"latency",
-    b"memory",
-    b"module",
-    b"object",
-    b"pubsub",
-    b"script",
-    b"slowlog",
-    b"xgroup",
-    b"xinfo",
-];
+/// Container commands, whose `cmd=` names the subcommand too (`client|list`). A `match`,
+/// not a list scan: it runs for every command.
+fn is_container(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"acl"
+            | b"client"
+            | b"cluster"
+            | b"command"
+            | b"config"
+            | b"function"
+            | b"latency"
+            | b"memory"
+            | b"module"
+            | b"object"
+            | b"pubsub"
+            | b"script"
+            | b"slowlog"
+            | b"xgroup"
+            | b"xinfo"
+    )
+}
 
 /// The last command a client sent, as `CLIENT LIST` names it.
 #[derive(Clone, Copy)]
@@ -73,7 +77,7 @@ impl LastCommand {
     pub(super) fn set(&mut self, name: &[u8], request: &Request) {
         self.len = 0;
         self.push(name);
-        if CONTAINERS.contains(&name)
+        if is_container(name)
             && let Some(sub) = request.arg(1)
         {
             self.push(b"|");

@@ -81,13 +81,18 @@ impl Effect {
 }
 
 /// The pause issued through cachet that Redis is known to hold, if any: read on every
-/// command, so it is two atomics, not a lock.
+/// command, so it is atomics, not a lock, and while no pause is in effect one load
+/// (`active`), not a clock read.
 pub struct Pauses {
     base: Instant,
     /// When the last one ends or ended, in ms after `base`; 0 for none yet.
     until_ms: AtomicU64,
     /// It pauses every command (`ALL`), not only writes.
     all: AtomicBool,
+    /// A pause may be in effect: set after `until_ms` by `apply`, cleared by the first
+    /// reader that finds it over (which then looks again, so a pause applied meanwhile is
+    /// never missed).
+    active: AtomicBool,
 }
 
 impl Default for Pauses {
@@ -96,6 +101,7 @@ impl Default for Pauses {
             base: Instant::now(),
             until_ms: AtomicU64::new(0),
             all: AtomicBool::new(false),
+            active: AtomicBool::new(false),
         }
     }
 }
@@ -113,7 +119,8 @@ impl Pauses {
             Effect::Pause { all, ms } => {
                 let until = self.now_ms().saturating_add(ms).max(1);
                 self.all.store(all, Ordering::Relaxed);
-                self.until_ms.fetch_max(until, Ordering::Relaxed);
+                self.until_ms.fetch_max(until, Ordering::SeqCst);
+                self.active.store(true, Ordering::SeqCst);
             }
             Effect::Unpause => self.until_ms.store(self.now_ms(), Ordering::Relaxed),
         }
@@ -121,13 +128,23 @@ impl Pauses {
 
     /// When the known pause ends, if one is in effect now.
     pub fn until(&self) -> Option<Instant> {
-        let until = self.until_ms.load(Ordering::Relaxed);
+        let until = self.until_ms.load(Ordering::SeqCst);
         (until > self.now_ms()).then(|| self.base + Duration::from_millis(until))
     }
 
     /// A `WRITE` pause is in effect: writes must not go to the pool.
     pub fn writes_paused(&self) -> bool {
-        self.until().is_some() && !self.all.load(Ordering::Relaxed)
+        if !self.active.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.until().is_none() {
+            self.active.store(false, Ordering::SeqCst);
+            if self.until().is_none() {
+                return false;
+            }
+            self.active.store(true, Ordering::SeqCst);
+        }
+        !self.all.load(Ordering::Relaxed)
     }
 
     /// When a reply to a command sent at `sent` is late: `limit` after it was sent, or after
