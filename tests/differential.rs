@@ -1931,6 +1931,96 @@ async fn getredir_names_the_redirect_as_the_client_gave_it() {
     }
 }
 
+/// A MULTI that cachet cannot open a connection for (here: Redis refuses the new
+/// connection's `HELLO 3`, a password having been set at Redis directly) must not let the
+/// commands pipelined after it run one by one on the pool: they are refused, EXEC answers
+/// `-EXECABORT`, and nothing is written. Before, the SET ran and EXEC said "without MULTI".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_without_a_connection_runs_none_of_its_commands() {
+    let f = Fixture::start().await;
+    let mut c = RawClient::connect(f.proxy.addr).await.expect("connect");
+    let hello = c.text(&["HELLO", "3"]).await;
+    assert!(hello.starts_with('%'), "{hello}");
+    let mut admin = RawClient::connect(f.upstream.addr())
+        .await
+        .expect("connect");
+    assert_eq!(
+        admin.text(&["CONFIG", "SET", "requirepass", "pw"]).await,
+        "+OK\r\n"
+    );
+
+    let pipeline = |tail: &[&[&str]]| {
+        let mut bytes = RawClient::encode(&["MULTI"]);
+        for args in tail {
+            bytes.extend_from_slice(&RawClient::encode(args));
+        }
+        bytes
+    };
+    c.send_raw(&pipeline(&[
+        &["SET", "tx-key", "1"],
+        &["INCR", "tx-n"],
+        &["EXEC"],
+        &["GET", "tx-key"],
+    ]))
+    .await
+    .expect("send");
+    let mut replies = Vec::new();
+    for _ in 0..5 {
+        replies.push(String::from_utf8_lossy(&c.read_frame().await.expect("reply")).into_owned());
+    }
+    assert!(
+        replies[0].starts_with("-ERR upstream refused the connection setup"),
+        "{replies:?}"
+    );
+    assert!(
+        replies[1].starts_with("-ERR command not queued"),
+        "{replies:?}"
+    );
+    assert!(
+        replies[2].starts_with("-ERR command not queued"),
+        "{replies:?}"
+    );
+    assert_eq!(
+        replies[3],
+        "-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    assert_eq!(replies[4], "_\r\n", "nothing was written: {replies:?}");
+
+    // DISCARD ends it too, and the client is back to normal.
+    c.send_raw(&pipeline(&[
+        &["SET", "tx-key", "2"],
+        &["DISCARD"],
+        &["PING"],
+    ]))
+    .await
+    .expect("send");
+    let mut replies = Vec::new();
+    for _ in 0..4 {
+        replies.push(String::from_utf8_lossy(&c.read_frame().await.expect("reply")).into_owned());
+    }
+    assert!(
+        replies[1].starts_with("-ERR command not queued"),
+        "{replies:?}"
+    );
+    assert_eq!(&replies[2..], ["+OK\r\n", "+PONG\r\n"], "{replies:?}");
+
+    // Once Redis takes new connections again, MULTI works.
+    admin.send(&["AUTH", "pw"]).await.expect("send");
+    admin.read_frame().await.expect("auth");
+    assert_eq!(
+        admin.text(&["CONFIG", "SET", "requirepass", ""]).await,
+        "+OK\r\n"
+    );
+    c.send_raw(&pipeline(&[&["SET", "tx-key", "3"], &["EXEC"]]))
+        .await
+        .expect("send");
+    let mut replies = Vec::new();
+    for _ in 0..3 {
+        replies.push(String::from_utf8_lossy(&c.read_frame().await.expect("reply")).into_owned());
+    }
+    assert_eq!(replies, ["+OK\r\n", "+QUEUED\r\n", "*1\r\n+OK\r\n"]);
+}
+
 /// The sequence keeps covering at least `MIN_DISTINCT_COMMANDS` distinct commands, each one that
 /// Redis knows (checked with COMMAND INFO, so a typo cannot count).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -334,6 +334,35 @@ impl Session {
         self.reply_local(Reply::Simple("RESET"));
     }
 
+    /// A command after a MULTI that cachet could not open a connection for. Redis itself
+    /// never refuses MULTI alone, and a client that pipelines `MULTI ... EXEC` reads MULTI's
+    /// error only at EXEC: running the queued writes one by one on the pool would apply part
+    /// of a transaction. So, as for a transaction in which a command failed to queue, each
+    /// command gets an error, EXEC `-EXECABORT`, DISCARD `+OK`, and the client is back to
+    /// normal after either (or RESET, or QUIT).
+    pub(super) fn failed_transaction(&mut self, request: Request, name: &[u8]) {
+        match name {
+            b"exec" => {
+                self.multi_failed = false;
+                self.reply_local(Reply::error(
+                    "EXECABORT Transaction discarded because of previous errors.",
+                ));
+            }
+            b"discard" => {
+                self.multi_failed = false;
+                self.reply_local(Reply::ok());
+            }
+            b"multi" => self.reply_local(Reply::error("ERR MULTI calls can not be nested")),
+            b"reset" | b"quit" => {
+                self.multi_failed = false;
+                self.dispatch(request);
+            }
+            _ => self.reply_local(Reply::error(
+                "ERR command not queued: cachet could not open a connection for this MULTI (see its error); send EXEC or DISCARD",
+            )),
+        }
+    }
+
     pub(super) fn reset_state(&mut self) {
         self.protocol = Protocol::Resp2;
         self.name = None;

@@ -212,6 +212,9 @@ pub struct Session {
     created: Instant,
     db: u32,
     last_command: client_list::LastCommand,
+    /// Its MULTI could not get a dedicated connection: until EXEC or DISCARD its commands
+    /// are refused, not run outside the transaction (`failed_transaction`).
+    multi_failed: bool,
     user: Option<Bytes>,
     pending_user: Option<Bytes>,
     redirect: i64,
@@ -291,6 +294,7 @@ impl Session {
             created: Instant::now(),
             db: services_db,
             last_command: client_list::LastCommand::default(),
+            multi_failed: false,
             user: None,
             pending_user: None,
             redirect: -1,
@@ -567,6 +571,9 @@ impl Session {
         self.count_command(name);
         if let Some(name) = name {
             self.last_command.set(name, &request);
+        }
+        if self.multi_failed {
+            return self.failed_transaction(request, name.unwrap_or_default());
         }
         let table = self.services.upstream.commands();
         let state = ClientState {

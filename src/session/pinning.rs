@@ -155,7 +155,12 @@ impl Session {
             }
             Err(error) => {
                 self.count_errors(1);
-                self.pinning.held = None;
+                // A MULTI that found no connection: the commands the client queues after it
+                // must not run one by one on the pool (`Session::failed_transaction`).
+                self.multi_failed =
+                    self.pinning.held.take().is_some_and(|r| {
+                        r.name().eq_ignore_ascii_case(b"multi") && r.args.len() == 1
+                    });
                 // The state the command would have entered was not entered.
                 self.pinning.divergence = Divergence {
                     subscriptions: (0, 0),
