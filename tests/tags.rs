@@ -2351,3 +2351,32 @@ async fn tagged_writes_survive_a_function_flush_through_cachet() {
         "-ERR Library not found\r\n"
     );
 }
+
+/// cachet's function library is cachet's, not the application's: FUNCTION LIST through
+/// cachet leaves it out (RESP2 and RESP3, with or without the client's own libraries), while
+/// Redis itself still lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_list_through_cachet_leaves_cachets_library_out() {
+    let redis = RedisServer::start();
+    let proxy = start_proxy(&redis).await;
+    let mut client = RawClient::connect(proxy.addr).await.unwrap();
+    let mut direct = RawClient::connect(redis.addr()).await.unwrap();
+    assert_eq!(client.text(&["SET", "sessions:teacher:1", "v"]).await, ok());
+    assert!(direct.text(&["FUNCTION", "LIST"]).await.contains("\r\ncachet\r\n"));
+    assert_eq!(client.text(&["FUNCTION", "LIST"]).await, "*0\r\n");
+    let lib = "#!lua name=mylib\nredis.register_function('f1', function() return 1 end)";
+    assert_eq!(client.text(&["FUNCTION", "LOAD", lib]).await, "$5\r\nmylib\r\n");
+    for hello in ["2", "3"] {
+        let mut c = RawClient::connect(proxy.addr).await.unwrap();
+        let mut d = RawClient::connect(redis.addr()).await.unwrap();
+        c.command(&["HELLO", hello]).await.unwrap();
+        d.command(&["HELLO", hello]).await.unwrap();
+        // Redis's reply, with the `cachet` entry cut out, byte for byte.
+        let mine = c.text(&["FUNCTION", "LIST", "LIBRARYNAME", "mylib"]).await;
+        let theirs = d.text(&["FUNCTION", "LIST", "LIBRARYNAME", "mylib"]).await;
+        assert_eq!(mine, theirs, "RESP{hello}");
+        let all = c.text(&["FUNCTION", "LIST", "WITHCODE"]).await;
+        assert!(all.starts_with("*1\r\n") && all.contains("mylib"), "RESP{hello}: {all}");
+        assert!(!all.contains("\r\ncachet\r\n"), "RESP{hello}: {all}");
+    }
+}

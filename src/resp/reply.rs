@@ -197,3 +197,84 @@ mod hello_tests {
         );
     }
 }
+
+/// Removes the library `name` from a `FUNCTION LIST` reply (an array of one map per library,
+/// a flat array in RESP2, each starting with `library_name`), leaving every other byte as
+/// Redis sent it. `None` if the frame is not such a reply (an error, say), or holds no such
+/// library: then it is passed on as is.
+pub fn without_library(frame: &[u8], name: &[u8]) -> Option<Bytes> {
+    if frame.first() != Some(&b'*') {
+        return None;
+    }
+    let header_end = frame.windows(2).position(|w| w == b"\r\n")? + 2;
+    let count: usize = std::str::from_utf8(&frame[1..header_end - 2])
+        .ok()?
+        .parse()
+        .ok()?;
+    // The bulk strings an entry for `name` starts with, after its own header.
+    let mut wanted = Vec::new();
+    wanted.extend_from_slice(b"$12\r\nlibrary_name\r\n");
+    wanted.extend_from_slice(format!("${}\r\n", name.len()).as_bytes());
+    wanted.extend_from_slice(name);
+    wanted.extend_from_slice(b"\r\n");
+    let mut kept = Vec::with_capacity(frame.len());
+    let mut removed = 0;
+    let mut pos = header_end;
+    for _ in 0..count {
+        let len = super::reply_frame(&frame[pos..]).ok()??.len;
+        let entry = &frame[pos..pos + len];
+        let body = entry.windows(2).position(|w| w == b"\r\n")? + 2;
+        if matches!(entry.first(), Some(b'*' | b'%')) && entry[body..].starts_with(&wanted) {
+            removed += 1;
+        } else {
+            kept.extend_from_slice(entry);
+        }
+        pos += len;
+    }
+    if removed == 0 || pos != frame.len() {
+        return None;
+    }
+    let mut out = format!("*{}\r\n", count - removed).into_bytes();
+    out.extend_from_slice(&kept);
+    Some(Bytes::from(out))
+}
+
+#[cfg(test)]
+mod library_tests {
+    use super::*;
+
+    fn entry(resp3: bool, name: &str) -> String {
+        let head = if resp3 { "%3\r\n" } else { "*6\r\n" };
+        format!(
+            "{head}$12\r\nlibrary_name\r\n${}\r\n{name}\r\n$6\r\nengine\r\n$3\r\nLUA\r\n$9\r\nfunctions\r\n*0\r\n",
+            name.len()
+        )
+    }
+
+    #[test]
+    fn cachets_library_is_cut_out_byte_for_byte() {
+        for resp3 in [false, true] {
+            let reply = format!(
+                "*3\r\n{}{}{}",
+                entry(resp3, "mylib"),
+                entry(resp3, "cachet"),
+                entry(resp3, "cachet2")
+            );
+            let cut = without_library(reply.as_bytes(), b"cachet").expect("cut");
+            let expected = format!("*2\r\n{}{}", entry(resp3, "mylib"), entry(resp3, "cachet2"));
+            assert_eq!(String::from_utf8_lossy(&cut), expected);
+        }
+        // Nothing to cut, an error, an empty list: passed on as they are.
+        let only_mine = format!("*1\r\n{}", entry(false, "mylib"));
+        assert!(without_library(only_mine.as_bytes(), b"cachet").is_none());
+        assert!(without_library(b"-ERR x\r\n", b"cachet").is_none());
+        assert!(without_library(b"*0\r\n", b"cachet").is_none());
+        let alone = format!("*1\r\n{}", entry(true, "cachet"));
+        assert_eq!(
+            &without_library(alone.as_bytes(), b"cachet").unwrap()[..],
+            b"*0\r\n"
+        );
+        // Truncated input is never misread.
+        assert!(without_library(&alone.as_bytes()[..alone.len() - 3], b"cachet").is_none());
+    }
+}

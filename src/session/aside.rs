@@ -62,6 +62,8 @@ impl Session {
 }
 
 impl Session {
+    /// `FUNCTION LIST`: its reply leaves cachet's own library out (when this cachet uses it).
+    ///
     /// `FUNCTION FLUSH`, `DELETE` or `RESTORE`: once this client's earlier replies are in,
     /// sent on the out-of-band lane, and before its reply goes out (and before this client's
     /// next command), cachet loads its own function library again if it uses it, so a tagged
@@ -87,6 +89,9 @@ impl Session {
         let services = self.services.clone();
         let inbox = self.reply_tx.clone();
         let protocol = self.protocol;
+        let list = request
+            .arg(1)
+            .is_some_and(|sub| sub.eq_ignore_ascii_case(b"list"));
         tokio::spawn(async move {
             let lane = services.upstream.aside(protocol);
             let reply = match lane.call(request.raw.clone(), Effect::None).await {
@@ -96,9 +101,19 @@ impl Session {
                     error.to_frame()
                 }
             };
-            if let Err(error) = services.index.reload().await {
-                tracing::warn!(%error, "loading cachet's function library after FUNCTION FLUSH/DELETE/RESTORE failed");
-            }
+            let reply = if list {
+                // The library is cachet's, not the application's.
+                let name = crate::tags::index::LIBRARY_NAME.as_bytes();
+                match services.index.is_loaded() {
+                    true => crate::resp::reply::without_library(&reply, name).unwrap_or(reply),
+                    false => reply,
+                }
+            } else {
+                if let Err(error) = services.index.reload().await {
+                    tracing::warn!(%error, "loading cachet's function library after FUNCTION FLUSH/DELETE/RESTORE failed");
+                }
+                reply
+            };
             let _ = inbox.send(Inbox::Done(id, reply));
         });
     }

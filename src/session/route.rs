@@ -104,7 +104,7 @@ pub(super) enum Route<'t> {
     /// (`upstream::aside`), answered in order.
     Aside,
     /// FUNCTION FLUSH, DELETE or RESTORE: may remove cachet's own library, which is loaded
-    /// again before the reply (`Session::functions_command`).
+    /// again before the reply; FUNCTION LIST, which leaves it out (`Session::functions_command`).
     Functions,
     /// A command of cachet's own, past the gate.
     Own(Own),
@@ -273,12 +273,14 @@ pub(super) fn acts_on_others(name: &[u8], request: &Request) -> bool {
 }
 
 /// FUNCTION FLUSH, DELETE and RESTORE: they may take cachet's library away with the
-/// client's (DELETE of another library cannot, but is rare enough to treat alike).
+/// client's (DELETE of another library cannot, but is rare enough to treat alike); and
+/// FUNCTION LIST, whose reply leaves cachet's library out.
 pub(super) fn drops_functions(request: &Request) -> bool {
     request.arg(1).is_some_and(|sub| {
         sub.eq_ignore_ascii_case(b"flush")
             || sub.eq_ignore_ascii_case(b"delete")
             || sub.eq_ignore_ascii_case(b"restore")
+            || sub.eq_ignore_ascii_case(b"list")
     })
 }
 
@@ -506,8 +508,8 @@ mod tests {
                 "functions",
             ),
             (&["FUNCTION", "FLUSH"], pinned, "dedicated"),
-            (&["FUNCTION", "LIST"], SIGNED_IN, "tracked false"),
-            (&["FUNCTION", "LIST"], SIGNED_IN, "tracked false"),
+            (&["FUNCTION", "LIST"], SIGNED_IN, "functions"),
+            (&["FUNCTION", "STATS"], pinned, "dedicated"),
             (&["SHUTDOWN", "NOSAVE"], SIGNED_IN, "aside"),
             (&["SHUTDOWN"], SIGNED_IN, "aside"),
             (&["CLIENT", "PAUSE", "100", "WRITE"], SIGNED_IN, "aside"),

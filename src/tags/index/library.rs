@@ -26,6 +26,10 @@ use super::{IndexError, TagIndex};
 /// The library, loaded with `FUNCTION LOAD REPLACE`.
 pub const LIBRARY: &str = include_str!("../index.lua");
 
+/// Its name in Redis (`#!lua name=...`, the library's first line), which `FUNCTION LIST`
+/// through cachet leaves out.
+pub const LIBRARY_NAME: &str = "cachet";
+
 /// Whether this cachet uses the library, shared by the clones of one [`TagIndex`].
 #[derive(Debug, Clone, Default)]
 pub(super) struct InUse(Arc<AtomicBool>);

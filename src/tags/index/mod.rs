@@ -101,7 +101,7 @@ use crate::tags::Rules;
 pub use error::IndexError;
 pub use fast::{FAST_SCORE_SLACK_MS, FastBatch, FastSet};
 pub use functions::{WriteCall, WriteKey, epoch_from_reply, parse_epochs};
-pub use library::LIBRARY;
+pub use library::{LIBRARY, LIBRARY_NAME};
 pub use names::Names;
 pub use ops::SweepStats;
 
