@@ -2362,10 +2362,18 @@ async fn function_list_through_cachet_leaves_cachets_library_out() {
     let mut client = RawClient::connect(proxy.addr).await.unwrap();
     let mut direct = RawClient::connect(redis.addr()).await.unwrap();
     assert_eq!(client.text(&["SET", "sessions:teacher:1", "v"]).await, ok());
-    assert!(direct.text(&["FUNCTION", "LIST"]).await.contains("\r\ncachet\r\n"));
+    assert!(
+        direct
+            .text(&["FUNCTION", "LIST"])
+            .await
+            .contains("\r\ncachet\r\n")
+    );
     assert_eq!(client.text(&["FUNCTION", "LIST"]).await, "*0\r\n");
     let lib = "#!lua name=mylib\nredis.register_function('f1', function() return 1 end)";
-    assert_eq!(client.text(&["FUNCTION", "LOAD", lib]).await, "$5\r\nmylib\r\n");
+    assert_eq!(
+        client.text(&["FUNCTION", "LOAD", lib]).await,
+        "$5\r\nmylib\r\n"
+    );
     for hello in ["2", "3"] {
         let mut c = RawClient::connect(proxy.addr).await.unwrap();
         let mut d = RawClient::connect(redis.addr()).await.unwrap();
@@ -2376,7 +2384,10 @@ async fn function_list_through_cachet_leaves_cachets_library_out() {
         let theirs = d.text(&["FUNCTION", "LIST", "LIBRARYNAME", "mylib"]).await;
         assert_eq!(mine, theirs, "RESP{hello}");
         let all = c.text(&["FUNCTION", "LIST", "WITHCODE"]).await;
-        assert!(all.starts_with("*1\r\n") && all.contains("mylib"), "RESP{hello}: {all}");
+        assert!(
+            all.starts_with("*1\r\n") && all.contains("mylib"),
+            "RESP{hello}: {all}"
+        );
         assert!(!all.contains("\r\ncachet\r\n"), "RESP{hello}: {all}");
     }
 }
