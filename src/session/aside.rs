@@ -30,12 +30,7 @@ impl Session {
             true => self.translate_unblock(request),
             false => request,
         };
-        self.flush_batch();
-        self.replies.next_async += 1;
-        let id = self.replies.next_async;
-        self.replies.slots.push_back(Slot::Async(id));
-        self.replies.in_flight += 1;
-        self.pinning.wait = Wait::Drain;
+        let id = self.reserve_async();
         let effect = match name {
             b"client" => Effect::of(&request.args),
             _ => Effect::None,
@@ -74,18 +69,10 @@ impl Session {
             self.closing = true;
             return;
         }
-        self.flush_batch();
-        if !self.replies.slots.is_empty() {
-            // Dispatched again once they are (`process_input`), through the same route.
-            self.pinning.held = Some(request);
-            self.pinning.wait = Wait::Drain;
+        let Some(request) = self.after_earlier_replies(request) else {
             return;
-        }
-        self.replies.next_async += 1;
-        let id = self.replies.next_async;
-        self.replies.slots.push_back(Slot::Async(id));
-        self.replies.in_flight += 1;
-        self.pinning.wait = Wait::Drain;
+        };
+        let id = self.reserve_async();
         let services = self.services.clone();
         let inbox = self.reply_tx.clone();
         let protocol = self.protocol;

@@ -152,17 +152,10 @@ impl Session {
     where
         F: Future<Output = Reply> + Send + 'static,
     {
-        self.flush_batch();
-        if !self.replies.slots.is_empty() {
-            self.pinning.held = Some(request);
-            self.pinning.wait = Wait::Drain;
+        if self.after_earlier_replies(request).is_none() {
             return;
         }
-        self.replies.next_async += 1;
-        let id = self.replies.next_async;
-        self.replies.slots.push_back(Slot::Async(id));
-        self.replies.in_flight += 1;
-        self.pinning.wait = Wait::Drain;
+        let id = self.reserve_async();
         let inbox = self.reply_tx.clone();
         let protocol = self.protocol;
         let work = work(self.services.clone());
@@ -170,6 +163,30 @@ impl Session {
             let reply = work.await;
             let _ = inbox.send(Inbox::Done(id, reply.encode(protocol)));
         });
+    }
+
+    /// `request` if every earlier reply is in; else it is held, and dispatched again through
+    /// the same route once they are (`process_input`).
+    pub(super) fn after_earlier_replies(&mut self, request: Request) -> Option<Request> {
+        self.flush_batch();
+        if self.replies.slots.is_empty() {
+            return Some(request);
+        }
+        self.pinning.held = Some(request);
+        self.pinning.wait = Wait::Drain;
+        None
+    }
+
+    /// Takes the next slot for a reply cachet sends later, as `Inbox::Done(id, ...)` (or
+    /// `Inbox::Closed(id)`); the client's later commands wait for it.
+    pub(super) fn reserve_async(&mut self) -> u64 {
+        self.flush_batch();
+        self.replies.next_async += 1;
+        let id = self.replies.next_async;
+        self.replies.slots.push_back(Slot::Async(id));
+        self.replies.in_flight += 1;
+        self.pinning.wait = Wait::Drain;
+        id
     }
 
     pub(super) fn on_done(&mut self, id: u64, bytes: Bytes) {

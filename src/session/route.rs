@@ -521,6 +521,15 @@ mod tests {
             (&["SHUTDOWN"], other_user, "dedicated"),
             (&["SCRIPT", "KILL"], stranger, "refuse NOAUTH"),
             (&["CLIENT", "UNPAUSE"], stranger, "refuse NOAUTH"),
+            (&["CLIENT", "LIST"], stranger, "refuse NOAUTH"),
+            (
+                &["CLIENT", "KILL", "SKIPME", "no"],
+                stranger,
+                "refuse NOAUTH",
+            ),
+            (&["FUNCTION", "FLUSH"], stranger, "refuse NOAUTH"),
+            (&["FUNCTION", "LIST"], stranger, "refuse NOAUTH"),
+            (&["SYNC"], stranger, "refuse NOAUTH"),
             // A WRITE pause sent through cachet: what Redis postpones waits on a dedicated
             // connection, never on the pool.
             (&["SET", "k", "v"], paused, "pin"),
