@@ -85,6 +85,8 @@ pub struct Metrics {
     pub policy_duration: HistogramVec,
     /// EMITs by outcome (ok, partial, failed, unsubscribed).
     pub events: IntCounterVec,
+    /// EMITs of events no policy subscribes to, answered with an empty result.
+    pub events_unrouted: IntCounter,
     /// Policy module reloads, by policy and outcome (ok, unchanged, failed).
     pub policy_reloads: IntCounterVec,
     /// Events kept in the dead-letter stream.
@@ -270,6 +272,11 @@ impl Metrics {
                 "cachet_events_total",
                 "EMITs, by outcome (ok, partial, failed, unsubscribed)",
                 "outcome",
+            ),
+            events_unrouted: counter(
+                r,
+                "cachet_events_unrouted_total",
+                "EMITs of events no policy subscribes to (answered with an empty result)",
             ),
             policy_reloads: counter_vec_n(
                 r,

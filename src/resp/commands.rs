@@ -17,6 +17,19 @@ use fred::types::Value;
 /// run at once when the script declares `no-writes` (see `session::route`).
 pub const MAY_REPLICATE: &[&str] = &["eval", "evalsha", "fcall", "publish", "spublish", "pfcount"];
 
+/// cachet's own commands (lowercase), answered by cachet and never sent to Redis as they are:
+/// counted under their own names in `cachet_commands_total`.
+pub const OWN_COMMANDS: &[&[u8]] = &[
+    b"taginvalidate",
+    b"tagset",
+    b"tag",
+    b"tags",
+    b"tagkeys",
+    b"emit",
+    b"warm",
+    b"policy",
+];
+
 /// What cachet knows of one command (or subcommand, named `container|sub`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandInfo {

@@ -161,10 +161,7 @@ impl Session {
         let services = &self.services;
         services.metrics.commands.count(name, || {
             services.upstream.commands().get(name).is_some()
-                || matches!(
-                    name,
-                    b"taginvalidate" | b"tagset" | b"tag" | b"tags" | b"tagkeys"
-                )
+                || crate::resp::commands::OWN_COMMANDS.contains(&name)
         });
         self.command_counters = services.metrics.commands.snapshot();
     }
