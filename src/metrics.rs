@@ -28,7 +28,7 @@ pub const NO_RULE: &str = "none";
 /// The label for command names Redis's command table does not know.
 pub const OTHER_COMMAND: &str = "other";
 /// Command latency buckets, in seconds: 50 µs to 5 s.
-const LATENCY_BUCKETS: &[f64] = &[
+pub const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0,
 ];
@@ -293,12 +293,15 @@ impl Metrics {
         }
     }
 
-    /// Sum over every label of a hit or miss counter, and of commands: what `/health` and
-    /// `INFO` report.
+    /// Sums of the hit and miss counters (of rule-matched keys, and of every key) and of
+    /// commands: what `/health` and `INFO` report.
     pub fn totals(&self) -> Totals {
+        let (all_hits, all_misses) = (self.hits.total(), self.misses.total());
         Totals {
-            hits: self.hits.total(),
-            misses: self.misses.total(),
+            hits: all_hits - self.hits.unmatched(),
+            misses: all_misses - self.misses.unmatched(),
+            all_hits,
+            all_misses,
             errors: self.errors.get(),
             client_protocol_errors: self.client_protocol_errors.get(),
             commands: self.commands.total(),
@@ -319,8 +322,12 @@ impl Default for Metrics {
 /// Cumulative figures since start.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Totals {
+    /// Lookups of keys some rule matches (cached data) that found a value / found nil.
     pub hits: u64,
     pub misses: u64,
+    /// Lookups of every key, rule-matched or not (locks, queues, benchmark keys...).
+    pub all_hits: u64,
+    pub all_misses: u64,
     pub errors: u64,
     /// Clients closed after a protocol error; not part of the error rate.
     pub client_protocol_errors: u64,
@@ -332,11 +339,36 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Hits as a percentage of lookups; `None` before the first lookup (no reads is not a
-    /// bad hit rate, nor a perfect one).
+    /// What was counted between `earlier` and `self`.
+    pub fn since(&self, earlier: &Totals) -> Totals {
+        Totals {
+            hits: self.hits.saturating_sub(earlier.hits),
+            misses: self.misses.saturating_sub(earlier.misses),
+            all_hits: self.all_hits.saturating_sub(earlier.all_hits),
+            all_misses: self.all_misses.saturating_sub(earlier.all_misses),
+            errors: self.errors.saturating_sub(earlier.errors),
+            client_protocol_errors: self
+                .client_protocol_errors
+                .saturating_sub(earlier.client_protocol_errors),
+            commands: self.commands.saturating_sub(earlier.commands),
+            invalidations: self.invalidations.saturating_sub(earlier.invalidations),
+            keys_invalidated: self
+                .keys_invalidated
+                .saturating_sub(earlier.keys_invalidated),
+            latency_sum_secs: (self.latency_sum_secs - earlier.latency_sum_secs).max(0.0),
+            latency_count: self.latency_count.saturating_sub(earlier.latency_count),
+        }
+    }
+
+    /// Hits as a percentage of rule-matched lookups; `None` before the first such lookup (no
+    /// reads is not a bad hit rate, nor a perfect one).
     pub fn hit_rate(&self) -> Option<f64> {
-        let lookups = self.hits + self.misses;
-        (lookups > 0).then(|| self.hits as f64 * 100.0 / lookups as f64)
+        percent(self.hits, self.hits + self.misses)
+    }
+
+    /// Hits as a percentage of all lookups, rule-matched or not.
+    pub fn all_hit_rate(&self) -> Option<f64> {
+        percent(self.all_hits, self.all_hits + self.all_misses)
     }
 
     /// Errors as a percentage of commands (0 before the first command).
@@ -356,17 +388,40 @@ impl Totals {
     }
 }
 
+/// `part` as a percentage of `whole`; `None` when `whole` is 0.
+pub fn percent(part: u64, whole: u64) -> Option<f64> {
+    (whole > 0).then(|| part as f64 * 100.0 / whole as f64)
+}
+
 /// Counters by rule (hits, misses, tagged writes), one per rule in `[[rules]]` order after
 /// index 0, [`NO_RULE`]; resolved once so counting is an atomic add.
 pub struct RuleCounters {
     counters: Vec<IntCounter>,
+    /// The label of each counter: [`NO_RULE`], then the rules' names.
+    names: Vec<String>,
 }
 
 impl RuleCounters {
     fn new(vec: &IntCounterVec, names: &[&str]) -> Self {
         RuleCounters {
             counters: names.iter().map(|n| vec.with_label_values(&[n])).collect(),
+            names: names.iter().map(|n| n.to_string()).collect(),
         }
+    }
+
+    /// The rules' names, in `[[rules]]` order (without [`NO_RULE`]).
+    pub fn rule_names(&self) -> &[String] {
+        &self.names[1..]
+    }
+
+    /// Each rule's count, in `[[rules]]` order (without [`NO_RULE`]).
+    pub fn by_rule(&self) -> Vec<u64> {
+        self.counters[1..].iter().map(IntCounter::get).collect()
+    }
+
+    /// The count of keys no rule matches.
+    pub fn unmatched(&self) -> u64 {
+        self.counters[0].get()
     }
 
     /// The index of the rule at `position` in `[[rules]]` (the metrics were made with the
@@ -493,6 +548,11 @@ mod tests {
         let mut totals = Totals::default();
         assert_eq!(totals.hit_rate(), None);
         assert_eq!(totals.error_rate(), 0.0);
+        totals.all_misses = 4;
+        assert_eq!(
+            (totals.hit_rate(), totals.all_hit_rate()),
+            (None, Some(0.0))
+        );
         totals.hits = 3;
         totals.misses = 1;
         totals.commands = 8;
@@ -509,5 +569,10 @@ mod tests {
         metrics.hits.inc(2, 3);
         metrics.misses.inc(0, 1);
         assert_eq!((metrics.hits.total(), metrics.misses.total()), (3, 1));
+        assert_eq!(metrics.hits.by_rule(), vec![0, 3]);
+        assert_eq!(metrics.hits.rule_names(), ["session-list", "roster"]);
+        let totals = metrics.totals();
+        assert_eq!((totals.hits, totals.misses), (3, 0));
+        assert_eq!((totals.all_hits, totals.all_misses), (3, 1));
     }
 }

@@ -226,22 +226,39 @@ async fn counts_agree_with_a_known_sequence_of_commands() {
     let (status, json) = cachet.health().await;
     assert_eq!(status, 200);
     assert_original_shape(&json);
+    // No rule matches these keys: they are no cached data, so the headline hit rate (of
+    // rule-matched lookups) has nothing to say; every lookup's figure is beside it.
     let metrics = &json["data"]["metrics"];
     assert_eq!(
         (metrics["hits"].as_u64(), metrics["misses"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        (metrics["allHits"].as_u64(), metrics["allMisses"].as_u64()),
         (Some(5), Some(3))
     );
-    assert_eq!(metrics["hitRate"].as_f64(), Some(62.5));
-    assert_eq!(
-        json["data"]["health"]["cache"]["hitRate"].as_f64(),
-        Some(62.5)
-    );
-    let total = json["data"]["health"]["cache"]["totalOperations"]
-        .as_u64()
-        .unwrap();
+    assert_eq!(metrics["hitRate"], Value::Null);
+    let cache = &json["data"]["health"]["cache"];
+    assert_eq!(cache["hitRate"], Value::Null);
+    assert_eq!(cache["hitRateAllLookups"].as_f64(), Some(62.5));
+    assert_eq!(cache["window"]["hitRateAllLookups"].as_f64(), Some(62.5));
+    assert_eq!(cache["window"]["seconds"], 60);
+    let total = cache["totalOperations"].as_u64().unwrap();
     assert_eq!(total as f64, all_commands);
-    // 62.5 % is under the 80 % warning threshold but over the 60 % critical one.
-    assert_eq!(json["data"]["health"]["overall"], "degraded");
+    // 62.5 % of lookups hit, but none of them is cached data: nothing to judge.
+    assert_eq!(json["data"]["health"]["overall"], "healthy", "{json:#}");
+}
+
+/// One rule, `cached:{id}`: what the hit rate judges.
+fn cached_rule(config: &mut cachet::Config) {
+    let rules = r#"
+        [[rules]]
+        name = "cached"
+        pattern = "cached:{id}"
+        tags = ["cached"]
+        ttl = 60
+    "#;
+    config.rules = cachet::Config::from_toml(rules, "rules").unwrap().rules;
 }
 
 #[tokio::test]
@@ -290,7 +307,11 @@ async fn hits_and_misses_are_counted_by_rule() {
 #[tokio::test]
 async fn healthy_degraded_and_unhealthy() {
     let mut redis = RedisServer::start();
-    let cachet = Cachet::start(&redis, |_| {}).await;
+    let cachet = Cachet::start(&redis, |config| {
+        cached_rule(config);
+        config.health.min_lookups = 2;
+    })
+    .await;
     let connected = |json: &Value| json["data"]["health"]["redis"]["connected"] == true;
     let (status, json) = cachet
         .health_until("connected", |_, json| connected(json))
@@ -325,22 +346,50 @@ async fn healthy_degraded_and_unhealthy() {
         .await;
     direct.quit().await.unwrap();
 
-    // Misses only: hit rate 0 %, under the critical threshold: unhealthy, so 503.
-    fred_set_and_get(&cachet.url(), &[], &["m1", "m2"]).await;
+    // One miss of cached data: fewer lookups than the window needs to judge by.
+    fred_set_and_get(&cachet.url(), &[], &["cached:m1"]).await;
+    let (status, json) = cachet.health().await;
+    assert_eq!(status, 200, "{json:#}");
+    assert_eq!(
+        json["data"]["health"]["cache"]["window"]["hitRateJudged"],
+        false
+    );
+    // Misses only: hit rate 0 %, under the critical threshold: unhealthy, so 503, and why.
+    fred_set_and_get(&cachet.url(), &[], &["cached:m2"]).await;
     let (status, json) = cachet.health().await;
     assert_eq!(
         (status, &json["data"]["health"]["overall"]),
         (503, &Value::from("unhealthy"))
     );
     assert_eq!(json["data"]["health"]["cache"]["hitRate"], 0.0);
+    assert_eq!(
+        json["data"]["health"]["reasons"],
+        serde_json::json!([
+            "hit rate 0.0% over the last 60 s (2 rule-matched lookups) is below the critical 60"
+        ])
+    );
+    let rule = &json["data"]["health"]["cache"]["rules"][0];
+    assert_eq!(
+        (&rule["rule"], &rule["misses"], &rule["window"]["lookups"]),
+        (&Value::from("cached"), &Value::from(2), &Value::from(2)),
+        "{json:#}"
+    );
 
-    // Redis stopped: unhealthy, 503, not connected; clients get errors, which are counted.
+    // Redis stopped: unhealthy, 503, not connected, and the real cause (nothing listens);
+    // clients get errors, which are counted.
     redis.stop();
     let (status, json) = cachet
-        .health_until("disconnected", |_, json| !connected(json))
+        .health_until("the cause", |_, json| {
+            json["data"]["health"]["reasons"][0]
+                .as_str()
+                .is_some_and(|r| r.contains("Connection refused"))
+        })
         .await;
     assert_eq!(status, 503);
     assert_eq!(json["data"]["health"]["overall"], "unhealthy");
+    assert!(!connected(&json), "{json:#}");
+    let error = json["data"]["health"]["redis"]["error"].as_str().unwrap();
+    assert!(error.contains("Connection refused"), "{json:#}");
     let mut raw = RawClient::connect(cachet.addr).await.unwrap();
     let reply = raw.text(&["GET", "k1"]).await;
     assert!(reply.starts_with("-ERR upstream"), "{reply}");
@@ -432,10 +481,12 @@ async fn garbage_from_clients_does_not_make_cachet_unhealthy() {
 async fn a_crossed_warning_threshold_is_degraded_but_still_200() {
     let redis = RedisServer::start();
     let cachet = Cachet::start(&redis, |config| {
+        cached_rule(config);
+        config.health.min_lookups = 1;
         config.health.thresholds.hit_rate.warning = 101.0;
     })
     .await;
-    fred_set_and_get(&cachet.url(), &["a"], &[]).await;
+    fred_set_and_get(&cachet.url(), &["cached:a"], &[]).await;
     let (status, json) = cachet
         .health_until("connected", |_, json| {
             json["data"]["health"]["redis"]["connected"] == true
@@ -521,9 +572,13 @@ async fn info_carries_a_cachet_section_through_fred_and_redis_cli() {
             .nth(1)
             .expect("a # cachet section");
         let fields: HashMap<&str, &str> = ours.lines().filter_map(|l| l.split_once(':')).collect();
-        assert_eq!(fields["hits"], "2", "{ours}");
-        assert_eq!(fields["misses"], "1");
-        assert_eq!(fields["hit_rate"], "66.67");
+        // No rule matches: no cached data, so no hit rate; every lookup's figures beside it.
+        assert_eq!(fields["hits"], "0", "{ours}");
+        assert_eq!(fields["hit_rate"], "-");
+        assert_eq!(fields["hits_all_lookups"], "2", "{ours}");
+        assert_eq!(fields["misses_all_lookups"], "1");
+        assert_eq!(fields["hit_rate_all_lookups"], "66.67");
+        assert_eq!(fields["window_seconds"], "60");
         assert_eq!(fields["invalidations"], "0");
         assert_eq!(fields["cachet_version"], env!("CARGO_PKG_VERSION"));
         assert!(["healthy", "degraded", "unhealthy"].contains(&fields["overall"]));
@@ -563,12 +618,12 @@ async fn info_carries_a_cachet_section_through_fred_and_redis_cli() {
     );
     let only = cli(&["-3", "INFO", "cachet"]).await;
     assert!(
-        only.contains("hits:2") && !only.contains("# Server"),
+        only.contains("hits_all_lookups:2") && !only.contains("# Server"),
         "{only}"
     );
     let two = cli(&["INFO", "server", "cachet"]).await;
     assert!(
-        two.contains("redis_version:") && two.contains("misses:1"),
+        two.contains("redis_version:") && two.contains("misses_all_lookups:1"),
         "{two}"
     );
     assert!(!two.contains("# Memory"), "{two}");
@@ -577,4 +632,117 @@ async fn info_carries_a_cachet_section_through_fred_and_redis_cli() {
     raw.command(&["HELLO", "3"]).await.unwrap();
     let reply = raw.command(&["INFO"]).await.unwrap();
     assert!(reply.starts_with(b"=") && reply.windows(8).any(|w| w == b"# cachet"));
+}
+
+/// Redis's port closed at start: `/health` names the refusal within a second, not "no reply
+/// within 2000 ms" after four, even with the original system's 30 s check interval.
+#[tokio::test]
+async fn a_closed_port_is_reported_as_refused_at_once() {
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let started = Instant::now();
+    let cachet = Cachet::start_unready(&redis, |config| {
+        config.health.interval_ms = 30_000;
+    })
+    .await;
+    let (status, json) = cachet
+        .health_until("the cause", |_, json| {
+            json["data"]["health"]["redis"]["checkedAt"] != 0
+        })
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, 503);
+    let error = json["data"]["health"]["redis"]["error"].as_str().unwrap();
+    assert!(error.contains("Connection refused"), "{json:#}");
+    let reasons = &json["data"]["health"]["reasons"];
+    assert!(
+        reasons[0]
+            .as_str()
+            .unwrap()
+            .starts_with("Redis unreachable: "),
+        "{json:#}"
+    );
+}
+
+/// Redis lost between two checks (30 s apart): the pool notices at once, and the report
+/// gives the cause within a couple of seconds instead of at the next interval.
+#[tokio::test]
+async fn redis_lost_between_checks_is_explained_at_once() {
+    let mut redis = RedisServer::start();
+    let cachet = Cachet::start(&redis, |config| {
+        config.health.interval_ms = 30_000;
+    })
+    .await;
+    // A pooled command, so the pool has seen Redis.
+    let mut raw = RawClient::connect(cachet.addr).await.unwrap();
+    assert_eq!(raw.text(&["SET", "k", "v"]).await, "+OK\r\n");
+    redis.stop();
+    let (status, json) = cachet
+        .health_until("refused", |_, json| {
+            json["data"]["health"]["redis"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("Connection refused"))
+        })
+        .await;
+    assert_eq!(status, 503, "{json:#}");
+}
+
+/// A cold cache, as after a restart: a few misses of cached data and a few errors do not make
+/// an instance unhealthy (too few to judge over the window), and the JSON says so.
+#[tokio::test]
+async fn a_cold_cache_is_healthy() {
+    let redis = RedisServer::start();
+    let cachet = Cachet::start(&redis, cached_rule).await;
+    fred_set_and_get(&cachet.url(), &[], &["cached:1", "cached:2", "cached:3"]).await;
+    let (status, json) = cachet.health().await;
+    assert_eq!(status, 200, "{json:#}");
+    let health = &json["data"]["health"];
+    assert_eq!(health["overall"], "healthy", "{json:#}");
+    assert_eq!(health["reasons"], serde_json::json!([]));
+    let window = &health["cache"]["window"];
+    assert_eq!(window["lookups"], 3);
+    assert_eq!(window["hitRate"], 0.0);
+    assert_eq!(window["hitRateJudged"], false);
+    assert_eq!(window["minLookups"], 100);
+    // The seed's cumulative figure is kept as it was.
+    assert_eq!(health["cache"]["hitRate"], 0.0);
+}
+
+/// `/api/history` opens with what the sampler recorded server-side, one point a second.
+#[tokio::test]
+async fn the_history_is_kept_server_side() {
+    let redis = RedisServer::start();
+    let cachet = Cachet::start(&redis, cached_rule).await;
+    let mut raw = RawClient::connect(cachet.addr).await.unwrap();
+    for i in 0..50 {
+        raw.text(&["SET", &format!("cached:{i}"), "v"]).await;
+        raw.text(&["GET", &format!("cached:{i}")]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let (status, body) = cachet.get("/api/history?range=60").await;
+    assert_eq!(status, 200, "{body}");
+    let json: Value = serde_json::from_str(&body).unwrap();
+    let t = json["t"].as_array().unwrap();
+    assert!(t.len() >= 2, "{json:#}");
+    assert_eq!(json["stepMs"], 1000);
+    let ops: f64 = json["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_f64)
+        .sum();
+    assert!(ops >= 50.0, "100 commands over the points: {json:#}");
+    let rule_hits = json["rules"][0]["hitRate"].as_array().unwrap();
+    assert!(rule_hits.contains(&Value::from(100.0)), "{json:#}");
+    // Only what is newer than `since`.
+    let last = t.last().unwrap().as_u64().unwrap();
+    let (_, newer) = cachet
+        .get(&format!("/api/history?range=60&since={last}"))
+        .await;
+    let newer: Value = serde_json::from_str(&newer).unwrap();
+    assert!(newer["t"].as_array().unwrap().len() <= 1, "{newer:#}");
 }

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -48,13 +48,16 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/health", get(health_json))
         .route("/metrics", get(metrics))
         .route("/api/series", get(series))
+        .route("/api/history", get(history))
         .with_state(admin)
 }
 
 /// Serves the admin routes on `listener` until `shutdown` is cancelled.
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener, shutdown: CancellationToken) {
-    let addr = listener.local_addr().ok();
-    tracing::info!(listen = ?addr, "admin HTTP listening");
+    match listener.local_addr() {
+        Ok(addr) => tracing::info!(listen = %addr, "admin HTTP listening"),
+        Err(error) => tracing::info!(%error, "admin HTTP listening, address unknown"),
+    }
     let served = axum::serve(listener, router(admin))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
@@ -209,6 +212,40 @@ async fn series(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response
     .into_response()
 }
 
+/// `/api/history`'s query: `range` (seconds, default 900, at most a day) and `since` (ms:
+/// only points newer than that, for a page that already has the rest).
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    range: Option<u64>,
+    since: Option<u64>,
+}
+
+/// The server-side history the dashboard draws (`crate::health::history`): one point a second
+/// for ranges up to an hour, one a minute up to a day, as columns.
+async fn history(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
+    if let Some(refusal) = refuse(&admin, &headers) {
+        return refusal;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let range_ms = query.range.unwrap_or(900).saturating_mul(1000);
+    let mut body = admin.health.history.series(now, range_ms, query.since);
+    let report = health::report(&admin.health);
+    body["current"] = json!({
+        "overall": report.overall,
+        "reasons": report.reasons,
+        "checkIntervalMs": admin.health.interval_ms(),
+        "redisError": report.check.error,
+        "uptimeMs": report.uptime_ms,
+    });
+    axum::Json(body).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -273,7 +310,13 @@ mod tests {
     #[tokio::test]
     async fn a_token_guards_every_data_route_but_live() {
         let addr = serve_unreached(Some("s3cret")).await;
-        for path in ["/health", "/metrics", "/ready", "/api/series"] {
+        for path in [
+            "/health",
+            "/metrics",
+            "/ready",
+            "/api/series",
+            "/api/history",
+        ] {
             let refused = get(addr, path, None).await;
             assert!(refused.starts_with("HTTP/1.1 401"), "{path}: {refused}");
             let wrong = get(addr, path, Some("guess")).await;

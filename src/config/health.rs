@@ -12,6 +12,12 @@ pub const DEFAULT_INTERVAL_MS: u64 = 30_000;
 pub struct HealthConfig {
     /// How often the monitor checks Redis (ms); env `CACHE_HEALTH_CHECK_INTERVAL`.
     pub interval_ms: u64,
+    /// The recent window (seconds) over which hit and error rates are judged.
+    pub window_s: u64,
+    /// Fewer rule-matched lookups than this in the window: the hit rate is not judged.
+    pub min_lookups: u64,
+    /// Fewer commands than this in the window: the error rate is not judged.
+    pub min_commands: u64,
     pub thresholds: Thresholds,
 }
 
@@ -19,6 +25,9 @@ impl Default for HealthConfig {
     fn default() -> Self {
         HealthConfig {
             interval_ms: DEFAULT_INTERVAL_MS,
+            window_s: 60,
+            min_lookups: 100,
+            min_commands: 100,
             thresholds: Thresholds::default(),
         }
     }
