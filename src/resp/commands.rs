@@ -30,6 +30,270 @@ pub const OWN_COMMANDS: &[&[u8]] = &[
     b"policy",
 ];
 
+/// One of cachet's own commands as `COMMAND` describes it to clients, in Redis 7's terms
+/// (`COMMAND INFO`, `COMMAND DOCS`; encoded by `crate::session`'s COMMAND handler). They are
+/// described as a module's commands would be: the `module` flag, the docs group `module` and
+/// the module name `cachet`, so `COMMAND LIST FILTERBY MODULE cachet` lists them. Every one
+/// also has `noscript` and `no_multi`: a script cannot reach cachet, and cachet refuses them
+/// inside MULTI (`session::route::gate`).
+#[derive(Debug)]
+pub struct OwnCommand {
+    /// Lowercase; a subcommand is `container|sub`.
+    pub name: &'static str,
+    pub arity: i64,
+    pub flags: &'static [&'static str],
+    /// With their `@`, as Redis shows them.
+    pub acl_categories: &'static [&'static str],
+    pub tips: &'static [&'static str],
+    /// The one key argument, if the command has one (none of cachet's has more).
+    pub key: Option<OwnKey>,
+    pub summary: &'static str,
+    pub complexity: &'static str,
+    pub arguments: &'static [OwnArg],
+    pub subcommands: &'static [OwnCommand],
+}
+
+/// A key argument at a fixed position (a key spec `begin_search: index`, `find_keys: range`
+/// of one key).
+#[derive(Debug, Clone, Copy)]
+pub struct OwnKey {
+    pub index: i64,
+    /// Redis's key spec flags: `RO`/`RW`/`OW`, then `access`, `update`, ...
+    pub flags: &'static [&'static str],
+}
+
+/// One argument of `COMMAND DOCS`'s `arguments`.
+#[derive(Debug)]
+pub struct OwnArg {
+    pub name: &'static str,
+    /// `key`, `string`, `integer`, `pure-token`, `oneof` or `block`.
+    pub kind: &'static str,
+    pub token: Option<&'static str>,
+    pub optional: bool,
+    pub multiple: bool,
+    /// For a `oneof` or `block`.
+    pub arguments: &'static [OwnArg],
+}
+
+impl OwnArg {
+    const fn new(name: &'static str, kind: &'static str) -> Self {
+        OwnArg {
+            name,
+            kind,
+            token: None,
+            optional: false,
+            multiple: false,
+            arguments: &[],
+        }
+    }
+
+    const fn token(mut self, token: &'static str) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    const fn optional(mut self) -> Self {
+        self.optional = true;
+        self
+    }
+
+    const fn multiple(mut self) -> Self {
+        self.multiple = true;
+        self
+    }
+
+    const fn of(mut self, arguments: &'static [OwnArg]) -> Self {
+        self.arguments = arguments;
+        self
+    }
+}
+
+impl OwnCommand {
+    /// `(first key, last key, step)`, as `COMMAND INFO` shows them.
+    pub fn key_range(&self) -> (i64, i64, i64) {
+        match self.key {
+            Some(key) => (key.index, key.index, 1),
+            None => (0, 0, 0),
+        }
+    }
+
+    /// This command or one of its subcommands, by `name` or `container|sub` (any case).
+    pub fn find(name: &[u8]) -> Option<&'static OwnCommand> {
+        OWN.iter()
+            .flat_map(|c| std::iter::once(c).chain(c.subcommands))
+            .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
+    }
+}
+
+const OWN_BASE: OwnCommand = OwnCommand {
+    name: "",
+    arity: -2,
+    flags: &["noscript", "no_multi", "module"],
+    acl_categories: &["@slow"],
+    tips: &[],
+    key: None,
+    summary: "",
+    complexity: "",
+    arguments: &[],
+    subcommands: &[],
+};
+
+/// cachet's own commands as `COMMAND` describes them, in [`OWN_COMMANDS`]' order. Key
+/// positions are the syntaxes `session::tagging`, `session::policy` and `session::warm`
+/// parse: only TAGSET, TAG and TAGS name a key; tags, events, warmers and WARM's `KEY` (whose
+/// read heat cachet counts, nothing read at Redis) are not keys.
+pub const OWN: &[OwnCommand] = &[
+    OwnCommand {
+        name: "taginvalidate",
+        flags: &["write", "noscript", "no_multi", "module"],
+        acl_categories: &["@write", "@keyspace", "@slow"],
+        summary: "Deletes every key that carries any of the tags",
+        complexity: "O(N) where N is the number of keys carrying the tags",
+        arguments: &[OwnArg::new("tag", "string").multiple()],
+        ..OWN_BASE
+    },
+    OwnCommand {
+        name: "tagset",
+        arity: -5,
+        flags: &["write", "denyoom", "noscript", "no_multi", "module"],
+        acl_categories: &["@write", "@string", "@slow"],
+        key: Some(OwnKey {
+            index: 1,
+            flags: &["OW", "update"],
+        }),
+        summary: "Sets the string value of a key and tags it, in one atomic step",
+        complexity: "O(N) where N is the number of tags",
+        arguments: &[
+            OwnArg::new("key", "key"),
+            OwnArg::new("value", "string"),
+            OwnArg::new("expiration", "oneof").optional().of(&[
+                OwnArg::new("seconds", "integer").token("EX"),
+                OwnArg::new("milliseconds", "integer").token("PX"),
+                OwnArg::new("keepttl", "pure-token").token("KEEPTTL"),
+            ]),
+            OwnArg::new("class", "string").token("TTLCLASS").optional(),
+            OwnArg::new("tag", "string").token("TAGS").multiple(),
+        ],
+        ..OWN_BASE
+    },
+    OwnCommand {
+        name: "tag",
+        arity: -3,
+        flags: &["write", "noscript", "no_multi", "module"],
+        acl_categories: &["@write", "@keyspace", "@slow"],
+        key: Some(OwnKey {
+            index: 1,
+            flags: &["RO"],
+        }),
+        summary: "Attaches tags to an existing key",
+        complexity: "O(N) where N is the number of tags",
+        arguments: &[
+            OwnArg::new("key", "key"),
+            OwnArg::new("tag", "string").multiple(),
+        ],
+        ..OWN_BASE
+    },
+    OwnCommand {
+        name: "tags",
+        arity: 2,
+        flags: &["readonly", "noscript", "no_multi", "module"],
+        acl_categories: &["@read", "@keyspace", "@slow"],
+        tips: &["nondeterministic_output_order"],
+        key: Some(OwnKey {
+            index: 1,
+            flags: &["RO"],
+        }),
+        summary: "Returns the tags of a key",
+        complexity: "O(N) where N is the number of tags of the key",
+        arguments: &[OwnArg::new("key", "key")],
+        ..OWN_BASE
+    },
+    OwnCommand {
+        name: "tagkeys",
+        flags: &["readonly", "noscript", "no_multi", "module"],
+        acl_categories: &["@read", "@keyspace", "@slow"],
+        tips: &["nondeterministic_output"],
+        summary: "Returns a page of the keys that carry a tag, with a cursor, like SCAN",
+        complexity: "O(N) where N is COUNT",
+        arguments: &[
+            OwnArg::new("tag", "string"),
+            OwnArg::new("cursor", "integer").token("CURSOR").optional(),
+            OwnArg::new("count", "integer").token("COUNT").optional(),
+        ],
+        ..OWN_BASE
+    },
+    OwnCommand {
+        name: "emit",
+        flags: &["write", "noscript", "no_multi", "module"],
+        acl_categories: &["@write", "@slow"],
+        tips: &["nondeterministic_output"],
+        summary: "Sends a domain event to the policies that subscribe to it and applies what they decide",
+        complexity: "Depends on the policies that run",
+        arguments: &[
+            OwnArg::new("event", "string"),
+            OwnArg::new("data", "block").optional().multiple().of(&[
+                OwnArg::new("field", "string"),
+                OwnArg::new("value", "string"),
+            ]),
+        ],
+        ..OWN_BASE
+    },
+    OwnCommand {
+        name: "warm",
+        tips: &["nondeterministic_output"],
+        summary: "Asks a warmer to recompute an entry",
+        complexity: "O(N) where N is the number of parameters",
+        arguments: &[
+            OwnArg::new("warmer", "string"),
+            OwnArg::new("params", "block").optional().multiple().of(&[
+                OwnArg::new("param", "string"),
+                OwnArg::new("value", "string"),
+            ]),
+            OwnArg::new("key", "string").token("KEY").optional(),
+        ],
+        ..OWN_BASE
+    },
+    OwnCommand {
+        name: "policy",
+        // A container, as Redis shows CONFIG or CLIENT.
+        flags: &[],
+        summary: "A container for policy commands",
+        complexity: "Depends on subcommand.",
+        subcommands: &[
+            OwnCommand {
+                name: "policy|list",
+                arity: 2,
+                tips: &["nondeterministic_output"],
+                summary: "Lists the loaded policies with their digest, calls, errors and call times",
+                complexity: "O(N) where N is the number of policies",
+                ..OWN_BASE
+            },
+            OwnCommand {
+                name: "policy|reload",
+                flags: &["admin", "noscript", "no_multi", "module"],
+                acl_categories: &["@admin", "@slow", "@dangerous"],
+                summary: "Compiles and checks policy modules again and swaps them in",
+                complexity: "O(N) where N is the number of policies",
+                arguments: &[OwnArg::new("name", "string").optional()],
+                ..OWN_BASE
+            },
+            OwnCommand {
+                name: "policy|replay",
+                flags: &["admin", "write", "noscript", "no_multi", "module"],
+                acl_categories: &["@admin", "@write", "@slow", "@dangerous"],
+                summary: "Runs dead-lettered events again",
+                complexity: "O(N) where N is COUNT",
+                arguments: &[
+                    OwnArg::new("name", "string").optional(),
+                    OwnArg::new("count", "integer").token("COUNT").optional(),
+                ],
+                ..OWN_BASE
+            },
+        ],
+        ..OWN_BASE
+    },
+];
+
 /// What cachet knows of one command (or subcommand, named `container|sub`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CommandInfo {
@@ -175,6 +439,28 @@ mod tests {
             Value::Integer(1),
             Value::Integer(1),
         ])
+    }
+
+    #[test]
+    fn own_commands_are_described_once_each() {
+        let described: Vec<&[u8]> = OWN.iter().map(|c| c.name.as_bytes()).collect();
+        assert_eq!(described, OWN_COMMANDS);
+        for command in OWN
+            .iter()
+            .flat_map(|c| std::iter::once(c).chain(c.subcommands))
+        {
+            assert!(!command.summary.is_empty(), "{}", command.name);
+            assert_eq!(
+                OwnCommand::find(command.name.as_bytes()).unwrap().name,
+                command.name
+            );
+            let keys = command.arguments.iter().filter(|a| a.kind == "key").count();
+            assert_eq!(keys, command.key.iter().count(), "{}", command.name);
+        }
+        assert_eq!(OwnCommand::find(b"POLICY|List").unwrap().arity, 2);
+        assert_eq!(OwnCommand::find(b"TagSet").unwrap().key_range(), (1, 1, 1));
+        assert_eq!(OwnCommand::find(b"emit").unwrap().key_range(), (0, 0, 0));
+        assert!(OwnCommand::find(b"get").is_none());
     }
 
     #[test]

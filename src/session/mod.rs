@@ -31,6 +31,7 @@ mod aside;
 mod batch;
 mod client_list;
 mod clients;
+mod command;
 mod inspect;
 mod leases;
 mod local;
@@ -599,6 +600,7 @@ impl Session {
             Route::Auth => self.auth(request),
             Route::Hello => self.hello(request),
             Route::Info => self.info_command(request),
+            Route::Command => self.command_command(request),
             Route::Own(Own::Warm) => self.warm_command(request),
             Route::Own(Own::Policy) => self.policy_command(request, name),
             Route::Own(Own::Tag) => self.tag_command(request, name),

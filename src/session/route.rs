@@ -6,7 +6,8 @@
 //! 1. a client not yet authenticated may only sign in (AUTH, HELLO), QUIT or RESET;
 //! 2. commands about the connection itself that cachet answers (QUIT, CLIENT, and on the
 //!    pool RESET, AUTH, HELLO, INFO), and, on the pool, commands that act on other
-//!    connections' work, which go out of band ([`acts_on_others`]);
+//!    connections' work, which go out of band ([`acts_on_others`]); COMMAND, whose reply
+//!    gains cachet's own commands ([`merges_command`]);
 //! 3. cachet's own commands (WARM, EMIT, POLICY, the TAG commands), through the one gate
 //!    ([`gate`]) that decides who may run them;
 //! 4. a client with a dedicated connection sends everything else there;
@@ -100,6 +101,8 @@ pub(super) enum Route<'t> {
     Auth,
     Hello,
     Info,
+    /// COMMAND: Redis's command table with cachet's commands added (`Session::command_command`).
+    Command,
     /// A command that acts on other connections' work, on the out-of-band lane
     /// (`upstream::aside`), answered in order.
     Aside,
@@ -162,6 +165,7 @@ pub(super) fn route<'t>(
             frames: request.args.len().max(2) - 1,
         },
         b"info" if !pinned => Route::Info,
+        b"command" if merges_command(state) => Route::Command,
         b"function" if !pinned && drops_functions(request) => Route::Functions,
         b"script" | b"function" | b"shutdown" if !pinned && acts_on_others(name, request) => {
             Route::Aside
@@ -227,6 +231,15 @@ pub(super) fn gate(name: &[u8], state: &ClientState) -> Option<Reply> {
     } else {
         None
     }
+}
+
+/// Whether COMMAND's reply gains cachet's commands: not where Redis's reply is not one reply
+/// to this client's COMMAND as cachet's user would get it (queued in MULTI, subscribed or
+/// streaming, replies off), nor for a client signed in as another user, whose rights Redis
+/// checks on its own connection.
+pub(super) fn merges_command(state: &ClientState) -> bool {
+    let d = &state.divergence;
+    !(d.multi || d.user || d.pubsub() || d.stream || d.reply_mode)
 }
 
 /// Commands that change this connection's state at Redis (or may block it), and requests
@@ -459,6 +472,12 @@ mod tests {
             (&["UNSUBSCRIBE"], SIGNED_IN, "pool 1"),
             (&["UNSUBSCRIBE", "a", "b", "c"], SIGNED_IN, "pool 3"),
             (&["UNSUBSCRIBE", "a"], pinned, "dedicated"),
+            // COMMAND gains cachet's commands, wherever its reply is this client's alone.
+            (&["COMMAND"], SIGNED_IN, "command"),
+            (&["command", "info", "tagset"], pinned, "command"),
+            (&["COMMAND"], in_multi, "dedicated"),
+            (&["COMMAND", "COUNT"], other_user, "dedicated"),
+            (&["COMMAND"], stranger, "refuse NOAUTH"),
             // The gate.
             (&["WARM", "w", "k"], SIGNED_IN, "own Warm"),
             (&["EMIT", "e"], SIGNED_IN, "own Policy"),
