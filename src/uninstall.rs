@@ -53,13 +53,35 @@ pub enum Kind {
 }
 
 impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::TagSet,
+        Kind::DrainSet,
+        Kind::Epoch,
+        Kind::KeyTags,
+        Kind::Stream,
+        Kind::Library,
+    ];
+
+    /// One of them, in the listing.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::TagSet => "tag set",
             Kind::DrainSet => "drain set",
             Kind::Epoch => "epoch",
-            Kind::KeyTags => "key's tags",
+            Kind::KeyTags => "key tags",
             Kind::Stream => "stream",
+            Kind::Library => "function library",
+        }
+    }
+
+    /// All of them, in the summary.
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::TagSet => "tag sets",
+            Kind::DrainSet => "drain sets",
+            Kind::Epoch => "epochs",
+            Kind::KeyTags => "key tag sets",
+            Kind::Stream => "streams",
             Kind::Library => "function library",
         }
     }
