@@ -161,9 +161,10 @@ pub struct Validated {
     pub rules: tags::Rules,
 }
 
-/// Checks what parsing cannot, each once: compiles `[[rules]]` against `[ttl]`, then checks
-/// `[[policies]]` and `[events]` as a whole. Every rule problem is reported, placed in the
-/// text the config was parsed from (line, column, excerpt), as `check-config` prints it.
+/// Checks what parsing cannot, each once: compiles `[[rules]]` against `[ttl]`, and checks
+/// `[[policies]]` and `[events]` as a whole. Every problem of both is reported together; rule
+/// problems are placed in the text the config was parsed from (line, column, excerpt), as
+/// `check-config` prints them.
 pub fn validate(config: Config) -> Result<Validated, ConfigError> {
     let rules = tags::Rules::compile(&config.ttl, &config.rules).map_err(|errors| {
         config.invalid_rules(
@@ -177,9 +178,12 @@ pub fn validate(config: Config) -> Result<Validated, ConfigError> {
                 })
                 .collect(),
         )
-    })?;
-    config.check_policies()?;
-    Ok(Validated { config, rules })
+    });
+    match (rules, config.check_policies()) {
+        (Ok(rules), Ok(())) => Ok(Validated { config, rules }),
+        (Err(error), Ok(())) | (Ok(_), Err(error)) => Err(error),
+        (Err(rules), Err(policies)) => Err(ConfigError::Several(vec![rules, policies])),
+    }
 }
 
 /// Parses a TOML document, then [`validate`]s it; `origin` names it in error messages.

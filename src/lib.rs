@@ -6,7 +6,7 @@
 //!
 //! Modules depend on lower layers only (docs/ARCHITECTURE.md, "Layers"; `tests/layers.rs`
 //! enforces it): `resp`, `config`, `net` → `metrics` → `tags`, `upstream`, `policy`, `warm` →
-//! `health`, `events` → `session` → `server`, `admin` → `app`.
+//! `health`, `events`, `uninstall` → `session` → `server`, `admin` → `app`.
 //!
 //! # Module map
 //!
@@ -27,6 +27,8 @@
 //!   module header is the request path, top to bottom).
 //! * [`tags`]: `[[rules]]` and TTL classes (which keys get which tags and TTL), and the tag
 //!   index cachet keeps in Redis: its functions, calls, retries and sweeper.
+//! * [`uninstall`]: `cachet uninstall`: finds and removes the keys, streams and function
+//!   library cachet wrote into Redis, and nothing else.
 //! * [`upstream`]: connections to Redis: the shared pipelined pool, dedicated connections for
 //!   clients with their own state, and the control client.
 //! * [`warm`]: warm requests from policies and operators, and read heat.
@@ -52,6 +54,7 @@ pub mod resp;
 pub mod server;
 pub mod session;
 pub mod tags;
+pub mod uninstall;
 pub mod upstream;
 pub mod warm;
 

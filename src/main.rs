@@ -1,42 +1,79 @@
 //! The `cachet` binary: parse the command line, set up logging, load the config, run.
+//!
+//! Each subcommand is one variant of [`Command`] and one function below; `main` only
+//! dispatches. `--help` ends with the environment variables cachet reads, printed from the
+//! list the config code reads them from (`cachet::config::env::VARIABLES`).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use cachet::app::{self, Validated};
-use cachet::config::{Config, RedisUrl};
+use cachet::config::{Config, RedisUrl, env};
 
 /// A caching proxy for Redis.
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// TOML configuration file (see examples/cachet.toml).
-    #[arg(long, short)]
+    /// TOML configuration file (see examples/cachet.toml); without one, the built-in
+    /// defaults (listed at the end of `cachet --help`).
+    #[arg(long, short, global = true)]
     config: Option<PathBuf>,
     /// Address to listen on (overrides the file and CACHET_LISTEN).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
-    /// Redis to forward to, as redis://[user[:password]@]host[:port][/db].
-    #[arg(long)]
+    /// Redis to forward to, as redis://[user[:password]@]host[:port][/db] (overrides the file
+    /// and REDIS_HOST/REDIS_PORT).
+    #[arg(long, global = true)]
     upstream: Option<String>,
     /// Worker threads (0 = one per core; overrides the file).
     #[arg(long)]
     threads: Option<usize>,
+    /// Log lines as text, or as one JSON object per line for log shippers. Colours only
+    /// when stderr is a terminal and NO_COLOR is unset; the filter is RUST_LOG.
+    #[arg(
+        long,
+        value_enum,
+        env = "CACHET_LOG_FORMAT",
+        default_value_t = LogFormat::Text,
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Parse and validate a configuration file; exit 1 on any error.
+    /// Parse and validate a configuration file, print every error; exit 1 on any.
     CheckConfig { file: PathBuf },
     /// Policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Remove what cachet wrote into Redis, and nothing else.
+    ///
+    /// The tag index's keys (cachet:t/d/e/k:{...}), the [events] dead-letter and log streams,
+    /// and the `cachet` function library; never an application key, nor a warmer's stream.
+    /// Stop every cachet in front of that Redis first. Redis is the upstream that --config,
+    /// the environment and --upstream give, as for serving.
+    Uninstall {
+        /// List what would be removed, one `kind<TAB>name` per line; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do remove (required unless --dry-run).
+        #[arg(long, short, required_unless_present = "dry_run")]
+        yes: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -60,29 +97,78 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match cli.command {
-        Some(Command::CheckConfig { file }) => check_config(&file),
+    let matches = Cli::command().after_help(environment_help()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    init_logging(cli.log_format);
+    let outcome = match &cli.command {
+        Some(Command::CheckConfig { file }) => return check_config(file),
         Some(Command::Policy(PolicyCommand::Check {
             file,
             event,
             fields,
             json,
             timeout_ms,
-        })) => check_policy(&file, event, &fields, json, timeout_ms),
-        None => match serve(cli) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("cachet: {error:#}");
-                ExitCode::FAILURE
-            }
-        },
+        })) => return check_policy(file, event.clone(), fields, *json, *timeout_ms),
+        Some(Command::Uninstall { dry_run, .. }) => uninstall(&cli, *dry_run),
+        None => serve(&cli),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cachet: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `--help` epilogue: the defaults (from `Config::default()`), precedence, and every
+/// environment variable, from the list the code reads.
+fn environment_help() -> String {
+    let defaults = Config::default();
+    let admin = match defaults.admin.listen.0 {
+        Some(addr) => addr.to_string(),
+        None => "none".to_owned(),
+    };
+    let mut help = format!(
+        "Defaults without a file: --listen {}, --upstream {}, --threads {}, admin listener \
+         {admin}; every other key is in examples/cachet.toml.\n\
+         Precedence, lowest first: the defaults, the --config file, the environment, flags.\n\n\
+         Environment:\n",
+        defaults.proxy.listen, defaults.upstream.url, defaults.proxy.threads,
+    );
+    let mut line = |name: &str, what: &str| {
+        help.push_str(&format!("  {name:<29} {what}\n"));
+    };
+    for var in env::VARIABLES {
+        line(var.name, var.help);
+    }
+    line("CACHET_LOG_FORMAT", "text or json (see --log-format)");
+    line(
+        "RUST_LOG",
+        "log filter, e.g. warn or cachet=debug (default info)",
+    );
+    line(
+        "NO_COLOR",
+        "when set and not empty, text logs have no colours",
+    );
+    help
+}
+
+/// Text or JSON lines on stderr, filtered by RUST_LOG (default `info`). Colours only on a
+/// terminal: a file or a pipe gets plain text.
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+            builder
+                .with_ansi(std::io::stderr().is_terminal() && !no_color)
+                .init();
+        }
+        LogFormat::Json => builder.json().init(),
     }
 }
 
@@ -147,9 +233,9 @@ fn check_policy(
     }
 }
 
-/// The file (or the defaults), then the environment, then the command line; validated once,
-/// after all three.
-fn load_config(cli: &Cli) -> anyhow::Result<Validated> {
+/// The file (or the defaults), then the environment, then the command line; not yet
+/// validated.
+fn resolve_config(cli: &Cli) -> anyhow::Result<Config> {
     let mut config = match &cli.config {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
@@ -164,11 +250,17 @@ fn load_config(cli: &Cli) -> anyhow::Result<Validated> {
     if let Some(url) = &cli.upstream {
         config.upstream.url = RedisUrl::parse(url).map_err(anyhow::Error::msg)?;
     }
-    Ok(app::validate(config)?)
+    Ok(config)
 }
 
-fn serve(cli: Cli) -> anyhow::Result<()> {
-    let validated = load_config(&cli)?;
+/// [`resolve_config`], validated once, after the file, the environment and the command line
+/// all had their say.
+fn load_config(cli: &Cli) -> anyhow::Result<Validated> {
+    Ok(app::validate(resolve_config(cli)?)?)
+}
+
+fn serve(cli: &Cli) -> anyhow::Result<()> {
+    let validated = load_config(cli)?;
     let mut builder = match validated.config.proxy.threads {
         1 => tokio::runtime::Builder::new_current_thread(),
         0 => tokio::runtime::Builder::new_multi_thread(),
@@ -196,6 +288,58 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
             None => None,
         };
         app::run_validated(validated, listener, admin, shutdown_signal()).await
+    })
+}
+
+/// `cachet uninstall`: what it finds goes to stdout, one per line; the summary to stderr.
+fn uninstall(cli: &Cli, dry_run: bool) -> anyhow::Result<()> {
+    use cachet::uninstall::{Kind, Targets, run};
+    use fred::interfaces::ClientLike;
+    let config = resolve_config(cli)?;
+    let targets = Targets::new(cachet::tags::index::DEFAULT_PREFIX, &config.events)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let upstream = cachet::upstream::Upstream::new(config.upstream.clone())?;
+        let client = upstream.control().clone();
+        // The control client keeps retrying a Redis that is down; a command line gives up.
+        let address = config.upstream.url.address();
+        tokio::time::timeout(std::time::Duration::from_secs(10), client.init())
+            .await
+            .map_err(|_| anyhow::anyhow!("Redis at {address} did not answer within 10 s"))?
+            .with_context(|| format!("connecting to Redis at {address}"))?;
+        let mut out = std::io::stdout().lock();
+        let summary = run(&client, &targets, dry_run, |found| {
+            use std::io::Write;
+            // A closed stdout (`| head`) must not stop the removal half way.
+            let _ = writeln!(out, "{found}");
+        })
+        .await;
+        let _ = client.quit().await;
+        let summary = summary?;
+        if summary.cachet_clients > 0 {
+            eprintln!(
+                "cachet: warning: {} connection(s) named cachet:pool or cachet:aside are open: \
+                 a cachet still running writes index keys again and reloads its library",
+                summary.cachet_clients
+            );
+        }
+        let counts: Vec<String> = Kind::ALL
+            .iter()
+            .map(|k| {
+                let n = summary.counts.get(k).copied().unwrap_or(0);
+                format!("{} {n}", k.plural())
+            })
+            .collect();
+        let verb = if dry_run { "would remove" } else { "removed" };
+        eprintln!(
+            "cachet: {verb} from {}: {}",
+            config.upstream.url,
+            counts.join(", ")
+        );
+        Ok(())
     })
 }
 

@@ -238,3 +238,104 @@ fn a_refused_password_is_never_logged() {
         "{printed}"
     );
 }
+
+/// `--help` names every environment variable the config reads (from the same list), the log
+/// variables, and the defaults of the flags.
+#[test]
+fn help_lists_the_environment_and_the_defaults() {
+    let output = Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for var in cachet::config::env::VARIABLES {
+        assert!(
+            help.contains(&format!("  {:<29} {}", var.name, var.help)),
+            "{} missing from\n{help}",
+            var.name
+        );
+    }
+    for text in [
+        "CACHET_LOG_FORMAT",
+        "RUST_LOG",
+        "NO_COLOR",
+        "--listen 127.0.0.1:6380",
+        "--upstream redis://127.0.0.1:6379",
+        "--threads 0",
+        "admin listener 127.0.0.1:9121",
+        "[default: text]",
+        "uninstall",
+    ] {
+        assert!(help.contains(text), "{text} missing from\n{help}");
+    }
+}
+
+/// Runs cachet in front of `redis` with stderr going to a file, answers one PING, stops it
+/// with SIGTERM and returns what it logged.
+fn logs_of_a_run(redis: &RedisServer, args: &[&str], envs: &[(&str, &str)]) -> Vec<u8> {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .args(args)
+        .args(["--upstream", &redis.url(), "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .env("CACHET_ADMIN_LISTEN", "")
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .envs(envs.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start cachet");
+    wait_for_port(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        use std::io::{Read, Write};
+        stream.write_all(b"PING\r\n").unwrap();
+        let mut reply = [0u8; 7];
+        if stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cachet never answered PING");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Time for anything logged once the pool is up (a second command table load, say).
+    std::thread::sleep(Duration::from_millis(500));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    std::fs::read(log).unwrap()
+}
+
+#[test]
+fn logs_to_a_file_have_no_colours_and_json_logs_parse() {
+    let redis = RedisServer::start();
+    let text = logs_of_a_run(&redis, &[], &[]);
+    let shown = String::from_utf8_lossy(&text);
+    assert!(!text.contains(&0x1b), "ESC in\n{shown}");
+    assert!(shown.contains("cachet serving"), "{shown}");
+    assert_eq!(shown.matches("command table loaded").count(), 1, "{shown}");
+    assert!(!shown.contains("Some("), "{shown}");
+
+    for (args, envs) in [
+        (&["--log-format", "json"][..], &[][..]),
+        (&[][..], &[("CACHET_LOG_FORMAT", "json")][..]),
+    ] {
+        let json = logs_of_a_run(&redis, args, envs);
+        let shown = String::from_utf8_lossy(&json);
+        assert!(!json.contains(&0x1b), "ESC in\n{shown}");
+        let mut messages = Vec::new();
+        for line in shown.lines() {
+            let value: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{line:?} is not JSON: {e}\n{shown}"));
+            assert!(value["level"].is_string(), "{line}");
+            messages.push(value["fields"]["message"].as_str().unwrap_or("").to_owned());
+        }
+        assert!(messages.iter().any(|m| m == "cachet serving"), "{shown}");
+    }
+}

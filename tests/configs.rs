@@ -76,3 +76,109 @@ fn check_config_command_exit_codes() {
         "{stderr}"
     );
 }
+
+/// A config that is valid TOML with a wrong value in several independent places: every one
+/// is reported, each with its line, labelled as a config error (not a TOML one).
+#[test]
+fn every_wrong_value_is_reported_at_once() {
+    let text = "\
+[proxy]
+listen = \"nowhere\"
+[upstream]
+pool_size = 0
+[[rules]]
+pattern = \"a:{x}\"
+ttl = 1.5
+[[rules]]
+pattern = \"b:{x}\"
+[[rules]]
+pattern = \"c:{x}\"
+patern = \"typo\"
+[warmers.host]
+http = \"http://{host}:3000/warm\"
+[warmers.both]
+http = \"http://127.0.0.1:3000/warm\"
+stream = \"warm\"
+[warmers.fine]
+stream = \"warm\"
+";
+    let shown = cachet::app::load_toml(text, "x.toml")
+        .unwrap_err()
+        .to_string();
+    let lines: Vec<&str> = shown
+        .lines()
+        .filter_map(|l| l.strip_prefix("x.toml: error at line "))
+        .collect();
+    let at: Vec<&str> = lines.iter().map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(at, ["2", "4", "7", "12", "14", "15"], "{shown}");
+    assert!(!shown.contains("TOML"), "{shown}");
+    for why in [
+        "invalid socket address syntax",
+        "expected a nonzero usize",
+        "ttl",
+        "unknown field `patern`",
+        "not the host or port",
+        "not both",
+    ] {
+        assert!(shown.contains(why), "{why}: {shown}");
+    }
+}
+
+/// The warmer-url check is cachet's, on valid TOML: not labelled a TOML parse error.
+#[test]
+fn a_warmer_url_error_is_labelled_as_a_config_error() {
+    let shown = cachet::app::load_file(Path::new("examples/invalid/warmer-host-placeholder.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        shown.starts_with(
+            "examples/invalid/warmer-host-placeholder.toml: error at line 4, column 8"
+        ),
+        "{shown}"
+    );
+    assert!(!shown.contains("TOML"), "{shown}");
+}
+
+/// Broken TOML is a syntax error, and says so; every syntax error the parser finds is
+/// reported.
+#[test]
+fn syntax_errors_are_labelled_and_all_reported() {
+    let shown = cachet::app::load_toml("[proxy]\nlisten = \n[upstream\nurl = 'x'\n", "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        shown.matches("x.toml: TOML syntax error at line ").count(),
+        2,
+        "{shown}"
+    );
+    assert!(
+        shown.contains("at line 2") && shown.contains("at line 3"),
+        "{shown}"
+    );
+}
+
+/// Rule errors and policy errors, found by two checks after parsing, come out together.
+#[test]
+fn rule_and_policy_errors_are_reported_together() {
+    let text = "\
+[[rules]]
+pattern = \"s:{id}\"
+tags = [\"s\"]
+ttl = \"no-such-class\"
+[events]
+threads = 0
+[[policies]]
+name = \"p\"
+module = \"p.wasm\"
+events = [\"session.*\"]
+";
+    let shown = cachet::app::load_toml(text, "x.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(shown.contains("x.toml: error at line 4"), "{shown}");
+    assert!(shown.contains("unknown TTL class"), "{shown}");
+    assert!(
+        shown.contains("[events] threads must be at least 1"),
+        "{shown}"
+    );
+}

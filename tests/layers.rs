@@ -11,7 +11,7 @@ const LAYERS: &[&[&str]] = &[
     &["resp", "config", "net"],
     &["metrics"],
     &["tags", "upstream", "policy", "warm"],
-    &["health", "events"],
+    &["health", "events", "uninstall"],
     &["session"],
     &["server", "admin"],
     &["app"],

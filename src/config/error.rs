@@ -15,9 +15,10 @@ pub enum ConfigError {
         path: String,
         source: std::io::Error,
     },
-    /// `message` is `toml`'s error, rendered with every secret masked (`mask::render_toml_error`).
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
+    /// `toml`'s errors (syntax, or a value that does not fit the config), each rendered with
+    /// every secret masked (`mask::render_toml_error`).
+    #[error("{}", errors.iter().map(|e| format!("{path}: {e}")).collect::<Vec<_>>().join("\n"))]
+    Parse { path: String, errors: Vec<String> },
     #[error("environment variable {name}: {message}")]
     Env { name: &'static str, message: String },
     #[error("{}", Invalid::list(path, errors))]
@@ -27,6 +28,9 @@ pub enum ConfigError {
     Rules { errors: Vec<String> },
     #[error("{path}: {}", errors.join("; "))]
     Policies { path: String, errors: Vec<String> },
+    /// Problems found by more than one check, each reported in full.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 /// A problem found after parsing, not yet placed. Spans are byte ranges of the configuration

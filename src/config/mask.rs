@@ -15,12 +15,27 @@ use super::error::{line_column, line_start};
 // more than the secrets only costs a less helpful excerpt. (`no_damage_to_a_config_shows_its_
 // secrets` below damages a config every way one character can and checks.)
 
+/// What a `toml` error is about, for its label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ErrorKind {
+    /// The text is not TOML: `TOML syntax error at line ...`.
+    Syntax,
+    /// Valid TOML, but a key or value the config does not take: `error at line ...`, as the
+    /// problems validation finds later are labelled.
+    Value,
+}
+
 /// Renders a `toml` error as `toml` does (line, column, the line with a caret under the
-/// problem, the message), with every secret in the excerpt and in the message shown as `****`.
-pub(super) fn render_toml_error(text: &str, error: &toml::de::Error) -> String {
+/// problem, the message), labelled by `kind`, with every secret in the excerpt and in the
+/// message shown as `****`.
+pub(super) fn render_toml_error(text: &str, error: &toml::de::Error, kind: ErrorKind) -> String {
+    let label = match kind {
+        ErrorKind::Syntax => "TOML syntax error",
+        ErrorKind::Value => "error",
+    };
     let Some(span) = error.span() else {
         // No place, so no excerpt: the message and the keys it is about.
-        return mask_url_passwords(&error.to_string());
+        return format!("{label}: {}", mask_url_passwords(&error.to_string()));
     };
     let start = span.start.min(text.len());
     let span = start..span.end.clamp(start, text.len());
@@ -52,8 +67,8 @@ pub(super) fn render_toml_error(text: &str, error: &toml::de::Error) -> String {
     let (line, column) = line_column(text, span.start);
     let gutter = " ".repeat(line.to_string().len() + 1);
     format!(
-        "TOML parse error at line {line}, column {column}\n{gutter}|\n{line} | {shown}\n\
-         {gutter}|{} {}\n{message}\n",
+        "{label} at line {line}, column {column}\n{gutter}|\n{line} | {shown}\n\
+         {gutter}|{} {}\n{message}",
         " ".repeat(from),
         "^".repeat(to.saturating_sub(from).max(1))
     )

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 pub mod admin;
-mod env;
+pub mod env;
 mod error;
 pub mod health;
 mod mask;
@@ -52,7 +52,10 @@ pub use rules::{DEFAULT_TTL_SECS, MAX_TTL_SECS, RuleConfig, TtlConfig, TtlRef};
 pub use upstream::{MAX_DB, RedisUrl, UpstreamConfig};
 pub use warm::{HeatConfig, WarmerConfig};
 
-use mask::render_toml_error;
+use mask::{ErrorKind, render_toml_error};
+
+/// Most parse errors printed for one file; the rest are counted.
+const MAX_ERRORS_SHOWN: usize = 20;
 
 /// The whole configuration of one cachet process.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -122,11 +125,46 @@ impl fmt::Display for Secret {
 impl Config {
     /// Parses a TOML document; `origin` names it in error messages. Checks that need more than
     /// one value at a time are `crate::app::validate`'s; the config keeps the text for them.
+    ///
+    /// Every error is reported, not only the first: all the syntax errors `toml` finds (its
+    /// parser recovers and goes on), or, in a document that is valid TOML, the first wrong
+    /// value of each top-level section, of each `[[rules]]` / `[[policies]]` entry and of
+    /// each `[warmers.NAME]` ([`every_value_error`]).
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
-            path: origin.to_owned(),
-            message: render_toml_error(text, &error),
-        })?;
+        let failed = |kind, mut errors: Vec<toml::de::Error>| {
+            errors.sort_by_key(|e| e.span().map(|s| s.start));
+            // Each rendering scans the text for secrets: a bounded number of them keeps a
+            // huge broken file (one error per line) from taking quadratic time.
+            let mut shown: Vec<String> = errors
+                .iter()
+                .take(MAX_ERRORS_SHOWN)
+                .map(|e| render_toml_error(text, e, kind))
+                .collect();
+            if errors.len() > MAX_ERRORS_SHOWN {
+                shown.push(format!(
+                    "and {} more errors",
+                    errors.len() - MAX_ERRORS_SHOWN
+                ));
+            }
+            ConfigError::Parse {
+                path: origin.to_owned(),
+                errors: shown,
+            }
+        };
+        let (document, syntax) = toml::de::DeTable::parse_recoverable(text);
+        if !syntax.is_empty() {
+            return Err(failed(ErrorKind::Syntax, syntax));
+        }
+        let mut config = match Config::deserialize(toml::de::Deserializer::from(document.clone())) {
+            Ok(config) => config,
+            Err(first) => {
+                let mut errors = every_value_error(document);
+                if errors.is_empty() {
+                    errors.push(first);
+                }
+                return Err(failed(ErrorKind::Value, errors));
+            }
+        };
         config.source = Some(Source {
             origin: origin.to_owned(),
             text: text.into(),
@@ -174,4 +212,57 @@ impl Config {
             errors,
         })
     }
+}
+
+/// The errors of a document that is valid TOML but not a valid config, as many as can be
+/// told apart: `Config` is deserialized from one part of the document at a time, every other
+/// section left at its default. The parts are the top-level sections, each entry of a
+/// top-level array of tables (`[[rules]]`, `[[policies]]`), and each entry of a top-level table
+/// made only of tables (`[warmers.NAME]`). A part is never split further, so no check that
+/// needs two of its values (`http` or `stream`, not both) sees one without the other.
+fn every_value_error(document: toml::Spanned<toml::de::DeTable<'_>>) -> Vec<toml::de::Error> {
+    use toml::de::{DeArray, DeTable, DeValue};
+    let whole = document.span();
+    let mut parts: Vec<DeTable<'_>> = Vec::new();
+    for (key, value) in document.into_inner() {
+        let span = value.span();
+        match value.into_inner() {
+            DeValue::Array(items) if items.iter().all(|i| i.get_ref().is_table()) => {
+                for item in items.iter() {
+                    let mut one = DeArray::new();
+                    one.push(item.clone());
+                    let mut part = DeTable::new();
+                    part.insert(
+                        key.clone(),
+                        toml::Spanned::new(span.clone(), DeValue::Array(one)),
+                    );
+                    parts.push(part);
+                }
+            }
+            DeValue::Table(entries) if entries.iter().all(|(_, v)| v.get_ref().is_table()) => {
+                for (name, entry) in entries {
+                    let mut one = DeTable::new();
+                    one.insert(name, entry);
+                    let mut part = DeTable::new();
+                    part.insert(
+                        key.clone(),
+                        toml::Spanned::new(span.clone(), DeValue::Table(one)),
+                    );
+                    parts.push(part);
+                }
+            }
+            value => {
+                let mut part = DeTable::new();
+                part.insert(key, toml::Spanned::new(span, value));
+                parts.push(part);
+            }
+        }
+    }
+    parts
+        .into_iter()
+        .filter_map(|part| {
+            let part = toml::Spanned::new(whole.clone(), part);
+            Config::deserialize(toml::de::Deserializer::from(part)).err()
+        })
+        .collect()
 }

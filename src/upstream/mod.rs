@@ -29,7 +29,7 @@ use fred::cmd;
 use fred::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, broadcast, watch};
 
 use crate::config::UpstreamConfig;
 use crate::resp::commands::CommandTable;
@@ -404,6 +404,11 @@ async fn load_commands(upstream: Arc<Upstream>, setup: Vec<SetupStep>) {
             return;
         }
         if control.wait_for_connect().await.is_ok() {
+            // fred announces the first connection as a reconnect too: what is queued now is
+            // about the connection this load runs on, so it must not cause a second load.
+            while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = reconnects.try_recv()
+            {
+            }
             let reply: Result<Value, _> =
                 control.custom(cmd!("COMMAND"), Vec::<Value>::new()).await;
             match reply

@@ -5,9 +5,12 @@
 //! sent with `EMIT` after a write lets cachet's policies invalidate what the write made stale.
 //! No tag names and no TTLs appear in this file.
 //!
+//! It is a package of its own, so running it builds fred and tokio only (a minute or two
+//! from scratch), not cachet and wasmtime:
+//!
 //! ```sh
 //! cargo run --release -- --config examples/cachet.toml     # cachet on 127.0.0.1:6380
-//! cargo run --example cache_aside                          # or: -- redis://host:port
+//! cargo run --manifest-path examples/cache-aside/Cargo.toml   # or: -- redis://host:port
 //! ```
 
 use std::collections::BTreeMap;
