@@ -7,8 +7,9 @@
 //! redis-cli prints, exactly. `…` in a reply stands for any text within its line (an id, a
 //! version, a time). The command runs in bash as written, with `-p 6380` pointed at the test's
 //! cachet and `--no-raw` added: redis-cli prints `(integer) 1` to a terminal but `1` to a pipe,
-//! and the README shows what a terminal shows. A line `$ cargo run --example NAME` runs that
-//! example's binary against the test's cachet and compares its output the same way.
+//! and the README shows what a terminal shows. A line `$ cargo run -q --manifest-path
+//! examples/NAME/Cargo.toml` runs that example package's binary against the test's cachet and
+//! compares its output the same way.
 //! Other `$ ` lines (`curl`, ...) are not run; their output is not compared.
 
 mod support;
@@ -44,7 +45,7 @@ fn steps(readme: &str) -> Vec<Step> {
             continue;
         }
         if let Some(command) = line.strip_prefix("$ ") {
-            open = command.starts_with("redis-cli ") || command.starts_with("cargo run --example ");
+            open = command.starts_with("redis-cli ") || command.starts_with(EXAMPLE_RUN);
             if open {
                 steps.push(Step {
                     line: i + 1,
@@ -121,26 +122,26 @@ fn config(redis_url: &str, port: u16, sessions: &Path) -> String {
     text
 }
 
-/// The binary of example `name`, built like this test (`cargo test` builds examples, a
-/// `cargo test --test readme` does not: then it is built here).
+/// How the README runs an example package (`examples/NAME/Cargo.toml`).
+const EXAMPLE_RUN: &str = "cargo run -q --manifest-path examples/";
+
+/// The binary of example package `name`, built into this test's own target directory
+/// (`target/readme-examples`), so it shares nothing with the build under test and a rerun
+/// is incremental.
 fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let path = profile_dir.join("examples").join(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.args(["build", "--example", name]).current_dir(root());
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build --example");
-        assert!(status.success(), "cargo build --example {name} failed");
-    }
-    path
+    let target = root().join("target").join("readme-examples");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let manifest = root().join("examples").join(name).join("Cargo.toml");
+    let status = Command::new(cargo)
+        .args(["build", "-q", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target)
+        .current_dir(root())
+        .status()
+        .expect("run cargo build for the example");
+    assert!(status.success(), "cargo build --manifest-path {manifest:?} failed");
+    target.join("debug").join(name)
 }
 
 /// Runs one step; its output, lines without their ends.
@@ -162,9 +163,9 @@ fn run(step: &Step, port: u16) -> Result<Vec<String>, String> {
     } else {
         let name = step
             .command
-            .strip_prefix("cargo run --example ")
-            .and_then(|r| r.split_whitespace().next())
-            .expect("an example's name");
+            .strip_prefix(EXAMPLE_RUN)
+            .and_then(|r| r.strip_suffix("/Cargo.toml"))
+            .expect("an example package's name");
         Command::new(example(name))
             .arg(format!("redis://127.0.0.1:{port}"))
             .output()
@@ -263,7 +264,7 @@ fn the_readme_sessions_print_what_the_readme_shows() {
         "WARM teacher-sessions teacherId 123",
         "EMIT session.created",
         "COMMAND GETKEYS TAGSET",
-        "cargo run --example cache_aside",
+        "cargo run -q --manifest-path examples/cache-aside/Cargo.toml",
     ] {
         assert!(
             steps.iter().any(|s| s.command.contains(must)),
