@@ -658,12 +658,13 @@ fn parse_letter(item: Value) -> Option<(String, Letter)> {
     Some((id, Letter { policy, event }))
 }
 
-/// Reloads one policy and counts the outcome.
+/// Reloads one policy and counts the outcome. A file found as it was last looked at is no
+/// reload and is not counted: the watcher finds one on nearly every tick.
 pub async fn reload(events: &Events, entry: &Arc<Entry>, force: bool) -> Reloaded {
     let reloaded = events.policies.reload(entry, force).await;
     let outcome = match &reloaded {
         Reloaded::Replaced { .. } => "ok",
-        Reloaded::Unchanged => "unchanged",
+        Reloaded::Unchanged => return reloaded,
         Reloaded::Failed(_) => "failed",
     };
     events

@@ -790,3 +790,161 @@ async fn sighup_reloads_every_policy() {
     let _ = cachet.kill();
     let _ = cachet.wait();
 }
+
+/// cachet with an admin listener, for tests that read `/metrics`: the RESP and admin
+/// addresses, and the sender that stops it.
+async fn start_with_admin(
+    redis: &RedisServer,
+    tweak: impl FnOnce(&mut cachet::Config),
+) -> (
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let mut config = cachet::Config::default();
+    config.upstream.url = cachet::config::RedisUrl::parse(&redis.url()).expect("url");
+    tweak(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(cachet::run_with_admin(
+        config,
+        listener,
+        Some(admin),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(mut client) = RawClient::connect(addr).await
+            && client.text(&["PING"]).await == "+PONG\r\n"
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cachet did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (addr, admin_addr, stop)
+}
+
+/// The value of the first sample of `name` whose labels include every one of `labels`; 0
+/// when there is none (a counter never incremented has no sample with labels).
+async fn metric(admin: std::net::SocketAddr, name: &str, labels: &[&str]) -> u64 {
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("admin answers")
+        .text()
+        .await
+        .expect("body");
+    metrics
+        .lines()
+        .find(|l| {
+            (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                && labels.iter().all(|x| l.contains(x))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |v| v.parse().expect("a count"))
+}
+
+/// A module file that cachet refuses, left in place, is reported once per change of the file:
+/// not on every tick of the watcher (`watch_ms`), not when the file is only touched.
+#[tokio::test]
+async fn a_bad_module_left_in_place_is_reported_once_per_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module: PathBuf = dir.path().join("misbehave.wasm");
+    let original = std::fs::read(policy_wasm("misbehave")).expect("read component");
+    std::fs::write(&module, &original).expect("write module");
+    let redis = RedisServer::start();
+    let module_path = module.clone();
+    let (addr, admin, stop) = start_with_admin(&redis, move |config| {
+        config.policies = vec![policy(&module_path)];
+        config.events.watch_ms = 20;
+    })
+    .await;
+    let mut client = RawClient::connect(addr).await.expect("connect");
+    let failed = || {
+        metric(
+            admin,
+            "cachet_policy_reloads_total",
+            &["outcome=\"failed\""],
+        )
+    };
+    let replaced = || metric(admin, "cachet_policy_reloads_total", &["outcome=\"ok\""]);
+    // Waits until the watcher has had many ticks to report again.
+    let settle = || tokio::time::sleep(Duration::from_millis(500));
+    let wait_for = |what: &'static str, want: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = match what {
+                "failed" => failed().await,
+                _ => replaced().await,
+            };
+            if now >= want {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} stayed at {now}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    settle().await;
+    assert_eq!(
+        (failed().await, replaced().await),
+        (0, 0),
+        "nothing changed yet"
+    );
+    replace(&module, b"\0asm not really");
+    assert_eq!(wait_for("failed", 1).await, 1);
+    settle().await;
+    assert_eq!(failed().await, 1, "the same bad file is not reported again");
+    let list = client.text(&["POLICY", "LIST"]).await;
+    assert!(list.contains("failed_reloads\r\n:1\r\n"), "{list}");
+
+    // Touched (a new time, the same bytes): still nothing new.
+    replace(&module, b"\0asm not really");
+    settle().await;
+    assert_eq!(
+        failed().await,
+        1,
+        "a touched bad file is not reported again"
+    );
+
+    // Another bad file is another report; a good one serves, and the first bad one, put
+    // back after it, is news again.
+    replace(&module, b"\0asm still not");
+    assert_eq!(wait_for("failed", 2).await, 2);
+    replace(&module, &variant(&original, 1));
+    assert_eq!(wait_for("ok", 1).await, 1);
+    replace(&module, b"\0asm not really");
+    assert_eq!(wait_for("failed", 3).await, 3);
+    settle().await;
+    assert_eq!((failed().await, replaced().await), (3, 1));
+    let ok = client.text(&["EMIT", "misbehave.ok", "tag", "t"]).await;
+    assert!(
+        ok.contains("misbehave"),
+        "the good version keeps serving: {ok}"
+    );
+
+    // POLICY RELOAD is asked for: it tries, and reports, every time.
+    for _ in 0..2 {
+        let reply = client.text(&["POLICY", "RELOAD", "misbehave"]).await;
+        assert!(
+            reply.starts_with("-ERR policy misbehave: reload failed"),
+            "{reply}"
+        );
+    }
+    assert_eq!(failed().await, 5);
+    settle().await;
+    assert_eq!(
+        failed().await,
+        5,
+        "nor does the watcher report it after a reload"
+    );
+    let _ = stop.send(());
+}
+
