@@ -28,6 +28,7 @@ use fred::interfaces::ClientLike;
 use fred::types::Value;
 
 use crate::config::EventsConfig;
+use crate::config::policy::Unrouted;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::policy::engine::{self, Action, Event, name_to_bytes};
@@ -419,7 +420,9 @@ async fn dead_letter(events: &Events, event: &Event, policy: &str, error: &str) 
     }
 }
 
-/// EMIT: runs the event, logs it, answers the client.
+/// EMIT: runs the event, logs it, answers the client. An event no policy subscribes to is,
+/// like a PUBLISH nobody hears, answered with the empty result (or an error, with
+/// `[events] unrouted = "error"`).
 pub async fn emit(events: Arc<Events>, event: Event) -> Reply {
     if events.policies.subscribed(&event.name).is_empty() {
         events
@@ -427,10 +430,15 @@ pub async fn emit(events: Arc<Events>, event: Event) -> Reply {
             .events
             .with_label_values(&["unsubscribed"])
             .inc();
-        return Reply::error(format!(
-            "ERR no policy subscribes to event '{}'",
-            event.name
-        ));
+        if events.config.unrouted == Unrouted::Error {
+            return Reply::error(format!(
+                "ERR no policy subscribes to event '{}'",
+                event.name
+            ));
+        }
+        events.metrics.events_unrouted.inc();
+        tracing::debug!(event = %event.name, "EMIT of an event no policy subscribes to");
+        return outcome_reply(&Outcome::default());
     }
     let name = event.name.clone();
     let outcome = run(&events, event, None).await;

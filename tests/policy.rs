@@ -571,10 +571,6 @@ async fn bad_emits_get_redis_style_errors_and_the_client_is_still_served() {
         .await
         .expect("reply");
     assert_eq!(&reply[..], b"-ERR event field names must be UTF-8\r\n");
-    assert_eq!(
-        client.text(&["EMIT", "nobody.cares"]).await,
-        "-ERR no policy subscribes to event 'nobody.cares'\r\n"
-    );
     assert!(
         client
             .text(&["POLICY", "FROB"])
@@ -946,5 +942,69 @@ async fn a_bad_module_left_in_place_is_reported_once_per_change() {
         "nor does the watcher report it after a reload"
     );
     let _ = stop.send(());
+}
+
+/// An EMIT nobody subscribes to is like a PUBLISH nobody hears: the ordinary reply with no
+/// policies and nothing done, in RESP2 and RESP3, counted in cachet_events_unrouted_total.
+#[tokio::test]
+async fn an_event_nobody_subscribes_to_gets_the_empty_result() {
+    let redis = RedisServer::start();
+    let module = policy_wasm("misbehave");
+    let (addr, admin, stop) = start_with_admin(&redis, move |config| {
+        config.policies = vec![policy(&module)];
+    })
+    .await;
+    let url = format!("redis://{addr}");
+    for resp3 in [false, true] {
+        let client = fred_client(&url, resp3).await;
+        let routed = emit(&client, &["misbehave.ok"]).await.expect("EMIT");
+        let reply = emit(&client, &["nobody.cares", "id", "1"])
+            .await
+            .expect("the empty result, not an error");
+        let keys = |reply: &Value| {
+            let mut keys: Vec<String> = pairs(reply).into_iter().map(|(k, _)| k).collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(keys(&reply), keys(&routed), "resp3 {resp3}: same shape");
+        for (key, value) in pairs(&reply) {
+            match (key.as_str(), &value) {
+                ("policies" | "tags" | "keys" | "errors", Value::Array(items)) => {
+                    assert!(items.is_empty(), "{key}: {value:?}")
+                }
+                ("duration_us", _) => {}
+                (_, Value::Integer(0)) => {}
+                _ => panic!("resp3 {resp3}: {key} = {value:?}"),
+            }
+        }
+    }
+    // On the wire: a flat array of 12 pairs in RESP2, a map of 12 in RESP3, as any EMIT.
+    let mut raw = RawClient::connect(addr).await.expect("connect");
+    assert!(
+        raw.text(&["EMIT", "nobody.cares"])
+            .await
+            .starts_with("*24\r\n$8\r\npolicies\r\n*0\r\n")
+    );
+    raw.text(&["HELLO", "3"]).await;
+    assert!(
+        raw.text(&["EMIT", "nobody.cares"])
+            .await
+            .starts_with("%12\r\n$8\r\npolicies\r\n*0\r\n")
+    );
+    assert_eq!(metric(admin, "cachet_events_unrouted_total", &[]).await, 4);
+    let _ = stop.send(());
+
+    // `[events] unrouted = "error"` keeps the strict answer.
+    let module = policy_wasm("misbehave");
+    let strict = Proxy::start_with(&redis.url(), move |config| {
+        config.policies = vec![policy(&module)];
+        config.events.unrouted = cachet::config::policy::Unrouted::Error;
+    })
+    .await;
+    let mut client = RawClient::connect(strict.addr).await.expect("connect");
+    assert_eq!(
+        client.text(&["EMIT", "nobody.cares"]).await,
+        "-ERR no policy subscribes to event 'nobody.cares'\r\n"
+    );
 }
 
