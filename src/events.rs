@@ -619,6 +619,82 @@ pub async fn replay(
     Ok(done)
 }
 
+/// Dead letters `POLICY DROP` removes: events that will never replay (a poison event, or a
+/// policy that is gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Doomed {
+    /// These entries, by stream id (as `POLICY REPLAY`'s errors and `XRANGE` name them).
+    Ids(Vec<Bytes>),
+    /// Every entry of this policy, whether or not it is still configured.
+    Policy(String),
+}
+
+/// Removes dead letters without running them; answers how many were removed, like XDEL.
+pub async fn drop_letters(events: &Events, doomed: &Doomed) -> Result<u64, String> {
+    let stream = events.config.dead_letter_stream.as_str();
+    let control = events.upstream.control();
+    let xdel = |ids: Vec<Value>| async move {
+        let mut args = vec![Value::from(stream)];
+        args.extend(ids);
+        let removed: Value = control
+            .custom(fred::cmd!("XDEL"), args)
+            .await
+            .map_err(|e| format!("ERR upstream: {e}"))?;
+        Ok::<u64, String>(removed.as_u64().unwrap_or(0))
+    };
+    let policy = match doomed {
+        Doomed::Ids(ids) => return xdel(ids.iter().cloned().map(Value::Bytes).collect()).await,
+        Doomed::Policy(policy) => policy,
+    };
+    // A page at a time, as POLICY REPLAY reads them: the stream is capped
+    // (`dead_letter_maxlen`), so this ends.
+    let mut removed = 0;
+    let mut start = "-".to_owned();
+    loop {
+        let page: Value = control
+            .custom(
+                fred::cmd!("XRANGE"),
+                vec![
+                    Value::from(stream),
+                    Value::from(start.as_str()),
+                    Value::from("+"),
+                    Value::from("COUNT"),
+                    Value::from(100),
+                ],
+            )
+            .await
+            .map_err(|e| format!("ERR upstream: {e}"))?;
+        let entries = match page {
+            Value::Array(entries) if !entries.is_empty() => entries,
+            _ => return Ok(removed),
+        };
+        let mut ids = Vec::new();
+        for item in entries {
+            let Some((id, letter)) = parse_letter(item) else {
+                continue;
+            };
+            start = format!("({id}");
+            if letter.policy == *policy {
+                ids.push(Value::from(id));
+            }
+        }
+        if !ids.is_empty() {
+            removed += xdel(ids).await?;
+        }
+    }
+}
+
+/// Whether `id` is a stream entry id (`ms` or `ms-seq`), as XDEL accepts it.
+pub fn is_stream_id(id: &[u8]) -> bool {
+    let number = |part: &[u8]| {
+        !part.is_empty() && std::str::from_utf8(part).is_ok_and(|text| text.parse::<u64>().is_ok())
+    };
+    match id.iter().position(|&b| b == b'-') {
+        Some(at) => number(&id[..at]) && number(&id[at + 1..]),
+        None => number(id),
+    }
+}
+
 struct Letter {
     policy: String,
     event: Event,

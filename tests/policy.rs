@@ -571,11 +571,18 @@ async fn bad_emits_get_redis_style_errors_and_the_client_is_still_served() {
         .await
         .expect("reply");
     assert_eq!(&reply[..], b"-ERR event field names must be UTF-8\r\n");
-    assert!(
-        client
-            .text(&["POLICY", "FROB"])
-            .await
-            .starts_with("-ERR unknown subcommand 'FROB'")
+    assert_eq!(
+        client.text(&["POLICY", "FROB"]).await,
+        "-ERR unknown subcommand 'FROB'. Try POLICY LIST, POLICY RELOAD, POLICY REPLAY, \
+         POLICY DROP.\r\n"
+    );
+    assert_eq!(
+        client.text(&["POLICY", "DROP"]).await,
+        "-ERR wrong number of arguments for 'policy|drop' command\r\n"
+    );
+    assert_eq!(
+        client.text(&["POLICY", "DROP", "1-0", "nope"]).await,
+        "-ERR Invalid stream ID specified as stream command argument\r\n"
     );
     assert_eq!(
         client.text(&["POLICY", "REPLAY", "COUNT", "x"]).await,
@@ -1008,3 +1015,67 @@ async fn an_event_nobody_subscribes_to_gets_the_empty_result() {
     );
 }
 
+/// A poison event that will never replay is dropped from the dead-letter stream, by id or
+/// every one of a policy's; the reply counts what was removed, as XDEL does.
+#[tokio::test]
+async fn poison_events_are_dropped_from_the_dead_letter_stream() {
+    let redis = RedisServer::start();
+    let proxy = start(&redis, &policy_wasm("misbehave")).await;
+    let client = fred_client(&proxy.url(), true).await;
+    let direct = fred_client(&redis.url(), false).await;
+    for n in 0..3 {
+        let failed = emit(&client, &["misbehave.error", "n", &n.to_string()]).await;
+        assert!(failed.is_err(), "misbehave.error fails");
+    }
+    let dead_ids = || async {
+        let entries: Value = direct
+            .custom(cmd!("XRANGE"), vec!["cachet:policy:dead", "-", "+"])
+            .await
+            .expect("XRANGE");
+        match entries {
+            Value::Array(entries) => entries
+                .into_iter()
+                .map(|e| match e {
+                    Value::Array(mut parts) => parts.remove(0).as_string().expect("id"),
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let ids = dead_ids().await;
+    assert_eq!(ids.len(), 3);
+    // A replay fails again, and says which entry failed.
+    let replayed: Value = client
+        .custom(cmd!("POLICY"), vec!["REPLAY", "COUNT", "1"])
+        .await
+        .expect("REPLAY");
+    assert!(
+        strings(&field(&replayed, "errors"))[0].starts_with(&format!("{}: ", ids[0])),
+        "{replayed:?}"
+    );
+
+    let dropped: u64 = client
+        .custom(cmd!("POLICY"), vec!["DROP", ids[0].as_str(), "99-0"])
+        .await
+        .expect("DROP");
+    assert_eq!(dropped, 1, "one of the two ids was there");
+    assert_eq!(dead_ids().await, ids[1..]);
+
+    let other: u64 = client
+        .custom(cmd!("POLICY"), vec!["DROP", "someone-else", "ALL"])
+        .await
+        .expect("DROP");
+    assert_eq!(other, 0);
+    let dropped: u64 = client
+        .custom(cmd!("POLICY"), vec!["DROP", "misbehave", "all"])
+        .await
+        .expect("DROP");
+    assert_eq!(dropped, 2);
+    assert!(dead_ids().await.is_empty());
+    let again: u64 = client
+        .custom(cmd!("POLICY"), vec!["DROP", "misbehave", "ALL"])
+        .await
+        .expect("DROP");
+    assert_eq!(again, 0, "an empty (or missing) stream: nothing to drop");
+}
