@@ -2,6 +2,8 @@
 //!
 //! * [`engine`]: the wasmtime sandbox: compile and check a component, call it within limits.
 //! * [`check`]: `cachet policy check`, a component's report before it is deployed.
+//! * [`scaffold`]: `cachet policy new` and `cachet policy build`, a new policy in Rust,
+//!   JavaScript or Python and the component built from it.
 //! * This file: the loaded policies ([`Policies`]), which events each one handles, reloading
 //!   a module without stopping the others, per-policy statistics, and the OS threads that run
 //!   calls ([`Workers`]) so that wasm never runs on a task that serves clients.
@@ -28,6 +30,7 @@
 
 pub mod check;
 pub mod engine;
+pub mod scaffold;
 
 use std::collections::VecDeque;
 use std::path::Path;
