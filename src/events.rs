@@ -28,6 +28,7 @@ use fred::interfaces::ClientLike;
 use fred::types::Value;
 
 use crate::config::EventsConfig;
+use crate::config::policy::Unrouted;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::policy::engine::{self, Action, Event, name_to_bytes};
@@ -419,7 +420,9 @@ async fn dead_letter(events: &Events, event: &Event, policy: &str, error: &str) 
     }
 }
 
-/// EMIT: runs the event, logs it, answers the client.
+/// EMIT: runs the event, logs it, answers the client. An event no policy subscribes to is,
+/// like a PUBLISH nobody hears, answered with the empty result (or an error, with
+/// `[events] unrouted = "error"`).
 pub async fn emit(events: Arc<Events>, event: Event) -> Reply {
     if events.policies.subscribed(&event.name).is_empty() {
         events
@@ -427,10 +430,15 @@ pub async fn emit(events: Arc<Events>, event: Event) -> Reply {
             .events
             .with_label_values(&["unsubscribed"])
             .inc();
-        return Reply::error(format!(
-            "ERR no policy subscribes to event '{}'",
-            event.name
-        ));
+        if events.config.unrouted == Unrouted::Error {
+            return Reply::error(format!(
+                "ERR no policy subscribes to event '{}'",
+                event.name
+            ));
+        }
+        events.metrics.events_unrouted.inc();
+        tracing::debug!(event = %event.name, "EMIT of an event no policy subscribes to");
+        return outcome_reply(&Outcome::default());
     }
     let name = event.name.clone();
     let outcome = run(&events, event, None).await;
@@ -611,6 +619,82 @@ pub async fn replay(
     Ok(done)
 }
 
+/// Dead letters `POLICY DROP` removes: events that will never replay (a poison event, or a
+/// policy that is gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Doomed {
+    /// These entries, by stream id (as `POLICY REPLAY`'s errors and `XRANGE` name them).
+    Ids(Vec<Bytes>),
+    /// Every entry of this policy, whether or not it is still configured.
+    Policy(String),
+}
+
+/// Removes dead letters without running them; answers how many were removed, like XDEL.
+pub async fn drop_letters(events: &Events, doomed: &Doomed) -> Result<u64, String> {
+    let stream = events.config.dead_letter_stream.as_str();
+    let control = events.upstream.control();
+    let xdel = |ids: Vec<Value>| async move {
+        let mut args = vec![Value::from(stream)];
+        args.extend(ids);
+        let removed: Value = control
+            .custom(fred::cmd!("XDEL"), args)
+            .await
+            .map_err(|e| format!("ERR upstream: {e}"))?;
+        Ok::<u64, String>(removed.as_u64().unwrap_or(0))
+    };
+    let policy = match doomed {
+        Doomed::Ids(ids) => return xdel(ids.iter().cloned().map(Value::Bytes).collect()).await,
+        Doomed::Policy(policy) => policy,
+    };
+    // A page at a time, as POLICY REPLAY reads them: the stream is capped
+    // (`dead_letter_maxlen`), so this ends.
+    let mut removed = 0;
+    let mut start = "-".to_owned();
+    loop {
+        let page: Value = control
+            .custom(
+                fred::cmd!("XRANGE"),
+                vec![
+                    Value::from(stream),
+                    Value::from(start.as_str()),
+                    Value::from("+"),
+                    Value::from("COUNT"),
+                    Value::from(100),
+                ],
+            )
+            .await
+            .map_err(|e| format!("ERR upstream: {e}"))?;
+        let entries = match page {
+            Value::Array(entries) if !entries.is_empty() => entries,
+            _ => return Ok(removed),
+        };
+        let mut ids = Vec::new();
+        for item in entries {
+            let Some((id, letter)) = parse_letter(item) else {
+                continue;
+            };
+            start = format!("({id}");
+            if letter.policy == *policy {
+                ids.push(Value::from(id));
+            }
+        }
+        if !ids.is_empty() {
+            removed += xdel(ids).await?;
+        }
+    }
+}
+
+/// Whether `id` is a stream entry id (`ms` or `ms-seq`), as XDEL accepts it.
+pub fn is_stream_id(id: &[u8]) -> bool {
+    let number = |part: &[u8]| {
+        !part.is_empty() && std::str::from_utf8(part).is_ok_and(|text| text.parse::<u64>().is_ok())
+    };
+    match id.iter().position(|&b| b == b'-') {
+        Some(at) => number(&id[..at]) && number(&id[at + 1..]),
+        None => number(id),
+    }
+}
+
 struct Letter {
     policy: String,
     event: Event,
@@ -658,12 +742,13 @@ fn parse_letter(item: Value) -> Option<(String, Letter)> {
     Some((id, Letter { policy, event }))
 }
 
-/// Reloads one policy and counts the outcome.
+/// Reloads one policy and counts the outcome. A file found as it was last looked at is no
+/// reload and is not counted: the watcher finds one on nearly every tick.
 pub async fn reload(events: &Events, entry: &Arc<Entry>, force: bool) -> Reloaded {
     let reloaded = events.policies.reload(entry, force).await;
     let outcome = match &reloaded {
         Reloaded::Replaced { .. } => "ok",
-        Reloaded::Unchanged => "unchanged",
+        Reloaded::Unchanged => return reloaded,
         Reloaded::Failed(_) => "failed",
     };
     events

@@ -572,14 +572,17 @@ async fn bad_emits_get_redis_style_errors_and_the_client_is_still_served() {
         .expect("reply");
     assert_eq!(&reply[..], b"-ERR event field names must be UTF-8\r\n");
     assert_eq!(
-        client.text(&["EMIT", "nobody.cares"]).await,
-        "-ERR no policy subscribes to event 'nobody.cares'\r\n"
+        client.text(&["POLICY", "FROB"]).await,
+        "-ERR unknown subcommand 'FROB'. Try POLICY LIST, POLICY RELOAD, POLICY REPLAY, \
+         POLICY DROP.\r\n"
     );
-    assert!(
-        client
-            .text(&["POLICY", "FROB"])
-            .await
-            .starts_with("-ERR unknown subcommand 'FROB'")
+    assert_eq!(
+        client.text(&["POLICY", "DROP"]).await,
+        "-ERR wrong number of arguments for 'policy|drop' command\r\n"
+    );
+    assert_eq!(
+        client.text(&["POLICY", "DROP", "1-0", "nope"]).await,
+        "-ERR Invalid stream ID specified as stream command argument\r\n"
     );
     assert_eq!(
         client.text(&["POLICY", "REPLAY", "COUNT", "x"]).await,
@@ -789,4 +792,290 @@ async fn sighup_reloads_every_policy() {
     }
     let _ = cachet.kill();
     let _ = cachet.wait();
+}
+
+/// cachet with an admin listener, for tests that read `/metrics`: the RESP and admin
+/// addresses, and the sender that stops it.
+async fn start_with_admin(
+    redis: &RedisServer,
+    tweak: impl FnOnce(&mut cachet::Config),
+) -> (
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let mut config = cachet::Config::default();
+    config.upstream.url = cachet::config::RedisUrl::parse(&redis.url()).expect("url");
+    tweak(&mut config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(cachet::run_with_admin(
+        config,
+        listener,
+        Some(admin),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(mut client) = RawClient::connect(addr).await
+            && client.text(&["PING"]).await == "+PONG\r\n"
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cachet did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (addr, admin_addr, stop)
+}
+
+/// The value of the first sample of `name` whose labels include every one of `labels`; 0
+/// when there is none (a counter never incremented has no sample with labels).
+async fn metric(admin: std::net::SocketAddr, name: &str, labels: &[&str]) -> u64 {
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .expect("admin answers")
+        .text()
+        .await
+        .expect("body");
+    metrics
+        .lines()
+        .find(|l| {
+            (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                && labels.iter().all(|x| l.contains(x))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0, |v| v.parse().expect("a count"))
+}
+
+/// A module file that cachet refuses, left in place, is reported once per change of the file:
+/// not on every tick of the watcher (`watch_ms`), not when the file is only touched.
+#[tokio::test]
+async fn a_bad_module_left_in_place_is_reported_once_per_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module: PathBuf = dir.path().join("misbehave.wasm");
+    let original = std::fs::read(policy_wasm("misbehave")).expect("read component");
+    std::fs::write(&module, &original).expect("write module");
+    let redis = RedisServer::start();
+    let module_path = module.clone();
+    let (addr, admin, stop) = start_with_admin(&redis, move |config| {
+        config.policies = vec![policy(&module_path)];
+        config.events.watch_ms = 20;
+    })
+    .await;
+    let mut client = RawClient::connect(addr).await.expect("connect");
+    let failed = || {
+        metric(
+            admin,
+            "cachet_policy_reloads_total",
+            &["outcome=\"failed\""],
+        )
+    };
+    let replaced = || metric(admin, "cachet_policy_reloads_total", &["outcome=\"ok\""]);
+    // Waits until the watcher has had many ticks to report again.
+    let settle = || tokio::time::sleep(Duration::from_millis(500));
+    let wait_for = |what: &'static str, want: u64| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = match what {
+                "failed" => failed().await,
+                _ => replaced().await,
+            };
+            if now >= want {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} stayed at {now}, want {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+
+    settle().await;
+    assert_eq!(
+        (failed().await, replaced().await),
+        (0, 0),
+        "nothing changed yet"
+    );
+    replace(&module, b"\0asm not really");
+    assert_eq!(wait_for("failed", 1).await, 1);
+    settle().await;
+    assert_eq!(failed().await, 1, "the same bad file is not reported again");
+    let list = client.text(&["POLICY", "LIST"]).await;
+    assert!(list.contains("failed_reloads\r\n:1\r\n"), "{list}");
+
+    // Touched (a new time, the same bytes): still nothing new.
+    replace(&module, b"\0asm not really");
+    settle().await;
+    assert_eq!(
+        failed().await,
+        1,
+        "a touched bad file is not reported again"
+    );
+
+    // Another bad file is another report; a good one serves, and the first bad one, put
+    // back after it, is news again.
+    replace(&module, b"\0asm still not");
+    assert_eq!(wait_for("failed", 2).await, 2);
+    replace(&module, &variant(&original, 1));
+    assert_eq!(wait_for("ok", 1).await, 1);
+    replace(&module, b"\0asm not really");
+    assert_eq!(wait_for("failed", 3).await, 3);
+    settle().await;
+    assert_eq!((failed().await, replaced().await), (3, 1));
+    let ok = client.text(&["EMIT", "misbehave.ok", "tag", "t"]).await;
+    assert!(
+        ok.contains("misbehave"),
+        "the good version keeps serving: {ok}"
+    );
+
+    // POLICY RELOAD is asked for: it tries, and reports, every time.
+    for _ in 0..2 {
+        let reply = client.text(&["POLICY", "RELOAD", "misbehave"]).await;
+        assert!(
+            reply.starts_with("-ERR policy misbehave: reload failed"),
+            "{reply}"
+        );
+    }
+    assert_eq!(failed().await, 5);
+    settle().await;
+    assert_eq!(
+        failed().await,
+        5,
+        "nor does the watcher report it after a reload"
+    );
+    let _ = stop.send(());
+}
+
+/// An EMIT nobody subscribes to is like a PUBLISH nobody hears: the ordinary reply with no
+/// policies and nothing done, in RESP2 and RESP3, counted in cachet_events_unrouted_total.
+#[tokio::test]
+async fn an_event_nobody_subscribes_to_gets_the_empty_result() {
+    let redis = RedisServer::start();
+    let module = policy_wasm("misbehave");
+    let (addr, admin, stop) = start_with_admin(&redis, move |config| {
+        config.policies = vec![policy(&module)];
+    })
+    .await;
+    let url = format!("redis://{addr}");
+    for resp3 in [false, true] {
+        let client = fred_client(&url, resp3).await;
+        let routed = emit(&client, &["misbehave.ok"]).await.expect("EMIT");
+        let reply = emit(&client, &["nobody.cares", "id", "1"])
+            .await
+            .expect("the empty result, not an error");
+        let keys = |reply: &Value| {
+            let mut keys: Vec<String> = pairs(reply).into_iter().map(|(k, _)| k).collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(keys(&reply), keys(&routed), "resp3 {resp3}: same shape");
+        for (key, value) in pairs(&reply) {
+            match (key.as_str(), &value) {
+                ("policies" | "tags" | "keys" | "errors", Value::Array(items)) => {
+                    assert!(items.is_empty(), "{key}: {value:?}")
+                }
+                ("duration_us", _) => {}
+                (_, Value::Integer(0)) => {}
+                _ => panic!("resp3 {resp3}: {key} = {value:?}"),
+            }
+        }
+    }
+    // On the wire: a flat array of 12 pairs in RESP2, a map of 12 in RESP3, as any EMIT.
+    let mut raw = RawClient::connect(addr).await.expect("connect");
+    assert!(
+        raw.text(&["EMIT", "nobody.cares"])
+            .await
+            .starts_with("*24\r\n$8\r\npolicies\r\n*0\r\n")
+    );
+    raw.text(&["HELLO", "3"]).await;
+    assert!(
+        raw.text(&["EMIT", "nobody.cares"])
+            .await
+            .starts_with("%12\r\n$8\r\npolicies\r\n*0\r\n")
+    );
+    assert_eq!(metric(admin, "cachet_events_unrouted_total", &[]).await, 4);
+    let _ = stop.send(());
+
+    // `[events] unrouted = "error"` keeps the strict answer.
+    let module = policy_wasm("misbehave");
+    let strict = Proxy::start_with(&redis.url(), move |config| {
+        config.policies = vec![policy(&module)];
+        config.events.unrouted = cachet::config::policy::Unrouted::Error;
+    })
+    .await;
+    let mut client = RawClient::connect(strict.addr).await.expect("connect");
+    assert_eq!(
+        client.text(&["EMIT", "nobody.cares"]).await,
+        "-ERR no policy subscribes to event 'nobody.cares'\r\n"
+    );
+}
+
+/// A poison event that will never replay is dropped from the dead-letter stream, by id or
+/// every one of a policy's; the reply counts what was removed, as XDEL does.
+#[tokio::test]
+async fn poison_events_are_dropped_from_the_dead_letter_stream() {
+    let redis = RedisServer::start();
+    let proxy = start(&redis, &policy_wasm("misbehave")).await;
+    let client = fred_client(&proxy.url(), true).await;
+    let direct = fred_client(&redis.url(), false).await;
+    for n in 0..3 {
+        let failed = emit(&client, &["misbehave.error", "n", &n.to_string()]).await;
+        assert!(failed.is_err(), "misbehave.error fails");
+    }
+    let dead_ids = || async {
+        let entries: Value = direct
+            .custom(cmd!("XRANGE"), vec!["cachet:policy:dead", "-", "+"])
+            .await
+            .expect("XRANGE");
+        match entries {
+            Value::Array(entries) => entries
+                .into_iter()
+                .map(|e| match e {
+                    Value::Array(mut parts) => parts.remove(0).as_string().expect("id"),
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let ids = dead_ids().await;
+    assert_eq!(ids.len(), 3);
+    // A replay fails again, and says which entry failed.
+    let replayed: Value = client
+        .custom(cmd!("POLICY"), vec!["REPLAY", "COUNT", "1"])
+        .await
+        .expect("REPLAY");
+    assert!(
+        strings(&field(&replayed, "errors"))[0].starts_with(&format!("{}: ", ids[0])),
+        "{replayed:?}"
+    );
+
+    let dropped: u64 = client
+        .custom(cmd!("POLICY"), vec!["DROP", ids[0].as_str(), "99-0"])
+        .await
+        .expect("DROP");
+    assert_eq!(dropped, 1, "one of the two ids was there");
+    assert_eq!(dead_ids().await, ids[1..]);
+
+    let other: u64 = client
+        .custom(cmd!("POLICY"), vec!["DROP", "someone-else", "ALL"])
+        .await
+        .expect("DROP");
+    assert_eq!(other, 0);
+    let dropped: u64 = client
+        .custom(cmd!("POLICY"), vec!["DROP", "misbehave", "all"])
+        .await
+        .expect("DROP");
+    assert_eq!(dropped, 2);
+    assert!(dead_ids().await.is_empty());
+    let again: u64 = client
+        .custom(cmd!("POLICY"), vec!["DROP", "misbehave", "ALL"])
+        .await
+        .expect("DROP");
+    assert_eq!(again, 0, "an empty (or missing) stream: nothing to drop");
 }

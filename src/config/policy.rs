@@ -78,6 +78,21 @@ pub struct EventsConfig {
     /// How often module files are checked for changes (0: never; SIGHUP and
     /// `POLICY RELOAD` still work).
     pub watch_ms: u64,
+    /// What EMIT answers for an event no policy subscribes to.
+    pub unrouted: Unrouted,
+}
+
+/// `[events] unrouted`: an EMIT of an event no policy subscribes to.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Unrouted {
+    /// The empty result, like PUBLISH to a channel nobody listens on; counted in
+    /// `cachet_events_unrouted_total`. Applications can emit before any policy exists.
+    #[default]
+    Ignore,
+    /// `-ERR no policy subscribes to event '...'`, for deployments that want a typo in an
+    /// event name to fail loudly.
+    Error,
 }
 
 impl Default for EventsConfig {
@@ -92,6 +107,7 @@ impl Default for EventsConfig {
             log_maxlen: 10_000,
             threads: 2,
             watch_ms: 1000,
+            unrouted: Unrouted::Ignore,
         }
     }
 }
@@ -247,6 +263,25 @@ mod tests {
                 .to_string();
             assert!(error.contains(expect), "{text}: {error}");
         }
+    }
+
+    #[test]
+    fn unrouted_events_are_ignored_unless_configured_as_errors() {
+        let parse = |text: &str| toml::from_str::<File>(&format!("policies = []\n{text}"));
+        let default = parse("").expect("parses").events.unrouted;
+        assert_eq!(default, Unrouted::Ignore);
+        for (value, expect) in [("ignore", Unrouted::Ignore), ("error", Unrouted::Error)] {
+            let file = parse(&format!("[events]\nunrouted = \"{value}\"")).expect(value);
+            assert_eq!(file.events.unrouted, expect);
+        }
+        let error = parse("[events]\nunrouted = \"drop\"")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("unknown variant") && error.contains("ignore"),
+            "{error}"
+        );
     }
 
     #[test]

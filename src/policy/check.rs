@@ -34,45 +34,71 @@ pub fn check(
     fields: &[(String, String)],
     timeout_ms: Option<u64>,
 ) -> Result<Report, String> {
-    let host = Host::new(false)?;
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let timeout = timeout_ms.map_or(String::new(), |ms| format!("timeout_ms = {ms}\n"));
-    let config: PolicyConfig = toml::from_str(&format!(
-        "name = \"check\"\nmodule = {:?}\nevents = [\"*\"]\n{timeout}",
-        path.display().to_string()
-    ))
-    .map_err(|e| e.to_string())?;
-    let event = super::engine::client_event(
-        event.to_owned(),
-        fields
-            .iter()
-            .map(|(n, v)| (n.clone(), Bytes::from(v.clone())))
-            .collect(),
-    );
-    let shape = wasmtime::component::Component::new(host.engine(), &bytes)
-        .ok()
-        .map(|component| host.shape(&component));
-    match host.compile(&path.display().to_string(), &bytes) {
-        Err(error) => Ok(Report {
-            shape,
-            refused: Some(error.to_string()),
-            event,
-            result: None,
-        }),
-        Ok(compiled) => {
-            let module = super::Module::new(
-                &host,
-                &config.name,
-                compiled,
-                super::engine::Limits::from_config(&config),
-            );
-            let result = module.call(&event, Arc::new(Offline));
-            Ok(Report {
-                shape,
-                refused: None,
-                event,
-                result: Some(result),
+    Ok(Checker::load(path, timeout_ms)?.run(event, fields))
+}
+
+/// A component loaded once, as cachet would load it, to run several events through (a large
+/// component takes seconds to compile).
+pub struct Checker {
+    /// Kept for its epoch ticker, which enforces the call deadline.
+    _host: Host,
+    shape: Option<Shape>,
+    loaded: Result<super::Module, String>,
+}
+
+impl Checker {
+    /// Reads and compiles `path` with the default limits (or another call deadline). An
+    /// error only when the file cannot be read; a component cachet refuses is a
+    /// [`Report::refused`] of every run.
+    pub fn load(path: &Path, timeout_ms: Option<u64>) -> Result<Checker, String> {
+        let host = Host::new(false)?;
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let timeout = timeout_ms.map_or(String::new(), |ms| format!("timeout_ms = {ms}\n"));
+        let config: PolicyConfig = toml::from_str(&format!(
+            "name = \"check\"\nmodule = {:?}\nevents = [\"*\"]\n{timeout}",
+            path.display().to_string()
+        ))
+        .map_err(|e| e.to_string())?;
+        let shape = wasmtime::component::Component::new(host.engine(), &bytes)
+            .ok()
+            .map(|component| host.shape(&component));
+        let loaded = host
+            .compile(&path.display().to_string(), &bytes)
+            .map(|compiled| {
+                super::Module::new(
+                    &host,
+                    &config.name,
+                    compiled,
+                    super::engine::Limits::from_config(&config),
+                )
             })
+            .map_err(|error| error.to_string());
+        Ok(Checker {
+            _host: host,
+            shape,
+            loaded,
+        })
+    }
+
+    /// Runs one event through the component (host imports answer as for an empty cache).
+    pub fn run(&self, event: &str, fields: &[(String, String)]) -> Report {
+        let event = super::engine::client_event(
+            event.to_owned(),
+            fields
+                .iter()
+                .map(|(n, v)| (n.clone(), Bytes::from(v.clone())))
+                .collect(),
+        );
+        let (refused, result) = match &self.loaded {
+            Err(error) => (Some(error.clone()), None),
+            Ok(module) => (None, Some(module.call(&event, Arc::new(Offline)))),
+        };
+        Report {
+            shape: self.shape.clone(),
+            refused,
+            event,
+            result,
         }
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! * [`engine`]: the wasmtime sandbox: compile and check a component, call it within limits.
 //! * [`check`]: `cachet policy check`, a component's report before it is deployed.
+//! * [`scaffold`]: `cachet policy new` and `cachet policy build`, a new policy in Rust,
+//!   JavaScript or Python and the component built from it.
 //! * This file: the loaded policies ([`Policies`]), which events each one handles, reloading
 //!   a module without stopping the others, per-policy statistics, and the OS threads that run
 //!   calls ([`Workers`]) so that wasm never runs on a task that serves clients.
@@ -19,9 +21,16 @@
 //! thread, then stores the new version; an event holds the `Arc` it took at routing, so it
 //! finishes on that version. Reloads of one policy are serialised; a failure leaves the old
 //! version.
+//!
+//! **Noticing a change.** Each entry remembers the file as it last looked at it, loaded or
+//! refused (`Seen`: modification time, length, inode, digest). The watcher reads the file only
+//! when one of the first three changed, and compiles it only when its digest changed too, so
+//! a bad file left in place is reported once, not on every tick, and touching a file changes
+//! nothing.
 
 pub mod check;
 pub mod engine;
+pub mod scaffold;
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -46,8 +55,36 @@ pub struct Version {
     pub module: Module,
     /// Hex SHA-256 of the file's bytes.
     pub digest: String,
-    /// The file's modification time when it was read, to notice a change.
-    pub modified: Option<SystemTime>,
+}
+
+/// What the file system says about a module file without reading it: a change of any part
+/// means it may hold something new. The inode catches a file moved into place within the
+/// same tick of the file system's clock as the one it replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: Option<u64>,
+    inode: Option<u64>,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).ok();
+        Stamp {
+            modified: metadata.as_ref().and_then(|m| m.modified().ok()),
+            len: metadata.as_ref().map(|m| m.len()),
+            inode: metadata.map(|m| m.ino()),
+        }
+    }
+}
+
+/// The module file as a policy last looked at it, whether it loaded or was refused.
+#[derive(Debug)]
+struct Seen {
+    stamp: Stamp,
+    /// Its digest; none when it could not be read.
+    digest: Option<String>,
 }
 
 /// Counters of one policy, kept across reloads.
@@ -114,8 +151,8 @@ pub struct Entry {
     matcher: GlobSet,
     current: ArcSwap<Version>,
     pub stats: Stats,
-    /// Serialises reloads of this policy.
-    reloading: tokio::sync::Mutex<()>,
+    /// Serialises reloads of this policy, and holds the file as last looked at.
+    reloading: tokio::sync::Mutex<Seen>,
 }
 
 impl Entry {
@@ -139,7 +176,8 @@ impl Entry {
 pub enum Reloaded {
     /// The new module serves from now on.
     Replaced { digest: String },
-    /// The file had not changed.
+    /// The file holds what was last looked at (the version serving, or one already
+    /// refused): nothing was compiled, nothing is reported.
     Unchanged,
     /// The new module was refused; the old one keeps serving.
     Failed(String),
@@ -168,6 +206,7 @@ impl Policies {
         let host = Arc::new(Host::new(fuel)?);
         let mut entries = Vec::with_capacity(configs.len());
         for config in configs {
+            let stamp = Stamp::of(&config.module);
             let version = read_version(&host, config).map_err(|e| e.to_string())?;
             tracing::info!(
                 policy = %config.name,
@@ -178,9 +217,12 @@ impl Policies {
             entries.push(Arc::new(Entry {
                 config: config.clone(),
                 matcher: matcher(&config.events)?,
+                reloading: tokio::sync::Mutex::new(Seen {
+                    stamp,
+                    digest: Some(version.digest.clone()),
+                }),
                 current: ArcSwap::from_pointee(version),
                 stats: Stats::default(),
-                reloading: tokio::sync::Mutex::new(()),
             }));
         }
         let workers = Workers::start(threads);
@@ -209,13 +251,14 @@ impl Policies {
     }
 
     /// Reads, compiles and checks `entry`'s module file again and swaps it in. Events
-    /// already running keep the version they started with. `force` reloads an unchanged
-    /// file too.
+    /// already running keep the version they started with. Without `force`, a file that
+    /// looks (time and length) or reads (digest) as it did last time, served or refused, is
+    /// left alone; `force` reloads, and reports, whatever the file holds.
     pub async fn reload(&self, entry: &Arc<Entry>, force: bool) -> Reloaded {
-        let _one_at_a_time = entry.reloading.lock().await;
-        let current = entry.current();
-        let modified = modified(&entry.config.module);
-        if !force && modified == current.modified {
+        let mut seen = entry.reloading.lock().await;
+        let path = entry.config.module.clone();
+        let stamp = Stamp::of(&path);
+        if !force && stamp == seen.stamp {
             return Reloaded::Unchanged;
         }
         let host = self
@@ -223,28 +266,35 @@ impl Policies {
             .clone()
             .expect("a configured policy has an engine");
         let config = entry.config.clone();
-        let loaded = tokio::task::spawn_blocking(move || read_version(&host, &config))
+        let known = (!force).then(|| seen.digest.clone()).flatten();
+        let looked = tokio::task::spawn_blocking(move || look(&host, &config, known))
             .await
-            .unwrap_or_else(|e| {
-                Err(LoadError::Compile {
-                    path: entry.config.module.display().to_string(),
+            .unwrap_or_else(|e| Looked::Refused {
+                digest: None,
+                error: LoadError::Compile {
+                    path: path.display().to_string(),
                     message: e.to_string(),
-                })
+                },
             });
-        match loaded {
-            Ok(version) if !force && version.digest == current.digest => {
-                // Touched, not changed: remember the new time so it is not compiled again.
-                entry.current.store(Arc::new(version));
+        match looked {
+            Looked::Same => {
+                // Touched, not changed: remember the new stamp so it is not read again.
+                seen.stamp = stamp;
                 Reloaded::Unchanged
             }
-            Ok(version) => {
+            Looked::Loaded(version) => {
                 let digest = version.digest.clone();
+                *seen = Seen {
+                    stamp,
+                    digest: Some(digest.clone()),
+                };
                 entry.current.store(Arc::new(version));
                 entry.stats.reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(policy = %entry.name(), %digest, "policy reloaded");
                 Reloaded::Replaced { digest }
             }
-            Err(error) => {
+            Looked::Refused { digest, error } => {
+                *seen = Seen { stamp, digest };
                 entry.stats.failed_reloads.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(
                     policy = %entry.name(),
@@ -257,6 +307,41 @@ impl Policies {
     }
 }
 
+/// What a reload found in a module file.
+enum Looked {
+    /// The digest it was told it knows.
+    Same,
+    Loaded(Version),
+    /// Unreadable (no digest) or refused.
+    Refused {
+        digest: Option<String>,
+        error: LoadError,
+    },
+}
+
+/// Reads a policy's module file and, unless its digest is `known`, compiles it. Blocking.
+fn look(host: &Host, config: &PolicyConfig, known: Option<String>) -> Looked {
+    let (bytes, digest) = match read_module(config) {
+        Ok(read) => read,
+        Err(error) => {
+            return Looked::Refused {
+                digest: None,
+                error,
+            };
+        }
+    };
+    if known.as_ref() == Some(&digest) {
+        return Looked::Same;
+    }
+    match compile_version(host, config, &bytes, digest.clone()) {
+        Ok(version) => Looked::Loaded(version),
+        Err(error) => Looked::Refused {
+            digest: Some(digest),
+            error,
+        },
+    }
+}
+
 fn matcher(patterns: &[String]) -> Result<GlobSet, String> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
@@ -266,32 +351,37 @@ fn matcher(patterns: &[String]) -> Result<GlobSet, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
-}
-
 /// Reads and compiles a policy's module file. Blocking (compiling a large component takes
 /// seconds): call from a blocking thread.
 pub fn read_version(host: &Host, config: &PolicyConfig) -> Result<Version, LoadError> {
-    let path = config.module.display().to_string();
-    let modified = modified(&config.module);
+    let (bytes, digest) = read_module(config)?;
+    compile_version(host, config, &bytes, digest)
+}
+
+/// A module file's bytes and their hex SHA-256.
+fn read_module(config: &PolicyConfig) -> Result<(Vec<u8>, String), LoadError> {
     let bytes = std::fs::read(&config.module).map_err(|source| LoadError::Read {
-        path: path.clone(),
+        path: config.module.display().to_string(),
         source,
     })?;
     let digest = hex(&Sha256::digest(&bytes));
-    let compiled = host.compile(&path, &bytes)?;
+    Ok((bytes, digest))
+}
+
+fn compile_version(
+    host: &Host,
+    config: &PolicyConfig,
+    bytes: &[u8],
+    digest: String,
+) -> Result<Version, LoadError> {
+    let compiled = host.compile(&config.module.display().to_string(), bytes)?;
     let module = Module::new(
         host,
         &config.name,
         compiled,
         engine::Limits::from_config(config),
     );
-    Ok(Version {
-        module,
-        digest,
-        modified,
-    })
+    Ok(Version { module, digest })
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -21,7 +21,8 @@ fn arity_error(name: &str) -> Reply {
 
 impl Session {
     /// `EMIT event [field value ...]` and `POLICY LIST | RELOAD [name] | REPLAY [name]
-    /// [COUNT n]`, past the gate of cachet's own commands (`route::gate`).
+    /// [COUNT n] | DROP id [id ...] | DROP name ALL`, past the gate of cachet's own commands
+    /// (`route::gate`).
     pub(super) fn policy_command(&mut self, request: Request, name: &[u8]) {
         match name {
             b"emit" => self.emit(request),
@@ -139,12 +140,34 @@ impl Session {
                     }
                 })
             }
+            b"drop" => {
+                let doomed = match &args[2..] {
+                    [] => return self.reply_local(arity_error("policy|drop")),
+                    [policy, all] if all.eq_ignore_ascii_case(b"all") => {
+                        events::Doomed::Policy(String::from_utf8_lossy(policy).into_owned())
+                    }
+                    ids => {
+                        if !ids.iter().all(|id| events::is_stream_id(id)) {
+                            return self.reply_local(Reply::error(
+                                "ERR Invalid stream ID specified as stream command argument",
+                            ));
+                        }
+                        events::Doomed::Ids(ids.to_vec())
+                    }
+                };
+                self.reply_later(request, move |services| async move {
+                    match events::drop_letters(&services.events, &doomed).await {
+                        Ok(removed) => Reply::Integer(removed as i64),
+                        Err(error) => Reply::error(error),
+                    }
+                })
+            }
             b"list" | b"reload" => {
                 let sub = String::from_utf8_lossy(sub).to_ascii_lowercase();
                 self.reply_local(arity_error(&format!("policy|{sub}")))
             }
             _ => self.reply_local(Reply::error(format!(
-                "ERR unknown subcommand '{}'. Try POLICY LIST, POLICY RELOAD, POLICY REPLAY.",
+                "ERR unknown subcommand '{}'. Try POLICY LIST, POLICY RELOAD, POLICY REPLAY, POLICY DROP.",
                 String::from_utf8_lossy(sub)
             ))),
         }
