@@ -94,6 +94,21 @@ enum PolicyCommand {
         #[arg(long)]
         timeout_ms: Option<u64>,
     },
+    /// Write a new policy that builds as it is: the WIT contract, a template, a README.
+    New {
+        /// The policy's name: 1 to 64 of a-z A-Z 0-9 - _, starting with a letter.
+        name: String,
+        /// rust, js or python.
+        #[arg(long)]
+        lang: cachet::policy::scaffold::Lang,
+        /// The folder to write (default: ./NAME); it must be new or empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build the policy in DIR into DIR/<folder name>.wasm (Rust: cargo + wit-component;
+    /// JavaScript: jco; Python: componentize-py), installing a missing tool where it can, then
+    /// check it as `policy check` does with the sample event.
+    Build { dir: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -109,6 +124,10 @@ fn main() -> ExitCode {
             json,
             timeout_ms,
         })) => return check_policy(file, event.clone(), fields, *json, *timeout_ms),
+        Some(Command::Policy(PolicyCommand::New { name, lang, dir })) => {
+            new_policy(name, *lang, dir.as_deref())
+        }
+        Some(Command::Policy(PolicyCommand::Build { dir })) => return build_policy(dir),
         Some(Command::Uninstall { dry_run, .. }) => uninstall(&cli, *dry_run),
         None => serve(&cli),
     };
@@ -183,6 +202,40 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn new_policy(
+    name: &str,
+    lang: cachet::policy::scaffold::Lang,
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let dir = dir.map_or_else(|| PathBuf::from(name), PathBuf::from);
+    let written = cachet::policy::scaffold::create(&dir, name, lang)?;
+    println!(
+        "wrote a {lang} policy in {}; build it with: cachet policy build {}",
+        written.display(),
+        written.display()
+    );
+    Ok(())
+}
+
+/// Builds the policy in `dir`, then checks the component as `policy check` would.
+fn build_policy(dir: &std::path::Path) -> ExitCode {
+    use cachet::policy::scaffold;
+    let options = scaffold::BuildOptions {
+        show_output: true,
+        ..Default::default()
+    };
+    let wasm = match scaffold::build(dir, &options) {
+        Ok(wasm) => wasm,
+        Err(error) => {
+            eprintln!("cachet: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("built {}", wasm.display());
+    // A check of what was built, not of its speed: a generous deadline for a cold call.
+    check_policy(&wasm, None, &[], false, Some(1_000))
 }
 
 fn check_policy(

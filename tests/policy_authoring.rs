@@ -192,3 +192,43 @@ fn a_new_python_policy_builds_and_loads() {
     let wasm = new_and_build(parent.path(), "teacher_lists", Lang::Python, &options);
     assert_loads_and_answers(&wasm, Lang::Python);
 }
+
+/// The same through the binary: `cachet policy new` then `cachet policy build`, which also
+/// checks what it built.
+#[test]
+fn the_cli_scaffolds_builds_and_checks_a_rust_policy() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("cli-policy");
+    let cachet = env!("CARGO_BIN_EXE_cachet");
+    let new = std::process::Command::new(cachet)
+        .args(["policy", "new", "cli-policy", "--lang", "rust", "--dir"])
+        .arg(&dir)
+        .output()
+        .expect("run cachet policy new");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    assert!(new.status.success(), "{}", text(&new.stderr));
+    assert!(
+        text(&new.stdout).contains("cachet policy build"),
+        "{}",
+        text(&new.stdout)
+    );
+    let build = std::process::Command::new(cachet)
+        .args(["policy", "build"])
+        .arg(&dir)
+        .env("CARGO_TARGET_DIR", shared_target())
+        .output()
+        .expect("run cachet policy build");
+    let stdout = text(&build.stdout);
+    assert!(build.status.success(), "{stdout}\n{}", text(&build.stderr));
+    assert!(dir.join("cli-policy.wasm").is_file(), "{stdout}");
+    assert!(
+        stdout.contains("teacher:123"),
+        "the sample event's action: {stdout}"
+    );
+    // A language cachet does not scaffold is refused by the parser, with the choices.
+    let bad = std::process::Command::new(cachet)
+        .args(["policy", "new", "x", "--lang", "cobol"])
+        .output()
+        .expect("run cachet policy new");
+    assert!(!bad.status.success());
+}

@@ -140,7 +140,10 @@ fn example(name: &str) -> PathBuf {
         .current_dir(root())
         .status()
         .expect("run cargo build for the example");
-    assert!(status.success(), "cargo build --manifest-path {manifest:?} failed");
+    assert!(
+        status.success(),
+        "cargo build --manifest-path {manifest:?} failed"
+    );
     target.join("debug").join(name)
 }
 
