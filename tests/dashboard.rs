@@ -406,7 +406,7 @@ async fn the_dashboard_opens_full_and_charts_every_card() {
             browse(
                 &url,
                 &[
-                    "--window-size=1600,1080",
+                    "--window-size=1600,1240",
                     &format!("--screenshot={}", shot.display()),
                 ],
                 &profile,
