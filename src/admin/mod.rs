@@ -1,5 +1,6 @@
 //! The admin HTTP listener (axum): `/health`, `/metrics`, `/live`, `/ready`, the dashboard at
-//! `/` and the small JSON it polls, `/api/series`.
+//! `/` and the history it draws, `/api/history` (`/api/series`, cumulative figures at one
+//! instant, is what the page polled before the history existed).
 //!
 //! [`router`] builds the whole thing from an [`Admin`] handle; tests call it directly (or
 //! `cachet::run_with_admin` with a listener bound to port 0), and [`serve`] runs it on a
@@ -221,7 +222,8 @@ struct HistoryQuery {
 }
 
 /// The server-side history the dashboard draws (`crate::health::history`): one point a second
-/// for ranges up to an hour, one a minute up to a day, as columns.
+/// for ranges up to an hour, one a minute up to a day, as columns; and `current`: `overall`
+/// with its reasons, and the thresholds and the judging window as `/health` gives them.
 async fn history(
     State(admin): State<Arc<Admin>>,
     headers: HeaderMap,
@@ -236,12 +238,17 @@ async fn history(
     let range_ms = query.range.unwrap_or(900).saturating_mul(1000);
     let mut body = admin.health.history.series(now, range_ms, query.since);
     let report = health::report(&admin.health);
+    // The page draws the thresholds on its charts and says what the window judged.
+    let mut full = report.to_json(&admin.health);
     body["current"] = json!({
         "overall": report.overall,
         "reasons": report.reasons,
         "checkIntervalMs": admin.health.interval_ms(),
         "redisError": report.check.error,
         "uptimeMs": report.uptime_ms,
+        "thresholds": full["data"]["cachet"]["thresholds"].take(),
+        "window": full["data"]["health"]["cache"]["window"].take(),
+        "memoryBasis": report.check.memory_basis,
     });
     axum::Json(body).into_response()
 }
@@ -305,6 +312,17 @@ mod tests {
         let metrics = get(addr, "/metrics", None).await;
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
         assert!(metrics.contains("cachet_clients_connected 0"), "{metrics}");
+        // The dashboard's history says why, with the thresholds it draws.
+        let history = get(addr, "/api/history?range=60", None).await;
+        assert!(history.starts_with("HTTP/1.1 200"), "{history}");
+        assert!(
+            history.contains(r#""reasons":["Redis unreachable"#),
+            "{history}"
+        );
+        assert!(
+            history.contains(r#""hitRate":{"critical":60.0"#),
+            "{history}"
+        );
     }
 
     #[tokio::test]
