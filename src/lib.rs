@@ -18,7 +18,8 @@
 //!   dead letters and `POLICY REPLAY`, reloading modules.
 //! * [`health`]: the monitor loop, thresholds and `overall`; the `# cachet` INFO section.
 //! * [`metrics`]: every metric cachet keeps, in one place.
-//! * [`policy`]: the WebAssembly policy host: the sandbox, loaded modules, policy threads.
+//! * [`policy`]: the WebAssembly policy host: the sandbox, loaded modules, policy threads;
+//!   `cachet policy check` and `cachet policy new`/`build` (`policy::scaffold`).
 //! * [`net`]: socket reads without the extra `WouldBlock` syscall.
 //! * [`resp`]: frames on the wire (requests, replies, locally built replies) and the command
 //!   table learned from Redis.

@@ -87,7 +87,7 @@ pub struct Metrics {
     pub events: IntCounterVec,
     /// EMITs of events no policy subscribes to, answered with an empty result.
     pub events_unrouted: IntCounter,
-    /// Policy module reloads, by policy and outcome (ok, unchanged, failed).
+    /// Policy module reloads, by policy and outcome (ok, failed).
     pub policy_reloads: IntCounterVec,
     /// Events kept in the dead-letter stream.
     pub dead_letters: IntCounter,
@@ -281,7 +281,7 @@ impl Metrics {
             policy_reloads: counter_vec_n(
                 r,
                 "cachet_policy_reloads_total",
-                "Policy module reloads, by policy and outcome (ok, unchanged, failed)",
+                "Policy module reloads, by policy and outcome (ok, failed): once per change of the file, and per POLICY RELOAD or SIGHUP",
                 &["policy", "outcome"],
             ),
             dead_letters: counter(

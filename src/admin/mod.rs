@@ -1,6 +1,5 @@
 //! The admin HTTP listener (axum): `/health`, `/metrics`, `/live`, `/ready`, the dashboard at
-//! `/` and the history it draws, `/api/history` (`/api/series`, cumulative figures at one
-//! instant, is what the page polled before the history existed).
+//! `/` and the history it draws, `/api/history`.
 //!
 //! [`router`] builds the whole thing from an [`Admin`] handle; tests call it directly (or
 //! `cachet::run_with_admin` with a listener bound to port 0), and [`serve`] runs it on a
@@ -48,7 +47,6 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/ready", get(ready))
         .route("/health", get(health_json))
         .route("/metrics", get(metrics))
-        .route("/api/series", get(series))
         .route("/api/history", get(history))
         .with_state(admin)
 }
@@ -146,71 +144,6 @@ async fn metrics(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Respons
         body,
     )
         .into_response()
-}
-
-/// What the dashboard plots: cumulative counters and histogram buckets at one instant; the
-/// page turns two of them into rates and windowed quantiles.
-async fn series(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Some(refusal) = refuse(&admin, &headers) {
-        return refusal;
-    }
-    let report = health::report(&admin.health);
-    let t = &report.totals;
-    let families = admin.metrics.registry.gather();
-    let histogram_json = |h: &prometheus::proto::Histogram| {
-        json!({
-            "count": h.get_sample_count(),
-            "sum": h.get_sample_sum(),
-            "buckets": h.get_bucket().iter()
-                .map(|b| json!([b.upper_bound(), b.cumulative_count()]))
-                .collect::<Vec<_>>(),
-        })
-    };
-    let latency = families
-        .iter()
-        .find(|f| f.name() == "cachet_command_duration_seconds")
-        .and_then(|f| f.get_metric().first())
-        .map(|m| histogram_json(m.get_histogram()));
-    // Policy timings: any histogram the policy host registers under `cachet_policy_`.
-    let policies: Vec<_> = families
-        .iter()
-        .filter(|f| {
-            f.name().starts_with("cachet_policy_")
-                && f.get_field_type() == prometheus::proto::MetricType::HISTOGRAM
-        })
-        .flat_map(|f| {
-            f.get_metric().iter().map(move |m| {
-                let labels: Vec<String> = m
-                    .get_label()
-                    .iter()
-                    .map(|l| format!("{}={}", l.name(), l.value()))
-                    .collect();
-                json!({
-                    "metric": f.name(),
-                    "labels": labels.join(","),
-                    "count": m.get_histogram().get_sample_count(),
-                    "sum": m.get_histogram().get_sample_sum(),
-                })
-            })
-        })
-        .collect();
-    let at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    axum::Json(json!({
-        "at": at_ms,
-        "overall": report.overall,
-        "commands": t.commands,
-        "hits": t.hits,
-        "misses": t.misses,
-        "errors": t.errors,
-        "invalidations": t.invalidations,
-        "keysInvalidated": t.keys_invalidated,
-        "clients": admin.metrics.clients.get(),
-        "latency": latency,
-        "policies": policies,
-    }))
-    .into_response()
 }
 
 /// `/api/history`'s query: `range` (seconds, default 900, at most a day) and `since` (ms:
@@ -328,13 +261,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_guards_every_data_route_but_live() {
         let addr = serve_unreached(Some("s3cret")).await;
-        for path in [
-            "/health",
-            "/metrics",
-            "/ready",
-            "/api/series",
-            "/api/history",
-        ] {
+        for path in ["/health", "/metrics", "/ready", "/api/history"] {
             let refused = get(addr, path, None).await;
             assert!(refused.starts_with("HTTP/1.1 401"), "{path}: {refused}");
             let wrong = get(addr, path, Some("guess")).await;

@@ -738,6 +738,7 @@ fn take_sample(health: &Health, overall: Overall) -> Sample {
 async fn sample(health: Arc<Health>, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(SAMPLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut started = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -747,7 +748,25 @@ async fn sample(health: Arc<Health>, shutdown: CancellationToken) {
         if r.check.connected && !r.pool_up {
             health.recheck.notify_one();
         }
-        health.history.push(take_sample(&health, r.overall));
+        // Before the first check there is no `overall` to record (the report says "not
+        // checked yet"), and no Redis figures: the history starts with the first check.
+        if r.check.at_ms != 0 {
+            let sample = take_sample(&health, r.overall);
+            if !started {
+                // What was counted before the first check: the first point runs from start.
+                let uptime = health.metrics.started.elapsed().as_millis() as u64;
+                health.history.push(Sample {
+                    at_ms: sample.at_ms.saturating_sub(uptime),
+                    overall: sample.overall,
+                    latency_buckets: vec![0; sample.latency_buckets.len()].into(),
+                    rule_hits: vec![0; sample.rule_hits.len()].into(),
+                    rule_misses: vec![0; sample.rule_misses.len()].into(),
+                    ..Sample::default()
+                });
+                started = true;
+            }
+            health.history.push(sample);
+        }
     }
 }
 
