@@ -283,8 +283,23 @@ async fn hits_and_misses_are_counted_by_rule() {
     assert_eq!(raw.text(&["GET", "plain"]).await, "$1\r\nx\r\n");
     raw.text(&["MGET", "session:1", "plain", "session:3"]).await;
     assert_eq!(raw.text(&["TAGINVALIDATE", "session:1"]).await, ":1\r\n");
+    // cachet's own commands are counted under their names, not as "other".
+    assert!(
+        raw.text(&["EMIT", "nobody.listens"])
+            .await
+            .starts_with("*24\r\n")
+    );
+    assert!(raw.text(&["POLICY", "LIST"]).await.starts_with('*'));
 
     let scrape = cachet.metrics().await;
+    for cmd in ["emit", "policy"] {
+        let counted = sample(&scrape, "cachet_commands_total", &[("cmd", cmd)]);
+        assert_eq!(counted, 1.0, "{cmd}");
+    }
+    assert_eq!(
+        sample(&scrape, "cachet_commands_total", &[("cmd", "other")]),
+        0.0
+    );
     let rule = |name, rule| sample(&scrape, name, &[("rule", rule)]);
     assert_eq!(rule("cachet_hits_total", "session"), 2.0);
     assert_eq!(rule("cachet_misses_total", "session"), 2.0);
