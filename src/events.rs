@@ -557,6 +557,31 @@ pub struct Replayed {
 
 /// Runs up to `count` dead letters again (only `policy`'s, when given), oldest first. A
 /// replay that succeeds removes its entry; one that fails leaves it where it was.
+/// The dead-letter stream's entries from `start` on, 100 at most; `None` past the end.
+async fn dead_letter_page(
+    control: &fred::clients::Client,
+    stream: &str,
+    start: &str,
+) -> Result<Option<Vec<Value>>, String> {
+    let page: Value = control
+        .custom(
+            fred::cmd!("XRANGE"),
+            vec![
+                Value::from(stream),
+                Value::from(start),
+                Value::from("+"),
+                Value::from("COUNT"),
+                Value::from(100),
+            ],
+        )
+        .await
+        .map_err(|e| format!("ERR upstream: {e}"))?;
+    Ok(match page {
+        Value::Array(entries) if !entries.is_empty() => Some(entries),
+        _ => None,
+    })
+}
+
 pub async fn replay(
     events: &Arc<Events>,
     policy: Option<&str>,
@@ -567,22 +592,8 @@ pub async fn replay(
     let mut done = Replayed::default();
     let mut start = "-".to_owned();
     while done.replayed < count {
-        let page: Value = control
-            .custom(
-                fred::cmd!("XRANGE"),
-                vec![
-                    Value::from(stream),
-                    Value::from(start.as_str()),
-                    Value::from("+"),
-                    Value::from("COUNT"),
-                    Value::from(100),
-                ],
-            )
-            .await
-            .map_err(|e| format!("ERR upstream: {e}"))?;
-        let entries = match page {
-            Value::Array(entries) if !entries.is_empty() => entries,
-            _ => break,
+        let Some(entries) = dead_letter_page(control, stream, &start).await? else {
+            break;
         };
         for item in entries {
             let Some((id, letter)) = parse_letter(item) else {
@@ -651,22 +662,8 @@ pub async fn drop_letters(events: &Events, doomed: &Doomed) -> Result<u64, Strin
     let mut removed = 0;
     let mut start = "-".to_owned();
     loop {
-        let page: Value = control
-            .custom(
-                fred::cmd!("XRANGE"),
-                vec![
-                    Value::from(stream),
-                    Value::from(start.as_str()),
-                    Value::from("+"),
-                    Value::from("COUNT"),
-                    Value::from(100),
-                ],
-            )
-            .await
-            .map_err(|e| format!("ERR upstream: {e}"))?;
-        let entries = match page {
-            Value::Array(entries) if !entries.is_empty() => entries,
-            _ => return Ok(removed),
+        let Some(entries) = dead_letter_page(control, stream, &start).await? else {
+            return Ok(removed);
         };
         let mut ids = Vec::new();
         for item in entries {
