@@ -238,11 +238,15 @@ async fn unauthenticated_clients_get_redis_limits() {
 /// Finding 9: one 21 MB command of 3 million arguments stalled every client for over a
 /// second: each read re-walked the whole unfinished request. It is now checked as it
 /// arrives, once; the other clients' replies stay prompt while it streams in.
+///
+/// A timing on a shared 2-core machine: one attempt can meet a stall that is not cachet's
+/// (page writeback after a build, another process), so the best of three attempts is judged.
+/// The regression this guards against (about 200 ms each time, over a second before that)
+/// fails all three.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_command_does_not_stall_other_clients() {
     let redis = RedisServer::start();
     let proxy = Proxy::start(&redis.url()).await;
-    let neighbour = start_neighbour(proxy.addr, None).await;
     // A SET with 3 million arguments: about 21 MB, arriving over many reads. Redis refuses
     // it once it has read it all, so what the neighbour waits for is the reading.
     let mut args = vec!["SET".to_owned()];
@@ -250,27 +254,32 @@ async fn a_huge_command_does_not_stall_other_clients() {
     let command = RawClient::encode(&args);
     assert!(command.len() > 20_000_000, "{} bytes", command.len());
     drop(args);
-    let mut big = Conn::connect(proxy.addr).await.unwrap();
-    let started = Instant::now();
-    for piece in command.chunks(256 * 1024) {
-        big.send_raw(piece).await.unwrap();
+    let mut attempts = Vec::new();
+    for _ in 0..3 {
+        let neighbour = start_neighbour(proxy.addr, None).await;
+        let mut big = Conn::connect(proxy.addr).await.unwrap();
+        let started = Instant::now();
+        for piece in command.chunks(256 * 1024) {
+            big.send_raw(piece).await.unwrap();
+        }
+        let reply = text(
+            &big.read_frame_timeout(Duration::from_secs(60))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(reply, "-ERR syntax error\r\n");
+        let took = started.elapsed();
+        let (commands, slowest) = stop_neighbour(neighbour).await;
+        eprintln!("neighbour: {commands} commands, slowest {slowest:?}; the big one took {took:?}");
+        attempts.push(slowest);
+        // Directly against Redis the neighbour waits about 45 ms (Redis reads 21 MB). Before
+        // the fix it waited about 200 ms here (the command held the shared connection at
+        // Redis, and was re-walked on every read), 40-70 ms since.
+        if slowest < Duration::from_millis(150) {
+            return;
+        }
     }
-    let reply = text(
-        &big.read_frame_timeout(Duration::from_secs(60))
-            .await
-            .unwrap(),
-    );
-    assert_eq!(reply, "-ERR syntax error\r\n");
-    let took = started.elapsed();
-    let (commands, slowest) = stop_neighbour(neighbour).await;
-    eprintln!("neighbour: {commands} commands, slowest {slowest:?}; the big one took {took:?}");
-    // Directly against Redis the neighbour waits about 45 ms (Redis reads 21 MB). Before the
-    // fix it waited about 200 ms here (the command held the shared connection at Redis, and
-    // was re-walked on every read), 40-70 ms since.
-    assert!(
-        slowest < Duration::from_millis(150),
-        "a neighbour waited {slowest:?} ({commands} commands; the big one took {took:?})"
-    );
+    panic!("a neighbour waited {attempts:?} in three attempts: each over 150 ms");
 }
 
 /// The input of all clients together has a cap (`proxy.max_query_buffer_total`): a client
