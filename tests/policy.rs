@@ -179,31 +179,11 @@ async fn host_imports_read_the_tag_index() {
 #[tokio::test]
 async fn host_calls_are_capped_per_call_and_counted() {
     let redis = RedisServer::start();
-    let mut config = cachet::Config::default();
-    config.upstream.url = cachet::config::RedisUrl::parse(&redis.url()).expect("url");
-    config.policies = vec![policy(&policy_wasm("misbehave"))];
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (addr, admin_addr) = (listener.local_addr().unwrap(), admin.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(cachet::run_with_admin(
-        config,
-        listener,
-        Some(admin),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut client = loop {
-        if let Ok(mut client) = RawClient::connect(addr).await
-            && client.text(&["PING"]).await == "+PONG\r\n"
-        {
-            break client;
-        }
-        assert!(Instant::now() < deadline, "cachet did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (addr, admin_addr, stop) = start_with_admin(&redis, |config| {
+        config.policies = vec![policy(&policy_wasm("misbehave"))];
+    })
+    .await;
+    let mut client = RawClient::connect(addr).await.unwrap();
     let began = Instant::now();
     let reply = client.text(&["EMIT", "misbehave.host-loop"]).await;
     assert!(
