@@ -65,14 +65,9 @@ impl Session {
     /// write after it does not meet `ERR Function not found`. Other clients' tagged writes
     /// in the millisecond between the two can (README, "What is transparent").
     pub(super) fn functions_command(&mut self, request: Request) {
-        if self.client_gone {
-            self.closing = true;
-            return;
-        }
-        let Some(request) = self.after_earlier_replies(request) else {
+        let Some((request, id)) = self.slot_after_earlier_replies(request) else {
             return;
         };
-        let id = self.reserve_async();
         let services = self.services.clone();
         let inbox = self.reply_tx.clone();
         let protocol = self.protocol;

@@ -479,14 +479,9 @@ impl Session {
         if adds_nothing {
             return self.command_to_redis(request);
         }
-        if self.client_gone {
-            self.closing = true;
-            return;
-        }
-        let Some(request) = self.after_earlier_replies(request) else {
+        let Some((request, id)) = self.slot_after_earlier_replies(request) else {
             return;
         };
-        let id = self.reserve_async();
         let upstream = self.services.upstream.clone();
         let metrics = self.services.metrics.clone();
         let inbox = self.reply_tx.clone();

@@ -177,6 +177,22 @@ impl Session {
         None
     }
 
+    /// For a command whose reply cachet makes later, off the session's task: once the
+    /// client's earlier replies are in, the request and its reserved slot. `None` when it is
+    /// held for those replies (it comes back here then), or the client is gone (the session
+    /// closes).
+    pub(super) fn slot_after_earlier_replies(
+        &mut self,
+        request: Request,
+    ) -> Option<(Request, u64)> {
+        if self.client_gone {
+            self.closing = true;
+            return None;
+        }
+        let request = self.after_earlier_replies(request)?;
+        Some((request, self.reserve_async()))
+    }
+
     /// Takes the next slot for a reply cachet sends later, as `Inbox::Done(id, ...)` (or
     /// `Inbox::Closed(id)`); the client's later commands wait for it.
     pub(super) fn reserve_async(&mut self) -> u64 {
