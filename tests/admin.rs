@@ -768,3 +768,25 @@ async fn the_history_is_kept_server_side() {
     let newer: Value = serde_json::from_str(&newer).unwrap();
     assert!(newer["t"].as_array().unwrap().len() <= 1, "{newer:#}");
 }
+
+/// `/api/history`'s query is checked: what is not a number is refused with 400, and a range
+/// past a day is cut to a day (the history holds no more), so no query makes it work harder.
+#[tokio::test]
+async fn the_history_query_is_bounded() {
+    let redis = RedisServer::start();
+    let cachet = Cachet::start(&redis, |_| {}).await;
+    for bad in [
+        "range=abc",
+        "since=-1",
+        "range=1e9",
+        "range=99999999999999999999999",
+    ] {
+        let (status, body) = cachet.get(&format!("/api/history?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, body) = cachet.get("/api/history?range=999999999").await;
+    assert_eq!(status, 200, "{body}");
+    let json: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["rangeMs"], 86_400_000);
+    assert_eq!(json["stepMs"], 60_000);
+}
