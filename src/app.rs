@@ -35,18 +35,73 @@ pub async fn run_with_admin(
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    run_validated(validate(config)?, listener, admin, shutdown).await
+    let listeners = Listeners {
+        resp: listener,
+        tls: None,
+        admin,
+    };
+    run_validated(validate(config)?, listeners, shutdown).await
+}
+
+/// The sockets cachet serves on, bound by the caller.
+pub struct Listeners {
+    /// Plain RESP clients (`[proxy] listen`).
+    pub resp: TcpListener,
+    /// TLS clients. When `None` and `[proxy.tls]` is set, cachet binds `[proxy.tls] listen`
+    /// itself.
+    pub tls: Option<TcpListener>,
+    /// The admin HTTP endpoint (`crate::admin`), if any.
+    pub admin: Option<TcpListener>,
 }
 
 /// [`run_with_admin`] for a config [`validate`] has already checked (the binary's, checked
-/// after the environment and the command line had their say).
+/// after the environment and the command line had their say), on `listeners`.
 pub async fn run_validated(
     validated: Validated,
-    listener: TcpListener,
-    admin: Option<TcpListener>,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let Listeners {
+        resp: listener,
+        tls: tls_listener,
+        admin,
+    } = listeners;
     let Validated { config, rules } = validated;
+    // Certificates first: a TLS listener cachet cannot serve fails the start, as a bad config.
+    let tls = match &config.proxy.tls {
+        None => None,
+        Some(settings) => {
+            let files = crate::net::tls::ServerFiles {
+                cert: settings.cert.clone(),
+                key: settings.key.clone(),
+                client_ca: settings.client_ca.clone(),
+                tls13_only: settings.min_version == crate::config::TlsVersion::Tls13,
+            };
+            let reloadable = crate::net::tls::Reloadable::load(files)
+                .map_err(|e| anyhow::anyhow!("[proxy.tls]: {e}"))?;
+            let listener = match tls_listener {
+                Some(listener) => listener,
+                None => TcpListener::bind(settings.listen)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("TLS listener on {}: {e}", settings.listen))?,
+            };
+            tracing::info!(
+                listen = %listener.local_addr()?,
+                mutual = settings.client_ca.is_some(),
+                "cachet serving TLS"
+            );
+            Some((
+                server::TlsListener {
+                    listener,
+                    config: Arc::new(reloadable),
+                    handshake_timeout: std::time::Duration::from_millis(
+                        settings.handshake_timeout_ms,
+                    ),
+                },
+                std::time::Duration::from_millis(settings.reload_check_ms),
+            ))
+        }
+    };
     let limits = resp::Limits {
         max_bulk_len: config.proxy.max_bulk_len,
         max_array_len: config.proxy.max_array_len,
@@ -149,7 +204,11 @@ pub async fn run_validated(
         events,
         health,
     });
-    server::serve(services, listener, token).await;
+    let tls = tls.map(|(tls, check)| {
+        tokio::spawn(tls.config.clone().watch(check, token.clone()));
+        tls
+    });
+    server::serve(services, listener, tls, token).await;
     Ok(())
 }
 

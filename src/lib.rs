@@ -20,10 +20,11 @@
 //! * [`metrics`]: every metric cachet keeps, in one place.
 //! * [`policy`]: the WebAssembly policy host: the sandbox, loaded modules, policy threads;
 //!   `cachet policy check` and `cachet policy new`/`build` (`policy::scaffold`).
-//! * [`net`]: socket reads without the extra `WouldBlock` syscall.
+//! * [`net`]: the connection type (plain TCP or TLS), socket reads without the extra
+//!   `WouldBlock` syscall, and the rustls configs (`net::tls`: PEM files, reload).
 //! * [`resp`]: frames on the wire (requests, replies, locally built replies) and the command
 //!   table learned from Redis.
-//! * [`server`]: the accept loop, client limits, graceful shutdown.
+//! * [`server`]: the accept loops (plain and TLS), client limits, graceful shutdown.
 //! * [`session`]: one client connection and the phases each command goes through (its
 //!   module header is the request path, top to bottom).
 //! * [`tags`]: `[[rules]]` and TTL classes (which keys get which tags and TTL), and the tag

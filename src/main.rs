@@ -340,7 +340,12 @@ fn serve(cli: &Cli) -> anyhow::Result<()> {
             ),
             None => None,
         };
-        app::run_validated(validated, listener, admin, shutdown_signal()).await
+        let listeners = app::Listeners {
+            resp: listener,
+            tls: None,
+            admin,
+        };
+        app::run_validated(validated, listeners, shutdown_signal()).await
     })
 }
 

@@ -1,5 +1,11 @@
 //! The accept loop: client limits, one task per client, graceful shutdown.
 //!
+//! Plain and TLS clients come from their own listeners and share `max_clients`. A TLS client
+//! takes its place at accept, before its handshake, which must finish within the
+//! handshake timeout: clients that connect and never finish cannot pile up beyond
+//! `max_clients`, nor stay. Its acceptor is built from the server config current at accept
+//! (`net::tls::Reloadable`), so a certificate reload reaches new clients only.
+//!
 //! Shutdown stops accepting at once; every session then stops reading, finishes the replies
 //! it owes, and closes. `run` returns when all sessions have ended, or when
 //! `shutdown_grace_ms` has passed.
@@ -11,14 +17,31 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::net::Stream;
+use crate::net::tls::Reloadable;
 use crate::session::{ClientRegistry, Inbox, Services, Session};
 
-/// Accepts clients on `listener` until `shutdown` is cancelled, then waits for them to finish.
-pub async fn serve(services: Arc<Services>, listener: TcpListener, shutdown: CancellationToken) {
+/// The TLS listener (`[proxy.tls]`) and what its clients are accepted with.
+pub struct TlsListener {
+    pub listener: TcpListener,
+    pub config: Arc<Reloadable>,
+    /// A client not done with its handshake after this long is closed.
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts clients on `listener` (and `tls`'s) until `shutdown` is cancelled, then waits for
+/// them to finish.
+pub async fn serve(
+    services: Arc<Services>,
+    listener: TcpListener,
+    tls: Option<TlsListener>,
+    shutdown: CancellationToken,
+) {
     if let Err(error) = services
         .metrics
         .registry
@@ -29,30 +52,58 @@ pub async fn serve(services: Arc<Services>, listener: TcpListener, shutdown: Can
     let slots = Arc::new(Semaphore::new(services.proxy.max_clients));
     let sessions = TaskTracker::new();
     loop {
-        let (stream, addr) = tokio::select! {
+        let (accepted, secure) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => (accepted, false),
+            accepted = async { tls.as_ref().expect("checked").listener.accept().await }, if tls.is_some() => (accepted, true),
+        };
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(stream));
+            if secure {
+                // Plain text would be garbage to a TLS client, and a handshake beyond the
+                // limit is what the limit is for.
+                tracing::warn!("refusing a TLS client: max number of clients reached");
+            } else {
+                tokio::spawn(refuse(stream));
+            }
             continue;
+        };
+        let handshake = match (&tls, secure) {
+            (Some(tls), true) => Some((
+                TlsAcceptor::from(tls.config.current()),
+                tls.handshake_timeout,
+            )),
+            _ => None,
         };
         let services = services.clone();
         let shutdown = shutdown.clone();
         sessions.spawn(async move {
             let _permit = permit;
+            let stream = match handshake {
+                None => Stream::from(stream),
+                Some((acceptor, limit)) => {
+                    match accept_tls(acceptor, stream, limit, &shutdown).await {
+                        Ok(stream) => stream,
+                        Err(error) => {
+                            tracing::debug!(%addr, %error, "TLS handshake failed");
+                            return;
+                        }
+                    }
+                }
+            };
             serve_client(services, stream, addr, shutdown).await;
         });
     }
     drop(listener);
+    drop(tls);
     sessions.close();
     services.clients.broadcast(|| Inbox::Shutdown);
     let grace = Duration::from_millis(services.proxy.shutdown_grace_ms);
@@ -71,9 +122,26 @@ pub async fn serve(services: Arc<Services>, listener: TcpListener, shutdown: Can
     services.upstream.shutdown().await;
 }
 
+/// A TLS client's handshake, cut off after `limit` or at shutdown.
+async fn accept_tls(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    limit: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Stream, String> {
+    tokio::select! {
+        done = tokio::time::timeout(limit, acceptor.accept(stream)) => match done {
+            Ok(Ok(tls)) => Ok(Stream::from(tokio_rustls::TlsStream::from(tls))),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err(format!("not done after {} ms", limit.as_millis())),
+        },
+        _ = shutdown.cancelled() => Err("shutting down".to_owned()),
+    }
+}
+
 async fn serve_client(
     services: Arc<Services>,
-    stream: TcpStream,
+    stream: Stream,
     addr: SocketAddr,
     shutdown: CancellationToken,
 ) {

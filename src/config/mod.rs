@@ -18,9 +18,10 @@
 //!
 //! One file per part: the sections [`proxy`], [`upstream`], [`rules`] (`[ttl]` and
 //! `[[rules]]`), [`policy`] (`[[policies]]`, `[events]`), [`warm`] (`[warmers.NAME]`, `[heat]`),
-//! [`admin`] and [`health`]; `env` (overrides), `error` (errors and their places in the file)
-//! and `mask` (secrets in error messages). This module is plain data: it imports nothing else
-//! of cachet, and each subsystem takes its section from here.
+//! [`admin`], [`health`] and [`tls`] (`[proxy.tls]`, `[upstream.tls]`); `env` (overrides),
+//! `error` (errors and their places in the file) and `mask` (secrets in error messages). This
+//! module is plain data: it imports nothing else of cachet, and each subsystem takes its
+//! section from here.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,6 +40,7 @@ pub mod proxy;
 pub mod rules;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 pub mod upstream;
 pub mod warm;
 
@@ -49,6 +51,7 @@ pub use mask::mask_url_passwords;
 pub use policy::{EventsConfig, PolicyConfig};
 pub use proxy::ProxyConfig;
 pub use rules::{DEFAULT_TTL_SECS, MAX_TTL_SECS, RuleConfig, TtlConfig, TtlRef};
+pub use tls::{ProxyTlsConfig, TlsVersion, UpstreamTlsConfig};
 pub use upstream::{MAX_DB, RedisUrl, UpstreamConfig};
 pub use warm::{HeatConfig, WarmerConfig};
 

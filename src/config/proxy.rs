@@ -54,6 +54,8 @@ pub struct ProxyConfig {
     /// both are measured in BENCHMARKS.md, "Hostile clients" (bench/hostile.sh). Set 1 where
     /// cores are shared and throughput matters more than that isolation.
     pub threads: usize,
+    /// `[proxy.tls]`: a TLS listener beside the plain one.
+    pub tls: Option<super::ProxyTlsConfig>,
 }
 
 impl Default for ProxyConfig {
@@ -72,6 +74,7 @@ impl Default for ProxyConfig {
             reply_buffer_limit: 256 << 20,
             shutdown_grace_ms: 10_000,
             threads: 0,
+            tls: None,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `[upstream]`: the Redis server cachet forwards to, and its `redis://` url, parsed once and
-//! printed with the password masked.
+//! `[upstream]`: the Redis server cachet forwards to, and its `redis://` (or `rediss://`, TLS)
+//! url, parsed once and printed with the password masked.
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -18,7 +18,7 @@ pub const MAX_DB: u32 = u8::MAX as u32;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `redis://[user[:password]@]host[:port][/db]`.
+    /// `redis://[user[:password]@]host[:port][/db]`; `rediss://` for TLS.
     pub url: RedisUrl,
     /// Password for the pool's connections; overrides one given in `url`.
     pub password: Option<Secret>,
@@ -30,6 +30,8 @@ pub struct UpstreamConfig {
     /// A pooled command with no reply after this long fails the connection: every command
     /// in flight on it gets `-ERR upstream timeout` and cachet reconnects (0 = no limit).
     pub command_timeout_ms: u64,
+    /// `[upstream.tls]`: CA, client certificate and server name for a `rediss://` url.
+    pub tls: Option<super::UpstreamTlsConfig>,
 }
 
 impl Default for UpstreamConfig {
@@ -41,6 +43,7 @@ impl Default for UpstreamConfig {
             spare_connections: 8,
             connect_timeout_ms: 1_000,
             command_timeout_ms: 5_000,
+            tls: None,
         }
     }
 }
@@ -69,9 +72,11 @@ impl UpstreamConfig {
     }
 }
 
-/// A parsed `redis://` URL. Only plain TCP is supported for now (`rediss://` is refused).
+/// A parsed `redis://` or `rediss://` (TLS) URL.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
+    /// `rediss://`: connections to Redis use TLS (see `[upstream.tls]`).
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
@@ -85,12 +90,15 @@ impl RedisUrl {
         let shown = mask_url(input);
         let url =
             url::Url::parse(input).map_err(|e| format!("invalid upstream url {shown:?}: {e}"))?;
-        if url.scheme() != "redis" {
-            return Err(format!(
-                "unsupported upstream url scheme {:?} (expected redis://)",
-                url.scheme()
-            ));
-        }
+        let tls = match url.scheme() {
+            "redis" => false,
+            "rediss" => true,
+            other => {
+                return Err(format!(
+                    "unsupported upstream url scheme {other:?} (expected redis:// or rediss://)"
+                ));
+            }
+        };
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
@@ -117,6 +125,7 @@ impl RedisUrl {
             ));
         }
         Ok(RedisUrl {
+            tls,
             host,
             port: url.port().unwrap_or(6379),
             username,
@@ -143,7 +152,7 @@ impl fmt::Debug for RedisUrl {
 
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("redis://")?;
+        f.write_str(if self.tls { "rediss://" } else { "redis://" })?;
         match (&self.username, &self.password) {
             (Some(user), Some(_)) => write!(f, "{user}:****@")?,
             (Some(user), None) => write!(f, "{user}@")?,

@@ -330,7 +330,7 @@ impl Session {
             id: self.id,
             addr: self.handle.addr,
             laddr: self.laddr,
-            fd: self.reader.as_ref().as_raw_fd(),
+            fd: self.reader.as_raw_fd(),
             name: self.name.clone(),
             age: self.created.elapsed().as_secs(),
             idle: self.last_activity.elapsed().as_secs(),

@@ -56,11 +56,10 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use redis_protocol::resp3::types::BytesFrame;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::net::{ReadHalf, Stream, WriteHalf};
 use crate::resp::reply::Reply;
 use crate::resp::request::{BufferShare, RequestParser};
 use crate::resp::{self, Protocol, Request, lowercase_name};
@@ -168,8 +167,8 @@ pub struct Session {
     id: i64,
     services: Arc<Services>,
     handle: Arc<ClientHandle>,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: ReadHalf,
+    writer: WriteHalf,
     input: BytesMut,
     /// Where the request in progress in `input` was checked up to.
     parser: RequestParser,
@@ -234,7 +233,7 @@ enum Event {
 impl Session {
     pub fn new(
         services: Arc<Services>,
-        stream: TcpStream,
+        stream: Stream,
         addr: SocketAddr,
         id: i64,
     ) -> (Self, Arc<ClientHandle>) {

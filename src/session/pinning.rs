@@ -608,7 +608,7 @@ pub(super) async fn dedicated_io(link: &mut Option<DedicatedLink>, read: bool) -
         return std::future::pending().await;
     };
     tokio::select! {
-        got = crate::net::read_available(&conn.reader, incoming), if read => Event::UpstreamRead(got),
+        got = crate::net::read_available(&mut conn.reader, incoming), if read => Event::UpstreamRead(got),
         wrote = conn.writer.write(outgoing), if !outgoing.is_empty() => Event::UpstreamWrote(wrote),
         // Neither (output backed up and nothing to write): wait for the other events.
         else => std::future::pending().await,

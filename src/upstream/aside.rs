@@ -31,11 +31,11 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{Upstream, UpstreamError, args};
+use crate::net::Stream;
 use crate::resp::{self, Protocol};
 
 /// Commands waiting for the lane's task, per protocol version.
@@ -244,7 +244,7 @@ async fn run(upstream: Arc<Upstream>, protocol: Protocol, mut rx: mpsc::Receiver
 /// gets the error.
 async fn serve(
     upstream: &Upstream,
-    mut stream: TcpStream,
+    mut stream: Stream,
     first: AsideRequest,
     rx: &mut mpsc::Receiver<AsideRequest>,
 ) -> Result<(), UpstreamError> {

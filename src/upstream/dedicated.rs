@@ -13,14 +13,14 @@
 //! client's state follows the AUTH, unseen by the client (`crate::session::pinning`).
 
 use bytes::Bytes;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::{Upstream, UpstreamError, args};
+use crate::net::{ReadHalf, WriteHalf};
 use crate::resp::Protocol;
 
 pub struct Dedicated {
-    pub reader: OwnedReadHalf,
-    pub writer: OwnedWriteHalf,
+    pub reader: ReadHalf,
+    pub writer: WriteHalf,
     pub protocol: Protocol,
     /// The client name set on this connection, if any.
     pub name: Option<Bytes>,
@@ -75,9 +75,8 @@ impl Dedicated {
     }
 
     /// True unless the peer closed the connection or sent something unasked while spare.
-    pub fn is_alive(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.reader.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    pub fn is_alive(&mut self) -> bool {
+        self.reader.is_idle()
     }
 
     /// Gives a spare connection the name the new owner has (or none).
@@ -91,7 +90,7 @@ impl Dedicated {
         }
         let mut stream = self
             .reader
-            .reunite(self.writer)
+            .unsplit(self.writer)
             .map_err(|e| UpstreamError::Lost(e.to_string()))?;
         let command = vec![
             Bytes::from_static(b"CLIENT"),

@@ -12,6 +12,9 @@
 //! * the control client (fred), for cachet's own work: loading the command table (again after
 //!   every reconnect), the [`SetupStep`]s the composition root gives it (the tag index's
 //!   function library), invalidations, the sweeper.
+//!
+//! With a `rediss://` url every connection is TLS, set up once from `[upstream.tls]`
+//! ([`tls_connector`]): the raw ones in [`Upstream::connect`] and the control client.
 
 pub mod aside;
 pub mod dedicated;
@@ -30,8 +33,10 @@ use fred::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, broadcast, watch};
+use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamConfig;
+use crate::net::Stream;
 use crate::resp::commands::CommandTable;
 use crate::resp::{self, Protocol};
 
@@ -100,6 +105,8 @@ pub struct Upstream {
     commands: ArcSwap<CommandTable>,
     table_ready: watch::Sender<bool>,
     control: Client,
+    /// For a `rediss://` url: the connector and the name Redis's certificate must have.
+    tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
     shut: AtomicBool,
     /// Pooled connections brought back up after they were lost (registered with the
     /// metrics by whoever exposes them, as `cachet_upstream_pool_reconnects_total`).
@@ -110,7 +117,8 @@ impl Upstream {
     /// Creates the upstream side. Nothing connects before [`Upstream::start`], so the
     /// control client ([`Upstream::control`]) can be handed out first.
     pub fn new(config: UpstreamConfig) -> anyhow::Result<Arc<Self>> {
-        let control = control_client(&config)?;
+        let tls = tls_connector(&config)?;
+        let control = control_client(&config, tls.as_ref())?;
         let (table_ready, _) = watch::channel(false);
         Ok(Arc::new(Upstream {
             config,
@@ -121,6 +129,7 @@ impl Upstream {
             commands: ArcSwap::from_pointee(CommandTable::default()),
             table_ready,
             control,
+            tls: tls.map(|(client, name)| (TlsConnector::from(Arc::new(client)), name)),
             shut: AtomicBool::new(false),
             pool_reconnects: prometheus::IntCounter::new(
                 "cachet_upstream_pool_reconnects_total",
@@ -204,7 +213,7 @@ impl Upstream {
         name: Option<Bytes>,
     ) -> Result<Dedicated, UpstreamError> {
         let mut spares = self.spares.lock().await;
-        while let Some(conn) = spares.pop() {
+        while let Some(mut conn) = spares.pop() {
             if conn.protocol == protocol && conn.is_alive() {
                 drop(spares);
                 return conn.rename(name, self.config.connect_timeout()).await;
@@ -245,19 +254,28 @@ impl Upstream {
     /// Opens a TCP connection and runs the setup commands every cachet connection needs
     /// (AUTH, HELLO 3, SELECT, CLIENT SETNAME, ...). An error reply to one of the first
     /// `required` commands fails the connection; later ones (conveniences like CLIENT ID)
-    /// are returned like any reply. Returns the stream and the replies, in order.
+    /// are returned like any reply. Returns the stream and the replies, in order. With a
+    /// `rediss://` url, TLS runs over the TCP connection before the setup.
     pub(crate) async fn connect(
         &self,
         setup: &[Vec<Bytes>],
         required: usize,
-    ) -> Result<(TcpStream, Vec<Bytes>), UpstreamError> {
+    ) -> Result<(Stream, Vec<Bytes>), UpstreamError> {
         let timeout = self.config.connect_timeout();
         let address = self.config.url.address();
         let attempt = async {
-            let mut stream = TcpStream::connect(&address)
+            let tcp = TcpStream::connect(&address)
                 .await
                 .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?;
-            stream.set_nodelay(true).ok();
+            tcp.set_nodelay(true).ok();
+            let mut stream = match &self.tls {
+                None => Stream::from(tcp),
+                Some((connector, name)) => connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map(|tls| Stream::from(tokio_rustls::TlsStream::from(tls)))
+                    .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?,
+            };
             let replies = run_setup(&mut stream, setup, required, SETUP_REPLY_LIMIT).await?;
             Ok((stream, replies))
         };
@@ -305,7 +323,7 @@ pub(crate) fn args(parts: &[&str]) -> Vec<Bytes> {
 }
 
 async fn run_setup(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     setup: &[Vec<Bytes>],
     required: usize,
     max_bytes: usize,
@@ -359,9 +377,61 @@ async fn run_setup(
     Ok(replies)
 }
 
-fn control_client(config: &UpstreamConfig) -> anyhow::Result<Client> {
+/// The TLS client config and server name for a `rediss://` url (`None` for `redis://`).
+/// Warns at start when certificate checks are off.
+pub fn tls_connector(
+    config: &UpstreamConfig,
+) -> anyhow::Result<Option<(rustls::ClientConfig, rustls_pki_types::ServerName<'static>)>> {
+    let settings = config.tls.clone().unwrap_or_default();
+    if !config.url.tls {
+        anyhow::ensure!(
+            config.tls.is_none(),
+            "[upstream.tls] is set but the upstream url is redis://: use rediss:// for TLS"
+        );
+        return Ok(None);
+    }
+    let identity = match (settings.cert, settings.key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => anyhow::bail!("[upstream.tls]: cert and key go together"),
+    };
+    let files = crate::net::tls::ClientFiles {
+        ca: settings.ca,
+        identity,
+        insecure_skip_verify: settings.insecure_skip_verify,
+    };
+    let client = files
+        .load()
+        .map_err(|e| anyhow::anyhow!("[upstream.tls]: {e}"))?;
+    let name = settings
+        .server_name
+        .unwrap_or_else(|| config.url.host.clone());
+    let server_name =
+        crate::net::tls::server_name(&name).map_err(|e| anyhow::anyhow!("[upstream.tls]: {e}"))?;
+    if files.insecure_skip_verify {
+        tracing::warn!(
+            upstream = %config.url,
+            "[upstream.tls] insecure_skip_verify: Redis's certificate is not checked"
+        );
+    }
+    Ok(Some((client, server_name)))
+}
+
+fn control_client(
+    config: &UpstreamConfig,
+    tls: Option<&(rustls::ClientConfig, rustls_pki_types::ServerName<'static>)>,
+) -> anyhow::Result<Client> {
+    let server = match tls {
+        None => fred::types::config::Server::new(config.url.host.as_str(), config.url.port),
+        Some((_, name)) => fred::types::config::Server::new_with_tls(
+            config.url.host.as_str(),
+            config.url.port,
+            Some(name.to_str().into_owned()),
+        ),
+    };
     let mut fred_config = Config {
-        server: ServerConfig::new_centralized(&config.url.host, config.url.port),
+        server: ServerConfig::Centralized { server },
+        tls: tls.map(|(client, _)| fred::types::config::TlsConnector::from(client.clone()).into()),
         database: match config.url.db {
             0 => None,
             db => Some(u8::try_from(db).map_err(|_| {

@@ -37,9 +37,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::net::Stream;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -230,10 +230,15 @@ async fn run(
             .is_ok();
         let last_error;
         if !ready {
-            last_error = UpstreamError::Unavailable(format!(
-                "command table not loaded from {} yet",
-                upstream.config.url.address()
-            ));
+            // Clients are told why when a connection cannot even be opened (refused, or a
+            // certificate cachet does not trust), not only that the table is missing.
+            last_error = match upstream.connect(&[], 0).await {
+                Err(error) => error,
+                Ok(_) => UpstreamError::Unavailable(format!(
+                    "command table not loaded from {} yet",
+                    upstream.config.url.address()
+                )),
+            };
         } else {
             let mut setup = upstream.setup_commands(protocol);
             let required = setup.len();
@@ -313,12 +318,12 @@ struct Scan {
 
 /// Serves one live connection until it breaks (`Err`) or every handle is gone (`Ok`).
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     rx: &mut mpsc::UnboundedReceiver<PoolRequest>,
     timeout: Option<Duration>,
     pauses: &super::Pauses,
 ) -> Result<(), UpstreamError> {
-    let (reader, mut writer) = stream.into_split();
+    let (mut reader, mut writer) = stream.into_split();
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut outgoing = BytesMut::with_capacity(64 * 1024);
     let mut incoming = BytesMut::with_capacity(64 * 1024);
@@ -333,7 +338,7 @@ async fn serve(
         crate::net::reserve(&mut incoming);
         tokio::select! {
             biased;
-            read = crate::net::read_available(&reader, &mut incoming) => match read {
+            read = crate::net::read_available(&mut reader, &mut incoming) => match read {
                 Ok(0) => break Err(UpstreamError::Lost("Redis closed the connection".into())),
                 Ok(_) => {
                     if let Err(error) = deliver(&mut incoming, &mut pending, &mut scan) {
