@@ -26,6 +26,9 @@ struct Cli {
     /// Address to listen on (overrides the file and CACHET_LISTEN).
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Address of the TLS listener (overrides `[proxy.tls] listen`; needs `[proxy.tls]`).
+    #[arg(long)]
+    tls_listen: Option<std::net::SocketAddr>,
     /// Redis to forward to, as redis://[user[:password]@]host[:port][/db] (overrides the file
     /// and REDIS_HOST/REDIS_PORT).
     #[arg(long, global = true)]
@@ -296,6 +299,12 @@ fn resolve_config(cli: &Cli) -> anyhow::Result<Config> {
     config.apply_env(|name| std::env::var(name).ok())?;
     if let Some(listen) = cli.listen {
         config.proxy.listen = listen;
+    }
+    if let Some(listen) = cli.tls_listen {
+        match &mut config.proxy.tls {
+            Some(tls) => tls.listen = listen,
+            None => anyhow::bail!("--tls-listen needs a [proxy.tls] section (cert and key)"),
+        }
     }
     if let Some(threads) = cli.threads {
         config.proxy.threads = threads;

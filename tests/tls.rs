@@ -333,14 +333,15 @@ async fn hostile_handshakes_cannot_crowd_out_other_clients() {
     flood.abort();
 }
 
-/// The cachet binary with `config` (a file in `dir`), its log in `dir/cachet.log`.
-fn start_binary(dir: &Path, config: &str) -> Child {
+/// The cachet binary with `config` (a file in `dir`) and `args`, its log in `dir/cachet.log`.
+fn start_binary(dir: &Path, config: &str, args: &[&str]) -> Child {
     let path = dir.join("cachet.toml");
     std::fs::write(&path, config).unwrap();
     let log = std::fs::File::create(dir.join("cachet.log")).unwrap();
     Command::new(env!("CARGO_BIN_EXE_cachet"))
         .arg("--config")
         .arg(&path)
+        .args(args)
         .env("CACHET_ADMIN_LISTEN", "")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -409,20 +410,22 @@ async fn reload_keeps_open_connections(on_sighup: bool) {
     };
     install(&first, &live);
     let redis = RedisServer::start();
-    let (port, tls_port) = (free_port(), free_port());
+    let (port, tls_port, unused) = (free_port(), free_port(), free_port());
     // Only the signal reloads in the SIGHUP run: the change of files alone must not.
     let check = if on_sighup { 0 } else { 200 };
     let mut child = start_binary(
         dir.path(),
         &format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\n\
-             [proxy.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = {:?}\nkey = {:?}\n\
+             [proxy.tls]\nlisten = \"127.0.0.1:{unused}\"\ncert = {:?}\nkey = {:?}\n\
              reload_check_ms = {check}\n\
              [upstream]\nurl = \"{}\"\n",
             live.cert,
             live.key,
             redis.url()
         ),
+        // The flag wins over the file's `listen`.
+        &["--tls-listen", &format!("127.0.0.1:{tls_port}")],
     );
     wait_for_port(tls_port, dir.path()).await;
     let addr = format!("127.0.0.1:{tls_port}").parse().unwrap();
