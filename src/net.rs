@@ -251,23 +251,6 @@ impl AsyncWrite for Tls {
     }
 }
 
-macro_rules! delegate_read {
-    ($type:ident) => {
-        impl AsyncRead for $type {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    $type::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-                    $type::Tls(s) => Pin::new(s).poll_read(cx, buf),
-                }
-            }
-        }
-    };
-}
-
 macro_rules! delegate_write {
     ($type:ident) => {
         impl AsyncWrite for $type {
@@ -299,9 +282,21 @@ macro_rules! delegate_write {
     };
 }
 
-delegate_read!(Stream);
 delegate_write!(Stream);
 delegate_write!(WriteHalf);
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
 
 impl AsyncRead for ReadHalf {
     fn poll_read(

@@ -504,3 +504,57 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
 async fn a_changed_certificate_file_is_reloaded_without_dropping_connections() {
     reload_keeps_open_connections(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedicated_out_of_band_and_subscriber_connections_use_tls_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    // Redis takes TLS clients with a certificate only: a plain connection would be refused.
+    let redis = TlsRedis::start(&ca, &ca.server("redis"), true);
+    let mut config = config_for(&redis.tls_url());
+    config.upstream.tls = Some(upstream_tls(&ca, Some(&ca.client("cachet-upstream"))));
+    config.proxy.tls = Some(proxy_tls(&ca.server("cachet"), None));
+    let proxy = TlsProxy::start(config).await;
+    proxy.wait_ready().await;
+    let tls = || TlsClient::connect(proxy.tls_addr, client_config(&ca.cert, None));
+
+    // A transaction: a dedicated connection, then a spare renamed for the next client.
+    let mut one = tls().await.unwrap();
+    assert_eq!(one.text(&["CLIENT", "SETNAME", "one"]).await, "+OK\r\n");
+    assert_eq!(one.text(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(one.text(&["INCR", "tls:n"]).await, "+QUEUED\r\n");
+    assert_eq!(one.text(&["EXEC"]).await, "*1\r\n:1\r\n");
+    let mut two = tls().await.unwrap();
+    assert_eq!(two.text(&["CLIENT", "SETNAME", "two"]).await, "+OK\r\n");
+    assert_eq!(two.text(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(two.text(&["CLIENT", "GETNAME"]).await, "+QUEUED\r\n");
+    assert_eq!(two.text(&["INCR", "tls:n"]).await, "+QUEUED\r\n");
+    assert_eq!(two.text(&["EXEC"]).await, "*2\r\n$3\r\ntwo\r\n:2\r\n");
+    // A blocking command, on a dedicated connection too.
+    assert_eq!(two.text(&["BLPOP", "tls:empty", "0.1"]).await, "*-1\r\n");
+    // The out-of-band lane.
+    assert_eq!(
+        one.text(&["SCRIPT", "KILL"]).await,
+        "-NOTBUSY No scripts in execution right now.\r\n"
+    );
+    // A subscriber, over TLS on both sides.
+    let mut subscriber = tls().await.unwrap();
+    assert_eq!(
+        subscriber.text(&["SUBSCRIBE", "tls:ch"]).await,
+        "*3\r\n$9\r\nsubscribe\r\n$6\r\ntls:ch\r\n:1\r\n"
+    );
+    assert_eq!(one.text(&["PUBLISH", "tls:ch", "hi"]).await, ":1\r\n");
+    let message = subscriber.read_frame().await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&message),
+        "*3\r\n$7\r\nmessage\r\n$6\r\ntls:ch\r\n$2\r\nhi\r\n"
+    );
+    // A large value crosses many TLS records both ways.
+    let big = "x".repeat(3 << 20);
+    assert_eq!(one.text(&["SET", "tls:big", &big]).await, "+OK\r\n");
+    let reply = one.command(&["GET", "tls:big"]).await.unwrap();
+    assert_eq!(
+        reply.len(),
+        big.len() + format!("${}\r\n\r\n", big.len()).len()
+    );
+}

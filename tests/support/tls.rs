@@ -261,6 +261,11 @@ impl TlsClient {
     pub async fn command(&mut self, args: &[&str]) -> std::io::Result<Vec<u8>> {
         self.stream.write_all(&RawClient::encode(args)).await?;
         self.stream.flush().await?;
+        self.read_frame().await
+    }
+
+    /// Reads one whole reply frame (10 s at most).
+    pub async fn read_frame(&mut self) -> std::io::Result<Vec<u8>> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(len) = resp::frame_len(&self.buf).map_err(std::io::Error::other)? {
