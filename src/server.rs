@@ -129,6 +129,8 @@ async fn accept_tls(
     limit: Duration,
     shutdown: &CancellationToken,
 ) -> Result<Stream, String> {
+    // Before the handshake, whose flights would otherwise wait on Nagle's algorithm.
+    stream.set_nodelay(true).ok();
     tokio::select! {
         done = tokio::time::timeout(limit, acceptor.accept(stream)) => match done {
             Ok(Ok(tls)) => Ok(Stream::from(tokio_rustls::TlsStream::from(tls))),
