@@ -299,8 +299,9 @@ async fn hostile_handshakes_cannot_crowd_out_other_clients() {
     for stream in &mut silent {
         assert!(support::closed_within(stream, Duration::from_secs(5)).await);
     }
+    // Well before the default 10 s: closed by the 1 s limit.
     assert!(
-        started.elapsed() < Duration::from_millis(1_500),
+        started.elapsed() < Duration::from_secs(4),
         "{:?}",
         started.elapsed()
     );
