@@ -1,5 +1,6 @@
 //! `[upstream]`: the Redis server cachet forwards to, and its `redis://` url, parsed once and
-//! printed with the password masked.
+//! printed with the password masked. A `sentinel://` url names Sentinels and a master name
+//! instead ([`SentinelUrl`]); `[upstream.sentinel]` holds what the Sentinels themselves need.
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -18,7 +19,8 @@ pub const MAX_DB: u32 = u8::MAX as u32;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `redis://[user[:password]@]host[:port][/db]`.
+    /// `redis://[user[:password]@]host[:port][/db]`, or
+    /// `sentinel://[user[:password]@]host[:port][,host[:port]...]/master-name[/db]`.
     pub url: RedisUrl,
     /// Password for the pool's connections; overrides one given in `url`.
     pub password: Option<Secret>,
@@ -30,6 +32,61 @@ pub struct UpstreamConfig {
     /// A pooled command with no reply after this long fails the connection: every command
     /// in flight on it gets `-ERR upstream timeout` and cachet reconnects (0 = no limit).
     pub command_timeout_ms: u64,
+    /// `[upstream.sentinel]`: used only with a `sentinel://` url.
+    pub sentinel: SentinelConfig,
+}
+
+/// `[upstream.sentinel]`: how cachet talks to the Sentinels of a `sentinel://` url. The data
+/// nodes' credentials are the url's and `[upstream] password`, as for `redis://`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SentinelConfig {
+    /// ACL user for the Sentinels (`AUTH username password`); `default` if only a password.
+    pub username: Option<String>,
+    /// The Sentinels' own password (their `requirepass`), not the data nodes'.
+    pub password: Option<Secret>,
+    /// Reach the Sentinels over TLS. Passed on to where their connections are opened
+    /// (`upstream::sentinel`); not built yet, so `true` is refused when the config is read.
+    #[serde(deserialize_with = "tls_not_built_yet")]
+    pub tls: bool,
+    /// Ask the Sentinels for the master this often, besides listening for `+switch-master`.
+    pub recheck_ms: u64,
+}
+
+impl Default for SentinelConfig {
+    fn default() -> Self {
+        SentinelConfig {
+            username: None,
+            password: None,
+            tls: false,
+            recheck_ms: 1_000,
+        }
+    }
+}
+
+fn tls_not_built_yet<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    match bool::deserialize(deserializer)? {
+        false => Ok(false),
+        true => Err(serde::de::Error::custom(
+            "TLS to the Sentinels is not supported yet (set tls = false)",
+        )),
+    }
+}
+
+impl SentinelConfig {
+    pub fn recheck(&self) -> Duration {
+        Duration::from_millis(self.recheck_ms.max(10))
+    }
+
+    /// The credentials for the Sentinels, if any.
+    pub fn credentials(&self) -> Option<(String, Secret)> {
+        let password = self.password.clone()?;
+        let user = self
+            .username
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        Some((user, password))
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -41,6 +98,7 @@ impl Default for UpstreamConfig {
             spare_connections: 8,
             connect_timeout_ms: 1_000,
             command_timeout_ms: 5_000,
+            sentinel: SentinelConfig::default(),
         }
     }
 }
@@ -70,6 +128,8 @@ impl UpstreamConfig {
 }
 
 /// A parsed `redis://` URL. Only plain TCP is supported for now (`rediss://` is refused).
+/// For a `sentinel://` url, `host` and `port` are the first Sentinel's, and `sentinel` says
+/// where the master is to be found; `username`, `password` and `db` are the master's.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     pub host: String,
@@ -77,17 +137,33 @@ pub struct RedisUrl {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub db: u32,
+    pub sentinel: Option<SentinelUrl>,
 }
+
+/// The Sentinel part of a `sentinel://` url.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelUrl {
+    /// Each Sentinel as `(host, port)`, in the order given (port 26379 if none).
+    pub sentinels: Vec<(String, u16)>,
+    /// The name the Sentinels monitor the master under.
+    pub master_name: String,
+}
+
+/// At most this many Sentinels in one url.
+pub const MAX_SENTINELS: usize = 32;
 
 impl RedisUrl {
     pub fn parse(input: &str) -> Result<Self, String> {
         // Messages name the url with its password masked: they end up in logs and terminals.
         let shown = mask_url(input);
+        if let Some(rest) = input.strip_prefix("sentinel://") {
+            return parse_sentinel(rest, &shown);
+        }
         let url =
             url::Url::parse(input).map_err(|e| format!("invalid upstream url {shown:?}: {e}"))?;
         if url.scheme() != "redis" {
             return Err(format!(
-                "unsupported upstream url scheme {:?} (expected redis://)",
+                "unsupported upstream url scheme {:?} (expected redis:// or sentinel://)",
                 url.scheme()
             ));
         }
@@ -122,17 +198,111 @@ impl RedisUrl {
             username,
             password,
             db,
+            sentinel: None,
         })
     }
 
     /// `host:port`, with IPv6 hosts bracketed.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        host_port(&self.host, self.port)
     }
+}
+
+/// `host:port`, with IPv6 hosts bracketed.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// `[user[:password]@]host[:port][,host[:port]...]/master-name[/db]`, after `sentinel://`.
+/// The url crate takes one host only, so this reads the list itself.
+fn parse_sentinel(rest: &str, shown: &str) -> Result<RedisUrl, String> {
+    let bad = |why: &str| format!("invalid upstream url {shown:?}: {why}");
+    let (authority, path) = rest
+        .split_once('/')
+        .ok_or_else(|| bad("no master name (sentinel://host:port,.../mymaster)"))?;
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(info) => match info.split_once(':') {
+            Some((user, password)) => (
+                (!user.is_empty()).then(|| decode(user)),
+                Some(Secret(decode(password))),
+            ),
+            None => ((!info.is_empty()).then(|| decode(info)), None),
+        },
+    };
+    let mut sentinels = Vec::new();
+    for host in hosts.split(',') {
+        let (name, port) = match host.strip_prefix('[') {
+            Some(v6) => {
+                let (name, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+                (name, after.strip_prefix(':'))
+            }
+            None => match host.rsplit_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host, None),
+            },
+        };
+        if name.is_empty() {
+            return Err(bad("a Sentinel with no host"));
+        }
+        let port = match port {
+            None => 26379,
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad(&format!("port {port:?} is not a port number")))?,
+        };
+        sentinels.push((name.to_owned(), port));
+    }
+    if sentinels.len() > MAX_SENTINELS {
+        return Err(bad(&format!("more than {MAX_SENTINELS} Sentinels")));
+    }
+    let (name, db) = match path.split_once('/') {
+        Some((name, db)) => (name, db),
+        None => (path, ""),
+    };
+    if name.is_empty() {
+        return Err(bad("no master name (sentinel://host:port,.../mymaster)"));
+    }
+    let db = match db {
+        "" => 0,
+        db => db
+            .parse::<u32>()
+            .ok()
+            .filter(|&db| db <= MAX_DB)
+            .ok_or_else(|| {
+                bad(&format!(
+                    "database {db:?} is not a number from 0 to {MAX_DB}"
+                ))
+            })?,
+    };
+    let (host, port) = sentinels[0].clone();
+    Ok(RedisUrl {
+        host,
+        port,
+        username,
+        password,
+        db,
+        sentinel: Some(SentinelUrl {
+            sentinels,
+            master_name: decode(name),
+        }),
+    })
 }
 
 impl fmt::Debug for RedisUrl {
@@ -143,14 +313,27 @@ impl fmt::Debug for RedisUrl {
 
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("redis://")?;
+        f.write_str(match self.sentinel {
+            Some(_) => "sentinel://",
+            None => "redis://",
+        })?;
         match (&self.username, &self.password) {
             (Some(user), Some(_)) => write!(f, "{user}:****@")?,
             (Some(user), None) => write!(f, "{user}@")?,
             (None, Some(_)) => f.write_str(":****@")?,
             (None, None) => {}
         }
-        write!(f, "{}", self.address())?;
+        match &self.sentinel {
+            Some(sentinel) => {
+                let hosts: Vec<String> = sentinel
+                    .sentinels
+                    .iter()
+                    .map(|(host, port)| host_port(host, *port))
+                    .collect();
+                write!(f, "{}/{}", hosts.join(","), sentinel.master_name)?;
+            }
+            None => write!(f, "{}", self.address())?,
+        }
         if self.db != 0 {
             write!(f, "/{}", self.db)?;
         }

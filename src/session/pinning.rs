@@ -28,7 +28,8 @@
 //! * When it breaks, the client's state at Redis (transaction, subscriptions, ...) is gone:
 //!   each command still waiting gets `-ERR upstream connection lost` and the client's
 //!   connection is closed; its library reconnects and re-establishes that state itself.
-//!   Nothing is silently retried.
+//!   Nothing is silently retried. The master moving (Sentinel failover) breaks it the same
+//!   way (`Dedicated::master`), and a `-READONLY` reply on it asks the Sentinels again.
 //! * A client that disconnects while a command waits on its dedicated connection (BLPOP)
 //!   takes that connection with it, as Redis frees a client at EOF: nothing is popped for it.
 //!   Its leaving is noticed even while its session waits (RESET's reply, a connection being
@@ -347,6 +348,9 @@ impl Session {
                 Err(e) => return self.dedicated_lost(&e.to_string()),
             };
             let frame = link.incoming.split_to(info.len).freeze();
+            if crate::upstream::sentinel::is_readonly(&frame) {
+                link.conn.master.readonly_seen();
+            }
             let is_reset_reply = &frame[..] == b"+RESET\r\n";
             // RESET's own reply: whatever answers its slot. In a raw stream it has no slot:
             // only its exact reply says it is done. Redis refuses a RESET it parses only for
@@ -610,6 +614,8 @@ pub(super) async fn dedicated_io(link: &mut Option<DedicatedLink>, read: bool) -
     tokio::select! {
         got = crate::net::read_available(&conn.reader, incoming), if read => Event::UpstreamRead(got),
         wrote = conn.writer.write(outgoing), if !outgoing.is_empty() => Event::UpstreamWrote(wrote),
+        // The master moved: this connection is to the old one, and ends as if lost.
+        reason = conn.master.moved() => Event::UpstreamRead(Err(std::io::Error::other(reason))),
         // Neither (output backed up and nothing to write): wait for the other events.
         else => std::future::pending().await,
     }

@@ -14,7 +14,8 @@
 //! * A reply later than `command_timeout_ms` fails every command waiting on the lane with
 //!   `-ERR upstream timeout ...` and drops the connection; a lost connection fails them
 //!   with `-ERR upstream connection lost ...` (after `SHUTDOWN`, that is the reply). The next
-//!   command opens a new one. Nothing is retried.
+//!   command opens a new one. Nothing is retried. So does the master moving
+//!   (`super::sentinel`); a `-READONLY` reply asks the Sentinels again.
 //!
 //! **Pauses cachet knows of.** A `CLIENT PAUSE` sent through cachet is recorded here
 //! ([`Pauses`]) when Redis answers `+OK`, before the client reads it, and cleared by
@@ -227,9 +228,10 @@ async fn run(upstream: Arc<Upstream>, protocol: Protocol, mut rx: mpsc::Receiver
         let mut setup = upstream.setup_commands(protocol);
         let required = setup.len();
         setup.push(args(&["CLIENT", "SETNAME", "cachet:aside"]));
+        let mut master = upstream.master.watch();
         match upstream.connect(&setup, required).await {
             Ok((stream, _)) => {
-                if let Err(error) = serve(&upstream, stream, first, &mut rx).await {
+                if let Err(error) = serve(&upstream, stream, first, &mut rx, &mut master).await {
                     tracing::warn!(?protocol, %error, "out-of-band connection dropped");
                 }
             }
@@ -247,6 +249,7 @@ async fn serve(
     mut stream: TcpStream,
     first: AsideRequest,
     rx: &mut mpsc::Receiver<AsideRequest>,
+    master: &mut super::sentinel::MasterWatch,
 ) -> Result<(), UpstreamError> {
     let timeout = upstream.config.command_timeout();
     let pauses = &upstream.pauses;
@@ -279,12 +282,13 @@ async fn serve(
             read = stream.read_buf(&mut incoming) => match read {
                 Ok(0) => break Err(UpstreamError::Lost("Redis closed the connection".into())),
                 Ok(_) => {
-                    if let Err(error) = deliver(&mut incoming, &mut waiting, pauses) {
+                    if let Err(error) = deliver(&mut incoming, &mut waiting, pauses, master) {
                         break Err(error);
                     }
                 }
                 Err(e) => break Err(UpstreamError::Lost(e.to_string())),
             },
+            reason = master.moved() => break Err(UpstreamError::Lost(reason)),
             request = rx.recv() => match request {
                 Some(request) => next = Some(request),
                 None => break Ok(()),
@@ -314,6 +318,7 @@ fn deliver(
     incoming: &mut BytesMut,
     waiting: &mut VecDeque<Waiting>,
     pauses: &Pauses,
+    master: &super::sentinel::MasterWatch,
 ) -> Result<(), UpstreamError> {
     loop {
         let info = match resp::reply_frame(incoming) {
@@ -332,6 +337,8 @@ fn deliver(
         };
         if &frame[..] == b"+OK\r\n" {
             pauses.apply(front.effect);
+        } else if super::sentinel::is_readonly(&frame) {
+            master.readonly_seen();
         }
         let _ = front.reply.send(Ok(frame));
     }

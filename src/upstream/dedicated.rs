@@ -11,10 +11,15 @@
 //! before its own AUTH, since Redis may refuse anything before it (a `requirepass` set since
 //! the pool connected, a default user switched off). What puts the connection in the
 //! client's state follows the AUTH, unseen by the client (`crate::session::pinning`).
+//!
+//! Each keeps the master's generation it was opened at ([`Dedicated::master`]): when the
+//! master moves (`super::sentinel`), the session's wait on it ends and the connection is
+//! closed as lost; a spare opened before the move is never handed out.
 
 use bytes::Bytes;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use super::sentinel::MasterWatch;
 use super::{Upstream, UpstreamError, args};
 use crate::resp::Protocol;
 
@@ -28,6 +33,8 @@ pub struct Dedicated {
     pub authenticated: bool,
     /// The connection's own `CLIENT ID` at Redis.
     pub upstream_id: i64,
+    /// The master's generation it was opened at: `master.moved()` resolves when it moves.
+    pub master: MasterWatch,
 }
 
 impl Dedicated {
@@ -46,6 +53,7 @@ impl Dedicated {
             ]);
         }
         setup.push(args(&["CLIENT", "ID"]));
+        let master = upstream.master.watch();
         let (stream, replies) = upstream.connect(&setup, required).await?;
         let upstream_id = replies.last().and_then(|r| parse_integer(r)).unwrap_or(0);
         let (reader, writer) = stream.into_split();
@@ -56,12 +64,14 @@ impl Dedicated {
             name,
             authenticated: true,
             upstream_id,
+            master,
         })
     }
 
     /// A connection with nothing sent on it yet, for a client's own sign-in: RESP2, no name,
     /// Redis's default user (or none), id unknown until the session asks.
     pub(super) async fn open_bare(upstream: &Upstream) -> Result<Self, UpstreamError> {
+        let master = upstream.master.watch();
         let (stream, _) = upstream.connect(&[], 0).await?;
         let (reader, writer) = stream.into_split();
         Ok(Dedicated {
@@ -71,6 +81,7 @@ impl Dedicated {
             name: None,
             authenticated: false,
             upstream_id: 0,
+            master,
         })
     }
 

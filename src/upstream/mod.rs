@@ -12,10 +12,13 @@
 //! * the control client (fred), for cachet's own work: loading the command table (again after
 //!   every reconnect), the [`SetupStep`]s the composition root gives it (the tag index's
 //!   function library), invalidations, the sweeper.
+//! * [`sentinel`]: where the master is ([`sentinel::Master`]: fixed for `redis://`, followed
+//!   through Redis Sentinel for `sentinel://`), and what lets go of it when it moves.
 
 pub mod aside;
 pub mod dedicated;
 pub mod pool;
+pub mod sentinel;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -100,6 +103,8 @@ pub struct Upstream {
     commands: ArcSwap<CommandTable>,
     table_ready: watch::Sender<bool>,
     control: Client,
+    /// The master's address now, and its generation (see [`sentinel`]).
+    pub master: Arc<sentinel::Master>,
     shut: AtomicBool,
     /// Pooled connections brought back up after they were lost (registered with the
     /// metrics by whoever exposes them, as `cachet_upstream_pool_reconnects_total`).
@@ -112,6 +117,7 @@ impl Upstream {
     pub fn new(config: UpstreamConfig) -> anyhow::Result<Arc<Self>> {
         let control = control_client(&config)?;
         let (table_ready, _) = watch::channel(false);
+        let master = Arc::new(sentinel::Master::new(&config.url));
         Ok(Arc::new(Upstream {
             config,
             pools: Default::default(),
@@ -121,6 +127,7 @@ impl Upstream {
             commands: ArcSwap::from_pointee(CommandTable::default()),
             table_ready,
             control,
+            master,
             shut: AtomicBool::new(false),
             pool_reconnects: prometheus::IntCounter::new(
                 "cachet_upstream_pool_reconnects_total",
@@ -135,6 +142,9 @@ impl Upstream {
     /// every reconnect.
     pub fn start(self: &Arc<Self>, setup: Vec<SetupStep>) {
         tokio::spawn(load_commands(self.clone(), setup));
+        if let Some(url) = &self.config.url.sentinel {
+            tokio::spawn(sentinel::watch(self.clone(), url.clone()));
+        }
         self.pool(Protocol::Resp2);
     }
 
@@ -205,7 +215,7 @@ impl Upstream {
     ) -> Result<Dedicated, UpstreamError> {
         let mut spares = self.spares.lock().await;
         while let Some(conn) = spares.pop() {
-            if conn.protocol == protocol && conn.is_alive() {
+            if conn.protocol == protocol && conn.is_alive() && !conn.master.is_stale() {
                 drop(spares);
                 return conn.rename(name, self.config.connect_timeout()).await;
             }
@@ -222,7 +232,7 @@ impl Upstream {
 
     /// Takes back a dedicated connection whose state is the default one again.
     pub async fn release(&self, conn: Dedicated) {
-        if self.shut.load(Ordering::Relaxed) || !conn.authenticated {
+        if self.shut.load(Ordering::Relaxed) || !conn.authenticated || conn.master.is_stale() {
             return;
         }
         let mut spares = self.spares.lock().await;
@@ -242,19 +252,30 @@ impl Upstream {
         self.shut.load(Ordering::Relaxed)
     }
 
-    /// Opens a TCP connection and runs the setup commands every cachet connection needs
-    /// (AUTH, HELLO 3, SELECT, CLIENT SETNAME, ...). An error reply to one of the first
-    /// `required` commands fails the connection; later ones (conveniences like CLIENT ID)
-    /// are returned like any reply. Returns the stream and the replies, in order.
+    /// Opens a TCP connection to the master and runs the setup commands every cachet
+    /// connection needs (AUTH, HELLO 3, SELECT, CLIENT SETNAME, ...). An error reply to one
+    /// of the first `required` commands fails the connection; later ones (conveniences like
+    /// CLIENT ID) are returned like any reply. Returns the stream and the replies, in order.
+    /// A caller that must notice the master moving takes [`sentinel::Master::watch`] first.
     pub(crate) async fn connect(
         &self,
         setup: &[Vec<Bytes>],
         required: usize,
     ) -> Result<(TcpStream, Vec<Bytes>), UpstreamError> {
+        let (address, _) = self.master.address()?;
+        self.connect_to(&address, setup, required).await
+    }
+
+    /// [`Upstream::connect`] to a given data node (the Sentinel client's `ROLE` check).
+    pub(crate) async fn connect_to(
+        &self,
+        address: &str,
+        setup: &[Vec<Bytes>],
+        required: usize,
+    ) -> Result<(TcpStream, Vec<Bytes>), UpstreamError> {
         let timeout = self.config.connect_timeout();
-        let address = self.config.url.address();
         let attempt = async {
-            let mut stream = TcpStream::connect(&address)
+            let mut stream = TcpStream::connect(address)
                 .await
                 .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?;
             stream.set_nodelay(true).ok();
@@ -361,7 +382,7 @@ async fn run_setup(
 
 fn control_client(config: &UpstreamConfig) -> anyhow::Result<Client> {
     let mut fred_config = Config {
-        server: ServerConfig::new_centralized(&config.url.host, config.url.port),
+        server: control_server(config),
         database: match config.url.db {
             0 => None,
             db => Some(u8::try_from(db).map_err(|_| {
@@ -390,6 +411,26 @@ fn control_client(config: &UpstreamConfig) -> anyhow::Result<Client> {
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
         .build()?;
     Ok(client)
+}
+
+/// Where the control client connects: the url's server, or for `sentinel://` fred's own
+/// Sentinel mode on the same Sentinels (it checks `ROLE` too); cachet tells it to reconnect
+/// when its own Sentinel client sees the master move (`sentinel::watch`).
+fn control_server(config: &UpstreamConfig) -> ServerConfig {
+    let Some(url) = &config.url.sentinel else {
+        return ServerConfig::new_centralized(&config.url.host, config.url.port);
+    };
+    let credentials = config.sentinel.credentials();
+    ServerConfig::Sentinel {
+        hosts: url
+            .sentinels
+            .iter()
+            .map(|(host, port)| fred::types::config::Server::new(host.as_str(), *port))
+            .collect(),
+        service_name: url.master_name.clone(),
+        username: credentials.as_ref().map(|(user, _)| user.clone()),
+        password: credentials.map(|(_, password)| password.expose().to_owned()),
+    }
 }
 
 /// Loads the command table once the control client connects, and again after every

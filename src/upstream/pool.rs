@@ -25,6 +25,11 @@
 //! hang. Each time a lost connection comes back, `cachet_upstream_pool_reconnects_total`
 //! counts it.
 //!
+//! When the master moves (`super::sentinel`), the connection is dropped as if lost (its
+//! pending batches get `-ERR upstream connection lost: the master moved ...`) and the task
+//! connects to the new master at once, cutting any backoff short. A `-READONLY` reply (its
+//! first bytes, as the replies are measured) asks the Sentinels again at once.
+//!
 //! Replies are counted against their client's [`ReplyAccount`] as they are handed over (once
 //! per batch, or per part of a large plain batch): a client owing more than
 //! `client_reply_limit` bytes (or more than its budget while all clients together owe more
@@ -229,6 +234,8 @@ async fn run(
             .await
             .is_ok();
         let last_error;
+        // Read before the address `connect` uses: a move after this is always noticed.
+        let mut master = upstream.master.watch();
         if !ready {
             last_error = UpstreamError::Unavailable(format!(
                 "command table not loaded from {} yet",
@@ -254,7 +261,7 @@ async fn run(
                     up.store(true, Ordering::Relaxed);
                     backoff = BACKOFF_MIN;
                     let timeout = upstream.config.command_timeout();
-                    match serve(stream, &mut rx, timeout, &upstream.pauses).await {
+                    match serve(stream, &mut rx, timeout, &upstream.pauses, &mut master).await {
                         Ok(()) => return,
                         Err(error) => {
                             tracing::warn!(?protocol, index, %error, "pooled connection lost");
@@ -281,6 +288,11 @@ async fn run(
         loop {
             tokio::select! {
                 _ = &mut retry => break,
+                // The new master is worth trying now.
+                _ = master.moved() => {
+                    backoff = BACKOFF_MIN / 2;
+                    break;
+                }
                 request = rx.recv() => match request {
                     Some(request) => fail(request, &unavailable),
                     None => return,
@@ -317,6 +329,7 @@ async fn serve(
     rx: &mut mpsc::UnboundedReceiver<PoolRequest>,
     timeout: Option<Duration>,
     pauses: &super::Pauses,
+    master: &mut super::sentinel::MasterWatch,
 ) -> Result<(), UpstreamError> {
     let (reader, mut writer) = stream.into_split();
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -336,12 +349,18 @@ async fn serve(
             read = crate::net::read_available(&reader, &mut incoming) => match read {
                 Ok(0) => break Err(UpstreamError::Lost("Redis closed the connection".into())),
                 Ok(_) => {
-                    if let Err(error) = deliver(&mut incoming, &mut pending, &mut scan) {
+                    let mut readonly = false;
+                    let delivered = deliver(&mut incoming, &mut pending, &mut scan, &mut readonly);
+                    if readonly {
+                        master.readonly_seen();
+                    }
+                    if let Err(error) = delivered {
                         break Err(error);
                     }
                 }
                 Err(e) => break Err(UpstreamError::Lost(e.to_string())),
             },
+            reason = master.moved() => break Err(UpstreamError::Lost(reason)),
             received = rx.recv_many(&mut batch, 256), if outgoing.len() < WRITE_HIGH_WATER => {
                 if received == 0 {
                     break Ok(());
@@ -397,11 +416,13 @@ async fn serve(
 }
 
 /// Hands every batch whose replies are complete to its client (and the complete replies of a
-/// large plain batch so far); drops those of clients cut off for owing too much.
+/// large plain batch so far); drops those of clients cut off for owing too much. Sets
+/// `readonly` if a reply is `-READONLY`.
 fn deliver(
     incoming: &mut BytesMut,
     pending: &mut VecDeque<Pending>,
     scan: &mut Scan,
+    readonly: &mut bool,
 ) -> Result<(), UpstreamError> {
     loop {
         let Some(front) = pending.front_mut() else {
@@ -431,6 +452,7 @@ fn deliver(
             }
             match scan.frame.scan(&incoming[scan.end..]) {
                 Ok(Some(info)) => {
+                    *readonly |= super::sentinel::is_readonly(&incoming[scan.end..]);
                     scan.end += info.len;
                     scan.frames += 1;
                 }

@@ -8,6 +8,7 @@
 
 pub mod policies;
 pub mod resp;
+pub mod sentinel;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
