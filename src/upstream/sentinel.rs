@@ -21,12 +21,25 @@
 //! and the `config-epoch` of `SENTINEL MASTER`, takes the answer with the highest epoch (the
 //! Sentinel that ran the latest failover knows first; a stale one never moves cachet back),
 //! and confirms with `ROLE` on that address that it is a master; an unconfirmed answer is
-//! ignored (the next best is tried, then the next round). A round runs every
+//! ignored (the next best is tried, then the next round), and so is one with a lower epoch
+//! than cachet's while the current master still says it is one. A round runs every
 //! `[upstream.sentinel] recheck_ms` (1 s), at once when a Sentinel publishes
 //! `+switch-master` or `+promoted-slave` (cachet subscribes on every Sentinel of the url),
 //! and at once when a
 //! connection reads a `-READONLY` reply ([`Master::readonly_seen`]): a demoted master is
 //! left as soon as the Sentinels know where the new one is.
+//!
+//! **The promotion window.** Sentinel does not stop writes on the old master while it
+//! promotes a replica, and learns that the promotion took only from the replica's `INFO`,
+//! polled every second: for up to a second the old master takes writes that are lost when
+//! it becomes a replica. So when a Sentinel announces `+failover-state-send-slaveof-noone`
+//! (it is sending `REPLICAOF NO ONE` to that replica), cachet holds writes on the old
+//! master (`CLIENT PAUSE 1000 WRITE`, as Redis's own `FAILOVER` command does), asks that
+//! replica for its `ROLE` every 5 ms and moves as soon as it says master, at one epoch past
+//! the current. Writes held on the old master are never acknowledged: when cachet moves
+//! they get `-ERR upstream connection lost`, and Redis drops them with the connection. A
+//! write the old master took between the promotion and the pause (the event's way here,
+//! under a millisecond on one host) is still lost: that is Sentinel's design.
 //!
 //! Bounds: at most [`MAX_SENTINELS`](crate::config::upstream::MAX_SENTINELS) Sentinels; a
 //! Sentinel's replies to a round are cut at `SETUP_REPLY_LIMIT` (1 MiB) and each exchange at
@@ -43,12 +56,15 @@ use fred::interfaces::ClientLike;
 use redis_protocol::resp3::types::BytesFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use super::{SETUP_REPLY_LIMIT, Upstream, UpstreamError, args, run_setup};
 use crate::config::RedisUrl;
 use crate::config::upstream::{SentinelUrl, host_port};
 use crate::resp::{self, Protocol};
+
+/// The event a Sentinel leading a failover publishes as it sends `REPLICAOF NO ONE`.
+const PROMOTING: &str = "+failover-state-send-slaveof-noone";
 
 /// A subscription to a Sentinel buffers at most this much of an unfinished message.
 pub const EVENT_LIMIT: usize = 64 * 1024;
@@ -124,13 +140,21 @@ impl Master {
         self.recheck.notify_one();
     }
 
-    /// Moves to `address`; true if it differs from the current one.
+    /// The Sentinels' config epoch cachet follows now.
+    fn epoch(&self) -> i64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// Moves to `address`; true if it differs from the current one. Only the [`watch`] task
+    /// calls it, so the load and the store cannot interleave with another move.
     fn move_to(&self, address: String, epoch: i64) -> bool {
-        self.epoch.store(epoch, Ordering::Relaxed);
         let current = self.located.load();
         if current.address.as_deref() == Some(address.as_str()) {
+            // Never lower: a Sentinel lagging behind must not look as recent as the leader.
+            self.epoch.fetch_max(epoch, Ordering::Relaxed);
             return false;
         }
+        self.epoch.store(epoch, Ordering::Relaxed);
         let generation = current.generation + 1;
         self.located.store(Arc::new(Located {
             address: Some(address),
@@ -180,8 +204,14 @@ pub fn is_readonly(frame: &[u8]) -> bool {
 
 /// Follows the master named by the Sentinels of `url` until cachet shuts down.
 pub(super) async fn watch(upstream: Arc<Upstream>, url: SentinelUrl) {
+    let (promoting, mut promoted) = mpsc::channel(4);
     for (host, port) in &url.sentinels {
-        tokio::spawn(listen(upstream.clone(), host_port(host, *port)));
+        tokio::spawn(listen(
+            upstream.clone(),
+            host_port(host, *port),
+            url.master_name.clone(),
+            promoting.clone(),
+        ));
     }
     let every = upstream.config.sentinel.recheck();
     loop {
@@ -190,16 +220,10 @@ pub(super) async fn watch(upstream: Arc<Upstream>, url: SentinelUrl) {
         }
         match discover(&upstream, &url).await {
             Ok((address, epoch)) => {
-                let from = upstream.master.located.load().address.clone();
-                if upstream.master.move_to(address.clone(), epoch) {
-                    tracing::warn!(
-                        master = url.master_name,
-                        from = from.as_deref().unwrap_or("none"),
-                        to = address,
-                        epoch,
-                        "upstream master moved"
-                    );
-                    moved(&upstream).await;
+                if stays(&upstream, &address, epoch).await {
+                    tracing::debug!(%address, epoch, "a Sentinel lags: the master stays");
+                } else {
+                    follow(&upstream, &url, address, epoch).await;
                 }
             }
             Err(error) => tracing::warn!(
@@ -211,9 +235,89 @@ pub(super) async fn watch(upstream: Arc<Upstream>, url: SentinelUrl) {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = upstream.master.recheck.notified() => {}
+            Some(candidate) = promoted.recv() => {
+                // The leader is promoting `candidate` now; the Sentinels name it only once
+                // they see its new role (their INFO every second). Holding writes on the old
+                // master and asking the candidate directly shortens the time writes still
+                // land on the old master to the event's way here.
+                if let Ok((old, _)) = upstream.master.address()
+                    && old != candidate
+                {
+                    hold_writes(&upstream, &old).await;
+                }
+                if let Some(epoch) = promotion(&upstream, &candidate).await {
+                    follow(&upstream, &url, candidate, epoch).await;
+                }
+            }
         }
     }
 }
+
+/// An answer older than the epoch cachet follows is ignored while the current master still
+/// says it is one: a Sentinel that has not heard of the last failover must not move cachet
+/// back. (If the current one is a replica now, the answer is taken.)
+async fn stays(upstream: &Upstream, address: &str, epoch: i64) -> bool {
+    let Ok((current, _)) = upstream.master.address() else {
+        return false;
+    };
+    if current == address || epoch >= upstream.master.epoch() {
+        return false;
+    }
+    matches!(role(upstream, &current).await, Ok(role) if role == "master")
+}
+
+/// Moves to `address` if it is new, and moves what does not watch the generation itself.
+async fn follow(upstream: &Arc<Upstream>, url: &SentinelUrl, address: String, epoch: i64) {
+    let from = upstream.master.located.load().address.clone();
+    if upstream.master.move_to(address.clone(), epoch) {
+        tracing::warn!(
+            master = url.master_name,
+            from = from.as_deref().unwrap_or("none"),
+            to = address,
+            epoch,
+            "upstream master moved"
+        );
+        moved(upstream).await;
+    }
+}
+
+/// Asks a replica being promoted for its role until it says master (the epoch to follow it
+/// at: one past the current, the least a failover takes), for at most [`PROMOTION_WAIT`].
+async fn promotion(upstream: &Upstream, candidate: &str) -> Option<i64> {
+    let deadline = tokio::time::Instant::now() + PROMOTION_WAIT;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(role) = role(upstream, candidate).await
+            && role == "master"
+        {
+            return Some(upstream.master.epoch() + 1);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// `CLIENT PAUSE` for writes on the master being replaced, as Redis's own `FAILOVER` does:
+/// a write it would acknowledge now is lost when it becomes a replica. Best effort (a dead
+/// master, or a user without the right, is not paused); it ends by itself after
+/// [`HOLD_MS`]. What cachet has sent there meanwhile gets `-ERR upstream connection lost`
+/// when it moves, and Redis drops it with the connection, unexecuted.
+async fn hold_writes(upstream: &Upstream, old: &str) {
+    let mut setup = upstream.setup_commands(Protocol::Resp2);
+    let required = setup.len() + 1;
+    setup.push(args(&["CLIENT", "PAUSE", &HOLD_MS.to_string(), "WRITE"]));
+    match upstream.connect_to(old, &setup, required).await {
+        Ok(_) => tracing::info!(master = old, ms = HOLD_MS, "writes held on the old master"),
+        Err(error) => {
+            tracing::info!(master = old, %error, "could not hold writes on the old master")
+        }
+    }
+}
+
+/// How long writes are held on a master being replaced, at most.
+const HOLD_MS: u64 = 1_000;
+
+/// How long a replica the leader is promoting is asked for its role.
+const PROMOTION_WAIT: Duration = Duration::from_secs(5);
 
 /// What moves besides the connections that watch the generation themselves.
 async fn moved(upstream: &Arc<Upstream>) {
@@ -360,18 +464,29 @@ async fn connect_sentinel(sentinel: &str, tls: bool) -> Result<TcpStream, Upstre
     Ok(stream)
 }
 
-/// Subscribes to `+switch-master` on one Sentinel and starts a round on each message; opens
-/// the subscription again (after a second) whenever it breaks.
-async fn listen(upstream: Arc<Upstream>, sentinel: String) {
+/// Subscribes to a Sentinel's failover events: `+switch-master` and `+promoted-slave` start a
+/// round, `+failover-state-send-slaveof-noone` names the replica being promoted. Opens the
+/// subscription again (after a second) whenever it breaks.
+async fn listen(
+    upstream: Arc<Upstream>,
+    sentinel: String,
+    name: String,
+    promoting: mpsc::Sender<String>,
+) {
     while !upstream.is_shut() {
-        if let Err(error) = subscribed(&upstream, &sentinel).await {
+        if let Err(error) = subscribed(&upstream, &sentinel, &name, &promoting).await {
             tracing::debug!(sentinel, %error, "Sentinel subscription dropped");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-async fn subscribed(upstream: &Upstream, sentinel: &str) -> Result<(), UpstreamError> {
+async fn subscribed(
+    upstream: &Upstream,
+    sentinel: &str,
+    name: &str,
+    promoting: &mpsc::Sender<String>,
+) -> Result<(), UpstreamError> {
     let mut setup = Vec::new();
     if let Some((user, password)) = upstream.config.sentinel.credentials() {
         setup.push(args(&["AUTH", &user, password.expose()]));
@@ -379,7 +494,12 @@ async fn subscribed(upstream: &Upstream, sentinel: &str) -> Result<(), UpstreamE
     let required = setup.len() + 1;
     // `+promoted-slave` comes from the Sentinel leading a failover as soon as it has
     // promoted the replica, a little before its `+switch-master`.
-    setup.push(args(&["SUBSCRIBE", "+switch-master", "+promoted-slave"]));
+    setup.push(args(&[
+        "SUBSCRIBE",
+        "+switch-master",
+        "+promoted-slave",
+        PROMOTING,
+    ]));
     let timeout = upstream.config.connect_timeout();
     let mut stream = tokio::time::timeout(timeout, async {
         let mut stream = connect_sentinel(sentinel, upstream.config.sentinel.tls).await?;
@@ -394,15 +514,32 @@ async fn subscribed(upstream: &Upstream, sentinel: &str) -> Result<(), UpstreamE
             resp::reply_frame(&buf).map_err(|e| UpstreamError::Lost(e.to_string()))?
         {
             let frame = buf.split_to(info.len).freeze();
-            if !frame.starts_with(b"*3\r\n$7\r\nmessage\r\n") {
+            let Ok(BytesFrame::Array { data, .. }) = decode(&frame) else {
+                continue;
+            };
+            let [kind, channel, message] = &data[..] else {
+                continue;
+            };
+            if text(kind).as_deref() != Some("message") {
                 continue;
             }
-            tracing::info!(
-                sentinel,
-                event = %String::from_utf8_lossy(&frame).replace("\r\n", " "),
-                "Sentinel announced a new master"
+            let (channel, message) = (
+                text(channel).unwrap_or_default(),
+                text(message).unwrap_or_default(),
             );
-            upstream.master.recheck.notify_one();
+            tracing::info!(sentinel, channel, message, "Sentinel event");
+            if channel == PROMOTING {
+                // "slave ip:port ip port @ name master-ip master-port"
+                let words: Vec<&str> = message.split(' ').collect();
+                if let [_, _, ip, port, _, of, ..] = words[..]
+                    && of == name
+                    && let Ok(port) = port.parse()
+                {
+                    let _ = promoting.try_send(host_port(ip, port));
+                }
+            } else {
+                upstream.master.recheck.notify_one();
+            }
         }
         if buf.len() > EVENT_LIMIT {
             return Err(UpstreamError::Lost(format!(
