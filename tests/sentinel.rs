@@ -556,3 +556,136 @@ async fn readonly_makes_cachet_ask_the_sentinels_again() {
     );
     drop(proxy);
 }
+
+/// How a fake Sentinel misbehaves.
+#[derive(Clone, Copy)]
+enum Fake {
+    /// Names `port` (a replica) as the master, at a config epoch above the real one's.
+    Liar(u16),
+    /// Answers every command with a reply that never ends.
+    Endless,
+}
+
+/// A fake Sentinel; returns its port and, per connection cachet opened, what it asked and
+/// whether cachet closed it.
+async fn fake_sentinel(fake: Fake) -> (u16, Arc<Mutex<Vec<(String, bool)>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let out = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let Ok(n) = stream.read(&mut buf).await else {
+                    return;
+                };
+                let asked = String::from_utf8_lossy(&buf[..n]).to_uppercase();
+                let subscribe = asked.contains("SUBSCRIBE");
+                let index = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((asked.clone(), false));
+                    seen.len() - 1
+                };
+                let closed = match (fake, subscribe) {
+                    (Fake::Liar(port), false) => {
+                        let port = port.to_string();
+                        let reply = format!(
+                            "*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{port}\r\n\
+                             *2\r\n$12\r\nconfig-epoch\r\n$2\r\n99\r\n",
+                            port.len()
+                        );
+                        let _ = stream.write_all(reply.as_bytes()).await;
+                        // cachet closes it after the round.
+                        matches!(stream.read(&mut buf).await, Ok(0) | Err(_))
+                    }
+                    (Fake::Liar(_), true) => {
+                        let _ = stream
+                            .write_all(b"*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master\r\n:1\r\n")
+                            .await;
+                        std::future::pending::<()>().await;
+                        false
+                    }
+                    (Fake::Endless, _) => {
+                        let start: &[u8] = if subscribe {
+                            // A valid confirmation, then a message that never ends.
+                            b"*3\r\n$9\r\nsubscribe\r\n$14\r\n+switch-master\r\n:1\r\n\
+                              *3\r\n$7\r\nmessage\r\n$14\r\n+switch-master\r\n$1000000000\r\n"
+                        } else {
+                            b"$1000000000\r\n"
+                        };
+                        let chunk = vec![b'x'; 64 * 1024];
+                        let mut result = stream.write_all(start).await;
+                        while result.is_ok() {
+                            result = stream.write_all(&chunk).await;
+                        }
+                        true
+                    }
+                };
+                seen.lock().unwrap()[index].1 = closed;
+            });
+        }
+    });
+    (port, out)
+}
+
+/// Sentinels that lie or never finish a reply: cachet checks a named master's `ROLE`, reads
+/// at most 1 MiB of a reply to a round and 64 KiB of an unfinished event, closes such a
+/// connection, and follows the honest Sentinels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lying_or_endless_sentinels_do_not_move_or_swamp_cachet() {
+    let set = SentinelSet::start().await;
+    let master = set.nodes[0].port;
+    let replica = set.nodes[1].port;
+    let (liar, liar_seen) = fake_sentinel(Fake::Liar(replica)).await;
+    let (endless, endless_seen) = fake_sentinel(Fake::Endless).await;
+    // Last in the url: cachet's own rounds ask every Sentinel, but the control client
+    // (fred's Sentinel mode) settles on the first that accepts a connection, and a liar
+    // there would stall it (docs/ARCHITECTURE.md, "Failure handling").
+    let url = set.url().replace(
+        "/mymaster",
+        &format!(",127.0.0.1:{liar},127.0.0.1:{endless}/mymaster"),
+    );
+    let proxy = Proxy::start_with(&url, |c| {
+        c.upstream.sentinel.recheck_ms = 100;
+        // Only the byte bounds can end an endless reply this soon.
+        c.upstream.connect_timeout_ms = 30_000;
+    })
+    .await;
+    let mut client = RawClient::connect(proxy.addr).await.unwrap();
+    let mut direct = RawClient::connect(std::net::SocketAddr::from(([127, 0, 0, 1], master)))
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let value = i.to_string();
+        assert_eq!(client.text(&["SET", "k", &value]).await, "+OK\r\n");
+        assert_eq!(
+            Value::parse(&direct.command(&["GET", "k"]).await.unwrap()),
+            Value::Bulk(value.into_bytes()),
+            "writes stay on the real master; logs:\n{}",
+            set.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let endless_seen = endless_seen.lock().unwrap().clone();
+    let closed = |subscribe: bool| {
+        endless_seen
+            .iter()
+            .filter(|(asked, closed)| asked.contains("SUBSCRIBE") == subscribe && *closed)
+            .count()
+    };
+    assert!(
+        closed(true) >= 1 && closed(false) >= 5,
+        "cachet must cut endless replies off: {endless_seen:?}"
+    );
+    let rounds = liar_seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(a, _)| a.contains("GET-MASTER-ADDR-BY-NAME"))
+        .count();
+    assert!(rounds >= 5, "the liar was asked {rounds} times");
+    drop(proxy);
+}

@@ -347,3 +347,72 @@ impl<'de> Deserialize<'de> for RedisUrl {
         RedisUrl::parse(&raw).map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod sentinel_tests {
+    use super::*;
+
+    #[test]
+    fn a_sentinel_url_names_every_sentinel_the_master_and_its_credentials() {
+        let url = RedisUrl::parse("sentinel://u:p%40ss@a:1,b,[::1]:3/my%20master/2").unwrap();
+        let sentinel = url.sentinel.as_ref().unwrap();
+        assert_eq!(
+            sentinel.sentinels,
+            [
+                ("a".to_owned(), 1),
+                ("b".to_owned(), 26379),
+                ("::1".to_owned(), 3)
+            ]
+        );
+        assert_eq!(sentinel.master_name, "my master");
+        assert_eq!(url.username.as_deref(), Some("u"));
+        assert_eq!(url.password.as_ref().unwrap().expose(), "p@ss");
+        assert_eq!(url.db, 2);
+        assert_eq!((url.host.as_str(), url.port), ("a", 1));
+        // Printed with the password masked.
+        let shown = url.to_string();
+        assert_eq!(shown, "sentinel://u:****@a:1,b:26379,[::1]:3/my master/2");
+        let url = RedisUrl::parse("sentinel://:pw@h:5/m").unwrap();
+        assert_eq!((url.username, url.db), (None, 0));
+    }
+
+    #[test]
+    fn a_bad_sentinel_url_is_refused_with_its_password_masked() {
+        for (input, why) in [
+            ("sentinel://h:1", "no master name"),
+            ("sentinel://h:1/", "no master name"),
+            ("sentinel://h:1,/m", "no host"),
+            ("sentinel://:Zq8Xw3Kp@h:0/m", "not a port number"),
+            ("sentinel://h:x/m", "not a port number"),
+            ("sentinel://h:70000/m", "not a port number"),
+            ("sentinel://[::1/m", "unclosed"),
+            ("sentinel://h/m/256", "0 to 255"),
+            ("sentinel://h/m/x", "0 to 255"),
+        ] {
+            let err = RedisUrl::parse(input).unwrap_err();
+            assert!(err.contains(why), "{input}: {err}");
+            assert!(!err.contains("Zq8"), "{input}: {err}");
+        }
+        let many = vec!["h:1"; MAX_SENTINELS + 1].join(",");
+        let err = RedisUrl::parse(&format!("sentinel://{many}/m")).unwrap_err();
+        assert!(err.contains("more than 32 Sentinels"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_settings_parse_and_tls_is_refused_until_it_is_built() {
+        let config: UpstreamConfig = toml::from_str(
+            "url = \"sentinel://h:1/m\"\n[sentinel]\nusername = \"s\"\npassword = \"pw\"\nrecheck_ms = 250\n",
+        )
+        .unwrap();
+        assert_eq!(config.sentinel.recheck(), Duration::from_millis(250));
+        let (user, password) = config.sentinel.credentials().unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("s", "pw"));
+        assert!(
+            format!("{config:?}").contains("****") && !format!("{config:?}").contains("\"pw\"")
+        );
+        let err = toml::from_str::<UpstreamConfig>("[sentinel]\ntls = true\n").unwrap_err();
+        assert!(err.to_string().contains("not supported yet"), "{err}");
+        let err = toml::from_str::<UpstreamConfig>("[sentinel]\nmaster = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}
