@@ -488,6 +488,10 @@ async fn readonly_makes_cachet_ask_the_sentinels_again() {
     .await;
     let mut client = RawClient::connect(proxy.addr).await.unwrap();
     assert_eq!(client.text(&["SET", "k", "1"]).await, "+OK\r\n");
+    // A tagged write: cachet loads its function library, and must load it again wherever
+    // the control client reconnects.
+    let tagset = client.text(&["TAGSET", "tagged", "v", "TAGS", "a"]).await;
+    assert!(!tagset.starts_with('-'), "{tagset}");
     // A client in a transaction holds a dedicated connection to the old master.
     let mut pinned = RawClient::connect(proxy.addr).await.unwrap();
     assert_eq!(pinned.text(&["MULTI"]).await, "+OK\r\n");
@@ -498,6 +502,8 @@ async fn readonly_makes_cachet_ask_the_sentinels_again() {
     let direct = |port: u16| RawClient::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
     let mut r = direct(new).await.unwrap();
     assert_eq!(r.text(&["REPLICAOF", "NO", "ONE"]).await, "+OK\r\n");
+    // The new master has lost the library: only the control client can bring it back.
+    assert_eq!(r.text(&["FUNCTION", "FLUSH"]).await, "+OK\r\n");
     let mut m = direct(old).await.unwrap();
     assert_eq!(
         m.text(&["REPLICAOF", "127.0.0.1", &new.to_string()]).await,
@@ -554,6 +560,26 @@ async fn readonly_makes_cachet_ask_the_sentinels_again() {
         pinned.closed_within(Duration::from_secs(2)).await,
         "a dedicated connection to the old master must be closed"
     );
+    // The control client followed, and its setup steps loaded the library on the new master.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let list = r.text(&["FUNCTION", "LIST", "LIBRARYNAME", "cachet"]).await;
+        if list.contains("cachet") {
+            println!(
+                "library back on the new master {} ms after the move",
+                moved_at.elapsed().as_millis()
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the function library was not loaded on the new master within 5 s; logs:\n{}",
+            set.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tagset = client.text(&["TAGSET", "tagged2", "v", "TAGS", "a"]).await;
+    assert!(!tagset.starts_with('-'), "{tagset}");
     drop(proxy);
 }
 
