@@ -11,7 +11,7 @@
 //!   reconnect at once, without waiting out their backoff;
 //! * the out-of-band lane (`super::aside`) likewise;
 //! * the spare dedicated connections are dropped;
-//! * dedicated connections held by clients break (`Dedicated::moved`): the client gets the
+//! * dedicated connections held by clients break (`Dedicated::master`): the client gets the
 //!   same error for each command waiting and its connection is closed, as on any loss;
 //! * the control client (fred, itself in Sentinel mode, which checks `ROLE` too) is told to
 //!   reconnect, and its setup steps (the tag index's library) run again on the new master.
@@ -25,9 +25,10 @@
 //! than cachet's while the current master still says it is one. A round runs every
 //! `[upstream.sentinel] recheck_ms` (1 s), at once when a Sentinel publishes
 //! `+switch-master` or `+promoted-slave` (cachet subscribes on every Sentinel of the url),
-//! and at once when a
-//! connection reads a `-READONLY` reply ([`Master::readonly_seen`]): a demoted master is
-//! left as soon as the Sentinels know where the new one is.
+//! and at once when a connection reads a `-READONLY` reply ([`Master::readonly_seen`]): a
+//! demoted master is left as soon as the Sentinels know where the new one is. The Sentinels
+//! are trusted as every Sentinel client trusts them: what one names is checked by `ROLE`
+//! only.
 //!
 //! **The promotion window.** Sentinel does not stop writes on the old master while it
 //! promotes a replica, and learns that the promotion took only from the replica's `INFO`,
@@ -240,10 +241,11 @@ pub(super) async fn watch(upstream: Arc<Upstream>, url: SentinelUrl) {
                 // they see its new role (their INFO every second). Holding writes on the old
                 // master and asking the candidate directly shortens the time writes still
                 // land on the old master to the event's way here.
+                // Apart: an old master that does not answer must not hold up the move.
                 if let Ok((old, _)) = upstream.master.address()
                     && old != candidate
                 {
-                    hold_writes(&upstream, &old).await;
+                    tokio::spawn(hold_writes(upstream.clone(), old));
                 }
                 if let Some(epoch) = promotion(&upstream, &candidate).await {
                     follow(&upstream, &url, candidate, epoch).await;
@@ -301,11 +303,11 @@ async fn promotion(upstream: &Upstream, candidate: &str) -> Option<i64> {
 /// master, or a user without the right, is not paused); it ends by itself after
 /// [`HOLD_MS`]. What cachet has sent there meanwhile gets `-ERR upstream connection lost`
 /// when it moves, and Redis drops it with the connection, unexecuted.
-async fn hold_writes(upstream: &Upstream, old: &str) {
+async fn hold_writes(upstream: Arc<Upstream>, old: String) {
     let mut setup = upstream.setup_commands(Protocol::Resp2);
     let required = setup.len() + 1;
     setup.push(args(&["CLIENT", "PAUSE", &HOLD_MS.to_string(), "WRITE"]));
-    match upstream.connect_to(old, &setup, required).await {
+    match upstream.connect_to(&old, &setup, required).await {
         Ok(_) => tracing::info!(master = old, ms = HOLD_MS, "writes held on the old master"),
         Err(error) => {
             tracing::info!(master = old, %error, "could not hold writes on the old master")
