@@ -153,6 +153,15 @@ impl Upstream {
         self.commands.load()
     }
 
+    /// The master's `host:port` for messages: the url's, or the one the Sentinels named
+    /// last (the url, password masked, before they have).
+    pub fn address(&self) -> String {
+        match self.master.address() {
+            Ok((address, _)) => address,
+            Err(_) => self.config.url.to_string(),
+        }
+    }
+
     /// The fred client for cachet's own commands.
     pub fn control(&self) -> &Client {
         &self.control

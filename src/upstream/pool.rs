@@ -239,7 +239,7 @@ async fn run(
         if !ready {
             last_error = UpstreamError::Unavailable(format!(
                 "command table not loaded from {} yet",
-                upstream.config.url.address()
+                upstream.address()
             ));
         } else {
             let mut setup = upstream.setup_commands(protocol);
