@@ -496,6 +496,12 @@ async fn readonly_makes_cachet_ask_the_sentinels_again() {
     let mut pinned = RawClient::connect(proxy.addr).await.unwrap();
     assert_eq!(pinned.text(&["MULTI"]).await, "+OK\r\n");
     assert_eq!(pinned.text(&["SET", "t", "1"]).await, "+QUEUED\r\n");
+    // A spare dedicated connection (a finished transaction, after `pinned` took the first) and the out-of-band lane, open.
+    let mut other = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(other.text(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(other.text(&["SET", "x", "1"]).await, "+QUEUED\r\n");
+    assert!(other.text(&["EXEC"]).await.starts_with("*1"));
+    assert_eq!(other.text(&["CLIENT", "UNPAUSE"]).await, "+OK\r\n");
 
     // Swap the roles by hand, then tell the Sentinels with REMOVE/MONITOR, which publishes
     // nothing cachet listens to.
@@ -580,6 +586,38 @@ async fn readonly_makes_cachet_ask_the_sentinels_again() {
     }
     let tagset = client.text(&["TAGSET", "tagged2", "v", "TAGS", "a"]).await;
     assert!(!tagset.starts_with('-'), "{tagset}");
+    assert_eq!(other.text(&["CLIENT", "UNPAUSE"]).await, "+OK\r\n");
+    // Nothing of cachet's is left on the old master: pool, lane, spare, dedicated and
+    // control connections all moved. (What remains: the Sentinels' links, the link from its
+    // new master, flag M, and this test.)
+    let me = m.text(&["CLIENT", "ID"]).await;
+    let me = format!("id={} ", me.trim().trim_start_matches(':'));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let list = m.text(&["CLIENT", "LIST"]).await;
+        let left: Vec<&str> = list
+            .lines()
+            .filter(|l| {
+                l.contains("id=")
+                    && !l.starts_with(&me)
+                    && !l.contains("name=sentinel-")
+                    && !l.contains(" flags=M ")
+            })
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cachet's connections left on the old master: {left:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let list = r.text(&["CLIENT", "LIST"]).await;
+    assert!(
+        list.contains("name=cachet:pool") && list.contains("name=cachet:aside"),
+        "{list}"
+    );
     drop(proxy);
 }
 
