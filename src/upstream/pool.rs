@@ -261,7 +261,8 @@ async fn run(
                     up.store(true, Ordering::Relaxed);
                     backoff = BACKOFF_MIN;
                     let timeout = upstream.config.command_timeout();
-                    match serve(stream, &mut rx, timeout, &upstream.pauses, &mut master).await {
+                    let served = serve(stream, &mut rx, timeout, &upstream, &mut master);
+                    match served.await {
                         Ok(()) => return,
                         Err(error) => {
                             tracing::warn!(?protocol, index, %error, "pooled connection lost");
@@ -328,9 +329,13 @@ async fn serve(
     stream: TcpStream,
     rx: &mut mpsc::UnboundedReceiver<PoolRequest>,
     timeout: Option<Duration>,
-    pauses: &super::Pauses,
+    upstream: &Upstream,
     master: &mut super::sentinel::MasterWatch,
 ) -> Result<(), UpstreamError> {
+    let pauses = &upstream.pauses;
+    // Made once per connection, not per event: this loop is the hot path.
+    let moved = master.moved();
+    tokio::pin!(moved);
     let (reader, mut writer) = stream.into_split();
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut outgoing = BytesMut::with_capacity(64 * 1024);
@@ -352,7 +357,7 @@ async fn serve(
                     let mut readonly = false;
                     let delivered = deliver(&mut incoming, &mut pending, &mut scan, &mut readonly);
                     if readonly {
-                        master.readonly_seen();
+                        upstream.master.readonly_seen();
                     }
                     if let Err(error) = delivered {
                         break Err(error);
@@ -360,7 +365,7 @@ async fn serve(
                 }
                 Err(e) => break Err(UpstreamError::Lost(e.to_string())),
             },
-            reason = master.moved() => break Err(UpstreamError::Lost(reason)),
+            reason = &mut moved => break Err(UpstreamError::Lost(reason)),
             received = rx.recv_many(&mut batch, 256), if outgoing.len() < WRITE_HIGH_WATER => {
                 if received == 0 {
                     break Ok(());
