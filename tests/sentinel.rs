@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::resp::Value;
-use support::sentinel::{MASTER_NAME, SentinelSet};
+use support::sentinel::{Auth, MASTER_NAME, SentinelSet};
 use support::{Proxy, RawClient};
 
 const CLIENTS: usize = 6;
@@ -135,7 +135,7 @@ async fn client(
 async fn watch_switches(set: &SentinelSet) -> Events {
     let seen: Events = Arc::default();
     for s in &set.sentinels {
-        let mut c = RawClient::connect(s.addr()).await.expect("sentinel");
+        let mut c = s.connect().await.expect("sentinel");
         c.send(&[
             "SUBSCRIBE",
             "+switch-master",
@@ -516,7 +516,7 @@ async fn readonly_makes_cachet_ask_the_sentinels_again() {
         "+OK\r\n"
     );
     for s in &set.sentinels {
-        let mut c = RawClient::connect(s.addr()).await.unwrap();
+        let mut c = s.connect().await.unwrap();
         assert_eq!(
             c.text(&["SENTINEL", "REMOVE", MASTER_NAME]).await,
             "+OK\r\n"
@@ -752,4 +752,89 @@ async fn lying_or_endless_sentinels_do_not_move_or_swamp_cachet() {
         .count();
     assert!(rounds >= 5, "the liar was asked {rounds} times");
     drop(proxy);
+}
+
+/// Passwords everywhere: the master's in the url, the Sentinels' own in
+/// `[upstream.sentinel]`. cachet finds the master and follows a failover, and so does its
+/// control client (fred's Sentinel mode, signing in to the Sentinels too): a tagged write,
+/// which runs through it, works on the new master. With a wrong Sentinel password cachet
+/// finds no master and is not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_and_data_nodes_with_passwords() {
+    let set = SentinelSet::start_with(Auth {
+        data: Some("data-pw".into()),
+        sentinel: Some("sentinel-pw".into()),
+    })
+    .await;
+    let url = set.url().replace("sentinel://", "sentinel://:data-pw@");
+    let proxy = Proxy::start_with(&url, |c| {
+        c.upstream.sentinel.password = Some(cachet::config::Secret::new("sentinel-pw"));
+    })
+    .await;
+    let mut client = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(client.text(&["AUTH", "data-pw"]).await, "+OK\r\n");
+    assert_eq!(client.text(&["SET", "k", "1"]).await, "+OK\r\n");
+    let tagset = client.text(&["TAGSET", "t1", "v", "TAGS", "a"]).await;
+    assert!(!tagset.starts_with('-'), "{tagset}");
+
+    let old = set.master_port().await.unwrap();
+    assert_eq!(
+        set.sentinel_command(&["SENTINEL", "FAILOVER", MASTER_NAME])
+            .await,
+        "+OK\r\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        match set.master_port().await {
+            Some(port) if port != old => break port,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover; logs:\n{}",
+            set.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut direct = RawClient::connect(std::net::SocketAddr::from(([127, 0, 0, 1], new)))
+        .await
+        .unwrap();
+    assert_eq!(direct.text(&["AUTH", "data-pw"]).await, "+OK\r\n");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        // A fresh connection: one whose command was in flight at the move may be closed.
+        let mut c = RawClient::connect(proxy.addr).await.unwrap();
+        let signed_in = c.text(&["AUTH", "data-pw"]).await == "+OK\r\n";
+        if signed_in
+            && c.text(&["SET", "k", "2"]).await == "+OK\r\n"
+            && direct.text(&["GET", "k"]).await == "$1\r\n2\r\n"
+            && !c
+                .text(&["TAGSET", "t2", "v", "TAGS", "a"])
+                .await
+                .starts_with('-')
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes and tagged writes did not reach the new master within 3 s; logs:\n{}",
+            set.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(proxy);
+
+    let mut config = cachet::Config::default();
+    config.upstream.url = cachet::config::RedisUrl::parse(&url).unwrap();
+    config.upstream.sentinel.password = Some(cachet::config::Secret::new("wrong"));
+    let upstream = cachet::upstream::Upstream::new(config.upstream).unwrap();
+    upstream.start(Vec::new());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let found = upstream.master.address();
+    assert!(
+        found.is_err(),
+        "a master found with a wrong Sentinel password: {found:?}"
+    );
+    assert!(!upstream.is_ready());
+    upstream.shutdown().await;
 }

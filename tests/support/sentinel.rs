@@ -2,7 +2,8 @@
 //! Sentinels (`redis-server CONF --sentinel`, each with its config file in its own temp dir),
 //! all on free ports, quorum 2, `down-after-milliseconds` 1000 and a short
 //! `failover-timeout`. Every process is killed on drop; [`SentinelSet::logs`] gathers all
-//! their logs for failure messages.
+//! their logs for failure messages. [`SentinelSet::start_with`] puts passwords on the data
+//! nodes and on the Sentinels.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,12 +16,14 @@ pub const MASTER_NAME: &str = "mymaster";
 /// One `redis-server --sentinel` process.
 pub struct Sentinel {
     pub port: u16,
+    /// Its `requirepass`, if any.
+    pub password: Option<String>,
     child: Option<Child>,
     dir: tempfile::TempDir,
 }
 
 impl Sentinel {
-    fn start(master_port: u16) -> Self {
+    fn start(master_port: u16, auth: &Auth) -> Self {
         for _ in 0..5 {
             let port = free_port();
             let dir = tempfile::tempdir().expect("temp dir");
@@ -33,9 +36,10 @@ impl Sentinel {
                      sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
                      sentinel failover-timeout {MASTER_NAME} 5000\n\
-                     sentinel parallel-syncs {MASTER_NAME} 1\n",
+                     sentinel parallel-syncs {MASTER_NAME} 1\n{extra}",
                     dir = dir.path().display(),
                     log = log.display(),
+                    extra = auth.sentinel_conf(),
                 ),
             )
             .expect("write sentinel.conf");
@@ -49,6 +53,7 @@ impl Sentinel {
                 .expect("redis-server must be installed");
             let mut sentinel = Sentinel {
                 port,
+                password: auth.sentinel.clone(),
                 child: Some(child),
                 dir,
             };
@@ -88,6 +93,41 @@ impl Sentinel {
     pub fn addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
+
+    /// A connection to it, signed in if it has a password.
+    pub async fn connect(&self) -> std::io::Result<RawClient> {
+        let mut c = RawClient::connect(self.addr()).await?;
+        if let Some(password) = &self.password {
+            let reply = c.command(&["AUTH", password]).await?;
+            if &reply[..] != b"+OK\r\n" {
+                return Err(std::io::Error::other("the Sentinel refused AUTH"));
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Passwords for a [`SentinelSet`].
+#[derive(Default, Clone)]
+pub struct Auth {
+    /// The data nodes' `requirepass` (and the replica's `masterauth`).
+    pub data: Option<String>,
+    /// The Sentinels' own `requirepass`.
+    pub sentinel: Option<String>,
+}
+
+impl Auth {
+    fn sentinel_conf(&self) -> String {
+        let mut conf = String::new();
+        if let Some(password) = &self.data {
+            conf += &format!("sentinel auth-pass {MASTER_NAME} {password}\n");
+        }
+        if let Some(password) = &self.sentinel {
+            // Sentinels sign in to each other with the same password.
+            conf += &format!("requirepass {password}\nsentinel sentinel-pass {password}\n");
+        }
+        conf
+    }
 }
 
 impl Drop for Sentinel {
@@ -111,10 +151,22 @@ impl SentinelSet {
     /// Starts everything and waits until each Sentinel knows the replica and the other
     /// Sentinels, so that a failover can go ahead.
     pub async fn start() -> Self {
-        let master = RedisServer::start();
+        Self::start_with(Auth::default()).await
+    }
+
+    pub async fn start_with(auth: Auth) -> Self {
+        let mut data_args: Vec<&str> = Vec::new();
+        if let Some(password) = &auth.data {
+            data_args.extend(["--requirepass", password, "--masterauth", password]);
+        }
+        let master = RedisServer::start_with(&data_args);
         let port = master.port.to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
-        let sentinels = (0..3).map(|_| Sentinel::start(master.port)).collect();
+        let mut replica_args = data_args.clone();
+        replica_args.extend(["--replicaof", "127.0.0.1", &port]);
+        let replica = RedisServer::start_with(&replica_args);
+        let sentinels = (0..3)
+            .map(|_| Sentinel::start(master.port, &auth))
+            .collect();
         let set = SentinelSet {
             nodes: vec![master, replica],
             sentinels,
@@ -148,7 +200,7 @@ impl SentinelSet {
     /// The master's port according to the first Sentinel that answers.
     pub async fn master_port(&self) -> Option<u16> {
         for s in &self.sentinels {
-            let Ok(mut c) = RawClient::connect(s.addr()).await else {
+            let Ok(mut c) = s.connect().await else {
                 continue;
             };
             let Ok(reply) = c
@@ -196,7 +248,7 @@ impl SentinelSet {
             return false;
         };
         for s in &self.sentinels {
-            let Ok(mut c) = RawClient::connect(s.addr()).await else {
+            let Ok(mut c) = s.connect().await else {
                 return false;
             };
             let Ok(reply) = c.command(&["SENTINEL", "MASTER", MASTER_NAME]).await else {
@@ -243,7 +295,7 @@ impl SentinelSet {
     /// Sends one command to a Sentinel (any that answers).
     pub async fn sentinel_command(&self, args: &[&str]) -> String {
         for s in &self.sentinels {
-            if let Ok(mut c) = RawClient::connect(s.addr()).await
+            if let Ok(mut c) = s.connect().await
                 && let Ok(reply) = c.command(args).await
             {
                 return String::from_utf8_lossy(&reply).into_owned();
