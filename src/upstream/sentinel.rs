@@ -552,10 +552,13 @@ async fn subscribed(
             let _ = stream.shutdown().await;
             return Ok(());
         }
-        let n = stream
-            .read_buf(&mut buf)
-            .await
-            .map_err(|e| UpstreamError::Lost(e.to_string()))?;
+        // Woken every second to notice a shutdown: events are rare.
+        let Ok(read) =
+            tokio::time::timeout(Duration::from_secs(1), stream.read_buf(&mut buf)).await
+        else {
+            continue;
+        };
+        let n = read.map_err(|e| UpstreamError::Lost(e.to_string()))?;
         if n == 0 {
             return Err(UpstreamError::Lost(
                 "the Sentinel closed the connection".into(),
