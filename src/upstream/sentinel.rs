@@ -215,23 +215,33 @@ pub(super) async fn watch(upstream: Arc<Upstream>, url: SentinelUrl) {
         ));
     }
     let every = upstream.config.sentinel.recheck();
+    // Warned once per spell of failed rounds, not every round.
+    let mut failing = false;
     loop {
         if upstream.is_shut() {
             return;
         }
         match discover(&upstream, &url).await {
             Ok((address, epoch)) => {
+                if failing {
+                    tracing::info!(master = url.master_name, "the Sentinels answer again");
+                    failing = false;
+                }
                 if stays(&upstream, &address, epoch).await {
                     tracing::debug!(%address, epoch, "a Sentinel lags: the master stays");
                 } else {
                     follow(&upstream, &url, address, epoch).await;
                 }
             }
-            Err(error) => tracing::warn!(
-                master = url.master_name,
-                %error,
-                "no confirmed master from the Sentinels"
-            ),
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    master = url.master_name,
+                    %error,
+                    "no confirmed master from the Sentinels (cachet keeps the one it knows)"
+                );
+            }
+            Err(error) => tracing::debug!(master = url.master_name, %error, "still none"),
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
