@@ -83,6 +83,8 @@ async fn decisions_are_redis_own_and_forgotten_on_flush() {
         check.check(b"app", &argv(&["DEL", "app:1"])).await,
         Err(AclDenied::NoPerm(_))
     ));
+    assert!(check.checks.with_label_values(&["refused", "cache"]).get() >= 1);
+    assert!(check.checks.with_label_values(&["allowed", "redis"]).get() >= 1);
     check.flush();
     assert!(check.is_empty());
     assert_eq!(check.check(b"app", &argv(&["DEL", "app:1"])).await, Ok(()));

@@ -50,6 +50,10 @@ pub enum AclDenied {
 pub struct AclCheck {
     control: Client,
     cache: Mutex<Cache>,
+    /// Checks by outcome (`allowed`, `refused`, `error`) and where the answer came from
+    /// (`cache`, `redis`); registered by whoever exposes metrics, as
+    /// `cachet_acl_checks_total`.
+    pub checks: prometheus::IntCounterVec,
 }
 
 #[derive(Default)]
@@ -78,6 +82,14 @@ impl AclCheck {
         AclCheck {
             control,
             cache: Mutex::new(Cache::default()),
+            checks: prometheus::IntCounterVec::new(
+                prometheus::Opts::new(
+                    "cachet_acl_checks_total",
+                    "ACL DRYRUN decisions for cachet's commands sent by users other than cachet's, by outcome and by where the answer came from",
+                ),
+                &["outcome", "source"],
+            )
+            .expect("a valid metric"),
         }
     }
 
@@ -88,6 +100,7 @@ impl AclCheck {
             argv: argv.to_vec(),
         };
         if let Some(decision) = self.cached(&key) {
+            self.count(&decision, "cache");
             return decision.map_err(AclDenied::NoPerm);
         }
         let mut args = Vec::with_capacity(argv.len() + 2);
@@ -100,13 +113,18 @@ impl AclCheck {
                 Some(b"OK") => Ok(()),
                 Some(reason) => Err(noperm_line(&String::from_utf8_lossy(reason))),
                 None => {
+                    self.checks.with_label_values(&["error", "redis"]).inc();
                     return Err(AclDenied::Upstream(format!(
                         "ERR unexpected reply to ACL DRYRUN: {value:?}"
                     )));
                 }
             },
-            Err(error) => return Err(AclDenied::Upstream(upstream_line(&error))),
+            Err(error) => {
+                self.checks.with_label_values(&["error", "redis"]).inc();
+                return Err(AclDenied::Upstream(upstream_line(&error)));
+            }
         };
+        self.count(&decision, "redis");
         self.remember(key, decision.clone());
         decision.map_err(AclDenied::NoPerm)
     }
@@ -124,6 +142,15 @@ impl AclCheck {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn count(&self, decision: &Result<(), String>, source: &str) {
+        let outcome = if decision.is_ok() {
+            "allowed"
+        } else {
+            "refused"
+        };
+        self.checks.with_label_values(&[outcome, source]).inc();
     }
 
     fn cached(&self, key: &Key) -> Option<Result<(), String>> {
