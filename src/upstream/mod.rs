@@ -9,12 +9,15 @@
 //! * [`aside`]: the out-of-band lane, one connection per protocol for the commands that act
 //!   on other connections' work (SCRIPT KILL, CLIENT UNPAUSE, ...), which must not queue
 //!   behind that work on the pool; it also keeps the pause issued through cachet.
+//! * [`acl`]: Redis's ACL decision for a command without running it (`ACL DRYRUN`, cached),
+//!   for cachet's own commands sent by clients signed in as other users.
 //! * the control client (fred), for cachet's own work: loading the command table (again after
 //!   every reconnect), the [`SetupStep`]s the composition root gives it (the tag index's
 //!   function library), invalidations, the sweeper.
 //! * [`sentinel`]: where the master is ([`sentinel::Master`]: fixed for `redis://`, followed
 //!   through Redis Sentinel for `sentinel://`), and what lets go of it when it moves.
 
+pub mod acl;
 pub mod aside;
 pub mod dedicated;
 pub mod pool;
@@ -105,6 +108,7 @@ pub struct Upstream {
     control: Client,
     /// The master's address now, and its generation (see [`sentinel`]).
     pub master: Arc<sentinel::Master>,
+    acl: acl::AclCheck,
     shut: AtomicBool,
     /// Pooled connections brought back up after they were lost (registered with the
     /// metrics by whoever exposes them, as `cachet_upstream_pool_reconnects_total`).
@@ -126,6 +130,7 @@ impl Upstream {
             spares: Mutex::new(Vec::new()),
             commands: ArcSwap::from_pointee(CommandTable::default()),
             table_ready,
+            acl: acl::AclCheck::new(control.clone()),
             control,
             master,
             shut: AtomicBool::new(false),
@@ -165,6 +170,11 @@ impl Upstream {
     /// The fred client for cachet's own commands.
     pub fn control(&self) -> &Client {
         &self.control
+    }
+
+    /// Redis's ACL decisions for users other than cachet's (see [`acl`]).
+    pub fn acl(&self) -> &acl::AclCheck {
+        &self.acl
     }
 
     /// True once the command table is loaded and at least one pooled connection is up.
