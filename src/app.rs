@@ -88,6 +88,11 @@ pub async fn run_validated(
                 .registry
                 .register(Box::new(upstream.acl().checks.clone()))
         })
+        .and_then(|()| {
+            metrics
+                .registry
+                .register(Box::new(upstream.master_moves.clone()))
+        })
         .map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let heat = warm::Heat::new(&config.heat);
     let warming = warm::Warming::new(&config.warmers, heat.clone(), &metrics.registry);

@@ -838,3 +838,57 @@ async fn sentinels_and_data_nodes_with_passwords() {
     assert!(!upstream.is_ready());
     upstream.shutdown().await;
 }
+
+/// `cachet_upstream_master_moves_total` counts a failover followed, not the first master the
+/// Sentinels name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_followed_is_counted_once() {
+    let set = SentinelSet::start().await;
+    let mut config = cachet::Config::default();
+    config.upstream.url = cachet::config::RedisUrl::parse(&set.url()).unwrap();
+    let upstream = cachet::upstream::Upstream::new(config.upstream).unwrap();
+    upstream.start(Vec::new());
+    let port = |upstream: &cachet::upstream::Upstream| {
+        upstream
+            .master
+            .address()
+            .ok()
+            .and_then(|(a, _)| a.rsplit(':').next()?.parse::<u16>().ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while port(&upstream).is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no master found; logs:\n{}",
+            set.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = set.master_port().await;
+    assert_eq!(port(&upstream), first);
+    assert_eq!(
+        upstream.master_moves.get(),
+        0,
+        "finding the master is no move"
+    );
+    assert_eq!(
+        set.sentinel_command(&["SENTINEL", "FAILOVER", MASTER_NAME])
+            .await,
+        "+OK\r\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while upstream.master_moves.get() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no move counted; logs:\n{}",
+            set.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Once the Sentinels agree, cachet is where they say, and moved once.
+    set.wait_settled(Duration::from_secs(60)).await;
+    assert_eq!(port(&upstream), set.master_port().await);
+    assert_ne!(port(&upstream), first);
+    assert_eq!(upstream.master_moves.get(), 1);
+    upstream.shutdown().await;
+}

@@ -113,6 +113,9 @@ pub struct Upstream {
     /// Pooled connections brought back up after they were lost (registered with the
     /// metrics by whoever exposes them, as `cachet_upstream_pool_reconnects_total`).
     pub pool_reconnects: prometheus::IntCounter,
+    /// Times cachet followed the master to a new address (registered as the pool's
+    /// counter is, as `cachet_upstream_master_moves_total`).
+    pub master_moves: prometheus::IntCounter,
 }
 
 impl Upstream {
@@ -137,6 +140,11 @@ impl Upstream {
             pool_reconnects: prometheus::IntCounter::new(
                 "cachet_upstream_pool_reconnects_total",
                 "Pooled connections to Redis brought back up after they were lost",
+            )
+            .expect("a valid metric name"),
+            master_moves: prometheus::IntCounter::new(
+                "cachet_upstream_master_moves_total",
+                "Times the master moved (Sentinel failover) and cachet followed it",
             )
             .expect("a valid metric name"),
         }))
