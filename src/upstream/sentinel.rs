@@ -282,13 +282,20 @@ async fn stays(upstream: &Upstream, address: &str, epoch: i64) -> bool {
 async fn follow(upstream: &Arc<Upstream>, url: &SentinelUrl, address: String, epoch: i64) {
     let from = upstream.master.located.load().address.clone();
     if upstream.master.move_to(address.clone(), epoch) {
-        // The first master the Sentinels name is no move.
-        if from.is_some() {
-            upstream.master_moves.inc();
-        }
+        let Some(from) = from else {
+            // The first master the Sentinels name is no move: fred found it on its own.
+            tracing::info!(
+                master = url.master_name,
+                at = address,
+                epoch,
+                "upstream master found"
+            );
+            return;
+        };
+        upstream.master_moves.inc();
         tracing::warn!(
             master = url.master_name,
-            from = from.as_deref().unwrap_or("none"),
+            from,
             to = address,
             epoch,
             "upstream master moved"
