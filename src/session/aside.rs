@@ -36,12 +36,13 @@ impl Session {
             _ => Effect::None,
         };
         let upstream = self.services.upstream.clone();
+        let identity = self.identity.clone();
         let metrics = self.services.metrics.clone();
         let inbox = self.reply_tx.clone();
         let protocol = self.protocol;
         let shutdown = name == b"shutdown";
         tokio::spawn(async move {
-            let lane = upstream.aside(protocol);
+            let lane = identity.aside(&upstream, protocol);
             let done = match lane.call(request.raw.clone(), effect).await {
                 Ok(bytes) => Inbox::Done(id, bytes),
                 // Redis closes every connection when it shuts down, the client's included.
@@ -69,13 +70,14 @@ impl Session {
             return;
         };
         let services = self.services.clone();
+        let identity = self.identity.clone();
         let inbox = self.reply_tx.clone();
         let protocol = self.protocol;
         let list = request
             .arg(1)
             .is_some_and(|sub| sub.eq_ignore_ascii_case(b"list"));
         tokio::spawn(async move {
-            let lane = services.upstream.aside(protocol);
+            let lane = identity.aside(&services.upstream, protocol);
             let reply = match lane.call(request.raw.clone(), Effect::None).await {
                 Ok(bytes) => bytes,
                 Err(error) => {

@@ -219,6 +219,13 @@ pub struct Session {
     user: Option<Bytes>,
     pending_user: Option<Bytes>,
     redirect: i64,
+    /// The Redis user whose pool, lane and spares this client uses: cachet's own, or the
+    /// ACL user Redis signed it in as (`upstream::identity`).
+    identity: Arc<crate::upstream::Identity>,
+    /// The user and password of the sign-in Redis is judging on a bare connection (one at
+    /// a time: the client's next command waits for the answer). Accepted, they open or
+    /// join that user's identity; either way they are dropped here then.
+    pending_login: Option<(Bytes, Bytes)>,
 }
 
 enum Event {
@@ -264,6 +271,7 @@ impl Session {
         let latency = services.metrics.command_latency.local();
         let buffered = services.request_buffers.share();
         let services_db = services.upstream.config.url.db;
+        let identity = services.upstream.default_identity().clone();
         let session = Session {
             id,
             authenticated: services.upstream.config.credentials().is_none(),
@@ -299,6 +307,8 @@ impl Session {
             user: None,
             pending_user: None,
             redirect: -1,
+            identity,
+            pending_login: None,
         };
         (session, handle)
     }
@@ -491,7 +501,9 @@ impl Session {
         if let Some(link) = self.pinning.link.take()
             && self.is_clean(&link)
         {
-            self.services.upstream.release(link.conn).await;
+            self.identity
+                .release(&self.services.upstream, link.conn)
+                .await;
         }
     }
 
@@ -583,6 +595,7 @@ impl Session {
             divergence: self.pinning.divergence,
             pool_db: self.services.upstream.config.url.db,
             writes_paused: self.services.upstream.pauses.writes_paused(),
+            other_user: !self.identity.is_default(),
         };
         let route = route(&request, name, &state, &table);
         // Only the routes of a name longer than any command's have no name.

@@ -75,6 +75,8 @@ pub(super) struct ClientState {
     pub pool_db: u32,
     /// A `CLIENT PAUSE ... WRITE` sent through cachet holds Redis now.
     pub writes_paused: bool,
+    /// On the pool of an ACL user other than cachet's (`upstream::identity`).
+    pub other_user: bool,
 }
 
 /// cachet's own commands.
@@ -209,8 +211,8 @@ fn own<'t>(command: Own, name: &[u8], state: &ClientState) -> Route<'t> {
 pub(super) fn gate(name: &[u8], state: &ClientState) -> Option<Reply> {
     let name = String::from_utf8_lossy(name);
     let d = &state.divergence;
-    if d.user {
-        // AUTH as another user, or one refused on a dedicated connection the client held
+    if d.user || state.other_user {
+        // On another user's pool; or AUTH as another user, or one refused on a dedicated connection the client held
         // already (only Redis knew which): either way not cachet's user, whose rights cachet
         // acts with. An AUTH refused on the connection opened for it leaves `user` unset:
         // the client is back as it was (`pinning`, "Signing in as someone else").
@@ -239,7 +241,7 @@ pub(super) fn gate(name: &[u8], state: &ClientState) -> Option<Reply> {
 /// checks on its own connection.
 pub(super) fn merges_command(state: &ClientState) -> bool {
     let d = &state.divergence;
-    !(d.multi || d.user || d.pubsub() || d.stream || d.reply_mode)
+    !(d.multi || d.user || state.other_user || d.pubsub() || d.stream || d.reply_mode)
 }
 
 /// Commands that change this connection's state at Redis (or may block it), and requests
@@ -412,6 +414,7 @@ mod tests {
         },
         pool_db: 0,
         writes_paused: false,
+        other_user: false,
     };
 
     #[test]
@@ -452,6 +455,10 @@ mod tests {
             writes_paused: true,
             ..SIGNED_IN
         };
+        let user_pool = ClientState {
+            other_user: true,
+            ..SIGNED_IN
+        };
         let long = "x".repeat(65);
         let cases: &[(&[&str], ClientState, &str)] = &[
             // Before authentication only signing in, QUIT and RESET.
@@ -477,6 +484,7 @@ mod tests {
             (&["command", "info", "tagset"], pinned, "command"),
             (&["COMMAND"], in_multi, "dedicated"),
             (&["COMMAND", "COUNT"], other_user, "dedicated"),
+            (&["COMMAND"], user_pool, "tracked false"),
             (&["COMMAND"], stranger, "refuse NOAUTH"),
             // The gate.
             (&["WARM", "w", "k"], SIGNED_IN, "own Warm"),
@@ -485,6 +493,11 @@ mod tests {
             (&["TagSet", "k", "v"], SIGNED_IN, "own Tag"),
             (&["TAGKEYS", "t"], SIGNED_IN, "own Tag"),
             (&["WARM", "w", "k"], other_user, "refuse NOPERM"),
+            (&["TAGSET", "k", "v"], user_pool, "refuse NOPERM"),
+            // On another user's pool: that user's lane, through the same routes.
+            (&["SCRIPT", "KILL"], user_pool, "aside"),
+            (&["GET", "k"], user_pool, "tracked true"),
+            (&["MULTI"], user_pool, "pin"),
             (&["TAGS", "k"], other_db, "refuse ERR"),
             (&["EMIT", "e"], in_multi, "refuse-queued ERR"),
             // Everything else.

@@ -69,7 +69,9 @@ impl Session {
         let carries_tags =
             matches!(name, b"rename" | b"renamenx" | b"copy") && self.services.index.is_loaded();
         let lookup = observe::lookup(name);
-        if self.services.rules.is_empty() && !carries_tags {
+        if (self.services.rules.is_empty() && !carries_tags) || self.other_user() {
+            // Another user's commands run as that user, who need not reach cachet's index:
+            // untagged (docs/ARCHITECTURE.md, "Identity and ACL").
             return self.forward_lookup(request, lookup);
         }
         let Some(info) = info else {
@@ -429,7 +431,7 @@ impl Session {
     /// need that user to have rights on cachet's keys), and so do clients in another
     /// database, where TAG commands, which run on cachet's own connection, cannot reach.
     pub(super) fn send_dedicated_tracked(&mut self, request: Request, name: &[u8]) {
-        let own_state = self.pinning.divergence.user || self.pinning.divergence.database;
+        let own_state = self.other_user() || self.pinning.divergence.database;
         if !self.services.rules.is_empty() && !own_state {
             let table = self.services.upstream.commands();
             if let Some(info) = table.get(name).filter(|i| wrappable(i, name, &request))

@@ -169,9 +169,13 @@ pub struct AsideHandle {
 }
 
 impl AsideHandle {
-    pub(super) fn spawn(upstream: Arc<Upstream>, protocol: Protocol) -> Self {
+    pub(super) fn spawn(
+        upstream: Arc<Upstream>,
+        login: super::identity::SharedLogin,
+        protocol: Protocol,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(upstream, protocol, rx));
+        tokio::spawn(run(upstream, login, protocol, rx));
         AsideHandle { tx }
     }
 
@@ -216,7 +220,12 @@ struct Waiting {
     sent: Instant,
 }
 
-async fn run(upstream: Arc<Upstream>, protocol: Protocol, mut rx: mpsc::Receiver<AsideRequest>) {
+async fn run(
+    upstream: Arc<Upstream>,
+    login: super::identity::SharedLogin,
+    protocol: Protocol,
+    mut rx: mpsc::Receiver<AsideRequest>,
+) {
     while let Some(first) = rx.recv().await {
         if upstream.is_shut() {
             let _ = first.reply.send(Err(UpstreamError::Unavailable(
@@ -224,7 +233,9 @@ async fn run(upstream: Arc<Upstream>, protocol: Protocol, mut rx: mpsc::Receiver
             )));
             continue;
         }
-        let mut setup = upstream.setup_commands(protocol);
+        let current = login.read().expect("not poisoned").clone();
+        let mut setup = upstream.setup_commands_as(current.as_ref(), protocol);
+        drop(current);
         let required = setup.len();
         setup.push(args(&["CLIENT", "SETNAME", "cachet:aside"]));
         match upstream.connect(&setup, required).await {

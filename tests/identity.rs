@@ -1,0 +1,247 @@
+//! Every client's own identity: clients signed in as the same ACL user share one pool opened
+//! with that user's credentials, Redis judges every credential, and what a user may not do
+//! it may not do through cachet either (src/upstream/identity.rs, src/session/pinning.rs).
+
+mod support;
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use support::acl::{admin, connections_of, connections_received, expect_connections, set_user};
+use support::{Proxy, RawClient, RedisServer, fred_client};
+
+const SETTLE: Duration = Duration::from_secs(5);
+
+async fn whoami(client: &Client) -> String {
+    client
+        .custom(fred::cmd!("ACL"), vec!["WHOAMI"])
+        .await
+        .expect("ACL WHOAMI")
+}
+
+fn id_of(line: &str) -> &str {
+    line.split(' ').find(|f| f.starts_with("id=")).expect("id=")
+}
+
+fn user_url(proxy: &Proxy, user: &str, password: &str) -> String {
+    format!("redis://{user}:{password}@{}", proxy.addr)
+}
+
+/// Two fred clients signed in as alice share one pooled connection signed in as alice;
+/// the second, with the same password, joins without cachet opening any connection; bob
+/// gets a pool of his own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_one_user_share_one_pool() {
+    let redis = RedisServer::start();
+    let mut root = admin(&redis, None).await;
+    set_user(&mut root, "alice", &["on", ">apw", "~*", "+@all"]).await;
+    set_user(&mut root, "bob", &["on", ">bpw", "~*", "+@all"]).await;
+    let proxy = Proxy::start(&redis.url()).await;
+
+    let a1 = fred_client(&user_url(&proxy, "alice", "apw"), false).await;
+    let _: () = a1.set("a1", "x", None, None, false).await.unwrap();
+    let who: String = whoami(&a1).await;
+    assert_eq!(who, "alice");
+    let alice = expect_connections(&mut root, "alice", 1, SETTLE).await;
+    assert!(alice[0].contains("name=cachet:pool"), "{alice:?}");
+
+    let before = connections_received(&mut root).await;
+    let a2 = fred_client(&user_url(&proxy, "alice", "apw"), false).await;
+    let _: () = a2.set("a2", "y", None, None, false).await.unwrap();
+    let got: String = a2.get("a1").await.unwrap();
+    assert_eq!(got, "x");
+    let who: String = whoami(&a2).await;
+    assert_eq!(who, "alice");
+    assert_eq!(
+        connections_received(&mut root).await,
+        before,
+        "the same user and password joined the open pool without a connection"
+    );
+    let alice_now = expect_connections(&mut root, "alice", 1, SETTLE).await;
+    assert_eq!(
+        id_of(&alice_now[0]),
+        id_of(&alice[0]),
+        "the same connection"
+    );
+
+    let b = fred_client(&user_url(&proxy, "bob", "bpw"), false).await;
+    let who: String = whoami(&b).await;
+    assert_eq!(who, "bob");
+    let bob = expect_connections(&mut root, "bob", 1, SETTLE).await;
+    assert!(bob[0].contains("name=cachet:pool"), "{bob:?}");
+    expect_connections(&mut root, "alice", 1, SETTLE).await;
+
+    // A second password of alice's that Redis accepts joins the same pool.
+    set_user(&mut root, "alice", &[">apw2"]).await;
+    let a3 = fred_client(&user_url(&proxy, "alice", "apw2"), false).await;
+    let got: String = a3.get("a2").await.unwrap();
+    assert_eq!(got, "y");
+    expect_connections(&mut root, "alice", 1, SETTLE).await;
+    for c in [a1, a2, a3, b] {
+        let _ = c.quit().await;
+    }
+}
+
+/// A refused AUTH (or HELLO ... AUTH) gives Redis's own error and leaves the client as it
+/// was: the command pipelined after it is judged as before, never as that user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_never_lets_a_later_command_through() {
+    let redis = RedisServer::start_with(&["--requirepass", "pw"]);
+    let mut root = admin(&redis, Some("pw")).await;
+    set_user(&mut root, "alice", &["on", ">apw", "~*", "+@all"]).await;
+    let proxy = Proxy::start_with(&redis.url(), |c| {
+        c.upstream.password = Some(cachet::config::Secret::new("pw"));
+    })
+    .await;
+
+    // Each case three times: no pool of alice's yet, one opened by a client that signed in,
+    // and again with that pool open (a wrong password must not join it).
+    let mut keep = Vec::new();
+    for round in 0..3 {
+        for (sign_in, name) in [
+            (vec!["AUTH", "alice", "wrong"], "AUTH"),
+            (vec!["HELLO", "3", "AUTH", "alice", "wrong"], "HELLO"),
+            (vec!["HELLO", "2", "AUTH", "alice", "wrong"], "HELLO"),
+        ] {
+            let mut c = RawClient::connect(proxy.addr).await.unwrap();
+            let mut both = RawClient::encode(&sign_in);
+            both.extend(RawClient::encode(&["GET", "k"]));
+            c.send_raw(&both).await.unwrap();
+            let refused = String::from_utf8_lossy(&c.read_frame().await.unwrap()).into_owned();
+            assert!(
+                refused.starts_with("-WRONGPASS"),
+                "round {round}, {name}: {refused}"
+            );
+            let next = String::from_utf8_lossy(&c.read_frame().await.unwrap()).into_owned();
+            assert_eq!(
+                next, "-NOAUTH Authentication required.\r\n",
+                "round {round}, {name}"
+            );
+        }
+        // Signed in as alice, a refused AUTH as alice leaves it alice; as cachet's user,
+        // one refused as another user leaves it cachet's.
+        let mut signed = RawClient::connect(proxy.addr).await.unwrap();
+        assert_eq!(signed.text(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+        let mut both = RawClient::encode(&["AUTH", "alice", "nope"]);
+        both.extend(RawClient::encode(&["ACL", "WHOAMI"]));
+        signed.send_raw(&both).await.unwrap();
+        let refused = String::from_utf8_lossy(&signed.read_frame().await.unwrap()).into_owned();
+        assert!(refused.starts_with("-WRONGPASS"), "{refused}");
+        assert_eq!(
+            String::from_utf8_lossy(&signed.read_frame().await.unwrap()),
+            "$5\r\nalice\r\n"
+        );
+        let mut own = RawClient::connect(proxy.addr).await.unwrap();
+        assert_eq!(own.text(&["AUTH", "pw"]).await, "+OK\r\n");
+        let mut both = RawClient::encode(&["AUTH", "alice", "nope"]);
+        both.extend(RawClient::encode(&["ACL", "WHOAMI"]));
+        own.send_raw(&both).await.unwrap();
+        let refused = String::from_utf8_lossy(&own.read_frame().await.unwrap()).into_owned();
+        assert!(refused.starts_with("-WRONGPASS"), "{refused}");
+        assert_eq!(
+            String::from_utf8_lossy(&own.read_frame().await.unwrap()),
+            "$7\r\ndefault\r\n"
+        );
+        keep.push(signed);
+    }
+    // HELLO 3 AUTH with the right password: RESP3 on alice's pool, cachet's id in HELLO.
+    let mut c = RawClient::connect(proxy.addr).await.unwrap();
+    c.send(&["HELLO", "3", "AUTH", "alice", "apw", "SETNAME", "h3"])
+        .await
+        .unwrap();
+    let hello = String::from_utf8_lossy(&c.read_frame().await.unwrap()).into_owned();
+    assert!(hello.starts_with('%'), "{hello}");
+    assert_eq!(c.text(&["ACL", "WHOAMI"]).await, "$5\r\nalice\r\n");
+    assert_eq!(c.text(&["CLIENT", "GETNAME"]).await, "$2\r\nh3\r\n");
+}
+
+/// A user's pool with no client for `user_pool_idle_secs` closes; a client coming after
+/// opens it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_user_pool_closes() {
+    let redis = RedisServer::start();
+    let mut root = admin(&redis, None).await;
+    set_user(&mut root, "alice", &["on", ">apw", "~*", "+@all"]).await;
+    let proxy = Proxy::start_with(&redis.url(), |c| c.upstream.user_pool_idle_secs = 1).await;
+    let mut c = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(c.text(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+    assert_eq!(c.text(&["SET", "k", "v"]).await, "+OK\r\n");
+    expect_connections(&mut root, "alice", 1, SETTLE).await;
+    // Held by a client, it stays open past the idle time.
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    assert_eq!(connections_of(&mut root, "alice").await.len(), 1);
+    drop(c);
+    expect_connections(&mut root, "alice", 0, SETTLE).await;
+    let mut again = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(again.text(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+    assert_eq!(again.text(&["GET", "k"]).await, "$1\r\nv\r\n");
+    expect_connections(&mut root, "alice", 1, SETTLE).await;
+}
+
+/// Past `max_user_pools` a client keeps the connection Redis signed it in on, and works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_cap_a_client_keeps_a_connection_of_its_own() {
+    let redis = RedisServer::start();
+    let mut root = admin(&redis, None).await;
+    set_user(&mut root, "alice", &["on", ">apw", "~*", "+@all"]).await;
+    set_user(&mut root, "bob", &["on", ">bpw", "~*", "+@all"]).await;
+    let proxy = Proxy::start_with(&redis.url(), |c| c.upstream.max_user_pools = 1).await;
+    let a = fred_client(&user_url(&proxy, "alice", "apw"), false).await;
+    let _: () = a.set("k", "v", None, None, false).await.unwrap();
+    let b1 = fred_client(&user_url(&proxy, "bob", "bpw"), false).await;
+    let b2 = fred_client(&user_url(&proxy, "bob", "bpw"), true).await;
+    for b in [&b1, &b2] {
+        let got: String = b.get("k").await.unwrap();
+        assert_eq!(got, "v");
+        let who: String = whoami(b).await;
+        assert_eq!(who, "bob");
+    }
+    let alice = expect_connections(&mut root, "alice", 1, SETTLE).await;
+    assert!(alice[0].contains("name=cachet:pool"));
+    let bob = expect_connections(&mut root, "bob", 2, SETTLE).await;
+    assert!(
+        bob.iter().all(|l| !l.contains("name=cachet:pool")),
+        "one connection per client past the cap: {bob:?}"
+    );
+}
+
+/// MULTI/EXEC and BLPOP of a client signed in as alice run on connections signed in as
+/// alice: Redis enforces her ACL inside them, byte for byte as for alice directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_and_blocking_commands_run_as_the_user() {
+    let redis = RedisServer::start();
+    let mut root = admin(&redis, None).await;
+    set_user(&mut root, "alice", &["on", ">apw", "~a:*", "+@all"]).await;
+    let proxy = Proxy::start(&redis.url()).await;
+    let mut direct = RawClient::connect(redis.addr()).await.unwrap();
+    let mut proxied = RawClient::connect(proxy.addr).await.unwrap();
+    for c in [&mut direct, &mut proxied] {
+        assert_eq!(c.text(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+    }
+    let script: &[&[&str]] = &[
+        &["MULTI"],
+        &["SET", "a:1", "x"],
+        &["SET", "b:1", "x"],
+        &["EXEC"],
+        &["MULTI"],
+        &["SET", "a:2", "y"],
+        &["ACL", "WHOAMI"],
+        &["EXEC"],
+        &["BLPOP", "b:q", "0.1"],
+        &["BLPOP", "a:q", "0.1"],
+        &["GET", "b:1"],
+        &["GET", "a:2"],
+    ];
+    for command in script {
+        let a = direct.command(command).await.unwrap();
+        let b = proxied.command(command).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&a),
+            String::from_utf8_lossy(&b),
+            "{command:?}"
+        );
+    }
+    // The direct connection, alice's pool, and the one spare the transaction and the BLPOP
+    // ran on: cachet opened nothing else as alice, and nothing as her with other rights.
+    expect_connections(&mut root, "alice", 3, SETTLE).await;
+}
