@@ -83,6 +83,11 @@ pub async fn run_validated(
     metrics
         .registry
         .register(Box::new(upstream.pool_reconnects.clone()))
+        .and_then(|()| {
+            metrics
+                .registry
+                .register(Box::new(upstream.acl().checks.clone()))
+        })
         .map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let heat = warm::Heat::new(&config.heat);
     let warming = warm::Warming::new(&config.warmers, heat.clone(), &metrics.registry);

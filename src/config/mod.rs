@@ -18,7 +18,7 @@
 //!
 //! One file per part: the sections [`proxy`], [`upstream`], [`rules`] (`[ttl]` and
 //! `[[rules]]`), [`policy`] (`[[policies]]`, `[events]`), [`warm`] (`[warmers.NAME]`, `[heat]`),
-//! [`admin`] and [`health`]; `env` (overrides), `error` (errors and their places in the file)
+//! [`admin`], [`health`] and [`acl`] (`[[acl]]`); `env` (overrides), `error` (errors and their places in the file)
 //! and `mask` (secrets in error messages). This module is plain data: it imports nothing else
 //! of cachet, and each subsystem takes its section from here.
 
@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub mod acl;
 pub mod admin;
 pub mod env;
 mod error;
@@ -42,6 +43,7 @@ mod tests;
 pub mod upstream;
 pub mod warm;
 
+pub use acl::{AclGrant, Permission};
 pub use admin::{AdminConfig, AdminListen};
 pub use error::{ConfigError, Invalid, Problem};
 pub use health::{HealthConfig, Levels, Thresholds};
@@ -73,6 +75,8 @@ pub struct Config {
     pub events: EventsConfig,
     pub admin: AdminConfig,
     pub health: HealthConfig,
+    /// `[[acl]]`: what users other than cachet's may do with EMIT, WARM and POLICY.
+    pub acl: Vec<AclGrant>,
     /// The text this config was parsed from, to place the problems validation finds; none for
     /// a config built in code.
     #[serde(skip)]

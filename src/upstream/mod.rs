@@ -13,10 +13,13 @@
 //! * [`aside`]: the out-of-band lane, one connection per protocol for the commands that act
 //!   on other connections' work (SCRIPT KILL, CLIENT UNPAUSE, ...), which must not queue
 //!   behind that work on the pool; it also keeps the pause issued through cachet.
+//! * [`acl`]: Redis's ACL decision for a command without running it (`ACL DRYRUN`, cached),
+//!   for cachet's own commands sent by clients signed in as other users.
 //! * the control client (fred), for cachet's own work: loading the command table (again after
 //!   every reconnect), the [`SetupStep`]s the composition root gives it (the tag index's
 //!   function library), invalidations, the sweeper.
 
+pub mod acl;
 pub mod aside;
 pub mod dedicated;
 pub mod identity;
@@ -107,6 +110,7 @@ pub struct Upstream {
     commands: ArcSwap<CommandTable>,
     table_ready: watch::Sender<bool>,
     control: Client,
+    acl: acl::AclCheck,
     shut: AtomicBool,
     /// Pooled connections brought back up after they were lost (registered with the
     /// metrics by whoever exposes them, as `cachet_upstream_pool_reconnects_total`).
@@ -130,6 +134,7 @@ impl Upstream {
             pauses: Pauses::default(),
             commands: ArcSwap::from_pointee(CommandTable::default()),
             table_ready,
+            acl: acl::AclCheck::new(control.clone()),
             control,
             shut: AtomicBool::new(false),
             pool_reconnects: prometheus::IntCounter::new(
@@ -162,6 +167,11 @@ impl Upstream {
     /// The fred client for cachet's own commands.
     pub fn control(&self) -> &Client {
         &self.control
+    }
+
+    /// Redis's ACL decisions for users other than cachet's (see [`acl`]).
+    pub fn acl(&self) -> &acl::AclCheck {
+        &self.acl
     }
 
     /// True once the command table is loaded and at least one pooled connection is up.
