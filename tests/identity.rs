@@ -245,3 +245,100 @@ async fn transactions_and_blocking_commands_run_as_the_user() {
     // ran on: cachet opened nothing else as alice, and nothing as her with other rights.
     expect_connections(&mut root, "alice", 3, SETTLE).await;
 }
+
+/// cachet's own commands for a client on alice's pool: allowed exactly where the plain
+/// command they stand for is, with Redis's own NOPERM; EMIT, WARM and POLICY only by an
+/// `[[acl]]` grant; an ACL change through cachet is seen at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_commands_honour_the_callers_acl() {
+    let redis = RedisServer::start();
+    let mut root = admin(&redis, None).await;
+    set_user(&mut root, "alice", &["on", ">apw", "~a:*", "+@all"]).await;
+    set_user(&mut root, "bob", &["on", ">bpw", "~*", "+@all"]).await;
+    let proxy = Proxy::start_with(&redis.url(), |c| {
+        let grant: cachet::config::AclGrant = toml::from_str(
+            "users = [\"bob\"]\nemit = [\"session.*\"]\nwarm = true\npolicy = true\n",
+        )
+        .expect("grant");
+        c.acl = vec![grant];
+    })
+    .await;
+    let mut own = RawClient::connect(proxy.addr).await.unwrap();
+    let mut alice = RawClient::connect(proxy.addr).await.unwrap();
+    let mut direct = RawClient::connect(redis.addr()).await.unwrap();
+    for c in [&mut alice, &mut direct] {
+        assert_eq!(c.text(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+    }
+    // cachet's user tags a key alice may not touch, under the tag she will invalidate.
+    assert_eq!(
+        own.text(&["TAGSET", "b:1", "x", "TAGS", "t"]).await,
+        "+OK\r\n"
+    );
+    assert_eq!(
+        alice
+            .text(&["TAGSET", "a:1", "x", "EX", "100", "TAGS", "t"])
+            .await,
+        "+OK\r\n"
+    );
+    let same = |proxied: String, plain: String| {
+        assert!(plain.starts_with("-NOPERM"), "{plain}");
+        assert_eq!(proxied, plain);
+    };
+    same(
+        alice.text(&["TAGSET", "b:2", "x", "TAGS", "t"]).await,
+        direct.text(&["SET", "b:2", "x"]).await,
+    );
+    same(
+        alice.text(&["TAGINVALIDATE", "t"]).await,
+        direct.text(&["DEL", "a:1", "b:1"]).await,
+    );
+    assert_eq!(
+        own.text(&["EXISTS", "a:1", "b:1"]).await,
+        ":2\r\n",
+        "nothing deleted"
+    );
+    same(
+        alice.text(&["TAGS", "b:1"]).await,
+        direct.text(&["EXISTS", "b:1"]).await,
+    );
+    same(
+        alice.text(&["TAG", "b:1", "u"]).await,
+        direct.text(&["EXISTS", "b:1"]).await,
+    );
+    same(
+        alice.text(&["TAGKEYS", "t"]).await,
+        direct.text(&["EXISTS", "a:1", "b:1"]).await,
+    );
+    assert_eq!(alice.text(&["TAGS", "a:1"]).await, "*1\r\n$1\r\nt\r\n");
+    for refused in [
+        &["EMIT", "session.ended"][..],
+        &["WARM", "w", "k"],
+        &["POLICY", "RELOAD"],
+    ] {
+        let reply = alice.text(refused).await;
+        assert!(
+            reply.starts_with("-NOPERM User alice has no permissions to"),
+            "{refused:?}: {reply}"
+        );
+    }
+    // bob's grant lets him EMIT matching events (no policy handles them here: 0 called).
+    let mut bob = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(bob.text(&["AUTH", "bob", "bpw"]).await, "+OK\r\n");
+    assert!(
+        !bob.text(&["EMIT", "session.ended"])
+            .await
+            .starts_with("-NOPERM")
+    );
+    assert!(
+        bob.text(&["EMIT", "teacher.x"])
+            .await
+            .starts_with("-NOPERM")
+    );
+    // An ACL change through cachet is seen at once, not after the cache's second.
+    assert_eq!(
+        own.text(&["ACL", "SETUSER", "alice", "~b:*"]).await,
+        "+OK\r\n"
+    );
+    assert_eq!(alice.text(&["TAGINVALIDATE", "t"]).await, ":2\r\n");
+    assert_eq!(own.text(&["EXISTS", "a:1", "b:1"]).await, ":0\r\n");
+}

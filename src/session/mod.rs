@@ -27,6 +27,7 @@
 //! ...) go out of band in `aside`; what a session counts, and INFO, in `observe`; EMIT/POLICY and WARM in
 //! `policy` and `warm`.
 
+mod acl;
 mod aside;
 mod batch;
 mod client_list;
@@ -89,6 +90,8 @@ pub struct Services {
     pub heat: crate::warm::Heat,
     pub events: Arc<crate::events::Events>,
     pub health: Arc<crate::health::Health>,
+    /// `[[acl]]`: what users other than cachet's may do with EMIT, WARM and POLICY (`acl`).
+    pub acl: Vec<crate::config::AclGrant>,
 }
 
 /// Where the reply to a command (or batch) will come from.
@@ -597,6 +600,11 @@ impl Session {
             writes_paused: self.services.upstream.pauses.writes_paused(),
             other_user: !self.identity.is_default(),
         };
+        if name == Some(b"acl") && changes_acl(&request) {
+            // Rights may change: decisions cached for cachet's commands are dropped (a check
+            // that races it is reused for at most `upstream::acl::TTL`).
+            self.services.upstream.acl().flush();
+        }
         let route = route(&request, name, &state, &table);
         // Only the routes of a name longer than any command's have no name.
         let name = name.unwrap_or_default();
@@ -630,4 +638,14 @@ impl Session {
             Route::Pin => self.switch_to_dedicated(request),
         }
     }
+}
+
+/// ACL subcommands that change users' rights.
+fn changes_acl(request: &Request) -> bool {
+    request.arg(1).is_some_and(|sub| {
+        matches!(
+            sub.to_ascii_lowercase().as_slice(),
+            b"setuser" | b"deluser" | b"load"
+        )
+    })
 }

@@ -202,17 +202,18 @@ fn own<'t>(command: Own, name: &[u8], state: &ClientState) -> Route<'t> {
 
 /// The one gate every command of cachet's own passes: cachet runs them with its own upstream
 /// credentials, on its own connection, in the pool's database, so only a client that is
-/// that user there may ask for them. `Some` is the refusal: `-NOAUTH Authentication
-/// required.`, `-NOPERM only the user cachet connects as may run cachet's 'x' command`
-/// (another user, or an AUTH refused on a dedicated connection the client held already:
-/// only Redis knows which), `-ERR cachet's 'x' command
+/// that user there, or one on another user's pool (whose rights each handler then asks
+/// Redis about, `session::acl`), may ask for them. `Some` is the refusal: `-NOAUTH
+/// Authentication required.`, `-NOPERM only the user cachet connects as may run cachet's 'x'
+/// command` (signed in as another user on a connection of its own, or an AUTH refused on a
+/// dedicated connection the client held already: only Redis knows which), `-ERR cachet's 'x' command
 /// works in database N only`, `-ERR cachet's 'x' command cannot run inside MULTI` (queued at
 /// Redis as well, so EXEC aborts). [`route`] applies it, so no handler can skip it.
 pub(super) fn gate(name: &[u8], state: &ClientState) -> Option<Reply> {
     let name = String::from_utf8_lossy(name);
     let d = &state.divergence;
-    if d.user || state.other_user {
-        // On another user's pool; or AUTH as another user, or one refused on a dedicated connection the client held
+    if d.user {
+        // AUTH as another user, or one refused on a dedicated connection the client held
         // already (only Redis knew which): either way not cachet's user, whose rights cachet
         // acts with. An AUTH refused on the connection opened for it leaves `user` unset:
         // the client is back as it was (`pinning`, "Signing in as someone else").
@@ -493,7 +494,7 @@ mod tests {
             (&["TagSet", "k", "v"], SIGNED_IN, "own Tag"),
             (&["TAGKEYS", "t"], SIGNED_IN, "own Tag"),
             (&["WARM", "w", "k"], other_user, "refuse NOPERM"),
-            (&["TAGSET", "k", "v"], user_pool, "refuse NOPERM"),
+            (&["TAGSET", "k", "v"], user_pool, "own Tag"),
             // On another user's pool: that user's lane, through the same routes.
             (&["SCRIPT", "KILL"], user_pool, "aside"),
             (&["GET", "k"], user_pool, "tracked true"),

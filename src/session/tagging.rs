@@ -13,6 +13,7 @@
 use bytes::Bytes;
 
 use super::Session;
+use super::acl;
 use super::inspect::Inspect;
 use super::observe::{self, Lookup};
 use crate::resp::Request;
@@ -285,11 +286,19 @@ impl Session {
                 None
             }
         };
+        // Another user's rights are Redis's to judge, as the plain commands these stand for
+        // (`session::acl`); cachet's own user is not checked.
+        let user = self.acl_user();
         match name {
             b"taginvalidate" => match arity(2, false) {
                 Some(error) => self.reply_local(error),
                 None => self.reply_later(request, move |services| async move {
                     let tags = &args[1..];
+                    if let Some(user) = &user
+                        && let Err(refused) = acl::may_delete_tagged(&services, user, tags).await
+                    {
+                        return refused;
+                    }
                     let deleted = services.index.invalidate(tags).await;
                     if let Ok(n) = deleted {
                         services.metrics.invalidations.inc_by(tags.len() as u64);
@@ -302,6 +311,13 @@ impl Session {
             b"tag" => match arity(3, false) {
                 Some(error) => self.reply_local(error),
                 None => self.reply_later(request, move |services| async move {
+                    if let Some(user) = &user
+                        && let Err(refused) =
+                            acl::check(&services, user, acl::with_keys(b"EXISTS", &args[1..2]))
+                                .await
+                    {
+                        return refused;
+                    }
                     let added = services.index.tag(&args[1], &args[2..]).await;
                     added.map_or_else(error_reply, |n| Reply::Integer(n as i64))
                 }),
@@ -309,6 +325,13 @@ impl Session {
             b"tags" => match arity(2, true) {
                 Some(error) => self.reply_local(error),
                 None => self.reply_later(request, move |services| async move {
+                    if let Some(user) = &user
+                        && let Err(refused) =
+                            acl::check(&services, user, acl::with_keys(b"EXISTS", &args[1..2]))
+                                .await
+                    {
+                        return refused;
+                    }
                     let tags = services.index.tags(&args[1]).await;
                     tags.map_or_else(error_reply, |tags| {
                         Reply::Array(tags.into_iter().map(Reply::Bulk).collect())
@@ -350,8 +373,16 @@ impl Session {
             }
         }
         let tag = request.args[1].clone();
+        let user = self.acl_user();
         self.reply_later(request, move |services| async move {
             let page = services.index.tagkeys(&tag, cursor, count).await;
+            if let (Some(user), Ok((_, keys))) = (&user, &page)
+                && !keys.is_empty()
+                && let Err(refused) =
+                    acl::check(&services, user, acl::with_keys(b"EXISTS", keys)).await
+            {
+                return refused;
+            }
             page.map_or_else(error_reply, |(next, keys)| {
                 Reply::Array(vec![
                     Reply::Bulk(Bytes::from(next.to_string())),
@@ -410,7 +441,14 @@ impl Session {
             named: 0,
             inherit_from: None,
         };
+        let user = self.acl_user();
         self.reply_later(request, move |services| async move {
+            // What SET with the same options would need.
+            if let Some(user) = &user
+                && let Err(refused) = acl::check(&services, user, set.clone()).await
+            {
+                return refused;
+            }
             let call = WriteCall {
                 command: &set,
                 keys: &[write],
