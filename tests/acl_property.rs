@@ -3,8 +3,10 @@
 //! (src/session/acl.rs: TAGSET ↔ SET, TAGINVALIDATE ↔ DEL of the tag's keys, TAGS/TAG/
 //! TAGKEYS ↔ EXISTS) straight at Redis as the same user; the NOPERM decisions (refused or
 //! not, and the error text) must agree in every case. EMIT's equivalent is the `[[acl]]`
-//! grant, which has no Redis counterpart. Users' rights change now and then, through cachet
-//! (so its cached decisions must be dropped at once).
+//! grant, which has no Redis counterpart. Writes of keys a rule matches (`p*`) are checked
+//! by cachet and run wrapped as cachet's user; the others go to Redis as the user. Users'
+//! rights change now and then, through cachet (so its cached decisions must be dropped at
+//! once).
 //!
 //! `ACL_PROPERTY_SEED=n` replays a run; `ACL_PROPERTY_CASES=n` sets its length.
 
@@ -156,6 +158,9 @@ async fn cachet_refuses_exactly_what_redis_refuses() {
         let grant: cachet::config::AclGrant =
             toml::from_str(&format!("users = [{users}]\nemit = [\"ev.a*\"]\n")).expect("grant");
         c.acl = vec![grant];
+        // Writes of `p` keys are tagged: through cachet they are checked, then wrapped.
+        let rules = "[[rules]]\npattern = \"p*\"\ntags = [\"tp\"]\n";
+        c.rules = cachet::Config::from_toml(rules, "rules").unwrap().rules;
     })
     .await;
     let mut own = RawClient::connect(proxy.addr).await.unwrap();

@@ -342,3 +342,58 @@ async fn own_commands_honour_the_callers_acl() {
     assert_eq!(alice.text(&["TAGINVALIDATE", "t"]).await, ":2\r\n");
     assert_eq!(own.text(&["EXISTS", "a:1", "b:1"]).await, ":0\r\n");
 }
+
+/// A rule-matched write of a client on alice's pool is checked as alice and tagged by
+/// cachet: allowed, it is in the index; refused, Redis's own NOPERM and nothing written. A
+/// pipeline keeps its order across the two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_rule_matched_writes_are_checked_then_tagged() {
+    let redis = RedisServer::start();
+    let mut root = admin(&redis, None).await;
+    set_user(&mut root, "alice", &["on", ">apw", "~a:*", "~b:*", "+@all"]).await;
+    let proxy = Proxy::start_with(&redis.url(), |c| {
+        let rules = "[[rules]]\npattern = \"a:*\"\ntags = [\"ta\"]\n\n[[rules]]\npattern = \"c:*\"\ntags = [\"tc\"]\n";
+        c.rules = cachet::Config::from_toml(rules, "rules").unwrap().rules;
+    })
+    .await;
+    let mut own = RawClient::connect(proxy.addr).await.unwrap();
+    let mut alice = RawClient::connect(proxy.addr).await.unwrap();
+    let mut direct = RawClient::connect(redis.addr()).await.unwrap();
+    for c in [&mut alice, &mut direct] {
+        assert_eq!(c.text(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+    }
+    let mut pipeline = Vec::new();
+    for command in [
+        &["SET", "a:1", "1"][..],
+        &["INCR", "a:1"],
+        &["SET", "b:1", "x"],
+        &["HSET", "a:h", "f", "v"],
+        &["SET", "c:1", "x"],
+        &["GET", "a:1"],
+    ] {
+        pipeline.extend(RawClient::encode(command));
+    }
+    alice.send_raw(&pipeline).await.unwrap();
+    let mut replies = Vec::new();
+    for _ in 0..6 {
+        replies.push(String::from_utf8_lossy(&alice.read_frame().await.unwrap()).into_owned());
+    }
+    let refused = direct.text(&["SET", "c:1", "x"]).await;
+    assert!(refused.starts_with("-NOPERM"), "{refused}");
+    assert_eq!(
+        replies,
+        [
+            "+OK\r\n",
+            ":2\r\n",
+            "+OK\r\n",
+            ":1\r\n",
+            refused.as_str(),
+            "$1\r\n2\r\n"
+        ]
+    );
+    assert_eq!(own.text(&["TAGS", "a:1"]).await, "*1\r\n$2\r\nta\r\n");
+    assert_eq!(own.text(&["TAGS", "a:h"]).await, "*1\r\n$2\r\nta\r\n");
+    assert_eq!(own.text(&["EXISTS", "c:1"]).await, ":0\r\n");
+    assert_eq!(own.text(&["TAGINVALIDATE", "ta"]).await, ":2\r\n");
+    assert_eq!(own.text(&["EXISTS", "a:1", "a:h", "b:1"]).await, ":1\r\n");
+}

@@ -151,6 +151,9 @@ pub enum Inbox {
     Done(u64, Bytes),
     /// Another client's `CLIENT LIST` or `CLIENT KILL` asks how this one looks.
     Describe(tokio::sync::oneshot::Sender<client_list::ClientView>),
+    /// The write for slot `Slot::Async(id)` may run: send it on cachet's pool in its place
+    /// (`tagging`, `write_as_cachet`).
+    Forward(u64, Bytes),
     /// The command for slot `Slot::Async(id)` ended Redis's side without a reply (a
     /// SHUTDOWN that succeeded): the client's connection closes too, as Redis closed it.
     Closed(u64),
@@ -379,6 +382,7 @@ impl Session {
                 Event::Pool(Some(PoolReply::Overflow)) => break,
                 Event::Pool(None) => unreachable!("the session's handle holds a sender"),
                 Event::Inbox(Some(Inbox::Done(id, bytes))) => self.on_done(id, bytes),
+                Event::Inbox(Some(Inbox::Forward(id, payload))) => self.on_forward(id, payload),
                 Event::Inbox(Some(Inbox::Closed(id))) => {
                     self.closing = true;
                     self.on_done(id, Bytes::new());
