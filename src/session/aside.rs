@@ -1,7 +1,8 @@
 //! Commands that act on other connections' work (`route::acts_on_others`: SCRIPT KILL,
 //! FUNCTION KILL/STATS, SHUTDOWN, CLIENT PAUSE/UNPAUSE/UNBLOCK), sent on the out-of-band lane
 //! (`upstream::aside`) rather than the pool, where they would queue behind the busy script or
-//! paused write they are meant to end.
+//! paused write they are meant to end. The lane is the one of the client's user
+//! (`upstream::identity`), so Redis judges them as that user.
 //!
 //! The command leaves at once, even while this client's earlier commands still wait on the
 //! pool (they may be what it unsticks), and its reply takes its place in the order like any

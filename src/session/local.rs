@@ -20,7 +20,11 @@
 //!   (on the client's dedicated connection) ends the limits for unauthenticated clients; a
 //!   refused one does not. Such an AUTH is the first command on a bare connection, and a
 //!   refusal closes that connection and puts the client back where it was, as a refused
-//!   AUTH leaves a Redis connection as it was (`pinning`, "Signing in as someone else").
+//!   AUTH leaves a Redis connection as it was (`pinning`, "Signing in as someone else");
+//!   accepted, the client moves to that user's pool. The same user and password as an open
+//!   user pool's join it at once (`upstream::identity`), after the client's earlier replies.
+//!   A client on another user's pool gets Redis's `CLIENT LIST` (on that pool) and
+//!   `CLIENT KILL`/`INFO` (on a connection of its own), judged as that user.
 //! * `HELLO 2|3` picks the RESP2 or RESP3 pool; `SETNAME` in it is kept as above.
 //! * `RESET` and `QUIT` on the pool are answered by cachet; on a dedicated connection `RESET`
 //!   goes to Redis and the connection is dropped after its `+RESET`. `RESET` with arguments

@@ -25,7 +25,8 @@
 //! Commands about the connection that cachet answers itself (CLIENT, AUTH, HELLO, RESET) are
 //! in `local`; commands that act on other connections' work (SCRIPT KILL, CLIENT UNPAUSE,
 //! ...) go out of band in `aside`; what a session counts, and INFO, in `observe`; EMIT/POLICY and WARM in
-//! `policy` and `warm`.
+//! `policy` and `warm`. A client signed in as another ACL user uses that user's pool, lane and
+//! spares (`upstream::identity`); what it may do with cachet's own commands is in `acl`.
 
 mod acl;
 mod aside;

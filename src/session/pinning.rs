@@ -18,13 +18,18 @@
 //!   pool's): the client gets a bare connection, and its AUTH is the first command Redis
 //!   reads on it, since Redis may refuse anything before it (after `CONFIG SET requirepass`,
 //!   say). Nothing else is sent until Redis answers (`Slot::FirstSignIn`). Accepted: cachet
-//!   follows it with what the client's state needs (`HELLO 3` for a RESP3 client that sent
-//!   AUTH, `SELECT` of the pool's database, `CLIENT SETNAME`, `CLIENT ID`), whose replies the
-//!   client never reads, and the client's next command waits for them. Refused: a Redis
+//!   moves the client to that user's pool (`upstream::identity`, opened now with these
+//!   credentials if it is the user's first client; cachet's own user's is the pool) and
+//!   closes the bare connection. Only past `max_user_pools` does the client keep it: cachet
+//!   follows the AUTH with what the client's state needs (`HELLO 3` for a RESP3 client that
+//!   sent AUTH, `SELECT` of the pool's database, `CLIENT SETNAME`, `CLIENT ID`), whose replies
+//!   the client never reads, and the client's next command waits for them. Refused: a Redis
 //!   connection stays as it was, signed in as before, so the bare connection (signed in as
 //!   nobody, or the default user) is closed and the client is back on the pool with its
 //!   state (protocol included) as before. (A client that already holds a dedicated
-//!   connection sends its AUTH there, where Redis judges it as it would directly.)
+//!   connection sends its AUTH there, where Redis judges it as it would directly.) A client
+//!   moves between identities only on the pool, after its earlier replies (`Wait::Drain`), and
+//!   its dedicated connections come from, and go back to, its identity's spares.
 //! * When it breaks, the client's state at Redis (transaction, subscriptions, ...) is gone:
 //!   each command still waiting gets `-ERR upstream connection lost` and the client's
 //!   connection is closed; its library reconnects and re-establishes that state itself.

@@ -7,6 +7,11 @@
 //! Keys that match no rule go to Redis untouched; with no rules configured this module costs
 //! one `is_empty` check per command.
 //!
+//! A client signed in as another ACL user (on its user's pool) has its rule-matched writes
+//! checked as that user and run wrapped as cachet's (`write_as_cachet`); its reads go plain
+//! (no epoch check, no lease) and so do its writes inside MULTI; its TAG commands are
+//! checked first (`super::acl`).
+//!
 //! Before a read of a rule-matched key the epoch read goes first, so that a miss leaves a
 //! lease ([`super::leases`]) for the write that follows.
 

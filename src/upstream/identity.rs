@@ -189,7 +189,8 @@ impl Identities {
 
     /// For a client Redis has just signed in as `user` with `password`: that user's
     /// identity, opened now if there is none (with these credentials) and there is room;
-    /// an open one takes `password` as the one it reconnects with. `None` past the cap.
+    /// an open one takes `password` as the one it reconnects with. `None` past the cap (or
+    /// for a name or password that is not UTF-8).
     pub fn join(&self, user: &[u8], password: &[u8]) -> Option<Arc<Identity>> {
         let login = Login {
             user: String::from_utf8_lossy(user).into_owned(),
@@ -198,14 +199,15 @@ impl Identities {
         let mut users = self.users.lock().expect("not poisoned");
         if let Some(entry) = users.get_mut(user) {
             entry.idle_since = None;
-            if !entry.identity.password_is(password) {
+            if !entry.identity.password_is(password) && std::str::from_utf8(password).is_ok() {
                 *entry.identity.login.write().expect("not poisoned") = Some(login);
             }
             return Some(entry.identity.clone());
         }
-        if users.len() >= self.max || std::str::from_utf8(password).is_err() {
-            // A password that is not UTF-8 cannot be kept as a `Secret`: such a client keeps
-            // the connection Redis signed it in on.
+        let utf8 = std::str::from_utf8(user).is_ok() && std::str::from_utf8(password).is_ok();
+        if users.len() >= self.max || !utf8 {
+            // A name or password that is not UTF-8 cannot be kept as a `Login`: such a
+            // client keeps the connection Redis signed it in on.
             return None;
         }
         let user = Bytes::copy_from_slice(user);
