@@ -30,7 +30,6 @@
 //!   by the reaper ([`Identities::reap`], every quarter of that, at most every second).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -156,8 +155,6 @@ pub struct Identities {
     users: std::sync::Mutex<HashMap<Bytes, Entry>>,
     max: usize,
     idle: Duration,
-    /// Identities open now (`cachet_upstream_user_pools`).
-    pub open: Arc<AtomicUsize>,
 }
 
 struct Entry {
@@ -172,7 +169,6 @@ impl Identities {
             users: Default::default(),
             max,
             idle,
-            open: Arc::default(),
         }
     }
 
@@ -219,7 +215,6 @@ impl Identities {
                 idle_since: None,
             },
         );
-        self.open.store(users.len(), Ordering::Relaxed);
         Some(identity)
     }
 
@@ -244,7 +239,6 @@ impl Identities {
                 closed.push(entry.identity.clone());
                 false
             });
-            self.open.store(users.len(), Ordering::Relaxed);
         }
         // Dropped outside the lock: dropping closes sockets.
         drop(closed);
@@ -269,7 +263,6 @@ impl Identities {
             let mut users = self.users.lock().expect("not poisoned");
             users.drain().collect()
         };
-        self.open.store(0, Ordering::Relaxed);
         drop(all);
     }
 }
@@ -313,6 +306,5 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         ids.reap();
         assert!(ids.is_empty());
-        assert_eq!(ids.open.load(Ordering::Relaxed), 0);
     }
 }
