@@ -241,9 +241,17 @@ async fn transactions_and_blocking_commands_run_as_the_user() {
             "{command:?}"
         );
     }
-    // The direct connection, alice's pool, and the one spare the transaction and the BLPOP
-    // ran on: cachet opened nothing else as alice, and nothing as her with other rights.
-    expect_connections(&mut root, "alice", 3, SETTLE).await;
+    // The direct connection, alice's pool, and the spares the transactions and the BLPOP
+    // ran on: one, or two when a MULTI came before the connection of the one before it was
+    // back among the spares (given back off the session's task).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines = connections_of(&mut root, "alice").await;
+    let pools = lines
+        .iter()
+        .filter(|l| l.contains("name=cachet:pool"))
+        .count();
+    assert_eq!(pools, 1, "{lines:#?}");
+    assert!((3..=4).contains(&lines.len()), "{lines:#?}");
 }
 
 /// cachet's own commands for a client on alice's pool: allowed exactly where the plain
@@ -396,4 +404,92 @@ async fn a_users_rule_matched_writes_are_checked_then_tagged() {
     assert_eq!(own.text(&["EXISTS", "c:1"]).await, ":0\r\n");
     assert_eq!(own.text(&["TAGINVALIDATE", "ta"]).await, ":2\r\n");
     assert_eq!(own.text(&["EXISTS", "a:1", "a:h", "b:1"]).await, ":1\r\n");
+}
+
+/// TAGINVALIDATE checks every key under the tag, in chunks of 1000, before deleting any:
+/// one forbidden key among 2,500 refuses the whole call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taginvalidate_checks_every_chunk_before_deleting() {
+    let redis = RedisServer::start();
+    let mut root = admin(&redis, None).await;
+    set_user(&mut root, "alice", &["on", ">apw", "~a:*", "+@all"]).await;
+    let proxy = Proxy::start(&redis.url()).await;
+    let mut own = RawClient::connect(proxy.addr).await.unwrap();
+    let mut pipeline = Vec::new();
+    for i in 0..2500 {
+        let key = if i == 2222 {
+            "z:late".to_owned()
+        } else {
+            format!("a:{i}")
+        };
+        pipeline.extend(RawClient::encode(&["TAGSET", &key, "v", "TAGS", "big"]));
+    }
+    own.send_raw(&pipeline).await.unwrap();
+    for _ in 0..2500 {
+        assert_eq!(own.read_frame().await.unwrap().as_ref(), b"+OK\r\n");
+    }
+    let mut alice = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(alice.text(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+    let refused = alice.text(&["TAGINVALIDATE", "big"]).await;
+    assert!(refused.starts_with("-NOPERM"), "{refused}");
+    assert_eq!(
+        own.text(&["EXISTS", "a:0", "a:1999", "a:2499", "z:late"])
+            .await,
+        ":4\r\n",
+        "nothing deleted, not even the chunks checked before the refusal"
+    );
+    // With the rights, all of it goes (the decision cache is emptied by the ACL change).
+    assert_eq!(
+        own.text(&["ACL", "SETUSER", "alice", "~z:*"]).await,
+        "+OK\r\n"
+    );
+    assert_eq!(alice.text(&["TAGINVALIDATE", "big"]).await, ":2500\r\n");
+}
+
+/// A password that is not UTF-8 cannot be kept for a pool: such a client keeps the
+/// connection Redis signed it in on, and works. RESET takes a client on a user's pool back
+/// to a new connection's state (cachet's pool, not signed in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_passwords_and_reset() {
+    let redis = RedisServer::start_with(&["--requirepass", "pw"]);
+    let mut root = admin(&redis, Some("pw")).await;
+    let rule = [b'>', 0xff, 0xfe];
+    let reply = root
+        .command(&[
+            &b"ACL"[..],
+            b"SETUSER",
+            b"bin",
+            b"on",
+            &rule,
+            b"~*",
+            b"+@all",
+        ])
+        .await
+        .unwrap();
+    assert_eq!(reply.as_ref(), b"+OK\r\n");
+    set_user(&mut root, "alice", &["on", ">apw", "~*", "+@all"]).await;
+    let proxy = Proxy::start_with(&redis.url(), |c| {
+        c.upstream.password = Some(cachet::config::Secret::new("pw"));
+    })
+    .await;
+    let mut bin = RawClient::connect(proxy.addr).await.unwrap();
+    let reply = bin
+        .command(&[&b"AUTH"[..], b"bin", &[0xff, 0xfe]])
+        .await
+        .unwrap();
+    assert_eq!(reply.as_ref(), b"+OK\r\n");
+    assert_eq!(bin.text(&["ACL", "WHOAMI"]).await, "$3\r\nbin\r\n");
+    let bins = expect_connections(&mut root, "bin", 1, SETTLE).await;
+    assert!(!bins[0].contains("name=cachet:pool"), "{bins:?}");
+
+    let mut alice = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(alice.text(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+    assert_eq!(alice.text(&["ACL", "WHOAMI"]).await, "$5\r\nalice\r\n");
+    assert_eq!(alice.text(&["RESET"]).await, "+RESET\r\n");
+    assert_eq!(
+        alice.text(&["GET", "k"]).await,
+        "-NOAUTH Authentication required.\r\n"
+    );
+    assert_eq!(alice.text(&["AUTH", "pw"]).await, "+OK\r\n");
+    assert_eq!(alice.text(&["ACL", "WHOAMI"]).await, "$7\r\ndefault\r\n");
 }
