@@ -493,3 +493,62 @@ async fn odd_passwords_and_reset() {
     assert_eq!(alice.text(&["AUTH", "pw"]).await, "+OK\r\n");
     assert_eq!(alice.text(&["ACL", "WHOAMI"]).await, "$7\r\ndefault\r\n");
 }
+
+/// CLIENT LIST, INFO and KILL from a client on a user's pool act on cachet's clients, as for
+/// cachet's own user, once Redis says that user may run them: cachet's connections to Redis
+/// stay out of reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_of_a_user_act_on_cachets_clients_if_redis_allows() {
+    let redis = RedisServer::start();
+    let mut root = admin(&redis, None).await;
+    set_user(&mut root, "alice", &["on", ">apw", "~*", "+@all"]).await;
+    set_user(
+        &mut root,
+        "carol",
+        &["on", ">cpw", "~*", "+@all", "-client|kill", "-client|list"],
+    )
+    .await;
+    let proxy = Proxy::start(&redis.url()).await;
+    let mut own = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(own.text(&["CLIENT", "SETNAME", "victim"]).await, "+OK\r\n");
+    let mut alice = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(alice.text(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+    let list = alice.command(&["CLIENT", "LIST"]).await.unwrap();
+    let list = String::from_utf8_lossy(support::resp::Value::parse(&list).bytes()).into_owned();
+    assert!(
+        list.contains("name=victim") && list.contains("user=alice"),
+        "{list}"
+    );
+    assert!(!list.contains("cachet:pool"), "{list}");
+    let info = alice.command(&["CLIENT", "INFO"]).await.unwrap();
+    let info = String::from_utf8_lossy(support::resp::Value::parse(&info).bytes()).into_owned();
+    assert!(
+        info.contains("user=alice") && info.contains("id=4294967"),
+        "{info}"
+    );
+
+    let mut carol = RawClient::connect(proxy.addr).await.unwrap();
+    let mut direct = RawClient::connect(redis.addr()).await.unwrap();
+    for (c, at) in [(&mut carol, "cachet"), (&mut direct, "Redis")] {
+        assert_eq!(c.text(&["AUTH", "carol", "cpw"]).await, "+OK\r\n", "{at}");
+    }
+    for command in [
+        &["CLIENT", "LIST"][..],
+        &["CLIENT", "KILL", "USER", "default"],
+    ] {
+        let plain = direct.text(command).await;
+        assert!(plain.starts_with("-NOPERM"), "{plain}");
+        assert_eq!(carol.text(command).await, plain, "{command:?}");
+    }
+    assert!(!own.closed_within(Duration::from_millis(200)).await);
+
+    // alice may: cachet's client signed in as default goes, cachet's pool stays.
+    assert_eq!(
+        alice.text(&["CLIENT", "KILL", "USER", "default"]).await,
+        ":1\r\n"
+    );
+    assert!(own.closed_within(Duration::from_secs(2)).await);
+    let mut later = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(later.text(&["PING"]).await, "+PONG\r\n");
+    assert_eq!(alice.text(&["ACL", "WHOAMI"]).await, "$5\r\nalice\r\n");
+}

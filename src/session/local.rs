@@ -23,8 +23,8 @@
 //!   AUTH leaves a Redis connection as it was (`pinning`, "Signing in as someone else");
 //!   accepted, the client moves to that user's pool. The same user and password as an open
 //!   user pool's join it at once (`upstream::identity`), after the client's earlier replies.
-//!   A client on another user's pool gets Redis's `CLIENT LIST` (on that pool) and
-//!   `CLIENT KILL`/`INFO` (on a connection of its own), judged as that user.
+//!   A client on another user's pool gets cachet's `CLIENT LIST`/`INFO`/`KILL` once Redis
+//!   says that user may run them (`client_list`).
 //! * `HELLO 2|3` picks the RESP2 or RESP3 pool; `SETNAME` in it is kept as above.
 //! * `RESET` and `QUIT` on the pool are answered by cachet; on a dedicated connection `RESET`
 //!   goes to Redis and the connection is dropped after its `+RESET`. `RESET` with arguments
@@ -75,19 +75,16 @@ impl Session {
                     self.reply_local(Reply::ok());
                 }
             }
-            // cachet's clients, not its connections to Redis (`client_list`). A client
-            // authenticated as another user goes to Redis, which checks its rights: LIST on
-            // its user's pool, KILL and INFO on a connection of its own.
-            (b"list", _) if !self.other_user() => self.client_list(request),
-            (b"info", 2) if !self.other_user() => self.client_info(),
+            // cachet's clients, not its connections to Redis (`client_list`; on another
+            // user's pool once Redis says that user may). A client signed in as another user
+            // on a connection of its own goes to Redis there, which checks its rights.
+            (b"list", _) if !self.pinning.divergence.user => self.client_list(request),
+            (b"info", 2) if !self.pinning.divergence.user => self.client_info(request),
             // The redirection in cachet's ids, as the client gave it.
             (b"getredir", 2) if !self.pinning.divergence.user => {
                 self.reply_local(Reply::Integer(self.redirect))
             }
-            (b"kill", 3..) if !self.other_user() => self.client_kill(request),
-            (b"kill", _) if !dedicated && self.other_user() => {
-                self.route_dedicated(request, b"client")
-            }
+            (b"kill", 3..) if !self.pinning.divergence.user => self.client_kill(request),
             (b"unblock", _) => {
                 let request = self.translate_unblock(request);
                 self.route(request, b"client");
