@@ -1,7 +1,7 @@
 //! Property: for random ACL users, keys and commands, cachet refuses exactly what Redis
 //! refuses. Each case runs a command through cachet as a user, and its plain equivalent
 //! (src/session/acl.rs: TAGSET ↔ SET, TAGINVALIDATE ↔ DEL of the tag's keys, TAGS/TAG/
-//! TAGKEYS ↔ EXISTS) straight at Redis as the same user; the NOPERM decisions (refused or
+//! TAGKEYS ↔ EXISTS; CLIENT LIST/INFO/KILL, which cachet answers, ↔ themselves) straight at Redis as the same user; the NOPERM decisions (refused or
 //! not, and the error text) must agree in every case. EMIT's equivalent is the `[[acl]]`
 //! grant, which has no Redis counterpart. Writes of keys a rule matches (`p*`) are checked
 //! by cachet and run wrapped as cachet's user; the others go to Redis as the user. Users'
@@ -55,6 +55,9 @@ fn random_rules(rng: &mut fastrand::Rng) -> Vec<String> {
         "+exists",
         "-exists",
         "+mget",
+        "+@connection",
+        "+client|list",
+        "-client|kill",
     ];
     let base = *pick(rng, &["-@all", "+@all"]);
     let mut rules = vec!["resetkeys".to_owned(), base.to_owned()];
@@ -94,7 +97,7 @@ fn random_case(
             v
         })
     };
-    match rng.usize(..11) {
+    match rng.usize(..14) {
         0 => (s(&["GET", key]), Ok(Some(s(&["GET", key])))),
         1 => (s(&["SET", key, "v"]), Ok(Some(s(&["SET", key, "v"])))),
         2 => (s(&["DEL", key]), Ok(Some(s(&["DEL", key])))),
@@ -111,6 +114,13 @@ fn random_case(
         7 => (s(&["TAGS", key]), Ok(Some(s(&["EXISTS", key])))),
         8 => (s(&["TAG", key, tag]), Ok(Some(s(&["EXISTS", key])))),
         9 => (s(&["TAGKEYS", tag]), Ok(with("EXISTS", keys_of(tag)))),
+        // cachet answers these over its own clients, once Redis allows them.
+        10 => (s(&["CLIENT", "LIST"]), Ok(Some(s(&["CLIENT", "LIST"])))),
+        11 => (s(&["CLIENT", "INFO"]), Ok(Some(s(&["CLIENT", "INFO"])))),
+        12 => {
+            let kill = s(&["CLIENT", "KILL", "ID", "999999999"]);
+            (kill.clone(), Ok(Some(kill)))
+        }
         _ => {
             let event = *pick(rng, &["ev.a1", "ev.a2", "ev.b1"]);
             let allowed = EMITTERS.contains(&user) && event.starts_with("ev.a");
