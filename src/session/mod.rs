@@ -233,6 +233,9 @@ pub struct Session {
     /// a time: the client's next command waits for the answer). Accepted, they open or
     /// join that user's identity; either way they are dropped here then.
     pending_login: Option<(Bytes, Bytes)>,
+    /// An ACL change of this client's is on its way: the cached ACL decisions are dropped
+    /// again once its reply is in (`after_reply`).
+    acl_changed: bool,
 }
 
 enum Event {
@@ -316,6 +319,7 @@ impl Session {
             redirect: -1,
             identity,
             pending_login: None,
+            acl_changed: false,
         };
         (session, handle)
     }
@@ -606,9 +610,11 @@ impl Session {
             other_user: !self.identity.is_default(),
         };
         if name == Some(b"acl") && changes_acl(&request) {
-            // Rights may change: decisions cached for cachet's commands are dropped (a check
-            // that races it is reused for at most `upstream::acl::TTL`).
+            // Rights may change: decisions cached for cachet's commands are dropped now, and
+            // again once Redis has answered it (`after_reply`), so a check that ran before
+            // the change reached Redis is not reused either.
             self.services.upstream.acl().flush();
+            self.acl_changed = true;
         }
         let route = route(&request, name, &state, &table);
         // Only the routes of a name longer than any command's have no name.
