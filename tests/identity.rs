@@ -552,3 +552,38 @@ async fn client_commands_of_a_user_act_on_cachets_clients_if_redis_allows() {
     assert_eq!(later.text(&["PING"]).await, "+PONG\r\n");
     assert_eq!(alice.text(&["ACL", "WHOAMI"]).await, "$5\r\nalice\r\n");
 }
+
+/// SUBSCRIBE of a client on alice's pool runs on a connection signed in as alice: her
+/// channel rules hold, byte for byte as for alice directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_run_as_the_user() {
+    let redis = RedisServer::start();
+    let mut root = admin(&redis, None).await;
+    set_user(
+        &mut root,
+        "alice",
+        &["on", ">apw", "~*", "resetchannels", "&ok*", "+@all"],
+    )
+    .await;
+    let proxy = Proxy::start(&redis.url()).await;
+    let mut direct = RawClient::connect(redis.addr()).await.unwrap();
+    let mut proxied = RawClient::connect(proxy.addr).await.unwrap();
+    for c in [&mut direct, &mut proxied] {
+        assert_eq!(c.text(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+    }
+    for command in [&["SUBSCRIBE", "no"][..], &["SUBSCRIBE", "ok1"]] {
+        let a = direct.command(command).await.unwrap();
+        let b = proxied.command(command).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&a),
+            String::from_utf8_lossy(&b),
+            "{command:?}"
+        );
+    }
+    assert_eq!(root.text(&["PUBLISH", "ok1", "hi"]).await, ":2\r\n");
+    let message = proxied.read_frame().await.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&message),
+        "*3\r\n$7\r\nmessage\r\n$3\r\nok1\r\n$2\r\nhi\r\n"
+    );
+}
