@@ -158,6 +158,7 @@ pub async fn run_validated(
         heat,
         events,
         health,
+        acl: config.acl,
     });
     server::serve(services, listener, token).await;
     Ok(())

@@ -32,6 +32,11 @@ pub struct UpstreamConfig {
     /// A pooled command with no reply after this long fails the connection: every command
     /// in flight on it gets `-ERR upstream timeout` and cachet reconnects (0 = no limit).
     pub command_timeout_ms: u64,
+    /// Pools kept for clients signed in as other ACL users than the pool's (one per user,
+    /// `crate::upstream::identity`); past it such a client gets a connection of its own.
+    pub max_user_pools: usize,
+    /// A user's pool with no client for this long is closed (at least 1).
+    pub user_pool_idle_secs: u64,
     /// `[upstream.sentinel]`: used only with a `sentinel://` url.
     pub sentinel: SentinelConfig,
 }
@@ -98,6 +103,8 @@ impl Default for UpstreamConfig {
             spare_connections: 8,
             connect_timeout_ms: 1_000,
             command_timeout_ms: 5_000,
+            max_user_pools: 64,
+            user_pool_idle_secs: 60,
             sentinel: SentinelConfig::default(),
         }
     }
@@ -110,6 +117,11 @@ impl UpstreamConfig {
 
     pub fn command_timeout(&self) -> Option<Duration> {
         (self.command_timeout_ms > 0).then(|| Duration::from_millis(self.command_timeout_ms))
+    }
+
+    /// How long a user's pool may go without a client before it is closed.
+    pub fn user_pool_idle(&self) -> Duration {
+        Duration::from_secs(self.user_pool_idle_secs.max(1))
     }
 
     /// The credentials the pool authenticates with: `password` wins over the URL's.

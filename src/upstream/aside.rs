@@ -1,11 +1,12 @@
-//! The out-of-band lane: one connection per protocol version, apart from the pool, for the
+//! The out-of-band lane: one connection per protocol version (of each user's identity,
+//! `super::identity`, signed in with its credentials), apart from the pool, for the
 //! few commands that act on *other* connections' work and must reach Redis while the pool is
 //! stuck behind that work: `SCRIPT KILL`, `FUNCTION KILL`, `FUNCTION STATS`, `SHUTDOWN`,
 //! `CLIENT PAUSE`, `CLIENT UNPAUSE`, `CLIENT UNBLOCK` (which commands go here is
 //! `session::route`'s decision). A busy script or a paused write holds the shared
 //! connection, and a kill queued behind it would wait for the very thing it should end.
 //!
-//! * The connection opens on first use, set up as a pooled one is (credentials, `HELLO 3`
+//! * The connection opens on first use, set up as its identity's pooled one is (credentials, `HELLO 3`
 //!   for the RESP3 lane, the pool's database) and named `cachet:aside`. Ordinary traffic
 //!   never uses it.
 //! * Commands are written as they come and answered in order (Redis answers a connection's
@@ -170,9 +171,13 @@ pub struct AsideHandle {
 }
 
 impl AsideHandle {
-    pub(super) fn spawn(upstream: Arc<Upstream>, protocol: Protocol) -> Self {
+    pub(super) fn spawn(
+        upstream: Arc<Upstream>,
+        login: super::identity::SharedLogin,
+        protocol: Protocol,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(upstream, protocol, rx));
+        tokio::spawn(run(upstream, login, protocol, rx));
         AsideHandle { tx }
     }
 
@@ -217,7 +222,12 @@ struct Waiting {
     sent: Instant,
 }
 
-async fn run(upstream: Arc<Upstream>, protocol: Protocol, mut rx: mpsc::Receiver<AsideRequest>) {
+async fn run(
+    upstream: Arc<Upstream>,
+    login: super::identity::SharedLogin,
+    protocol: Protocol,
+    mut rx: mpsc::Receiver<AsideRequest>,
+) {
     while let Some(first) = rx.recv().await {
         if upstream.is_shut() {
             let _ = first.reply.send(Err(UpstreamError::Unavailable(
@@ -225,7 +235,9 @@ async fn run(upstream: Arc<Upstream>, protocol: Protocol, mut rx: mpsc::Receiver
             )));
             continue;
         }
-        let mut setup = upstream.setup_commands(protocol);
+        let current = login.read().expect("not poisoned").clone();
+        let mut setup = upstream.setup_commands_as(current.as_ref(), protocol);
+        drop(current);
         let required = setup.len();
         setup.push(args(&["CLIENT", "SETNAME", "cachet:aside"]));
         let mut master = upstream.master.watch();

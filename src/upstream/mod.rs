@@ -6,6 +6,10 @@
 //! * [`dedicated`]: a connection owned by one client for as long as its state differs from the
 //!   pool's (MULTI/WATCH, subscriptions, a blocking command, SELECT, AUTH as another user,
 //!   CLIENT TRACKING, ...). Clean ones are kept as spares so the next MULTI does not connect.
+//! * [`identity`]: the Redis user a set of connections signs in as. The pool's user is the
+//!   default identity; clients signed in as another ACL user share that user's own pool,
+//!   lane and spares, opened once Redis accepted the user's credentials, capped in number
+//!   and closed when idle.
 //! * [`aside`]: the out-of-band lane, one connection per protocol for the commands that act
 //!   on other connections' work (SCRIPT KILL, CLIENT UNPAUSE, ...), which must not queue
 //!   behind that work on the pool; it also keeps the pause issued through cachet.
@@ -20,6 +24,7 @@
 pub mod acl;
 pub mod aside;
 pub mod dedicated;
+pub mod identity;
 pub mod pool;
 pub mod sentinel;
 
@@ -35,7 +40,7 @@ use fred::cmd;
 use fred::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 
 use crate::config::UpstreamConfig;
 use crate::resp::commands::CommandTable;
@@ -43,6 +48,7 @@ use crate::resp::{self, Protocol};
 
 pub use aside::{AsideError, AsideHandle, Effect, Pauses};
 pub use dedicated::Dedicated;
+pub use identity::{Identities, Identity};
 pub use pool::{PoolHandle, PoolReply, PoolRequest, ReplyTo, UpstreamReply};
 
 /// Why talking to Redis failed; its `Display` is what the client reads after `-ERR upstream`.
@@ -98,11 +104,12 @@ impl SetupStep {
 /// Everything cachet holds towards one Redis server.
 pub struct Upstream {
     pub config: UpstreamConfig,
-    pools: [std::sync::OnceLock<Vec<PoolHandle>>; 2],
-    asides: [std::sync::OnceLock<AsideHandle>; 2],
+    /// The pool's own user: its pools, lanes and spares.
+    default: Arc<Identity>,
+    /// Every other ACL user clients signed in as (see [`identity`]).
+    pub identities: Identities,
     /// The pause issued through cachet that Redis holds now, if any (see [`aside`]).
     pub pauses: Pauses,
-    spares: Mutex<Vec<Dedicated>>,
     commands: ArcSwap<CommandTable>,
     table_ready: watch::Sender<bool>,
     control: Client,
@@ -125,12 +132,15 @@ impl Upstream {
         let control = control_client(&config)?;
         let (table_ready, _) = watch::channel(false);
         let master = Arc::new(sentinel::Master::new(&config.url));
+        let login = config
+            .credentials()
+            .map(|(user, password)| identity::Login { user, password });
+        let identities = Identities::new(config.max_user_pools, config.user_pool_idle());
         Ok(Arc::new(Upstream {
+            default: Arc::new(Identity::new(None, login)),
+            identities,
             config,
-            pools: Default::default(),
-            asides: Default::default(),
             pauses: Pauses::default(),
-            spares: Mutex::new(Vec::new()),
             commands: ArcSwap::from_pointee(CommandTable::default()),
             table_ready,
             acl: acl::AclCheck::new(control.clone()),
@@ -158,7 +168,13 @@ impl Upstream {
         if let Some(url) = &self.config.url.sentinel {
             tokio::spawn(sentinel::watch(self.clone(), url.clone()));
         }
+        tokio::spawn(reap_identities(self.clone()));
         self.pool(Protocol::Resp2);
+    }
+
+    /// The pool's own user's identity.
+    pub fn default_identity(&self) -> &Arc<Identity> {
+        &self.default
     }
 
     /// The command table as last loaded from Redis (empty until the first load).
@@ -188,16 +204,17 @@ impl Upstream {
     /// True once the command table is loaded and at least one pooled connection is up.
     pub fn is_ready(&self) -> bool {
         *self.table_ready.borrow()
-            && self.pools[0]
-                .get()
+            && self
+                .default
+                .started_pool(Protocol::Resp2)
                 .is_some_and(|p| p.iter().any(PoolHandle::is_up))
     }
 
-    /// Pooled connections (both protocols) that are up now.
+    /// The pool's user's pooled connections (both protocols) that are up now.
     pub fn pooled_connections_up(&self) -> usize {
-        self.pools
-            .iter()
-            .filter_map(|p| p.get())
+        [Protocol::Resp2, Protocol::Resp3]
+            .into_iter()
+            .filter_map(|protocol| self.default.started_pool(protocol))
             .map(|p| p.iter().filter(|h| h.is_up()).count())
             .sum()
     }
@@ -206,24 +223,20 @@ impl Upstream {
     /// connection, which is never subscribed, so Redis drops what is redirected to it
     /// (`tracking.c`, `sendTrackingMessage`). `None` while the RESP2 pool is down.
     pub fn tracking_sink(&self) -> Option<i64> {
-        self.pools[Protocol::Resp2.index()]
-            .get()?
+        self.default
+            .started_pool(Protocol::Resp2)?
             .iter()
             .find_map(PoolHandle::redis_id)
     }
 
-    /// The pooled connections for `protocol`, started on first use.
+    /// The pool's user's pooled connections for `protocol`, started on first use.
     pub fn pool(self: &Arc<Self>, protocol: Protocol) -> &[PoolHandle] {
-        self.pools[protocol.index()].get_or_init(|| {
-            (0..self.config.pool_size.get())
-                .map(|index| pool::spawn(self.clone(), protocol, index))
-                .collect()
-        })
+        self.default.pool(self, protocol)
     }
 
-    /// The out-of-band lane for `protocol`, started on first use.
+    /// The pool's user's out-of-band lane for `protocol`, started on first use.
     pub fn aside(self: &Arc<Self>, protocol: Protocol) -> &AsideHandle {
-        self.asides[protocol.index()].get_or_init(|| AsideHandle::spawn(self.clone(), protocol))
+        self.default.aside(self, protocol)
     }
 
     /// Waits until the command table has been loaded (pool connections wait for it, so that
@@ -240,15 +253,7 @@ impl Upstream {
         protocol: Protocol,
         name: Option<Bytes>,
     ) -> Result<Dedicated, UpstreamError> {
-        let mut spares = self.spares.lock().await;
-        while let Some(conn) = spares.pop() {
-            if conn.protocol == protocol && conn.is_alive() && !conn.master.is_stale() {
-                drop(spares);
-                return conn.rename(name, self.config.connect_timeout()).await;
-            }
-        }
-        drop(spares);
-        Dedicated::open(self, protocol, name).await
+        self.default.dedicated(self, protocol, name).await
     }
 
     /// A newly opened connection with nothing sent on it, for a client that signs in as
@@ -257,21 +262,16 @@ impl Upstream {
         Dedicated::open_bare(self).await
     }
 
-    /// Takes back a dedicated connection whose state is the default one again.
+    /// Takes back a dedicated connection of the pool's user whose state is the default one.
     pub async fn release(&self, conn: Dedicated) {
-        if self.shut.load(Ordering::Relaxed) || !conn.authenticated || conn.master.is_stale() {
-            return;
-        }
-        let mut spares = self.spares.lock().await;
-        if spares.len() < self.config.spare_connections {
-            spares.push(conn);
-        }
+        self.default.release(self, conn).await
     }
 
-    /// Stops reconnecting and drops the spare connections.
+    /// Stops reconnecting, drops the spare connections and the other users' identities.
     pub async fn shutdown(&self) {
         self.shut.store(true, Ordering::Relaxed);
-        self.spares.lock().await.clear();
+        self.default.drop_spares().await;
+        self.identities.clear();
         let _ = self.control.quit().await;
     }
 
@@ -319,24 +319,45 @@ impl Upstream {
             })
     }
 
-    /// The setup commands that put a new connection in the pool's state.
+    /// The setup commands that put a new connection in the pool's user's state.
     pub(crate) fn setup_commands(&self, protocol: Protocol) -> Vec<Vec<Bytes>> {
+        let login = self.default.login();
+        let login = login.read().expect("not poisoned");
+        self.setup_commands_as(login.as_ref(), protocol)
+    }
+
+    /// The setup commands that put a new connection in the state of a pool signed in as
+    /// `login` (none: Redis's default user, with no password).
+    pub(crate) fn setup_commands_as(
+        &self,
+        login: Option<&identity::Login>,
+        protocol: Protocol,
+    ) -> Vec<Vec<Bytes>> {
         let mut setup = Vec::new();
-        let credentials = self.config.credentials();
-        match (protocol, credentials) {
-            (Protocol::Resp3, Some((user, password))) => {
-                setup.push(args(&["HELLO", "3", "AUTH", &user, password.expose()]))
+        match (protocol, login) {
+            (Protocol::Resp3, Some(l)) => {
+                setup.push(args(&["HELLO", "3", "AUTH", &l.user, l.password.expose()]))
             }
             (Protocol::Resp3, None) => setup.push(args(&["HELLO", "3"])),
-            (Protocol::Resp2, Some((user, password))) => {
-                setup.push(args(&["AUTH", &user, password.expose()]))
-            }
+            (Protocol::Resp2, Some(l)) => setup.push(args(&["AUTH", &l.user, l.password.expose()])),
             (Protocol::Resp2, None) => {}
         }
         if self.config.url.db != 0 {
             setup.push(args(&["SELECT", &self.config.url.db.to_string()]));
         }
         setup
+    }
+}
+
+/// Closes the identities of other users that no client has used for their idle time.
+async fn reap_identities(upstream: Arc<Upstream>) {
+    let every = upstream.identities.reap_every();
+    loop {
+        tokio::time::sleep(every).await;
+        if upstream.is_shut() {
+            return;
+        }
+        upstream.identities.reap();
     }
 }
 

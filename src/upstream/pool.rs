@@ -205,17 +205,32 @@ fn fail(request: PoolRequest, error: &UpstreamError) {
     }));
 }
 
-/// Starts the task for pooled connection `index` of `protocol`.
-pub fn spawn(upstream: Arc<Upstream>, protocol: Protocol, index: usize) -> PoolHandle {
+/// Starts the task for pooled connection `index` of `protocol`, signed in as `login`. It
+/// ends when its last handle is dropped (cachet shuts down, or its identity closes).
+pub fn spawn(
+    upstream: Arc<Upstream>,
+    login: super::identity::SharedLogin,
+    protocol: Protocol,
+    index: usize,
+) -> PoolHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let up = Arc::new(AtomicBool::new(false));
     let id = Arc::new(AtomicI64::new(0));
-    tokio::spawn(run(upstream, protocol, index, rx, up.clone(), id.clone()));
+    tokio::spawn(run(
+        upstream,
+        login,
+        protocol,
+        index,
+        rx,
+        up.clone(),
+        id.clone(),
+    ));
     PoolHandle { tx, up, id }
 }
 
 async fn run(
     upstream: Arc<Upstream>,
+    login: super::identity::SharedLogin,
     protocol: Protocol,
     index: usize,
     mut rx: mpsc::UnboundedReceiver<PoolRequest>,
@@ -242,7 +257,9 @@ async fn run(
                 upstream.address()
             ));
         } else {
-            let mut setup = upstream.setup_commands(protocol);
+            let current = login.read().expect("not poisoned").clone();
+            let mut setup = upstream.setup_commands_as(current.as_ref(), protocol);
+            drop(current);
             let required = setup.len();
             setup.push(args(&["CLIENT", "SETNAME", "cachet:pool"]));
             // Its id, so that CLIENT KILL through cachet can leave it alone.

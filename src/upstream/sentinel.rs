@@ -10,7 +10,7 @@
 //!   get `-ERR upstream connection lost: the master moved ...`, nothing is retried) and
 //!   reconnect at once, without waiting out their backoff;
 //! * the out-of-band lane (`super::aside`) likewise;
-//! * the spare dedicated connections are dropped;
+//! * the spare dedicated connections (of every identity, `super::identity`) are dropped;
 //! * dedicated connections held by clients break (`Dedicated::master`): the client gets the
 //!   same error for each command waiting and its connection is closed, as on any loss;
 //! * the control client (fred, itself in Sentinel mode, which checks `ROLE` too) is told to
@@ -344,7 +344,10 @@ const PROMOTION_WAIT: Duration = Duration::from_secs(5);
 
 /// What moves besides the connections that watch the generation themselves.
 async fn moved(upstream: &Arc<Upstream>) {
-    upstream.spares.lock().await.clear();
+    upstream.default.drop_spares().await;
+    for identity in upstream.identities.all() {
+        identity.drop_spares().await;
+    }
     let control = upstream.control.clone();
     let generation = upstream.master.generation();
     let upstream = upstream.clone();

@@ -6,6 +6,7 @@
 //! `Proxy` shuts cachet down on drop. Failure messages carry the server's log.
 #![allow(dead_code)]
 
+pub mod acl;
 pub mod policies;
 pub mod resp;
 pub mod sentinel;
