@@ -496,7 +496,22 @@ async fn readonly_makes_cachet_ask_the_sentinels_again() {
     let mut pinned = RawClient::connect(proxy.addr).await.unwrap();
     assert_eq!(pinned.text(&["MULTI"]).await, "+OK\r\n");
     assert_eq!(pinned.text(&["SET", "t", "1"]).await, "+QUEUED\r\n");
-    // A spare dedicated connection (a finished transaction, after `pinned` took the first) and the out-of-band lane, open.
+    // A client signed in as another ACL user, on that user's own pool. Redis does not
+    // replicate ACLs: the user is made on both nodes.
+    for port in [old, new] {
+        let mut c = RawClient::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+            .await
+            .unwrap();
+        let reply = c
+            .text(&["ACL", "SETUSER", "alice", "on", ">apw", "~*", "+@all"])
+            .await;
+        assert_eq!(reply, "+OK\r\n");
+    }
+    let mut alice = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(alice.text(&["AUTH", "alice", "apw"]).await, "+OK\r\n");
+    assert_eq!(alice.text(&["SET", "a", "1"]).await, "+OK\r\n");
+    // A spare dedicated connection (a finished transaction, after `pinned` took the first)
+    // and the out-of-band lane, open.
     let mut other = RawClient::connect(proxy.addr).await.unwrap();
     assert_eq!(other.text(&["MULTI"]).await, "+OK\r\n");
     assert_eq!(other.text(&["SET", "x", "1"]).await, "+QUEUED\r\n");
@@ -587,6 +602,14 @@ async fn readonly_makes_cachet_ask_the_sentinels_again() {
     let tagset = client.text(&["TAGSET", "tagged2", "v", "TAGS", "a"]).await;
     assert!(!tagset.starts_with('-'), "{tagset}");
     assert_eq!(other.text(&["CLIENT", "UNPAUSE"]).await, "+OK\r\n");
+    // Alice's pool moved too (its command in flight at the move, if any, got an error).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while alice.text(&["SET", "a", "2"]).await != "+OK\r\n" {
+        assert!(Instant::now() < deadline, "alice's writes did not move");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(r.text(&["GET", "a"]).await, "$1\r\n2\r\n");
+    assert!(r.text(&["CLIENT", "LIST"]).await.contains("user=alice"));
     // Nothing of cachet's is left on the old master: pool, lane, spare, dedicated and
     // control connections all moved. (What remains: the Sentinels' links, the link from its
     // new master, flag M, and this test.)
