@@ -138,6 +138,16 @@ pub async fn run_validated(
     metrics
         .registry
         .register(Box::new(upstream.pool_reconnects.clone()))
+        .and_then(|()| {
+            metrics
+                .registry
+                .register(Box::new(upstream.acl().checks.clone()))
+        })
+        .and_then(|()| {
+            metrics
+                .registry
+                .register(Box::new(upstream.master_moves.clone()))
+        })
         .map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
     let heat = warm::Heat::new(&config.heat);
     let warming = warm::Warming::new(&config.warmers, heat.clone(), &metrics.registry);
@@ -203,6 +213,7 @@ pub async fn run_validated(
         heat,
         events,
         health,
+        acl: config.acl,
     });
     let tls = tls.map(|(tls, check)| {
         tokio::spawn(tls.config.clone().watch(check, token.clone()));

@@ -32,7 +32,8 @@
 //! * [`uninstall`]: `cachet uninstall`: finds and removes the keys, streams and function
 //!   library cachet wrote into Redis, and nothing else.
 //! * [`upstream`]: connections to Redis: the shared pipelined pool, dedicated connections for
-//!   clients with their own state, and the control client.
+//!   clients with their own state, and the control client; where the master is, found
+//!   through Redis Sentinel for a `sentinel://` url and followed on failover.
 //! * [`warm`]: warm requests from policies and operators, and read heat.
 //!
 //! # Request flow

@@ -18,10 +18,10 @@
 //!
 //! One file per part: the sections [`proxy`], [`upstream`], [`rules`] (`[ttl]` and
 //! `[[rules]]`), [`policy`] (`[[policies]]`, `[events]`), [`warm`] (`[warmers.NAME]`, `[heat]`),
-//! [`admin`], [`health`] and [`tls`] (`[proxy.tls]`, `[upstream.tls]`); `env` (overrides),
-//! `error` (errors and their places in the file) and `mask` (secrets in error messages). This
-//! module is plain data: it imports nothing else of cachet, and each subsystem takes its
-//! section from here.
+//! [`admin`], [`health`], [`acl`] (`[[acl]]`) and [`tls`] (`[proxy.tls]`, `[upstream.tls]`);
+//! `env` (overrides), `error` (errors and their places in the file) and `mask` (secrets in
+//! error messages). This module is plain data: it imports nothing else of cachet, and each
+//! subsystem takes its section from here.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+pub mod acl;
 pub mod admin;
 pub mod env;
 mod error;
@@ -44,6 +45,7 @@ pub mod tls;
 pub mod upstream;
 pub mod warm;
 
+pub use acl::{AclGrant, Permission};
 pub use admin::{AdminConfig, AdminListen};
 pub use error::{ConfigError, Invalid, Problem};
 pub use health::{HealthConfig, Levels, Thresholds};
@@ -76,6 +78,8 @@ pub struct Config {
     pub events: EventsConfig,
     pub admin: AdminConfig,
     pub health: HealthConfig,
+    /// `[[acl]]`: what users other than cachet's may do with EMIT, WARM and POLICY.
+    pub acl: Vec<AclGrant>,
     /// The text this config was parsed from, to place the problems validation finds; none for
     /// a config built in code.
     #[serde(skip)]
@@ -111,6 +115,20 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// Whether a client's guess equals a secret, in time that depends on neither the secret nor
+/// where the two differ: both are hashed (SHA-256, so the secret's length does not show
+/// either) and the digests compared with no early exit.
+pub fn secret_eq(secret: &[u8], guess: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(secret), Sha256::digest(guess));
+    let difference = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    // Kept opaque, so the compiler cannot turn the fold back into an early-exit comparison.
+    std::hint::black_box(difference) == 0
 }
 
 impl fmt::Debug for Secret {

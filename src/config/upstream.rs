@@ -1,5 +1,7 @@
 //! `[upstream]`: the Redis server cachet forwards to, and its `redis://` (or `rediss://`, TLS)
-//! url, parsed once and printed with the password masked.
+//! url, parsed once and printed with the password masked. A `sentinel://` url names Sentinels
+//! and a master name instead ([`SentinelUrl`]); `[upstream.sentinel]` holds what the Sentinels
+//! themselves need.
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -18,7 +20,8 @@ pub const MAX_DB: u32 = u8::MAX as u32;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// `redis://[user[:password]@]host[:port][/db]`; `rediss://` for TLS.
+    /// `redis://[user[:password]@]host[:port][/db]` (`rediss://` for TLS), or
+    /// `sentinel://[user[:password]@]host[:port][,host[:port]...]/master-name[/db]`.
     pub url: RedisUrl,
     /// Password for the pool's connections; overrides one given in `url`.
     pub password: Option<Secret>,
@@ -32,6 +35,66 @@ pub struct UpstreamConfig {
     pub command_timeout_ms: u64,
     /// `[upstream.tls]`: CA, client certificate and server name for a `rediss://` url.
     pub tls: Option<super::UpstreamTlsConfig>,
+    /// Pools kept for clients signed in as other ACL users than the pool's (one per user,
+    /// `crate::upstream::identity`); past it such a client gets a connection of its own.
+    pub max_user_pools: usize,
+    /// A user's pool with no client for this long is closed (at least 1).
+    pub user_pool_idle_secs: u64,
+    /// `[upstream.sentinel]`: used only with a `sentinel://` url.
+    pub sentinel: SentinelConfig,
+}
+
+/// `[upstream.sentinel]`: how cachet talks to the Sentinels of a `sentinel://` url. The data
+/// nodes' credentials are the url's and `[upstream] password`, as for `redis://`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SentinelConfig {
+    /// ACL user for the Sentinels (`AUTH username password`); `default` if only a password.
+    pub username: Option<String>,
+    /// The Sentinels' own password (their `requirepass`), not the data nodes'.
+    pub password: Option<Secret>,
+    /// Reach the Sentinels over TLS. Passed on to where their connections are opened
+    /// (`upstream::sentinel`); not built yet, so `true` is refused when the config is read.
+    #[serde(deserialize_with = "tls_not_built_yet")]
+    pub tls: bool,
+    /// Ask the Sentinels for the master this often, besides listening for `+switch-master`.
+    pub recheck_ms: u64,
+}
+
+impl Default for SentinelConfig {
+    fn default() -> Self {
+        SentinelConfig {
+            username: None,
+            password: None,
+            tls: false,
+            recheck_ms: 1_000,
+        }
+    }
+}
+
+fn tls_not_built_yet<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    match bool::deserialize(deserializer)? {
+        false => Ok(false),
+        true => Err(serde::de::Error::custom(
+            "TLS to the Sentinels is not supported yet (set tls = false)",
+        )),
+    }
+}
+
+impl SentinelConfig {
+    pub fn recheck(&self) -> Duration {
+        Duration::from_millis(self.recheck_ms.max(10))
+    }
+
+    /// The credentials for the Sentinels, if any.
+    pub fn credentials(&self) -> Option<(String, Secret)> {
+        let password = self.password.clone()?;
+        let user = self
+            .username
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        Some((user, password))
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -44,6 +107,9 @@ impl Default for UpstreamConfig {
             connect_timeout_ms: 1_000,
             command_timeout_ms: 5_000,
             tls: None,
+            max_user_pools: 64,
+            user_pool_idle_secs: 60,
+            sentinel: SentinelConfig::default(),
         }
     }
 }
@@ -55,6 +121,11 @@ impl UpstreamConfig {
 
     pub fn command_timeout(&self) -> Option<Duration> {
         (self.command_timeout_ms > 0).then(|| Duration::from_millis(self.command_timeout_ms))
+    }
+
+    /// How long a user's pool may go without a client before it is closed.
+    pub fn user_pool_idle(&self) -> Duration {
+        Duration::from_secs(self.user_pool_idle_secs.max(1))
     }
 
     /// The credentials the pool authenticates with: `password` wins over the URL's.
@@ -73,6 +144,8 @@ impl UpstreamConfig {
 }
 
 /// A parsed `redis://` or `rediss://` (TLS) URL.
+/// For a `sentinel://` url, `host` and `port` are the first Sentinel's, and `sentinel` says
+/// where the master is to be found; `username`, `password` and `db` are the master's.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
     /// `rediss://`: connections to Redis use TLS (see `[upstream.tls]`).
@@ -82,12 +155,28 @@ pub struct RedisUrl {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub db: u32,
+    pub sentinel: Option<SentinelUrl>,
 }
+
+/// The Sentinel part of a `sentinel://` url.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelUrl {
+    /// Each Sentinel as `(host, port)`, in the order given (port 26379 if none).
+    pub sentinels: Vec<(String, u16)>,
+    /// The name the Sentinels monitor the master under.
+    pub master_name: String,
+}
+
+/// At most this many Sentinels in one url.
+pub const MAX_SENTINELS: usize = 32;
 
 impl RedisUrl {
     pub fn parse(input: &str) -> Result<Self, String> {
         // Messages name the url with its password masked: they end up in logs and terminals.
         let shown = mask_url(input);
+        if let Some(rest) = input.strip_prefix("sentinel://") {
+            return parse_sentinel(rest, &shown);
+        }
         let url =
             url::Url::parse(input).map_err(|e| format!("invalid upstream url {shown:?}: {e}"))?;
         let tls = match url.scheme() {
@@ -95,7 +184,7 @@ impl RedisUrl {
             "rediss" => true,
             other => {
                 return Err(format!(
-                    "unsupported upstream url scheme {other:?} (expected redis:// or rediss://)"
+                    "unsupported upstream url scheme {other:?} (expected redis://, rediss:// or sentinel://)"
                 ));
             }
         };
@@ -131,17 +220,113 @@ impl RedisUrl {
             username,
             password,
             db,
+            sentinel: None,
         })
     }
 
     /// `host:port`, with IPv6 hosts bracketed.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        host_port(&self.host, self.port)
     }
+}
+
+/// `host:port`, with IPv6 hosts bracketed.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// `[user[:password]@]host[:port][,host[:port]...]/master-name[/db]`, after `sentinel://`.
+/// The url crate takes one host only, so this reads the list itself.
+fn parse_sentinel(rest: &str, shown: &str) -> Result<RedisUrl, String> {
+    let bad = |why: &str| format!("invalid upstream url {shown:?}: {why}");
+    let (authority, path) = rest
+        .split_once('/')
+        .ok_or_else(|| bad("no master name (sentinel://host:port,.../mymaster)"))?;
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(info) => match info.split_once(':') {
+            Some((user, password)) => (
+                (!user.is_empty()).then(|| decode(user)),
+                Some(Secret(decode(password))),
+            ),
+            None => ((!info.is_empty()).then(|| decode(info)), None),
+        },
+    };
+    let mut sentinels = Vec::new();
+    for host in hosts.split(',') {
+        let (name, port) = match host.strip_prefix('[') {
+            Some(v6) => {
+                let (name, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+                (name, after.strip_prefix(':'))
+            }
+            None => match host.rsplit_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host, None),
+            },
+        };
+        if name.is_empty() {
+            return Err(bad("a Sentinel with no host"));
+        }
+        let port = match port {
+            None => 26379,
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad(&format!("port {port:?} is not a port number")))?,
+        };
+        sentinels.push((name.to_owned(), port));
+    }
+    if sentinels.len() > MAX_SENTINELS {
+        return Err(bad(&format!("more than {MAX_SENTINELS} Sentinels")));
+    }
+    let (name, db) = match path.split_once('/') {
+        Some((name, db)) => (name, db),
+        None => (path, ""),
+    };
+    if name.is_empty() {
+        return Err(bad("no master name (sentinel://host:port,.../mymaster)"));
+    }
+    let db = match db {
+        "" => 0,
+        db => db
+            .parse::<u32>()
+            .ok()
+            .filter(|&db| db <= MAX_DB)
+            .ok_or_else(|| {
+                bad(&format!(
+                    "database {db:?} is not a number from 0 to {MAX_DB}"
+                ))
+            })?,
+    };
+    let (host, port) = sentinels[0].clone();
+    Ok(RedisUrl {
+        // TLS to the master found through Sentinel is not built yet.
+        tls: false,
+        host,
+        port,
+        username,
+        password,
+        db,
+        sentinel: Some(SentinelUrl {
+            sentinels,
+            master_name: decode(name),
+        }),
+    })
 }
 
 impl fmt::Debug for RedisUrl {
@@ -152,14 +337,28 @@ impl fmt::Debug for RedisUrl {
 
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.tls { "rediss://" } else { "redis://" })?;
+        f.write_str(match (&self.sentinel, self.tls) {
+            (Some(_), _) => "sentinel://",
+            (None, true) => "rediss://",
+            (None, false) => "redis://",
+        })?;
         match (&self.username, &self.password) {
             (Some(user), Some(_)) => write!(f, "{user}:****@")?,
             (Some(user), None) => write!(f, "{user}@")?,
             (None, Some(_)) => f.write_str(":****@")?,
             (None, None) => {}
         }
-        write!(f, "{}", self.address())?;
+        match &self.sentinel {
+            Some(sentinel) => {
+                let hosts: Vec<String> = sentinel
+                    .sentinels
+                    .iter()
+                    .map(|(host, port)| host_port(host, *port))
+                    .collect();
+                write!(f, "{}/{}", hosts.join(","), sentinel.master_name)?;
+            }
+            None => write!(f, "{}", self.address())?,
+        }
         if self.db != 0 {
             write!(f, "/{}", self.db)?;
         }
@@ -171,5 +370,74 @@ impl<'de> Deserialize<'de> for RedisUrl {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(deserializer)?;
         RedisUrl::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod sentinel_tests {
+    use super::*;
+
+    #[test]
+    fn a_sentinel_url_names_every_sentinel_the_master_and_its_credentials() {
+        let url = RedisUrl::parse("sentinel://u:p%40ss@a:1,b,[::1]:3/my%20master/2").unwrap();
+        let sentinel = url.sentinel.as_ref().unwrap();
+        assert_eq!(
+            sentinel.sentinels,
+            [
+                ("a".to_owned(), 1),
+                ("b".to_owned(), 26379),
+                ("::1".to_owned(), 3)
+            ]
+        );
+        assert_eq!(sentinel.master_name, "my master");
+        assert_eq!(url.username.as_deref(), Some("u"));
+        assert_eq!(url.password.as_ref().unwrap().expose(), "p@ss");
+        assert_eq!(url.db, 2);
+        assert_eq!((url.host.as_str(), url.port), ("a", 1));
+        // Printed with the password masked.
+        let shown = url.to_string();
+        assert_eq!(shown, "sentinel://u:****@a:1,b:26379,[::1]:3/my master/2");
+        let url = RedisUrl::parse("sentinel://:pw@h:5/m").unwrap();
+        assert_eq!((url.username, url.db), (None, 0));
+    }
+
+    #[test]
+    fn a_bad_sentinel_url_is_refused_with_its_password_masked() {
+        for (input, why) in [
+            ("sentinel://h:1", "no master name"),
+            ("sentinel://h:1/", "no master name"),
+            ("sentinel://h:1,/m", "no host"),
+            ("sentinel://:Zq8Xw3Kp@h:0/m", "not a port number"),
+            ("sentinel://h:x/m", "not a port number"),
+            ("sentinel://h:70000/m", "not a port number"),
+            ("sentinel://[::1/m", "unclosed"),
+            ("sentinel://h/m/256", "0 to 255"),
+            ("sentinel://h/m/x", "0 to 255"),
+        ] {
+            let err = RedisUrl::parse(input).unwrap_err();
+            assert!(err.contains(why), "{input}: {err}");
+            assert!(!err.contains("Zq8"), "{input}: {err}");
+        }
+        let many = vec!["h:1"; MAX_SENTINELS + 1].join(",");
+        let err = RedisUrl::parse(&format!("sentinel://{many}/m")).unwrap_err();
+        assert!(err.contains("more than 32 Sentinels"), "{err}");
+    }
+
+    #[test]
+    fn sentinel_settings_parse_and_tls_is_refused_until_it_is_built() {
+        let config: UpstreamConfig = toml::from_str(
+            "url = \"sentinel://h:1/m\"\n[sentinel]\nusername = \"s\"\npassword = \"pw\"\nrecheck_ms = 250\n",
+        )
+        .unwrap();
+        assert_eq!(config.sentinel.recheck(), Duration::from_millis(250));
+        let (user, password) = config.sentinel.credentials().unwrap();
+        assert_eq!((user.as_str(), password.expose()), ("s", "pw"));
+        assert!(
+            format!("{config:?}").contains("****") && !format!("{config:?}").contains("\"pw\"")
+        );
+        let err = toml::from_str::<UpstreamConfig>("[sentinel]\ntls = true\n").unwrap_err();
+        assert!(err.to_string().contains("not supported yet"), "{err}");
+        let err = toml::from_str::<UpstreamConfig>("[sentinel]\nmaster = \"x\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
     }
 }

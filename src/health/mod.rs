@@ -590,7 +590,7 @@ async fn check(health: &Health) -> Check {
         Err(_) => failed(format!(
             "no reply within {} ms from {}",
             CHECK_TIMEOUT.as_millis(),
-            health.upstream.config.url.address()
+            health.upstream.address()
         )),
     }
 }

@@ -1,7 +1,8 @@
 //! Commands that act on other connections' work (`route::acts_on_others`: SCRIPT KILL,
 //! FUNCTION KILL/STATS, SHUTDOWN, CLIENT PAUSE/UNPAUSE/UNBLOCK), sent on the out-of-band lane
 //! (`upstream::aside`) rather than the pool, where they would queue behind the busy script or
-//! paused write they are meant to end.
+//! paused write they are meant to end. The lane is the one of the client's user
+//! (`upstream::identity`), so Redis judges them as that user.
 //!
 //! The command leaves at once, even while this client's earlier commands still wait on the
 //! pool (they may be what it unsticks), and its reply takes its place in the order like any
@@ -36,12 +37,13 @@ impl Session {
             _ => Effect::None,
         };
         let upstream = self.services.upstream.clone();
+        let identity = self.identity.clone();
         let metrics = self.services.metrics.clone();
         let inbox = self.reply_tx.clone();
         let protocol = self.protocol;
         let shutdown = name == b"shutdown";
         tokio::spawn(async move {
-            let lane = upstream.aside(protocol);
+            let lane = identity.aside(&upstream, protocol);
             let done = match lane.call(request.raw.clone(), effect).await {
                 Ok(bytes) => Inbox::Done(id, bytes),
                 // Redis closes every connection when it shuts down, the client's included.
@@ -69,13 +71,14 @@ impl Session {
             return;
         };
         let services = self.services.clone();
+        let identity = self.identity.clone();
         let inbox = self.reply_tx.clone();
         let protocol = self.protocol;
         let list = request
             .arg(1)
             .is_some_and(|sub| sub.eq_ignore_ascii_case(b"list"));
         tokio::spawn(async move {
-            let lane = services.upstream.aside(protocol);
+            let lane = identity.aside(&services.upstream, protocol);
             let reply = match lane.call(request.raw.clone(), Effect::None).await {
                 Ok(bytes) => bytes,
                 Err(error) => {

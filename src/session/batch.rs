@@ -58,7 +58,7 @@ impl Session {
             return;
         }
         let slot = self.batch_slot();
-        let pool = self.services.upstream.pool(self.protocol);
+        let pool = self.identity.pool(&self.services.upstream, self.protocol);
         let handle = &pool[self.batch.pool % pool.len()];
         handle.send(PoolRequest {
             payload: self.batch.bytes.split().freeze(),

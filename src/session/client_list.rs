@@ -17,8 +17,11 @@
 //! `redir`, `resp`; `flags` has `O` (MONITOR), `S` (SYNC/PSYNC), `P` (subscribed), `x`
 //! (MULTI) or `N`. Buffer fields cachet does not keep are 0.
 //!
-//! A client authenticated as another ACL user sends these to Redis on its own connection
-//! (Redis checks its rights there), and so does a transaction, where they are queued.
+//! A client on another ACL user's pool (`upstream::identity`) gets the same answers once
+//! Redis has said that user may run the command as sent (`ACL DRYRUN`, `super::acl`;
+//! refused, Redis's own `-NOPERM`), so it cannot reach cachet's connections either. One
+//! signed in on a connection of its own (past `max_user_pools`) sends them to Redis there,
+//! where its rights are checked, and so does a transaction, where they are queued.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -353,10 +356,19 @@ impl Session {
     }
 
     /// `CLIENT INFO`: this client's own line.
-    pub(super) fn client_info(&mut self) {
+    pub(super) fn client_info(&mut self, request: Request) {
         let mut out = String::new();
         self.view().write_line(&mut out);
-        self.reply_local(Reply::Verbatim(Bytes::from(out)));
+        let reply = Reply::Verbatim(Bytes::from(out));
+        match self.acl_user() {
+            None => self.reply_local(reply),
+            Some(user) => self.reply_later(request.clone(), move |services| async move {
+                match super::acl::check(&services, &user, request.args).await {
+                    Ok(()) => reply,
+                    Err(refused) => refused,
+                }
+            }),
+        }
     }
 
     /// `CLIENT LIST [TYPE t | ID id ...]` over cachet's clients.
@@ -366,7 +378,13 @@ impl Session {
             Err(refusal) => return self.reply_local(refusal),
         };
         let me = self.view();
+        let (user, argv) = (self.acl_user(), request.args.clone());
         self.reply_later(request, move |services| async move {
+            if let Some(user) = &user
+                && let Err(refused) = super::acl::check(&services, user, argv).await
+            {
+                return refused;
+            }
             let mut views = gather(&services, me).await;
             match filter {
                 ListFilter::All => {}
@@ -394,7 +412,13 @@ impl Session {
         let me = self.view();
         let own_id = self.id;
         let inbox = self.reply_tx.clone();
+        let (user, argv) = (self.acl_user(), request.args.clone());
         self.reply_later(request, move |services| async move {
+            if let Some(user) = &user
+                && let Err(refused) = super::acl::check(&services, user, argv).await
+            {
+                return refused;
+            }
             let views = gather(&services, me).await;
             if let Some(user) = &filter.user
                 && !views.iter().any(|v| v.user == *user)

@@ -15,12 +15,16 @@
 //!   dedicated connection's Redis id); `CLIENT TRACKING ... REDIRECT id` likewise, with what
 //!   it means for a target on the pool in `translate_redirect`.
 //! * `AUTH` with the pool's credentials is answered by cachet, which compares them in
-//!   constant time (`secret_eq`); when `upstream.password` is set, clients that have not
+//!   constant time (`config::secret_eq`); when `upstream.password` is set, clients that have not
 //!   authenticated get `-NOAUTH`, as from Redis. An AUTH that Redis accepts as another user
 //!   (on the client's dedicated connection) ends the limits for unauthenticated clients; a
 //!   refused one does not. Such an AUTH is the first command on a bare connection, and a
 //!   refusal closes that connection and puts the client back where it was, as a refused
-//!   AUTH leaves a Redis connection as it was (`pinning`, "Signing in as someone else").
+//!   AUTH leaves a Redis connection as it was (`pinning`, "Signing in as someone else");
+//!   accepted, the client moves to that user's pool. The same user and password as an open
+//!   user pool's join it at once (`upstream::identity`), after the client's earlier replies.
+//!   A client on another user's pool gets cachet's `CLIENT LIST`/`INFO`/`KILL` once Redis
+//!   says that user may run them (`client_list`).
 //! * `HELLO 2|3` picks the RESP2 or RESP3 pool; `SETNAME` in it is kept as above.
 //! * `RESET` and `QUIT` on the pool are answered by cachet; on a dedicated connection `RESET`
 //!   goes to Redis and the connection is dropped after its `+RESET`. `RESET` with arguments
@@ -71,10 +75,11 @@ impl Session {
                     self.reply_local(Reply::ok());
                 }
             }
-            // cachet's clients, not its connections to Redis (`client_list`). A client
-            // authenticated as another user goes to Redis, which checks its rights.
+            // cachet's clients, not its connections to Redis (`client_list`; on another
+            // user's pool once Redis says that user may). A client signed in as another user
+            // on a connection of its own goes to Redis there, which checks its rights.
             (b"list", _) if !self.pinning.divergence.user => self.client_list(request),
-            (b"info", 2) if !self.pinning.divergence.user => self.client_info(),
+            (b"info", 2) if !self.pinning.divergence.user => self.client_info(request),
             // The redirection in cachet's ids, as the client gave it.
             (b"getredir", 2) if !self.pinning.divergence.user => {
                 self.reply_local(Reply::Integer(self.redirect))
@@ -221,31 +226,64 @@ impl Session {
             .credentials()
             .is_some_and(|(u, p)| {
                 // Both compared, always: which one differs must not show in the time taken.
-                let user_matches = secret_eq(u.as_bytes(), user);
-                let password_matches = secret_eq(p.expose().as_bytes(), password);
+                let user_matches = crate::config::secret_eq(u.as_bytes(), user);
+                let password_matches = crate::config::secret_eq(p.expose().as_bytes(), password);
                 user_matches & password_matches
             })
     }
 
     pub(super) fn auth(&mut self, request: Request) {
-        let (user, password): (&[u8], Option<&[u8]>) = match request.args.len() {
-            2 => (b"default", request.arg(1)),
-            3 => (&request.args[1], request.arg(2)),
-            _ => (b"", None),
+        let (user, password): (&[u8], &[u8]) = match request.args.len() {
+            2 => (b"default", &request.args[1]),
+            3 => (&request.args[1], &request.args[2]),
+            // Wrong arity goes to Redis for its own error.
+            _ => return self.forward(request),
         };
-        match password {
-            Some(password) if self.credentials_match(user, password) => {
+        let target = self.sign_in_target(user, password);
+        let (user, password) = (
+            Bytes::copy_from_slice(user),
+            Bytes::copy_from_slice(password),
+        );
+        match target {
+            Some(identity) => {
+                if !Arc::ptr_eq(&identity, &self.identity) {
+                    // Its earlier commands run on the pool it leaves, before it moves.
+                    if self.after_earlier_replies(request).is_none() {
+                        return;
+                    }
+                    self.enter_identity(identity);
+                }
                 self.authenticated = true;
                 self.reply_local(Reply::ok());
             }
-            // Wrong arity goes to Redis for its own error; anything else is another user
-            // (or a wrong password): only Redis can say, on a connection of the client's own.
-            None if request.args.len() != 2 && request.args.len() != 3 => self.forward(request),
-            _ => {
+            // Another user (or a wrong password): only Redis can say, on a connection of
+            // the client's own; accepted, the client joins that user's pool.
+            None => {
+                self.pending_login = Some((user, password));
                 self.pinning.divergence.user = true;
                 self.switch_to_dedicated(request);
             }
         }
+    }
+
+    /// The identity credentials put the client in without asking Redis: cachet's own for
+    /// the pool's credentials, or an open user pool that signs in with this very password
+    /// (`upstream::identity`). `None`: Redis must judge them.
+    fn sign_in_target(
+        &self,
+        user: &[u8],
+        password: &[u8],
+    ) -> Option<Arc<crate::upstream::Identity>> {
+        if self.credentials_match(user, password) {
+            return Some(self.services.upstream.default_identity().clone());
+        }
+        self.services.upstream.identities.member(user, password)
+    }
+
+    /// Signed in at Redis as an ACL user other than cachet's: on that user's pool, or on a
+    /// connection of its own after AUTH there.
+    pub(super) fn other_user(&self) -> bool {
+        !self.identity.is_default() || self.pinning.divergence.user
     }
 
     /// HELLO [protover [AUTH user pass] [SETNAME name]]: the protocol picks the pool, the
@@ -260,12 +298,16 @@ impl Session {
         };
         let mut name = None;
         let mut authenticated_here = false;
+        let mut target = None;
         let mut i = 2;
         while i < request.args.len() {
             let option = request.args[i].to_ascii_lowercase();
             match (option.as_slice(), request.args.len() - i) {
                 (b"auth", 3..) => {
-                    if !self.credentials_match(&request.args[i + 1], &request.args[i + 2]) {
+                    let (user, password) = (&request.args[i + 1], &request.args[i + 2]);
+                    target = self.sign_in_target(user, password);
+                    if target.is_none() {
+                        self.pending_login = Some((user.clone(), password.clone()));
                         self.pinning.divergence.user = true;
                         return self.switch_to_dedicated(request);
                     }
@@ -293,11 +335,15 @@ impl Session {
             ));
         }
         let version = version.unwrap_or(self.protocol);
+        let moves = target.as_ref().filter(|t| !Arc::ptr_eq(t, &self.identity));
         self.flush_batch();
-        if version != self.protocol && !self.replies.slots.is_empty() {
+        if (version != self.protocol || moves.is_some()) && !self.replies.slots.is_empty() {
             self.pinning.held = Some(request);
             self.pinning.wait = Wait::Drain;
             return;
+        }
+        if let Some(identity) = moves.cloned() {
+            self.enter_identity(identity);
         }
         self.authenticated = true;
         if let Some(name) = name {
@@ -325,7 +371,8 @@ impl Session {
             ));
         }
         self.flush_batch();
-        if !self.replies.slots.is_empty() && self.protocol != Protocol::Resp2 {
+        let moves = self.protocol != Protocol::Resp2 || !self.identity.is_default();
+        if !self.replies.slots.is_empty() && moves {
             self.pinning.held = Some(request);
             self.pinning.wait = Wait::Drain;
             return;
@@ -368,6 +415,8 @@ impl Session {
         self.name = None;
         self.db = self.services.upstream.config.url.db;
         self.user = None;
+        self.identity = self.services.upstream.default_identity().clone();
+        self.pending_login = None;
         self.redirect = -1;
         self.authenticated = self.services.upstream.config.credentials().is_none();
         self.signed_in = false;
@@ -387,23 +436,9 @@ fn redirect_of(request: &Request) -> Option<i64> {
         .ok()
 }
 
-/// Whether a client's guess equals a secret, in time that depends on neither the secret nor
-/// where the two differ: both are hashed (SHA-256, so the secret's length does not show
-/// either) and the digests compared with no early exit.
-fn secret_eq(secret: &[u8], guess: &[u8]) -> bool {
-    use sha2::{Digest, Sha256};
-    let (a, b) = (Sha256::digest(secret), Sha256::digest(guess));
-    let difference = a
-        .iter()
-        .zip(b.iter())
-        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    // Kept opaque, so the compiler cannot turn the fold back into an early-exit comparison.
-    std::hint::black_box(difference) == 0
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::config::secret_eq;
 
     #[test]
     pub(super) fn secrets_compare_equal_only_when_identical() {

@@ -25,8 +25,10 @@
 //! Commands about the connection that cachet answers itself (CLIENT, AUTH, HELLO, RESET) are
 //! in `local`; commands that act on other connections' work (SCRIPT KILL, CLIENT UNPAUSE,
 //! ...) go out of band in `aside`; what a session counts, and INFO, in `observe`; EMIT/POLICY and WARM in
-//! `policy` and `warm`.
+//! `policy` and `warm`. A client signed in as another ACL user uses that user's pool, lane and
+//! spares (`upstream::identity`); what it may do with cachet's own commands is in `acl`.
 
+mod acl;
 mod aside;
 mod batch;
 mod client_list;
@@ -88,6 +90,8 @@ pub struct Services {
     pub heat: crate::warm::Heat,
     pub events: Arc<crate::events::Events>,
     pub health: Arc<crate::health::Health>,
+    /// `[[acl]]`: what users other than cachet's may do with EMIT, WARM and POLICY (`acl`).
+    pub acl: Vec<crate::config::AclGrant>,
 }
 
 /// Where the reply to a command (or batch) will come from.
@@ -147,6 +151,9 @@ pub enum Inbox {
     Done(u64, Bytes),
     /// Another client's `CLIENT LIST` or `CLIENT KILL` asks how this one looks.
     Describe(tokio::sync::oneshot::Sender<client_list::ClientView>),
+    /// The write for slot `Slot::Async(id)` may run: send it on cachet's pool in its place
+    /// (`tagging`, `write_as_cachet`).
+    Forward(u64, Bytes),
     /// The command for slot `Slot::Async(id)` ended Redis's side without a reply (a
     /// SHUTDOWN that succeeded): the client's connection closes too, as Redis closed it.
     Closed(u64),
@@ -218,6 +225,16 @@ pub struct Session {
     user: Option<Bytes>,
     pending_user: Option<Bytes>,
     redirect: i64,
+    /// The Redis user whose pool, lane and spares this client uses: cachet's own, or the
+    /// ACL user Redis signed it in as (`upstream::identity`).
+    identity: Arc<crate::upstream::Identity>,
+    /// The user and password of the sign-in Redis is judging on a bare connection (one at
+    /// a time: the client's next command waits for the answer). Accepted, they open or
+    /// join that user's identity; either way they are dropped here then.
+    pending_login: Option<(Bytes, Bytes)>,
+    /// An ACL change of this client's is on its way: the cached ACL decisions are dropped
+    /// again once its reply is in (`after_reply`).
+    acl_changed: bool,
 }
 
 enum Event {
@@ -263,6 +280,7 @@ impl Session {
         let latency = services.metrics.command_latency.local();
         let buffered = services.request_buffers.share();
         let services_db = services.upstream.config.url.db;
+        let identity = services.upstream.default_identity().clone();
         let session = Session {
             id,
             authenticated: services.upstream.config.credentials().is_none(),
@@ -298,6 +316,9 @@ impl Session {
             user: None,
             pending_user: None,
             redirect: -1,
+            identity,
+            pending_login: None,
+            acl_changed: false,
         };
         (session, handle)
     }
@@ -365,6 +386,7 @@ impl Session {
                 Event::Pool(Some(PoolReply::Overflow)) => break,
                 Event::Pool(None) => unreachable!("the session's handle holds a sender"),
                 Event::Inbox(Some(Inbox::Done(id, bytes))) => self.on_done(id, bytes),
+                Event::Inbox(Some(Inbox::Forward(id, payload))) => self.on_forward(id, payload),
                 Event::Inbox(Some(Inbox::Closed(id))) => {
                     self.closing = true;
                     self.on_done(id, Bytes::new());
@@ -490,7 +512,9 @@ impl Session {
         if let Some(link) = self.pinning.link.take()
             && self.is_clean(&link)
         {
-            self.services.upstream.release(link.conn).await;
+            self.identity
+                .release(&self.services.upstream, link.conn)
+                .await;
         }
     }
 
@@ -582,7 +606,15 @@ impl Session {
             divergence: self.pinning.divergence,
             pool_db: self.services.upstream.config.url.db,
             writes_paused: self.services.upstream.pauses.writes_paused(),
+            other_user: !self.identity.is_default(),
         };
+        if name == Some(b"acl") && changes_acl(&request) {
+            // Rights may change: decisions cached for cachet's commands are dropped now, and
+            // again once Redis has answered it (`after_reply`), so a check that ran before
+            // the change reached Redis is not reused either.
+            self.services.upstream.acl().flush();
+            self.acl_changed = true;
+        }
         let route = route(&request, name, &state, &table);
         // Only the routes of a name longer than any command's have no name.
         let name = name.unwrap_or_default();
@@ -616,4 +648,14 @@ impl Session {
             Route::Pin => self.switch_to_dedicated(request),
         }
     }
+}
+
+/// ACL subcommands that change users' rights.
+fn changes_acl(request: &Request) -> bool {
+    request.arg(1).is_some_and(|sub| {
+        matches!(
+            sub.to_ascii_lowercase().as_slice(),
+            b"setuser" | b"deluser" | b"load"
+        )
+    })
 }

@@ -180,6 +180,10 @@ impl Session {
     /// `INFO [section ...]` on the pool: Redis's reply, with cachet's section appended when
     /// the sections asked for include it; `INFO cachet` alone is answered by cachet.
     pub(super) fn info_command(&mut self, request: Request) {
+        if self.other_user() {
+            // cachet's section is for cachet's user; Redis judges the rest as this user.
+            return self.forward_frames(request, 1);
+        }
         let sections = &request.args[1..];
         let ours = |s: &Bytes| s.eq_ignore_ascii_case(b"cachet");
         let wants_ours =

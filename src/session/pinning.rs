@@ -18,17 +18,23 @@
 //!   pool's): the client gets a bare connection, and its AUTH is the first command Redis
 //!   reads on it, since Redis may refuse anything before it (after `CONFIG SET requirepass`,
 //!   say). Nothing else is sent until Redis answers (`Slot::FirstSignIn`). Accepted: cachet
-//!   follows it with what the client's state needs (`HELLO 3` for a RESP3 client that sent
-//!   AUTH, `SELECT` of the pool's database, `CLIENT SETNAME`, `CLIENT ID`), whose replies the
-//!   client never reads, and the client's next command waits for them. Refused: a Redis
+//!   moves the client to that user's pool (`upstream::identity`, opened now with these
+//!   credentials if it is the user's first client; cachet's own user's is the pool) and
+//!   closes the bare connection. Only past `max_user_pools` does the client keep it: cachet
+//!   follows the AUTH with what the client's state needs (`HELLO 3` for a RESP3 client that
+//!   sent AUTH, `SELECT` of the pool's database, `CLIENT SETNAME`, `CLIENT ID`), whose replies
+//!   the client never reads, and the client's next command waits for them. Refused: a Redis
 //!   connection stays as it was, signed in as before, so the bare connection (signed in as
 //!   nobody, or the default user) is closed and the client is back on the pool with its
 //!   state (protocol included) as before. (A client that already holds a dedicated
-//!   connection sends its AUTH there, where Redis judges it as it would directly.)
+//!   connection sends its AUTH there, where Redis judges it as it would directly.) A client
+//!   moves between identities only on the pool, after its earlier replies (`Wait::Drain`), and
+//!   its dedicated connections come from, and go back to, its identity's spares.
 //! * When it breaks, the client's state at Redis (transaction, subscriptions, ...) is gone:
 //!   each command still waiting gets `-ERR upstream connection lost` and the client's
 //!   connection is closed; its library reconnects and re-establishes that state itself.
-//!   Nothing is silently retried.
+//!   Nothing is silently retried. The master moving (Sentinel failover) breaks it the same
+//!   way (`Dedicated::master`), and a `-READONLY` reply on it asks the Sentinels again.
 //! * A client that disconnects while a command waits on its dedicated connection (BLPOP)
 //!   takes that connection with it, as Redis frees a client at EOF: nothing is popped for it.
 //!   Its leaving is noticed even while its session waits (RESET's reply, a connection being
@@ -120,6 +126,7 @@ impl Session {
             return;
         }
         let upstream = self.services.upstream.clone();
+        let identity = self.identity.clone();
         let protocol = self.protocol;
         let name = self.name.clone();
         // Only a sign-in as someone else sets `user` before the client holds a connection:
@@ -128,7 +135,7 @@ impl Session {
         self.pinning.wait = Wait::Acquire(Box::pin(async move {
             match bare {
                 true => upstream.bare().await,
-                false => upstream.dedicated(protocol, name).await,
+                false => identity.dedicated(&upstream, protocol, name).await,
             }
         }));
     }
@@ -162,6 +169,7 @@ impl Session {
                         r.name().eq_ignore_ascii_case(b"multi") && r.args.len() == 1
                     });
                 // The state the command would have entered was not entered.
+                self.pending_login = None;
                 self.pinning.divergence = Divergence {
                     subscriptions: (0, 0),
                     ..Divergence::default()
@@ -328,7 +336,8 @@ impl Session {
         let link = self.pinning.link.take().expect("checked");
         self.handle.upstream_id.store(0, Ordering::Relaxed);
         let upstream = self.services.upstream.clone();
-        tokio::spawn(async move { upstream.release(link.conn).await });
+        let identity = self.identity.clone();
+        tokio::spawn(async move { identity.release(&upstream, link.conn).await });
     }
 
     pub(super) fn on_dedicated_data(&mut self) {
@@ -347,6 +356,9 @@ impl Session {
                 Err(e) => return self.dedicated_lost(&e.to_string()),
             };
             let frame = link.incoming.split_to(info.len).freeze();
+            if crate::upstream::sentinel::is_readonly(&frame) {
+                link.conn.master.readonly_seen();
+            }
             let is_reset_reply = &frame[..] == b"+RESET\r\n";
             // RESET's own reply: whatever answers its slot. In a raw stream it has no slot:
             // only its exact reply says it is done. Redis refuses a RESET it parses only for
@@ -415,8 +427,7 @@ impl Session {
                             let frame =
                                 resp::reply::replace_hello_id(&frame, self.id).unwrap_or(frame);
                             self.output.extend_from_slice(&frame);
-                            self.signed_in = true;
-                            self.after_sign_in();
+                            self.sign_in_accepted();
                         }
                     }
                     _ => unreachable!("dedicated replies answer the front slot"),
@@ -433,10 +444,53 @@ impl Session {
     /// as nobody, or as the default user) is closed, and the client goes back to the pool
     /// with its state as before the AUTH (protocol included: a refused HELLO changes nothing).
     fn sign_in_refused(&mut self, protocol_before: Protocol) {
+        self.pending_login = None;
+        self.pending_user = None;
         self.pinning.link = None;
         self.handle.upstream_id.store(0, Ordering::Relaxed);
         self.pinning.divergence = Divergence::default();
         self.protocol = protocol_before;
+    }
+
+    /// Redis accepted the sign-in on a bare connection. The client joins that user's pool
+    /// (`upstream::identity`: opened now with these credentials if it is the user's first
+    /// client), and the bare connection closes: its later commands go to that pool, its
+    /// MULTI or BLPOP to a connection of that user's. Past `max_user_pools` (or with a
+    /// password that is not UTF-8) it keeps the bare connection as its own
+    /// (`after_sign_in`).
+    fn sign_in_accepted(&mut self) {
+        self.signed_in = true;
+        self.user = self.pending_user.take();
+        let login = self.pending_login.take();
+        let upstream = &self.services.upstream;
+        let joined = login.and_then(|(user, password)| {
+            // cachet's own user, with a password Redis accepts: the pool's rights exactly.
+            let own = upstream.config.credentials().map(|(u, _)| u);
+            match user == own.as_deref().unwrap_or("default").as_bytes() {
+                true => Some(upstream.default_identity().clone()),
+                false => upstream.identities.join(&user, &password),
+            }
+        });
+        let Some(identity) = joined else {
+            return self.after_sign_in();
+        };
+        let link = self.pinning.link.take().expect("signed in on it");
+        self.handle.upstream_id.store(0, Ordering::Relaxed);
+        // A name HELLO ... SETNAME gave the bare connection is the client's.
+        if let Some(name) = link.conn.name {
+            self.name = Some(name);
+        }
+        self.pinning.divergence.user = false;
+        self.enter_identity(identity);
+    }
+
+    /// Moves the client to `identity`'s pool (the caller has waited for its earlier
+    /// replies, so nothing it sent before can run after what it sends next).
+    pub(super) fn enter_identity(&mut self, identity: Arc<crate::upstream::Identity>) {
+        self.user = identity.user().cloned();
+        self.signed_in = !identity.is_default();
+        self.authenticated = true;
+        self.identity = identity;
     }
 
     /// Redis accepted the sign-in on a bare connection: what the pool's connections (or a
@@ -610,6 +664,8 @@ pub(super) async fn dedicated_io(link: &mut Option<DedicatedLink>, read: bool) -
     tokio::select! {
         got = crate::net::read_available(&mut conn.reader, incoming), if read => Event::UpstreamRead(got),
         wrote = conn.writer.write(outgoing), if !outgoing.is_empty() => Event::UpstreamWrote(wrote),
+        // The master moved: this connection is to the old one, and ends as if lost.
+        reason = conn.master.moved() => Event::UpstreamRead(Err(std::io::Error::other(reason))),
         // Neither (output backed up and nothing to write): wait for the other events.
         else => std::future::pending().await,
     }

@@ -59,6 +59,9 @@ impl Session {
             };
             fields.push((field.to_owned(), pair[1].clone()));
         }
+        if let Err(refused) = self.granted(crate::config::Permission::Emit(event_name)) {
+            return self.reply_local(refused);
+        }
         let event = crate::policy::engine::client_event(event_name.to_owned(), fields);
         self.reply_later(request, move |services| {
             events::emit(services.events.clone(), event)
@@ -70,6 +73,12 @@ impl Session {
         let Some(sub) = args.get(1) else {
             return self.reply_local(arity_error("policy"));
         };
+        let changes = [&b"reload"[..], b"replay", b"drop"]
+            .iter()
+            .any(|s| sub.eq_ignore_ascii_case(s));
+        if changes && let Err(refused) = self.granted(crate::config::Permission::Policy) {
+            return self.reply_local(refused);
+        }
         match sub.to_ascii_lowercase().as_slice() {
             b"list" if args.len() == 2 => {
                 self.reply_later(request, |services| async move { list(&services) })

@@ -133,6 +133,10 @@ impl Session {
                 self.output.extend_from_slice(&bytes);
             }
         }
+        if self.acl_changed && self.replies.slots.is_empty() && self.batch.count == 0 {
+            self.acl_changed = false;
+            self.services.upstream.acl().flush();
+        }
         if matches!(self.pinning.wait, Wait::Drain) && self.replies.slots.is_empty() {
             self.pinning.wait = Wait::Nothing;
             self.process_input();

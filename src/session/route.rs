@@ -75,6 +75,8 @@ pub(super) struct ClientState {
     pub pool_db: u32,
     /// A `CLIENT PAUSE ... WRITE` sent through cachet holds Redis now.
     pub writes_paused: bool,
+    /// On the pool of an ACL user other than cachet's (`upstream::identity`).
+    pub other_user: bool,
 }
 
 /// cachet's own commands.
@@ -200,10 +202,11 @@ fn own<'t>(command: Own, name: &[u8], state: &ClientState) -> Route<'t> {
 
 /// The one gate every command of cachet's own passes: cachet runs them with its own upstream
 /// credentials, on its own connection, in the pool's database, so only a client that is
-/// that user there may ask for them. `Some` is the refusal: `-NOAUTH Authentication
-/// required.`, `-NOPERM only the user cachet connects as may run cachet's 'x' command`
-/// (another user, or an AUTH refused on a dedicated connection the client held already:
-/// only Redis knows which), `-ERR cachet's 'x' command
+/// that user there, or one on another user's pool (whose rights each handler then asks
+/// Redis about, `session::acl`), may ask for them. `Some` is the refusal: `-NOAUTH
+/// Authentication required.`, `-NOPERM only the user cachet connects as may run cachet's 'x'
+/// command` (signed in as another user on a connection of its own, or an AUTH refused on a
+/// dedicated connection the client held already: only Redis knows which), `-ERR cachet's 'x' command
 /// works in database N only`, `-ERR cachet's 'x' command cannot run inside MULTI` (queued at
 /// Redis as well, so EXEC aborts). [`route`] applies it, so no handler can skip it.
 pub(super) fn gate(name: &[u8], state: &ClientState) -> Option<Reply> {
@@ -239,7 +242,7 @@ pub(super) fn gate(name: &[u8], state: &ClientState) -> Option<Reply> {
 /// checks on its own connection.
 pub(super) fn merges_command(state: &ClientState) -> bool {
     let d = &state.divergence;
-    !(d.multi || d.user || d.pubsub() || d.stream || d.reply_mode)
+    !(d.multi || d.user || state.other_user || d.pubsub() || d.stream || d.reply_mode)
 }
 
 /// Commands that change this connection's state at Redis (or may block it), and requests
@@ -412,6 +415,7 @@ mod tests {
         },
         pool_db: 0,
         writes_paused: false,
+        other_user: false,
     };
 
     #[test]
@@ -452,6 +456,10 @@ mod tests {
             writes_paused: true,
             ..SIGNED_IN
         };
+        let user_pool = ClientState {
+            other_user: true,
+            ..SIGNED_IN
+        };
         let long = "x".repeat(65);
         let cases: &[(&[&str], ClientState, &str)] = &[
             // Before authentication only signing in, QUIT and RESET.
@@ -477,6 +485,7 @@ mod tests {
             (&["command", "info", "tagset"], pinned, "command"),
             (&["COMMAND"], in_multi, "dedicated"),
             (&["COMMAND", "COUNT"], other_user, "dedicated"),
+            (&["COMMAND"], user_pool, "tracked false"),
             (&["COMMAND"], stranger, "refuse NOAUTH"),
             // The gate.
             (&["WARM", "w", "k"], SIGNED_IN, "own Warm"),
@@ -485,6 +494,11 @@ mod tests {
             (&["TagSet", "k", "v"], SIGNED_IN, "own Tag"),
             (&["TAGKEYS", "t"], SIGNED_IN, "own Tag"),
             (&["WARM", "w", "k"], other_user, "refuse NOPERM"),
+            (&["TAGSET", "k", "v"], user_pool, "own Tag"),
+            // On another user's pool: that user's lane, through the same routes.
+            (&["SCRIPT", "KILL"], user_pool, "aside"),
+            (&["GET", "k"], user_pool, "tracked true"),
+            (&["MULTI"], user_pool, "pin"),
             (&["TAGS", "k"], other_db, "refuse ERR"),
             (&["EMIT", "e"], in_multi, "refuse-queued ERR"),
             // Everything else.

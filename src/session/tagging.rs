@@ -7,12 +7,18 @@
 //! Keys that match no rule go to Redis untouched; with no rules configured this module costs
 //! one `is_empty` check per command.
 //!
+//! A client signed in as another ACL user (on its user's pool) has its rule-matched writes
+//! checked as that user and run wrapped as cachet's (`write_as_cachet`); its reads go plain
+//! (no epoch check, no lease) and so do its writes inside MULTI; its TAG commands are
+//! checked first (`super::acl`).
+//!
 //! Before a read of a rule-matched key the epoch read goes first, so that a miss leaves a
 //! lease ([`super::leases`]) for the write that follows.
 
 use bytes::Bytes;
 
 use super::Session;
+use super::acl;
 use super::inspect::Inspect;
 use super::observe::{self, Lookup};
 use crate::resp::Request;
@@ -69,6 +75,17 @@ impl Session {
         let carries_tags =
             matches!(name, b"rename" | b"renamenx" | b"copy") && self.services.index.is_loaded();
         let lookup = observe::lookup(name);
+        if self.other_user() {
+            // Another user's rule-matched writes are checked as that user, then run wrapped
+            // as cachet's (`write_as_cachet`); its reads go plain, as that user.
+            if let Some(info) = info
+                && wrappable(info, name, &request)
+                && (carries_tags || self.matches_rules(&request, info))
+            {
+                return self.write_as_cachet(request, name, info);
+            }
+            return self.forward_lookup(request, lookup);
+        }
         if self.services.rules.is_empty() && !carries_tags {
             return self.forward_lookup(request, lookup);
         }
@@ -105,6 +122,68 @@ impl Session {
             return self.forward_inspected(request, Inspect::Elements(rules));
         }
         self.forward_lookup(request, lookup)
+    }
+
+    /// Whether any key of a command matches a rule (nothing counted).
+    fn matches_rules(&self, request: &Request, info: &CommandInfo) -> bool {
+        !self.services.rules.is_empty()
+            && info
+                .key_positions(request.args.len())
+                .any(|at| self.services.rules.match_key(&request.args[at]).is_some())
+    }
+
+    /// A rule-matched write of a client signed in as another user (on its user's pool):
+    /// once its earlier commands have replied, Redis is asked whether the user may run the
+    /// plain command (`session::acl`); refused, the client reads Redis's NOPERM and nothing
+    /// is written; allowed, the write runs wrapped in `cachet_write` on cachet's own pool
+    /// (as cachet's user, who may reach the index), and the client's later commands wait
+    /// for its reply, so at Redis everything runs in the client's order. Costs a drain and
+    /// one `ACL DRYRUN` per distinct command in a second (the decision cache is per exact
+    /// arguments).
+    fn write_as_cachet(&mut self, request: Request, name: &[u8], info: &CommandInfo) {
+        let Some(request) = self.after_earlier_replies(request) else {
+            return;
+        };
+        let Some(call) = self.tagged_write(&request, name, info) else {
+            return self.forward(request);
+        };
+        let user = self.acl_user().expect("on another user's pool");
+        let id = self.reserve_async();
+        let inbox = self.reply_tx.clone();
+        let protocol = self.protocol;
+        let services = self.services.clone();
+        let payload = Request::from_args(call).raw;
+        let plain = request.args;
+        tokio::spawn(async move {
+            let message = match acl::check(&services, &user, plain).await {
+                Ok(()) => super::Inbox::Forward(id, payload),
+                Err(refused) => super::Inbox::Done(id, refused.encode(protocol)),
+            };
+            let _ = inbox.send(message);
+        });
+    }
+
+    /// Sends the wrapped write of `write_as_cachet`, whose check passed, on cachet's own
+    /// pool in place of its slot (the only one: everything before it has replied and
+    /// everything after waits for it).
+    pub(super) fn on_forward(&mut self, id: u64, payload: Bytes) {
+        let Some(slot) = self
+            .replies
+            .slots
+            .iter_mut()
+            .find(|s| matches!(s, super::Slot::Async(a) if *a == id))
+        else {
+            return;
+        };
+        *slot = super::Slot::Pool;
+        let pool = self.services.upstream.pool(self.protocol);
+        pool[self.batch.pool % pool.len()].send(crate::upstream::PoolRequest {
+            payload,
+            count: 1,
+            client: self.handle.pooled.clone(),
+            partial: false,
+        });
+        self.replies.sent.push_back(std::time::Instant::now());
     }
 
     /// Forwards a command; a lookup's reply is counted as a hit or miss of no rule.
@@ -283,11 +362,19 @@ impl Session {
                 None
             }
         };
+        // Another user's rights are Redis's to judge, as the plain commands these stand for
+        // (`session::acl`); cachet's own user is not checked.
+        let user = self.acl_user();
         match name {
             b"taginvalidate" => match arity(2, false) {
                 Some(error) => self.reply_local(error),
                 None => self.reply_later(request, move |services| async move {
                     let tags = &args[1..];
+                    if let Some(user) = &user
+                        && let Err(refused) = acl::may_delete_tagged(&services, user, tags).await
+                    {
+                        return refused;
+                    }
                     let deleted = services.index.invalidate(tags).await;
                     if let Ok(n) = deleted {
                         services.metrics.invalidations.inc_by(tags.len() as u64);
@@ -300,6 +387,13 @@ impl Session {
             b"tag" => match arity(3, false) {
                 Some(error) => self.reply_local(error),
                 None => self.reply_later(request, move |services| async move {
+                    if let Some(user) = &user
+                        && let Err(refused) =
+                            acl::check(&services, user, acl::with_keys(b"EXISTS", &args[1..2]))
+                                .await
+                    {
+                        return refused;
+                    }
                     let added = services.index.tag(&args[1], &args[2..]).await;
                     added.map_or_else(error_reply, |n| Reply::Integer(n as i64))
                 }),
@@ -307,6 +401,13 @@ impl Session {
             b"tags" => match arity(2, true) {
                 Some(error) => self.reply_local(error),
                 None => self.reply_later(request, move |services| async move {
+                    if let Some(user) = &user
+                        && let Err(refused) =
+                            acl::check(&services, user, acl::with_keys(b"EXISTS", &args[1..2]))
+                                .await
+                    {
+                        return refused;
+                    }
                     let tags = services.index.tags(&args[1]).await;
                     tags.map_or_else(error_reply, |tags| {
                         Reply::Array(tags.into_iter().map(Reply::Bulk).collect())
@@ -348,8 +449,16 @@ impl Session {
             }
         }
         let tag = request.args[1].clone();
+        let user = self.acl_user();
         self.reply_later(request, move |services| async move {
             let page = services.index.tagkeys(&tag, cursor, count).await;
+            if let (Some(user), Ok((_, keys))) = (&user, &page)
+                && !keys.is_empty()
+                && let Err(refused) =
+                    acl::check(&services, user, acl::with_keys(b"EXISTS", keys)).await
+            {
+                return refused;
+            }
             page.map_or_else(error_reply, |(next, keys)| {
                 Reply::Array(vec![
                     Reply::Bulk(Bytes::from(next.to_string())),
@@ -408,7 +517,14 @@ impl Session {
             named: 0,
             inherit_from: None,
         };
+        let user = self.acl_user();
         self.reply_later(request, move |services| async move {
+            // What SET with the same options would need.
+            if let Some(user) = &user
+                && let Err(refused) = acl::check(&services, user, set.clone()).await
+            {
+                return refused;
+            }
             let call = WriteCall {
                 command: &set,
                 keys: &[write],
@@ -425,11 +541,12 @@ impl Session {
 impl Session {
     /// Sends a command on the dedicated connection, through the tag index when it writes a
     /// tagged key (a tagged write inside MULTI is queued and runs at EXEC like any other).
-    /// Clients authenticated as another Redis user write untagged (the index function would
-    /// need that user to have rights on cachet's keys), and so do clients in another
-    /// database, where TAG commands, which run on cachet's own connection, cannot reach.
+    /// Clients authenticated as another Redis user write untagged here (the index function
+    /// would need that user to have rights on cachet's keys; on their user's pool they are
+    /// checked and wrapped, `write_as_cachet`), and so do clients in another database,
+    /// where TAG commands, which run on cachet's own connection, cannot reach.
     pub(super) fn send_dedicated_tracked(&mut self, request: Request, name: &[u8]) {
-        let own_state = self.pinning.divergence.user || self.pinning.divergence.database;
+        let own_state = self.other_user() || self.pinning.divergence.database;
         if !self.services.rules.is_empty() && !own_state {
             let table = self.services.upstream.commands();
             if let Some(info) = table.get(name).filter(|i| wrappable(i, name, &request))

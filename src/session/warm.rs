@@ -46,6 +46,9 @@ fn parse(args: &[Bytes]) -> Result<WarmRequest, String> {
 impl Session {
     /// Past the gate of cachet's own commands (`route::gate`).
     pub(super) fn warm_command(&mut self, request: Request) {
+        if let Err(refused) = self.granted(crate::config::Permission::Warm) {
+            return self.reply_local(refused);
+        }
         let reply = match parse(&request.args) {
             Err(error) => Reply::error(error),
             Ok(warm) => match self.services.warming.submit(warm) {

@@ -1,11 +1,12 @@
-//! The out-of-band lane: one connection per protocol version, apart from the pool, for the
+//! The out-of-band lane: one connection per protocol version (of each user's identity,
+//! `super::identity`, signed in with its credentials), apart from the pool, for the
 //! few commands that act on *other* connections' work and must reach Redis while the pool is
 //! stuck behind that work: `SCRIPT KILL`, `FUNCTION KILL`, `FUNCTION STATS`, `SHUTDOWN`,
 //! `CLIENT PAUSE`, `CLIENT UNPAUSE`, `CLIENT UNBLOCK` (which commands go here is
 //! `session::route`'s decision). A busy script or a paused write holds the shared
 //! connection, and a kill queued behind it would wait for the very thing it should end.
 //!
-//! * The connection opens on first use, set up as a pooled one is (credentials, `HELLO 3`
+//! * The connection opens on first use, set up as its identity's pooled one is (credentials, `HELLO 3`
 //!   for the RESP3 lane, the pool's database) and named `cachet:aside`. Ordinary traffic
 //!   never uses it.
 //! * Commands are written as they come and answered in order (Redis answers a connection's
@@ -14,7 +15,8 @@
 //! * A reply later than `command_timeout_ms` fails every command waiting on the lane with
 //!   `-ERR upstream timeout ...` and drops the connection; a lost connection fails them
 //!   with `-ERR upstream connection lost ...` (after `SHUTDOWN`, that is the reply). The next
-//!   command opens a new one. Nothing is retried.
+//!   command opens a new one. Nothing is retried. So does the master moving
+//!   (`super::sentinel`); a `-READONLY` reply asks the Sentinels again.
 //!
 //! **Pauses cachet knows of.** A `CLIENT PAUSE` sent through cachet is recorded here
 //! ([`Pauses`]) when Redis answers `+OK`, before the client reads it, and cleared by
@@ -169,9 +171,13 @@ pub struct AsideHandle {
 }
 
 impl AsideHandle {
-    pub(super) fn spawn(upstream: Arc<Upstream>, protocol: Protocol) -> Self {
+    pub(super) fn spawn(
+        upstream: Arc<Upstream>,
+        login: super::identity::SharedLogin,
+        protocol: Protocol,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(upstream, protocol, rx));
+        tokio::spawn(run(upstream, login, protocol, rx));
         AsideHandle { tx }
     }
 
@@ -216,7 +222,12 @@ struct Waiting {
     sent: Instant,
 }
 
-async fn run(upstream: Arc<Upstream>, protocol: Protocol, mut rx: mpsc::Receiver<AsideRequest>) {
+async fn run(
+    upstream: Arc<Upstream>,
+    login: super::identity::SharedLogin,
+    protocol: Protocol,
+    mut rx: mpsc::Receiver<AsideRequest>,
+) {
     while let Some(first) = rx.recv().await {
         if upstream.is_shut() {
             let _ = first.reply.send(Err(UpstreamError::Unavailable(
@@ -224,12 +235,15 @@ async fn run(upstream: Arc<Upstream>, protocol: Protocol, mut rx: mpsc::Receiver
             )));
             continue;
         }
-        let mut setup = upstream.setup_commands(protocol);
+        let current = login.read().expect("not poisoned").clone();
+        let mut setup = upstream.setup_commands_as(current.as_ref(), protocol);
+        drop(current);
         let required = setup.len();
         setup.push(args(&["CLIENT", "SETNAME", "cachet:aside"]));
+        let mut master = upstream.master.watch();
         match upstream.connect(&setup, required).await {
             Ok((stream, _)) => {
-                if let Err(error) = serve(&upstream, stream, first, &mut rx).await {
+                if let Err(error) = serve(&upstream, stream, first, &mut rx, &mut master).await {
                     tracing::warn!(?protocol, %error, "out-of-band connection dropped");
                 }
             }
@@ -247,6 +261,7 @@ async fn serve(
     mut stream: Stream,
     first: AsideRequest,
     rx: &mut mpsc::Receiver<AsideRequest>,
+    master: &mut super::sentinel::MasterWatch,
 ) -> Result<(), UpstreamError> {
     let timeout = upstream.config.command_timeout();
     let pauses = &upstream.pauses;
@@ -279,12 +294,13 @@ async fn serve(
             read = stream.read_buf(&mut incoming) => match read {
                 Ok(0) => break Err(UpstreamError::Lost("Redis closed the connection".into())),
                 Ok(_) => {
-                    if let Err(error) = deliver(&mut incoming, &mut waiting, pauses) {
+                    if let Err(error) = deliver(&mut incoming, &mut waiting, pauses, master) {
                         break Err(error);
                     }
                 }
                 Err(e) => break Err(UpstreamError::Lost(e.to_string())),
             },
+            reason = master.moved() => break Err(UpstreamError::Lost(reason)),
             request = rx.recv() => match request {
                 Some(request) => next = Some(request),
                 None => break Ok(()),
@@ -314,6 +330,7 @@ fn deliver(
     incoming: &mut BytesMut,
     waiting: &mut VecDeque<Waiting>,
     pauses: &Pauses,
+    master: &super::sentinel::MasterWatch,
 ) -> Result<(), UpstreamError> {
     loop {
         let info = match resp::reply_frame(incoming) {
@@ -332,6 +349,8 @@ fn deliver(
         };
         if &frame[..] == b"+OK\r\n" {
             pauses.apply(front.effect);
+        } else if super::sentinel::is_readonly(&frame) {
+            master.readonly_seen();
         }
         let _ = front.reply.send(Ok(frame));
     }

@@ -6,19 +6,30 @@
 //! * [`dedicated`]: a connection owned by one client for as long as its state differs from the
 //!   pool's (MULTI/WATCH, subscriptions, a blocking command, SELECT, AUTH as another user,
 //!   CLIENT TRACKING, ...). Clean ones are kept as spares so the next MULTI does not connect.
+//! * [`identity`]: the Redis user a set of connections signs in as. The pool's user is the
+//!   default identity; clients signed in as another ACL user share that user's own pool,
+//!   lane and spares, opened once Redis accepted the user's credentials, capped in number
+//!   and closed when idle.
 //! * [`aside`]: the out-of-band lane, one connection per protocol for the commands that act
 //!   on other connections' work (SCRIPT KILL, CLIENT UNPAUSE, ...), which must not queue
 //!   behind that work on the pool; it also keeps the pause issued through cachet.
+//! * [`acl`]: Redis's ACL decision for a command without running it (`ACL DRYRUN`, cached),
+//!   for cachet's own commands sent by clients signed in as other users.
 //! * the control client (fred), for cachet's own work: loading the command table (again after
 //!   every reconnect), the [`SetupStep`]s the composition root gives it (the tag index's
 //!   function library), invalidations, the sweeper.
+//! * [`sentinel`]: where the master is ([`sentinel::Master`]: fixed for `redis://`, followed
+//!   through Redis Sentinel for `sentinel://`), and what lets go of it when it moves.
 //!
 //! With a `rediss://` url every connection is TLS, set up once from `[upstream.tls]`
 //! ([`tls_connector`]): the raw ones in [`Upstream::connect`] and the control client.
 
+pub mod acl;
 pub mod aside;
 pub mod dedicated;
+pub mod identity;
 pub mod pool;
+pub mod sentinel;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +43,7 @@ use fred::cmd;
 use fred::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_rustls::TlsConnector;
 
 use crate::config::UpstreamConfig;
@@ -42,6 +53,7 @@ use crate::resp::{self, Protocol};
 
 pub use aside::{AsideError, AsideHandle, Effect, Pauses};
 pub use dedicated::Dedicated;
+pub use identity::{Identities, Identity};
 pub use pool::{PoolHandle, PoolReply, PoolRequest, ReplyTo, UpstreamReply};
 
 /// Why talking to Redis failed; its `Display` is what the client reads after `-ERR upstream`.
@@ -97,20 +109,27 @@ impl SetupStep {
 /// Everything cachet holds towards one Redis server.
 pub struct Upstream {
     pub config: UpstreamConfig,
-    pools: [std::sync::OnceLock<Vec<PoolHandle>>; 2],
-    asides: [std::sync::OnceLock<AsideHandle>; 2],
+    /// The pool's own user: its pools, lanes and spares.
+    default: Arc<Identity>,
+    /// Every other ACL user clients signed in as (see [`identity`]).
+    pub identities: Identities,
     /// The pause issued through cachet that Redis holds now, if any (see [`aside`]).
     pub pauses: Pauses,
-    spares: Mutex<Vec<Dedicated>>,
     commands: ArcSwap<CommandTable>,
     table_ready: watch::Sender<bool>,
     control: Client,
     /// For a `rediss://` url: the connector and the name Redis's certificate must have.
     tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    /// The master's address now, and its generation (see [`sentinel`]).
+    pub master: Arc<sentinel::Master>,
+    acl: acl::AclCheck,
     shut: AtomicBool,
     /// Pooled connections brought back up after they were lost (registered with the
     /// metrics by whoever exposes them, as `cachet_upstream_pool_reconnects_total`).
     pub pool_reconnects: prometheus::IntCounter,
+    /// Times cachet followed the master to a new address (registered as the pool's
+    /// counter is, as `cachet_upstream_master_moves_total`).
+    pub master_moves: prometheus::IntCounter,
 }
 
 impl Upstream {
@@ -120,20 +139,31 @@ impl Upstream {
         let tls = tls_connector(&config)?;
         let control = control_client(&config, tls.as_ref())?;
         let (table_ready, _) = watch::channel(false);
+        let master = Arc::new(sentinel::Master::new(&config.url));
+        let login = config
+            .credentials()
+            .map(|(user, password)| identity::Login { user, password });
+        let identities = Identities::new(config.max_user_pools, config.user_pool_idle());
         Ok(Arc::new(Upstream {
+            default: Arc::new(Identity::new(None, login)),
+            identities,
             config,
-            pools: Default::default(),
-            asides: Default::default(),
             pauses: Pauses::default(),
-            spares: Mutex::new(Vec::new()),
             commands: ArcSwap::from_pointee(CommandTable::default()),
             table_ready,
+            acl: acl::AclCheck::new(control.clone()),
             control,
             tls: tls.map(|(client, name)| (TlsConnector::from(Arc::new(client)), name)),
+            master,
             shut: AtomicBool::new(false),
             pool_reconnects: prometheus::IntCounter::new(
                 "cachet_upstream_pool_reconnects_total",
                 "Pooled connections to Redis brought back up after they were lost",
+            )
+            .expect("a valid metric name"),
+            master_moves: prometheus::IntCounter::new(
+                "cachet_upstream_master_moves_total",
+                "Times the master moved (Sentinel failover) and cachet followed it",
             )
             .expect("a valid metric name"),
         }))
@@ -144,7 +174,16 @@ impl Upstream {
     /// every reconnect.
     pub fn start(self: &Arc<Self>, setup: Vec<SetupStep>) {
         tokio::spawn(load_commands(self.clone(), setup));
+        if let Some(url) = &self.config.url.sentinel {
+            tokio::spawn(sentinel::watch(self.clone(), url.clone()));
+        }
+        tokio::spawn(reap_identities(self.clone()));
         self.pool(Protocol::Resp2);
+    }
+
+    /// The pool's own user's identity.
+    pub fn default_identity(&self) -> &Arc<Identity> {
+        &self.default
     }
 
     /// The command table as last loaded from Redis (empty until the first load).
@@ -152,24 +191,39 @@ impl Upstream {
         self.commands.load()
     }
 
+    /// The master's `host:port` for messages: the url's, or the one the Sentinels named
+    /// last (the url, password masked, before they have).
+    pub fn address(&self) -> String {
+        match self.master.address() {
+            Ok((address, _)) => address,
+            Err(_) => self.config.url.to_string(),
+        }
+    }
+
     /// The fred client for cachet's own commands.
     pub fn control(&self) -> &Client {
         &self.control
     }
 
+    /// Redis's ACL decisions for users other than cachet's (see [`acl`]).
+    pub fn acl(&self) -> &acl::AclCheck {
+        &self.acl
+    }
+
     /// True once the command table is loaded and at least one pooled connection is up.
     pub fn is_ready(&self) -> bool {
         *self.table_ready.borrow()
-            && self.pools[0]
-                .get()
+            && self
+                .default
+                .started_pool(Protocol::Resp2)
                 .is_some_and(|p| p.iter().any(PoolHandle::is_up))
     }
 
-    /// Pooled connections (both protocols) that are up now.
+    /// The pool's user's pooled connections (both protocols) that are up now.
     pub fn pooled_connections_up(&self) -> usize {
-        self.pools
-            .iter()
-            .filter_map(|p| p.get())
+        [Protocol::Resp2, Protocol::Resp3]
+            .into_iter()
+            .filter_map(|protocol| self.default.started_pool(protocol))
             .map(|p| p.iter().filter(|h| h.is_up()).count())
             .sum()
     }
@@ -178,24 +232,20 @@ impl Upstream {
     /// connection, which is never subscribed, so Redis drops what is redirected to it
     /// (`tracking.c`, `sendTrackingMessage`). `None` while the RESP2 pool is down.
     pub fn tracking_sink(&self) -> Option<i64> {
-        self.pools[Protocol::Resp2.index()]
-            .get()?
+        self.default
+            .started_pool(Protocol::Resp2)?
             .iter()
             .find_map(PoolHandle::redis_id)
     }
 
-    /// The pooled connections for `protocol`, started on first use.
+    /// The pool's user's pooled connections for `protocol`, started on first use.
     pub fn pool(self: &Arc<Self>, protocol: Protocol) -> &[PoolHandle] {
-        self.pools[protocol.index()].get_or_init(|| {
-            (0..self.config.pool_size.get())
-                .map(|index| pool::spawn(self.clone(), protocol, index))
-                .collect()
-        })
+        self.default.pool(self, protocol)
     }
 
-    /// The out-of-band lane for `protocol`, started on first use.
+    /// The pool's user's out-of-band lane for `protocol`, started on first use.
     pub fn aside(self: &Arc<Self>, protocol: Protocol) -> &AsideHandle {
-        self.asides[protocol.index()].get_or_init(|| AsideHandle::spawn(self.clone(), protocol))
+        self.default.aside(self, protocol)
     }
 
     /// Waits until the command table has been loaded (pool connections wait for it, so that
@@ -212,15 +262,7 @@ impl Upstream {
         protocol: Protocol,
         name: Option<Bytes>,
     ) -> Result<Dedicated, UpstreamError> {
-        let mut spares = self.spares.lock().await;
-        while let Some(mut conn) = spares.pop() {
-            if conn.protocol == protocol && conn.is_alive() {
-                drop(spares);
-                return conn.rename(name, self.config.connect_timeout()).await;
-            }
-        }
-        drop(spares);
-        Dedicated::open(self, protocol, name).await
+        self.default.dedicated(self, protocol, name).await
     }
 
     /// A newly opened connection with nothing sent on it, for a client that signs in as
@@ -229,21 +271,16 @@ impl Upstream {
         Dedicated::open_bare(self).await
     }
 
-    /// Takes back a dedicated connection whose state is the default one again.
+    /// Takes back a dedicated connection of the pool's user whose state is the default one.
     pub async fn release(&self, conn: Dedicated) {
-        if self.shut.load(Ordering::Relaxed) || !conn.authenticated {
-            return;
-        }
-        let mut spares = self.spares.lock().await;
-        if spares.len() < self.config.spare_connections {
-            spares.push(conn);
-        }
+        self.default.release(self, conn).await
     }
 
-    /// Stops reconnecting and drops the spare connections.
+    /// Stops reconnecting, drops the spare connections and the other users' identities.
     pub async fn shutdown(&self) {
         self.shut.store(true, Ordering::Relaxed);
-        self.spares.lock().await.clear();
+        self.default.drop_spares().await;
+        self.identities.clear();
         let _ = self.control.quit().await;
     }
 
@@ -251,20 +288,31 @@ impl Upstream {
         self.shut.load(Ordering::Relaxed)
     }
 
-    /// Opens a TCP connection and runs the setup commands every cachet connection needs
-    /// (AUTH, HELLO 3, SELECT, CLIENT SETNAME, ...). An error reply to one of the first
-    /// `required` commands fails the connection; later ones (conveniences like CLIENT ID)
-    /// are returned like any reply. Returns the stream and the replies, in order. With a
-    /// `rediss://` url, TLS runs over the TCP connection before the setup.
+    /// Opens a TCP connection to the master and runs the setup commands every cachet
+    /// connection needs (AUTH, HELLO 3, SELECT, CLIENT SETNAME, ...). An error reply to one
+    /// of the first `required` commands fails the connection; later ones (conveniences like
+    /// CLIENT ID) are returned like any reply. Returns the stream and the replies, in order.
+    /// A caller that must notice the master moving takes [`sentinel::Master::watch`] first.
+    /// With a `rediss://` url, TLS runs over the TCP connection before the setup.
     pub(crate) async fn connect(
         &self,
         setup: &[Vec<Bytes>],
         required: usize,
     ) -> Result<(Stream, Vec<Bytes>), UpstreamError> {
+        let (address, _) = self.master.address()?;
+        self.connect_to(&address, setup, required).await
+    }
+
+    /// [`Upstream::connect`] to a given data node (the Sentinel client's `ROLE` check).
+    pub(crate) async fn connect_to(
+        &self,
+        address: &str,
+        setup: &[Vec<Bytes>],
+        required: usize,
+    ) -> Result<(Stream, Vec<Bytes>), UpstreamError> {
         let timeout = self.config.connect_timeout();
-        let address = self.config.url.address();
         let attempt = async {
-            let tcp = TcpStream::connect(&address)
+            let tcp = TcpStream::connect(address)
                 .await
                 .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?;
             tcp.set_nodelay(true).ok();
@@ -289,24 +337,45 @@ impl Upstream {
             })
     }
 
-    /// The setup commands that put a new connection in the pool's state.
+    /// The setup commands that put a new connection in the pool's user's state.
     pub(crate) fn setup_commands(&self, protocol: Protocol) -> Vec<Vec<Bytes>> {
+        let login = self.default.login();
+        let login = login.read().expect("not poisoned");
+        self.setup_commands_as(login.as_ref(), protocol)
+    }
+
+    /// The setup commands that put a new connection in the state of a pool signed in as
+    /// `login` (none: Redis's default user, with no password).
+    pub(crate) fn setup_commands_as(
+        &self,
+        login: Option<&identity::Login>,
+        protocol: Protocol,
+    ) -> Vec<Vec<Bytes>> {
         let mut setup = Vec::new();
-        let credentials = self.config.credentials();
-        match (protocol, credentials) {
-            (Protocol::Resp3, Some((user, password))) => {
-                setup.push(args(&["HELLO", "3", "AUTH", &user, password.expose()]))
+        match (protocol, login) {
+            (Protocol::Resp3, Some(l)) => {
+                setup.push(args(&["HELLO", "3", "AUTH", &l.user, l.password.expose()]))
             }
             (Protocol::Resp3, None) => setup.push(args(&["HELLO", "3"])),
-            (Protocol::Resp2, Some((user, password))) => {
-                setup.push(args(&["AUTH", &user, password.expose()]))
-            }
+            (Protocol::Resp2, Some(l)) => setup.push(args(&["AUTH", &l.user, l.password.expose()])),
             (Protocol::Resp2, None) => {}
         }
         if self.config.url.db != 0 {
             setup.push(args(&["SELECT", &self.config.url.db.to_string()]));
         }
         setup
+    }
+}
+
+/// Closes the identities of other users that no client has used for their idle time.
+async fn reap_identities(upstream: Arc<Upstream>) {
+    let every = upstream.identities.reap_every();
+    loop {
+        tokio::time::sleep(every).await;
+        if upstream.is_shut() {
+            return;
+        }
+        upstream.identities.reap();
     }
 }
 
@@ -322,8 +391,8 @@ pub(crate) fn args(parts: &[&str]) -> Vec<Bytes> {
         .collect()
 }
 
-async fn run_setup(
-    stream: &mut Stream,
+async fn run_setup<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
     setup: &[Vec<Bytes>],
     required: usize,
     max_bytes: usize,
@@ -421,16 +490,17 @@ fn control_client(
     config: &UpstreamConfig,
     tls: Option<&(rustls::ClientConfig, rustls_pki_types::ServerName<'static>)>,
 ) -> anyhow::Result<Client> {
-    let server = match tls {
-        None => fred::types::config::Server::new(config.url.host.as_str(), config.url.port),
-        Some((_, name)) => fred::types::config::Server::new_with_tls(
-            config.url.host.as_str(),
-            config.url.port,
-            Some(name.to_str().into_owned()),
-        ),
-    };
     let mut fred_config = Config {
-        server: ServerConfig::Centralized { server },
+        server: match (control_server(config), tls) {
+            (ServerConfig::Centralized { .. }, Some((_, name))) => ServerConfig::Centralized {
+                server: fred::types::config::Server::new_with_tls(
+                    config.url.host.as_str(),
+                    config.url.port,
+                    Some(name.to_str().into_owned()),
+                ),
+            },
+            (server, _) => server,
+        },
         tls: tls.map(|(client, _)| fred::types::config::TlsConnector::from(client.clone()).into()),
         database: match config.url.db {
             0 => None,
@@ -460,6 +530,26 @@ fn control_client(
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
         .build()?;
     Ok(client)
+}
+
+/// Where the control client connects: the url's server, or for `sentinel://` fred's own
+/// Sentinel mode on the same Sentinels (it checks `ROLE` too); cachet tells it to reconnect
+/// when its own Sentinel client sees the master move (`sentinel::watch`).
+fn control_server(config: &UpstreamConfig) -> ServerConfig {
+    let Some(url) = &config.url.sentinel else {
+        return ServerConfig::new_centralized(&config.url.host, config.url.port);
+    };
+    let credentials = config.sentinel.credentials();
+    ServerConfig::Sentinel {
+        hosts: url
+            .sentinels
+            .iter()
+            .map(|(host, port)| fred::types::config::Server::new(host.as_str(), *port))
+            .collect(),
+        service_name: url.master_name.clone(),
+        username: credentials.as_ref().map(|(user, _)| user.clone()),
+        password: credentials.map(|(_, password)| password.expose().to_owned()),
+    }
 }
 
 /// Loads the command table once the control client connects, and again after every

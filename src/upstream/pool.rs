@@ -25,6 +25,11 @@
 //! hang. Each time a lost connection comes back, `cachet_upstream_pool_reconnects_total`
 //! counts it.
 //!
+//! When the master moves (`super::sentinel`), the connection is dropped as if lost (its
+//! pending batches get `-ERR upstream connection lost: the master moved ...`) and the task
+//! connects to the new master at once, cutting any backoff short. A `-READONLY` reply (its
+//! first bytes, as the replies are measured) asks the Sentinels again at once.
+//!
 //! Replies are counted against their client's [`ReplyAccount`] as they are handed over (once
 //! per batch, or per part of a large plain batch): a client owing more than
 //! `client_reply_limit` bytes (or more than its budget while all clients together owe more
@@ -200,17 +205,32 @@ fn fail(request: PoolRequest, error: &UpstreamError) {
     }));
 }
 
-/// Starts the task for pooled connection `index` of `protocol`.
-pub fn spawn(upstream: Arc<Upstream>, protocol: Protocol, index: usize) -> PoolHandle {
+/// Starts the task for pooled connection `index` of `protocol`, signed in as `login`. It
+/// ends when its last handle is dropped (cachet shuts down, or its identity closes).
+pub fn spawn(
+    upstream: Arc<Upstream>,
+    login: super::identity::SharedLogin,
+    protocol: Protocol,
+    index: usize,
+) -> PoolHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let up = Arc::new(AtomicBool::new(false));
     let id = Arc::new(AtomicI64::new(0));
-    tokio::spawn(run(upstream, protocol, index, rx, up.clone(), id.clone()));
+    tokio::spawn(run(
+        upstream,
+        login,
+        protocol,
+        index,
+        rx,
+        up.clone(),
+        id.clone(),
+    ));
     PoolHandle { tx, up, id }
 }
 
 async fn run(
     upstream: Arc<Upstream>,
+    login: super::identity::SharedLogin,
     protocol: Protocol,
     index: usize,
     mut rx: mpsc::UnboundedReceiver<PoolRequest>,
@@ -229,6 +249,8 @@ async fn run(
             .await
             .is_ok();
         let last_error;
+        // Read before the address `connect` uses: a move after this is always noticed.
+        let mut master = upstream.master.watch();
         if !ready {
             // Clients are told why when a connection cannot even be opened (refused, or a
             // certificate cachet does not trust), not only that the table is missing.
@@ -236,11 +258,13 @@ async fn run(
                 Err(error) => error,
                 Ok(_) => UpstreamError::Unavailable(format!(
                     "command table not loaded from {} yet",
-                    upstream.config.url.address()
+                    upstream.address()
                 )),
             };
         } else {
-            let mut setup = upstream.setup_commands(protocol);
+            let current = login.read().expect("not poisoned").clone();
+            let mut setup = upstream.setup_commands_as(current.as_ref(), protocol);
+            drop(current);
             let required = setup.len();
             setup.push(args(&["CLIENT", "SETNAME", "cachet:pool"]));
             // Its id, so that CLIENT KILL through cachet can leave it alone.
@@ -259,7 +283,8 @@ async fn run(
                     up.store(true, Ordering::Relaxed);
                     backoff = BACKOFF_MIN;
                     let timeout = upstream.config.command_timeout();
-                    match serve(stream, &mut rx, timeout, &upstream.pauses).await {
+                    let served = serve(stream, &mut rx, timeout, &upstream, &mut master);
+                    match served.await {
                         Ok(()) => return,
                         Err(error) => {
                             tracing::warn!(?protocol, index, %error, "pooled connection lost");
@@ -286,6 +311,11 @@ async fn run(
         loop {
             tokio::select! {
                 _ = &mut retry => break,
+                // The new master is worth trying now.
+                _ = master.moved() => {
+                    backoff = BACKOFF_MIN / 2;
+                    break;
+                }
                 request = rx.recv() => match request {
                     Some(request) => fail(request, &unavailable),
                     None => return,
@@ -321,8 +351,13 @@ async fn serve(
     stream: Stream,
     rx: &mut mpsc::UnboundedReceiver<PoolRequest>,
     timeout: Option<Duration>,
-    pauses: &super::Pauses,
+    upstream: &Upstream,
+    master: &mut super::sentinel::MasterWatch,
 ) -> Result<(), UpstreamError> {
+    let pauses = &upstream.pauses;
+    // Made once per connection, not per event: this loop is the hot path.
+    let moved = master.moved();
+    tokio::pin!(moved);
     let (mut reader, mut writer) = stream.into_split();
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut outgoing = BytesMut::with_capacity(64 * 1024);
@@ -341,12 +376,18 @@ async fn serve(
             read = crate::net::read_available(&mut reader, &mut incoming) => match read {
                 Ok(0) => break Err(UpstreamError::Lost("Redis closed the connection".into())),
                 Ok(_) => {
-                    if let Err(error) = deliver(&mut incoming, &mut pending, &mut scan) {
+                    let mut readonly = false;
+                    let delivered = deliver(&mut incoming, &mut pending, &mut scan, &mut readonly);
+                    if readonly {
+                        upstream.master.readonly_seen();
+                    }
+                    if let Err(error) = delivered {
                         break Err(error);
                     }
                 }
                 Err(e) => break Err(UpstreamError::Lost(e.to_string())),
             },
+            reason = &mut moved => break Err(UpstreamError::Lost(reason)),
             received = rx.recv_many(&mut batch, 256), if outgoing.len() < WRITE_HIGH_WATER => {
                 if received == 0 {
                     break Ok(());
@@ -402,11 +443,13 @@ async fn serve(
 }
 
 /// Hands every batch whose replies are complete to its client (and the complete replies of a
-/// large plain batch so far); drops those of clients cut off for owing too much.
+/// large plain batch so far); drops those of clients cut off for owing too much. Sets
+/// `readonly` if a reply is `-READONLY`.
 fn deliver(
     incoming: &mut BytesMut,
     pending: &mut VecDeque<Pending>,
     scan: &mut Scan,
+    readonly: &mut bool,
 ) -> Result<(), UpstreamError> {
     loop {
         let Some(front) = pending.front_mut() else {
@@ -436,6 +479,7 @@ fn deliver(
             }
             match scan.frame.scan(&incoming[scan.end..]) {
                 Ok(Some(info)) => {
+                    *readonly |= super::sentinel::is_readonly(&incoming[scan.end..]);
                     scan.end += info.len;
                     scan.frames += 1;
                 }

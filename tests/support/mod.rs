@@ -6,8 +6,10 @@
 //! `Proxy` shuts cachet down on drop. Failure messages carry the server's log.
 #![allow(dead_code)]
 
+pub mod acl;
 pub mod policies;
 pub mod resp;
+pub mod sentinel;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -64,6 +66,17 @@ impl RedisServer {
 
     /// Starts on `port` if it is free, else on another free port.
     pub fn start_on(port: u16, extra: &[&str]) -> Self {
+        Self::try_start_on(port, extra).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// Starts with extra arguments, or says why the server did not come up (with its log).
+    /// Tests of the fixture use it: a caught panic would cost them the time it takes to
+    /// print a backtrace (seconds under load, with `RUST_BACKTRACE=1`).
+    pub fn try_start_with(extra: &[&str]) -> Result<Self, String> {
+        Self::try_start_on(free_port(), extra)
+    }
+
+    fn try_start_on(port: u16, extra: &[&str]) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = RedisServer {
             port,
@@ -73,18 +86,20 @@ impl RedisServer {
         };
         for attempt in 1..=PORT_TRIES {
             match server.spawn() {
-                Ok(()) => return server,
+                Ok(()) => return Ok(server),
                 Err(StartFailure::PortTaken) if attempt < PORT_TRIES => {
                     server.port = free_port();
                 }
-                Err(StartFailure::PortTaken) => panic!(
-                    "redis-server lost its port to another process {PORT_TRIES} times; log:\n{}",
-                    server.log()
-                ),
-                Err(StartFailure::Other(why)) => panic!("{why}"),
+                Err(StartFailure::PortTaken) => {
+                    return Err(format!(
+                        "redis-server lost its port to another process {PORT_TRIES} times; log:\n{}",
+                        server.log()
+                    ));
+                }
+                Err(StartFailure::Other(why)) => return Err(why),
             }
         }
-        unreachable!("every attempt returns or panics")
+        unreachable!("every attempt returns")
     }
 
     pub fn url(&self) -> String {
@@ -237,15 +252,20 @@ impl RedisServer {
     /// Starts the server again on the same port (after `stop`). The port cannot move (clients
     /// know it): if another process took it meanwhile, that is a failure.
     pub fn restart(&mut self) {
+        self.try_restart().unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// [`RedisServer::restart`], saying why it failed instead of panicking.
+    pub fn try_restart(&mut self) -> Result<(), String> {
         self.stop();
         match self.spawn() {
-            Ok(()) => {}
-            Err(StartFailure::PortTaken) => panic!(
+            Ok(()) => Ok(()),
+            Err(StartFailure::PortTaken) => Err(format!(
                 "redis-server could not restart: another process took port {}; log:\n{}",
                 self.port,
                 self.log()
-            ),
-            Err(StartFailure::Other(why)) => panic!("{why}"),
+            )),
+            Err(StartFailure::Other(why)) => Err(why),
         }
     }
 }

@@ -7,16 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::RedisServer;
 
-/// The message of a panic caught by `catch_unwind`.
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
-    match payload.downcast::<String>() {
-        Ok(message) => *message,
-        Err(payload) => payload
-            .downcast_ref::<&str>()
-            .map_or_else(|| "(not a string)".to_owned(), |s| s.to_string()),
-    }
-}
-
 #[test]
 fn the_server_answering_is_the_fixtures_own_child() {
     let redis = RedisServer::start();
@@ -43,10 +33,8 @@ fn a_taken_port_moves_the_fixture_to_another() {
 #[test]
 fn a_child_that_dies_while_starting_fails_at_once_with_its_log() {
     let started = Instant::now();
-    let failed = std::panic::catch_unwind(|| {
-        RedisServer::start_with(&["--loadmodule", "/nonexistent/module.so"])
-    });
-    let message = panic_message(failed.err().expect("the fixture must not start"));
+    let failed = RedisServer::try_start_with(&["--loadmodule", "/nonexistent/module.so"]);
+    let message = failed.err().expect("the fixture must not start");
     assert!(message.contains("exited while starting"), "{message}");
     assert!(
         message.contains("/nonexistent/module.so"),
@@ -66,8 +54,7 @@ fn a_restart_on_a_port_taken_meanwhile_fails_at_once() {
     let other = RedisServer::start_on(ours.port, &[]);
     assert_eq!(other.port, ours.port, "the port was free to take");
     let started = Instant::now();
-    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ours.restart()));
-    let message = panic_message(failed.expect_err("the restart must fail"));
+    let message = ours.try_restart().expect_err("the restart must fail");
     assert!(message.contains("another process took port"), "{message}");
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(other.answering_pid().unwrap(), other.pid());
