@@ -455,7 +455,8 @@ pub fn tls_connector(
     if !config.url.tls {
         anyhow::ensure!(
             config.tls.is_none(),
-            "[upstream.tls] is set but the upstream url is redis://: use rediss:// for TLS"
+            "[upstream.tls] is set but the upstream url is not rediss://: use rediss:// for TLS \
+             (not available with sentinel:// yet)"
         );
         return Ok(None);
     }
