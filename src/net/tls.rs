@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -189,6 +190,10 @@ pub struct ClientFiles {
     pub identity: Option<(PathBuf, PathBuf)>,
     /// Accept any server certificate (its handshake signatures are still checked).
     pub insecure_skip_verify: bool,
+    /// Check every server's certificate against this name, whatever name the connection
+    /// was opened with: a client that picks the name itself (fred, towards the master the
+    /// Sentinels name) still checks the configured one.
+    pub verify_name: Option<ServerName<'static>>,
 }
 
 impl ClientFiles {
@@ -206,7 +211,23 @@ impl ClientFiles {
                 Some(ca) => load_roots(ca)?,
                 None => system_roots()?,
             };
-            builder.with_root_certificates(roots)
+            match &self.verify_name {
+                None => builder.with_root_certificates(roots),
+                Some(name) => {
+                    let inner = WebPkiServerVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider.clone(),
+                    )
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(FixedName {
+                            inner,
+                            name: name.clone(),
+                        }))
+                }
+            }
         };
         match &self.identity {
             Some((cert, key)) => builder
@@ -237,6 +258,49 @@ fn system_roots() -> Result<RootCertStore, String> {
 /// The name to send and verify, from a host name or an IP address.
 pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(name.to_owned()).map_err(|e| format!("server name {name:?}: {e}"))
+}
+
+/// The usual checks (chain, validity, name), always against `name`.
+#[derive(Debug)]
+struct FixedName {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for FixedName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// `insecure_skip_verify`: any certificate passes; the handshake's signatures are checked
