@@ -78,9 +78,9 @@ fn tls_is_the_scheme<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool,
     match bool::deserialize(deserializer)? {
         false => Ok(false),
         true => Err(serde::de::Error::custom(
-            "[upstream.sentinel] tls is replaced by the url's scheme: use \
-             sentinels://host:port,.../mymaster for TLS to the Sentinels and the data nodes \
-             (with [upstream.tls] for the CA, client certificate and server name)",
+            "[upstream.sentinel] tls is replaced by the url's scheme: use a sentinels:// url \
+             for TLS to the Sentinels and the data nodes (with [upstream.tls] for the CA, \
+             client certificate and server name)",
         )),
     }
 }
@@ -453,7 +453,7 @@ mod sentinel_tests {
             format!("{config:?}").contains("****") && !format!("{config:?}").contains("\"pw\"")
         );
         let err = toml::from_str::<UpstreamConfig>("[sentinel]\ntls = true\n").unwrap_err();
-        assert!(err.to_string().contains("use sentinels://"), "{err}");
+        assert!(err.to_string().contains("use a sentinels:// url"), "{err}");
         let config: UpstreamConfig = toml::from_str("[sentinel]\ntls = false\n").unwrap();
         assert!(!config.url.tls);
         let err = toml::from_str::<UpstreamConfig>("[sentinel]\nmaster = \"x\"\n").unwrap_err();

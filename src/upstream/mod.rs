@@ -350,7 +350,7 @@ impl Upstream {
             .connect(name, tcp)
             .await
             .map(|tls| Stream::from(tokio_rustls::TlsStream::from(tls)))
-            .map_err(|e| UpstreamError::Unavailable(format!("{address}: TLS: {e}")))
+            .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))
     }
 
     /// The setup commands that put a new connection in the pool's user's state.
