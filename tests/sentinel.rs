@@ -920,8 +920,9 @@ async fn a_failover_followed_is_counted_once() {
 /// master through the Sentinels over TLS, its pool and control client reach it over TLS (a
 /// fred client's writes and a tagged write, which runs on the control client, go through),
 /// and after `SENTINEL FAILOVER` the writes land on the new master, read there directly
-/// over TLS. With another CA than the one that issued the servers' certificates, cachet
-/// finds no master.
+/// over TLS. With another CA than the one that issued the servers' certificates, or a
+/// `server_name` they do not hold, cachet finds no master; `[upstream.tls]` with a plain
+/// `sentinel://` url is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinels_and_data_nodes_over_tls() {
     use fred::prelude::*;
@@ -990,22 +991,47 @@ async fn sentinels_and_data_nodes_over_tls() {
     assert_eq!(got, "2");
     drop(proxy);
 
-    // Another CA: the Sentinels' certificates do not check, so no master is found.
+    // Another CA, or a server_name the certificates do not hold: the Sentinels'
+    // certificates do not check, so no master is found.
     let other = Ca::new(dir.path(), "other");
-    let mut config = cachet::Config::default();
-    config.upstream.url = cachet::config::RedisUrl::parse(&set.url()).unwrap();
-    config.upstream.tls = Some(cachet::config::UpstreamTlsConfig {
-        ca: Some(other.cert.clone()),
-        ..Default::default()
-    });
-    let upstream = cachet::upstream::Upstream::new(config.upstream).unwrap();
-    upstream.start(Vec::new());
+    let upstream_with = |tls: cachet::config::UpstreamTlsConfig| {
+        let mut config = cachet::Config::default();
+        config.upstream.url = cachet::config::RedisUrl::parse(&set.url()).unwrap();
+        config.upstream.tls = Some(tls);
+        cachet::upstream::Upstream::new(config.upstream)
+    };
+    let refused = [
+        upstream_with(cachet::config::UpstreamTlsConfig {
+            ca: Some(other.cert.clone()),
+            ..Default::default()
+        })
+        .unwrap(),
+        upstream_with(cachet::config::UpstreamTlsConfig {
+            ca: Some(ca.cert.clone()),
+            server_name: Some("redis.example".into()),
+            ..Default::default()
+        })
+        .unwrap(),
+    ];
+    for upstream in &refused {
+        upstream.start(Vec::new());
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let found = upstream.master.address();
-    assert!(
-        found.is_err(),
-        "a master found with the wrong CA: {found:?}"
-    );
-    assert!(!upstream.is_ready());
-    upstream.shutdown().await;
+    for upstream in &refused {
+        let found = upstream.master.address();
+        assert!(found.is_err(), "a master found: {found:?}");
+        assert!(!upstream.is_ready());
+        upstream.shutdown().await;
+    }
+
+    // [upstream.tls] with a plain sentinel:// url: refused, as with redis://.
+    let mut config = cachet::Config::default();
+    let plain = set.url().replace("sentinels://", "sentinel://");
+    config.upstream.url = cachet::config::RedisUrl::parse(&plain).unwrap();
+    config.upstream.tls = Some(Default::default());
+    let err = cachet::upstream::Upstream::new(config.upstream)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("is not rediss:// or sentinels://"), "{err}");
 }
