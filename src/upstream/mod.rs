@@ -494,6 +494,12 @@ pub fn tls_connector(
         .map(crate::net::tls::server_name)
         .transpose()
         .map_err(|e| anyhow::anyhow!("[upstream.tls]: {e}"))?;
+    if server_name.is_none() && config.url.sentinel.is_none() {
+        // rediss://: the name each connection checks is the url's host; a bad one is
+        // reported now, not at every connect.
+        crate::net::tls::server_name(&config.url.host)
+            .map_err(|e| anyhow::anyhow!("[upstream.tls]: {e}"))?;
+    }
     let identity = match (settings.cert, settings.key) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
