@@ -915,3 +915,123 @@ async fn a_failover_followed_is_counted_once() {
     assert_eq!(upstream.master_moves.get(), 1);
     upstream.shutdown().await;
 }
+
+/// `sentinels://`: master, replica and Sentinels all TLS-only (`--port 0`). cachet finds the
+/// master through the Sentinels over TLS, its pool and control client reach it over TLS (a
+/// fred client's writes and a tagged write, which runs on the control client, go through),
+/// and after `SENTINEL FAILOVER` the writes land on the new master, read there directly
+/// over TLS. With another CA than the one that issued the servers' certificates, or a
+/// `server_name` they do not hold, cachet finds no master; `[upstream.tls]` with a plain
+/// `sentinel://` url is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_and_data_nodes_over_tls() {
+    use fred::prelude::*;
+    use support::sentinel_tls::TlsSentinelSet;
+    use support::tls::Ca;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "ca");
+    let set = TlsSentinelSet::start(&ca, &ca.server("redis")).await;
+    let proxy = Proxy::start_with(&set.url(), |c| {
+        c.upstream.tls = Some(cachet::config::UpstreamTlsConfig {
+            ca: Some(ca.cert.clone()),
+            ..Default::default()
+        });
+    })
+    .await;
+    let client = support::fred_client(&format!("redis://{}", proxy.addr), false).await;
+    let _: () = client.set("k", "1", None, None, false).await.unwrap();
+    let got: String = client.get("k").await.unwrap();
+    assert_eq!(got, "1");
+    let mut raw = RawClient::connect(proxy.addr).await.unwrap();
+    let tagset = raw.text(&["TAGSET", "t1", "v", "TAGS", "a"]).await;
+    assert!(!tagset.starts_with('-'), "{tagset}");
+
+    let old = set.master_port().await.unwrap();
+    let reply = set
+        .sentinel_command(&["SENTINEL", "FAILOVER", MASTER_NAME])
+        .await;
+    assert_eq!(reply.as_deref(), Some(&b"+OK\r\n"[..]));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let new = loop {
+        match set.master_port().await {
+            Some(port) if port != old => break port,
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover; logs:\n{}",
+            set.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut direct = set
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], new)))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // fred reconnects on its own after a connection closed at the move.
+        let set_ok = client.set::<(), _, _>("k", "2", None, None, false).await;
+        let mut raw = RawClient::connect(proxy.addr).await.unwrap();
+        let tagset = raw.text(&["TAGSET", "t2", "v", "TAGS", "a"]).await;
+        let on_new = direct.text(&["GET", "k"]).await;
+        if set_ok.is_ok() && on_new == "$1\r\n2\r\n" && !tagset.starts_with('-') {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes did not reach the new master over TLS within 5 s (SET: {set_ok:?}; \
+             TAGSET: {tagset}; GET on the new master: {on_new:?}); logs:\n{}",
+            set.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got: String = client.get("k").await.unwrap();
+    assert_eq!(got, "2");
+    drop(proxy);
+
+    // Another CA, or a server_name the certificates do not hold: the Sentinels'
+    // certificates do not check, so no master is found.
+    let other = Ca::new(dir.path(), "other");
+    let upstream_with = |tls: cachet::config::UpstreamTlsConfig| {
+        let mut config = cachet::Config::default();
+        config.upstream.url = cachet::config::RedisUrl::parse(&set.url()).unwrap();
+        config.upstream.tls = Some(tls);
+        cachet::upstream::Upstream::new(config.upstream)
+    };
+    let refused = [
+        upstream_with(cachet::config::UpstreamTlsConfig {
+            ca: Some(other.cert.clone()),
+            ..Default::default()
+        })
+        .unwrap(),
+        upstream_with(cachet::config::UpstreamTlsConfig {
+            ca: Some(ca.cert.clone()),
+            server_name: Some("redis.example".into()),
+            ..Default::default()
+        })
+        .unwrap(),
+    ];
+    for upstream in &refused {
+        upstream.start(Vec::new());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for upstream in &refused {
+        let found = upstream.master.address();
+        assert!(found.is_err(), "a master found: {found:?}");
+        assert!(!upstream.is_ready());
+        upstream.shutdown().await;
+    }
+
+    // [upstream.tls] with a plain sentinel:// url: refused, as with redis://.
+    let mut config = cachet::Config::default();
+    let plain = set.url().replace("sentinels://", "sentinel://");
+    config.upstream.url = cachet::config::RedisUrl::parse(&plain).unwrap();
+    config.upstream.tls = Some(Default::default());
+    let err = cachet::upstream::Upstream::new(config.upstream)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("is not rediss:// or sentinels://"), "{err}");
+}

@@ -1,7 +1,7 @@
 //! `[upstream]`: the Redis server cachet forwards to, and its `redis://` (or `rediss://`, TLS)
-//! url, parsed once and printed with the password masked. A `sentinel://` url names Sentinels
-//! and a master name instead ([`SentinelUrl`]); `[upstream.sentinel]` holds what the Sentinels
-//! themselves need.
+//! url, parsed once and printed with the password masked. A `sentinel://` url (`sentinels://`:
+//! TLS to the Sentinels and to the data nodes they name) names Sentinels and a master name
+//! instead ([`SentinelUrl`]); `[upstream.sentinel]` holds what the Sentinels themselves need.
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -21,7 +21,8 @@ pub const MAX_DB: u32 = u8::MAX as u32;
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// `redis://[user[:password]@]host[:port][/db]` (`rediss://` for TLS), or
-    /// `sentinel://[user[:password]@]host[:port][,host[:port]...]/master-name[/db]`.
+    /// `sentinel://[user[:password]@]host[:port][,host[:port]...]/master-name[/db]`
+    /// (`sentinels://` for TLS to the Sentinels and the data nodes).
     pub url: RedisUrl,
     /// Password for the pool's connections; overrides one given in `url`.
     pub password: Option<Secret>,
@@ -33,7 +34,8 @@ pub struct UpstreamConfig {
     /// A pooled command with no reply after this long fails the connection: every command
     /// in flight on it gets `-ERR upstream timeout` and cachet reconnects (0 = no limit).
     pub command_timeout_ms: u64,
-    /// `[upstream.tls]`: CA, client certificate and server name for a `rediss://` url.
+    /// `[upstream.tls]`: CA, client certificate and server name for a `rediss://` or
+    /// `sentinels://` url.
     pub tls: Option<super::UpstreamTlsConfig>,
     /// Pools kept for clients signed in as other ACL users than the pool's (one per user,
     /// `crate::upstream::identity`); past it such a client gets a connection of its own.
@@ -53,9 +55,9 @@ pub struct SentinelConfig {
     pub username: Option<String>,
     /// The Sentinels' own password (their `requirepass`), not the data nodes'.
     pub password: Option<Secret>,
-    /// Reach the Sentinels over TLS. Passed on to where their connections are opened
-    /// (`upstream::sentinel`); not built yet, so `true` is refused when the config is read.
-    #[serde(deserialize_with = "tls_not_built_yet")]
+    /// Replaced by the `sentinels://` scheme (TLS to the Sentinels and to the data nodes
+    /// alike): `true` is refused with a message that says so; `false` is accepted.
+    #[serde(deserialize_with = "tls_is_the_scheme")]
     pub tls: bool,
     /// Ask the Sentinels for the master this often, besides listening for `+switch-master`.
     pub recheck_ms: u64,
@@ -72,11 +74,13 @@ impl Default for SentinelConfig {
     }
 }
 
-fn tls_not_built_yet<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+fn tls_is_the_scheme<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
     match bool::deserialize(deserializer)? {
         false => Ok(false),
         true => Err(serde::de::Error::custom(
-            "TLS to the Sentinels is not supported yet (set tls = false)",
+            "[upstream.sentinel] tls is replaced by the url's scheme: use a sentinels:// url \
+             for TLS to the Sentinels and the data nodes (with [upstream.tls] for the CA, \
+             client certificate and server name)",
         )),
     }
 }
@@ -143,12 +147,13 @@ impl UpstreamConfig {
     }
 }
 
-/// A parsed `redis://` or `rediss://` (TLS) URL.
+/// A parsed `redis://` or `rediss://` (TLS) URL, or `sentinel://` / `sentinels://` (TLS).
 /// For a `sentinel://` url, `host` and `port` are the first Sentinel's, and `sentinel` says
 /// where the master is to be found; `username`, `password` and `db` are the master's.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
-    /// `rediss://`: connections to Redis use TLS (see `[upstream.tls]`).
+    /// `rediss://` or `sentinels://`: connections to Redis (and to the Sentinels) use TLS
+    /// (see `[upstream.tls]`).
     pub tls: bool,
     pub host: String,
     pub port: u16,
@@ -175,7 +180,10 @@ impl RedisUrl {
         // Messages name the url with its password masked: they end up in logs and terminals.
         let shown = mask_url(input);
         if let Some(rest) = input.strip_prefix("sentinel://") {
-            return parse_sentinel(rest, &shown);
+            return parse_sentinel(rest, &shown, false);
+        }
+        if let Some(rest) = input.strip_prefix("sentinels://") {
+            return parse_sentinel(rest, &shown, true);
         }
         let url =
             url::Url::parse(input).map_err(|e| format!("invalid upstream url {shown:?}: {e}"))?;
@@ -184,7 +192,7 @@ impl RedisUrl {
             "rediss" => true,
             other => {
                 return Err(format!(
-                    "unsupported upstream url scheme {other:?} (expected redis://, rediss:// or sentinel://)"
+                    "unsupported upstream url scheme {other:?} (expected redis://, rediss://, sentinel:// or sentinels://)"
                 ));
             }
         };
@@ -245,9 +253,10 @@ fn decode(s: &str) -> String {
         .into_owned()
 }
 
-/// `[user[:password]@]host[:port][,host[:port]...]/master-name[/db]`, after `sentinel://`.
-/// The url crate takes one host only, so this reads the list itself.
-fn parse_sentinel(rest: &str, shown: &str) -> Result<RedisUrl, String> {
+/// `[user[:password]@]host[:port][,host[:port]...]/master-name[/db]`, after `sentinel://`
+/// (or `sentinels://`: `tls`). The url crate takes one host only, so this reads the list
+/// itself.
+fn parse_sentinel(rest: &str, shown: &str, tls: bool) -> Result<RedisUrl, String> {
     let bad = |why: &str| format!("invalid upstream url {shown:?}: {why}");
     let (authority, path) = rest
         .split_once('/')
@@ -315,8 +324,7 @@ fn parse_sentinel(rest: &str, shown: &str) -> Result<RedisUrl, String> {
     };
     let (host, port) = sentinels[0].clone();
     Ok(RedisUrl {
-        // TLS to the master found through Sentinel is not built yet.
-        tls: false,
+        tls,
         host,
         port,
         username,
@@ -338,7 +346,8 @@ impl fmt::Debug for RedisUrl {
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match (&self.sentinel, self.tls) {
-            (Some(_), _) => "sentinel://",
+            (Some(_), false) => "sentinel://",
+            (Some(_), true) => "sentinels://",
             (None, true) => "rediss://",
             (None, false) => "redis://",
         })?;
@@ -397,8 +406,16 @@ mod sentinel_tests {
         // Printed with the password masked.
         let shown = url.to_string();
         assert_eq!(shown, "sentinel://u:****@a:1,b:26379,[::1]:3/my master/2");
+        assert!(!url.tls);
         let url = RedisUrl::parse("sentinel://:pw@h:5/m").unwrap();
         assert_eq!((url.username, url.db), (None, 0));
+        // sentinels://: the same, over TLS, and printed as it was written.
+        let url = RedisUrl::parse("sentinels://:pw@a:1,b:2/m/3").unwrap();
+        assert!(url.tls);
+        assert_eq!(url.sentinel.as_ref().unwrap().sentinels.len(), 2);
+        assert_eq!(url.to_string(), "sentinels://:****@a:1,b:2/m/3");
+        let err = RedisUrl::parse("sentinels://h:1").unwrap_err();
+        assert!(err.contains("no master name"), "{err}");
     }
 
     #[test]
@@ -424,7 +441,7 @@ mod sentinel_tests {
     }
 
     #[test]
-    fn sentinel_settings_parse_and_tls_is_refused_until_it_is_built() {
+    fn sentinel_settings_parse_and_tls_there_points_to_the_scheme() {
         let config: UpstreamConfig = toml::from_str(
             "url = \"sentinel://h:1/m\"\n[sentinel]\nusername = \"s\"\npassword = \"pw\"\nrecheck_ms = 250\n",
         )
@@ -436,7 +453,9 @@ mod sentinel_tests {
             format!("{config:?}").contains("****") && !format!("{config:?}").contains("\"pw\"")
         );
         let err = toml::from_str::<UpstreamConfig>("[sentinel]\ntls = true\n").unwrap_err();
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        assert!(err.to_string().contains("use a sentinels:// url"), "{err}");
+        let config: UpstreamConfig = toml::from_str("[sentinel]\ntls = false\n").unwrap();
+        assert!(!config.url.tls);
         let err = toml::from_str::<UpstreamConfig>("[sentinel]\nmaster = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
     }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -189,6 +190,10 @@ pub struct ClientFiles {
     pub identity: Option<(PathBuf, PathBuf)>,
     /// Accept any server certificate (its handshake signatures are still checked).
     pub insecure_skip_verify: bool,
+    /// Check every server's certificate against this name, whatever name the connection
+    /// was opened with: a client that picks the name itself (fred, towards the master the
+    /// Sentinels name) still checks the configured one.
+    pub verify_name: Option<ServerName<'static>>,
 }
 
 impl ClientFiles {
@@ -206,7 +211,23 @@ impl ClientFiles {
                 Some(ca) => load_roots(ca)?,
                 None => system_roots()?,
             };
-            builder.with_root_certificates(roots)
+            match &self.verify_name {
+                None => builder.with_root_certificates(roots),
+                Some(name) => {
+                    let inner = WebPkiServerVerifier::builder_with_provider(
+                        Arc::new(roots),
+                        provider.clone(),
+                    )
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(FixedName {
+                            inner,
+                            name: name.clone(),
+                        }))
+                }
+            }
         };
         match &self.identity {
             Some((cert, key)) => builder
@@ -237,6 +258,49 @@ fn system_roots() -> Result<RootCertStore, String> {
 /// The name to send and verify, from a host name or an IP address.
 pub fn server_name(name: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(name.to_owned()).map_err(|e| format!("server name {name:?}: {e}"))
+}
+
+/// The usual checks (chain, validity, name), always against `name`.
+#[derive(Debug)]
+struct FixedName {
+    inner: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for FixedName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// `insecure_skip_verify`: any certificate passes; the handshake's signatures are checked
@@ -286,5 +350,103 @@ impl ServerCertVerifier for AnyServerCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+
+    use super::*;
+
+    /// A CA and a server certificate for `redis.internal` only, as PEM files in `dir`:
+    /// (ca, cert, key).
+    fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "ca");
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["redis.internal".to_owned()]).unwrap();
+        leaf.use_authority_key_identifier_extension = true;
+        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let paths = (dir.join("ca.pem"), dir.join("s.crt"), dir.join("s.key"));
+        std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+        std::fs::write(&paths.1, cert.pem()).unwrap();
+        std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+        paths
+    }
+
+    /// A handshake in memory, the client naming the server `name`.
+    async fn handshake(
+        client: ClientConfig,
+        server: ServerConfig,
+        name: &str,
+    ) -> Result<(), String> {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let accept = tokio::spawn(async move { acceptor.accept(b).await.map(drop) });
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let result = connector
+            .connect(server_name(name)?, a)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string());
+        accept.abort();
+        result
+    }
+
+    /// `verify_name`: the certificate is checked against it, not against the name the
+    /// connection was opened with (fred names the master by its address behind Sentinel).
+    #[tokio::test]
+    async fn verify_name_checks_the_configured_name_whatever_the_connection_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = certificates(dir.path());
+        let server = || {
+            ServerFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+                tls13_only: false,
+            }
+            .load()
+            .unwrap()
+        };
+        let client = |verify_name: Option<&str>| {
+            ClientFiles {
+                ca: Some(ca.clone()),
+                verify_name: verify_name.map(|n| server_name(n).unwrap()),
+                ..Default::default()
+            }
+            .load()
+            .unwrap()
+        };
+        // Without it: the connection's own name is checked.
+        handshake(client(None), server(), "redis.internal")
+            .await
+            .unwrap();
+        let err = handshake(client(None), server(), "127.0.0.1")
+            .await
+            .unwrap_err();
+        assert!(err.contains("not valid for name"), "{err}");
+        // With it: the configured name, whatever the connection's.
+        handshake(client(Some("redis.internal")), server(), "127.0.0.1")
+            .await
+            .unwrap();
+        let err = handshake(client(Some("other.internal")), server(), "redis.internal")
+            .await
+            .unwrap_err();
+        assert!(err.contains("not valid for name"), "{err}");
     }
 }

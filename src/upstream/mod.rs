@@ -21,8 +21,11 @@
 //! * [`sentinel`]: where the master is ([`sentinel::Master`]: fixed for `redis://`, followed
 //!   through Redis Sentinel for `sentinel://`), and what lets go of it when it moves.
 //!
-//! With a `rediss://` url every connection is TLS, set up once from `[upstream.tls]`
-//! ([`tls_connector`]): the raw ones in [`Upstream::connect`] and the control client.
+//! With a `rediss://` or `sentinels://` url every connection is TLS, set up once from
+//! `[upstream.tls]` ([`tls_connector`]): the raw ones in [`Upstream::open`] (to the data nodes
+//! and, for `sentinels://`, to the Sentinels) and the control client's. The name checked is
+//! `server_name` if set, else the host of the address connected (a Sentinel's, or the master's
+//! the Sentinels named).
 
 pub mod acl;
 pub mod aside;
@@ -118,8 +121,9 @@ pub struct Upstream {
     commands: ArcSwap<CommandTable>,
     table_ready: watch::Sender<bool>,
     control: Client,
-    /// For a `rediss://` url: the connector and the name Redis's certificate must have.
-    tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    /// For a `rediss://` or `sentinels://` url: the connector, and `[upstream.tls]
+    /// server_name` if set (else each connection checks the host it connects to).
+    tls: Option<(TlsConnector, Option<rustls_pki_types::ServerName<'static>>)>,
     /// The master's address now, and its generation (see [`sentinel`]).
     pub master: Arc<sentinel::Master>,
     acl: acl::AclCheck,
@@ -312,18 +316,7 @@ impl Upstream {
     ) -> Result<(Stream, Vec<Bytes>), UpstreamError> {
         let timeout = self.config.connect_timeout();
         let attempt = async {
-            let tcp = TcpStream::connect(address)
-                .await
-                .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?;
-            tcp.set_nodelay(true).ok();
-            let mut stream = match &self.tls {
-                None => Stream::from(tcp),
-                Some((connector, name)) => connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map(|tls| Stream::from(tokio_rustls::TlsStream::from(tls)))
-                    .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?,
-            };
+            let mut stream = self.open(address).await?;
             let replies = run_setup(&mut stream, setup, required, SETUP_REPLY_LIMIT).await?;
             Ok((stream, replies))
         };
@@ -335,6 +328,29 @@ impl Upstream {
                     timeout.as_millis()
                 )))
             })
+    }
+
+    /// A TCP connection to `address` (a data node, or a Sentinel), with TLS over it for a
+    /// `rediss://` or `sentinels://` url. The name sent and checked is `[upstream.tls]
+    /// server_name`, else `address`'s host. No timeout of its own: callers bound it.
+    pub(crate) async fn open(&self, address: &str) -> Result<Stream, UpstreamError> {
+        let tcp = TcpStream::connect(address)
+            .await
+            .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?;
+        tcp.set_nodelay(true).ok();
+        let Some((connector, name)) = &self.tls else {
+            return Ok(Stream::from(tcp));
+        };
+        let name = match name {
+            Some(name) => name.clone(),
+            None => crate::net::tls::server_name(host_of(address))
+                .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))?,
+        };
+        connector
+            .connect(name, tcp)
+            .await
+            .map(|tls| Stream::from(tokio_rustls::TlsStream::from(tls)))
+            .map_err(|e| UpstreamError::Unavailable(format!("{address}: {e}")))
     }
 
     /// The setup commands that put a new connection in the pool's user's state.
@@ -377,6 +393,12 @@ async fn reap_identities(upstream: Arc<Upstream>) {
         }
         upstream.identities.reap();
     }
+}
+
+/// The host of `host:port` (`[v6]:port` too), as the TLS name to check.
+fn host_of(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Replies to setup commands are a few bytes each; this bounds what a misbehaving server
@@ -446,19 +468,37 @@ async fn run_setup<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     Ok(replies)
 }
 
-/// The TLS client config and server name for a `rediss://` url (`None` for `redis://`).
-/// Warns at start when certificate checks are off.
+/// The TLS client config for a `rediss://` or `sentinels://` url (`None` for `redis://` and
+/// `sentinel://`), and `[upstream.tls] server_name` if set. Warns at start when certificate
+/// checks are off.
 pub fn tls_connector(
     config: &UpstreamConfig,
-) -> anyhow::Result<Option<(rustls::ClientConfig, rustls_pki_types::ServerName<'static>)>> {
+) -> anyhow::Result<
+    Option<(
+        rustls::ClientConfig,
+        Option<rustls_pki_types::ServerName<'static>>,
+    )>,
+> {
     let settings = config.tls.clone().unwrap_or_default();
     if !config.url.tls {
         anyhow::ensure!(
             config.tls.is_none(),
-            "[upstream.tls] is set but the upstream url is not rediss://: use rediss:// for TLS \
-             (not available with sentinel:// yet)"
+            "[upstream.tls] is set but the upstream url is not rediss:// or sentinels://: use \
+             rediss:// (sentinels:// behind Sentinel) for TLS"
         );
         return Ok(None);
+    }
+    let server_name = settings
+        .server_name
+        .as_deref()
+        .map(crate::net::tls::server_name)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("[upstream.tls]: {e}"))?;
+    if server_name.is_none() && config.url.sentinel.is_none() {
+        // rediss://: the name each connection checks is the url's host; a bad one is
+        // reported now, not at every connect.
+        crate::net::tls::server_name(&config.url.host)
+            .map_err(|e| anyhow::anyhow!("[upstream.tls]: {e}"))?;
     }
     let identity = match (settings.cert, settings.key) {
         (Some(cert), Some(key)) => Some((cert, key)),
@@ -469,15 +509,15 @@ pub fn tls_connector(
         ca: settings.ca,
         identity,
         insecure_skip_verify: settings.insecure_skip_verify,
+        // Behind Sentinel, fred opens the master's connection with the master's host as its
+        // name: the configured one is checked all the same.
+        verify_name: server_name
+            .clone()
+            .filter(|_| config.url.sentinel.is_some()),
     };
     let client = files
         .load()
         .map_err(|e| anyhow::anyhow!("[upstream.tls]: {e}"))?;
-    let name = settings
-        .server_name
-        .unwrap_or_else(|| config.url.host.clone());
-    let server_name =
-        crate::net::tls::server_name(&name).map_err(|e| anyhow::anyhow!("[upstream.tls]: {e}"))?;
     if files.insecure_skip_verify {
         tracing::warn!(
             upstream = %config.url,
@@ -489,19 +529,14 @@ pub fn tls_connector(
 
 fn control_client(
     config: &UpstreamConfig,
-    tls: Option<&(rustls::ClientConfig, rustls_pki_types::ServerName<'static>)>,
+    tls: Option<&(
+        rustls::ClientConfig,
+        Option<rustls_pki_types::ServerName<'static>>,
+    )>,
 ) -> anyhow::Result<Client> {
     let mut fred_config = Config {
-        server: match (control_server(config), tls) {
-            (ServerConfig::Centralized { .. }, Some((_, name))) => ServerConfig::Centralized {
-                server: fred::types::config::Server::new_with_tls(
-                    config.url.host.as_str(),
-                    config.url.port,
-                    Some(name.to_str().into_owned()),
-                ),
-            },
-            (server, _) => server,
-        },
+        // fred applies `tls` to the Sentinels' connections and the master's alike.
+        server: control_server(config, tls.and_then(|(_, name)| name.as_ref())),
         tls: tls.map(|(client, _)| fred::types::config::TlsConnector::from(client.clone()).into()),
         database: match config.url.db {
             0 => None,
@@ -535,17 +570,27 @@ fn control_client(
 
 /// Where the control client connects: the url's server, or for `sentinel://` fred's own
 /// Sentinel mode on the same Sentinels (it checks `ROLE` too); cachet tells it to reconnect
-/// when its own Sentinel client sees the master move (`sentinel::watch`).
-fn control_server(config: &UpstreamConfig) -> ServerConfig {
+/// when its own Sentinel client sees the master move (`sentinel::watch`). `name`: the TLS
+/// server name configured, sent instead of each host (fred sends the master's host
+/// regardless, and the config's verifier checks `name`: see [`tls_connector`]).
+fn control_server(
+    config: &UpstreamConfig,
+    name: Option<&rustls_pki_types::ServerName<'static>>,
+) -> ServerConfig {
+    let name = name.map(|n| n.to_str().into_owned());
+    let server =
+        |host: &str, port: u16| fred::types::config::Server::new_with_tls(host, port, name.clone());
     let Some(url) = &config.url.sentinel else {
-        return ServerConfig::new_centralized(&config.url.host, config.url.port);
+        return ServerConfig::Centralized {
+            server: server(&config.url.host, config.url.port),
+        };
     };
     let credentials = config.sentinel.credentials();
     ServerConfig::Sentinel {
         hosts: url
             .sentinels
             .iter()
-            .map(|(host, port)| fred::types::config::Server::new(host.as_str(), *port))
+            .map(|(host, port)| server(host, *port))
             .collect(),
         service_name: url.master_name.clone(),
         username: credentials.as_ref().map(|(user, _)| user.clone()),

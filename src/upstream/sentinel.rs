@@ -1,5 +1,5 @@
 //! Where the master is: fixed by a `redis://` url, or found through Redis Sentinel for a
-//! `sentinel://host:port,.../mymaster` url.
+//! `sentinel://host:port,.../mymaster` url (`sentinels://`: the same over TLS).
 //!
 //! [`Master`] holds the master's address and a generation number that grows by one each
 //! time the address changes. Every connection cachet opens to Redis reads the generation
@@ -30,6 +30,12 @@
 //! are trusted as every Sentinel client trusts them: what one names is checked by `ROLE`
 //! only.
 //!
+//! **TLS** (`sentinels://`): every connection to a Sentinel (a round's questions, the
+//! subscriptions) and to a data node (`ROLE`, the write hold, and every connection of the
+//! pools, lanes and dedicated ones) goes through `Upstream::open`, with `[upstream.tls]`'s
+//! settings; the name checked is `server_name` if set, else the host connected. fred's
+//! control client has the same TLS config, which it applies to the Sentinels and the master.
+//!
 //! **The promotion window.** Sentinel does not stop writes on the old master while it
 //! promotes a replica, and learns that the promotion took only from the replica's `INFO`,
 //! polled every second: for up to a second the old master takes writes that are lost when
@@ -56,7 +62,6 @@ use bytes::{Bytes, BytesMut};
 use fred::interfaces::ClientLike;
 use redis_protocol::resp3::types::BytesFrame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::{SETUP_REPLY_LIMIT, Upstream, UpstreamError, args, run_setup};
@@ -467,27 +472,12 @@ async fn exchange(
 ) -> Result<Vec<Bytes>, UpstreamError> {
     let timeout = upstream.config.connect_timeout();
     let attempt = async {
-        let mut stream = connect_sentinel(sentinel, upstream.config.sentinel.tls).await?;
+        let mut stream = upstream.open(sentinel).await?;
         run_setup(&mut stream, setup, required, SETUP_REPLY_LIMIT).await
     };
     tokio::time::timeout(timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(UpstreamError::Timeout(timeout.as_millis() as u64)))
-}
-
-/// Opens a connection to a Sentinel. `tls` is the hook for `[upstream.sentinel] tls`, which
-/// the config refuses until TLS to the Sentinels is built.
-async fn connect_sentinel(sentinel: &str, tls: bool) -> Result<TcpStream, UpstreamError> {
-    if tls {
-        return Err(UpstreamError::Unavailable(format!(
-            "{sentinel}: TLS to the Sentinels is not supported yet"
-        )));
-    }
-    let stream = TcpStream::connect(sentinel)
-        .await
-        .map_err(|e| UpstreamError::Unavailable(format!("{sentinel}: {e}")))?;
-    stream.set_nodelay(true).ok();
-    Ok(stream)
 }
 
 /// Subscribes to a Sentinel's failover events: `+switch-master` and `+promoted-slave` start a
@@ -528,7 +518,7 @@ async fn subscribed(
     ]));
     let timeout = upstream.config.connect_timeout();
     let mut stream = tokio::time::timeout(timeout, async {
-        let mut stream = connect_sentinel(sentinel, upstream.config.sentinel.tls).await?;
+        let mut stream = upstream.open(sentinel).await?;
         run_setup(&mut stream, &setup, required, SETUP_REPLY_LIMIT).await?;
         Ok::<_, UpstreamError>(stream)
     })

@@ -10,6 +10,7 @@ pub mod acl;
 pub mod policies;
 pub mod resp;
 pub mod sentinel;
+pub mod sentinel_tls;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener as StdListener};

@@ -219,7 +219,7 @@ pub fn client_config(ca: &Path, identity: Option<&Identity>) -> rustls::ClientCo
     let files = cachet::net::tls::ClientFiles {
         ca: Some(ca.to_owned()),
         identity: identity.map(|i| (i.cert.clone(), i.key.clone())),
-        insecure_skip_verify: false,
+        ..Default::default()
     };
     files.load().expect("client config")
 }
