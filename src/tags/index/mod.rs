@@ -19,6 +19,8 @@
 //! * `ops`: what the index does on its own connection: invalidation, the TAG commands,
 //!   the sweeper.
 //! * `library`: loading `index.lua`, and the one retry after Redis lost it.
+//! * `cluster`: the same index on Redis Cluster (**Cluster**): writes and invalidations in
+//!   steps of one slot each, ordered so that no stale value survives.
 //! * `error`: [`IndexError`], classified once from what Redis answered.
 //!
 //! # Tags that name their key
@@ -82,6 +84,7 @@
 //!   and the sweeper catch up. A RENAME or COPY that skips it leaves the new name untagged,
 //!   so the proxy should route those through `cachet_write` even for rule-less keys.
 
+mod cluster;
 mod error;
 mod fast;
 mod functions;
@@ -98,6 +101,7 @@ use fred::clients::Client;
 
 use crate::tags::Rules;
 
+pub use cluster::{SWEEP_GRACE, encode_reply};
 pub use error::IndexError;
 pub use fast::{FAST_SCORE_SLACK_MS, FastBatch, FastSet};
 pub use functions::{WriteCall, WriteKey, epoch_from_reply, parse_epochs};
@@ -126,6 +130,10 @@ pub struct TagIndex {
     rules: Option<Arc<Rules>>,
     client: Client,
     in_use: library::InUse,
+    /// Redis Cluster: the index works slot by slot (`cluster`).
+    cluster: bool,
+    /// In cluster mode, how long past its score the sweeper keeps a member whose key is gone.
+    sweep_grace: Duration,
 }
 
 impl TagIndex {
@@ -139,6 +147,8 @@ impl TagIndex {
             rules: None,
             client,
             in_use: library::InUse::default(),
+            cluster: false,
+            sweep_grace: cluster::SWEEP_GRACE,
         })
     }
 
