@@ -14,6 +14,13 @@
 //!
 //! Before a read of a rule-matched key the epoch read goes first, so that a miss leaves a
 //! lease ([`super::leases`]) for the write that follows.
+//!
+//! On Redis Cluster (`TagIndex::is_cluster`) a write and its tags' entries are in different
+//! slots: a rule-matched write runs in steps on the control client once the client's earlier
+//! commands have replied, its later ones waiting for it (`write_clustered`, the ordering of
+//! `write_as_cachet`); the fast path keeps only SETs whose tags all name their key (one plain
+//! SET); a tagged write inside MULTI is queued as `cachet_cwrite` with its entries added as it
+//! is queued (`crate::tags::index`, "Cluster", for what that keeps and what it does not).
 
 use bytes::Bytes;
 

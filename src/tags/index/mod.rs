@@ -1,9 +1,12 @@
 //! The tag index: which keys carry which tag, kept in Redis so that any number of cachet
 //! instances share it, and `TAGINVALIDATE` (deleting every key of a tag).
 //!
-//! The index is a Redis 7 function library, `cachet` (`index.lua`). Every change to it
-//! happens inside one function call or one `MULTI`/`EXEC` block, together with the data write
-//! it follows, so Redis never shows a tagged key without its index entries.
+//! The index is a Redis 7 function library, `cachet` (`index.lua`). On one server every
+//! change to it happens inside one function call or one `MULTI`/`EXEC` block, together with
+//! the data write it follows, so Redis never shows a tagged key without its index entries.
+//! On Redis Cluster ([`TagIndex::cluster`]) a call reaches one slot, so a write adds its
+//! entries before its data and checks its tags' epochs after (`cluster`, "Cluster", for the
+//! guarantee that keeps).
 //! Reading a key never touches the index: a read only needs the epochs of the tags its rule
 //! names ([`TagIndex::epoch_keys`]), and only when the proxy wants to fill the key after a miss.
 //!
