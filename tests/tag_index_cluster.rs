@@ -349,6 +349,106 @@ async fn tagging_works_across_nodes() {
     assert_eq!(deleted.as_u64(), Some(3));
 }
 
+/// RENAME carries the source's tags to the destination (in the same slot, as Redis Cluster
+/// requires), and a write queued in a client's MULTI is indexed before its EXEC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renames_and_queued_writes_keep_their_tags() {
+    let fx = fixture().await;
+    let c = &fx.client;
+    let (src, dst) = ("{acct}:old", "{acct}:new");
+    write(&fx, &["SET", src, "v"], &[write_key(src, &["accounts"], 0)]).await;
+    fx.index.tag(&b(src), &tags(&["audit"])).await.unwrap();
+    let source = WriteKey {
+        key: b(src),
+        ..WriteKey::default()
+    };
+    let destination = WriteKey {
+        key: b(dst),
+        inherit_from: Some(0),
+        ..WriteKey::default()
+    };
+    let reply = write(&fx, &["RENAME", src, dst], &[source, destination]).await;
+    assert_eq!(&reply[..], b"+OK\r\n");
+    assert_eq!(
+        fx.index.tags(&b(dst)).await.unwrap(),
+        tags(&["accounts", "audit"])
+    );
+    for tag in ["accounts", "audit"] {
+        let set = fx.index.names().tag_keys(tag.as_bytes());
+        assert!(zmembers(c, &set).await.contains(dst.as_bytes()), "{tag}");
+    }
+    assert_eq!(fx.index.invalidate(&tags(&["audit"])).await.unwrap(), 1);
+    assert_eq!(int(c, &[b"EXISTS", dst.as_bytes()]).await, 0);
+
+    // Inside MULTI: the cachet_cwrite vector is queued, the entries are added at once.
+    let k = key_away_from(&fx, "queued:", &["queue"]);
+    let command: Vec<Bytes> = ["SET", &k, "v"].iter().map(b).collect();
+    let keys = [write_key(&k, &["queue"], 30)];
+    let (vector, entries) = fx.index.queued_write(&WriteCall {
+        command: &command,
+        keys: &keys,
+        protocol: Protocol::Resp2,
+        explicit_ttl: false,
+        allow_oom: false,
+    });
+    assert_eq!(&vector[..2], &[b("FCALL"), b("cachet_cwrite")]);
+    entries.await;
+    let set = fx.index.names().tag_keys(b"queue");
+    assert!(zmembers(c, &set).await.contains(k.as_bytes()));
+    let args: Vec<Value> = vector[1..].iter().cloned().map(Value::Bytes).collect();
+    let slot = redis_keyslot(k.as_bytes());
+    let _: Value = c
+        .custom(
+            CustomCommand::new("FCALL", ClusterHash::Custom(slot), false),
+            args,
+        )
+        .await
+        .unwrap();
+    assert!(int(c, &[b"TTL", k.as_bytes()]).await > 0);
+    assert_eq!(fx.index.invalidate(&tags(&["queue"])).await.unwrap(), 1);
+}
+
+/// What a tagged write costs in cluster mode (printed): one at a time, and 32 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tagged_write_throughput() {
+    let fx = Arc::new(fixture_alone().await);
+    let n = 2000;
+    let started = Instant::now();
+    for i in 0..n / 4 {
+        let k = format!("tp:{i}");
+        write(
+            &fx,
+            &["SET", &k, "v"],
+            &[write_key(&k, &["tp", "tp:b"], 60)],
+        )
+        .await;
+    }
+    let one = started.elapsed() / (n / 4) as u32;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..32 {
+        let fx = fx.clone();
+        tasks.spawn(async move {
+            for i in 0..n / 32 {
+                let k = format!("tp:{w}:{i}");
+                write(
+                    &fx,
+                    &["SET", &k, "v"],
+                    &[write_key(&k, &["tp", "tp:b"], 60)],
+                )
+                .await;
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "tagged SET with 2 tags on a cluster: {one:?} each alone, {rate:.0}/s with 32 at once"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_named_by_their_tag_need_no_entry() {
     let fx = fixture().await;

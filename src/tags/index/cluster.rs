@@ -985,6 +985,7 @@ fn to_resp2(frame: &Resp3Frame) -> redis_protocol::resp2::types::BytesFrame {
         }
         Resp3Frame::Number { data, .. } => F2::Integer(*data),
         Resp3Frame::Boolean { data, .. } => F2::Integer(i64::from(*data)),
+        Resp3Frame::Double { data, .. } => F2::BulkString(Bytes::from(data.to_string())),
         Resp3Frame::Null => F2::Null,
         Resp3Frame::Array { data, .. } | Resp3Frame::Push { data, .. } => {
             F2::Array(data.iter().map(to_resp2).collect())
@@ -1004,5 +1005,87 @@ fn to_resp2(frame: &Resp3Frame) -> redis_protocol::resp2::types::BytesFrame {
                     .unwrap_or_default(),
             ),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(s: &'static str) -> Resp3Frame {
+        Resp3Frame::BlobString {
+            data: Bytes::from_static(s.as_bytes()),
+            attributes: None,
+        }
+    }
+
+    #[test]
+    fn replies_are_encoded_in_the_clients_protocol() {
+        let frame = Resp3Frame::Array {
+            data: vec![
+                blob("a"),
+                Resp3Frame::Null,
+                Resp3Frame::Number {
+                    data: 7,
+                    attributes: None,
+                },
+            ],
+            attributes: None,
+        };
+        assert_eq!(
+            &encode_reply(&frame, Protocol::Resp2)[..],
+            b"*3\r\n$1\r\na\r\n$-1\r\n:7\r\n"
+        );
+        assert_eq!(
+            &encode_reply(&frame, Protocol::Resp3)[..],
+            b"*3\r\n$1\r\na\r\n_\r\n:7\r\n"
+        );
+        let error = Resp3Frame::SimpleError {
+            data: "WRONGTYPE Operation against a key".into(),
+            attributes: None,
+        };
+        assert_eq!(
+            &encode_reply(&error, Protocol::Resp2)[..],
+            b"-WRONGTYPE Operation against a key\r\n"
+        );
+        let double = Resp3Frame::Double {
+            data: 1.5,
+            attributes: None,
+        };
+        assert_eq!(
+            &encode_reply(&double, Protocol::Resp2)[..],
+            b"$3\r\n1.5\r\n"
+        );
+    }
+
+    #[test]
+    fn scores_read_as_redis_writes_them() {
+        assert_eq!(score_ms(b"1700000061440"), Some(1_700_000_061_440));
+        assert_eq!(score_ms(b"inf"), None);
+        assert_eq!(score_ms(b"junk"), None);
+    }
+
+    #[test]
+    fn step_two_scores_bound_the_rule_ttl_or_are_infinite() {
+        let key = |ttl_secs| WriteKey {
+            key: Bytes::from_static(b"k"),
+            ttl_secs,
+            ..WriteKey::default()
+        };
+        let call = |keys: &[WriteKey], explicit_ttl| {
+            score_hint(
+                &WriteCall {
+                    command: &[],
+                    keys,
+                    protocol: Protocol::Resp2,
+                    explicit_ttl,
+                    allow_oom: false,
+                },
+                1_000,
+            )
+        };
+        assert_eq!(&call(&[key(60)], false)[..], b"61250");
+        assert_eq!(&call(&[key(60)], true)[..], b"+inf");
+        assert_eq!(&call(&[key(0)], false)[..], b"+inf");
     }
 }
