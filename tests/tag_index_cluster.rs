@@ -20,7 +20,7 @@ use fred::prelude::{Builder, Config};
 use fred::types::config::{ClusterDiscoveryPolicy, Server, ServerConfig};
 use fred::types::{ClusterHash, CustomCommand, Value};
 use redis_protocol::redis_keyslot;
-use support::{RedisServer, fred_client};
+use support::{Proxy, RawClient, RedisServer, fred_client};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Tests that load the machine (the 100,000-key invalidation, the race) run alone.
@@ -737,4 +737,112 @@ async fn invalidate_100k(fx: &Fixture) -> (Duration, i64) {
         );
     }
     (took, longest)
+}
+
+const RULES: &str = r#"
+[ttl]
+session-list = 300
+
+[[rules]]
+pattern = "sessions:teacher:{teacher}"
+tags = ["teacher:{teacher}", "sessions"]
+ttl = "session-list"
+
+[[rules]]
+pattern = "page:{id}"
+tags = ["pages", "site"]
+ttl = 60
+"#;
+
+async fn proxy_on(cluster: &Cluster) -> Proxy {
+    let seeds: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let url = format!("redis-cluster://{}", seeds.join(","));
+    Proxy::start_with(&url, |c| {
+        let mut parsed = cachet::Config::from_toml(RULES, "tests/tag_index_cluster.rs")
+            .expect("the test rules are valid");
+        parsed.upstream = c.upstream.clone();
+        *c = parsed;
+    })
+    .await
+}
+
+async fn say(c: &mut RawClient, args: &[&str]) -> String {
+    String::from_utf8_lossy(&c.command(args).await.expect("reply")).into_owned()
+}
+
+/// The tagging flow from a plain (non-cluster) client through cachet on the cluster: rule
+/// tags and TTLs, TAGS, TAGKEYS, TAGSET, TAGINVALIDATE, a tagged write inside MULTI, and a
+/// stale fill dropped after an invalidation from another connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tagging_flow_through_cachet_on_a_cluster() {
+    let fx = fixture().await;
+    let proxy = proxy_on(&fx.cluster).await;
+    let mut c = RawClient::connect(proxy.addr).await.unwrap();
+    let mut other = RawClient::connect(proxy.addr).await.unwrap();
+    assert_eq!(
+        say(&mut c, &["SET", "sessions:teacher:123", "[1]"]).await,
+        "+OK\r\n"
+    );
+    assert_eq!(
+        say(&mut c, &["TTL", "sessions:teacher:123"]).await,
+        ":300\r\n"
+    );
+    assert_eq!(
+        say(&mut c, &["TAGS", "sessions:teacher:123"]).await,
+        "*2\r\n$8\r\nsessions\r\n$11\r\nteacher:123\r\n"
+    );
+    for i in 0..20 {
+        let k = format!("page:{i}");
+        assert_eq!(say(&mut c, &["SET", &k, "v"]).await, "+OK\r\n");
+    }
+    let page = say(&mut c, &["TAGKEYS", "pages", "COUNT", "100"]).await;
+    assert!(page.starts_with("*2\r\n$1\r\n0\r\n*20\r\n"), "{page}");
+    assert_eq!(
+        say(
+            &mut c,
+            &["TAGSET", "free:1", "v", "EX", "100", "TAGS", "pages"]
+        )
+        .await,
+        "+OK\r\n"
+    );
+    // A tagged write inside MULTI, on the key's node.
+    assert_eq!(say(&mut c, &["MULTI"]).await, "+OK\r\n");
+    assert_eq!(
+        say(&mut c, &["SET", "page:multi", "m"]).await,
+        "+QUEUED\r\n"
+    );
+    assert_eq!(say(&mut c, &["EXEC"]).await, "*1\r\n+OK\r\n");
+    assert_eq!(say(&mut c, &["TTL", "page:multi"]).await, ":60\r\n");
+    // A read that misses leaves a lease; an invalidation elsewhere makes its fill stale.
+    assert_eq!(say(&mut c, &["GET", "page:late"]).await, "$-1\r\n");
+    assert_eq!(say(&mut other, &["TAGINVALIDATE", "site"]).await, ":21\r\n");
+    assert_eq!(say(&mut c, &["SET", "page:late", "stale"]).await, "+OK\r\n");
+    assert_eq!(
+        say(&mut c, &["GET", "page:late"]).await,
+        "$-1\r\n",
+        "the stale fill is gone"
+    );
+    assert_eq!(
+        say(&mut c, &["EXISTS", "page:0", "page:multi", "free:1"]).await,
+        ":1\r\n"
+    );
+    assert_eq!(say(&mut c, &["TAGINVALIDATE", "pages"]).await, ":1\r\n");
+    // A tag that names its key finds it by name; the other tag by its set.
+    assert_eq!(
+        say(&mut c, &["TAGINVALIDATE", "teacher:123"]).await,
+        ":1\r\n"
+    );
+    assert_eq!(
+        say(&mut c, &["SET", "sessions:teacher:7", "x"]).await,
+        "+OK\r\n"
+    );
+    assert_eq!(say(&mut c, &["TAGINVALIDATE", "sessions"]).await, ":1\r\n");
+    // Keys in different slots: Redis Cluster's own error.
+    let crossed = say(&mut c, &["MSET", "page:a", "1", "page:b", "2"]).await;
+    assert!(crossed.starts_with("-CROSSSLOT"), "{crossed}");
+    proxy.shutdown().await.unwrap();
 }
