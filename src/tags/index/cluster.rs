@@ -22,8 +22,8 @@
 //!   drain set is read in pages (1000 members per primary, the next page read while this
 //!   one's keys go), and each page's keys are deleted with their per-key sets by
 //!   `cachet_cdelete`, grouped by node (at most 1000 keys a call, which stops after
-//!   [`super::DEFAULT_CALL_BUDGET`] and is sent again for the rest), the nodes in parallel;
-//!   then the drain set goes (`UNLINK`, freed off the main thread). Its members stay until
+//!   [`super::DEFAULT_CALL_BUDGET`] and is sent again for the rest), one node at a time by
+//!   default ([`NODE_PARALLELISM`] says why); then the drain set goes (`UNLINK`, freed off the main thread). Its members stay until
 //!   then, so a drain set left by a cachet that died is done again by the sweeper
 //!   (deleting is idempotent), as on one server.
 //!
@@ -100,6 +100,14 @@ use crate::resp::Protocol;
 /// write's step (2) to (3) must take less (see the module docs).
 pub const SWEEP_GRACE: Duration = Duration::from_secs(60);
 
+/// On how many nodes at once an invalidation deletes, by default: one. Three primaries on
+/// one 2-CPU host (tests/tag_index_cluster.rs, 100,000 keys, the host saturated by other
+/// builds): deleting on all three at once took about as long in all (0.85 to 1.4 s) as one
+/// at a time (1.0 to 1.3 s), and the nodes took each other's CPU mid-call, so calls with
+/// 2 ms of work lasted 12 to 26 ms; one at a time the longest call was 4 to 10 ms in most
+/// runs. Primaries on hosts of their own can take more ([`TagIndex::with_node_parallelism`]).
+pub const NODE_PARALLELISM: usize = 1;
+
 /// Most members of a drain set read at a time, per primary.
 const DRAIN_PAGE: usize = 1000;
 
@@ -166,6 +174,12 @@ impl TagIndex {
 
     pub fn is_cluster(&self) -> bool {
         self.cluster
+    }
+
+    /// On how many nodes at once an invalidation deletes (at least 1; [`NODE_PARALLELISM`]).
+    pub fn with_node_parallelism(mut self, nodes: usize) -> Self {
+        self.node_parallelism = nodes.max(1);
+        self
     }
 
     /// How long past its score the sweeper keeps a member whose key is gone, in cluster mode
@@ -681,53 +695,77 @@ impl TagIndex {
                 None => groups.push((server, vec![key])),
             }
         }
-        let tasks: Vec<_> = groups
-            .into_iter()
-            .map(|(_, keys)| {
-                let index = self.clone();
-                async move { index.delete_on_one_node(keys).await }
-            })
-            .collect();
-        Ok(all(tasks).await?.into_iter().sum())
-    }
-
-    async fn delete_on_one_node(&self, keys: Vec<Bytes>) -> Result<u64, IndexError> {
-        let budget = number(self.call_budget.as_micros() as u64);
         let mut deleted = 0;
-        let mut rest = &keys[..];
-        while !rest.is_empty() {
-            let chunk = &rest[..rest.len().min(self.chunk)];
-            let mut args = vec![
-                Value::from("cachet_cdelete"),
-                Value::from(1),
-                bytes(&chunk[0]),
-                bytes(self.names.prefix()),
-                Value::Bytes(budget.clone()),
-            ];
-            args.extend(chunk.iter().map(bytes));
-            let slot = redis_keyslot(&chunk[0]);
-            let reply: Result<Value, _> = self.client.custom(in_slot("FCALL", slot), args).await;
-            match reply.map_err(IndexError::from) {
-                Ok(reply) => {
-                    let [n, done] = integers("cachet_cdelete", &reply)?;
-                    deleted += n as u64;
-                    rest = &rest[(done as usize).clamp(1, chunk.len())..];
-                }
-                Err(IndexError::Refused(error)) => {
-                    tracing::debug!(%error, "cachet_cdelete refused; deleting one by one");
-                    // A key not (or no longer) on that node: one by one, each to its own.
-                    for key in chunk {
-                        let args = vec![bytes(key), Value::Bytes(self.names.key_tags(key))];
-                        let slot = redis_keyslot(key);
-                        let n: Value = self.client.custom(in_slot("UNLINK", slot), args).await?;
-                        deleted += u64::from(n.as_u64().unwrap_or(0) > 0);
-                    }
-                    rest = &rest[chunk.len()..];
-                }
-                Err(other) => return Err(other),
-            }
+        let mut groups = groups.into_iter().map(|(_, keys)| keys).peekable();
+        while groups.peek().is_some() {
+            let tasks: Vec<_> = groups
+                .by_ref()
+                .take(self.node_parallelism)
+                .map(|keys| {
+                    let index = self.clone();
+                    async move { index.delete_on_one_node(keys).await }
+                })
+                .collect();
+            deleted += all(tasks).await?.into_iter().sum::<u64>();
         }
         Ok(deleted)
+    }
+
+    /// Deletes keys served by one node, a call at a time: each takes up to a chunk of keys
+    /// and leaves the rest of them for the next once its budget is spent.
+    async fn delete_on_one_node(&self, keys: Vec<Bytes>) -> Result<u64, IndexError> {
+        let mut deleted = 0;
+        let mut rest = keys;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min(self.chunk));
+            let (n, mut left) = self.delete_chunk(rest).await?;
+            deleted += n;
+            left.extend(tail);
+            rest = left;
+        }
+        Ok(deleted)
+    }
+
+    /// One `cachet_cdelete` call: how many keys existed, and the keys it left for its budget.
+    /// Keys the slot map placed on the wrong node (resharding) are deleted one by one, each
+    /// through fred's redirections.
+    async fn delete_chunk(&self, chunk: Vec<Bytes>) -> Result<(u64, Vec<Bytes>), IndexError> {
+        let mut args = vec![
+            Value::from("cachet_cdelete"),
+            Value::from(1),
+            bytes(&chunk[0]),
+            bytes(self.names.prefix()),
+            Value::Bytes(number(self.call_budget.as_micros() as u64)),
+        ];
+        args.extend(chunk.iter().map(bytes));
+        let slot = redis_keyslot(&chunk[0]);
+        let reply: Result<Value, _> = self.client.custom(in_slot("FCALL", slot), args).await;
+        match reply.map_err(IndexError::from) {
+            Ok(reply) => {
+                let [n, done] = integers("cachet_cdelete", &reply)?;
+                let done = (done as usize).clamp(1, chunk.len());
+                Ok((n as u64, chunk[done..].to_vec()))
+            }
+            Err(IndexError::Refused(error)) => {
+                tracing::debug!(%error, "cachet_cdelete refused; deleting one by one");
+                let mut n = 0;
+                for key in &chunk {
+                    let gone: Value = self
+                        .client
+                        .custom(in_slot("UNLINK", redis_keyslot(key)), vec![bytes(key)])
+                        .await?;
+                    n += gone.as_u64().unwrap_or(0);
+                    let set = self.names.key_tags(key);
+                    let slot = redis_keyslot(&set);
+                    let _: Value = self
+                        .client
+                        .custom(in_slot("DEL", slot), vec![Value::Bytes(set)])
+                        .await?;
+                }
+                Ok((n, Vec::new()))
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// One sweeper step in cluster mode: one SCAN page of one primary. The cursor carries

@@ -104,7 +104,7 @@ use fred::clients::Client;
 
 use crate::tags::Rules;
 
-pub use cluster::{SWEEP_GRACE, encode_reply};
+pub use cluster::{NODE_PARALLELISM, SWEEP_GRACE, encode_reply};
 pub use error::IndexError;
 pub use fast::{FAST_SCORE_SLACK_MS, FastBatch, FastSet};
 pub use functions::{WriteCall, WriteKey, epoch_from_reply, parse_epochs};
@@ -137,6 +137,8 @@ pub struct TagIndex {
     cluster: bool,
     /// In cluster mode, how long past its score the sweeper keeps a member whose key is gone.
     sweep_grace: Duration,
+    /// In cluster mode, on how many nodes at once an invalidation deletes.
+    node_parallelism: usize,
 }
 
 impl TagIndex {
@@ -152,6 +154,7 @@ impl TagIndex {
             in_use: library::InUse::default(),
             cluster: false,
             sweep_grace: cluster::SWEEP_GRACE,
+            node_parallelism: cluster::NODE_PARALLELISM,
         })
     }
 
