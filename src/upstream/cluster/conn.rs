@@ -27,9 +27,11 @@
 //!   goes to every link open and is replayed on every link opened later (a link is opened
 //!   on a node's first command, with the setup commands and that state);
 //! * SUBSCRIBE and the like go to the home link (the cluster carries PUBLISH to every node),
-//!   SSUBSCRIBE to the channels' slot's primary. In RESP2 the connection then streams:
-//!   every frame from every link is forwarded as it comes. In RESP3 pushes are forwarded as
-//!   they come and other replies keep their order.
+//!   SSUBSCRIBE to the channels' slot's primary. The connection then streams (RESP2 and
+//!   RESP3 alike): every frame from every link is forwarded as it comes, except a `-MOVED`
+//!   answering a shard subscription, which is sent again to the new owner (Redis itself
+//!   tells the client `sunsubscribe` when a slot moves away; the client subscribing again
+//!   may reach the old owner before the map is refreshed).
 //!
 //! Replies are matched to commands per link by sequence number (each link answers in the
 //! order it was written), so a command sent again after a redirect, behind later commands
@@ -123,6 +125,8 @@ pub async fn connect(
                     resp3,
                     streaming: Streaming::No,
                     shard_links: Vec::new(),
+                    shard_sent: VecDeque::new(),
+                    resend: Vec::new(),
                     replica_turn: 0,
                 };
                 router.adopt(home.clone().into(), stream);
@@ -276,6 +280,10 @@ struct Router {
     streaming: Streaming,
     /// Nodes with shard subscriptions of this connection.
     shard_links: Vec<Arc<str>>,
+    /// The last shard (un)subscriptions sent, to send again where a `-MOVED` points.
+    shard_sent: VecDeque<Command>,
+    /// Shard subscriptions to send again (to a new owner) before the next round.
+    resend: Vec<(Arc<str>, Bytes)>,
     replica_turn: usize,
 }
 
@@ -292,6 +300,14 @@ impl Router {
         let (mut reader, mut writer) = tokio::io::split(pipe);
         let mut input = BytesMut::new();
         loop {
+            for (address, command) in std::mem::take(&mut self.resend) {
+                if !self.shard_links.contains(&address) {
+                    self.shard_links.push(address.clone());
+                }
+                if !self.send_unmatched(&address, &command).await {
+                    return;
+                }
+            }
             if !self.settle().await {
                 return;
             }
@@ -339,9 +355,22 @@ impl Router {
         match frames {
             Ok(frames) => {
                 for frame in frames {
-                    if self.streaming == Streaming::Yes
-                        || (self.resp3 && frame.first() == Some(&b'>'))
-                    {
+                    if self.streaming == Streaming::Yes {
+                        if let Some((false, slot, address)) = parse_redirect(&frame)
+                            && let Some(command) = self
+                                .shard_sent
+                                .iter()
+                                .rev()
+                                .find(|c| c.get(1).is_some_and(|ch| keys::slot(ch) == slot))
+                        {
+                            // A shard channel's slot moved: subscribe at its new owner.
+                            self.cluster.moved(slot, &address);
+                            self.resend
+                                .push((address.as_str().into(), command.raw.clone()));
+                            continue;
+                        }
+                        self.out.extend_from_slice(&frame);
+                    } else if self.resp3 && frame.first() == Some(&b'>') {
                         self.out.extend_from_slice(&frame);
                     } else {
                         link.got.push_back(Some(frame));
@@ -807,15 +836,7 @@ impl Router {
                         return;
                     }
                 };
-                let monitor = request.arg(0).eq_ignore_ascii_case(b"monitor");
-                if self.resp3 && !monitor {
-                    if !self.send_unmatched(&address, &request.raw).await {
-                        self.pending.push_back(Pending::Local(error_frame(&format!(
-                            "ERR upstream unavailable: {address}"
-                        ))));
-                    }
-                    return;
-                }
+                self.remember_shard_command(&request);
                 self.streaming = Streaming::Soon;
                 Pending::StartStream(self.send(&address, request.raw, false).await)
             }
@@ -1140,9 +1161,20 @@ impl Router {
         }
     }
 
+    /// Keeps a shard (un)subscription for [`parse_redirect`]'s `-MOVED` (the last 64).
+    fn remember_shard_command(&mut self, request: &Command) {
+        if keys::kind(request) == Kind::ShardSubscribe && request.len() > 1 {
+            if self.shard_sent.len() == 64 {
+                self.shard_sent.pop_front();
+            }
+            self.shard_sent.push_back(request.clone());
+        }
+    }
+
     /// A command of a connection that streams (or will once its subscription is in).
     async fn route_streaming(&mut self, request: Command) {
         let kind = keys::kind(&request);
+        self.remember_shard_command(&request);
         let unsubscribe_all = kind == Kind::ShardSubscribe
             && request.len() == 1
             && request.arg(0).eq_ignore_ascii_case(b"sunsubscribe");
