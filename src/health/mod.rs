@@ -1080,6 +1080,60 @@ mod tests {
     }
 
     #[test]
+    fn behind_a_cluster_each_primary_is_judged_and_named() {
+        use cluster::{NodeCheck, Role};
+        let c = HealthConfig::default();
+        let node = |address: &str, role: Role, up: bool, latency_ms: f64| NodeCheck {
+            address: address.into(),
+            role,
+            up,
+            latency_ms,
+            memory_usage: 10.0,
+            memory_basis: "maxmemory",
+            slots: match role {
+                Role::Primary => vec![(0, 5460)],
+                Role::Replica => vec![],
+            },
+            error: (!up).then(|| "Connection refused (os error 111)".to_owned()),
+            ..NodeCheck::default()
+        };
+        let judge = |nodes: Vec<NodeCheck>| {
+            let check = cluster::summarize(nodes, 0, 1);
+            assess(&c, &check, true, &Window::default())
+        };
+        let healthy = judge(vec![
+            node("a:1", Role::Primary, true, 1.0),
+            node("b:1", Role::Primary, true, 2.0),
+        ]);
+        assert_eq!(healthy, (Overall::Healthy, vec![]));
+        // A replica down is reported in the node list, not judged.
+        let replica_down = judge(vec![
+            node("a:1", Role::Primary, true, 1.0),
+            node("r:1", Role::Replica, false, 0.0),
+        ]);
+        assert_eq!(replica_down.0, Overall::Healthy);
+        let (overall, reasons) = judge(vec![
+            node("a:1", Role::Primary, true, 20.0),
+            node("b:1", Role::Primary, false, 0.0),
+        ]);
+        assert_eq!(overall, Overall::Degraded);
+        assert_eq!(
+            reasons,
+            [
+                "Redis node b:1 (primary, 5461 slots) is down: Connection refused (os error 111)",
+                "Redis node a:1 (primary) PING latency 20.00 ms is above the warning 10",
+            ]
+        );
+        // No primary answering is Redis unreachable.
+        let (overall, reasons) = judge(vec![node("b:1", Role::Primary, false, 0.0)]);
+        assert_eq!(overall, Overall::Unhealthy);
+        assert_eq!(
+            reasons,
+            ["Redis unreachable: no primary answered (b:1: Connection refused (os error 111))"]
+        );
+    }
+
+    #[test]
     fn thresholds_default_to_the_original_systems() {
         let t = Thresholds::default();
         assert_eq!((t.hit_rate.warning, t.hit_rate.critical), (80.0, 60.0));
