@@ -17,6 +17,7 @@ use cachet::config::{HealthConfig, RedisUrl, UpstreamConfig};
 use cachet::health::{self, Health};
 use cachet::metrics::Metrics;
 use cachet::upstream::Upstream;
+use fred::cmd;
 use fred::prelude::*;
 use serde_json::Value;
 use support::{RedisServer, free_port};
@@ -115,7 +116,7 @@ fn cluster_cli(port: u16, args: &[&str]) -> String {
 /// command table) on the first node; stopped on drop.
 struct Monitored {
     health: Arc<Health>,
-    admin: SocketAddr,
+    http: Http,
     shutdown: CancellationToken,
 }
 
@@ -156,14 +157,17 @@ async fn monitor(cluster: &Cluster, control: Client) -> Monitored {
     tokio::spawn(admin::serve(routes, listener, shutdown.clone()));
     Monitored {
         health,
-        admin,
+        http: Http(admin),
         shutdown,
     }
 }
 
-impl Monitored {
+/// An admin listener, read over HTTP.
+struct Http(SocketAddr);
+
+impl Http {
     async fn get(&self, path: &str) -> String {
-        let url = format!("http://{}{path}", self.admin);
+        let url = format!("http://{}{path}", self.0);
         reqwest::get(url)
             .await
             .expect("admin answers")
@@ -265,6 +269,7 @@ async fn every_node_is_checked_and_a_killed_primary_degrades_health() {
 
     // Every node, up, with its own figures; the totals sum the primaries.
     let (json, took) = monitored
+        .http
         .health_until(Duration::from_secs(10), "3 nodes up with their keys", |j| {
             all_up(j, 3) && j["data"]["health"]["redis"]["keyCount"] == 300
         })
@@ -297,7 +302,7 @@ async fn every_node_is_checked_and_a_killed_primary_degrades_health() {
     assert_eq!(redis["latency"].as_f64().unwrap(), worst);
 
     // Per-node series, labelled by node and role.
-    let metrics = monitored.get("/metrics").await;
+    let metrics = monitored.http.get("/metrics").await;
     for i in 0..3 {
         let address = cluster.address(i);
         let up = series(&metrics, "cachet_upstream_node_up", &address, "primary");
@@ -324,7 +329,7 @@ async fn every_node_is_checked_and_a_killed_primary_degrades_health() {
     );
 
     // The dashboard's node table.
-    let dom = dashboard(monitored.admin).await;
+    let dom = dashboard(monitored.http.0).await;
     let tag = element(&dom, "nodes").unwrap_or_else(|| panic!("no #nodes in:\n{dom}"));
     assert!(!tag.contains(" hidden"), "{tag}");
     assert!(
@@ -338,6 +343,7 @@ async fn every_node_is_checked_and_a_killed_primary_degrades_health() {
     cluster.nodes[2].stop();
     let killed = Instant::now();
     let (json, _) = monitored
+        .http
         .health_until(Duration::from_secs(10), "the killed primary down", |j| {
             node(j, &dead).is_some_and(|n| n["up"] == false)
                 && j["data"]["health"]["overall"] == "degraded"
@@ -354,7 +360,7 @@ async fn every_node_is_checked_and_a_killed_primary_degrades_health() {
     );
     assert_eq!(json["data"]["health"]["redis"]["connected"], true);
     assert_eq!(json["data"]["health"]["redis"]["cluster"]["primariesUp"], 2);
-    let metrics = monitored.get("/metrics").await;
+    let metrics = monitored.http.get("/metrics").await;
     assert_eq!(
         series(&metrics, "cachet_upstream_node_up", &dead, "primary"),
         Some(0.0),
@@ -386,10 +392,88 @@ async fn every_node_is_checked_and_a_killed_primary_degrades_health() {
         );
     }
     monitored
+        .http
         .health_until(Duration::from_secs(10), "the forgotten node gone", |j| {
             node(j, &dead).is_none() && all_up(j, 2)
         })
         .await;
-    let metrics = monitored.get("/metrics").await;
+    let metrics = monitored.http.get("/metrics").await;
     assert!(!metrics.contains(&dead), "{metrics}");
+}
+
+/// cachet itself on a `redis-cluster://` url naming two of the three nodes: its control client
+/// is clustered, so its own monitor checks every node; `/health` and INFO through cachet list
+/// them, and a primary killed shows at once, at the default 30 s interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_cachet_health_and_info_list_every_node() {
+    let mut cluster = Cluster::start();
+    let url = format!(
+        "redis-cluster://{},{}",
+        cluster.address(0),
+        cluster.address(1)
+    );
+    let mut config = cachet::Config::default();
+    config.upstream.url = RedisUrl::parse(&url).expect("a cluster url");
+    config.health.thresholds.redis_latency_ms.warning = 5_000.0;
+    config.health.thresholds.redis_latency_ms.critical = 10_000.0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, http) = (
+        listener.local_addr().unwrap(),
+        Http(admin.local_addr().unwrap()),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cachet = tokio::spawn(cachet::run_with_admin(
+        config,
+        listener,
+        Some(admin),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let (json, took) = http
+        .health_until(Duration::from_secs(20), "3 nodes up through cachet", |j| {
+            all_up(j, 3) && j["data"]["health"]["overall"] == "healthy"
+        })
+        .await;
+    println!("through cachet: 3 nodes up, healthy, {took:?} after start");
+    let discovered = cluster.address(2);
+    assert!(node(&json, &discovered).is_some(), "{json:#}");
+
+    let client = support::fred_client(&format!("redis://{addr}"), false).await;
+    let info: String = client.info(None).await.expect("INFO through cachet");
+    assert!(info.contains("# cachet_cluster\r\n"), "{info}");
+    assert!(info.contains("cluster_primaries_up:3\r\n"), "{info}");
+    assert!(
+        info.contains(&format!("address={discovered},role=primary,up=1")),
+        "{info}"
+    );
+    let metrics = http.get("/metrics").await;
+    assert_eq!(
+        series(&metrics, "cachet_upstream_node_up", &discovered, "primary"),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    cluster.nodes[2].stop();
+    let killed = Instant::now();
+    http.health_until(Duration::from_secs(10), "the killed primary down", |j| {
+        node(j, &discovered).is_some_and(|n| n["up"] == false)
+            && j["data"]["health"]["overall"] == "degraded"
+    })
+    .await;
+    let detected = killed.elapsed();
+    println!(
+        "through cachet: killed primary {discovered} shown down, degraded, {detected:?} after the kill"
+    );
+    assert!(detected < Duration::from_secs(5), "{detected:?}");
+    // `INFO cachet` alone is cachet's to answer: a plain INFO goes to the connection's home
+    // node, which may be the one killed.
+    let info: String = client
+        .custom(cmd!("INFO"), vec!["cachet"])
+        .await
+        .expect("INFO cachet through cachet");
+    assert!(info.contains("cluster_primaries_up:2\r\n"), "{info}");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), cachet).await;
 }
