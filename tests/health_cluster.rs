@@ -23,15 +23,20 @@ use serde_json::Value;
 use support::{RedisServer, free_port};
 use tokio_util::sync::CancellationToken;
 
-/// Three `redis-server --cluster-enabled yes`, joined by `redis-cli --cluster create`, each
-/// serving a third of the slots (no replicas); killed on drop with their fixtures.
+/// Three primaries (`redis-server --cluster-enabled yes`, joined by `redis-cli --cluster
+/// create`), each serving a third of the slots, and `replicas` replicas of each, listed after
+/// them; killed on drop with their fixtures.
 struct Cluster {
     nodes: Vec<RedisServer>,
 }
 
 impl Cluster {
     fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::with_replicas(0)
+    }
+
+    fn with_replicas(replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 // The bus port defaults to port + 10000, which a free port may not have room for.
                 let bus = free_port().to_string();
@@ -51,7 +56,7 @@ impl Cluster {
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli must be installed");
         assert!(
@@ -62,11 +67,18 @@ impl Cluster {
         );
         let cluster = Cluster { nodes };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !cluster
-            .nodes
-            .iter()
-            .all(|n| cluster_cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-        {
+        // Settled: every node serves (cluster_state:ok) and knows every replica as one, and
+        // every replica has synced (one that never did cannot take over).
+        let settled = |n: &RedisServer| {
+            cluster_cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+                && cluster_cli(n.port, &["CLUSTER", "NODES"])
+                    .matches("slave")
+                    .count()
+                    == 3 * replicas
+                && !cluster_cli(n.port, &["INFO", "replication"])
+                    .contains("master_link_status:down")
+        };
+        while !cluster.nodes.iter().all(settled) {
             assert!(
                 Instant::now() < deadline,
                 "the cluster did not reach cluster_state:ok; log of the first node:\n{}",
@@ -474,6 +486,88 @@ async fn through_cachet_health_and_info_list_every_node() {
         .await
         .expect("INFO cachet through cachet");
     assert!(info.contains("cluster_primaries_up:2\r\n"), "{info}");
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), cachet).await;
+}
+
+/// 3 primaries and 3 replicas behind cachet: every replica is listed with its primary; a
+/// primary killed is taken over by its replica, and then the report is healthy again, the new
+/// primary's series carry its new role and its replica series are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_listed_and_a_failover_is_followed() {
+    let mut cluster = Cluster::with_replicas(1);
+    let url = format!("redis-cluster://{}", cluster.address(0));
+    let mut config = cachet::Config::default();
+    config.upstream.url = RedisUrl::parse(&url).expect("a cluster url");
+    config.health.thresholds.redis_latency_ms.warning = 5_000.0;
+    config.health.thresholds.redis_latency_ms.critical = 10_000.0;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http = Http(admin.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cachet = tokio::spawn(cachet::run_with_admin(
+        config,
+        listener,
+        Some(admin),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let (json, _) = http
+        .health_until(Duration::from_secs(20), "6 nodes up", |j| all_up(j, 6))
+        .await;
+    let redis = &json["data"]["health"]["redis"];
+    assert_eq!(redis["cluster"]["primaries"], 3, "{redis:#}");
+    let nodes = redis["nodes"].as_array().unwrap();
+    let replicas: Vec<&Value> = nodes.iter().filter(|n| n["role"] == "replica").collect();
+    assert_eq!(replicas.len(), 3, "{redis:#}");
+    for replica in &replicas {
+        let primary = replica["primary"]
+            .as_str()
+            .expect("a replica names its primary");
+        assert_eq!(node(&json, primary).unwrap()["role"], "primary");
+        assert_eq!(replica["slotCount"], 0);
+    }
+
+    // Kill the primary of the last third of the slots; its replica takes over.
+    let dead = cluster.address(2);
+    let heir = replicas
+        .iter()
+        .find(|r| r["primary"] == dead)
+        .expect("the killed primary has a replica")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cluster.nodes[2].stop();
+    let killed = Instant::now();
+    let (json, _) = http
+        .health_until(
+            Duration::from_secs(30),
+            "the replica promoted, healthy",
+            |j| {
+                node(j, &dead).is_some_and(|n| n["up"] == false)
+                    && node(j, &heir)
+                        .is_some_and(|n| n["role"] == "primary" && n["slotCount"] == 5461)
+                    && j["data"]["health"]["overall"] == "healthy"
+            },
+        )
+        .await;
+    println!(
+        "failover: {heir} primary, {dead} down, healthy again {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(node(&json, &dead).unwrap()["slotCount"], 0, "{json:#}");
+    let metrics = http.get("/metrics").await;
+    assert_eq!(
+        series(&metrics, "cachet_upstream_node_up", &heir, "primary"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series(&metrics, "cachet_upstream_node_up", &heir, "replica"),
+        None,
+        "the old role's series is gone: {metrics}"
+    );
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), cachet).await;
 }
