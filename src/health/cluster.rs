@@ -424,7 +424,7 @@ pub(super) async fn check(nodes: &Nodes, control: &Client, metrics: &Arc<Metrics
             previous
         }
     };
-    listed.sort_by(|a, b| (a.role, a.address()).cmp(&(b.role, b.address())));
+    listed.sort_by_key(|n| (n.role, n.address()));
     let omitted = listed.len().saturating_sub(MAX_NODES);
     listed.truncate(MAX_NODES);
     let addresses: HashMap<String, String> =
