@@ -12,7 +12,9 @@
 //! `INFO memory` and `DBSIZE`, as for a single Redis. Own connections, because a replica has
 //! none in a primaries-only routing client, and a node's PING should not queue behind cachet's
 //! traffic to it. A connection that is lost is opened again at the next check, not in the
-//! background, so a dead node costs one refused connect per check.
+//! background, so a dead node costs one refused connect per check. A check runs at once when
+//! the control client loses a node's connection or sees the slot map change
+//! (`super::recheck_on_events`), and every second while a node is down.
 //!
 //! The summary in [`Check`] ([`summarize`]): connected while any primary answers; memory and
 //! keys summed over the primaries that answered; latency the worst node's; memory usage the
