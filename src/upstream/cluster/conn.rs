@@ -847,8 +847,24 @@ impl Router {
     }
 
     async fn home_node(&mut self, request: Command) -> Pending {
-        let home = self.home.clone();
+        let home = self.current_home();
         Pending::One(self.send(&home, request.raw, false).await)
+    }
+
+    /// The home node, moved to a live primary once the map no longer names it one (its
+    /// primary failed over, or its slots moved away): commands without keys must not keep
+    /// failing at a node that is gone.
+    fn current_home(&mut self) -> Arc<str> {
+        let map = self.cluster.map();
+        let lost = self.links.get(&*self.home).is_none_or(|l| l.dead.is_some());
+        if lost && !map.primaries().any(|p| *p == *self.home) {
+            let primaries: Vec<&str> = map.primaries().collect();
+            if !primaries.is_empty() {
+                let next = NEXT_HOME.fetch_add(1, Ordering::Relaxed) % primaries.len();
+                self.home = Arc::from(primaries[next]);
+            }
+        }
+        self.home.clone()
     }
 
     /// A command with keys (or none: the home node).
@@ -948,7 +964,7 @@ impl Router {
 
     /// The command on the home link first, then every other live link.
     async fn everywhere(&mut self, command: &Bytes) -> Vec<Part> {
-        let home = self.home.clone();
+        let home = self.current_home();
         let mut addresses = vec![home.clone()];
         addresses.extend(
             self.links
@@ -1121,7 +1137,7 @@ impl Router {
                 Ok(a) => a,
                 Err(reply) => return Pending::Local(reply),
             },
-            (None, None) => self.home.clone(),
+            (None, None) => self.current_home(),
         };
         let mut commands = Vec::with_capacity(multi.commands.len() + 2);
         commands.push(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"));
@@ -1141,7 +1157,7 @@ impl Router {
     /// primary.
     fn subscription_node(&mut self, request: &Command) -> Result<Arc<str>, Bytes> {
         if !matches!(keys::kind(request), Kind::ShardSubscribe) {
-            return Ok(self.home.clone());
+            return Ok(self.current_home());
         }
         let positions: Vec<usize> = (1..request.len()).collect();
         match keys::one_slot(request, &positions) {
