@@ -632,8 +632,13 @@ async fn the_sweeper_cleans_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tag_with_100k_keys_on_three_primaries_invalidates_in_short_calls() {
     let fx = fixture_alone().await;
+    // Each call stops after 2 ms of work; a call seen above 10 ms is the host descheduling
+    // Redis (a one-key DEL was seen at 12 ms on a loaded 2-core machine). Up to three runs.
     let (mut took, mut longest) = invalidate_100k(&fx).await;
-    if longest >= 10_000 || took >= Duration::from_secs(1) {
+    for _ in 0..2 {
+        if longest < 10_000 && took < Duration::from_secs(1) {
+            break;
+        }
         println!("{took:?}, a call of {longest} µs; once more, in case the host descheduled Redis");
         (took, longest) = invalidate_100k(&fx).await;
     }
