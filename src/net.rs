@@ -42,6 +42,10 @@ pub async fn read_available(half: &mut ReadHalf, buf: &mut BytesMut) -> io::Resu
             reserve(buf);
             half.read_buf(buf).await
         }
+        ReadHalf::Mem(half) => {
+            reserve(buf);
+            half.read_buf(buf).await
+        }
     }
 }
 
@@ -84,6 +88,9 @@ pub fn reserve(buf: &mut BytesMut) {
 pub enum Stream {
     Tcp(TcpStream),
     Tls(Box<Tls>),
+    /// An in-process pipe to a task that speaks RESP like Redis: the Redis Cluster router's
+    /// end of a connection (`crate::upstream::cluster`). Never a client's.
+    Mem(tokio::io::DuplexStream),
 }
 
 /// The reading half of a [`Stream`] (a TLS one keeps its socket's descriptor, for
@@ -91,29 +98,35 @@ pub enum Stream {
 pub enum ReadHalf {
     Tcp(OwnedReadHalf),
     Tls(tokio::io::ReadHalf<Tls>, RawFd),
+    Mem(tokio::io::ReadHalf<tokio::io::DuplexStream>),
 }
 
 /// The writing half of a [`Stream`].
 pub enum WriteHalf {
     Tcp(OwnedWriteHalf),
     Tls(tokio::io::WriteHalf<Tls>),
+    Mem(tokio::io::WriteHalf<tokio::io::DuplexStream>),
 }
 
 impl Stream {
-    /// The TCP connection under it.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP connection under it (none for an in-process pipe).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Tcp(tcp) => tcp,
-            Stream::Tls(tls) => tls.inner.get_ref().0,
+            Stream::Tcp(tcp) => Some(tcp),
+            Stream::Tls(tls) => Some(tls.inner.get_ref().0),
+            Stream::Mem(_) => None,
         }
     }
 
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        self.tcp().set_nodelay(nodelay)
+        self.tcp().map_or(Ok(()), |tcp| tcp.set_nodelay(nodelay))
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.tcp().local_addr()
+        match self.tcp() {
+            Some(tcp) => tcp.local_addr(),
+            None => Err(io::Error::other("an in-process pipe has no address")),
+        }
     }
 
     pub fn into_split(self) -> (ReadHalf, WriteHalf) {
@@ -126,6 +139,10 @@ impl Stream {
                 let fd = tls.inner.get_ref().0.as_raw_fd();
                 let (r, w) = tokio::io::split(*tls);
                 (ReadHalf::Tls(r, fd), WriteHalf::Tls(w))
+            }
+            Stream::Mem(pipe) => {
+                let (r, w) = tokio::io::split(pipe);
+                (ReadHalf::Mem(r), WriteHalf::Mem(w))
             }
         }
     }
@@ -157,6 +174,9 @@ impl ReadHalf {
             (ReadHalf::Tls(r, _), WriteHalf::Tls(w)) if r.is_pair_of(&w) => {
                 Ok(Stream::Tls(Box::new(r.unsplit(w))))
             }
+            (ReadHalf::Mem(r), WriteHalf::Mem(w)) if r.is_pair_of(&w) => {
+                Ok(Stream::Mem(r.unsplit(w)))
+            }
             _ => Err(io::Error::other("halves of different connections")),
         }
     }
@@ -174,6 +194,11 @@ impl ReadHalf {
                 let mut cx = Context::from_waker(Waker::noop());
                 Pin::new(half).poll_read(&mut cx, &mut buf).is_pending()
             }
+            ReadHalf::Mem(half) => {
+                let mut buf = ReadBuf::new(&mut probe);
+                let mut cx = Context::from_waker(Waker::noop());
+                Pin::new(half).poll_read(&mut cx, &mut buf).is_pending()
+            }
         }
     }
 }
@@ -183,6 +208,7 @@ impl AsRawFd for ReadHalf {
         match self {
             ReadHalf::Tcp(half) => half.as_ref().as_raw_fd(),
             ReadHalf::Tls(_, fd) => *fd,
+            ReadHalf::Mem(_) => -1,
         }
     }
 }
@@ -195,6 +221,13 @@ impl WriteHalf {
             // A later `write` (with a real waker) finishes what this one began: the records
             // of bytes taken stay in `Tls` until they are on the socket.
             WriteHalf::Tls(half) => {
+                let mut cx = Context::from_waker(Waker::noop());
+                match Pin::new(half).poll_write(&mut cx, buf) {
+                    Poll::Ready(result) => result,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+            WriteHalf::Mem(half) => {
                 let mut cx = Context::from_waker(Waker::noop());
                 match Pin::new(half).poll_write(&mut cx, buf) {
                     Poll::Ready(result) => result,
@@ -262,6 +295,7 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     $type::Tcp(s) => Pin::new(s).poll_write(cx, buf),
                     $type::Tls(s) => Pin::new(s).poll_write(cx, buf),
+                    $type::Mem(s) => Pin::new(s).poll_write(cx, buf),
                 }
             }
 
@@ -269,6 +303,7 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     $type::Tcp(s) => Pin::new(s).poll_flush(cx),
                     $type::Tls(s) => Pin::new(s).poll_flush(cx),
+                    $type::Mem(s) => Pin::new(s).poll_flush(cx),
                 }
             }
 
@@ -276,6 +311,7 @@ macro_rules! delegate_write {
                 match self.get_mut() {
                     $type::Tcp(s) => Pin::new(s).poll_shutdown(cx),
                     $type::Tls(s) => Pin::new(s).poll_shutdown(cx),
+                    $type::Mem(s) => Pin::new(s).poll_shutdown(cx),
                 }
             }
         }
@@ -294,6 +330,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Mem(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -307,6 +344,7 @@ impl AsyncRead for ReadHalf {
         match self.get_mut() {
             ReadHalf::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ReadHalf::Tls(s, _) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Mem(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }

@@ -54,7 +54,7 @@ pub use policy::{EventsConfig, PolicyConfig};
 pub use proxy::ProxyConfig;
 pub use rules::{DEFAULT_TTL_SECS, MAX_TTL_SECS, RuleConfig, TtlConfig, TtlRef};
 pub use tls::{ProxyTlsConfig, TlsVersion, UpstreamTlsConfig};
-pub use upstream::{MAX_DB, RedisUrl, UpstreamConfig};
+pub use upstream::{ClusterConfig, MAX_DB, ReadFrom, RedisUrl, UpstreamConfig, host_port};
 pub use warm::{HeatConfig, WarmerConfig};
 
 use mask::{ErrorKind, render_toml_error};

@@ -2,6 +2,8 @@
 //! url, parsed once and printed with the password masked. A `sentinel://` url (`sentinels://`:
 //! TLS to the Sentinels and to the data nodes they name) names Sentinels and a master name
 //! instead ([`SentinelUrl`]); `[upstream.sentinel]` holds what the Sentinels themselves need.
+//! A `redis-cluster://` url (`rediss-cluster://`: TLS) names seed nodes of a Redis Cluster
+//! ([`ClusterUrl`]); `[upstream.cluster]` holds how cachet follows it.
 
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -44,6 +46,44 @@ pub struct UpstreamConfig {
     pub user_pool_idle_secs: u64,
     /// `[upstream.sentinel]`: used only with a `sentinel://` url.
     pub sentinel: SentinelConfig,
+    /// `[upstream.cluster]`: used only with a `redis-cluster://` url.
+    pub cluster: ClusterConfig,
+}
+
+/// Where a cluster's reads go: `read_from` in `[upstream.cluster]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// Every command goes to the slot's primary.
+    #[default]
+    Primary,
+    /// Read-only commands go to one of the slot's replicas (connections sent `READONLY`),
+    /// the primary when it has none up.
+    Replica,
+}
+
+/// `[upstream.cluster]`: how cachet follows a Redis Cluster (`redis-cluster://` url).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub read_from: ReadFrom,
+    /// Ask the cluster for its slot map this often, besides after `-MOVED` and lost nodes.
+    pub refresh_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            read_from: ReadFrom::Primary,
+            refresh_ms: 1_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    pub fn refresh(&self) -> Duration {
+        Duration::from_millis(self.refresh_ms.max(10))
+    }
 }
 
 /// `[upstream.sentinel]`: how cachet talks to the Sentinels of a `sentinel://` url. The data
@@ -114,11 +154,17 @@ impl Default for UpstreamConfig {
             max_user_pools: 64,
             user_pool_idle_secs: 60,
             sentinel: SentinelConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
 
 impl UpstreamConfig {
+    /// True for a `redis-cluster://` (or `rediss-cluster://`) url.
+    pub fn is_cluster(&self) -> bool {
+        self.url.cluster.is_some()
+    }
+
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
     }
@@ -161,7 +207,18 @@ pub struct RedisUrl {
     pub password: Option<Secret>,
     pub db: u32,
     pub sentinel: Option<SentinelUrl>,
+    /// For `redis-cluster://`: the seed nodes.
+    pub cluster: Option<ClusterUrl>,
 }
+
+/// The seed nodes of a `redis-cluster://` url: any reachable one tells cachet the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterUrl {
+    pub seeds: Vec<(String, u16)>,
+}
+
+/// At most this many seed nodes in one url.
+pub const MAX_SEEDS: usize = 64;
 
 /// The Sentinel part of a `sentinel://` url.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +242,12 @@ impl RedisUrl {
         if let Some(rest) = input.strip_prefix("sentinels://") {
             return parse_sentinel(rest, &shown, true);
         }
+        if let Some(rest) = input.strip_prefix("redis-cluster://") {
+            return parse_cluster(rest, &shown, false);
+        }
+        if let Some(rest) = input.strip_prefix("rediss-cluster://") {
+            return parse_cluster(rest, &shown, true);
+        }
         let url =
             url::Url::parse(input).map_err(|e| format!("invalid upstream url {shown:?}: {e}"))?;
         let tls = match url.scheme() {
@@ -192,7 +255,7 @@ impl RedisUrl {
             "rediss" => true,
             other => {
                 return Err(format!(
-                    "unsupported upstream url scheme {other:?} (expected redis://, rediss://, sentinel:// or sentinels://)"
+                    "unsupported upstream url scheme {other:?} (expected redis://, rediss://, sentinel://, sentinels://, redis-cluster:// or rediss-cluster://)"
                 ));
             }
         };
@@ -229,6 +292,7 @@ impl RedisUrl {
             password,
             db,
             sentinel: None,
+            cluster: None,
         })
     }
 
@@ -261,45 +325,7 @@ fn parse_sentinel(rest: &str, shown: &str, tls: bool) -> Result<RedisUrl, String
     let (authority, path) = rest
         .split_once('/')
         .ok_or_else(|| bad("no master name (sentinel://host:port,.../mymaster)"))?;
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(userinfo), hosts),
-        None => (None, authority),
-    };
-    let (username, password) = match userinfo {
-        None => (None, None),
-        Some(info) => match info.split_once(':') {
-            Some((user, password)) => (
-                (!user.is_empty()).then(|| decode(user)),
-                Some(Secret(decode(password))),
-            ),
-            None => ((!info.is_empty()).then(|| decode(info)), None),
-        },
-    };
-    let mut sentinels = Vec::new();
-    for host in hosts.split(',') {
-        let (name, port) = match host.strip_prefix('[') {
-            Some(v6) => {
-                let (name, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-                (name, after.strip_prefix(':'))
-            }
-            None => match host.rsplit_once(':') {
-                Some((name, port)) => (name, Some(port)),
-                None => (host, None),
-            },
-        };
-        if name.is_empty() {
-            return Err(bad("a Sentinel with no host"));
-        }
-        let port = match port {
-            None => 26379,
-            Some(port) => port
-                .parse::<u16>()
-                .ok()
-                .filter(|&p| p != 0)
-                .ok_or_else(|| bad(&format!("port {port:?} is not a port number")))?,
-        };
-        sentinels.push((name.to_owned(), port));
-    }
+    let (username, password, sentinels) = parse_authority(authority, 26379, &bad)?;
     if sentinels.len() > MAX_SENTINELS {
         return Err(bad(&format!("more than {MAX_SENTINELS} Sentinels")));
     }
@@ -334,6 +360,85 @@ fn parse_sentinel(rest: &str, shown: &str, tls: bool) -> Result<RedisUrl, String
             sentinels,
             master_name: decode(name),
         }),
+        cluster: None,
+    })
+}
+
+/// `[user[:password]@]host[:port][,host[:port]...]`: the credentials and the hosts, each
+/// with `default_port` when it names none.
+type Authority = (Option<String>, Option<Secret>, Vec<(String, u16)>);
+
+fn parse_authority(
+    authority: &str,
+    default_port: u16,
+    bad: &dyn Fn(&str) -> String,
+) -> Result<Authority, String> {
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let (username, password) = match userinfo {
+        None => (None, None),
+        Some(info) => match info.split_once(':') {
+            Some((user, password)) => (
+                (!user.is_empty()).then(|| decode(user)),
+                Some(Secret(decode(password))),
+            ),
+            None => ((!info.is_empty()).then(|| decode(info)), None),
+        },
+    };
+    let mut found = Vec::new();
+    for host in hosts.split(',') {
+        let (name, port) = match host.strip_prefix('[') {
+            Some(v6) => {
+                let (name, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+                (name, after.strip_prefix(':'))
+            }
+            None => match host.rsplit_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (host, None),
+            },
+        };
+        if name.is_empty() {
+            return Err(bad("a host is empty"));
+        }
+        let port = match port {
+            None => default_port,
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| bad(&format!("port {port:?} is not a port number")))?,
+        };
+        found.push((name.to_owned(), port));
+    }
+    Ok((username, password, found))
+}
+
+/// `[user[:password]@]host[:port][,host[:port]...][/]`, after `redis-cluster://` (or
+/// `rediss-cluster://`: `tls`). A cluster has database 0 only, so no database is taken.
+fn parse_cluster(rest: &str, shown: &str, tls: bool) -> Result<RedisUrl, String> {
+    let bad = |why: &str| format!("invalid upstream url {shown:?}: {why}");
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains('/') {
+        return Err(bad(
+            "a cluster url names no database (Redis Cluster has database 0 only)",
+        ));
+    }
+    let (username, password, seeds) = parse_authority(authority, 6379, &bad)?;
+    if seeds.len() > MAX_SEEDS {
+        return Err(bad(&format!("more than {MAX_SEEDS} seed nodes")));
+    }
+    let (host, port) = seeds[0].clone();
+    Ok(RedisUrl {
+        tls,
+        host,
+        port,
+        username,
+        password,
+        db: 0,
+        sentinel: None,
+        cluster: Some(ClusterUrl { seeds }),
     })
 }
 
@@ -345,11 +450,13 @@ impl fmt::Debug for RedisUrl {
 
 impl fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match (&self.sentinel, self.tls) {
-            (Some(_), false) => "sentinel://",
-            (Some(_), true) => "sentinels://",
-            (None, true) => "rediss://",
-            (None, false) => "redis://",
+        f.write_str(match (&self.sentinel, &self.cluster, self.tls) {
+            (Some(_), _, false) => "sentinel://",
+            (Some(_), _, true) => "sentinels://",
+            (None, Some(_), false) => "redis-cluster://",
+            (None, Some(_), true) => "rediss-cluster://",
+            (None, None, true) => "rediss://",
+            (None, None, false) => "redis://",
         })?;
         match (&self.username, &self.password) {
             (Some(user), Some(_)) => write!(f, "{user}:****@")?,
@@ -366,7 +473,17 @@ impl fmt::Display for RedisUrl {
                     .collect();
                 write!(f, "{}/{}", hosts.join(","), sentinel.master_name)?;
             }
-            None => write!(f, "{}", self.address())?,
+            None => match &self.cluster {
+                Some(cluster) => {
+                    let hosts: Vec<String> = cluster
+                        .seeds
+                        .iter()
+                        .map(|(host, port)| host_port(host, *port))
+                        .collect();
+                    f.write_str(&hosts.join(","))?;
+                }
+                None => write!(f, "{}", self.address())?,
+            },
         }
         if self.db != 0 {
             write!(f, "/{}", self.db)?;
@@ -458,5 +575,44 @@ mod sentinel_tests {
         assert!(!config.url.tls);
         let err = toml::from_str::<UpstreamConfig>("[sentinel]\nmaster = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_url_names_its_seeds_and_credentials() {
+        let url = RedisUrl::parse("redis-cluster://u:p%40ss@a:7000,b,[::1]:7002/").unwrap();
+        let cluster = url.cluster.as_ref().unwrap();
+        assert_eq!(
+            cluster.seeds,
+            vec![
+                ("a".to_owned(), 7000),
+                ("b".to_owned(), 6379),
+                ("::1".to_owned(), 7002)
+            ]
+        );
+        assert_eq!(url.username.as_deref(), Some("u"));
+        assert_eq!(url.password.as_ref().unwrap().expose(), "p@ss");
+        assert!(!url.tls);
+        assert_eq!(
+            url.to_string(),
+            "redis-cluster://u:****@a:7000,b:6379,[::1]:7002"
+        );
+        let tls = RedisUrl::parse("rediss-cluster://h:1").unwrap();
+        assert!(tls.tls && tls.cluster.is_some());
+        assert_eq!(tls.to_string(), "rediss-cluster://h:1");
+    }
+
+    #[test]
+    fn a_cluster_url_with_a_database_or_no_host_is_refused() {
+        let err = RedisUrl::parse("redis-cluster://a:1/2").unwrap_err();
+        assert!(err.contains("database 0 only"), "{err}");
+        let err = RedisUrl::parse("redis-cluster://a:1,,b:2").unwrap_err();
+        assert!(err.contains("a host is empty"), "{err}");
+        let err = RedisUrl::parse("redis-cluster://a:0").unwrap_err();
+        assert!(err.contains("not a port number"), "{err}");
     }
 }

@@ -29,6 +29,7 @@
 
 pub mod acl;
 pub mod aside;
+pub mod cluster;
 pub mod dedicated;
 pub mod identity;
 pub mod pool;
@@ -36,8 +37,8 @@ pub mod sentinel;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -126,6 +127,11 @@ pub struct Upstream {
     tls: Option<(TlsConnector, Option<rustls_pki_types::ServerName<'static>>)>,
     /// The master's address now, and its generation (see [`sentinel`]).
     pub master: Arc<sentinel::Master>,
+    /// For a `redis-cluster://` url: the slot map; every connection is then a router's
+    /// pipe (see [`cluster`]).
+    pub cluster: Option<Arc<cluster::Cluster>>,
+    /// This upstream itself, for the cluster routers' tasks.
+    me: Weak<Upstream>,
     acl: acl::AclCheck,
     shut: AtomicBool,
     /// Pooled connections brought back up after they were lost (registered with the
@@ -148,7 +154,21 @@ impl Upstream {
             .credentials()
             .map(|(user, password)| identity::Login { user, password });
         let identities = Identities::new(config.max_user_pools, config.user_pool_idle());
-        Ok(Arc::new(Upstream {
+        let cluster = config.url.cluster.as_ref().map(|url| {
+            let seeds = url
+                .seeds
+                .iter()
+                .map(|(host, port)| crate::config::host_port(host, *port))
+                .collect();
+            Arc::new(cluster::Cluster::new(
+                config.cluster.clone(),
+                seeds,
+                config.url.tls,
+            ))
+        });
+        Ok(Arc::new_cyclic(|me| Upstream {
+            cluster,
+            me: me.clone(),
             default: Arc::new(Identity::new(None, login)),
             identities,
             config,
@@ -180,6 +200,9 @@ impl Upstream {
         tokio::spawn(load_commands(self.clone(), setup));
         if let Some(url) = &self.config.url.sentinel {
             tokio::spawn(sentinel::watch(self.clone(), url.clone()));
+        }
+        if let Some(cluster) = &self.cluster {
+            tokio::spawn(cluster.clone().run(self.clone()));
         }
         tokio::spawn(reap_identities(self.clone()));
         self.pool(Protocol::Resp2);
@@ -303,6 +326,13 @@ impl Upstream {
         setup: &[Vec<Bytes>],
         required: usize,
     ) -> Result<(Stream, Vec<Bytes>), UpstreamError> {
+        if let Some(cluster) = &self.cluster {
+            let me = self
+                .me
+                .upgrade()
+                .ok_or_else(|| UpstreamError::Unavailable("cachet is shutting down".into()))?;
+            return cluster::conn::connect(me, cluster.clone(), setup, required).await;
+        }
         let (address, _) = self.master.address()?;
         self.connect_to(&address, setup, required).await
     }
@@ -580,6 +610,16 @@ fn control_server(
     let name = name.map(|n| n.to_str().into_owned());
     let server =
         |host: &str, port: u16| fred::types::config::Server::new_with_tls(host, port, name.clone());
+    if let Some(cluster) = &config.url.cluster {
+        return ServerConfig::Clustered {
+            hosts: cluster
+                .seeds
+                .iter()
+                .map(|(host, port)| server(host, *port))
+                .collect(),
+            policy: Default::default(),
+        };
+    }
     let Some(url) = &config.url.sentinel else {
         return ServerConfig::Centralized {
             server: server(&config.url.host, config.url.port),
