@@ -2993,6 +2993,8 @@ async fn issue15_cachets_own_connections_cannot_be_killed() {
 // - SCAN is run to the end on both sides (the cursor moves from node to node, so one call
 //   with COUNT 1000 does not return every key as one Redis does) and the keys are compared
 //   as a set, each exactly once. KEYS is already compared as a set (`Unordered`).
+// - PUBLISH, PUBSUB and WAIT count what the answering node sees: compared by shape
+//   ([`cluster_norm`]).
 // - Steps that cannot work on a cluster are left out, on both sides, before the run (both
 //   sides then run the same sequence, so their data stays alike): see [`cluster_skip`]. The
 //   steps left out are printed (`--nocapture`).
@@ -3025,6 +3027,10 @@ fn cluster_skip(step: &Step, slots: usize) -> Option<&'static str> {
         // A cluster node says so: redis_mode:cluster, its replicas in ROLE.
         "ROLE" => Some("a cluster node's ROLE lists its replicas"),
         "INFO" => Some("INFO names cluster mode and per-node figures"),
+        // Each node lists its own subscribers' channels.
+        "PUBSUB" if sub == "CHANNELS" || sub == "SHARDCHANNELS" => {
+            Some("PUBSUB lists the answering node's channels")
+        }
         // SORT BY/GET patterns must hash to the key's slot on a cluster.
         "SORT" | "SORT_RO" if has("BY") || has("GET") => {
             Some("SORT BY/GET patterns across slots (Redis Cluster refuses them)")
@@ -3035,6 +3041,17 @@ fn cluster_skip(step: &Step, slots: usize) -> Option<&'static str> {
         }
         _ => None,
     }
+}
+
+/// Replies that count what one node sees, compared by shape on a cluster: PUBLISH's and
+/// PUBSUB's counts are the answering node's own subscribers (the subscriber may be on
+/// another node), WAIT counts the answering primary's replicas.
+fn cluster_norm(step: &Step) -> Option<Norm> {
+    let name = step.args.first()?;
+    ["PUBLISH", "PUBSUB", "WAIT"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        .then_some(Norm::Shape)
 }
 
 /// The number of distinct slots of `step`'s keys, asked of Redis (`COMMAND GETKEYS`); 0 for
@@ -3188,7 +3205,13 @@ async fn differential_through_cachet_on_a_cluster() {
         let slots = step_slots(&mut probe, &step).await;
         match cluster_skip(&step, slots) {
             Some(why) => skipped.push((step.describe(), why)),
-            None => steps.push(step),
+            None => {
+                let mut step = step;
+                if let Some(norm) = cluster_norm(&step) {
+                    step.norm = norm;
+                }
+                steps.push(step);
+            }
         }
     }
     // The sequence ends with FLUSHALL, SCRIPT FLUSH, FUNCTION FLUSH and ACL DELUSER: it can
