@@ -405,7 +405,7 @@ impl Router {
     }
 
     /// The live link to `address`, opened (with the state replayed) if there is none.
-    async fn link(&mut self, address: &str) -> Result<&mut Link, String> {
+    async fn link(&mut self, address: &str) -> Result<&mut Link, UpstreamError> {
         let live = self.links.get(address).is_some_and(|l| l.dead.is_none());
         if !live {
             let mut setup = self.state.clone();
@@ -427,7 +427,7 @@ impl Router {
                 }
                 Err(e) => {
                     self.cluster.node_lost();
-                    return Err(e.to_string());
+                    return Err(e);
                 }
             }
         }
@@ -450,11 +450,7 @@ impl Router {
                     reply: None,
                 }
             }
-            Err(e) => Part::failed(
-                address,
-                command,
-                error_frame(&format!("ERR upstream unavailable: {e}")),
-            ),
+            Err(e) => Part::failed(address, command, e.to_frame()),
         }
     }
 
