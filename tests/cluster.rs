@@ -827,10 +827,12 @@ impl Tally {
 }
 
 /// A fred client (centralized, one attempt per command): SET `w{id}:{n}`, GET it back, and
-/// GET one of its earlier keys back too (which may be in a slot on the move), until `stop`.
+/// GET one of its earlier keys and one of the `preloaded` keys back too (either may be in a
+/// slot on the move), until `stop`.
 async fn fred_writer(
     id: usize,
     proxy: SocketAddr,
+    preloaded: Arc<Vec<(String, String)>>,
     stop: Arc<AtomicBool>,
     tally: Arc<Mutex<Tally>>,
 ) {
@@ -889,6 +891,18 @@ async fn fred_writer(
             )),
             Err(e) => note_error(format!("GET earlier: {e}")),
         }
+        if preloaded.is_empty() {
+            continue;
+        }
+        let (old, want) = &preloaded[fastrand::usize(..preloaded.len())];
+        match client.get::<Option<String>, _>(old).await {
+            Ok(Some(got)) if got == *want => tally.lock().unwrap().ok += 1,
+            Ok(other) => tally.lock().unwrap().wrong.push((
+                Instant::now(),
+                format!("GET {old} (preloaded): {other:?}, wrote {want:?}"),
+            )),
+            Err(e) => note_error(format!("GET preloaded: {e}")),
+        }
     }
     let _ = client.quit().await;
 }
@@ -912,6 +926,30 @@ async fn missing_writes(proxy: &Proxy, written: &[(String, String)]) -> Vec<Stri
 }
 
 const WRITERS: usize = 6;
+/// Keys written before a reshard, so that the slots on the move hold data (about three keys
+/// a slot) and reads of them meet ASK redirects.
+const PRELOADED: usize = 50_000;
+
+/// Writes `count` keys `pre:{n}` through cachet, in MSETs of 500 keys (which cachet splits
+/// by slot); returns them with their values.
+async fn preload(proxy: &Proxy, count: usize) -> Vec<(String, String)> {
+    let keys: Vec<(String, String)> = (0..count)
+        .map(|n| (format!("pre:{n}"), format!("p{n}")))
+        .collect();
+    let mut c = RawClient::connect(proxy.addr).await.expect("connect");
+    for chunk in keys.chunks(500) {
+        let mut args = vec!["MSET".to_owned()];
+        for (k, v) in chunk {
+            args.extend([k.clone(), v.clone()]);
+        }
+        assert_eq!(
+            call(&mut c, &args).await,
+            Value::Simple("OK".into()),
+            "preload MSET"
+        );
+    }
+    keys
+}
 
 /// `redis-cli --cluster reshard` moves 1,000 slots from one primary to another while fred
 /// clients write and read back their own keys through cachet: no client sees an error or a
@@ -921,10 +959,19 @@ async fn resharding_under_load_is_invisible_to_clients() {
     let _heavy = HEAVY.lock().await;
     let cluster = Cluster::start(3, 1);
     let proxy = cluster.start_proxy("").await;
+    let preloaded = Arc::new(preload(&proxy, PRELOADED).await);
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Mutex::new(Tally::default()));
     let workers: Vec<_> = (0..WRITERS)
-        .map(|id| tokio::spawn(fred_writer(id, proxy.addr, stop.clone(), tally.clone())))
+        .map(|id| {
+            tokio::spawn(fred_writer(
+                id,
+                proxy.addr,
+                preloaded.clone(),
+                stop.clone(),
+                tally.clone(),
+            ))
+        })
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let primaries = cluster.primaries();
@@ -952,12 +999,16 @@ async fn resharding_under_load_is_invisible_to_clients() {
         .sum();
     let tally = std::mem::take(&mut *tally.lock().unwrap());
     let missing = missing_writes(&proxy, &tally.written).await;
+    let missing_preloaded = missing_writes(&proxy, &preloaded).await;
     let start = Instant::now() - Duration::from_secs(3600);
-    println!("--- resharding 1,000 slots under load, {WRITERS} fred clients through cachet ---");
+    println!(
+        "--- resharding 1,000 slots under load, {WRITERS} fred clients through cachet, \
+         {PRELOADED} keys preloaded ---"
+    );
     println!(
         "reshard took {:.1} s; {} keys written before it, {} in all; {} right replies, {} errors, \
          {} wrong replies, {} reads of a fresh write that found nothing, {} acknowledged writes \
-         missing afterwards; slots of the target {before} -> {after}",
+         missing afterwards ({} preloaded); slots of the target {before} -> {after}",
         took.as_secs_f64(),
         keys_before,
         tally.written.len(),
@@ -965,7 +1016,8 @@ async fn resharding_under_load_is_invisible_to_clients() {
         tally.errors.len(),
         tally.wrong.len(),
         tally.lost.len(),
-        missing.len()
+        missing.len(),
+        missing_preloaded.len()
     );
     for (kind, n) in tally.error_kinds(start, Instant::now()) {
         println!("    {n:>5} x {kind}");
@@ -994,6 +1046,11 @@ async fn resharding_under_load_is_invisible_to_clients() {
         tally.lost.is_empty(),
         "fresh writes not found: {:?}",
         &tally.lost[..tally.lost.len().min(20)]
+    );
+    assert!(
+        missing_preloaded.is_empty(),
+        "preloaded keys missing: {:?}",
+        &missing_preloaded[..missing_preloaded.len().min(20)]
     );
     assert!(
         missing.is_empty(),
