@@ -1341,3 +1341,86 @@ async fn taginvalidate_of_100k_keys_on_three_primaries() {
         "Redis calls of 10 ms or more: {slow:?}"
     );
 }
+
+/// `cmdstat_get` calls in a node's `INFO commandstats`.
+fn gets(cluster: &Cluster, port: u16) -> u64 {
+    let info = cluster
+        .node(port)
+        .command(&["INFO", "commandstats"])
+        .unwrap_or_else(|e| panic!("INFO on {port}: {e}"));
+    String::from_utf8_lossy(info.bytes())
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `read_from = "replica"`: GETs outside transactions go to the replicas (which were sent
+/// READONLY, or they would answer MOVED), writes and transactional reads to the primaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_from_replica_sends_reads_to_replicas() {
+    let cluster = Cluster::start(3, 1);
+    let toml = cluster.proxy_config_with("", "read_from = \"replica\"", "");
+    let proxy = Cluster::start_proxy_toml(&toml).await;
+    let mut c = connect(&proxy, false).await;
+    let keys = keys_everywhere(&cluster, "r:", 5);
+    for k in &keys {
+        assert_eq!(c.text(&["SET", k, "v"]).await, "+OK\r\n");
+    }
+    // Replication is asynchronous: wait until every replica has every key.
+    for p in cluster.primaries() {
+        for r in cluster.replicas_of(p) {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while cluster.node(r).command(&["DBSIZE"]).map(|v| v.int())
+                != cluster.node(p).command(&["DBSIZE"]).map(|v| v.int())
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "replica {r} of {p} did not catch up"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    let nodes: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let before: Vec<u64> = nodes.iter().map(|p| gets(&cluster, *p)).collect();
+    for _ in 0..3 {
+        for k in &keys {
+            assert_eq!(
+                c.text(&["GET", k]).await,
+                "$1\r\nv\r\n",
+                "GET {k} from a replica"
+            );
+        }
+    }
+    let primaries = cluster.primaries();
+    let mut on_primaries = 0;
+    let mut on_replicas = 0;
+    for (p, b) in nodes.iter().zip(&before) {
+        let n = gets(&cluster, *p) - b;
+        if primaries.contains(p) {
+            on_primaries += n;
+        } else {
+            on_replicas += n;
+        }
+    }
+    println!("read_from = replica: {on_replicas} GETs on replicas, {on_primaries} on primaries");
+    assert_eq!(
+        on_replicas,
+        3 * keys.len() as u64,
+        "every GET went to a replica"
+    );
+    assert_eq!(on_primaries, 0, "no GET went to a primary");
+    // A read inside a transaction stays on the primary.
+    assert_eq!(c.text(&["MULTI"]).await, "+OK\r\n");
+    assert_eq!(c.text(&["GET", &keys[0]]).await, "+QUEUED\r\n");
+    assert_eq!(c.text(&["EXEC"]).await, "*1\r\n$1\r\nv\r\n");
+    let owner = cluster.primary_for_key(&keys[0]);
+    let i = nodes.iter().position(|p| *p == owner).unwrap();
+    assert_eq!(
+        gets(&cluster, owner) - before[i],
+        1,
+        "the transaction's GET ran on the primary"
+    );
+}
