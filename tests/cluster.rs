@@ -1424,3 +1424,57 @@ async fn read_from_replica_sends_reads_to_replicas() {
         "the transaction's GET ran on the primary"
     );
 }
+
+/// SSUBSCRIBE follows its slot: when the slot moves to another primary, the subscriber gets
+/// Redis's own `sunsubscribe`, subscribes again through cachet (now on the new owner), and
+/// SPUBLISH reaches it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_channel_follows_its_slot_to_another_primary() {
+    let cluster = Cluster::start(3, 1);
+    let proxy = cluster.start_proxy("").await;
+    let primaries = cluster.primaries();
+    let (from, to) = (primaries[0], primaries[1]);
+    // `redis-cli --cluster reshard` moves the lowest slots first: a channel in the lowest.
+    let first = cluster.slots_of(from).iter().map(|r| r.0).min().unwrap();
+    let channel = (0..)
+        .map(|n| format!("sch:{n}"))
+        .find(|c| slot(c) == first)
+        .unwrap();
+    let mut sub = connect(&proxy, false).await;
+    let mut publisher = connect(&proxy, false).await;
+    sub.send(&["SSUBSCRIBE", &channel]).await.unwrap();
+    assert_eq!(
+        kind_and_channel(&pushed(&mut sub, "ssubscribe").await),
+        ["ssubscribe", channel.as_str()]
+    );
+    assert_eq!(
+        publisher.text(&["SPUBLISH", &channel, "before"]).await,
+        ":1\r\n"
+    );
+    assert_eq!(
+        pushed(&mut sub, "smessage").await,
+        bulks(&["smessage", &channel, "before"])
+    );
+    let mut reshard = cluster.reshard(from, to, 1);
+    reshard.wait(Duration::from_secs(60)).await;
+    cluster.wait_owner(first, to, Duration::from_secs(10)).await;
+    assert_eq!(
+        kind_and_channel(&pushed(&mut sub, "sunsubscribe on migration").await),
+        ["sunsubscribe", channel.as_str()],
+        "the subscriber hears that its slot moved"
+    );
+    sub.send(&["SSUBSCRIBE", &channel]).await.unwrap();
+    assert_eq!(
+        kind_and_channel(&pushed(&mut sub, "ssubscribe again").await),
+        ["ssubscribe", channel.as_str()]
+    );
+    assert_eq!(
+        publisher.text(&["SPUBLISH", &channel, "after"]).await,
+        ":1\r\n",
+        "SPUBLISH reaches the new owner, where the subscriber now is"
+    );
+    assert_eq!(
+        pushed(&mut sub, "smessage after the move").await,
+        bulks(&["smessage", &channel, "after"])
+    );
+}
