@@ -422,7 +422,10 @@ async fn pushed(c: &mut RawClient, what: &str) -> Value {
 
 /// The first two elements of a (un)subscribe confirmation, as text.
 fn kind_and_channel(v: &Value) -> Vec<String> {
-    v.items()[..2]
+    let Value::Array(items) = v else {
+        panic!("expected a (un)subscribe confirmation, got {v:?}");
+    };
+    items[..2]
         .iter()
         .map(|i| String::from_utf8_lossy(i.bytes()).into_owned())
         .collect()
