@@ -145,11 +145,13 @@ for _ in $(seq 1 300); do
     ok=1
     for p in "${cluster_ports[@]}"; do
         redis-cli -p "$p" CLUSTER INFO 2>/dev/null | grep -q '^cluster_state:ok' || { ok=0; break; }
+        # every replica known as one (until then it shows as a master with no slots)
+        [[ $(redis-cli -p "$p" CLUSTER NODES 2>/dev/null | grep -c master) == "$PRIMARIES" ]] || { ok=0; break; }
     done
     [[ $ok == 1 ]] && break
     sleep 0.1
 done
-[[ $ok == 1 ]] || die "the cluster did not reach cluster_state:ok within 30 s"
+[[ $ok == 1 ]] || die "the cluster was not whole (cluster_state:ok, $PRIMARIES masters) within 30 s"
 port[cluster-direct]=${cluster_ports[0]}
 redis_pids[cluster-direct]="${cluster_pids[*]}"
 redis_pids[cluster-cachet]="${cluster_pids[*]}"
