@@ -117,7 +117,8 @@ pub async fn run_validated(
     let rules = Arc::new(rules);
     let index =
         tags::index::TagIndex::new(upstream.control().clone(), tags::index::DEFAULT_PREFIX)?
-            .with_rules(rules.clone());
+            .with_rules(rules.clone())
+            .cluster(config.upstream.is_cluster());
     let library = index.clone();
     upstream.start(vec![upstream::SetupStep::new(
         "cachet's function library (tagged writes fail without it)",

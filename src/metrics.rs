@@ -1,5 +1,6 @@
 //! Every metric cachet keeps, with its name and labels, in one place. Label values are
-//! bounded sets (command names from Redis's `COMMAND` table, rule names from the config),
+//! bounded sets (command names from Redis's `COMMAND` table, rule names from the config, the
+//! nodes of a Redis Cluster: at most `health::cluster::MAX_NODES`, removed when they leave),
 //! never keys or tags.
 //!
 //! A client's malformed input is counted in `cachet_client_protocol_errors_total`, not in
@@ -18,8 +19,8 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    core::Collector,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, core::Collector,
 };
 use rustc_hash::FxHashMap;
 
@@ -73,6 +74,8 @@ pub struct Metrics {
     /// Redis's key count and memory use, as of the last health check.
     pub upstream_keys: IntGauge,
     pub upstream_memory_bytes: IntGauge,
+    /// Behind Redis Cluster: each node's figures, as of the last health check.
+    pub upstream_nodes: NodeGauges,
     /// The health endpoint's `overall`: 0 healthy, 1 degraded, 2 unhealthy.
     pub health_overall: IntGauge,
     /// Policy calls, by policy.
@@ -232,6 +235,7 @@ impl Metrics {
                 "cachet_upstream_used_memory_bytes",
                 "Redis used_memory (as of the last health check)",
             ),
+            upstream_nodes: NodeGauges::new(r),
             health_overall: gauge(
                 r,
                 "cachet_health_overall",
@@ -316,6 +320,84 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A Redis Cluster node's figures, labelled `node` (its `host:port`) and `role` (`primary`,
+/// `replica`). `up` is set for every node listed; the others only while the node answers, so
+/// a node down shows no stale figures. Empty, so absent from `/metrics`, for a single Redis.
+pub struct NodeGauges {
+    pub up: IntGaugeVec,
+    pub latency: GaugeVec,
+    pub memory: IntGaugeVec,
+    pub keys: IntGaugeVec,
+}
+
+const NODE_LABELS: &[&str] = &["node", "role"];
+
+impl NodeGauges {
+    fn new(r: &Registry) -> Self {
+        let int = |name: &str, help: &str| {
+            register(
+                r,
+                IntGaugeVec::new(Opts::new(name, help), NODE_LABELS).expect("valid metric"),
+            )
+        };
+        NodeGauges {
+            up: int(
+                "cachet_upstream_node_up",
+                "Redis Cluster node answered the last health check (1) or not (0), by node and role",
+            ),
+            latency: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "cachet_upstream_node_latency_seconds",
+                        "Redis Cluster node's fastest PING in the last health check, by node and role",
+                    ),
+                    NODE_LABELS,
+                )
+                .expect("valid metric"),
+            ),
+            memory: int(
+                "cachet_upstream_node_memory_bytes",
+                "Redis Cluster node's used_memory (as of the last health check), by node and role",
+            ),
+            keys: int(
+                "cachet_upstream_node_keys",
+                "Redis Cluster node's DBSIZE (as of the last health check), by node and role",
+            ),
+        }
+    }
+
+    /// One node's figures: latency (s), used memory and keys when it answered, `None` when not.
+    pub fn set(&self, node: &str, role: &str, figures: Option<(f64, i64, i64)>) {
+        let labels = [node, role];
+        self.up
+            .with_label_values(&labels)
+            .set(i64::from(figures.is_some()));
+        match figures {
+            Some((latency, memory, keys)) => {
+                self.latency.with_label_values(&labels).set(latency);
+                self.memory.with_label_values(&labels).set(memory);
+                self.keys.with_label_values(&labels).set(keys);
+            }
+            None => self.remove_figures(&labels),
+        }
+    }
+
+    /// Every series of a node that left the cluster, or changed role.
+    pub fn remove(&self, node: &str, role: &str) {
+        let labels = [node, role];
+        let _ = self.up.remove_label_values(&labels);
+        self.remove_figures(&labels);
+    }
+
+    fn remove_figures(&self, labels: &[&str; 2]) {
+        // Absent series are not an error here: a node down has none.
+        let _ = self.latency.remove_label_values(labels);
+        let _ = self.memory.remove_label_values(labels);
+        let _ = self.keys.remove_label_values(labels);
     }
 }
 

@@ -156,7 +156,8 @@ struct HistoryQuery {
 
 /// The server-side history the dashboard draws (`crate::health::history`): one point a second
 /// for ranges up to an hour, one a minute up to a day, as columns; and `current`: `overall`
-/// with its reasons, and the thresholds and the judging window as `/health` gives them.
+/// with its reasons, the thresholds and the judging window as `/health` gives them, and behind
+/// Redis Cluster its node table (`nodes`).
 async fn history(
     State(admin): State<Arc<Admin>>,
     headers: HeaderMap,
@@ -182,6 +183,8 @@ async fn history(
         "thresholds": full["data"]["cachet"]["thresholds"].take(),
         "window": full["data"]["health"]["cache"]["window"].take(),
         "memoryBasis": report.check.memory_basis,
+        // Behind Redis Cluster, the node table; null for a single Redis.
+        "nodes": full["data"]["health"]["redis"]["nodes"].take(),
     });
     axum::Json(body).into_response()
 }

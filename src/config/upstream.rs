@@ -400,7 +400,7 @@ fn parse_authority(
             },
         };
         if name.is_empty() {
-            return Err(bad("a host is empty"));
+            return Err(bad("a host is empty (no host between two commas)"));
         }
         let port = match port {
             None => default_port,

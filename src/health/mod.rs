@@ -11,6 +11,11 @@
 //! to find out why (refused, no route, a refused AUTH...), so the report gives the real cause
 //! at once instead of a timeout.
 //!
+//! Behind Redis Cluster (a clustered control client) each check covers every node, primaries
+//! and replicas, on connections of its own: see [`cluster`] for the node list, what is summed
+//! and what is judged. `/health` then lists the nodes (`redis.nodes`), `/metrics` has each
+//! node's series, and INFO a `# cachet_cluster` section; a single Redis's report is unchanged.
+//!
 //! Hit and error rates are judged over a recent window (`[health] window_s`, 60 s), not since
 //! start, and only when the window holds enough to judge by (`min_lookups` rule-matched
 //! lookups, `min_commands` commands): a cold cache after a restart is not unhealthy, and one
@@ -25,12 +30,14 @@
 //! check. `/health` and INFO compute `overall` when asked, from the last check, the pool's
 //! state at that moment and the counters, so a request never waits on Redis.
 
+pub mod cluster;
 pub mod history;
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fred::clients::Client;
 use fred::interfaces::{ClientLike, EventInterface, ServerInterface};
 use fred::types::InfoKind;
 use prometheus::core::Metric;
@@ -115,6 +122,79 @@ pub struct Check {
     pub error: Option<String>,
     /// Unix time of the check, ms.
     pub at_ms: u64,
+    /// Behind Redis Cluster: the figures above sum up `nodes` ([`cluster::summarize`]).
+    pub cluster: bool,
+    /// Each node's own check, primaries first (at most [`cluster::MAX_NODES`]).
+    pub nodes: Arc<[cluster::NodeCheck]>,
+    /// Nodes listed past [`cluster::MAX_NODES`], not checked.
+    pub nodes_omitted: usize,
+}
+
+/// Memory figures from `INFO memory`.
+struct Memory {
+    used: u64,
+    /// `maxmemory`, or `total_system_memory` when `maxmemory` is 0.
+    limit: u64,
+    basis: &'static str,
+}
+
+impl Memory {
+    fn parse(info: &str) -> Self {
+        let field = |name: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let (limit, basis) = match field("maxmemory") {
+            0 => (field("total_system_memory"), "system"),
+            max => (max, "maxmemory"),
+        };
+        Memory {
+            used: field("used_memory"),
+            limit,
+            basis,
+        }
+    }
+
+    /// `used` as a percentage of `limit` (0 when the limit is unknown).
+    fn usage(&self) -> f64 {
+        match self.limit {
+            0 => 0.0,
+            limit => self.used as f64 * 100.0 / limit as f64,
+        }
+    }
+}
+
+/// What one round of PINGs, `INFO memory` and `DBSIZE` measured on one server.
+struct Measured {
+    /// The fastest PING.
+    latency: Duration,
+    memory: Memory,
+    keys: u64,
+}
+
+/// Measures the server `client` talks to. A connection may also carry other work (the
+/// control connection carries cachet's: the command table at start, index functions, the
+/// sweeper), and a PING queued behind a large reply measures that reply. Of PINGS_PER_CHECK
+/// in a row, the fastest is Redis's latency: a Redis that is slow answers every one slowly.
+/// The histogram gets them all.
+async fn measure(client: &Client, metrics: &Metrics) -> Result<Measured, fred::error::Error> {
+    let mut latency = Duration::MAX;
+    for _ in 0..PINGS_PER_CHECK {
+        let started = Instant::now();
+        let _: String = client.ping(None).await?;
+        let took = started.elapsed();
+        metrics.upstream_latency.observe(took.as_secs_f64());
+        latency = latency.min(took);
+    }
+    let memory: String = client.info(Some(InfoKind::Memory)).await?;
+    let keys: u64 = client.dbsize().await?;
+    Ok(Measured {
+        latency,
+        memory: Memory::parse(&memory),
+        keys,
+    })
 }
 
 /// The monitor's handle: what it reads (Redis through the control client, the counters) and
@@ -122,6 +202,11 @@ pub struct Check {
 pub struct Health {
     config: HealthConfig,
     upstream: Arc<Upstream>,
+    /// The client checks go through: the upstream's control client, unless a caller gave
+    /// another ([`Health::checking`]). A clustered one makes every check a cluster check.
+    control: Client,
+    /// Behind Redis Cluster: what the checks keep of each node.
+    nodes: cluster::Nodes,
     metrics: Arc<Metrics>,
     /// `[[rules]]` in force, for the report.
     rules: usize,
@@ -145,6 +230,8 @@ impl Health {
         let history = History::new(bounds, metrics.hits.rule_names().to_vec());
         Health {
             config,
+            control: upstream.control().clone(),
+            nodes: cluster::Nodes::default(),
             upstream,
             metrics,
             rules,
@@ -153,6 +240,19 @@ impl Health {
             recheck: tokio::sync::Notify::new(),
             history,
         }
+    }
+
+    /// Checks Redis through `control` instead of the upstream's control client: a client of
+    /// the same servers, or, in tests, a clustered client of a cluster the upstream does not
+    /// route to.
+    pub fn checking(mut self, control: Client) -> Self {
+        self.control = control;
+        self
+    }
+
+    /// Whether Redis is a cluster, each node checked ([`cluster`]).
+    pub fn is_cluster(&self) -> bool {
+        self.control.is_clustered()
     }
 
     /// Clients connected to cachet now.
@@ -323,25 +423,64 @@ pub fn assess(
         );
         found.push((level, threshold, what, "above".into()));
     }
-    let (level, threshold) = t.redis_latency_ms.above(check.latency_ms);
-    let what = format!("Redis PING latency {:.2} ms", check.latency_ms);
-    found.push((level, threshold, what, "above".into()));
-    let (level, threshold) = t.memory_usage.above(check.memory_usage);
-    let what = format!(
-        "Redis memory {:.1}% of {}",
-        check.memory_usage, check.memory_basis
-    );
-    found.push((level, threshold, what, "above".into()));
-    let overall = found.iter().map(|f| f.0).max().unwrap_or(Overall::Healthy);
-    let reasons = found
+    // Behind a cluster each primary is judged on its own, and one down is degraded: the
+    // others' keys are still served (none answering is unreachable, above).
+    let mut down = vec![];
+    let judged: Vec<(String, f64, f64, &str)> = match check.cluster {
+        false => vec![(
+            "Redis".to_owned(),
+            check.latency_ms,
+            check.memory_usage,
+            check.memory_basis,
+        )],
+        true => check
+            .nodes
+            .iter()
+            .filter(|n| n.role == cluster::Role::Primary)
+            .filter_map(|n| {
+                let name = format!("Redis node {} (primary)", n.address);
+                if n.up {
+                    return Some((name, n.latency_ms, n.memory_usage, n.memory_basis));
+                }
+                if n.serves() {
+                    let flag = n
+                        .failing
+                        .map_or(String::new(), |f| format!(", cluster: {f}"));
+                    down.push(format!(
+                        "Redis node {} (primary, {} slots{flag}) is down: {}",
+                        n.address,
+                        n.slot_count(),
+                        n.error.as_deref().unwrap_or("unknown")
+                    ));
+                }
+                None
+            })
+            .collect(),
+    };
+    for (name, latency_ms, memory_usage, basis) in judged {
+        let (level, threshold) = t.redis_latency_ms.above(latency_ms);
+        let what = format!("{name} PING latency {latency_ms:.2} ms");
+        found.push((level, threshold, what, "above".into()));
+        let (level, threshold) = t.memory_usage.above(memory_usage);
+        let what = format!("{name} memory {memory_usage:.1}% of {basis}");
+        found.push((level, threshold, what, "above".into()));
+    }
+    let overall = found
+        .iter()
+        .map(|f| f.0)
+        .chain((!down.is_empty()).then_some(Overall::Degraded))
+        .max()
+        .unwrap_or(Overall::Healthy);
+    let reasons = down
         .into_iter()
-        .filter(|f| f.0 > Overall::Healthy)
-        .map(|(level, threshold, what, side)| {
-            format!(
-                "{what} is {side} the {} {threshold}",
-                level.threshold_word()
-            )
-        })
+        .chain(found.into_iter().filter(|f| f.0 > Overall::Healthy).map(
+            |(level, threshold, what, side)| {
+                format!(
+                    "{what} is {side} the {} {threshold}",
+                    level.threshold_word()
+                )
+            },
+        ))
         .collect();
     (overall, reasons)
 }
@@ -381,7 +520,7 @@ impl Report {
                 })
             })
             .collect();
-        json!({
+        let mut body = json!({
             "success": true,
             "data": {
                 "health": {
@@ -442,8 +581,54 @@ impl Report {
                     "checkIntervalMs": health.config.interval_ms,
                 },
             }
+        });
+        if self.check.cluster {
+            let redis = &mut body["data"]["health"]["redis"];
+            redis["cluster"] = self.cluster_json();
+            redis["nodes"] = self.check.nodes.iter().map(node_json).collect();
+        }
+        body
+    }
+
+    /// How many nodes, and primaries, the last check listed and found up.
+    fn cluster_json(&self) -> serde_json::Value {
+        let nodes = &self.check.nodes;
+        let count = |primary: bool, up: bool| {
+            nodes
+                .iter()
+                .filter(|n| !primary || n.role == cluster::Role::Primary)
+                .filter(|n| !up || n.up)
+                .count()
+        };
+        json!({
+            "nodes": count(false, false),
+            "nodesUp": count(false, true),
+            "primaries": count(true, false),
+            "primariesUp": count(true, true),
+            "nodesOmitted": self.check.nodes_omitted,
         })
     }
+}
+
+/// One node's row in `/health`: its figures are those of the last check (`null` when down).
+fn node_json(n: &cluster::NodeCheck) -> serde_json::Value {
+    let measured = |v: serde_json::Value| if n.up { v } else { serde_json::Value::Null };
+    json!({
+        "address": n.address,
+        "id": n.id,
+        "role": n.role.as_str(),
+        "primary": n.primary,
+        "up": n.up,
+        "clusterFlag": n.failing,
+        "latency": measured(json!(round2(n.latency_ms))),
+        "usedMemory": measured(json!(n.used_memory)),
+        "memoryUsage": measured(json!(round2(n.memory_usage))),
+        "memoryBasis": measured(json!(n.memory_basis)),
+        "keys": measured(json!(n.keys)),
+        "slots": n.slots,
+        "slotCount": n.slot_count(),
+        "error": n.error,
+    })
 }
 
 fn thresholds_json(t: &Thresholds) -> serde_json::Value {
@@ -507,6 +692,39 @@ pub fn info_section(health: &Health) -> String {
     );
     line("redis_memory_basis", &r.check.memory_basis);
     line("redis_keys", &r.check.key_count);
+    if r.check.cluster {
+        out.push_str(&cluster_info(&r));
+    }
+    out
+}
+
+/// The `# cachet_cluster` section, after `# cachet` behind a cluster: the counts, then one
+/// line per node, as Redis lists replicas in `# Replication` (`node0:address=...,up=1,...`).
+fn cluster_info(r: &Report) -> String {
+    let mut out = String::from("\r\n# cachet_cluster\r\n");
+    let counts = r.cluster_json();
+    for (name, key) in [
+        ("cluster_nodes", "nodes"),
+        ("cluster_nodes_up", "nodesUp"),
+        ("cluster_primaries", "primaries"),
+        ("cluster_primaries_up", "primariesUp"),
+        ("cluster_nodes_omitted", "nodesOmitted"),
+    ] {
+        out.push_str(&format!("{name}:{}\r\n", counts[key]));
+    }
+    for (i, n) in r.check.nodes.iter().enumerate() {
+        out.push_str(&format!(
+            "node{i}:address={},role={},up={},latency_ms={:.2},used_memory={},memory_usage={:.2},keys={},slots={}\r\n",
+            n.address,
+            n.role.as_str(),
+            u8::from(n.up),
+            n.latency_ms,
+            n.used_memory,
+            n.memory_usage,
+            n.keys,
+            n.slot_count(),
+        ));
+    }
     out
 }
 
@@ -524,7 +742,7 @@ async fn unreachable_because(upstream: &Upstream) -> Option<String> {
 /// One check of Redis on the control connection.
 async fn check(health: &Health) -> Check {
     let at_ms = now_ms();
-    let control = health.upstream.control();
+    let control = &health.control;
     let failed = |error: String| Check {
         error: Some(error),
         at_ms,
@@ -541,51 +759,24 @@ async fn check(health: &Health) -> Check {
     let measured = async {
         // Timed from a connected client: a PING queued while fred connects measures the connect.
         control.wait_for_connect().await?;
-        // The control connection also carries cachet's own work (the command table at start,
-        // index functions, the sweeper), and a PING queued behind a large reply measures that
-        // reply. Of PINGS_PER_CHECK in a row, the fastest is Redis's latency: a Redis that is
-        // slow answers every one slowly. The histogram gets them all.
-        let mut latency = Duration::MAX;
-        for _ in 0..PINGS_PER_CHECK {
-            let started = Instant::now();
-            let _: String = control.ping(None).await?;
-            let took = started.elapsed();
-            health.metrics.upstream_latency.observe(took.as_secs_f64());
-            latency = latency.min(took);
-        }
-        let memory: String = control.info(Some(InfoKind::Memory)).await?;
-        let keys: u64 = control.dbsize().await?;
-        Ok::<_, fred::error::Error>((latency, memory, keys))
+        measure(control, &health.metrics).await
     };
     match tokio::time::timeout(CHECK_TIMEOUT, measured).await {
-        Ok(Ok((latency, memory, keys))) => {
-            let field = |name: &str| -> u64 {
-                memory
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0)
-            };
-            let used = field("used_memory");
-            let (limit, basis) = match field("maxmemory") {
-                0 => (field("total_system_memory"), "system"),
-                max => (max, "maxmemory"),
-            };
-            Check {
-                connected: true,
-                latency_ms: latency.as_secs_f64() * 1000.0,
-                memory_usage: if limit > 0 {
-                    used as f64 * 100.0 / limit as f64
-                } else {
-                    0.0
-                },
-                used_memory: used,
-                memory_basis: basis,
-                key_count: keys,
-                error: None,
-                at_ms,
-            }
-        }
+        Ok(Ok(Measured {
+            latency,
+            memory,
+            keys,
+        })) => Check {
+            connected: true,
+            latency_ms: latency.as_secs_f64() * 1000.0,
+            memory_usage: memory.usage(),
+            used_memory: memory.used,
+            memory_basis: memory.basis,
+            key_count: keys,
+            error: None,
+            at_ms,
+            ..Check::default()
+        },
         Ok(Err(error)) => failed(error.to_string()),
         Err(_) => failed(format!(
             "no reply within {} ms from {}",
@@ -599,7 +790,7 @@ async fn check(health: &Health) -> Check {
 /// is not one: it is drained once the client is connected, and every later event counts.
 async fn count_reconnects(health: Arc<Health>, shutdown: CancellationToken) {
     use tokio::sync::broadcast::error::RecvError;
-    let control = health.upstream.control();
+    let control = &health.control;
     let mut events = control.reconnect_rx();
     tokio::select! {
         _ = shutdown.cancelled() => return,
@@ -615,6 +806,32 @@ async fn count_reconnects(health: Arc<Health>, shutdown: CancellationToken) {
                 Err(RecvError::Closed) => return,
             },
         }
+    }
+}
+
+/// Least time between two checks that control-client events ask for.
+const EVENT_RECHECK_GAP: Duration = Duration::from_millis(250);
+
+/// Behind a cluster: asks for a check at once when the control client loses a node's
+/// connection or sees the slot map change, so a primary down (or a failover) shows within a
+/// check rather than an interval. Events in a burst (a node refusing reconnects) ask once per
+/// [`EVENT_RECHECK_GAP`].
+async fn recheck_on_events(health: Arc<Health>, shutdown: CancellationToken) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut errors = health.control.error_rx();
+    let mut changes = health.control.cluster_change_rx();
+    loop {
+        let closed = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            event = errors.recv() => matches!(event, Err(RecvError::Closed)),
+            event = changes.recv() => matches!(event, Err(RecvError::Closed)),
+        };
+        if closed {
+            return;
+        }
+        health.recheck.notify_one();
+        tokio::time::sleep(EVENT_RECHECK_GAP).await;
+        while errors.try_recv().is_ok() || changes.try_recv().is_ok() {}
     }
 }
 
@@ -650,6 +867,9 @@ pub async fn monitor(health: Arc<Health>, shutdown: CancellationToken) {
     let interval = Duration::from_millis(health.config.interval_ms.max(1));
     tokio::spawn(count_reconnects(health.clone(), shutdown.clone()));
     tokio::spawn(sample(health.clone(), shutdown.clone()));
+    if health.is_cluster() {
+        tokio::spawn(recheck_on_events(health.clone(), shutdown.clone()));
+    }
     // The command table's large replies come first on the control connection at start; the
     // first check waits for them, unless Redis cannot be reached at all (then the check says
     // why at once), and not longer than a check may take.
@@ -658,7 +878,10 @@ pub async fn monitor(health: Arc<Health>, shutdown: CancellationToken) {
         Some(_) = unreachable_because(&health.upstream) => {}
     }
     loop {
-        let found = check(&health).await;
+        let found = match health.is_cluster() {
+            true => cluster::check(&health.nodes, &health.control, &health.metrics).await,
+            false => check(&health).await,
+        };
         let m = &health.metrics;
         if found.connected {
             m.upstream_keys.set(found.key_count as i64);
@@ -668,9 +891,9 @@ pub async fn monitor(health: Arc<Health>, shutdown: CancellationToken) {
         m.upstream_connections.set(up as i64);
         *health.last.lock().expect("health lock") = Some(found);
         let r = assess_now(&health);
-        // While Redis is unreachable, look again within a second, so `connected` (and
-        // `/health`) follow its return without waiting a whole interval.
-        let pause = match r.check.connected {
+        // While Redis (or a cluster node) is unreachable, look again within a second, so
+        // `connected` (and `/health`) follow its return without waiting a whole interval.
+        let pause = match r.check.connected && r.check.nodes.iter().all(|n| n.up) {
             true => interval,
             false => interval.min(Duration::from_secs(1)),
         };
@@ -854,6 +1077,60 @@ mod tests {
         // At the minimum they do.
         let (overall, _) = assess(&c, &connected(), true, &window(100, 0, 100, 0));
         assert_eq!(overall, Overall::Unhealthy);
+    }
+
+    #[test]
+    fn behind_a_cluster_each_primary_is_judged_and_named() {
+        use cluster::{NodeCheck, Role};
+        let c = HealthConfig::default();
+        let node = |address: &str, role: Role, up: bool, latency_ms: f64| NodeCheck {
+            address: address.into(),
+            role,
+            up,
+            latency_ms,
+            memory_usage: 10.0,
+            memory_basis: "maxmemory",
+            slots: match role {
+                Role::Primary => vec![(0, 5460)],
+                Role::Replica => vec![],
+            },
+            error: (!up).then(|| "Connection refused (os error 111)".to_owned()),
+            ..NodeCheck::default()
+        };
+        let judge = |nodes: Vec<NodeCheck>| {
+            let check = cluster::summarize(nodes, 0, 1);
+            assess(&c, &check, true, &Window::default())
+        };
+        let healthy = judge(vec![
+            node("a:1", Role::Primary, true, 1.0),
+            node("b:1", Role::Primary, true, 2.0),
+        ]);
+        assert_eq!(healthy, (Overall::Healthy, vec![]));
+        // A replica down is reported in the node list, not judged.
+        let replica_down = judge(vec![
+            node("a:1", Role::Primary, true, 1.0),
+            node("r:1", Role::Replica, false, 0.0),
+        ]);
+        assert_eq!(replica_down.0, Overall::Healthy);
+        let (overall, reasons) = judge(vec![
+            node("a:1", Role::Primary, true, 20.0),
+            node("b:1", Role::Primary, false, 0.0),
+        ]);
+        assert_eq!(overall, Overall::Degraded);
+        assert_eq!(
+            reasons,
+            [
+                "Redis node b:1 (primary, 5461 slots) is down: Connection refused (os error 111)",
+                "Redis node a:1 (primary) PING latency 20.00 ms is above the warning 10",
+            ]
+        );
+        // No primary answering is Redis unreachable.
+        let (overall, reasons) = judge(vec![node("b:1", Role::Primary, false, 0.0)]);
+        assert_eq!(overall, Overall::Unhealthy);
+        assert_eq!(
+            reasons,
+            ["Redis unreachable: no primary answered (b:1: Connection refused (os error 111))"]
+        );
     }
 
     #[test]

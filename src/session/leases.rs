@@ -9,7 +9,9 @@
 //! the command, so the client still gets Redis's reply) if any tag was invalidated since.
 //! Epochs live in Redis, so an invalidation through any cachet instance counts. Like a
 //! memcache lease, this is per client connection: a write from another connection is not
-//! checked.
+//! checked. On Redis Cluster the epoch read is the same `MGET` through the pool, which the
+//! cluster core splits by slot and merges in order; the write then checks the lease's epochs
+//! after it ran, on the tags' nodes (`crate::tags::index`, "Cluster").
 //!
 //! One connection may carry several requests at once (ioredis, fred and most clients
 //! multiplex one connection), so two misses of the same key can be outstanding and cachet

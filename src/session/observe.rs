@@ -32,7 +32,9 @@
 //! bulk string in RESP2, a verbatim string in RESP3) is re-encoded with cachet's section
 //! appended; `cachet` is removed from the sections sent to Redis, and `INFO cachet` alone is
 //! answered by cachet. On a dedicated connection (inside MULTI, say) INFO goes to Redis
-//! untouched.
+//! untouched. Behind Redis Cluster, cachet's section is followed by `# cachet_cluster`: the
+//! node and primary counts, up and listed, and a line per node (`crate::health::cluster`);
+//! Redis's own sections are those of the node the INFO went to.
 
 use std::sync::Arc;
 

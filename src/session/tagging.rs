@@ -14,6 +14,13 @@
 //!
 //! Before a read of a rule-matched key the epoch read goes first, so that a miss leaves a
 //! lease ([`super::leases`]) for the write that follows.
+//!
+//! On Redis Cluster (`TagIndex::is_cluster`) a write and its tags' entries are in different
+//! slots: a rule-matched write runs in steps on the control client once the client's earlier
+//! commands have replied, its later ones waiting for it (`write_clustered`, the ordering of
+//! `write_as_cachet`); the fast path keeps only SETs whose tags all name their key (one plain
+//! SET); a tagged write inside MULTI is queued as `cachet_cwrite` with its entries added as it
+//! is queued (`crate::tags::index`, "Cluster", for what that keeps and what it does not).
 
 use bytes::Bytes;
 
@@ -24,7 +31,7 @@ use super::observe::{self, Lookup};
 use crate::resp::Request;
 use crate::resp::commands::CommandInfo;
 use crate::resp::reply::Reply;
-use crate::tags::index::{FastSet, IndexError, WriteCall, WriteKey};
+use crate::tags::index::{FastSet, IndexError, WriteCall, WriteKey, encode_reply};
 
 /// Most tagged SETs gathered into one transaction ([`crate::tags::index::FastBatch`]).
 const FAST_BATCH_MAX: usize = 64;
@@ -96,6 +103,12 @@ impl Session {
             return;
         }
         if wrappable(info, name, &request) {
+            if self.services.index.is_cluster() {
+                if carries_tags || self.matches_rules(&request, info) {
+                    return self.write_clustered(request, name, info, None);
+                }
+                return self.forward_lookup(request, lookup);
+            }
             if let Some(call) = self.tagged_write(&request, name, info) {
                 return self.forward(Request::from_args(call));
             }
@@ -141,13 +154,16 @@ impl Session {
     /// one `ACL DRYRUN` per distinct command in a second (the decision cache is per exact
     /// arguments).
     fn write_as_cachet(&mut self, request: Request, name: &[u8], info: &CommandInfo) {
+        let user = self.acl_user().expect("on another user's pool");
+        if self.services.index.is_cluster() {
+            return self.write_clustered(request, name, info, Some(user));
+        }
         let Some(request) = self.after_earlier_replies(request) else {
             return;
         };
         let Some(call) = self.tagged_write(&request, name, info) else {
             return self.forward(request);
         };
-        let user = self.acl_user().expect("on another user's pool");
         let id = self.reserve_async();
         let inbox = self.reply_tx.clone();
         let protocol = self.protocol;
@@ -228,6 +244,11 @@ impl Session {
         if self.snapshots.holds(key) {
             return false;
         }
+        // On a cluster the block would span the key's slot and its tags': only a SET whose
+        // tags all name its key (one plain SET) stays fast.
+        if self.services.index.is_cluster() && !found.tags.is_empty() {
+            return false;
+        }
         // One reading of the clock per client read: the batch goes out at its end.
         let now_ms = *self.batch.clock_ms.get_or_insert_with(|| {
             std::time::SystemTime::now()
@@ -290,6 +311,62 @@ impl Session {
         self.batch.fast = fast;
     }
 
+    /// A rule-matched write on Redis Cluster, where it spans its key's slot and its tags'
+    /// (`crate::tags::index`, "Cluster"): once the client's earlier commands have replied,
+    /// it runs in steps on the control client ([`crate::tags::index::TagIndex::write_cluster`])
+    /// and its later commands wait for its reply, as `write_as_cachet` does (whose ACL check
+    /// comes first when `user` is given). A command whose keys span slots gets Redis
+    /// Cluster's `CROSSSLOT`.
+    fn write_clustered(
+        &mut self,
+        request: Request,
+        name: &[u8],
+        info: &CommandInfo,
+        user: Option<Bytes>,
+    ) {
+        let Some(request) = self.after_earlier_replies(request) else {
+            return;
+        };
+        let mut slots = info
+            .key_positions(request.args.len())
+            .map(|at| redis_protocol::redis_keyslot(&request.args[at]));
+        if let Some(first) = slots.next()
+            && slots.any(|slot| slot != first)
+        {
+            return self.reply_local(Reply::error(
+                "CROSSSLOT Keys in request don't hash to the same slot",
+            ));
+        }
+        let Some((keys, explicit_ttl, allow_oom)) = self.tagged_keys(&request, name, info) else {
+            return self.forward(request);
+        };
+        let id = self.reserve_async();
+        let inbox = self.reply_tx.clone();
+        let protocol = self.protocol;
+        let services = self.services.clone();
+        tokio::spawn(async move {
+            let plain = request.args;
+            if let Some(user) = &user
+                && let Err(refused) = acl::check(&services, user, plain.clone()).await
+            {
+                let _ = inbox.send(super::Inbox::Done(id, refused.encode(protocol)));
+                return;
+            }
+            let call = WriteCall {
+                command: &plain,
+                keys: &keys,
+                protocol,
+                explicit_ttl,
+                allow_oom,
+            };
+            let reply = match services.index.write_cluster(&call).await {
+                Ok(frame) => encode_reply(&frame, protocol),
+                Err(error) => error_reply(error).encode(protocol),
+            };
+            let _ = inbox.send(super::Inbox::Done(id, reply));
+        });
+    }
+
     /// The `cachet_write` call for a write whose keys match rules, or `None` when none does.
     fn tagged_write(
         &mut self,
@@ -297,6 +374,25 @@ impl Session {
         name: &[u8],
         info: &CommandInfo,
     ) -> Option<Vec<Bytes>> {
+        let (writes, explicit_ttl, allow_oom) = self.tagged_keys(request, name, info)?;
+        Some(self.services.index.write_call(&WriteCall {
+            command: &request.args,
+            keys: &writes,
+            protocol: self.protocol,
+            explicit_ttl,
+            allow_oom,
+        }))
+    }
+
+    /// The data keys of a write whose keys match rules (their tags, leases and TTLs), whether
+    /// it sets the TTL itself and whether it may run out of memory; `None` when no key
+    /// matches a rule.
+    fn tagged_keys(
+        &mut self,
+        request: &Request,
+        name: &[u8],
+        info: &CommandInfo,
+    ) -> Option<(Vec<WriteKey>, bool, bool)> {
         let positions: Vec<usize> = info.key_positions(request.args.len()).collect();
         let mut writes = Vec::new();
         for &position in &positions {
@@ -340,13 +436,7 @@ impl Session {
                 }),
             }
         }
-        Some(self.services.index.write_call(&WriteCall {
-            command: &request.args,
-            keys: &writes,
-            protocol: self.protocol,
-            explicit_ttl: sets_ttl_explicitly(name, request),
-            allow_oom: !info.denyoom,
-        }))
+        Some((writes, sets_ttl_explicitly(name, request), !info.denyoom))
     }
 
     /// connection, after this client's earlier commands and before its later ones.
@@ -549,7 +639,23 @@ impl Session {
         let own_state = self.other_user() || self.pinning.divergence.database;
         if !self.services.rules.is_empty() && !own_state {
             let table = self.services.upstream.commands();
-            if let Some(info) = table.get(name).filter(|i| wrappable(i, name, &request))
+            let info = table.get(name).filter(|i| wrappable(i, name, &request));
+            if let Some(info) = info
+                && self.services.index.is_cluster()
+                && let Some((keys, explicit_ttl, allow_oom)) =
+                    self.tagged_keys(&request, name, info)
+            {
+                let (call, entries) = self.services.index.queued_write(&WriteCall {
+                    command: &request.args,
+                    keys: &keys,
+                    protocol: self.protocol,
+                    explicit_ttl,
+                    allow_oom,
+                });
+                tokio::spawn(entries);
+                return self.send_dedicated(Request::from_args(call), name);
+            }
+            if let Some(info) = info
                 && let Some(call) = self.tagged_write(&request, name, info)
             {
                 return self.send_dedicated(Request::from_args(call), name);

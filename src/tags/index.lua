@@ -480,3 +480,159 @@ redis.register_function('cachet_sweep', function(keys, args)
   end
   return { page[1], removed }
 end)
+
+-- Redis Cluster (src/tags/index/cluster.rs). There a function reaches one slot only, so the
+-- functions below each touch either one data key's slot (the key and its per-key set) or one
+-- tag's slot (its set, epoch and drain sets); cachet orders the calls between them.
+
+-- cachet_cwrite / cachet_cwrite_oom: run one command, then bring its data keys' per-key sets
+-- up to date (their tags' sets, elsewhere, got their entries before this call).
+local function cwrite(keys, args)
+  local p = args[1]
+  local resp3 = args[2] == '3'
+  local explicit_ttl = args[3] == '1'
+  local n_cmd = tonumber(args[4])
+  local a = 5 + n_cmd
+  local plan = {}
+  for ki = 1, #keys, 2 do
+    local e = { key = keys[ki], kt = keys[ki + 1], ttl = tonumber(args[a]), inherit = tonumber(args[a + 1]) }
+    local n = tonumber(args[a + 2])
+    e.tags = { unpack(args, a + 3, a + 2 + n) }
+    a = a + 3 + n
+    plan[#plan + 1] = e
+  end
+  for _, e in ipairs(plan) do
+    if e.inherit > 0 then
+      local source = plan[e.inherit]
+      for _, tag in ipairs(redis.call('SMEMBERS', source.kt)) do
+        e.tags[#e.tags + 1] = tag
+      end
+    end
+  end
+  local reply = 0
+  if n_cmd > 0 then
+    if resp3 then
+      redis.setresp(3)
+    end
+    reply = redis.pcall(unpack(args, 5, 4 + n_cmd))
+    redis.setresp(2)
+    if type(reply) == 'table' and reply['err'] then
+      return reply
+    end
+  end
+  local now = now_ms()
+  local gone = 0
+  for _, e in ipairs(plan) do
+    local pt = redis.call('PEXPIRETIME', e.key)
+    if pt == -2 then
+      redis.call('DEL', e.kt)
+      gone = gone + 1
+    else
+      if pt == -1 and not explicit_ttl and e.ttl > 0 then
+        pt = now + e.ttl * 1000
+        redis.call('PEXPIREAT', e.key, digits(pt))
+      end
+      if #e.tags > 0 then
+        redis.call('SADD', e.kt, unpack(e.tags))
+      end
+      if redis.call('EXISTS', e.kt) == 1 then
+        if pt == -1 then
+          redis.call('PERSIST', e.kt)
+        else
+          redis.call('PEXPIREAT', e.kt, digits(pt))
+        end
+      end
+    end
+  end
+  if n_cmd == 0 then
+    return gone
+  end
+  return reply
+end
+
+redis.register_function('cachet_cwrite', cwrite)
+redis.register_function({ function_name = 'cachet_cwrite_oom', callback = cwrite, flags = { 'allow-oom' } })
+
+-- cachet_cinvalidate: bump the tag's epoch and move its set aside as a drain set, whose keys
+-- (on any node) cachet then deletes. Replies {epoch, members in the drain set}.
+redis.register_function('cachet_cinvalidate', function(keys, args)
+  local tk, te = keys[1], keys[2]
+  local p, tag, epoch_ttl = args[1], args[2], tonumber(args[3])
+  local current = tonumber(redis.call('GET', te))
+  local epoch = current and math.max(now_ms(), current + 1) or now_ms() + EPOCH_RESTART_MS
+  if epoch_ttl > 0 then
+    redis.call('SET', te, digits(epoch), 'PX', digits(epoch_ttl))
+  else
+    redis.call('SET', te, digits(epoch))
+  end
+  if not is_zset(tk) then
+    return { digits(epoch), 0 }
+  end
+  local set = drain_key(p, tag, digits(epoch))
+  redis.call('RENAME', tk, set)
+  return { digits(epoch), redis.call('ZCARD', set) }
+end)
+
+-- cachet_cdelete: deletes data keys (ARGV[3..]) served by this node, each with its per-key
+-- set, one at a time (a command may not span slots even here), until `budget_us` (ARGV[2])
+-- has passed. KEYS[1] is one of them, which routes the call. Replies {deleted, keys done}.
+redis.register_function({
+  function_name = 'cachet_cdelete',
+  flags = { 'allow-cross-slot-keys', 'allow-oom' },
+  callback = function(keys, args)
+    local p, budget_us = args[1], tonumber(args[2])
+    local started = now_us()
+    local deleted, done = 0, 0
+    for i = 3, #args do
+      deleted = deleted + redis.call('UNLINK', args[i])
+      redis.call('DEL', key_tags(p, args[i]))
+      done = done + 1
+      if done % 8 == 0 and now_us() - started >= budget_us then
+        break
+      end
+    end
+    return { deleted, done }
+  end,
+})
+
+-- cachet_cfix: the sweeper's changes to one tag or drain set (KEYS[1]), from what it found of
+-- the members' keys on their own nodes (ARGV: member, score seen, new score or `-` to
+-- remove). Each applies only if the member's score is still the one seen: a writer that
+-- added the member again since gave it another. Replies how many members it removed.
+redis.register_function({
+  function_name = 'cachet_cfix',
+  flags = { 'allow-oom' },
+  callback = function(keys, args)
+    local removed = 0
+    for i = 1, #args, 3 do
+      local s = redis.call('ZSCORE', keys[1], args[i])
+      if s and s == args[i + 1] then
+        if args[i + 2] == '-' then
+          removed = removed + redis.call('ZREM', keys[1], args[i])
+        else
+          redis.call('ZADD', keys[1], 'XX', args[i + 2], args[i])
+        end
+      end
+    end
+    return removed
+  end,
+})
+
+-- cachet_ctag: attach tags (ARGV[2..]) to an existing key (KEYS[1], its per-key set KEYS[2]);
+-- their sets got the key before this call. Replies how many it did not have yet.
+redis.register_function('cachet_ctag', function(keys, args)
+  if #args < 2 then
+    return redis.error_reply("ERR wrong number of arguments for 'tag' command")
+  end
+  local pt = redis.call('PEXPIRETIME', keys[1])
+  if pt == -2 then
+    return redis.error_reply('ERR no such key')
+  end
+  local added = redis.call('SADD', keys[2], unpack(args, 2))
+  if pt == -1 then
+    redis.call('PERSIST', keys[2])
+  else
+    redis.call('PEXPIREAT', keys[2], digits(pt))
+  end
+  return added
+end)

@@ -48,7 +48,11 @@ impl TagIndex {
     /// Loads (or replaces) the function library, and from now on again at every reconnect
     /// ([`TagIndex::reload`]).
     pub async fn install(&self) -> Result<(), IndexError> {
-        let loaded: Result<Value, _> = self.client.function_load(true, LIBRARY).await;
+        // In a cluster every primary needs it: functions run where their keys are.
+        let loaded: Result<Value, _> = match self.cluster {
+            true => self.client.function_load_cluster(true, LIBRARY).await,
+            false => self.client.function_load(true, LIBRARY).await,
+        };
         loaded.map_err(IndexError::Load)?;
         self.in_use.set();
         Ok(())

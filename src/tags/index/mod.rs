@@ -1,9 +1,12 @@
 //! The tag index: which keys carry which tag, kept in Redis so that any number of cachet
 //! instances share it, and `TAGINVALIDATE` (deleting every key of a tag).
 //!
-//! The index is a Redis 7 function library, `cachet` (`index.lua`). Every change to it
-//! happens inside one function call or one `MULTI`/`EXEC` block, together with the data write
-//! it follows, so Redis never shows a tagged key without its index entries.
+//! The index is a Redis 7 function library, `cachet` (`index.lua`). On one server every
+//! change to it happens inside one function call or one `MULTI`/`EXEC` block, together with
+//! the data write it follows, so Redis never shows a tagged key without its index entries.
+//! On Redis Cluster ([`TagIndex::cluster`]) a call reaches one slot, so a write adds its
+//! entries before its data and checks its tags' epochs after (`cluster`, "Cluster", for the
+//! guarantee that keeps).
 //! Reading a key never touches the index: a read only needs the epochs of the tags its rule
 //! names ([`TagIndex::epoch_keys`]), and only when the proxy wants to fill the key after a miss.
 //!
@@ -19,6 +22,8 @@
 //! * `ops`: what the index does on its own connection: invalidation, the TAG commands,
 //!   the sweeper.
 //! * `library`: loading `index.lua`, and the one retry after Redis lost it.
+//! * `cluster`: the same index on Redis Cluster (**Cluster**): writes and invalidations in
+//!   steps of one slot each, ordered so that no stale value survives.
 //! * `error`: [`IndexError`], classified once from what Redis answered.
 //!
 //! # Tags that name their key
@@ -82,6 +87,7 @@
 //!   and the sweeper catch up. A RENAME or COPY that skips it leaves the new name untagged,
 //!   so the proxy should route those through `cachet_write` even for rule-less keys.
 
+mod cluster;
 mod error;
 mod fast;
 mod functions;
@@ -98,6 +104,7 @@ use fred::clients::Client;
 
 use crate::tags::Rules;
 
+pub use cluster::{NODE_PARALLELISM, SWEEP_GRACE, encode_reply};
 pub use error::IndexError;
 pub use fast::{FAST_SCORE_SLACK_MS, FastBatch, FastSet};
 pub use functions::{WriteCall, WriteKey, epoch_from_reply, parse_epochs};
@@ -126,6 +133,12 @@ pub struct TagIndex {
     rules: Option<Arc<Rules>>,
     client: Client,
     in_use: library::InUse,
+    /// Redis Cluster: the index works slot by slot (`cluster`).
+    cluster: bool,
+    /// In cluster mode, how long past its score the sweeper keeps a member whose key is gone.
+    sweep_grace: Duration,
+    /// In cluster mode, on how many nodes at once an invalidation deletes.
+    node_parallelism: usize,
 }
 
 impl TagIndex {
@@ -139,6 +152,9 @@ impl TagIndex {
             rules: None,
             client,
             in_use: library::InUse::default(),
+            cluster: false,
+            sweep_grace: cluster::SWEEP_GRACE,
+            node_parallelism: cluster::NODE_PARALLELISM,
         })
     }
 

@@ -23,12 +23,12 @@
 //! * The per-key set hashes `S(K)`: `K`'s slot, except for the empty key and for keys that
 //!   contain `}` without a valid hash tag (those land in `esc(K)`'s slot).
 //!
-//! Standalone Redis is the target: `cachet_write` reaches a data key's slot and each of its
-//! tags' slots, and invalidation reaches every tagged key's slot, which is fine on one server.
-//! Cluster would need the tag sets split by slot (`P:t:{S(K)}:esc(t)` next to each key, plus
-//! a per-tag registry of the slots in use, kept in the tag's slot), an epoch copy per slot (or
-//! a two-step check), and invalidation fanned out per slot. The names above already put every
-//! per-key structure in its key's slot, so only the per-tag side would change.
+//! On one server `cachet_write` reaches a data key's slot and each of its tags' slots, and
+//! invalidation reaches every tagged key's slot. On Redis Cluster the names stay the same and
+//! each call stays in one slot instead: the data key with its per-key set, or a tag with its
+//! set, epoch and drain sets; cachet orders the calls between them so that the guarantees
+//! hold (`cluster`, "Cluster"). The two kinds of key above whose per-key set is in another
+//! slot cannot be written through the index there.
 
 use bytes::{BufMut, Bytes, BytesMut};
 

@@ -33,6 +33,9 @@ impl TagIndex {
         if tags.is_empty() {
             return Ok(Vec::new());
         }
+        if self.cluster {
+            return self.epochs_cluster(tags).await;
+        }
         let keys: Vec<Value> = self
             .epoch_keys(tags)
             .into_iter()
@@ -58,7 +61,10 @@ impl TagIndex {
     async fn invalidate_all(&self, tags: &[Bytes]) -> Result<u64, IndexError> {
         let mut deleted = 0;
         for tag in tags {
-            deleted += self.invalidate_tag(tag).await?;
+            deleted += match self.cluster {
+                true => self.invalidate_tag_cluster(tag).await?,
+                false => self.invalidate_tag(tag).await?,
+            };
         }
         tracing::debug!(deleted, "invalidated");
         Ok(deleted)
@@ -123,6 +129,9 @@ impl TagIndex {
     }
 
     async fn tag_once(&self, key: &Bytes, tags: &[Bytes]) -> Result<u64, IndexError> {
+        if self.cluster {
+            return self.tag_cluster(key, tags).await;
+        }
         if tags.is_empty() {
             return Ok(0);
         }
@@ -180,6 +189,9 @@ impl TagIndex {
         cursor: u64,
         count: u64,
     ) -> Result<(u64, Vec<Bytes>), IndexError> {
+        if self.cluster {
+            return self.tagkeys_cluster(tag, cursor, count).await;
+        }
         let mut keys = vec![Key::from(self.names.tag_keys(tag))];
         if cursor == 0 {
             keys.extend(self.keys_named_by(tag).into_iter().map(Key::from));
@@ -206,6 +218,9 @@ impl TagIndex {
     /// Runs one write through `cachet_write` on the index's connection (TAGSET, deletes
     /// decided by policies), and returns Redis's reply to it.
     pub async fn write(&self, call: &WriteCall<'_>) -> Result<Value, IndexError> {
+        if self.cluster {
+            return self.write_value_cluster(call).await;
+        }
         let call = self.write_call(call);
         self.with_library(|| self.fcall(&call)).await
     }
@@ -236,6 +251,9 @@ impl TagIndex {
         cursor: u64,
         count: u64,
     ) -> Result<(u64, SweepStats), IndexError> {
+        if self.cluster {
+            return self.sweep_step_cluster(cursor, count).await;
+        }
         let reply: Value = self
             .client
             .custom(
@@ -329,7 +347,10 @@ impl TagIndex {
     }
 }
 
-fn integers<const N: usize>(function: &'static str, reply: &Value) -> Result<[i64; N], IndexError> {
+pub(super) fn integers<const N: usize>(
+    function: &'static str,
+    reply: &Value,
+) -> Result<[i64; N], IndexError> {
     let Value::Array(parts) = reply else {
         return Err(unexpected(function, reply));
     };
@@ -339,7 +360,10 @@ fn integers<const N: usize>(function: &'static str, reply: &Value) -> Result<[i6
         .ok_or_else(|| unexpected(function, reply))
 }
 
-fn byte_strings(function: &'static str, reply: &Value) -> Result<Vec<Bytes>, IndexError> {
+pub(super) fn byte_strings(
+    function: &'static str,
+    reply: &Value,
+) -> Result<Vec<Bytes>, IndexError> {
     match reply {
         Value::Array(items) => items
             .iter()
@@ -353,7 +377,7 @@ fn byte_strings(function: &'static str, reply: &Value) -> Result<Vec<Bytes>, Ind
     }
 }
 
-fn unexpected(function: &'static str, reply: &Value) -> IndexError {
+pub(super) fn unexpected(function: &'static str, reply: &Value) -> IndexError {
     IndexError::Reply {
         function,
         reply: format!("{reply:?}"),

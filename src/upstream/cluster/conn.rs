@@ -27,9 +27,11 @@
 //!   goes to every link open and is replayed on every link opened later (a link is opened
 //!   on a node's first command, with the setup commands and that state);
 //! * SUBSCRIBE and the like go to the home link (the cluster carries PUBLISH to every node),
-//!   SSUBSCRIBE to the channels' slot's primary. In RESP2 the connection then streams:
-//!   every frame from every link is forwarded as it comes. In RESP3 pushes are forwarded as
-//!   they come and other replies keep their order.
+//!   SSUBSCRIBE to the channels' slot's primary. The connection then streams (RESP2 and
+//!   RESP3 alike): every frame from every link is forwarded as it comes, except a `-MOVED`
+//!   answering a shard subscription, which is sent again to the new owner (Redis itself
+//!   tells the client `sunsubscribe` when a slot moves away; the client subscribing again
+//!   may reach the old owner before the map is refreshed).
 //!
 //! Replies are matched to commands per link by sequence number (each link answers in the
 //! order it was written), so a command sent again after a redirect, behind later commands
@@ -47,6 +49,8 @@
 //! session already bound; each link's reader hands over whole frames only.
 
 use std::collections::{HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -56,10 +60,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::Cluster;
-use super::keys::{self, CROSSSLOT, Kind, Split};
+use super::keys::{self, CROSSSLOT, Command, Kind, Split};
 use crate::config::ReadFrom;
 use crate::net::{ReadHalf, Stream, WriteHalf};
-use crate::resp::request::{Limits, Request, RequestParser};
 use crate::resp::{FrameScanner, encode_command};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -72,13 +75,6 @@ pub const MAX_REDIRECTS: u8 = 16;
 pub const TRYAGAIN_PAUSE: Duration = Duration::from_millis(10);
 /// SCAN's cursor is `node cursor * SCAN_NODES + node index`.
 const SCAN_NODES: u64 = 1024;
-
-/// The commands on the pipe were checked by the session; these limits only frame them.
-const PIPE_LIMITS: Limits = Limits {
-    max_bulk_len: u64::MAX,
-    max_array_len: u64::MAX,
-    max_query_buffer: u64::MAX,
-};
 
 static NEXT_HOME: AtomicUsize = AtomicUsize::new(0);
 
@@ -117,8 +113,8 @@ pub async fn connect(
                     state: setup.to_vec(),
                     base_state: setup.len(),
                     required,
-                    home: home.clone(),
-                    links: HashMap::new(),
+                    home: home.clone().into(),
+                    links: FxHashMap::default(),
                     retired: HashMap::new(),
                     next_id: 0,
                     frames_tx,
@@ -129,9 +125,11 @@ pub async fn connect(
                     resp3,
                     streaming: Streaming::No,
                     shard_links: Vec::new(),
+                    shard_sent: VecDeque::new(),
+                    resend: Vec::new(),
                     replica_turn: 0,
                 };
-                router.adopt(home.clone(), stream);
+                router.adopt(home.clone().into(), stream);
                 tokio::spawn(router.run(theirs, frames_rx));
                 return Ok((Stream::Mem(ours), replies));
             }
@@ -187,7 +185,7 @@ impl Link {
 
 /// One command sent to one node, and its reply once in.
 struct Part {
-    address: String,
+    address: Arc<str>,
     link: u64,
     seq: u64,
     /// The `ASKING` sent before it, whose reply is dropped.
@@ -199,9 +197,9 @@ struct Part {
 }
 
 impl Part {
-    fn failed(address: &str, command: Bytes, reply: Bytes) -> Part {
+    fn failed(address: &Arc<str>, command: Bytes, reply: Bytes) -> Part {
         Part {
-            address: address.to_owned(),
+            address: address.clone(),
             link: u64::MAX,
             seq: 0,
             asking: None,
@@ -253,7 +251,7 @@ enum Streaming {
 /// A transaction being queued here.
 #[derive(Default)]
 struct Multi {
-    commands: Vec<Request>,
+    commands: Vec<Command>,
     /// A command was refused while queueing: EXEC gives `-EXECABORT`.
     aborted: bool,
 }
@@ -265,23 +263,27 @@ struct Router {
     state: Vec<Vec<Bytes>>,
     base_state: usize,
     required: usize,
-    home: String,
-    links: HashMap<String, Link>,
+    home: Arc<str>,
+    links: FxHashMap<Arc<str>, Link>,
     /// Broken links replaced by new ones, kept by id while replies that came in before
     /// the break wait to be taken.
     retired: HashMap<u64, Link>,
     next_id: u64,
-    frames_tx: mpsc::UnboundedSender<(u64, Result<Bytes, String>)>,
+    frames_tx: mpsc::UnboundedSender<(u64, Result<Vec<Bytes>, String>)>,
     pending: VecDeque<Pending>,
     /// Replies for the pipe, written at the end of the round.
     out: BytesMut,
     multi: Option<Multi>,
     /// The WATCHed keys' node and slot.
-    watch: Option<(String, u16)>,
+    watch: Option<(Arc<str>, u16)>,
     resp3: bool,
     streaming: Streaming,
     /// Nodes with shard subscriptions of this connection.
-    shard_links: Vec<String>,
+    shard_links: Vec<Arc<str>>,
+    /// The last shard (un)subscriptions sent, to send again where a `-MOVED` points.
+    shard_sent: VecDeque<Command>,
+    /// Shard subscriptions to send again (to a new owner) before the next round.
+    resend: Vec<(Arc<str>, Bytes)>,
     replica_turn: usize,
 }
 
@@ -293,12 +295,19 @@ impl Router {
     async fn run(
         mut self,
         pipe: tokio::io::DuplexStream,
-        mut frames: mpsc::UnboundedReceiver<(u64, Result<Bytes, String>)>,
+        mut frames: mpsc::UnboundedReceiver<(u64, Result<Vec<Bytes>, String>)>,
     ) {
         let (mut reader, mut writer) = tokio::io::split(pipe);
         let mut input = BytesMut::new();
-        let mut parser = RequestParser::default();
         loop {
+            for (address, command) in std::mem::take(&mut self.resend) {
+                if !self.shard_links.contains(&address) {
+                    self.shard_links.push(address.clone());
+                }
+                if !self.send_unmatched(&address, &command).await {
+                    return;
+                }
+            }
             if !self.settle().await {
                 return;
             }
@@ -313,11 +322,11 @@ impl Router {
                     match read {
                         Ok(0) | Err(_) => return,
                         Ok(_) => loop {
-                            match parser.parse(&mut input, &PIPE_LIMITS, true) {
+                            match Command::next(&mut input) {
                                 Ok(Some(request)) => self.route(request).await,
                                 Ok(None) => break,
                                 Err(e) => {
-                                    tracing::error!(error = %e, "cluster router: bad command on its pipe");
+                                    tracing::error!(error = e, "cluster router: bad command on its pipe");
                                     return;
                                 }
                             }
@@ -338,18 +347,34 @@ impl Router {
         }
     }
 
-    /// A frame (or the end) from a link. False when the connection must close.
-    fn received(&mut self, id: u64, frame: Result<Bytes, String>) -> bool {
+    /// Frames (or the end) from a link. False when the connection must close.
+    fn received(&mut self, id: u64, frames: Result<Vec<Bytes>, String>) -> bool {
         let Some(link) = self.links.values_mut().find(|l| l.id == id) else {
             return true;
         };
-        match frame {
-            Ok(frame) => {
-                if self.streaming == Streaming::Yes || (self.resp3 && frame.first() == Some(&b'>'))
-                {
-                    self.out.extend_from_slice(&frame);
-                } else {
-                    link.got.push_back(Some(frame));
+        match frames {
+            Ok(frames) => {
+                for frame in frames {
+                    if self.streaming == Streaming::Yes {
+                        if let Some((false, slot, address)) = parse_redirect(&frame)
+                            && let Some(command) = self
+                                .shard_sent
+                                .iter()
+                                .rev()
+                                .find(|c| c.get(1).is_some_and(|ch| keys::slot(ch) == slot))
+                        {
+                            // A shard channel's slot moved: subscribe at its new owner.
+                            self.cluster.moved(slot, &address);
+                            self.resend
+                                .push((address.as_str().into(), command.raw.clone()));
+                            continue;
+                        }
+                        self.out.extend_from_slice(&frame);
+                    } else if self.resp3 && frame.first() == Some(&b'>') {
+                        self.out.extend_from_slice(&frame);
+                    } else {
+                        link.got.push_back(Some(frame));
+                    }
                 }
                 true
             }
@@ -385,7 +410,7 @@ impl Router {
     }
 
     /// Takes a link opened elsewhere (the home link) and starts its reader.
-    fn adopt(&mut self, address: String, stream: Stream) {
+    fn adopt(&mut self, address: Arc<str>, stream: Stream) {
         let (reader, writer) = stream.into_split();
         let id = self.next_id;
         self.next_id += 1;
@@ -405,7 +430,7 @@ impl Router {
     }
 
     /// The live link to `address`, opened (with the state replayed) if there is none.
-    async fn link(&mut self, address: &str) -> Result<&mut Link, UpstreamError> {
+    async fn link(&mut self, address: &Arc<str>) -> Result<&mut Link, UpstreamError> {
         let live = self.links.get(address).is_some_and(|l| l.dead.is_none());
         if !live {
             let mut setup = self.state.clone();
@@ -418,12 +443,12 @@ impl Router {
                 .await
             {
                 Ok((stream, _)) => {
-                    if let Some(old) = self.links.remove(address)
+                    if let Some(old) = self.links.remove(&**address)
                         && old.got.iter().any(Option::is_some)
                     {
                         self.retired.insert(old.id, old);
                     }
-                    self.adopt(address.to_owned(), stream)
+                    self.adopt(address.clone(), stream)
                 }
                 Err(e) => {
                     self.cluster.node_lost();
@@ -431,17 +456,17 @@ impl Router {
                 }
             }
         }
-        Ok(self.links.get_mut(address).expect("just made"))
+        Ok(self.links.get_mut(&**address).expect("just made"))
     }
 
     /// Sends `command` to `address` (after `ASKING` for an `-ASK` redirect).
-    async fn send(&mut self, address: &str, command: Bytes, asking: bool) -> Part {
+    async fn send(&mut self, address: &Arc<str>, command: Bytes, asking: bool) -> Part {
         match self.link(address).await {
             Ok(link) => {
                 let asking = asking.then(|| link.write(b"*1\r\n$6\r\nASKING\r\n"));
                 let seq = link.write(&command);
                 Part {
-                    address: address.to_owned(),
+                    address: address.clone(),
                     link: link.id,
                     seq,
                     asking,
@@ -456,7 +481,7 @@ impl Router {
 
     /// Sends a command no reply is awaited for (RESP3 subscriptions, whose replies are
     /// pushes; commands of a streaming connection).
-    async fn send_unmatched(&mut self, address: &str, command: &[u8]) -> bool {
+    async fn send_unmatched(&mut self, address: &Arc<str>, command: &[u8]) -> bool {
         match self.link(address).await {
             Ok(link) => {
                 link.out.extend_from_slice(command);
@@ -468,7 +493,7 @@ impl Router {
 
     /// Fills `part`'s reply if it is in. True when it is.
     fn fill(
-        links: &mut HashMap<String, Link>,
+        links: &mut FxHashMap<Arc<str>, Link>,
         retired: &mut HashMap<u64, Link>,
         part: &mut Part,
     ) -> bool {
@@ -485,11 +510,11 @@ impl Router {
     }
 
     fn fill_from(
-        links: &mut HashMap<String, Link>,
+        links: &mut FxHashMap<Arc<str>, Link>,
         retired: &mut HashMap<u64, Link>,
         part: &mut Part,
     ) -> bool {
-        let current = links.get_mut(&part.address).filter(|l| l.id == part.link);
+        let current = links.get_mut(&*part.address).filter(|l| l.id == part.link);
         let Some(link) = current.or_else(|| retired.get_mut(&part.link)) else {
             part.reply = Some(error_frame(&format!(
                 "ERR upstream connection lost: {}",
@@ -554,7 +579,9 @@ impl Router {
             self.cluster.moved(slot, &address);
         }
         let redirects = part.redirects + 1;
-        *part = self.send(&address, part.command.clone(), asking).await;
+        *part = self
+            .send(&address.as_str().into(), part.command.clone(), asking)
+            .await;
         part.redirects = redirects;
         true
     }
@@ -655,7 +682,9 @@ impl Router {
                             parts.iter().map(|p| p.command.clone()).collect();
                         let mut again = Vec::with_capacity(commands.len());
                         for (i, command) in commands.into_iter().enumerate() {
-                            let mut part = self.send(&address, command, asking && i == 0).await;
+                            let mut part = self
+                                .send(&address.as_str().into(), command, asking && i == 0)
+                                .await;
                             part.redirects = tries + 1;
                             again.push(part);
                         }
@@ -761,18 +790,16 @@ impl Router {
     }
 
     /// Routes one command from the pipe.
-    async fn route(&mut self, request: Request) {
+    async fn route(&mut self, request: Command) {
         if self.multi.is_some() {
             return self.queue(request).await;
         }
         if self.streaming != Streaming::No {
             return self.route_streaming(request).await;
         }
-        let pending = match keys::kind(&request.args) {
-            Kind::Ping if request.args.len() == 1 => {
-                Pending::Local(Bytes::from_static(b"+PONG\r\n"))
-            }
-            Kind::Ping if request.args.len() == 2 => Pending::Local(bulk(&request.args[1])),
+        let pending = match keys::kind(&request) {
+            Kind::Ping if request.len() == 1 => Pending::Local(Bytes::from_static(b"+PONG\r\n")),
+            Kind::Ping if request.len() == 2 => Pending::Local(bulk(request.arg(1))),
             Kind::Ping => self.home_node(request).await,
             Kind::Multi => {
                 self.multi = Some(Multi::default());
@@ -787,7 +814,7 @@ impl Router {
             },
             Kind::State => {
                 let parts = self.everywhere(&request.raw).await;
-                Pending::Merge(parts, Merge::State(request.args))
+                Pending::Merge(parts, Merge::State(request.to_args()))
             }
             Kind::Reset => {
                 self.state.truncate(self.base_state);
@@ -809,15 +836,7 @@ impl Router {
                         return;
                     }
                 };
-                let monitor = request.args[0].eq_ignore_ascii_case(b"monitor");
-                if self.resp3 && !monitor {
-                    if !self.send_unmatched(&address, &request.raw).await {
-                        self.pending.push_back(Pending::Local(error_frame(&format!(
-                            "ERR upstream unavailable: {address}"
-                        ))));
-                    }
-                    return;
-                }
+                self.remember_shard_command(&request);
                 self.streaming = Streaming::Soon;
                 Pending::StartStream(self.send(&address, request.raw, false).await)
             }
@@ -827,19 +846,35 @@ impl Router {
         self.pending.push_back(pending);
     }
 
-    async fn home_node(&mut self, request: Request) -> Pending {
-        let home = self.home.clone();
+    async fn home_node(&mut self, request: Command) -> Pending {
+        let home = self.current_home();
         Pending::One(self.send(&home, request.raw, false).await)
     }
 
+    /// The home node, moved to a live primary once the map no longer names it one (its
+    /// primary failed over, or its slots moved away): commands without keys must not keep
+    /// failing at a node that is gone.
+    fn current_home(&mut self) -> Arc<str> {
+        let map = self.cluster.map();
+        let lost = self.links.get(&*self.home).is_none_or(|l| l.dead.is_some());
+        if lost && !map.primaries().any(|p| *p == *self.home) {
+            let primaries: Vec<&str> = map.primaries().collect();
+            if !primaries.is_empty() {
+                let next = NEXT_HOME.fetch_add(1, Ordering::Relaxed) % primaries.len();
+                self.home = Arc::from(primaries[next]);
+            }
+        }
+        self.home.clone()
+    }
+
     /// A command with keys (or none: the home node).
-    async fn plain(&mut self, request: Request) -> Pending {
+    async fn plain(&mut self, request: Command) -> Pending {
         let (positions, readonly) = {
             let table = self.upstream.commands();
-            let readonly = table.get(&request.args[0]).is_some_and(|c| c.readonly);
-            (keys::positions(&request.args, &table), readonly)
+            let readonly = table.get(request.arg(0)).is_some_and(|c| c.readonly);
+            (keys::positions(&request, &table), readonly)
         };
-        match keys::one_slot(&request.args, &positions) {
+        match keys::one_slot(&request, &positions) {
             Err(keys::CrossSlot) => Pending::Local(Bytes::from_static(CROSSSLOT)),
             Ok(None) => self.home_node(request).await,
             Ok(Some(slot)) => {
@@ -854,7 +889,7 @@ impl Router {
 
     /// The node for `slot`: its primary, or one of its replicas for a read with
     /// `read_from = "replica"`.
-    fn node_for(&mut self, slot: u16, readonly: bool) -> Result<String, Bytes> {
+    fn node_for(&mut self, slot: u16, readonly: bool) -> Result<Arc<str>, Bytes> {
         let map = self.cluster.map();
         let Some(shard) = map.shard(slot) else {
             return Err(error_frame(&format!(
@@ -873,16 +908,15 @@ impl Router {
     }
 
     /// MGET, MSET, DEL, UNLINK, EXISTS, TOUCH: one command per slot, merged.
-    async fn split(&mut self, request: Request, how: Split) -> Pending {
-        let args = &request.args;
+    async fn split(&mut self, request: Command, how: Split) -> Pending {
         let step = if how == Split::Mset { 2 } else { 1 };
-        if args.len() < 2 || !(args.len() - 1).is_multiple_of(step) {
+        if request.len() < 2 || !(request.len() - 1).is_multiple_of(step) {
             return self.home_node(request).await;
         }
         // Slots in order of first appearance, each with its arguments' positions.
         let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
-        for at in (1..args.len()).step_by(step) {
-            let slot = keys::slot(&args[at]);
+        for at in (1..request.len()).step_by(step) {
+            let slot = keys::slot(request.arg(at));
             match groups.iter_mut().find(|(s, _)| *s == slot) {
                 Some((_, at_list)) => at_list.push(at),
                 None => groups.push((slot, vec![at])),
@@ -895,24 +929,20 @@ impl Router {
         let mut parts = Vec::with_capacity(groups.len());
         let mut places = Vec::with_capacity(groups.len());
         for (slot, at_list) in &groups {
-            let mut sub = Vec::with_capacity(1 + at_list.len() * step);
-            sub.push(args[0].clone());
-            for &at in at_list {
-                sub.extend(args[at..at + step].iter().cloned());
-            }
             let address = match self.node_for(*slot, readonly) {
                 Ok(a) => a,
                 Err(reply) => {
-                    parts.push(Part::failed("", Bytes::new(), reply));
+                    parts.push(Part::failed(&Arc::from(""), Bytes::new(), reply));
                     places.push(Vec::new());
                     continue;
                 }
             };
-            parts.push(self.send(&address, encode_command(&sub), false).await);
+            let sub = request.pick(at_list, step);
+            parts.push(self.send(&address, sub, false).await);
             places.push(at_list.iter().map(|at| (at - 1) / step).collect());
         }
         let merge = match how {
-            Split::Mget => Merge::Mget(places, (args.len() - 1) / step),
+            Split::Mget => Merge::Mget(places, (request.len() - 1) / step),
             Split::Mset => Merge::AllOk,
             Split::Count => Merge::Sum,
         };
@@ -921,7 +951,7 @@ impl Router {
 
     /// The command on every primary.
     async fn on_primaries(&mut self, command: &Bytes, merge: Merge) -> Pending {
-        let primaries: Vec<String> = self.cluster.map().primaries().map(str::to_owned).collect();
+        let primaries: Vec<Arc<str>> = self.cluster.map().primaries().map(Arc::from).collect();
         let mut parts = Vec::with_capacity(primaries.len());
         for address in primaries {
             parts.push(self.send(&address, command.clone(), false).await);
@@ -934,7 +964,7 @@ impl Router {
 
     /// The command on the home link first, then every other live link.
     async fn everywhere(&mut self, command: &Bytes) -> Vec<Part> {
-        let home = self.home.clone();
+        let home = self.current_home();
         let mut addresses = vec![home.clone()];
         addresses.extend(
             self.links
@@ -950,27 +980,28 @@ impl Router {
     }
 
     /// SCAN: the cursor carries the node's index among the primaries.
-    async fn scan(&mut self, request: Request) -> Pending {
-        let Some(cursor) = std::str::from_utf8(&request.args.get(1).cloned().unwrap_or_default())
-            .ok()
+    async fn scan(&mut self, request: Command) -> Pending {
+        let Some(cursor) = request
+            .get(1)
+            .and_then(|c| std::str::from_utf8(c).ok())
             .and_then(|c| c.parse::<u64>().ok())
         else {
             return self.home_node(request).await;
         };
         let index = (cursor % SCAN_NODES) as usize;
         let node_cursor = cursor / SCAN_NODES;
-        let Some(address) = self.cluster.map().primaries().nth(index).map(str::to_owned) else {
+        let Some(address) = self.cluster.map().primaries().nth(index).map(Arc::from) else {
             return Pending::Local(Bytes::from_static(b"*2\r\n$1\r\n0\r\n*0\r\n"));
         };
-        let mut args = request.args.clone();
+        let mut args = request.to_args();
         args[1] = Bytes::from(node_cursor.to_string());
         let part = self.send(&address, encode_command(&args), false).await;
         Pending::Merge(vec![part], Merge::Scan(index))
     }
 
-    async fn watch(&mut self, request: Request) -> Pending {
-        let positions: Vec<usize> = (1..request.args.len()).collect();
-        let slot = match keys::one_slot(&request.args, &positions) {
+    async fn watch(&mut self, request: Command) -> Pending {
+        let positions: Vec<usize> = (1..request.len()).collect();
+        let slot = match keys::one_slot(&request, &positions) {
             Ok(Some(slot)) => slot,
             Ok(None) => return self.home_node(request).await,
             Err(keys::CrossSlot) => return Pending::Local(Bytes::from_static(CROSSSLOT)),
@@ -989,8 +1020,8 @@ impl Router {
     }
 
     /// A command while MULTI is open.
-    async fn queue(&mut self, request: Request) {
-        let reply = match keys::kind(&request.args) {
+    async fn queue(&mut self, request: Command) {
+        let reply = match keys::kind(&request) {
             Kind::Multi => error_frame("ERR MULTI calls can not be nested"),
             Kind::Watch => error_frame("ERR WATCH inside MULTI is not allowed"),
             Kind::Discard => {
@@ -1032,15 +1063,15 @@ impl Router {
     }
 
     /// Redis's refusal of a command at queueing time: unknown, or the wrong arity.
-    fn refusal(&self, request: &Request) -> Option<Bytes> {
+    fn refusal(&self, request: &Command) -> Option<Bytes> {
         let table = self.upstream.commands();
-        let name = &request.args[0];
+        let name = request.arg(0);
         let Some(info) = table.get(name) else {
             let mut message = format!(
                 "ERR unknown command '{}', with args beginning with: ",
                 String::from_utf8_lossy(&name[..name.len().min(128)])
             );
-            for arg in &request.args[1..] {
+            for arg in (1..request.len()).map(|i| request.arg(i)) {
                 message.push_str(&format!(
                     "'{}' ",
                     String::from_utf8_lossy(&arg[..arg.len().min(128)])
@@ -1048,7 +1079,7 @@ impl Router {
             }
             return Some(error_frame(&message));
         };
-        let argc = request.args.len() as i64;
+        let argc = request.len() as i64;
         let wrong = if info.arity >= 0 {
             argc != info.arity
         } else {
@@ -1076,9 +1107,9 @@ impl Router {
         if refused.is_none() {
             let table = self.upstream.commands();
             'commands: for command in &multi.commands {
-                let positions = keys::positions(&command.args, &table);
+                let positions = keys::positions(command, &table);
                 for at in positions {
-                    let s = keys::slot(&command.args[at]);
+                    let s = keys::slot(command.arg(at));
                     match slot {
                         None => slot = Some(s),
                         Some(seen) if seen != s => {
@@ -1106,7 +1137,7 @@ impl Router {
                 Ok(a) => a,
                 Err(reply) => return Pending::Local(reply),
             },
-            (None, None) => self.home.clone(),
+            (None, None) => self.current_home(),
         };
         let mut commands = Vec::with_capacity(multi.commands.len() + 2);
         commands.push(Bytes::from_static(b"*1\r\n$5\r\nMULTI\r\n"));
@@ -1124,12 +1155,12 @@ impl Router {
 
     /// Where a subscription command goes: the home node, or the shard channels' slot's
     /// primary.
-    fn subscription_node(&mut self, request: &Request) -> Result<String, Bytes> {
-        if !matches!(keys::kind(&request.args), Kind::ShardSubscribe) {
-            return Ok(self.home.clone());
+    fn subscription_node(&mut self, request: &Command) -> Result<Arc<str>, Bytes> {
+        if !matches!(keys::kind(request), Kind::ShardSubscribe) {
+            return Ok(self.current_home());
         }
-        let positions: Vec<usize> = (1..request.args.len()).collect();
-        match keys::one_slot(&request.args, &positions) {
+        let positions: Vec<usize> = (1..request.len()).collect();
+        match keys::one_slot(request, &positions) {
             Err(keys::CrossSlot) => Err(Bytes::from_static(CROSSSLOT)),
             Ok(None) => Ok(self
                 .shard_links
@@ -1146,12 +1177,23 @@ impl Router {
         }
     }
 
+    /// Keeps a shard (un)subscription for [`parse_redirect`]'s `-MOVED` (the last 64).
+    fn remember_shard_command(&mut self, request: &Command) {
+        if keys::kind(request) == Kind::ShardSubscribe && request.len() > 1 {
+            if self.shard_sent.len() == 64 {
+                self.shard_sent.pop_front();
+            }
+            self.shard_sent.push_back(request.clone());
+        }
+    }
+
     /// A command of a connection that streams (or will once its subscription is in).
-    async fn route_streaming(&mut self, request: Request) {
-        let kind = keys::kind(&request.args);
+    async fn route_streaming(&mut self, request: Command) {
+        let kind = keys::kind(&request);
+        self.remember_shard_command(&request);
         let unsubscribe_all = kind == Kind::ShardSubscribe
-            && request.args.len() == 1
-            && request.args[0].eq_ignore_ascii_case(b"sunsubscribe");
+            && request.len() == 1
+            && request.arg(0).eq_ignore_ascii_case(b"sunsubscribe");
         let addresses = if unsubscribe_all {
             self.shard_links.clone()
         } else if kind == Kind::ShardSubscribe {
@@ -1163,8 +1205,8 @@ impl Router {
                 }
             }
         } else if kind == Kind::Plain {
-            let positions = keys::positions(&request.args, &self.upstream.commands());
-            match keys::one_slot(&request.args, &positions) {
+            let positions = keys::positions(&request, &self.upstream.commands());
+            match keys::one_slot(&request, &positions) {
                 Ok(Some(slot)) => match self.node_for(slot, false) {
                     Ok(a) => vec![a],
                     Err(reply) => {
@@ -1195,29 +1237,29 @@ fn unwatch() -> Bytes {
     Bytes::from_static(b"*1\r\n$7\r\nUNWATCH\r\n")
 }
 
-/// Reads a link's replies and hands each whole frame to the router.
+/// Reads a link's replies and hands the whole frames of each read to the router.
 async fn read_frames(
     id: u64,
     mut reader: ReadHalf,
-    to: mpsc::UnboundedSender<(u64, Result<Bytes, String>)>,
+    to: mpsc::UnboundedSender<(u64, Result<Vec<Bytes>, String>)>,
 ) {
     let mut buf = BytesMut::new();
     let mut scanner = FrameScanner::default();
     loop {
-        loop {
+        let mut frames = Vec::new();
+        let failed = loop {
             match scanner.scan(&buf) {
-                Ok(Some(info)) => {
-                    let frame = buf.split_to(info.len).freeze();
-                    if to.send((id, Ok(frame))).is_err() {
-                        return;
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = to.send((id, Err(e.to_string())));
-                    return;
-                }
+                Ok(Some(info)) => frames.push(buf.split_to(info.len).freeze()),
+                Ok(None) => break None,
+                Err(e) => break Some(e.to_string()),
             }
+        };
+        if !frames.is_empty() && to.send((id, Ok(frames))).is_err() {
+            return;
+        }
+        if let Some(e) = failed {
+            let _ = to.send((id, Err(e)));
+            return;
         }
         match crate::net::read_available(&mut reader, &mut buf).await {
             Ok(0) => {

@@ -10,9 +10,127 @@
 //!
 //! Shard channels (SSUBSCRIBE, SPUBLISH, SUNSUBSCRIBE) hash like keys.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::resp::commands::CommandTable;
+
+/// One command as it came through the pipe: its bytes, and where each argument sits in
+/// them (no copy, no allocation per argument).
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub raw: Bytes,
+    /// Per argument: where its `$len` header starts, and where its bytes start and end.
+    spans: Vec<(u32, u32, u32)>,
+}
+
+impl Command {
+    /// Frames the command at the front of `buf`, taking it off. The session wrote it, so it
+    /// is always a multibulk of bulk strings (inline commands were encoded by then); `Err`
+    /// names anything else. `Ok(None)`: not all here yet.
+    pub fn next(buf: &mut BytesMut) -> Result<Option<Command>, &'static str> {
+        let Some((count, mut at)) = line_number(buf, 0, b'*')? else {
+            return Ok(None);
+        };
+        if count < 1 {
+            return Err("an empty or null command");
+        }
+        let count = count as usize;
+        let mut spans = Vec::with_capacity(count);
+        for _ in 0..count {
+            let Some((len, start)) = line_number(buf, at, b'$')? else {
+                return Ok(None);
+            };
+            if len < 0 {
+                return Err("a null argument");
+            }
+            let end = start + len as usize;
+            if buf.len() < end + 2 {
+                return Ok(None);
+            }
+            if &buf[end..end + 2] != b"\r\n" {
+                return Err("an argument not ended by CRLF");
+            }
+            spans.push((at as u32, start as u32, end as u32));
+            at = end + 2;
+        }
+        let raw = buf.split_to(at).freeze();
+        Ok(Some(Command { raw, spans }))
+    }
+
+    /// A command from its arguments (cachet's own, and tests).
+    pub fn from_args(args: &[Bytes]) -> Command {
+        let mut buf = BytesMut::from(&crate::resp::encode_command(args)[..]);
+        Command::next(&mut buf)
+            .ok()
+            .flatten()
+            .expect("an encoded command frames")
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    pub fn arg(&self, i: usize) -> &[u8] {
+        let (_, start, end) = self.spans[i];
+        &self.raw[start as usize..end as usize]
+    }
+
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        (i < self.spans.len()).then(|| self.arg(i))
+    }
+
+    /// Every argument, copied out (for state kept to replay).
+    pub fn to_args(&self) -> Vec<Bytes> {
+        self.spans
+            .iter()
+            .map(|&(_, start, end)| self.raw.slice(start as usize..end as usize))
+            .collect()
+    }
+
+    /// The command made of argument 0 and the arguments `from..from + width` for each `from`
+    /// in `groups`, copied as they were encoded.
+    pub fn pick(&self, groups: &[usize], width: usize) -> Bytes {
+        let mut out = BytesMut::new();
+        out.extend_from_slice(format!("*{}\r\n", 1 + groups.len() * width).as_bytes());
+        let encoded = |i: usize| {
+            let (header, _, end) = self.spans[i];
+            &self.raw[header as usize..end as usize + 2]
+        };
+        out.extend_from_slice(encoded(0));
+        for &from in groups {
+            for i in from..from + width {
+                out.extend_from_slice(encoded(i));
+            }
+        }
+        out.freeze()
+    }
+}
+
+/// The number in the `kind`-typed line at `at`, and where the line after it starts.
+fn line_number(buf: &[u8], at: usize, kind: u8) -> Result<Option<(i64, usize)>, &'static str> {
+    let Some(&first) = buf.get(at) else {
+        return Ok(None);
+    };
+    if first != kind {
+        return Err("not a multibulk of bulk strings");
+    }
+    let Some(cr) = buf[at..].iter().position(|&b| b == b'\r') else {
+        return Ok(None);
+    };
+    let cr = at + cr;
+    if buf.len() < cr + 2 {
+        return Ok(None);
+    }
+    let number = std::str::from_utf8(&buf[at + 1..cr])
+        .ok()
+        .and_then(|n| n.parse::<i64>().ok())
+        .ok_or("a bad length")?;
+    Ok(Some((number, cr + 2)))
+}
 
 /// Slot of a key (Redis's CRC16 with hash tags).
 pub fn slot(key: &[u8]) -> u16 {
@@ -68,10 +186,10 @@ fn eq(a: &[u8], b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
-/// What the router does with `args` (the command name first).
-pub fn kind(args: &[Bytes]) -> Kind {
-    let name = &args[0][..];
-    let sub = args.get(1).map(|s| &s[..]).unwrap_or(b"");
+/// What the router does with `command`.
+pub fn kind(command: &Command) -> Kind {
+    let name = command.arg(0);
+    let sub = command.get(1).unwrap_or(b"");
     let one_of = |names: &[&str]| names.iter().any(|n| eq(name, n));
     if one_of(&["get", "set", "hget", "hset", "incr", "expire"]) {
         return Kind::Plain;
@@ -163,11 +281,11 @@ pub fn kind(args: &[Bytes]) -> Kind {
 }
 
 /// The positions of `args`' keys (the command name is position 0).
-pub fn positions(args: &[Bytes], table: &CommandTable) -> Vec<usize> {
-    let name = &args[0][..];
-    let argc = args.len();
+pub fn positions(command: &Command, table: &CommandTable) -> Vec<usize> {
+    let name = command.arg(0);
+    let argc = command.len();
     let number = |i: usize| -> Option<usize> {
-        std::str::from_utf8(args.get(i)?)
+        std::str::from_utf8(command.get(i)?)
             .ok()?
             .parse::<usize>()
             .ok()
@@ -179,8 +297,9 @@ pub fn positions(args: &[Bytes], table: &CommandTable) -> Vec<usize> {
             None => Vec::new(),
         }
     };
-    let after_word =
-        |word: &str, from: usize| -> Option<usize> { (from..argc).find(|&i| eq(&args[i], word)) };
+    let after_word = |word: &str, from: usize| -> Option<usize> {
+        (from..argc).find(|&i| eq(command.arg(i), word))
+    };
     let one_of = |names: &[&str]| names.iter().any(|n| eq(name, n));
     if one_of(&[
         "eval",
@@ -242,7 +361,7 @@ pub fn positions(args: &[Bytes], table: &CommandTable) -> Vec<usize> {
         if let Some(at) = after_word("keys", 6) {
             return (at + 1..argc).collect();
         }
-        return if argc > 3 && !args[3].is_empty() {
+        return if argc > 3 && !command.arg(3).is_empty() {
             vec![3]
         } else {
             Vec::new()
@@ -253,10 +372,10 @@ pub fn positions(args: &[Bytes], table: &CommandTable) -> Vec<usize> {
     };
     if info.first_key == 0 && argc > 1 {
         // A container: its subcommand names the keys (`OBJECT ENCODING key`).
-        let mut full = Vec::with_capacity(name.len() + 1 + args[1].len());
+        let mut full = Vec::with_capacity(name.len() + 1 + command.arg(1).len());
         full.extend_from_slice(name);
         full.push(b'|');
-        full.extend_from_slice(&args[1]);
+        full.extend_from_slice(command.arg(1));
         if let Some(sub) = table.get(&full) {
             return sub.key_positions(argc).collect();
         }
@@ -271,10 +390,10 @@ pub struct CrossSlot;
 
 /// The one slot of `positions`' keys; `Err(CrossSlot)` when they hash to several;
 /// `Ok(None)` when there are none.
-pub fn one_slot(args: &[Bytes], positions: &[usize]) -> Result<Option<u16>, CrossSlot> {
+pub fn one_slot(command: &Command, positions: &[usize]) -> Result<Option<u16>, CrossSlot> {
     let mut found = None;
     for &i in positions {
-        let s = slot(&args[i]);
+        let s = slot(command.arg(i));
         match found {
             None => found = Some(s),
             Some(f) if f != s => return Err(CrossSlot),
@@ -291,11 +410,34 @@ pub const CROSSSLOT: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same
 mod tests {
     use super::*;
 
-    fn args(parts: &[&str]) -> Vec<Bytes> {
-        parts
+    fn args(parts: &[&str]) -> Command {
+        let parts: Vec<Bytes> = parts
             .iter()
             .map(|p| Bytes::copy_from_slice(p.as_bytes()))
-            .collect()
+            .collect();
+        Command::from_args(&parts)
+    }
+
+    #[test]
+    fn commands_are_framed_in_place_and_picked_apart() {
+        let mut buf =
+            BytesMut::from(&b"*3\r\n$4\r\nMSET\r\n$1\r\na\r\n$0\r\n\r\n*1\r\n$4\r\nPI"[..]);
+        let command = Command::next(&mut buf).unwrap().unwrap();
+        assert_eq!(command.len(), 3);
+        assert_eq!(command.arg(0), b"MSET");
+        assert_eq!(command.arg(2), b"");
+        assert!(
+            Command::next(&mut buf).unwrap().is_none(),
+            "a partial command waits"
+        );
+        assert_eq!(&buf[..], b"*1\r\n$4\r\nPI");
+        let m = args(&["MSET", "a", "1", "b", "2", "c", "3"]);
+        assert_eq!(
+            &m.pick(&[1, 5], 2)[..],
+            b"*5\r\n$4\r\nMSET\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nc\r\n$1\r\n3\r\n"
+        );
+        assert!(Command::next(&mut BytesMut::from(&b"PING\r\n"[..])).is_err());
+        assert!(Command::next(&mut BytesMut::from(&b"*1\r\n$-1\r\n"[..])).is_err());
     }
 
     #[test]

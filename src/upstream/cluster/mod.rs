@@ -54,9 +54,9 @@ const MAX_NODES: usize = 1000;
 /// One shard: a primary and its replicas, by `host:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shard {
-    pub primary: String,
+    pub primary: Arc<str>,
     /// Replicas that were online when the map was read.
-    pub replicas: Vec<String>,
+    pub replicas: Vec<Arc<str>>,
     /// How many slots it serves.
     pub slots: usize,
 }
@@ -91,7 +91,7 @@ impl SlotMap {
 
     /// The primary serving `slot`.
     pub fn primary(&self, slot: u16) -> Option<&str> {
-        self.shard(slot).map(|s| s.primary.as_str())
+        self.shard(slot).map(|s| &*s.primary)
     }
 
     /// Every primary serving at least one slot, in a stable order.
@@ -99,18 +99,15 @@ impl SlotMap {
         self.shards
             .iter()
             .filter(|s| s.slots > 0)
-            .map(|s| s.primary.as_str())
+            .map(|s| &*s.primary)
     }
 
     /// Every node, primaries first.
     pub fn nodes(&self) -> Vec<(&str, bool)> {
-        let mut nodes: Vec<(&str, bool)> = self
-            .shards
-            .iter()
-            .map(|s| (s.primary.as_str(), true))
-            .collect();
+        let mut nodes: Vec<(&str, bool)> =
+            self.shards.iter().map(|s| (&*s.primary, true)).collect();
         for shard in &self.shards {
-            nodes.extend(shard.replicas.iter().map(|r| (r.as_str(), false)));
+            nodes.extend(shard.replicas.iter().map(|r| (&**r, false)));
         }
         nodes
     }
@@ -118,11 +115,11 @@ impl SlotMap {
     /// The map with `slot` served by `address` (a `-MOVED` reply's news).
     fn with_moved(&self, slot: u16, address: &str) -> SlotMap {
         let mut map = self.clone();
-        let index = match map.shards.iter().position(|s| s.primary == address) {
+        let index = match map.shards.iter().position(|s| &*s.primary == address) {
             Some(i) => i,
             None => {
                 map.shards.push(Shard {
-                    primary: address.to_owned(),
+                    primary: address.into(),
                     replicas: Vec::new(),
                     slots: 0,
                 });
@@ -437,7 +434,7 @@ pub fn parse_shards(reply: &Frame, tls: bool) -> Result<SlotMap, String> {
                 let online = value("health").is_none_or(|h| h == "online");
                 match value("role").as_deref() {
                     Some("master") => primary = Some(address),
-                    _ if online => replicas.push(address),
+                    _ if online => replicas.push(Arc::<str>::from(address)),
                     _ => {}
                 }
             }
@@ -452,7 +449,7 @@ pub fn parse_shards(reply: &Frame, tls: bool) -> Result<SlotMap, String> {
         }
         replicas.sort();
         map.shards.push(Shard {
-            primary,
+            primary: primary.into(),
             replicas,
             slots: 0,
         });
@@ -488,15 +485,20 @@ pub fn parse_slots(reply: &Frame, tls: bool) -> Result<SlotMap, String> {
         let Some(primary) = items.get(2).and_then(address) else {
             continue;
         };
-        let replicas: Vec<String> = items.iter().skip(3).filter_map(address).collect();
-        match map.shards.iter().position(|s| s.primary == primary) {
+        let replicas: Vec<Arc<str>> = items
+            .iter()
+            .skip(3)
+            .filter_map(address)
+            .map(Arc::from)
+            .collect();
+        match map.shards.iter().position(|s| *s.primary == *primary) {
             Some(i) => ranges[i].extend([start, end]),
             None => {
                 if map.shards.len() >= MAX_NODES {
                     return Err(format!("more than {MAX_NODES} shards"));
                 }
                 map.shards.push(Shard {
-                    primary,
+                    primary: primary.into(),
                     replicas,
                     slots: 0,
                 });
@@ -591,7 +593,10 @@ mod tests {
         assert_eq!(map.primary(16383), Some("127.0.0.1:7000"));
         assert_eq!(map.primary(5461), Some("127.0.0.1:7001"));
         assert_eq!(map.primary(15999), Some("127.0.0.1:7004"));
-        assert_eq!(map.shard(5461).unwrap().replicas, vec!["127.0.0.1:7002"]);
+        assert_eq!(
+            map.shard(5461).unwrap().replicas,
+            vec![Arc::from("127.0.0.1:7002")]
+        );
         assert!(
             map.shard(0).unwrap().replicas.is_empty(),
             "a failed replica is left out"
@@ -634,7 +639,10 @@ mod tests {
         let map = parse_slots(&reply, false).unwrap();
         assert_eq!(map.primary(99), Some("127.0.0.1:7000"));
         assert_eq!(map.primary(100), Some("127.0.0.1:7001"));
-        assert_eq!(map.shard(100).unwrap().replicas, vec!["127.0.0.1:7011"]);
+        assert_eq!(
+            map.shard(100).unwrap().replicas,
+            vec![Arc::from("127.0.0.1:7011")]
+        );
     }
 
     #[test]
