@@ -2982,3 +2982,300 @@ async fn issue15_cachets_own_connections_cannot_be_killed() {
         "the pool connection was replaced: {after}"
     );
 }
+
+// ---- issue 18: the same sequence through cachet on a Redis Cluster
+//
+// The sequence runs against one standalone Redis directly and through cachet in front of a
+// 3-primary, 3-replica cluster (`support::cluster`), command by command and pipelined, in
+// RESP2 and RESP3.
+// The replies are compared as above, with two differences that a cluster makes whatever the
+// proxy does:
+//
+// - SCAN is run to the end on both sides (the cursor moves from node to node, so one call
+//   with COUNT 1000 does not return every key as one Redis does) and the keys are compared
+//   as a set, each exactly once. KEYS is already compared as a set (`Unordered`).
+// - PUBLISH, PUBSUB and WAIT count what the answering node sees: compared by shape
+//   ([`cluster_norm`]).
+// - Steps that cannot work on a cluster are left out, on both sides, before the run (both
+//   sides then run the same sequence, so their data stays alike): see [`cluster_skip`]. The
+//   steps left out are printed (`--nocapture`).
+
+/// Commands that split across slots in cluster mode (README, cluster table): cachet sends
+/// each node its part and merges the replies, so they keep their keys across slots.
+const CLUSTER_SPLIT: &[&str] = &["MGET", "MSET", "DEL", "UNLINK", "EXISTS", "TOUCH"];
+
+/// Why a step is left out of the cluster run, or `None` to run it. `slots` is the number of
+/// distinct hash slots of its keys (from `COMMAND GETKEYS` on the standalone Redis).
+fn cluster_skip(step: &Step, slots: usize) -> Option<&'static str> {
+    let word = |i: usize| {
+        step.args
+            .get(i)
+            .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
+            .unwrap_or_default()
+    };
+    let (name, sub) = (word(0), word(1));
+    let has = |w: &str| {
+        step.args
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(w.as_bytes()))
+    };
+    match name.as_str() {
+        // Redis Cluster has database 0 only: SELECT n, MOVE, SWAPDB, COPY ... DB n answer
+        // "not allowed in cluster mode".
+        "SELECT" if sub != "0" => Some("databases other than 0 (cluster mode)"),
+        "MOVE" | "SWAPDB" => Some("databases other than 0 (cluster mode)"),
+        "COPY" if has("DB") => Some("databases other than 0 (cluster mode)"),
+        // A cluster node says so: redis_mode:cluster, its replicas in ROLE.
+        "ROLE" => Some("a cluster node's ROLE lists its replicas"),
+        "INFO" => Some("INFO names cluster mode and per-node figures"),
+        // Each node lists its own subscribers' channels.
+        "PUBSUB" if sub == "CHANNELS" || sub == "SHARDCHANNELS" => {
+            Some("PUBSUB lists the answering node's channels")
+        }
+        // SORT BY/GET patterns must hash to the key's slot on a cluster.
+        "SORT" | "SORT_RO" if has("BY") || has("GET") => {
+            Some("SORT BY/GET patterns across slots (Redis Cluster refuses them)")
+        }
+        // Keys on several slots: CROSSSLOT on a cluster, unless cachet splits the command.
+        _ if slots > 1 && !CLUSTER_SPLIT.contains(&name.as_str()) => {
+            Some("keys in several slots (CROSSSLOT on a cluster)")
+        }
+        _ => None,
+    }
+}
+
+/// Replies that count what one node sees, compared by shape on a cluster: PUBLISH's and
+/// PUBSUB's counts are the answering node's own subscribers (the subscriber may be on
+/// another node), WAIT counts the answering primary's replicas.
+fn cluster_norm(step: &Step) -> Option<Norm> {
+    let name = step.args.first()?;
+    ["PUBLISH", "PUBSUB", "WAIT"]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        .then_some(Norm::Shape)
+}
+
+/// The number of distinct slots of `step`'s keys, asked of Redis (`COMMAND GETKEYS`); 0 for
+/// keyless commands and for those Redis cannot read keys from (wrong arity, ...).
+async fn step_slots(direct: &mut Conn, step: &Step) -> usize {
+    if step.args.is_empty() || step.inline.is_some() {
+        return 0;
+    }
+    let mut args: Vec<&[u8]> = vec![b"COMMAND", b"GETKEYS"];
+    args.extend(step.args.iter().map(Vec::as_slice));
+    let raw = direct.call(&args).await.expect("COMMAND GETKEYS");
+    match decode_whole(&raw) {
+        Ok(Frame::Agg(_, Some(keys))) => keys
+            .iter()
+            .filter_map(scalar_text)
+            .map(redis_protocol::redis_keyslot)
+            .collect::<BTreeSet<u16>>()
+            .len(),
+        _ => 0,
+    }
+}
+
+/// SCAN with `args` (cursor replaced) to the end on `conn`: every key returned, sorted, and
+/// the replies' shapes; or why it failed.
+async fn scan_to_end(conn: &mut Conn, args: &[Vec<u8>]) -> Result<Vec<Vec<u8>>, String> {
+    let mut cursor = b"0".to_vec();
+    let mut keys = Vec::new();
+    for _ in 0..10_000 {
+        let mut call: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        call[1] = &cursor;
+        let raw = conn.call(&call).await.map_err(|e| e.to_string())?;
+        let Ok(Frame::Agg(_, Some(parts))) = decode_whole(&raw) else {
+            return Err(format!("not a SCAN reply: {}", esc(&raw)));
+        };
+        let (Some(next), Some(Frame::Agg(_, Some(page)))) =
+            (parts.first().and_then(scalar_text), parts.get(1))
+        else {
+            return Err(format!("not a SCAN reply: {}", esc(&raw)));
+        };
+        keys.extend(page.iter().filter_map(scalar_text).map(<[u8]>::to_vec));
+        cursor = next.to_vec();
+        if cursor == b"0" {
+            keys.sort();
+            return Ok(keys);
+        }
+    }
+    Err("SCAN did not end in 10,000 calls".into())
+}
+
+/// The sequence, sequential, on `direct` and through cachet at `proxied` (on the cluster).
+async fn run_cluster_sequential(
+    label: &str,
+    steps: &[Step],
+    resp3: bool,
+    direct: SocketAddr,
+    proxied: SocketAddr,
+) -> (usize, Vec<String>) {
+    let mut steps = steps.to_vec();
+    if resp3 {
+        let conns = steps.iter().map(|s| s.conn).max().unwrap_or(0) + 1;
+        for conn in (0..conns).rev() {
+            steps.insert(
+                0,
+                Step {
+                    conn,
+                    args: vec![b"HELLO".to_vec(), b"3".to_vec()],
+                    inline: None,
+                    action: Action::Call,
+                    frames: 1,
+                    norm: Norm::Hello,
+                    expect: None,
+                },
+            );
+        }
+    }
+    let conns = steps.iter().map(|s| s.conn).max().unwrap_or(0) + 1;
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for _ in 0..conns {
+        a.push(
+            Conn::connect(direct)
+                .await
+                .expect("connect to direct redis"),
+        );
+        b.push(Conn::connect(proxied).await.expect("connect to cachet"));
+    }
+    let mut problems = Vec::new();
+    let mut compared = 0;
+    for (index, step) in steps.iter().enumerate() {
+        let is_scan = step
+            .args
+            .first()
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"SCAN"));
+        if is_scan {
+            let ra = scan_to_end(&mut a[step.conn], &step.args).await;
+            let rb = scan_to_end(&mut b[step.conn], &step.args).await;
+            compared += 1;
+            match (ra, rb) {
+                (Ok(ka), Ok(kb)) if ka == kb => {}
+                (ra, rb) => problems.push(format!(
+                    "[{label}] step #{index} {} (run to the end): {:?}\n    cachet: {:?}",
+                    step.describe(),
+                    ra.map(|k| k.iter().map(|k| esc(k)).collect::<Vec<_>>()),
+                    rb.map(|k| k.iter().map(|k| esc(k)).collect::<Vec<_>>())
+                )),
+            }
+            continue;
+        }
+        let ra = match exec(&mut a[step.conn], step).await {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!(
+                    "[{label}] step #{index} {}: DIRECT Redis failed (a bug in this test): {e}",
+                    step.describe()
+                ));
+                return (compared, problems);
+            }
+        };
+        let rb = match exec(&mut b[step.conn], step).await {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!(
+                    "[{label}] step #{index} {}: cachet failed: {e}\n    direct : {}\n    (run stopped)",
+                    step.describe(),
+                    esc(&ra.concat())
+                ));
+                return (compared, problems);
+            }
+        };
+        for (fa, fb) in ra.iter().zip(rb.iter()) {
+            compared += 1;
+            if let Err(why) = compare(step.norm, fa, fb) {
+                problems.push(mismatch(label, index, step, &why, fa, fb));
+            }
+        }
+    }
+    (compared, problems)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn differential_through_cachet_on_a_cluster() {
+    let cluster = support::cluster::Cluster::start(3, 1);
+    let direct = RedisServer::start();
+    let payloads = make_payloads(direct.addr()).await;
+    let proxy = cluster.start_proxy("").await;
+    let all = script(&payloads);
+    let mut probe = Conn::connect(direct.addr()).await.expect("connect");
+    let mut steps = Vec::new();
+    let mut skipped: Vec<(String, &str)> = Vec::new();
+    for step in all {
+        let slots = step_slots(&mut probe, &step).await;
+        match cluster_skip(&step, slots) {
+            Some(why) => skipped.push((step.describe(), why)),
+            None => {
+                let mut step = step;
+                if let Some(norm) = cluster_norm(&step) {
+                    step.norm = norm;
+                }
+                steps.push(step);
+            }
+        }
+    }
+    // The sequence ends with FLUSHALL, SCRIPT FLUSH, FUNCTION FLUSH and ACL DELUSER: it can
+    // run twice on the same servers.
+    drop(probe);
+    eprintln!(
+        "cluster differential: {} steps run, {} left out:",
+        steps.len(),
+        skipped.len()
+    );
+    for (what, why) in &skipped {
+        eprintln!("    {what}: {why}");
+    }
+    let mut failures = Vec::new();
+    for resp3 in [false, true] {
+        let label = if resp3 {
+            "cluster, RESP3 sequential"
+        } else {
+            "cluster, RESP2 sequential"
+        };
+        let (compared, problems) =
+            run_cluster_sequential(label, &steps, resp3, direct.addr(), proxy.addr).await;
+        eprintln!(
+            "[{label}] {compared} replies compared, {} problem(s)",
+            problems.len()
+        );
+        failures.extend(problems);
+    }
+    // Pipelined: connection 0's commands in one write. SCAN cannot be run to the end inside
+    // a pipeline, so it is left out here (the sequential runs compare it).
+    let no_scan: Vec<Step> = steps
+        .iter()
+        .filter(|s| {
+            !s.args
+                .first()
+                .is_some_and(|n| n.eq_ignore_ascii_case(b"SCAN"))
+        })
+        .cloned()
+        .collect();
+    for resp3 in [false, true] {
+        let label = if resp3 {
+            "cluster, RESP3 pipelined"
+        } else {
+            "cluster, RESP2 pipelined"
+        };
+        let (compared, problems) =
+            run_pipelined(label, &no_scan, resp3, direct.addr(), proxy.addr).await;
+        eprintln!(
+            "[{label}] {compared} replies compared, {} problem(s)",
+            problems.len()
+        );
+        failures.extend(problems);
+    }
+    assert!(
+        failures.is_empty(),
+        "cachet on a cluster is not transparent: {} problem(s)\n\n{}\n\ncluster logs:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(60)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n\n"),
+        cluster.logs()
+    );
+}

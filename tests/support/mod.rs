@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod acl;
+pub mod cluster;
 pub mod policies;
 pub mod resp;
 pub mod sentinel;
