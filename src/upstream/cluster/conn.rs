@@ -104,6 +104,9 @@ pub async fn connect(
         match upstream.connect_to(home, &full, required).await {
             Ok((stream, mut replies)) => {
                 replies.truncate(setup.len());
+                for reply in &mut replies {
+                    *reply = standalone_hello(reply);
+                }
                 let resp3 = setup.iter().any(|c| is_hello3(c));
                 let (ours, theirs) = tokio::io::duplex(PIPE_BYTES);
                 let (frames_tx, frames_rx) = mpsc::unbounded_channel();
@@ -224,6 +227,8 @@ enum Pending {
     Replace(Part, &'static [u8]),
     /// A RESP2 subscription (or MONITOR): once its reply is out, the connection streams.
     StartStream(Part),
+    /// INFO: forwarded with the cluster hidden (`redis_mode:standalone`).
+    Info(Part),
 }
 
 enum Merge {
@@ -628,6 +633,14 @@ impl Router {
                     return part.reply.clone();
                 }
             },
+            Pending::Info(part) => loop {
+                if !Self::fill(&mut self.links, &mut self.retired, part) {
+                    return None;
+                }
+                if !self.redirect(part).await {
+                    return part.reply.as_ref().map(standalone_info);
+                }
+            },
             Pending::Replace(part, with) => {
                 if !Self::fill(&mut self.links, &mut self.retired, part) {
                     return None;
@@ -702,7 +715,7 @@ impl Router {
             .map(|p| p.reply.as_ref().expect("filled"))
             .collect();
         if let Merge::State(command) = how {
-            let first = replies[0].clone();
+            let first = standalone_hello(replies[0]);
             if !first.starts_with(b"-") {
                 if is_hello3(command) {
                     self.resp3 = true;
@@ -841,6 +854,10 @@ impl Router {
                 Pending::StartStream(self.send(&address, request.raw, false).await)
             }
             Kind::Split(how) => self.split(request, how).await,
+            Kind::Plain if request.arg(0).eq_ignore_ascii_case(b"info") => {
+                let home = self.current_home();
+                Pending::Info(self.send(&home, request.raw, false).await)
+            }
             Kind::Plain => self.plain(request).await,
         };
         self.pending.push_back(pending);
@@ -1275,6 +1292,52 @@ async fn read_frames(
     }
 }
 
+/// A HELLO reply as a standalone Redis gives it: `mode` is `standalone`, so that no client
+/// takes cachet for a cluster and goes around it. Any other reply is returned as it is.
+fn standalone_hello(reply: &Bytes) -> Bytes {
+    const CLUSTER: &[u8] = b"$4\r\nmode\r\n$7\r\ncluster\r\n";
+    const STANDALONE: &[u8] = b"$4\r\nmode\r\n$10\r\nstandalone\r\n";
+    if !matches!(reply.first(), Some(b'*') | Some(b'%')) {
+        return reply.clone();
+    }
+    match reply.windows(CLUSTER.len()).position(|w| w == CLUSTER) {
+        Some(at) => {
+            let mut out = BytesMut::with_capacity(reply.len() + 3);
+            out.extend_from_slice(&reply[..at]);
+            out.extend_from_slice(STANDALONE);
+            out.extend_from_slice(&reply[at + CLUSTER.len()..]);
+            out.freeze()
+        }
+        None => reply.clone(),
+    }
+}
+
+/// An INFO reply as a standalone Redis gives it: `redis_mode:standalone` and
+/// `cluster_enabled:0` (the node's other fields are its own).
+fn standalone_info(reply: &Bytes) -> Bytes {
+    let Some(kind @ (b'$' | b'=')) = reply.first().copied() else {
+        return reply.clone();
+    };
+    let Some(header_end) = reply.windows(2).position(|w| w == b"\r\n") else {
+        return reply.clone();
+    };
+    let Some(body) = reply[header_end + 2..].strip_suffix(b"\r\n") else {
+        return reply.clone();
+    };
+    let text = String::from_utf8_lossy(body);
+    if !text.contains("redis_mode:cluster") && !text.contains("cluster_enabled:1") {
+        return reply.clone();
+    }
+    let text = text
+        .replace("redis_mode:cluster\r\n", "redis_mode:standalone\r\n")
+        .replace("cluster_enabled:1\r\n", "cluster_enabled:0\r\n");
+    let mut out = BytesMut::with_capacity(text.len() + 16);
+    out.extend_from_slice(format!("{}{}\r\n", kind as char, text.len()).as_bytes());
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    out.freeze()
+}
+
 /// `-MOVED slot host:port` / `-ASK slot host:port`: (is it ASK, slot, address).
 fn parse_redirect(reply: &[u8]) -> Option<(bool, u16, String)> {
     let (asking, rest) = if let Some(rest) = reply.strip_prefix(b"-MOVED ") {
@@ -1346,6 +1409,27 @@ fn bulk_text(frame: &Bytes) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_is_hidden_in_hello_and_info() {
+        let hello = Bytes::from_static(
+            b"*4\r\n$4\r\nmode\r\n$7\r\ncluster\r\n$4\r\nrole\r\n$6\r\nmaster\r\n",
+        );
+        assert_eq!(
+            &standalone_hello(&hello)[..],
+            b"*4\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n$4\r\nrole\r\n$6\r\nmaster\r\n"
+        );
+        let info =
+            Bytes::from_static(b"$44\r\nredis_mode:cluster\r\nx:1\r\ncluster_enabled:1\r\n\r\n");
+        let out = standalone_info(&info);
+        assert_eq!(
+            &out[..],
+            b"$47\r\nredis_mode:standalone\r\nx:1\r\ncluster_enabled:0\r\n\r\n"
+        );
+        let ok = Bytes::from_static(b"+OK\r\n");
+        assert_eq!(standalone_hello(&ok), ok);
+        assert_eq!(standalone_info(&ok), ok);
+    }
 
     #[test]
     fn redirects_are_parsed() {

@@ -337,7 +337,11 @@ pub fn positions(command: &Command, table: &CommandTable) -> Vec<usize> {
         let rest = argc - streams - 1;
         return (streams + 1..streams + 1 + rest / 2).collect();
     }
-    if one_of(&["sort", "sort_ro"]) {
+    if eq(name, "sort_ro") {
+        // No STORE: its one key is the first argument (`SORT_RO k STORE x` is a syntax error).
+        return if argc > 1 { vec![1] } else { Vec::new() };
+    }
+    if eq(name, "sort") {
         let mut keys = vec![1];
         if let Some(store) = after_word("store", 2)
             && store + 1 < argc
