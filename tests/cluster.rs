@@ -670,7 +670,6 @@ fn fred_field(reply: &fred::types::Value, name: &str) -> fred::types::Value {
 
 /// The README's tagging session with redis-cli, then TAGSET and EMIT with fred (RESP2 and
 /// RESP3), all through cachet on the cluster; the tagged keys lie on different primaries.
-#[ignore = "needs the cluster tag index (helper ctags)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tagging_flow_and_emit_across_the_cluster() {
     let module = support::policies::policy_wasm("sessions");
@@ -1250,7 +1249,6 @@ async fn failover_under_load_recovers_within_a_second() {
 
 /// TAGINVALIDATE of one tag on 100,000 keys spread over the three primaries: under 1 s, and
 /// no call to Redis of 10 ms or more (each primary's SLOWLOG, threshold 10,000 µs).
-#[ignore = "needs the cluster tag index (helper ctags)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn taginvalidate_of_100k_keys_on_three_primaries() {
     const KEYS: usize = 100_000;
