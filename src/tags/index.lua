@@ -70,6 +70,20 @@ local function digits(n)
   return string.format('%.0f', n)
 end
 
+-- The client's command (ARGV 5 .. 4 + n_cmd) under the client's protocol; 0 when there is
+-- none. The second value is true when Redis refused it (the reply is then its error).
+local function client_command(args, n_cmd, resp3)
+  if n_cmd == 0 then
+    return 0, false
+  end
+  if resp3 then
+    redis.setresp(3)
+  end
+  local reply = redis.pcall(unpack(args, 5, 4 + n_cmd))
+  redis.setresp(2)
+  return reply, type(reply) == 'table' and reply['err'] ~= nil
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -293,16 +307,9 @@ local function write(keys, args)
     end
   end
 
-  local reply = 0
-  if n_cmd > 0 then
-    if resp3 then
-      redis.setresp(3)
-    end
-    reply = redis.pcall(unpack(args, 5, 4 + n_cmd))
-    redis.setresp(2)
-    if type(reply) == 'table' and reply['err'] then
-      return reply
-    end
+  local reply, failed = client_command(args, n_cmd, resp3)
+  if failed then
+    return reply
   end
 
   local now = now_ms()
@@ -509,16 +516,9 @@ local function cwrite(keys, args)
       end
     end
   end
-  local reply = 0
-  if n_cmd > 0 then
-    if resp3 then
-      redis.setresp(3)
-    end
-    reply = redis.pcall(unpack(args, 5, 4 + n_cmd))
-    redis.setresp(2)
-    if type(reply) == 'table' and reply['err'] then
-      return reply
-    end
+  local reply, failed = client_command(args, n_cmd, resp3)
+  if failed then
+    return reply
   end
   local now = now_ms()
   local gone = 0
