@@ -1479,3 +1479,62 @@ async fn a_shard_channel_follows_its_slot_to_another_primary() {
         bulks(&["smessage", &channel, "after"])
     );
 }
+
+/// Hostile bytes, alone and behind a good command, reach no node link: the session refuses
+/// them (Redis's own errors) before the router sees anything, the router's links stay up,
+/// and another client's commands across every primary keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_never_reaches_the_cluster_router() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::start(3, 0);
+    let proxy = cluster.start_proxy("").await;
+    let good = fred(&proxy, false).await;
+    let keys = keys_everywhere(&cluster, "h:", 3);
+    for garbage in [
+        &b"*2\r\n$3\r\nGET\r\n$-5\r\n"[..],
+        b"*1\r\n*1\r\n$4\r\nPING\r\n",
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$99999999999\r\n",
+        b"$4\r\nPING\r\n",
+    ] {
+        let mut bad = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        bad.write_all(garbage).await.unwrap();
+        let mut reply = vec![0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(5), bad.read(&mut reply))
+            .await
+            .expect("a reply or a close")
+            .unwrap_or(0);
+        let text = String::from_utf8_lossy(&reply[..n]);
+        assert!(
+            n == 0 || text.starts_with("-ERR "),
+            "{garbage:?}: {text:?}"
+        );
+        for k in &keys {
+            let _: () = good
+                .set(k, "v", None, None, false)
+                .await
+                .expect("SET after hostile input");
+            let v: Option<String> = good.get(k).await.expect("GET after hostile input");
+            assert_eq!(v.as_deref(), Some("v"));
+        }
+    }
+    // Behind a good command on the same connection.
+    let mut bad = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    bad.write_all(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$-5\r\n")
+        .await
+        .unwrap();
+    let mut reply = vec![0u8; 256];
+    let mut got = Vec::new();
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), bad.read(&mut reply)).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&reply[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("+PONG\r\n-ERR Protocol error"), "{text:?}");
+    let n: u64 = good
+        .exists(keys.clone())
+        .await
+        .expect("EXISTS across primaries");
+    assert_eq!(n as usize, keys.len());
+}
