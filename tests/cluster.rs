@@ -1504,10 +1504,7 @@ async fn hostile_input_never_reaches_the_cluster_router() {
             .expect("a reply or a close")
             .unwrap_or(0);
         let text = String::from_utf8_lossy(&reply[..n]);
-        assert!(
-            n == 0 || text.starts_with("-ERR "),
-            "{garbage:?}: {text:?}"
-        );
+        assert!(n == 0 || text.starts_with("-ERR "), "{garbage:?}: {text:?}");
         for k in &keys {
             let _: () = good
                 .set(k, "v", None, None, false)
